@@ -1,0 +1,238 @@
+/**
+ * The agent's configuration: flags, a JSON config file (`--config`) and environment variables,
+ * merged with flags first, then environment, then file, then defaults. This is the only module of
+ * the agent that reads argv and env (main.ts hands them in). Every bad value becomes a ConfigError
+ * naming the option.
+ */
+import { parseArgs } from 'node:util'
+import { readFileSync } from 'node:fs'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { ConfigError } from '../protocol/errors.js'
+import { PROFILES, type ProfileName, type Timings } from './timings.js'
+
+export interface AgentConfig {
+  bundleDir: string
+  listen: Multiaddr[]
+  announce: Multiaddr[]
+  bootstrap: Multiaddr[]
+  /** DOCKER_HOST-style endpoint: unix:///path or tcp://host:port. */
+  docker: DockerEndpoint
+  /** Must equal the certificate's name when given. */
+  name: string | undefined
+  labels: Record<string, string>
+  stateDir: string
+  profile: ProfileName
+  timings: Timings
+  logLevel: string
+}
+
+export type DockerEndpoint = { kind: 'unix', socketPath: string, url: string } | { kind: 'tcp', host: string, port: number, url: string }
+
+export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/4001'
+export const DEFAULT_DOCKER = 'unix:///var/run/docker.sock'
+export const DEFAULT_STATE_DIR = '/var/lib/goto-agent'
+
+export const AGENT_USAGE = `Usage: goto-agent --bundle DIR [options]
+
+Runs the Go-To agent on a Docker host: joins the mesh, answers status, keeps a peer table.
+
+Options (flag / environment / config-file key; flags win over environment, environment over the file):
+  --bundle DIR          identity bundle from 'goto ca issue --role agent'   GOTO_BUNDLE     bundle
+  --listen MULTIADDR    address to listen on (default ${DEFAULT_LISTEN})  GOTO_LISTEN  listen
+  --announce MULTIADDR  address to tell peers (repeatable; default: the listen addresses)
+                                                                            GOTO_ANNOUNCE   announce
+  --bootstrap MULTIADDR a mesh member to join through (repeatable; /p2p/<id> optional)
+                                                                            GOTO_BOOTSTRAP  bootstrap
+  --docker ENDPOINT     unix:///path/docker.sock or tcp://host:port (default ${DEFAULT_DOCKER})
+                                                                            DOCKER_HOST     docker
+  --name NAME           expected host name; must match the bundle's certificate   GOTO_NAME   name
+  --label KEY=VALUE     a label for this host, e.g. provider=aws (repeatable)   GOTO_LABELS labels
+  --state-dir DIR       where the agent keeps state (default ${DEFAULT_STATE_DIR})  GOTO_STATE_DIR  stateDir
+  --profile NAME        timing profile: default or test (default: default)  GOTO_PROFILE  profile
+  --log-level LEVEL     error, warn, info or debug (default: info)          GOTO_LOG_LEVEL  logLevel
+  --config FILE         JSON file with the keys above                       GOTO_CONFIG
+  -h, --help            show this help
+  --version             print the agent version
+
+Environment lists (GOTO_BOOTSTRAP, GOTO_ANNOUNCE, GOTO_LABELS) are comma-separated.`
+
+export class HelpRequested extends Error {}
+export class VersionRequested extends Error {}
+
+interface RawConfig {
+  bundle?: string
+  listen?: string
+  announce?: string[]
+  bootstrap?: string[]
+  docker?: string
+  name?: string
+  labels?: string[] | Record<string, string>
+  stateDir?: string
+  profile?: string
+  logLevel?: string
+}
+
+function list (v: string | undefined): string[] | undefined {
+  if (v === undefined || v.trim() === '') return undefined
+  return v.split(',').map(s => s.trim()).filter(s => s !== '')
+}
+
+export function parseTcpMultiaddr (option: string, value: string): Multiaddr {
+  let ma: Multiaddr
+  try {
+    ma = multiaddr(value)
+  } catch (err) {
+    throw new ConfigError(option, `'${value}' is not a multiaddr (${(err as Error).message}); expected e.g. /ip4/10.0.0.5/tcp/4001`)
+  }
+  const names = ma.getComponents().map(c => c.name)
+  if (!['ip4', 'ip6', 'dns', 'dns4', 'dns6'].includes(names[0] ?? '') || names[1] !== 'tcp' || names.slice(2).some(n => n !== 'p2p')) {
+    throw new ConfigError(option, `'${value}' must be an IP or DNS address with a TCP port, optionally /p2p/<peer-id>, e.g. /ip4/10.0.0.5/tcp/4001`)
+  }
+  return ma
+}
+
+export function parseDockerEndpoint (option: string, value: string): DockerEndpoint {
+  let url: URL
+  try {
+    url = new URL(value.startsWith('/') ? `unix://${value}` : value)
+  } catch {
+    throw new ConfigError(option, `'${value}' is not unix:///path/docker.sock or tcp://host:port`)
+  }
+  if (url.protocol === 'unix:') {
+    if (url.pathname === '' || url.pathname === '/') throw new ConfigError(option, `'${value}' names no socket path`)
+    return { kind: 'unix', socketPath: decodeURIComponent(url.pathname), url: `unix://${url.pathname}` }
+  }
+  if (url.protocol === 'tcp:' || url.protocol === 'http:') {
+    const port = url.port === '' ? 2375 : Number(url.port)
+    if (url.hostname === '') throw new ConfigError(option, `'${value}' names no host`)
+    return { kind: 'tcp', host: url.hostname.replace(/^\[|\]$/g, ''), port, url: `tcp://${url.host}` }
+  }
+  throw new ConfigError(option, `'${value}' uses ${url.protocol}, expected unix:// or tcp://`)
+}
+
+export function parseLabels (option: string, values: string[] | Record<string, string>): Record<string, string> {
+  const pairs = Array.isArray(values)
+    ? values.map(v => {
+      const i = v.indexOf('=')
+      if (i <= 0) throw new ConfigError(option, `'${v}' must be KEY=VALUE`)
+      return [v.slice(0, i), v.slice(i + 1)] as const
+    })
+    : Object.entries(values)
+  const out: Record<string, string> = {}
+  for (const [k, v] of pairs) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/.test(k)) throw new ConfigError(option, `label key '${k}' must be 1-63 letters, digits, '.', '_', '-' or '/'`)
+    if (typeof v !== 'string' || v.length > 255) throw new ConfigError(option, `label '${k}' must have a string value of at most 255 characters`)
+    out[k] = v
+  }
+  return out
+}
+
+function readConfigFile (path: string, readFile: (p: string) => string): RawConfig {
+  let text: string
+  try {
+    text = readFile(path)
+  } catch (err) {
+    throw new ConfigError('--config', `cannot read ${path}: ${(err as Error).message}`)
+  }
+  let data: unknown
+  try {
+    data = JSON.parse(text)
+  } catch (err) {
+    throw new ConfigError('--config', `${path} is not valid JSON: ${(err as Error).message}`)
+  }
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new ConfigError('--config', `${path} must hold a JSON object`)
+  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'stateDir', 'profile', 'logLevel'])
+  for (const key of Object.keys(data)) {
+    if (!known.has(key)) throw new ConfigError('--config', `${path}: unknown key '${key}' (known: ${[...known].join(', ')})`)
+  }
+  const d = data as Record<string, unknown>
+  for (const key of ['bundle', 'listen', 'docker', 'name', 'stateDir', 'profile', 'logLevel']) {
+    if (d[key] !== undefined && typeof d[key] !== 'string') throw new ConfigError('--config', `${path}: '${key}' must be a string`)
+  }
+  for (const key of ['announce', 'bootstrap']) {
+    if (d[key] !== undefined && (!Array.isArray(d[key]) || !(d[key] as unknown[]).every(x => typeof x === 'string'))) {
+      throw new ConfigError('--config', `${path}: '${key}' must be an array of strings`)
+    }
+  }
+  return d as RawConfig
+}
+
+export interface ConfigSources {
+  argv: string[]
+  env: Record<string, string | undefined>
+  readFile?: (path: string) => string
+}
+
+export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8') }: ConfigSources): AgentConfig {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        bundle: { type: 'string' },
+        listen: { type: 'string' },
+        announce: { type: 'string', multiple: true },
+        bootstrap: { type: 'string', multiple: true },
+        docker: { type: 'string' },
+        name: { type: 'string' },
+        label: { type: 'string', multiple: true },
+        'state-dir': { type: 'string' },
+        profile: { type: 'string' },
+        'log-level': { type: 'string' },
+        config: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean' }
+      }
+    })
+  } catch (err) {
+    const msg = (err as Error).message
+    const opt = /'(-[^' ]+)/.exec(msg)?.[1] ?? 'arguments'
+    throw new ConfigError(opt, msg)
+  }
+  const f = parsed.values
+  if (f.help === true) throw new HelpRequested()
+  if (f.version === true) throw new VersionRequested()
+
+  const configPath = f.config ?? env.GOTO_CONFIG
+  const file: RawConfig = configPath !== undefined ? readConfigFile(configPath, readFile) : {}
+
+  const pick = <T>(flag: T | undefined, envValue: T | undefined, fileValue: T | undefined): T | undefined => flag ?? envValue ?? fileValue
+
+  const bundle = pick(f.bundle, env.GOTO_BUNDLE, file.bundle)
+  if (bundle === undefined || bundle === '') throw new ConfigError('--bundle', 'required: the directory written by `goto ca issue --role agent`')
+
+  const listenRaw = pick(f.listen, env.GOTO_LISTEN, file.listen) ?? DEFAULT_LISTEN
+  const listen = [parseTcpMultiaddr('--listen', listenRaw)]
+  if (listen[0].getComponents().some(c => c.name === 'p2p')) throw new ConfigError('--listen', 'must not contain /p2p/')
+
+  const announce = (pick(f.announce, list(env.GOTO_ANNOUNCE), file.announce) ?? []).map(a => parseTcpMultiaddr('--announce', a))
+  const bootstrap = (pick(f.bootstrap, list(env.GOTO_BOOTSTRAP), file.bootstrap) ?? []).map(a => parseTcpMultiaddr('--bootstrap', a))
+  const docker = parseDockerEndpoint('--docker', pick(f.docker, env.DOCKER_HOST, file.docker) ?? DEFAULT_DOCKER)
+
+  const name = pick(f.name, env.GOTO_NAME, file.name)
+  if (name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(name)) throw new ConfigError('--name', `'${name}' must be 1-63 letters, digits, '.', '_' or '-'`)
+
+  const labels = parseLabels('--label', pick<string[] | Record<string, string>>(f.label, list(env.GOTO_LABELS), file.labels) ?? [])
+
+  const profile = pick(f.profile, env.GOTO_PROFILE, file.profile) ?? 'default'
+  if (!(profile in PROFILES)) throw new ConfigError('--profile', `'${profile}' is not one of ${Object.keys(PROFILES).join(', ')}`)
+
+  const logLevel = pick(f['log-level'], env.GOTO_LOG_LEVEL, file.logLevel) ?? 'info'
+  if (!['error', 'warn', 'info', 'debug'].includes(logLevel)) throw new ConfigError('--log-level', `'${logLevel}' is not error, warn, info or debug`)
+
+  return {
+    bundleDir: bundle,
+    listen,
+    announce,
+    bootstrap,
+    docker,
+    name,
+    labels,
+    stateDir: pick(f['state-dir'], env.GOTO_STATE_DIR, file.stateDir) ?? DEFAULT_STATE_DIR,
+    profile: profile as ProfileName,
+    timings: PROFILES[profile as ProfileName],
+    logLevel
+  }
+}

@@ -1,0 +1,41 @@
+/**
+ * Keeps a recent reading of the engine's version and container count for heartbeats, so a heartbeat
+ * never waits on Docker. Refreshes every `dockerRefreshMs`; an engine that stops answering reads as
+ * null (the peer table then shows no version) and is logged once per outage.
+ */
+import type { DockerHost, EngineVersion } from './host.js'
+import type { Logger } from '../log.js'
+
+export class DockerMonitor {
+  version: EngineVersion | null = null
+  containers: number | null = null
+  private timer: NodeJS.Timeout | undefined
+  private failing = false
+
+  constructor (private readonly docker: DockerHost, private readonly refreshMs: number, private readonly log: Logger) {}
+
+  async start (): Promise<void> {
+    await this.refresh()
+    this.timer = setInterval(() => { void this.refresh() }, this.refreshMs)
+    this.timer.unref()
+  }
+
+  async stop (): Promise<void> {
+    clearInterval(this.timer)
+  }
+
+  private async refresh (): Promise<void> {
+    const signal = AbortSignal.timeout(this.refreshMs * 2)
+    try {
+      this.version ??= await this.docker.version(signal)
+      this.containers = (await this.docker.listContainers(signal)).length
+      if (this.failing) this.log.info('docker engine answers again')
+      this.failing = false
+    } catch (err) {
+      if (!this.failing) this.log.warn('docker engine not answering', { error: (err as Error).message })
+      this.failing = true
+      this.version = null
+      this.containers = null
+    }
+  }
+}

@@ -1,0 +1,147 @@
+#!/usr/bin/env node
+/**
+ * goto-agent: the composition root of the agent. It alone reads argv and the environment; it builds
+ * the parts (docker monitor, auth gate, status, membership) around one libp2p node, starts them in
+ * order and stops them in reverse on SIGINT/SIGTERM.
+ */
+import '../protocol/polyfill.js'
+import { mkdir, writeFile, rename, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { loadConfig, AGENT_USAGE, HelpRequested, VersionRequested, type AgentConfig } from './config.js'
+import { createRootLogger } from './log.js'
+import { DockerodeHost } from './docker/host.js'
+import { DockerMonitor } from './docker/monitor.js'
+import { AuthService } from './net/auth-service.js'
+import { PeerTable } from './membership/peer-table.js'
+import { MembershipService } from './membership/service.js'
+import { StatusService } from './status/service.js'
+import { advertisedAddrs, hostAddresses } from './addresses.js'
+import { createMeshNode } from '../protocol/node.js'
+import { GOTO_VERSION } from '../protocol/version.js'
+import { ConfigError, GotoError } from '../protocol/errors.js'
+import type { MemberInfo } from '../protocol/messages.js'
+import { readBundle, TrustStore, type SignedCrl } from '../certs/index.js'
+
+interface Part { start: () => Promise<void>, stop: () => Promise<void> }
+
+async function loadSavedCrl (stateDir: string): Promise<unknown> {
+  try {
+    return JSON.parse(await readFile(join(stateDir, 'crl.json'), 'utf8'))
+  } catch {
+    return undefined
+  }
+}
+
+async function saveCrl (stateDir: string, crl: SignedCrl): Promise<void> {
+  const tmp = join(stateDir, `crl.json.${process.pid}.tmp`)
+  await writeFile(tmp, JSON.stringify(crl, null, 2) + '\n', { mode: 0o644 })
+  await rename(tmp, join(stateDir, 'crl.json'))
+}
+
+async function run (config: AgentConfig): Promise<void> {
+  const bundle = await readBundle(config.bundleDir)
+  if (bundle.role !== 'agent') throw new ConfigError('--bundle', `${config.bundleDir} holds an ${bundle.role} certificate; an agent needs one issued with --role agent`)
+  if (config.name !== undefined && config.name !== bundle.name) {
+    throw new ConfigError('--name', `'${config.name}' does not match the certificate's name '${bundle.name}'`)
+  }
+  await mkdir(config.stateDir, { recursive: true, mode: 0o700 })
+
+  const trust = new TrustStore(bundle.caCertPem, bundle.crl)
+  const saved = await loadSavedCrl(config.stateDir)
+  if (saved !== undefined) {
+    try { trust.adoptCrl(saved) } catch { /* a damaged saved list is replaced by the next valid one */ }
+  }
+  // Refuse to run on a certificate the mesh would refuse (expired, revoked, not from this CA).
+  trust.verify(bundle.certPem, bundle.peerId)
+
+  const log = createRootLogger(config.logLevel, { service: 'goto-agent', name: bundle.name })
+  const startedAt = Date.now()
+  const node = await createMeshNode({
+    privateKey: bundle.privateKey,
+    listen: config.listen.map(a => a.toString()),
+    announce: config.announce.map(a => a.toString()),
+    isRefused: peerId => trust.isRevoked(peerId.toString())
+  })
+  const docker = new DockerodeHost(config.docker)
+  const monitor = new DockerMonitor(docker, config.timings.dockerRefreshMs, log.child({ component: 'docker' }))
+  const table = new PeerTable(bundle.peerId, config.timings)
+  const hostIps = hostAddresses()
+  const self = (): MemberInfo => ({
+    name: bundle.name,
+    peerId: bundle.peerId,
+    addrs: advertisedAddrs(node.getMultiaddrs(), config.announce, hostIps),
+    labels: config.labels,
+    agentVersion: GOTO_VERSION,
+    dockerVersion: monitor.version?.version ?? null,
+    containers: monitor.containers,
+    crlNumber: trust.crlNumber
+  })
+  const auth = new AuthService({
+    node,
+    identity: { certPem: bundle.certPem, trust },
+    authTimeoutMs: config.timings.authTimeoutMs,
+    log: log.child({ component: 'auth' }),
+    saveCrl: async crl => { await saveCrl(config.stateDir, crl) },
+    onRevocation: () => {
+      for (const e of table.entries()) if (trust.isRevoked(e.peerId)) table.remove(e.peerId)
+    }
+  })
+  const status = new StatusService({ node, auth, table, docker, self, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
+  const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, log: log.child({ component: 'membership' }) })
+
+  const libp2pPart: Part = { start: async () => { await node.start() }, stop: async () => { await node.stop() } }
+  const parts: Part[] = [monitor, auth, status, libp2pPart, membership]
+  const started: Part[] = []
+  const stopAll = async (): Promise<void> => {
+    for (const p of started.reverse()) await p.stop().catch(err => { log.error('stop failed', { error: (err as Error).message }) })
+  }
+  try {
+    for (const p of parts) { await p.start(); started.push(p) }
+  } catch (err) {
+    await stopAll()
+    throw err
+  }
+  log.info('agent started', {
+    peer: bundle.peerId,
+    version: GOTO_VERSION,
+    listen: node.getMultiaddrs().map(a => a.toString()),
+    announce: self().addrs,
+    bootstrap: config.bootstrap.map(a => a.toString()),
+    docker: config.docker.url,
+    profile: config.profile
+  })
+
+  await new Promise<void>(resolve => {
+    const onSignal = (sig: string): void => {
+      log.info('stopping', { signal: sig })
+      resolve()
+    }
+    process.once('SIGINT', onSignal)
+    process.once('SIGTERM', onSignal)
+  })
+  await stopAll()
+  log.info('agent stopped')
+}
+
+async function main (): Promise<number> {
+  let config: AgentConfig
+  try {
+    config = loadConfig({ argv: process.argv.slice(2), env: process.env })
+  } catch (err) {
+    if (err instanceof HelpRequested) { process.stdout.write(AGENT_USAGE + '\n'); return 0 }
+    if (err instanceof VersionRequested) { process.stdout.write(GOTO_VERSION + '\n'); return 0 }
+    if (err instanceof ConfigError) { process.stderr.write(`goto-agent: error: ${err.message}\n`); return 2 }
+    throw err
+  }
+  try {
+    await run(config)
+    return 0
+  } catch (err) {
+    if (err instanceof ConfigError) { process.stderr.write(`goto-agent: error: ${err.message}\n`); return 2 }
+    if (err instanceof GotoError) { process.stderr.write(`goto-agent: error: ${err.message}\n`); return 1 }
+    process.stderr.write(`goto-agent: error: ${(err as Error).message}\n`)
+    return 1
+  }
+}
+
+process.exitCode = await main()

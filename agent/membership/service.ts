@@ -1,0 +1,166 @@
+/**
+ * Heartbeats and peer exchange on /goto/heartbeat/1.0.0 (agents only).
+ *
+ * Every heartbeatIntervalMs the agent sends each known peer a heartbeat carrying its own MemberInfo
+ * and the members it has heard from; the reply carries the peer's. So one bootstrap address is enough
+ * to learn the whole mesh within a couple of rounds. A reply marks the peer alive and measures RTT;
+ * silence drives it to suspect and dead (see PeerTable). A peer that misses a heartbeat has its
+ * connections closed, so the next attempt dials afresh — that is how a partition heals and how a
+ * restarted host is found again. Dead peers are redialled every redialDeadMs.
+ */
+import type { Libp2p } from 'libp2p'
+import type { Connection } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import type { VerifiedPeer, SignedCrl } from '../../certs/index.js'
+import type { AuthService } from '../net/auth-service.js'
+import type { PeerTable, PeerEntry } from './peer-table.js'
+import type { Timings } from '../timings.js'
+import type { Logger } from '../log.js'
+import { HEARTBEAT_PROTOCOL } from '../../protocol/ids.js'
+import { JsonStream, readResult } from '../../protocol/wire.js'
+import { parseHeartbeatReply, parseHeartbeatRequest, type MemberInfo } from '../../protocol/messages.js'
+import { ProtocolError } from '../../protocol/errors.js'
+
+export interface MembershipDeps {
+  node: Libp2p
+  auth: AuthService
+  table: PeerTable
+  self: () => MemberInfo
+  bootstrap: Multiaddr[]
+  timings: Timings
+  log: Logger
+}
+
+export class MembershipService {
+  private timer: NodeJS.Timeout | undefined
+  private readonly inFlight = new Set<string>()
+  private readonly lastAttempt = new Map<string, number>()
+  private bootstrapping = false
+  private lastBootstrap = 0
+  private stopped = false
+
+  constructor (private readonly deps: MembershipDeps) {}
+
+  async start (): Promise<void> {
+    this.stopped = false
+    await this.deps.auth.handle(HEARTBEAT_PROTOCOL, ['agent'], async (js, peer) => { await this.answer(js, peer) })
+    this.timer = setInterval(() => { this.round() }, this.deps.timings.heartbeatIntervalMs)
+    this.round()
+  }
+
+  async stop (): Promise<void> {
+    this.stopped = true
+    clearInterval(this.timer)
+  }
+
+  /** One heartbeat round: states from the clock, then a heartbeat to every peer due for one. */
+  private round (): void {
+    const { table, log, timings } = this.deps
+    for (const c of table.tick()) log.info('peer state changed', { peer: c.peerId, name: c.name, from: c.from, to: c.to })
+    const now = Date.now()
+    const entries = table.entries()
+    for (const entry of entries) {
+      if (this.inFlight.has(entry.peerId)) continue
+      if (entry.state === 'dead' && now - (this.lastAttempt.get(entry.peerId) ?? 0) < timings.redialDeadMs) continue
+      this.lastAttempt.set(entry.peerId, now)
+      void this.heartbeat(entry)
+    }
+    // Alone (just started, or cut off): go back to the bootstrap addresses, at the dead-peer redial pace.
+    if (!entries.some(e => e.state === 'alive') && now - this.lastBootstrap >= timings.redialDeadMs) {
+      this.lastBootstrap = now
+      void this.bootstrap()
+    }
+  }
+
+  /** Dials the bootstrap addresses (peer IDs optional: the certificate proves who answers). */
+  private async bootstrap (): Promise<void> {
+    if (this.bootstrapping || this.deps.bootstrap.length === 0) return
+    this.bootstrapping = true
+    try {
+      await Promise.all(this.deps.bootstrap.map(async addr => {
+        const signal = AbortSignal.timeout(this.deps.timings.heartbeatTimeoutMs)
+        try {
+          const connection = await this.deps.node.dial(addr, { signal })
+          const peer = await this.deps.auth.ensure(connection, signal)
+          if (peer.role !== 'agent' || this.deps.table.get(peer.peerId) !== undefined) return
+          await this.exchange(connection, peer, signal)
+          this.deps.log.info('joined through bootstrap peer', { addr: addr.toString(), name: peer.name, peer: peer.peerId })
+        } catch (err) {
+          this.deps.log.debug('bootstrap dial failed', { addr: addr.toString(), error: (err as Error).message })
+        }
+      }))
+    } finally {
+      this.bootstrapping = false
+    }
+  }
+
+  private async heartbeat (entry: PeerEntry): Promise<void> {
+    if (this.stopped) return
+    this.inFlight.add(entry.peerId)
+    const signal = AbortSignal.timeout(this.deps.timings.heartbeatTimeoutMs)
+    try {
+      const peerId = peerIdFromString(entry.peerId)
+      const addrs = entry.addrs.map(a => {
+        const ma = multiaddr(a)
+        return ma.getComponents().some(c => c.name === 'p2p') ? ma : ma.encapsulate(`/p2p/${entry.peerId}`)
+      })
+      const connection = this.deps.node.getConnections(peerId)[0] ?? await this.deps.node.dial(addrs, { signal })
+      const peer = await this.deps.auth.ensure(connection, signal)
+      await this.exchange(connection, peer, signal)
+    } catch (err) {
+      this.deps.log.debug('heartbeat missed', { peer: entry.peerId, name: entry.name, error: (err as Error).message })
+      // A connection that cannot carry a heartbeat is stale (peer gone, or a partition): drop it so
+      // the next round dials afresh instead of waiting on TCP retransmissions.
+      for (const c of this.deps.node.getConnections(peerIdFromString(entry.peerId))) c.abort(new ProtocolError('heartbeat missed'))
+    } finally {
+      this.inFlight.delete(entry.peerId)
+    }
+  }
+
+  /** Sends our heartbeat on an authenticated connection and records the reply. */
+  private async exchange (connection: Connection, peer: VerifiedPeer, signal: AbortSignal): Promise<void> {
+    const started = performance.now()
+    const stream = await connection.newStream(HEARTBEAT_PROTOCOL, { signal })
+    const js = new JsonStream(stream)
+    const theirCrl = this.deps.table.get(peer.peerId)?.crlNumber ?? 0
+    await js.write({ from: this.deps.self(), members: this.deps.table.summaries(), ...this.crlFor(theirCrl) }, signal)
+    const reply = parseHeartbeatReply(await readResult(js, signal))
+    if (reply.crl !== undefined) this.deps.auth.offerCrl(reply.crl)
+    const rttMs = Math.round((performance.now() - started) * 10) / 10
+    await js.close(signal)
+    this.record(peer, reply.self, rttMs)
+    this.learn(reply.members)
+  }
+
+  private async answer (js: JsonStream, peer: VerifiedPeer): Promise<void> {
+    const signal = AbortSignal.timeout(this.deps.timings.heartbeatTimeoutMs)
+    const req = parseHeartbeatRequest(await js.read(signal))
+    if (req.crl !== undefined) this.deps.auth.offerCrl(req.crl)
+    this.record(peer, req.from, null)
+    this.learn(req.members)
+    const result = { self: this.deps.self(), members: this.deps.table.summaries(), ...this.crlFor(req.from.crlNumber) }
+    await js.write({ ok: true, result }, signal)
+    await js.close(signal)
+  }
+
+  /** Revocation lists spread with heartbeats: a peer that reports an older one gets ours. */
+  private crlFor (theirNumber: number): { crl?: SignedCrl } {
+    const crl = this.deps.auth.crl
+    return crl !== undefined && this.deps.auth.crlNumber > theirNumber ? { crl } : {}
+  }
+
+  /** The certificate, not the message, says who the peer is. */
+  private record (peer: VerifiedPeer, info: MemberInfo, rttMs: number | null): void {
+    if (info.peerId !== peer.peerId) throw new ProtocolError(`heartbeat from ${peer.peerId} claims to be ${info.peerId}`)
+    const change = this.deps.table.heard({ ...info, name: peer.name }, rttMs)
+    if (change !== undefined) this.deps.log.info('peer state changed', { peer: change.peerId, name: change.name, from: change.from, to: change.to })
+  }
+
+  private learn (members: ReturnType<PeerTable['summaries']>): void {
+    const fresh = members.filter(m => !this.deps.auth.isRevoked(m.peerId))
+    for (const entry of this.deps.table.learn(fresh)) {
+      this.deps.log.info('learned peer', { peer: entry.peerId, name: entry.name, addrs: entry.addrs })
+    }
+  }
+}

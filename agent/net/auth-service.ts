@@ -1,0 +1,208 @@
+/**
+ * The agent's gate. Every connection, inbound or outbound, must pass /goto/auth within
+ * `authTimeoutMs` or it is closed. Other protocols register through `handle()`, which waits for the
+ * connection's auth to finish and checks the peer's role before the handler sees a single byte; a
+ * stream on a connection that never authenticates is aborted with PeerNotAuthenticatedError.
+ *
+ * Outbound connections authenticate as soon as they open (we start the handshake); inbound ones wait
+ * for the dialer's hello. When a newer revocation list arrives, connections of newly revoked peers
+ * are closed at once.
+ */
+import type { Libp2p } from 'libp2p'
+import type { Connection, Stream } from '@libp2p/interface'
+import type { Logger } from '../log.js'
+import type { Role, VerifiedPeer, SignedCrl } from '../../certs/index.js'
+import { AUTH_PROTOCOL } from '../../protocol/ids.js'
+import { authenticateInbound, authenticateOutbound, type AuthIdentity } from '../../protocol/auth.js'
+import { JsonStream } from '../../protocol/wire.js'
+import { PeerNotAuthenticatedError, toWireError } from '../../protocol/errors.js'
+
+interface Session {
+  promise: Promise<VerifiedPeer>
+  resolve: (p: VerifiedPeer) => void
+  reject: (e: Error) => void
+  started: boolean
+  peer?: VerifiedPeer
+}
+
+export type GatedHandler = (js: JsonStream, peer: VerifiedPeer, connection: Connection) => Promise<void>
+
+export interface AuthServiceDeps {
+  node: Libp2p
+  identity: AuthIdentity
+  authTimeoutMs: number
+  log: Logger
+  /** Persist a newer revocation list adopted from a peer. */
+  saveCrl: (crl: SignedCrl) => Promise<void>
+  /** Told about every peer that passed auth. */
+  onAuthenticated?: (peer: VerifiedPeer, connection: Connection) => void
+  /** Told when a newer revocation list was adopted (e.g. to drop revoked peers from the table). */
+  onRevocation?: () => void
+}
+
+/** Most concurrent inbound streams per connection for one request/response protocol. */
+const MAX_INBOUND_STREAMS = 32
+
+export class AuthService {
+  private readonly sessions = new WeakMap<Connection, Session>()
+  private readonly protocols: string[] = []
+  private readonly identity: AuthIdentity
+  private readonly onOpen = (evt: CustomEvent<Connection>): void => { this.opened(evt.detail) }
+
+  constructor (private readonly deps: AuthServiceDeps) {
+    this.identity = {
+      ...deps.identity,
+      onCrlAdopted: crl => {
+        deps.identity.onCrlAdopted?.(crl)
+        this.crlAdopted(crl)
+      }
+    }
+  }
+
+  async start (): Promise<void> {
+    await this.deps.node.handle(AUTH_PROTOCOL, async (stream, connection) => { await this.inbound(stream, connection) }, { maxInboundStreams: 2 })
+    this.protocols.push(AUTH_PROTOCOL)
+    this.deps.node.addEventListener('connection:open', this.onOpen)
+  }
+
+  async stop (): Promise<void> {
+    this.deps.node.removeEventListener('connection:open', this.onOpen)
+    for (const p of this.protocols.splice(0)) await this.deps.node.unhandle(p)
+  }
+
+  /** The verified peer behind a connection, once it has authenticated. */
+  peerOf (connection: Connection): VerifiedPeer | undefined {
+    return this.sessions.get(connection)?.peer
+  }
+
+  /** The newest revocation list we hold, and its number. */
+  get crl (): SignedCrl | undefined { return this.deps.identity.trust.crl }
+  get crlNumber (): number { return this.deps.identity.trust.crlNumber }
+
+  /**
+   * Offers a revocation list a peer passed on. Adopted only if the mesh CA signed it and it is newer;
+   * an invalid one is logged and ignored (the peer's other messages stay usable).
+   */
+  offerCrl (crl: SignedCrl): void {
+    try {
+      if (this.deps.identity.trust.adoptCrl(crl)) this.identity.onCrlAdopted?.(crl)
+    } catch (err) {
+      this.deps.log.warn('ignored invalid revocation list from a peer', { error: (err as Error).message })
+    }
+  }
+
+  isRevoked (peerId: string): boolean {
+    return this.deps.identity.trust.isRevoked(peerId)
+  }
+
+  /** Waits until the connection has authenticated (starting the handshake on outbound ones). */
+  async ensure (connection: Connection, signal: AbortSignal): Promise<VerifiedPeer> {
+    const s = this.session(connection)
+    if (connection.direction === 'outbound' && !s.started) this.startOutbound(connection, s)
+    return await new Promise<VerifiedPeer>((resolve, reject) => {
+      const onAbort = (): void => { reject(signal.reason) }
+      if (signal.aborted) { onAbort(); return }
+      signal.addEventListener('abort', onAbort, { once: true })
+      s.promise.then(resolve, reject).finally(() => { signal.removeEventListener('abort', onAbort) })
+    })
+  }
+
+  /** Registers a protocol that serves only authenticated peers of the given roles. */
+  async handle (protocol: string, roles: readonly Role[], handler: GatedHandler): Promise<void> {
+    await this.deps.node.handle(protocol, async (stream, connection) => {
+      const js = new JsonStream(stream)
+      // Half the auth timeout: a refusal must reach the peer before its connection is closed.
+      const signal = AbortSignal.timeout(this.deps.authTimeoutMs / 2)
+      let peer: VerifiedPeer
+      try {
+        peer = await this.ensure(connection, signal)
+        this.deps.identity.trust.requireRole(peer, roles, protocol)
+      } catch (err) {
+        const refusal = err instanceof Error && err.name === 'RoleNotAllowedError'
+          ? err
+          : new PeerNotAuthenticatedError(`${protocol} requires a connection that passed ${AUTH_PROTOCOL}`)
+        this.deps.log.warn('refused stream', { protocol, peer: connection.remotePeer.toString(), reason: refusal.name })
+        await js.write({ ok: false, error: toWireError(refusal) }, AbortSignal.timeout(1000)).catch(() => {})
+        await js.close(AbortSignal.timeout(1000))
+        return
+      }
+      try {
+        await handler(js, peer, connection)
+      } catch (err) {
+        this.deps.log.warn('handler failed', { protocol, peer: peer.name, error: (err as Error).message })
+        stream.abort(err as Error)
+      }
+    }, { maxInboundStreams: MAX_INBOUND_STREAMS })
+    this.protocols.push(protocol)
+  }
+
+  private session (connection: Connection): Session {
+    let s = this.sessions.get(connection)
+    if (s === undefined) {
+      let resolve!: Session['resolve']
+      let reject!: Session['reject']
+      const promise = new Promise<VerifiedPeer>((res, rej) => { resolve = res; reject = rej })
+      promise.catch(() => {}) // observed through ensure(); never an unhandled rejection
+      s = { promise, resolve, reject, started: false }
+      this.sessions.set(connection, s)
+    }
+    return s
+  }
+
+  private opened (connection: Connection): void {
+    const s = this.session(connection)
+    const timer = setTimeout(() => {
+      if (s.peer !== undefined) return
+      const err = new PeerNotAuthenticatedError(`no auth within ${this.deps.authTimeoutMs} ms`)
+      this.deps.log.warn('closing unauthenticated connection', { peer: connection.remotePeer.toString(), addr: connection.remoteAddr.toString() })
+      s.reject(err)
+      connection.abort(err)
+    }, this.deps.authTimeoutMs)
+    timer.unref()
+    s.promise.then(() => { clearTimeout(timer) }, () => { clearTimeout(timer) })
+    if (connection.direction === 'outbound' && !s.started) this.startOutbound(connection, s)
+  }
+
+  private startOutbound (connection: Connection, s: Session): void {
+    s.started = true
+    authenticateOutbound(connection, this.identity, AbortSignal.timeout(this.deps.authTimeoutMs))
+      .then(peer => { this.accepted(connection, s, peer) }, err => { this.refused(connection, s, err) })
+  }
+
+  private async inbound (stream: Stream, connection: Connection): Promise<void> {
+    const s = this.session(connection)
+    if (s.started) { stream.abort(new PeerNotAuthenticatedError('auth already attempted on this connection')); return }
+    s.started = true
+    try {
+      await authenticateInbound(stream, connection, this.identity, AbortSignal.timeout(this.deps.authTimeoutMs), peer => { this.accepted(connection, s, peer) })
+    } catch (err) {
+      if (s.peer === undefined) this.refused(connection, s, err)
+    }
+  }
+
+  private accepted (connection: Connection, s: Session, peer: VerifiedPeer): void {
+    s.peer = peer
+    s.resolve(peer)
+    this.deps.log.debug('peer authenticated', { peer: peer.peerId, name: peer.name, role: peer.role, direction: connection.direction })
+    this.deps.onAuthenticated?.(peer, connection)
+  }
+
+  private refused (connection: Connection, s: Session, err: unknown): void {
+    const e = err instanceof Error ? err : new Error(String(err))
+    this.deps.log.warn('peer refused', { peer: connection.remotePeer.toString(), addr: connection.remoteAddr.toString(), reason: e.name, detail: e.message })
+    s.reject(e)
+    connection.abort(e)
+  }
+
+  private crlAdopted (crl: SignedCrl): void {
+    this.deps.log.info('adopted newer revocation list', { number: this.deps.identity.trust.crlNumber })
+    this.deps.saveCrl(crl).catch(err => { this.deps.log.error('could not persist revocation list', { error: (err as Error).message }) })
+    this.deps.onRevocation?.()
+    for (const connection of this.deps.node.getConnections()) {
+      if (this.deps.identity.trust.isRevoked(connection.remotePeer.toString())) {
+        this.deps.log.warn('closing connection of revoked peer', { peer: connection.remotePeer.toString() })
+        connection.abort(new PeerNotAuthenticatedError('peer certificate revoked'))
+      }
+    }
+  }
+}

@@ -1,0 +1,49 @@
+/**
+ * Every timing the agent uses, named, with units and the reason for its value. Two profiles: the
+ * default for real networks (LAN or WAN between clouds) and `test` for the lab, where hosts share one
+ * machine and tests should not wait long for a state change.
+ *
+ * Peer states follow from the time since the last successful heartbeat exchange with the peer:
+ *   alive   — heard within suspectAfterMs
+ *   suspect — silent for suspectAfterMs (a few missed heartbeats: packet loss, a GC pause, a busy host)
+ *   dead    — silent for deadAfterMs (long enough that a pause or a restart of the agent would be over)
+ */
+export interface Timings {
+  /** How often an agent sends a heartbeat to each peer. Idle cost is one small stream per peer each time. */
+  heartbeatIntervalMs: number
+  /** How long one heartbeat (dial, auth if needed, request, reply) may take before it counts as missed. */
+  heartbeatTimeoutMs: number
+  /** Silence after which a peer is `suspect`: about three missed heartbeats. */
+  suspectAfterMs: number
+  /** Silence after which a peer is `dead`. */
+  deadAfterMs: number
+  /** A connection that has not completed /goto/auth within this time is closed. */
+  authTimeoutMs: number
+  /** How often the agent re-reads the engine's version and container count for heartbeats. */
+  dockerRefreshMs: number
+  /** How often a dead peer is redialled, so a host that comes back is found again. */
+  redialDeadMs: number
+}
+
+export const PROFILES: Record<'default' | 'test', Timings> = {
+  default: {
+    heartbeatIntervalMs: 1000,
+    heartbeatTimeoutMs: 2000,
+    suspectAfterMs: 3500,
+    deadAfterMs: 10_000,
+    authTimeoutMs: 5000,
+    dockerRefreshMs: 5000,
+    redialDeadMs: 5000
+  },
+  test: {
+    heartbeatIntervalMs: 250,
+    heartbeatTimeoutMs: 1000,
+    suspectAfterMs: 1000,
+    deadAfterMs: 3000,
+    authTimeoutMs: 3000,
+    dockerRefreshMs: 1000,
+    redialDeadMs: 1000
+  }
+}
+
+export type ProfileName = keyof typeof PROFILES

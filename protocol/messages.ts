@@ -1,0 +1,144 @@
+/**
+ * The shapes of every message the agent and the CLI exchange, and small checks that turn untrusted
+ * JSON into these types (a peer that sends something else gets a ProtocolError, never a crash).
+ */
+import { ProtocolError } from './errors.js'
+
+export type Role = 'agent' | 'operator'
+export type PeerState = 'alive' | 'suspect' | 'dead'
+
+export interface SignedCrlWire { payload: string, signature: string }
+
+/** First message on /goto/auth: each side's certificate and its newest revocation list. */
+export interface AuthHello { cert: string, crl?: SignedCrlWire }
+
+/** What an agent says of itself in heartbeats. */
+export interface MemberInfo {
+  name: string
+  peerId: string
+  addrs: string[]
+  labels: Record<string, string>
+  agentVersion: string
+  dockerVersion: string | null
+  containers: number | null
+  /** Number of the newest revocation list this agent holds; a peer with a newer one sends it. */
+  crlNumber: number
+}
+
+/** What an agent passes on of the members it knows (peer exchange). */
+export interface MemberSummary { peerId: string, name: string, addrs: string[] }
+
+export interface HeartbeatRequest { from: MemberInfo, members: MemberSummary[], crl?: SignedCrlWire }
+export interface HeartbeatReply { self: MemberInfo, members: MemberSummary[], crl?: SignedCrlWire }
+
+/** One row of `goto peers`. */
+export interface PeerRow {
+  name: string
+  peerId: string
+  self: boolean
+  state: PeerState
+  role: Role
+  addrs: string[]
+  labels: Record<string, string>
+  agentVersion: string | null
+  dockerVersion: string | null
+  containers: number | null
+  lastSeen: string | null
+  rttMs: number | null
+}
+
+export interface StatusRequest { name?: string }
+
+export interface ContainerRow { name: string, id: string, image: string, state: string, status: string }
+
+export interface AgentStatus {
+  name: string
+  peerId: string
+  version: string
+  uptimeS: number
+  labels: Record<string, string>
+  docker: { version: string, apiVersion: string, os: string, arch: string } | { error: string }
+  containers: ContainerRow[]
+  peers: Record<PeerState, number>
+}
+
+// --- checks -----------------------------------------------------------------------------
+
+function obj (v: unknown, what: string): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ProtocolError(`${what} must be an object`)
+  return v as Record<string, unknown>
+}
+
+function str (v: unknown, what: string, max = 4096): string {
+  if (typeof v !== 'string' || v.length > max) throw new ProtocolError(`${what} must be a string of at most ${max} characters`)
+  return v
+}
+
+function strArray (v: unknown, what: string, maxItems = 64): string[] {
+  if (!Array.isArray(v) || v.length > maxItems) throw new ProtocolError(`${what} must be an array of at most ${maxItems} strings`)
+  return v.map((s, i) => str(s, `${what}[${i}]`, 1024))
+}
+
+function labels (v: unknown, what: string): Record<string, string> {
+  const o = obj(v, what)
+  const out: Record<string, string> = {}
+  const entries = Object.entries(o)
+  if (entries.length > 64) throw new ProtocolError(`${what} has too many entries`)
+  for (const [k, val] of entries) out[str(k, `${what} key`, 256)] = str(val, `${what}.${k}`, 1024)
+  return out
+}
+
+function nullable<T> (v: unknown, f: (v: unknown) => T): T | null {
+  return v === null || v === undefined ? null : f(v)
+}
+
+export function parseAuthHello (v: unknown): AuthHello {
+  const o = obj(v, 'auth hello')
+  return { cert: str(o.cert, 'auth hello cert', 16384), ...optionalCrl(o.crl) }
+}
+
+export function parseMemberInfo (v: unknown): MemberInfo {
+  const o = obj(v, 'member')
+  return {
+    name: str(o.name, 'member name', 256),
+    peerId: str(o.peerId, 'member peerId', 256),
+    addrs: strArray(o.addrs, 'member addrs'),
+    labels: labels(o.labels, 'member labels'),
+    agentVersion: str(o.agentVersion, 'member agentVersion', 64),
+    dockerVersion: nullable(o.dockerVersion, x => str(x, 'member dockerVersion', 64)),
+    containers: nullable(o.containers, x => {
+      if (typeof x !== 'number' || !Number.isInteger(x) || x < 0) throw new ProtocolError('member containers must be a count')
+      return x
+    }),
+    crlNumber: typeof o.crlNumber === 'number' && Number.isInteger(o.crlNumber) ? o.crlNumber : 0
+  }
+}
+
+function optionalCrl (v: unknown): { crl?: SignedCrlWire } {
+  if (v === undefined || v === null) return {}
+  const c = obj(v, 'crl')
+  return { crl: { payload: str(c.payload, 'crl payload', 512 * 1024), signature: str(c.signature, 'crl signature', 4096) } }
+}
+
+export function parseMemberSummaries (v: unknown): MemberSummary[] {
+  if (!Array.isArray(v) || v.length > 1024) throw new ProtocolError('members must be an array of at most 1024 entries')
+  return v.map((m, i) => {
+    const o = obj(m, `members[${i}]`)
+    return { peerId: str(o.peerId, 'peerId', 256), name: str(o.name, 'name', 256), addrs: strArray(o.addrs, 'addrs') }
+  })
+}
+
+export function parseHeartbeatRequest (v: unknown): HeartbeatRequest {
+  const o = obj(v, 'heartbeat')
+  return { from: parseMemberInfo(o.from), members: parseMemberSummaries(o.members), ...optionalCrl(o.crl) }
+}
+
+export function parseHeartbeatReply (v: unknown): HeartbeatReply {
+  const o = obj(v, 'heartbeat reply')
+  return { self: parseMemberInfo(o.self), members: parseMemberSummaries(o.members), ...optionalCrl(o.crl) }
+}
+
+export function parseStatusRequest (v: unknown): StatusRequest {
+  const o = obj(v, 'status request')
+  return o.name === undefined || o.name === null ? {} : { name: str(o.name, 'status name', 256) }
+}

@@ -1,0 +1,5 @@
+/** The version of Go-To this build is, read once from package.json. */
+import { readFileSync } from 'node:fs'
+
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+export const GOTO_VERSION: string = pkg.version
