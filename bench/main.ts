@@ -1,0 +1,140 @@
+#!/usr/bin/env node
+/**
+ * `npm run bench`: measures the mesh in a three-host lab, each figure next to a baseline taken in the
+ * same run on the same machine, and writes everything to bench-results.json.
+ *
+ * - Idle agent: RSS and CPU of one agent (default timing profile) with two peers over 30 s; baseline:
+ *   an idle bare Node.js process. Targets: RSS < 100 MiB, CPU < 1 %.
+ * - CLI round trip: `goto status --json` as a process (spawn, connect, Noise, auth, ask) — median of
+ *   runs; baseline: `node -e 0`, the cost of starting Node alone. In-process: connect + auth + status
+ *   with the client library; baseline: a plain TCP connect to the same agent.
+ */
+import '../protocol/polyfill.js'
+import { spawn } from 'node:child_process'
+import { readFile, writeFile } from 'node:fs/promises'
+import { connect } from 'node:net'
+import { multiaddr } from '@multiformats/multiaddr'
+import { Lab, waitFor } from '../test/lab/index.js'
+import { readBundle } from '../certs/index.js'
+import { AgentClient } from '../control/client.js'
+
+const IDLE_SECONDS = 30
+const CLI_RUNS = 15
+const INPROC_RUNS = 30
+const TARGET_RSS_MIB = 100
+const TARGET_CPU_PERCENT = 1
+const CLK_TCK = 100
+
+function median (xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = Math.floor(s.length / 2)
+  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
+}
+
+async function cpuTicks (pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return Number(fields[11]) + Number(fields[12]) // utime + stime (fields 14 and 15 of the whole line)
+}
+
+async function rssMiB (pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8')
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN)
+  return kb / 1024
+}
+
+/** RSS (median of samples, MiB) and CPU (% of one core) of a process over `seconds`. */
+async function idle (pid: number, seconds: number): Promise<{ rssMiB: number, rssMaxMiB: number, cpuPercent: number }> {
+  const samples: number[] = []
+  const t0 = await cpuTicks(pid)
+  const start = performance.now()
+  for (let i = 0; i < seconds; i++) {
+    samples.push(await rssMiB(pid))
+    await new Promise(resolve => setTimeout(resolve, 1000))
+  }
+  const elapsedS = (performance.now() - start) / 1000
+  const ticks = (await cpuTicks(pid)) - t0
+  return { rssMiB: median(samples), rssMaxMiB: Math.max(...samples), cpuPercent: ticks / CLK_TCK / elapsedS * 100 }
+}
+
+async function timeProcess (cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const start = performance.now()
+  await new Promise<void>((resolve, reject) => {
+    const p = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] })
+    let err = ''
+    p.stderr.on('data', d => { err += String(d) })
+    p.on('error', reject)
+    p.on('exit', code => { code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err}`)) })
+  })
+  return performance.now() - start
+}
+
+async function tcpConnectMs (host: string, port: number): Promise<number> {
+  const start = performance.now()
+  await new Promise<void>((resolve, reject) => {
+    const s = connect({ host, port }, () => { s.destroy(); resolve() })
+    s.on('error', reject)
+  })
+  return performance.now() - start
+}
+
+const fmt = (n: number, d = 1): string => n.toFixed(d)
+
+async function main (): Promise<void> {
+  const lab = new Lab({ agentProfile: 'default', log: line => { console.log(`lab: ${line}`) } })
+  const results: Record<string, unknown> = { date: new Date().toISOString() }
+  try {
+    await lab.down()
+    const hosts = await lab.up(3)
+    const [measured] = hosts
+    await waitFor(async () => {
+      const r = await lab.cli(['peers', '--json'])
+      return r.code === 0 && (JSON.parse(r.stdout) as Array<{ state: string }>).filter(p => p.state === 'alive').length === 3
+    }, { timeoutMs: 60_000, intervalMs: 500, what: 'three alive agents' })
+    if (measured.agentPid === undefined) throw new Error('no agent pid')
+
+    console.log(`\n== idle: ${measured.name} (pid ${measured.agentPid}) with two peers, and a bare node process, ${IDLE_SECONDS} s`)
+    const bare = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
+    try {
+      const [agent, baseline] = await Promise.all([idle(measured.agentPid, IDLE_SECONDS), idle(bare.pid as number, IDLE_SECONDS)])
+      results.idle = { seconds: IDLE_SECONDS, agent, bareNode: baseline, rssRatio: agent.rssMiB / baseline.rssMiB }
+      console.log(`   agent RSS ${fmt(agent.rssMiB)} MiB (max ${fmt(agent.rssMaxMiB)}), CPU ${fmt(agent.cpuPercent, 2)} %`)
+      console.log(`   bare node RSS ${fmt(baseline.rssMiB)} MiB, CPU ${fmt(baseline.cpuPercent, 2)} %   → agent/bare RSS ${fmt(agent.rssMiB / baseline.rssMiB, 2)}x`)
+      console.log(`   targets: RSS < ${TARGET_RSS_MIB} MiB ${agent.rssMaxMiB < TARGET_RSS_MIB ? 'met' : 'MISSED'}, CPU < ${TARGET_CPU_PERCENT} % ${agent.cpuPercent < TARGET_CPU_PERCENT ? 'met' : 'MISSED'}`)
+    } finally {
+      bare.kill('SIGKILL')
+    }
+
+    console.log(`\n== CLI: goto status --json as a process, ${CLI_RUNS} runs, vs node -e 0`)
+    const env = { ...process.env, GOTO_BUNDLE: lab.operatorBundle, GOTO_AGENT: measured.agentAddr }
+    const cli: number[] = []
+    const node: number[] = []
+    for (let i = 0; i < CLI_RUNS; i++) {
+      node.push(await timeProcess(process.execPath, ['-e', '0'], env))
+      cli.push(await timeProcess(process.execPath, [lab.controlMain, 'status', '--json'], env))
+    }
+    results.cli = { runs: CLI_RUNS, statusMedianMs: median(cli), statusMaxMs: Math.max(...cli), nodeStartMedianMs: median(node), ratio: median(cli) / median(node) }
+    console.log(`   goto status median ${fmt(median(cli))} ms (max ${fmt(Math.max(...cli))}), node -e 0 median ${fmt(median(node))} ms → ${fmt(median(cli) / median(node), 2)}x`)
+
+    console.log(`\n== in process: connect + Noise + auth + status, ${INPROC_RUNS} runs, vs a plain TCP connect`)
+    const bundle = await readBundle(lab.operatorBundle)
+    const inproc: number[] = []
+    const tcp: number[] = []
+    for (let i = 0; i < INPROC_RUNS; i++) {
+      tcp.push(await tcpConnectMs(measured.ip, 4001))
+      const start = performance.now()
+      const client = await AgentClient.connect(bundle, multiaddr(measured.agentAddr), AbortSignal.timeout(10_000))
+      await client.status(undefined, AbortSignal.timeout(10_000))
+      inproc.push(performance.now() - start)
+      await client.close()
+    }
+    results.inProcess = { runs: INPROC_RUNS, statusMedianMs: median(inproc), tcpConnectMedianMs: median(tcp), ratio: median(inproc) / median(tcp) }
+    console.log(`   connect+auth+status median ${fmt(median(inproc))} ms, TCP connect median ${fmt(median(tcp), 2)} ms → ${fmt(median(inproc) / median(tcp), 1)}x`)
+  } finally {
+    await lab.down()
+  }
+  await writeFile('bench-results.json', JSON.stringify(results, null, 2) + '\n')
+  console.log('\nwrote bench-results.json')
+}
+
+await main()
