@@ -5,7 +5,7 @@
  * order and stops them in reverse on SIGINT/SIGTERM.
  */
 import '../protocol/polyfill.js'
-import { mkdir, writeFile, rename, readFile } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { loadConfig, AGENT_USAGE, HelpRequested, VersionRequested, type AgentConfig } from './config.js'
 import { createRootLogger } from './log.js'
@@ -20,7 +20,9 @@ import { createMeshNode } from '../protocol/node.js'
 import { GOTO_VERSION } from '../protocol/version.js'
 import { ConfigError, GotoError } from '../protocol/errors.js'
 import type { MemberInfo } from '../protocol/messages.js'
-import { readBundle, TrustStore, type SignedCrl } from '../certs/index.js'
+// The verifying half of certs/ only: the agent never issues, so it does not load node-forge.
+import { readBundle, writeCrl } from '../certs/bundle.js'
+import { TrustStore, type SignedCrl } from '../certs/verify.js'
 
 interface Part { start: () => Promise<void>, stop: () => Promise<void> }
 
@@ -30,12 +32,6 @@ async function loadSavedCrl (stateDir: string): Promise<unknown> {
   } catch {
     return undefined
   }
-}
-
-async function saveCrl (stateDir: string, crl: SignedCrl): Promise<void> {
-  const tmp = join(stateDir, `crl.json.${process.pid}.tmp`)
-  await writeFile(tmp, JSON.stringify(crl, null, 2) + '\n', { mode: 0o644 })
-  await rename(tmp, join(stateDir, 'crl.json'))
 }
 
 async function run (config: AgentConfig): Promise<void> {
@@ -65,11 +61,12 @@ async function run (config: AgentConfig): Promise<void> {
   const docker = new DockerodeHost(config.docker)
   const monitor = new DockerMonitor(docker, config.timings.dockerRefreshMs, log.child({ component: 'docker' }))
   const table = new PeerTable(bundle.peerId, config.timings)
-  const hostIps = hostAddresses()
+  // What we announce is fixed once the node listens; computed on first use, not per heartbeat.
+  let addrs: string[] | undefined
   const self = (): MemberInfo => ({
     name: bundle.name,
     peerId: bundle.peerId,
-    addrs: advertisedAddrs(node.getMultiaddrs(), config.announce, hostIps),
+    addrs: addrs ??= advertisedAddrs(node.getMultiaddrs(), config.announce, hostAddresses()),
     labels: config.labels,
     agentVersion: GOTO_VERSION,
     dockerVersion: monitor.version?.version ?? null,
@@ -81,7 +78,8 @@ async function run (config: AgentConfig): Promise<void> {
     identity: { certPem: bundle.certPem, trust },
     authTimeoutMs: config.timings.authTimeoutMs,
     log: log.child({ component: 'auth' }),
-    saveCrl: async crl => { await saveCrl(config.stateDir, crl) },
+    // The state directory keeps the newest list under the same name a bundle does.
+    saveCrl: async crl => { await writeCrl(config.stateDir, crl) },
     onRevocation: () => {
       for (const e of table.entries()) if (trust.isRevoked(e.peerId)) table.remove(e.peerId)
     }

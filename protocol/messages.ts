@@ -28,7 +28,8 @@ export interface MemberInfo {
 /** What an agent passes on of the members it knows (peer exchange). */
 export interface MemberSummary { peerId: string, name: string, addrs: string[] }
 
-export interface HeartbeatRequest { from: MemberInfo, members: MemberSummary[], crl?: SignedCrlWire }
+/** `rttMs`: the sender's last round-trip time to the receiver, so the quiet side of a pair knows it too. */
+export interface HeartbeatRequest { from: MemberInfo, members: MemberSummary[], rttMs?: number, crl?: SignedCrlWire }
 export interface HeartbeatReply { self: MemberInfo, members: MemberSummary[], crl?: SignedCrlWire }
 
 /** One row of `goto peers`. */
@@ -130,7 +131,8 @@ export function parseMemberSummaries (v: unknown): MemberSummary[] {
 
 export function parseHeartbeatRequest (v: unknown): HeartbeatRequest {
   const o = obj(v, 'heartbeat')
-  return { from: parseMemberInfo(o.from), members: parseMemberSummaries(o.members), ...optionalCrl(o.crl) }
+  const rtt = typeof o.rttMs === 'number' && Number.isFinite(o.rttMs) && o.rttMs >= 0 ? { rttMs: o.rttMs } : {}
+  return { from: parseMemberInfo(o.from), members: parseMemberSummaries(o.members), ...rtt, ...optionalCrl(o.crl) }
 }
 
 export function parseHeartbeatReply (v: unknown): HeartbeatReply {

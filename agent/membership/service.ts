@@ -32,9 +32,19 @@ export interface MembershipDeps {
   log: Logger
 }
 
+/**
+ * The answering side of a pair sends again itself once the other side's requests are this many
+ * intervals late (timer jitter, a slow peer), so liveness never hangs on one direction alone.
+ */
+const QUIET_SLACK = 1.5
+
 export class MembershipService {
   private timer: NodeJS.Timeout | undefined
   private readonly inFlight = new Set<string>()
+  /** When each peer last sent us a heartbeat request. */
+  private readonly lastRequest = new Map<string, number>()
+  /** Our long-lived outbound heartbeat stream to each peer. */
+  private readonly channels = new Map<string, { connection: Connection, js: JsonStream }>()
   private readonly lastAttempt = new Map<string, number>()
   private bootstrapping = false
   private lastBootstrap = 0
@@ -52,6 +62,8 @@ export class MembershipService {
   async stop (): Promise<void> {
     this.stopped = true
     clearInterval(this.timer)
+    for (const { js } of this.channels.values()) js.stream.abort(new ProtocolError('agent stopping'))
+    this.channels.clear()
   }
 
   /** One heartbeat round: states from the clock, then a heartbeat to every peer due for one. */
@@ -60,8 +72,12 @@ export class MembershipService {
     for (const c of table.tick()) log.info('peer state changed', { peer: c.peerId, name: c.name, from: c.from, to: c.to })
     const now = Date.now()
     const entries = table.entries()
+    const selfId = this.deps.self().peerId
     for (const entry of entries) {
       if (this.inFlight.has(entry.peerId)) continue
+      // One heartbeat per pair and interval is enough: the peer with the lower ID sends, the other
+      // answers and stays quiet while those requests keep coming (halves the idle cost of the mesh).
+      if (entry.peerId < selfId && now - (this.lastRequest.get(entry.peerId) ?? 0) < timings.heartbeatIntervalMs * QUIET_SLACK) continue
       if (entry.state === 'dead' && now - (this.lastAttempt.get(entry.peerId) ?? 0) < timings.redialDeadMs) continue
       this.lastAttempt.set(entry.peerId, now)
       void this.heartbeat(entry)
@@ -118,30 +134,56 @@ export class MembershipService {
     }
   }
 
-  /** Sends our heartbeat on an authenticated connection and records the reply. */
+  /**
+   * Sends our heartbeat on an authenticated connection and records the reply. Each peer gets one
+   * long-lived heartbeat stream: opening a stream per heartbeat (multistream-select, yamux frames,
+   * a peer-store update) cost the idle agent several times more CPU than the heartbeat itself.
+   */
   private async exchange (connection: Connection, peer: VerifiedPeer, signal: AbortSignal): Promise<void> {
     const started = performance.now()
-    const stream = await connection.newStream(HEARTBEAT_PROTOCOL, { signal })
-    const js = new JsonStream(stream)
-    const theirCrl = this.deps.table.get(peer.peerId)?.crlNumber ?? 0
-    await js.write({ from: this.deps.self(), members: this.deps.table.summaries(), ...this.crlFor(theirCrl) }, signal)
-    const reply = parseHeartbeatReply(await readResult(js, signal))
+    let channel = this.channels.get(peer.peerId)
+    if (channel === undefined || channel.connection !== connection || channel.js.stream.status !== 'open') {
+      channel?.js.stream.abort(new ProtocolError('heartbeat stream replaced'))
+      channel = { connection, js: new JsonStream(await connection.newStream(HEARTBEAT_PROTOCOL, { signal })) }
+      this.channels.set(peer.peerId, channel)
+    }
+    const { js } = channel
+    let reply
+    try {
+      const theirCrl = this.deps.table.get(peer.peerId)?.crlNumber ?? 0
+      const rttMs = this.deps.table.get(peer.peerId)?.rttMs ?? undefined
+      await js.write({ from: this.deps.self(), members: this.deps.table.summaries(), rttMs, ...this.crlFor(theirCrl) }, signal)
+      reply = parseHeartbeatReply(await readResult(js, signal))
+    } catch (err) {
+      this.channels.delete(peer.peerId)
+      js.stream.abort(err as Error)
+      throw err
+    }
     if (reply.crl !== undefined) this.deps.auth.offerCrl(reply.crl)
     const rttMs = Math.round((performance.now() - started) * 10) / 10
-    await js.close(signal)
     this.record(peer, reply.self, rttMs)
     this.learn(reply.members)
   }
 
+  /** Serves a peer's heartbeat stream: a reply to every request, until the stream ends or goes quiet. */
   private async answer (js: JsonStream, peer: VerifiedPeer): Promise<void> {
-    const signal = AbortSignal.timeout(this.deps.timings.heartbeatTimeoutMs)
-    const req = parseHeartbeatRequest(await js.read(signal))
-    if (req.crl !== undefined) this.deps.auth.offerCrl(req.crl)
-    this.record(peer, req.from, null)
-    this.learn(req.members)
-    const result = { self: this.deps.self(), members: this.deps.table.summaries(), ...this.crlFor(req.from.crlNumber) }
-    await js.write({ ok: true, result }, signal)
-    await js.close(signal)
+    const { timings } = this.deps
+    for (;;) {
+      let raw: unknown
+      try {
+        raw = await js.read(AbortSignal.timeout(timings.deadAfterMs + timings.heartbeatTimeoutMs))
+      } catch {
+        break // the peer closed the stream, or went silent long enough to be dead
+      }
+      const req = parseHeartbeatRequest(raw)
+      if (req.crl !== undefined) this.deps.auth.offerCrl(req.crl)
+      this.lastRequest.set(peer.peerId, Date.now())
+      this.record(peer, req.from, req.rttMs ?? null)
+      this.learn(req.members)
+      const result = { self: this.deps.self(), members: this.deps.table.summaries(), ...this.crlFor(req.from.crlNumber) }
+      await js.write({ ok: true, result }, AbortSignal.timeout(timings.heartbeatTimeoutMs))
+    }
+    js.stream.abort(new ProtocolError('heartbeat stream ended'))
   }
 
   /** Revocation lists spread with heartbeats: a peer that reports an older one gets ours. */
