@@ -6,7 +6,8 @@
  */
 import { parseArgs } from 'node:util'
 import { readFileSync } from 'node:fs'
-import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import type { Multiaddr } from '@multiformats/multiaddr'
+import { parseTcpMultiaddr } from '../protocol/multiaddr.js'
 import { ConfigError } from '../protocol/errors.js'
 import { PROFILES, type ProfileName, type Timings } from './timings.js'
 
@@ -77,20 +78,6 @@ function list (v: string | undefined): string[] | undefined {
   return v.split(',').map(s => s.trim()).filter(s => s !== '')
 }
 
-export function parseTcpMultiaddr (option: string, value: string): Multiaddr {
-  let ma: Multiaddr
-  try {
-    ma = multiaddr(value)
-  } catch (err) {
-    throw new ConfigError(option, `'${value}' is not a multiaddr (${(err as Error).message}); expected e.g. /ip4/10.0.0.5/tcp/4001`)
-  }
-  const names = ma.getComponents().map(c => c.name)
-  if (!['ip4', 'ip6', 'dns', 'dns4', 'dns6'].includes(names[0] ?? '') || names[1] !== 'tcp' || names.slice(2).some(n => n !== 'p2p')) {
-    throw new ConfigError(option, `'${value}' must be an IP or DNS address with a TCP port, optionally /p2p/<peer-id>, e.g. /ip4/10.0.0.5/tcp/4001`)
-  }
-  return ma
-}
-
 export function parseDockerEndpoint (option: string, value: string): DockerEndpoint {
   let url: URL
   try {
@@ -149,6 +136,13 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
   for (const key of ['bundle', 'listen', 'docker', 'name', 'stateDir', 'profile', 'logLevel']) {
     if (d[key] !== undefined && typeof d[key] !== 'string') throw new ConfigError('--config', `${path}: '${key}' must be a string`)
   }
+  const lbl = d.labels
+  if (lbl !== undefined) {
+    const ok = Array.isArray(lbl)
+      ? lbl.every(x => typeof x === 'string')
+      : typeof lbl === 'object' && lbl !== null && Object.values(lbl).every(x => typeof x === 'string')
+    if (!ok) throw new ConfigError('--config', `${path}: 'labels' must be an object of strings or an array of "key=value" strings`)
+  }
   for (const key of ['announce', 'bootstrap']) {
     if (d[key] !== undefined && (!Array.isArray(d[key]) || !(d[key] as unknown[]).every(x => typeof x === 'string'))) {
       throw new ConfigError('--config', `${path}: '${key}' must be an array of strings`)
@@ -198,39 +192,54 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
   const configPath = f.config ?? env.GOTO_CONFIG
   const file: RawConfig = configPath !== undefined ? readConfigFile(configPath, readFile) : {}
 
-  const pick = <T>(flag: T | undefined, envValue: T | undefined, fileValue: T | undefined): T | undefined => flag ?? envValue ?? fileValue
+  /** The value from the first source that has one, and the name to blame if it is bad. */
+  const pick = <T>(flag: string, envName: string, key: keyof RawConfig, f: T | undefined, e: T | undefined, c: T | undefined): { value: T | undefined, option: string } => {
+    if (f !== undefined) return { value: f, option: flag }
+    if (e !== undefined) return { value: e, option: envName }
+    if (c !== undefined) return { value: c, option: `'${key}' in ${configPath ?? ''}` }
+    return { value: undefined, option: flag }
+  }
 
-  const bundle = pick(f.bundle, env.GOTO_BUNDLE, file.bundle)
-  if (bundle === undefined || bundle === '') throw new ConfigError('--bundle', 'required: the directory written by `goto ca issue --role agent`')
+  const bundle = pick('--bundle', 'GOTO_BUNDLE', 'bundle', f.bundle, env.GOTO_BUNDLE, file.bundle)
+  if (bundle.value === undefined || bundle.value === '') throw new ConfigError('--bundle', 'required: the directory written by `goto ca issue --role agent`')
 
-  const listenRaw = pick(f.listen, env.GOTO_LISTEN, file.listen) ?? DEFAULT_LISTEN
-  const listen = [parseTcpMultiaddr('--listen', listenRaw)]
-  if (listen[0].getComponents().some(c => c.name === 'p2p')) throw new ConfigError('--listen', 'must not contain /p2p/')
+  const listenRaw = pick('--listen', 'GOTO_LISTEN', 'listen', f.listen, env.GOTO_LISTEN, file.listen)
+  const listen = [parseTcpMultiaddr(listenRaw.option, listenRaw.value ?? DEFAULT_LISTEN)]
+  if (listen[0].getComponents().some(c => c.name === 'p2p')) throw new ConfigError(listenRaw.option, 'must not contain /p2p/')
 
-  const announce = (pick(f.announce, list(env.GOTO_ANNOUNCE), file.announce) ?? []).map(a => parseTcpMultiaddr('--announce', a))
-  const bootstrap = (pick(f.bootstrap, list(env.GOTO_BOOTSTRAP), file.bootstrap) ?? []).map(a => parseTcpMultiaddr('--bootstrap', a))
-  const docker = parseDockerEndpoint('--docker', pick(f.docker, env.DOCKER_HOST, file.docker) ?? DEFAULT_DOCKER)
+  const announceRaw = pick('--announce', 'GOTO_ANNOUNCE', 'announce', f.announce, list(env.GOTO_ANNOUNCE), file.announce)
+  const announce = (announceRaw.value ?? []).map(a => parseTcpMultiaddr(announceRaw.option, a))
+  const bootstrapRaw = pick('--bootstrap', 'GOTO_BOOTSTRAP', 'bootstrap', f.bootstrap, list(env.GOTO_BOOTSTRAP), file.bootstrap)
+  const bootstrap = (bootstrapRaw.value ?? []).map(a => parseTcpMultiaddr(bootstrapRaw.option, a))
+  const dockerRaw = pick('--docker', 'DOCKER_HOST', 'docker', f.docker, env.DOCKER_HOST, file.docker)
+  const docker = parseDockerEndpoint(dockerRaw.option, dockerRaw.value ?? DEFAULT_DOCKER)
 
-  const name = pick(f.name, env.GOTO_NAME, file.name)
-  if (name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(name)) throw new ConfigError('--name', `'${name}' must be 1-63 letters, digits, '.', '_' or '-'`)
+  const nameRaw = pick('--name', 'GOTO_NAME', 'name', f.name, env.GOTO_NAME, file.name)
+  const name = nameRaw.value
+  if (name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(name)) throw new ConfigError(nameRaw.option, `'${name}' must be 1-63 letters, digits, '.', '_' or '-'`)
 
-  const labels = parseLabels('--label', pick<string[] | Record<string, string>>(f.label, list(env.GOTO_LABELS), file.labels) ?? [])
+  const labelsRaw = pick<string[] | Record<string, string>>('--label', 'GOTO_LABELS', 'labels', f.label, list(env.GOTO_LABELS), file.labels)
+  const labels = parseLabels(labelsRaw.option, labelsRaw.value ?? [])
 
-  const profile = pick(f.profile, env.GOTO_PROFILE, file.profile) ?? 'default'
-  if (!(profile in PROFILES)) throw new ConfigError('--profile', `'${profile}' is not one of ${Object.keys(PROFILES).join(', ')}`)
+  const profileRaw = pick('--profile', 'GOTO_PROFILE', 'profile', f.profile, env.GOTO_PROFILE, file.profile)
+  const profile = profileRaw.value ?? 'default'
+  if (!Object.hasOwn(PROFILES, profile)) throw new ConfigError(profileRaw.option, `'${profile}' is not one of ${Object.keys(PROFILES).join(', ')}`)
 
-  const logLevel = pick(f['log-level'], env.GOTO_LOG_LEVEL, file.logLevel) ?? 'info'
-  if (!['error', 'warn', 'info', 'debug'].includes(logLevel)) throw new ConfigError('--log-level', `'${logLevel}' is not error, warn, info or debug`)
+  const logLevelRaw = pick('--log-level', 'GOTO_LOG_LEVEL', 'logLevel', f['log-level'], env.GOTO_LOG_LEVEL, file.logLevel)
+  const logLevel = logLevelRaw.value ?? 'info'
+  if (!['error', 'warn', 'info', 'debug'].includes(logLevel)) throw new ConfigError(logLevelRaw.option, `'${logLevel}' is not error, warn, info or debug`)
+
+  const stateDir = pick('--state-dir', 'GOTO_STATE_DIR', 'stateDir', f['state-dir'], env.GOTO_STATE_DIR, file.stateDir).value ?? DEFAULT_STATE_DIR
 
   return {
-    bundleDir: bundle,
+    bundleDir: bundle.value,
     listen,
     announce,
     bootstrap,
     docker,
     name,
     labels,
-    stateDir: pick(f['state-dir'], env.GOTO_STATE_DIR, file.stateDir) ?? DEFAULT_STATE_DIR,
+    stateDir,
     profile: profile as ProfileName,
     timings: PROFILES[profile as ProfileName],
     logLevel

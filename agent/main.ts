@@ -40,7 +40,11 @@ async function run (config: AgentConfig): Promise<void> {
   if (config.name !== undefined && config.name !== bundle.name) {
     throw new ConfigError('--name', `'${config.name}' does not match the certificate's name '${bundle.name}'`)
   }
-  await mkdir(config.stateDir, { recursive: true, mode: 0o700 })
+  try {
+    await mkdir(config.stateDir, { recursive: true, mode: 0o700 })
+  } catch (err) {
+    throw new ConfigError('--state-dir', `cannot create ${config.stateDir}: ${(err as Error).message}`)
+  }
 
   const trust = new TrustStore(bundle.caCertPem, bundle.crl)
   const saved = await loadSavedCrl(config.stateDir)
@@ -51,6 +55,12 @@ async function run (config: AgentConfig): Promise<void> {
   trust.verify(bundle.certPem, bundle.peerId)
 
   const log = createRootLogger(config.logLevel, { service: 'goto-agent', name: bundle.name })
+  // A bug must not leave a half-working agent in the mesh: log it, stop cleanly, exit non-zero so
+  // the supervisor (systemd) restarts us.
+  const fatal = new Promise<Error>(resolve => {
+    process.once('unhandledRejection', reason => { resolve(reason instanceof Error ? reason : new Error(String(reason))) })
+    process.once('uncaughtException', err => { resolve(err) })
+  })
   const startedAt = Date.now()
   const node = await createMeshNode({
     privateKey: bundle.privateKey,
@@ -81,13 +91,22 @@ async function run (config: AgentConfig): Promise<void> {
     // The state directory keeps the newest list under the same name a bundle does.
     saveCrl: async crl => { await writeCrl(config.stateDir, crl) },
     onRevocation: () => {
-      for (const e of table.entries()) if (trust.isRevoked(e.peerId)) table.remove(e.peerId)
+      for (const e of table.entries()) if (trust.isRevoked(e.peerId)) membership.forget(e.peerId)
     }
   })
   const status = new StatusService({ node, auth, table, docker, self, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, log: log.child({ component: 'membership' }) })
 
-  const libp2pPart: Part = { start: async () => { await node.start() }, stop: async () => { await node.stop() } }
+  const libp2pPart: Part = {
+    start: async () => {
+      try {
+        await node.start()
+      } catch (err) {
+        throw new ConfigError('--listen', `cannot listen on ${config.listen.map(String).join(', ')}: ${(err as Error).message}`)
+      }
+    },
+    stop: async () => { await node.stop() }
+  }
   const parts: Part[] = [monitor, auth, status, libp2pPart, membership]
   const started: Part[] = []
   const stopAll = async (): Promise<void> => {
@@ -109,14 +128,17 @@ async function run (config: AgentConfig): Promise<void> {
     profile: config.profile
   })
 
-  await new Promise<void>(resolve => {
-    const onSignal = (sig: string): void => {
-      log.info('stopping', { signal: sig })
-      resolve()
-    }
-    process.once('SIGINT', onSignal)
-    process.once('SIGTERM', onSignal)
+  const stopSignal = new Promise<string>(resolve => {
+    process.once('SIGINT', () => { resolve('SIGINT') })
+    process.once('SIGTERM', () => { resolve('SIGTERM') })
   })
+  const reason = await Promise.race([stopSignal, fatal])
+  if (reason instanceof Error) {
+    log.error('internal error, stopping', { error: reason.message, stack: reason.stack })
+    await stopAll()
+    throw reason
+  }
+  log.info('stopping', { signal: reason })
   await stopAll()
   log.info('agent stopped')
 }

@@ -9,7 +9,7 @@
  *   dead    — silent for deadAfterMs (long enough that a pause or a restart of the agent would be over)
  */
 export interface Timings {
-  /** How often an agent sends a heartbeat to each peer. Idle cost is one small stream per peer each time. */
+  /** How often each pair of agents exchanges a heartbeat (one message each way on a long-lived stream). */
   heartbeatIntervalMs: number
   /** How long one heartbeat (dial, auth if needed, request, reply) may take before it counts as missed. */
   heartbeatTimeoutMs: number
@@ -23,6 +23,8 @@ export interface Timings {
   dockerRefreshMs: number
   /** How often a dead peer is redialled, so a host that comes back is found again. */
   redialDeadMs: number
+  /** A peer dead for this long is dropped from the table (and no longer redialled). */
+  forgetAfterMs: number
 }
 
 export const PROFILES: Record<'default' | 'test', Timings> = {
@@ -36,7 +38,9 @@ export const PROFILES: Record<'default' | 'test', Timings> = {
     deadAfterMs: 15_000,
     authTimeoutMs: 5000,
     dockerRefreshMs: 10_000,
-    redialDeadMs: 5000
+    redialDeadMs: 5000,
+    // A day: a host down for maintenance overnight is still listed (as dead) and found when back.
+    forgetAfterMs: 24 * 3600_000
   },
   test: {
     heartbeatIntervalMs: 250,
@@ -45,7 +49,8 @@ export const PROFILES: Record<'default' | 'test', Timings> = {
     deadAfterMs: 3000,
     authTimeoutMs: 3000,
     dockerRefreshMs: 1000,
-    redialDeadMs: 1000
+    redialDeadMs: 1000,
+    forgetAfterMs: 120_000
   }
 }
 

@@ -85,7 +85,8 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
 async function main (): Promise<void> {
-  const lab = new Lab({ agentProfile: 'default', log: line => { console.log(`lab: ${line}`) } })
+  // Its own prefix and subnet: the bench never touches a lab a developer keeps up.
+  const lab = new Lab({ prefix: 'gotolabb', subnet: '10.213.60.0/24', agentProfile: 'default', log: line => { console.log(`lab: ${line}`) } })
   const results: Record<string, unknown> = { date: new Date().toISOString() }
   try {
     await lab.down()

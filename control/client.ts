@@ -13,8 +13,8 @@ import { createMeshNode } from '../protocol/node.js'
 import { authenticateOutbound } from '../protocol/auth.js'
 import { JsonStream, readResult } from '../protocol/wire.js'
 import { PEERS_PROTOCOL, STATUS_PROTOCOL } from '../protocol/ids.js'
-import { AgentUnreachableError, ProtocolError } from '../protocol/errors.js'
-import type { AgentStatus, PeerRow } from '../protocol/messages.js'
+import { AgentUnreachableError, GotoError, ProtocolError } from '../protocol/errors.js'
+import { parseAgentStatus, parsePeerRows, type AgentStatus, type PeerRow } from '../protocol/messages.js'
 
 export class AgentClient {
   private constructor (
@@ -25,7 +25,8 @@ export class AgentClient {
 
   static async connect (bundle: Bundle, addr: Multiaddr, signal: AbortSignal): Promise<AgentClient> {
     const trust = new TrustStore(bundle.caCertPem, bundle.crl)
-    const node = await createMeshNode({ privateKey: bundle.privateKey, listen: [], isRefused: p => trust.isRevoked(p.toString()) })
+    // No gater refusal here: the handshake verifies the agent anyway, and then says *why* it is refused.
+    const node = await createMeshNode({ privateKey: bundle.privateKey, listen: [], isRefused: () => false })
     await node.start()
     try {
       let connection: Connection
@@ -35,7 +36,15 @@ export class AgentClient {
         const reason = signal.aborted ? 'timed out' : (err as Error).message
         throw new AgentUnreachableError(`cannot reach an agent at ${addr.toString()}: ${reason}`, { cause: err })
       }
-      const agent = await authenticateOutbound(connection, { certPem: bundle.certPem, trust }, signal)
+      let agent: VerifiedPeer
+      try {
+        agent = await authenticateOutbound(connection, { certPem: bundle.certPem, trust }, signal)
+      } catch (err) {
+        if (!(err instanceof GotoError) || !err.name.startsWith('Certificate')) throw err
+        // Same class, but say whose certificate it was: the agent's, not ours.
+        const Ctor = err.constructor as new (m: string, o?: { cause?: unknown }) => GotoError
+        throw new Ctor(`the agent at ${addr.toString()} presented a certificate we do not trust: ${err.message}`, { cause: err })
+      }
       if (agent.role !== 'agent') throw new ProtocolError(`${addr.toString()} is a ${agent.role}, not an agent`)
       return new AgentClient(node, connection, agent)
     } catch (err) {
@@ -58,13 +67,11 @@ export class AgentClient {
   }
 
   async peers (signal: AbortSignal): Promise<PeerRow[]> {
-    const rows = await this.request(PEERS_PROTOCOL, {}, signal)
-    if (!Array.isArray(rows)) throw new ProtocolError('peers reply is not a list')
-    return rows as PeerRow[]
+    return parsePeerRows(await this.request(PEERS_PROTOCOL, {}, signal))
   }
 
   async status (name: string | undefined, signal: AbortSignal): Promise<AgentStatus> {
-    return await this.request(STATUS_PROTOCOL, name === undefined ? {} : { name }, signal) as AgentStatus
+    return parseAgentStatus(await this.request(STATUS_PROTOCOL, name === undefined ? {} : { name }, signal))
   }
 
   async close (): Promise<void> {

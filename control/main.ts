@@ -11,9 +11,9 @@ import { readBundle } from '../certs/index.js'
 import { runCaCommand } from '../certs/cli.js'
 import { AgentClient } from './client.js'
 import { formatPeers, formatStatus } from './format.js'
-import { parseTcpMultiaddr } from '../agent/config.js'
+import { parseTcpMultiaddr } from '../protocol/multiaddr.js'
 import { GOTO_VERSION } from '../protocol/version.js'
-import { AgentUnreachableError, ConfigError, GotoError } from '../protocol/errors.js'
+import { AgentUnreachableError, BundleError, ConfigError, GotoError } from '../protocol/errors.js'
 
 const USAGE = `Usage: goto COMMAND [options]
 
@@ -34,6 +34,9 @@ Options for peers and status:
 
 Exit status: 0 success, 1 failure (agent unreachable, certificate rejected, unknown peer), 2 usage.`
 
+/** One day: longer than any command should take, and within what setTimeout can count. */
+const MAX_TIMEOUT_S = 86_400
+
 interface Io { stdout: (s: string) => void, stderr: (s: string) => void }
 
 interface CommonOptions { bundleDir: string, agent: Multiaddr, json: boolean, timeoutMs: number }
@@ -45,12 +48,18 @@ function common (values: Record<string, unknown>, env: NodeJS.ProcessEnv): Commo
   if (agentRaw === undefined || agentRaw === '') throw new ConfigError('--agent', 'required (or set GOTO_AGENT): the multiaddr of any agent, e.g. /ip4/10.0.0.5/tcp/4001')
   const timeoutRaw = (values.timeout as string | undefined) ?? '10'
   const timeoutS = Number(timeoutRaw)
-  if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw new ConfigError('--timeout', `'${timeoutRaw}' is not a positive number of seconds`)
+  if (!Number.isFinite(timeoutS) || timeoutS <= 0 || timeoutS > MAX_TIMEOUT_S) throw new ConfigError('--timeout', `'${timeoutRaw}' is not a number of seconds between 0 and ${MAX_TIMEOUT_S}`)
   return { bundleDir, agent: parseTcpMultiaddr('--agent', agentRaw), json: values.json === true, timeoutMs: timeoutS * 1000 }
 }
 
 async function withClient<T> (opts: CommonOptions, fn: (client: AgentClient, signal: AbortSignal) => Promise<T>): Promise<T> {
-  const bundle = await readBundle(opts.bundleDir)
+  let bundle
+  try {
+    bundle = await readBundle(opts.bundleDir)
+  } catch (err) {
+    // Our own certificate's troubles (expired, wrong key, missing file) are not the agent's.
+    throw new BundleError(`operator bundle ${(err as Error).message}`, { cause: err })
+  }
   if (bundle.role !== 'operator') throw new ConfigError('--bundle', `${opts.bundleDir} holds an ${bundle.role} certificate; the CLI needs one issued with --role operator`)
   // A ref'd timer, unlike AbortSignal.timeout, also keeps the process alive while libp2p waits.
   const ac = new AbortController()
@@ -120,11 +129,7 @@ async function main (): Promise<number> {
   } catch (err) {
     const e = err as Error
     if (err instanceof ConfigError) { io.stderr(`goto: error: ${e.message}\n`); return 2 }
-    if (err instanceof GotoError) {
-      const prefix = e.name.startsWith('Certificate') ? 'the agent presented a certificate we do not trust: ' : ''
-      io.stderr(`goto: error: ${prefix}${e.message}\n`)
-      return 1
-    }
+    if (err instanceof GotoError) { io.stderr(`goto: error: ${e.message}\n`); return 1 }
     io.stderr(`goto: error: ${e.message}\n`)
     return 1
   }

@@ -2,6 +2,8 @@
  * The shapes of every message the agent and the CLI exchange, and small checks that turn untrusted
  * JSON into these types (a peer that sends something else gets a ProtocolError, never a crash).
  */
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
 import { ProtocolError } from './errors.js'
 
 export type Role = 'agent' | 'operator'
@@ -80,6 +82,19 @@ function strArray (v: unknown, what: string, maxItems = 64): string[] {
   return v.map((s, i) => str(s, `${what}[${i}]`, 1024))
 }
 
+/** Multiaddrs a peer asks us to dial: each must parse. */
+function multiaddrArray (v: unknown, what: string): string[] {
+  const list = strArray(v, what, 16)
+  for (const a of list) {
+    try {
+      multiaddr(a)
+    } catch {
+      throw new ProtocolError(`${what}: '${a.slice(0, 80)}' is not a multiaddr`)
+    }
+  }
+  return list
+}
+
 function labels (v: unknown, what: string): Record<string, string> {
   const o = obj(v, what)
   const out: Record<string, string> = {}
@@ -87,6 +102,17 @@ function labels (v: unknown, what: string): Record<string, string> {
   if (entries.length > 64) throw new ProtocolError(`${what} has too many entries`)
   for (const [k, val] of entries) out[str(k, `${what} key`, 256)] = str(val, `${what}.${k}`, 1024)
   return out
+}
+
+/** A libp2p peer ID in its string form; anything else is refused before it can be dialled. */
+function peerIdStr (v: unknown, what: string): string {
+  const s = str(v, what, 256)
+  try {
+    peerIdFromString(s)
+  } catch {
+    throw new ProtocolError(`${what} is not a peer ID`)
+  }
+  return s
 }
 
 function nullable<T> (v: unknown, f: (v: unknown) => T): T | null {
@@ -102,8 +128,8 @@ export function parseMemberInfo (v: unknown): MemberInfo {
   const o = obj(v, 'member')
   return {
     name: str(o.name, 'member name', 256),
-    peerId: str(o.peerId, 'member peerId', 256),
-    addrs: strArray(o.addrs, 'member addrs'),
+    peerId: peerIdStr(o.peerId, 'member peerId'),
+    addrs: multiaddrArray(o.addrs, 'member addrs'),
     labels: labels(o.labels, 'member labels'),
     agentVersion: str(o.agentVersion, 'member agentVersion', 64),
     dockerVersion: nullable(o.dockerVersion, x => str(x, 'member dockerVersion', 64)),
@@ -125,7 +151,7 @@ export function parseMemberSummaries (v: unknown): MemberSummary[] {
   if (!Array.isArray(v) || v.length > 1024) throw new ProtocolError('members must be an array of at most 1024 entries')
   return v.map((m, i) => {
     const o = obj(m, `members[${i}]`)
-    return { peerId: str(o.peerId, 'peerId', 256), name: str(o.name, 'name', 256), addrs: strArray(o.addrs, 'addrs') }
+    return { peerId: peerIdStr(o.peerId, `members[${i}].peerId`), name: str(o.name, 'name', 256), addrs: multiaddrArray(o.addrs, `members[${i}].addrs`) }
   })
 }
 
@@ -143,4 +169,58 @@ export function parseHeartbeatReply (v: unknown): HeartbeatReply {
 export function parseStatusRequest (v: unknown): StatusRequest {
   const o = obj(v, 'status request')
   return o.name === undefined || o.name === null ? {} : { name: str(o.name, 'status name', 256) }
+}
+
+/** The peers reply, checked enough that printing it cannot fail. */
+export function parsePeerRows (v: unknown): PeerRow[] {
+  if (!Array.isArray(v) || v.length > 4096) throw new ProtocolError('peers reply must be a list')
+  return v.map((r, i) => {
+    const o = obj(r, `peers[${i}]`)
+    const state = o.state
+    if (state !== 'alive' && state !== 'suspect' && state !== 'dead') throw new ProtocolError(`peers[${i}].state is not alive, suspect or dead`)
+    const num = (x: unknown, what: string): number | null => nullable(x, y => {
+      if (typeof y !== 'number' || !Number.isFinite(y)) throw new ProtocolError(`peers[${i}].${what} must be a number`)
+      return y
+    })
+    return {
+      name: str(o.name, `peers[${i}].name`, 256),
+      peerId: peerIdStr(o.peerId, `peers[${i}].peerId`),
+      self: o.self === true,
+      state,
+      role: o.role === 'operator' ? 'operator' : 'agent',
+      addrs: strArray(o.addrs, `peers[${i}].addrs`),
+      labels: labels(o.labels, `peers[${i}].labels`),
+      agentVersion: nullable(o.agentVersion, x => str(x, 'agentVersion', 64)),
+      dockerVersion: nullable(o.dockerVersion, x => str(x, 'dockerVersion', 64)),
+      containers: num(o.containers, 'containers'),
+      lastSeen: nullable(o.lastSeen, x => str(x, 'lastSeen', 64)),
+      rttMs: num(o.rttMs, 'rttMs')
+    }
+  })
+}
+
+/** The status reply, checked enough that printing it cannot fail. */
+export function parseAgentStatus (v: unknown): AgentStatus {
+  const o = obj(v, 'status')
+  const d = obj(o.docker, 'status docker')
+  const docker: AgentStatus['docker'] = typeof d.error === 'string'
+    ? { error: d.error }
+    : { version: str(d.version, 'docker version', 64), apiVersion: str(d.apiVersion, 'docker apiVersion', 64), os: str(d.os, 'docker os', 64), arch: str(d.arch, 'docker arch', 64) }
+  if (!Array.isArray(o.containers)) throw new ProtocolError('status containers must be a list')
+  const p = obj(o.peers, 'status peers')
+  const count = (x: unknown): number => typeof x === 'number' && Number.isInteger(x) && x >= 0 ? x : 0
+  if (typeof o.uptimeS !== 'number') throw new ProtocolError('status uptimeS must be a number')
+  return {
+    name: str(o.name, 'status name', 256),
+    peerId: peerIdStr(o.peerId, 'status peerId'),
+    version: str(o.version, 'status version', 64),
+    uptimeS: o.uptimeS,
+    labels: labels(o.labels, 'status labels'),
+    docker,
+    containers: o.containers.map((c, i) => {
+      const x = obj(c, `containers[${i}]`)
+      return { name: str(x.name, 'container name', 256), id: str(x.id, 'container id', 128), image: str(x.image, 'container image', 1024), state: str(x.state, 'container state', 64), status: str(x.status, 'container status', 256) }
+    }),
+    peers: { alive: count(p.alive), suspect: count(p.suspect), dead: count(p.dead) }
+  }
 }

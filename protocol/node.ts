@@ -1,7 +1,7 @@
 /**
  * Builds the libp2p node both the agent and the CLI use: TCP, Noise, yamux, nothing else. The
- * connection gater refuses peers on the mesh's revocation list before any Go-To protocol runs; the
- * certificate check itself happens on /goto/auth (see auth.ts).
+ * connection gater keeps us from dialling peers on the mesh's revocation list; the certificate check
+ * itself happens on /goto/auth (see auth.ts).
  */
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
@@ -39,7 +39,8 @@ export async function createMeshNode (opts: MeshNodeOptions): Promise<Libp2p> {
     connectionGater: {
       // Go-To dials private and loopback addresses on purpose (a lab, a VPC): allow them.
       denyDialMultiaddr: async () => false,
-      denyInboundEncryptedConnection: refuse,
+      // We never dial a revoked peer. Inbound ones are let through to /goto/auth, which refuses them
+      // with CertificateRevokedError: a revoked operator then reads why, not "cannot reach".
       denyOutboundEncryptedConnection: refuse
     },
     connectionManager: {

@@ -39,7 +39,22 @@ export class PeerTable {
 
   get (peerId: string): PeerEntry | undefined { return this.peers.get(peerId) }
   entries (): PeerEntry[] { return [...this.peers.values()] }
-  byName (name: string): PeerEntry | undefined { return this.entries().find(p => p.name === name) }
+  /** The entry of that name, preferring an alive one, then the one heard from most recently. */
+  byName (name: string): PeerEntry | undefined {
+    const rank = (p: PeerEntry): number => (p.state === 'alive' ? 2 : 0) + (p.lastSeen !== null ? 1 : 0)
+    return this.entries()
+      .filter(p => p.name === name)
+      .sort((a, b) => rank(b) - rank(a) || (b.lastSeen ?? 0) - (a.lastSeen ?? 0))[0]
+  }
+
+  /**
+   * Dead entries to forget: those never heard from directly (a second-hand rumour that did not pan
+   * out) and those silent for longer than `forgetAfterMs`.
+   */
+  expired (forgetAfterMs: number): PeerEntry[] {
+    const now = this.now()
+    return this.entries().filter(p => p.state === 'dead' && (p.lastSeen === null || now - p.lastSeen > forgetAfterMs))
+  }
 
   /** Adds peers learned second-hand; known peers only gain addresses they lacked. */
   learn (members: MemberSummary[]): PeerEntry[] {

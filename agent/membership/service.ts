@@ -1,15 +1,16 @@
 /**
  * Heartbeats and peer exchange on /goto/heartbeat/1.0.0 (agents only).
  *
- * Every heartbeatIntervalMs the agent sends each known peer a heartbeat carrying its own MemberInfo
- * and the members it has heard from; the reply carries the peer's. So one bootstrap address is enough
- * to learn the whole mesh within a couple of rounds. A reply marks the peer alive and measures RTT;
+ * Every heartbeatIntervalMs each pair of agents exchanges one heartbeat on a long-lived stream (the
+ * lower peer ID sends, the other answers): the request carries the sender's MemberInfo and the
+ * members it has heard from, the reply the receiver's. So one bootstrap address is enough to learn
+ * the whole mesh within a couple of rounds. A reply marks the peer alive and measures RTT;
  * silence drives it to suspect and dead (see PeerTable). A peer that misses a heartbeat has its
  * connections closed, so the next attempt dials afresh — that is how a partition heals and how a
  * restarted host is found again. Dead peers are redialled every redialDeadMs.
  */
 import type { Libp2p } from 'libp2p'
-import type { Connection } from '@libp2p/interface'
+import type { Connection, PeerId } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { VerifiedPeer, SignedCrl } from '../../certs/index.js'
@@ -70,6 +71,10 @@ export class MembershipService {
   private round (): void {
     const { table, log, timings } = this.deps
     for (const c of table.tick()) log.info('peer state changed', { peer: c.peerId, name: c.name, from: c.from, to: c.to })
+    for (const gone of table.expired(timings.forgetAfterMs)) {
+      log.info('forgot peer', { peer: gone.peerId, name: gone.name, lastSeen: gone.lastSeen })
+      this.forget(gone.peerId)
+    }
     const now = Date.now()
     const entries = table.entries()
     const selfId = this.deps.self().peerId
@@ -99,8 +104,14 @@ export class MembershipService {
         try {
           const connection = await this.deps.node.dial(addr, { signal })
           const peer = await this.deps.auth.ensure(connection, signal)
-          if (peer.role !== 'agent' || this.deps.table.get(peer.peerId) !== undefined) return
-          await this.exchange(connection, peer, signal)
+          // A known peer gets its heartbeats from round(); one exchange at a time per peer.
+          if (peer.role !== 'agent' || this.deps.table.get(peer.peerId) !== undefined || this.inFlight.has(peer.peerId)) return
+          this.inFlight.add(peer.peerId)
+          try {
+            await this.exchange(connection, peer, signal)
+          } finally {
+            this.inFlight.delete(peer.peerId)
+          }
           this.deps.log.info('joined through bootstrap peer', { addr: addr.toString(), name: peer.name, peer: peer.peerId })
         } catch (err) {
           this.deps.log.debug('bootstrap dial failed', { addr: addr.toString(), error: (err as Error).message })
@@ -111,12 +122,19 @@ export class MembershipService {
     }
   }
 
+  /** Never rejects: a failed heartbeat is a missed one. */
   private async heartbeat (entry: PeerEntry): Promise<void> {
     if (this.stopped) return
+    let peerId: PeerId
+    try {
+      peerId = peerIdFromString(entry.peerId)
+    } catch {
+      this.deps.table.remove(entry.peerId) // cannot happen for checked messages; never dial garbage
+      return
+    }
     this.inFlight.add(entry.peerId)
     const signal = AbortSignal.timeout(this.deps.timings.heartbeatTimeoutMs)
     try {
-      const peerId = peerIdFromString(entry.peerId)
       const addrs = entry.addrs.map(a => {
         const ma = multiaddr(a)
         return ma.getComponents().some(c => c.name === 'p2p') ? ma : ma.encapsulate(`/p2p/${entry.peerId}`)
@@ -128,7 +146,7 @@ export class MembershipService {
       this.deps.log.debug('heartbeat missed', { peer: entry.peerId, name: entry.name, error: (err as Error).message })
       // A connection that cannot carry a heartbeat is stale (peer gone, or a partition): drop it so
       // the next round dials afresh instead of waiting on TCP retransmissions.
-      for (const c of this.deps.node.getConnections(peerIdFromString(entry.peerId))) c.abort(new ProtocolError('heartbeat missed'))
+      for (const c of this.deps.node.getConnections(peerId)) c.abort(new ProtocolError('heartbeat missed'))
     } finally {
       this.inFlight.delete(entry.peerId)
     }
@@ -192,9 +210,29 @@ export class MembershipService {
     return crl !== undefined && this.deps.auth.crlNumber > theirNumber ? { crl } : {}
   }
 
-  /** The certificate, not the message, says who the peer is. */
+  /** Forgets what we keep per peer (its certificate was revoked). */
+  forget (peerId: string): void {
+    this.channels.get(peerId)?.js.stream.abort(new ProtocolError('peer revoked'))
+    this.channels.delete(peerId)
+    this.lastRequest.delete(peerId)
+    this.lastAttempt.delete(peerId)
+    this.deps.table.remove(peerId)
+  }
+
+  /**
+   * The certificate, not the message, says who the peer is. Checked again here because the same
+   * message may have carried a revocation list that revokes its sender.
+   */
   private record (peer: VerifiedPeer, info: MemberInfo, rttMs: number | null): void {
+    if (this.deps.auth.isRevoked(peer.peerId)) throw new ProtocolError(`heartbeat from revoked peer ${peer.peerId}`)
     if (info.peerId !== peer.peerId) throw new ProtocolError(`heartbeat from ${peer.peerId} claims to be ${info.peerId}`)
+    // A name belongs to one host: a newer certificate for it (re-issued bundle) replaces the old entry.
+    for (const other of this.deps.table.entries()) {
+      if (other.name === peer.name && other.peerId !== peer.peerId) {
+        this.deps.log.info('peer replaced by a new identity of the same name', { name: peer.name, old: other.peerId, peer: peer.peerId })
+        this.forget(other.peerId)
+      }
+    }
     const change = this.deps.table.heard({ ...info, name: peer.name }, rttMs)
     if (change !== undefined) this.deps.log.info('peer state changed', { peer: change.peerId, name: change.name, from: change.from, to: change.to })
   }

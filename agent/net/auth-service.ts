@@ -15,7 +15,7 @@ import type { Role, VerifiedPeer, SignedCrl } from '../../certs/index.js'
 import { AUTH_PROTOCOL } from '../../protocol/ids.js'
 import { authenticateInbound, authenticateOutbound, type AuthIdentity } from '../../protocol/auth.js'
 import { JsonStream } from '../../protocol/wire.js'
-import { PeerNotAuthenticatedError, toWireError } from '../../protocol/errors.js'
+import { PeerNotAuthenticatedError, RoleNotAllowedError, toWireError } from '../../protocol/errors.js'
 
 interface Session {
   promise: Promise<VerifiedPeer>
@@ -118,7 +118,7 @@ export class AuthService {
         peer = await this.ensure(connection, signal)
         this.deps.identity.trust.requireRole(peer, roles, protocol)
       } catch (err) {
-        const refusal = err instanceof Error && err.name === 'RoleNotAllowedError'
+        const refusal = err instanceof RoleNotAllowedError
           ? err
           : new PeerNotAuthenticatedError(`${protocol} requires a connection that passed ${AUTH_PROTOCOL}`)
         this.deps.log.warn('refused stream', { protocol, peer: connection.remotePeer.toString(), reason: refusal.name })
@@ -167,6 +167,7 @@ export class AuthService {
     s.started = true
     authenticateOutbound(connection, this.identity, AbortSignal.timeout(this.deps.authTimeoutMs))
       .then(peer => { this.accepted(connection, s, peer) }, err => { this.refused(connection, s, err) })
+      .catch(err => { this.deps.log.error('auth bookkeeping failed', { error: (err as Error).message }) })
   }
 
   private async inbound (stream: Stream, connection: Connection): Promise<void> {

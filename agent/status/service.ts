@@ -13,7 +13,7 @@ import type { Logger } from '../log.js'
 import type { Timings } from '../timings.js'
 import { PEERS_PROTOCOL, STATUS_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, readResult } from '../../protocol/wire.js'
-import { parseStatusRequest, type AgentStatus, type MemberInfo, type PeerRow } from '../../protocol/messages.js'
+import { parseAgentStatus, parseStatusRequest, type AgentStatus, type MemberInfo, type PeerRow } from '../../protocol/messages.js'
 import { AgentUnreachableError, UnknownPeerError, toWireError } from '../../protocol/errors.js'
 
 export interface StatusDeps {
@@ -36,8 +36,9 @@ export class StatusService {
   async start (): Promise<void> {
     await this.deps.auth.handle(PEERS_PROTOCOL, ['agent', 'operator'], async js => {
       await js.read(AbortSignal.timeout(STATUS_TIMEOUT_MS))
-      await js.write({ ok: true, result: this.peers() }, AbortSignal.timeout(STATUS_TIMEOUT_MS))
-      await js.close()
+      const signal = AbortSignal.timeout(STATUS_TIMEOUT_MS)
+      await js.write({ ok: true, result: this.peers() }, signal)
+      await js.close(signal)
     })
     await this.deps.auth.handle(STATUS_PROTOCOL, ['agent', 'operator'], async (js, peer) => {
       const signal = AbortSignal.timeout(STATUS_TIMEOUT_MS)
@@ -50,7 +51,7 @@ export class StatusService {
         reply = { ok: false, error: toWireError(err) }
       }
       await js.write(reply, signal)
-      await js.close()
+      await js.close(signal)
     })
   }
 
@@ -87,8 +88,8 @@ export class StatusService {
       await this.deps.auth.ensure(connection, signal)
       const js = new JsonStream(await connection.newStream(STATUS_PROTOCOL, { signal }))
       await js.write({}, signal)
-      const result = await readResult(js, signal) as AgentStatus
-      await js.close()
+      const result = parseAgentStatus(await readResult(js, signal))
+      await js.close(signal)
       return result
     } catch (err) {
       throw new AgentUnreachableError(`peer '${name}' (${entry.state}) did not answer: ${(err as Error).message}`, { cause: err })

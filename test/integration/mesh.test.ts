@@ -17,7 +17,8 @@ const STATE_TIMEOUT_MS = 30_000
 
 describe('mesh in the lab (3 hosts, real engines and agents)', function () {
   this.timeout(180_000)
-  const lab = new Lab({ log: line => { if (process.env.GOTO_LAB_VERBOSE !== undefined) console.log(`      lab: ${line}`) } })
+  // Its own prefix and subnet: the test never touches a lab a developer keeps up (npm run lab).
+  const lab = new Lab({ prefix: 'gotolabm', subnet: '10.213.50.0/24', log: line => { if (process.env.GOTO_LAB_VERBOSE !== undefined) console.log(`      lab: ${line}`) } })
   let hosts: LabHost[]
   let scratch: string
   const extra: AgentHandle[] = []
@@ -43,6 +44,15 @@ describe('mesh in the lab (3 hosts, real engines and agents)', function () {
     } catch {
       return false
     }
+  }
+
+  /** Waits until `host`'s agent log shows it refused `peerId` for `reason`: the mesh side decided. */
+  async function refusedBy (host: LabHost, peerId: string, reason: string): Promise<void> {
+    await waitFor(async () => (await readFile(host.agentLog, 'utf8')).split('\n').some(line => {
+      if (!line.includes('"peer refused"')) return false
+      const entry = JSON.parse(line) as { peer?: string, reason?: string }
+      return entry.peer === peerId && entry.reason === reason
+    }), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${host.name} to refuse ${peerId} with ${reason}` })
   }
 
   before(async function () {
@@ -121,8 +131,9 @@ describe('mesh in the lab (3 hosts, real engines and agents)', function () {
     const op = await issueCertificate(foreign, { role: 'operator', name: 'rogue-op', out: join(scratch, 'rogue-op') })
     const rogue = await lab.startAgent(hosts[2].name, { bundleDir: join(scratch, 'rogue-agent'), port: 4002 })
     extra.push(rogue)
-    // The rogue keeps trying to join through the bootstrap host; wait until it has been refused.
-    await waitFor(async () => (await readFile(rogue.logFile, 'utf8')).includes('peer refused'), { timeoutMs: STATE_TIMEOUT_MS, what: 'the rogue agent to be refused' })
+    const rogueId = JSON.parse(await readFile(join(scratch, 'rogue-agent', 'bundle.json'), 'utf8')).peerId as string
+    // The rogue keeps trying to join through the bootstrap host: the mesh side must refuse it.
+    await refusedBy(hosts[0], rogueId, 'CertificateUntrustedError')
     for (const h of hosts) {
       const rows = await peers(h)
       expect(rows.map(r => r.name)).to.not.include('rogue-1')
@@ -151,11 +162,37 @@ describe('mesh in the lab (3 hosts, real engines and agents)', function () {
     }
     const revoked = await lab.startAgent(hosts[1].name, { bundleDir: agentBundle, port: 4003 })
     extra.push(revoked)
-    await waitFor(async () => (await readFile(revoked.logFile, 'utf8')).includes('peer refused'), { timeoutMs: STATE_TIMEOUT_MS, what: 'the revoked agent to be refused' })
+    const revokedId = JSON.parse(await readFile(join(agentBundle, 'bundle.json'), 'utf8')).peerId as string
+    await refusedBy(hosts[0], revokedId, 'CertificateRevokedError')
     for (const h of hosts) expect((await peers(h)).map(r => r.name)).to.not.include('revoked-1')
     const r = await lab.cli(['peers'], { bundle: opBundle })
     expect(r.code).to.equal(1)
     expect(r.stderr.trim().split('\n')).to.have.length(1)
+    expect(r.stderr).to.contain('our certificate was refused').and.to.contain('revoked')
+  })
+
+  it('drops a member from every table when its certificate is revoked while it runs', async () => {
+    const bundle = await lab.issueBundle('member-x', 'agent')
+    const member = await lab.startAgent(hosts[2].name, { bundleDir: bundle, port: 4004 })
+    extra.push(member)
+    for (const h of hosts) {
+      await waitFor(async () => await stateOf(h, 'member-x') === 'alive', { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `member-x alive at ${h.name}` })
+    }
+    await revoke(lab.caDir, { name: 'member-x' }, { bundles: [lab.operatorBundle] })
+    // The worst case: the list reaches the mesh through the revoked member itself. The CLI hands it
+    // over in the handshake, then refuses to talk to that agent any further.
+    const r = await lab.cli(['peers'], { agent: member.addr })
+    expect(r.code).to.equal(1)
+    expect(r.stderr).to.contain('presented a certificate we do not trust').and.to.contain('revoked')
+    for (const h of hosts) {
+      await waitFor(async () => {
+        const rows = await peers(h).catch(() => undefined)
+        return rows !== undefined && !rows.some(r => r.name === 'member-x')
+      }, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `member-x gone from ${h.name}'s table` })
+    }
+    // ... and it stays gone: it cannot rejoin.
+    await refusedBy(hosts[0], JSON.parse(await readFile(join(bundle, 'bundle.json'), 'utf8')).peerId as string, 'CertificateRevokedError')
+    for (const h of hosts) expect((await peers(h)).map(r => r.name)).to.not.include('member-x')
   })
 
   it('a killed host becomes dead in the others\' tables, and alive again after restart', async () => {

@@ -62,7 +62,7 @@ describe('goto and goto-agent as programs', function () {
     oneLineNaming(run(AGENT, ['--bundle', join(dir, 'agent'), '--listen', 'localhost:4001']), '--listen')
     oneLineNaming(run(AGENT, ['--bundle', join(dir, 'agent'), '--docker', 'ftp://x']), '--docker')
     oneLineNaming(run(AGENT, ['--bundle', join(dir, 'agent'), '--frobnicate']), '--frobnicate')
-    oneLineNaming(run(AGENT, [], { GOTO_BUNDLE: join(dir, 'agent'), GOTO_BOOTSTRAP: '/ip4/1.2.3/tcp/1' }), '--bootstrap')
+    oneLineNaming(run(AGENT, [], { GOTO_BUNDLE: join(dir, 'agent'), GOTO_BOOTSTRAP: '/ip4/1.2.3/tcp/1' }), 'GOTO_BOOTSTRAP')
     oneLineNaming(run(AGENT, ['--bundle', join(dir, 'op'), '--state-dir', join(dir, 'state')]), '--bundle')
     oneLineNaming(run(AGENT, ['--bundle', join(dir, 'agent'), '--name', 'host-2', '--state-dir', join(dir, 'state')]), '--name')
     oneLineNaming(run(AGENT, ['--bundle', join(dir, 'missing')]), join(dir, 'missing'), 1)

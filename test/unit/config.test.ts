@@ -83,5 +83,14 @@ describe('agent config', () => {
   it('rejects a config file that is not JSON', () => { rejects(['--config', '/c'], '--config', {}, { '/c': 'bundle=/b' }) })
   it('rejects an unknown config key', () => { rejects(['--config', '/c'], '--config', {}, { '/c': '{"bundel": "/b"}' }) })
   it('rejects a config value of the wrong type', () => { rejects(['--config', '/c'], '--config', {}, { '/c': '{"bootstrap": "/ip4/1.1.1.1/tcp/1"}' }) })
+  it('names the environment variable or config key a bad value came from', () => {
+    rejects(['--bundle', '/b'], 'GOTO_LISTEN', { GOTO_LISTEN: 'nope' })
+    rejects(['--bundle', '/b', '--config', '/c'], "'bootstrap' in /c", {}, { '/c': '{"bootstrap": ["nope"]}' })
+  })
+  it('rejects inherited names as a profile', () => { rejects(['--bundle', '/b', '--profile', 'constructor'], '--profile') })
+  it('rejects config-file labels of the wrong type', () => {
+    rejects(['--config', '/c'], '--config', {}, { '/c': '{"bundle": "/b", "labels": "a=b"}' })
+    rejects(['--config', '/c'], '--config', {}, { '/c': '{"bundle": "/b", "labels": [1]}' })
+  })
   it('answers --help', () => { expect(() => load(['--help'])).to.throw(HelpRequested) })
 })

@@ -67,4 +67,22 @@ describe('peer table', () => {
     expect(table.remove('b')).to.equal(true)
     expect(table.byName('b')).to.equal(undefined)
   })
+
+  it('finds a name by its alive entry first, then the most recently heard', () => {
+    table.heard(info('old', 'aws-1'), 1)
+    now += 5000
+    table.heard(info('new', 'aws-1'), 1)
+    table.tick()
+    expect(table.byName('aws-1')?.peerId).to.equal('new')
+  })
+
+  it('forgets dead peers never heard directly at once, others after forgetAfterMs', () => {
+    table.heard(info('a'), 1)
+    table.learn([{ peerId: 'rumour', name: 'r', addrs: ['/ip4/10.0.0.9/tcp/4001'] }])
+    now += 3000
+    table.tick()
+    expect(table.expired(60_000).map(e => e.peerId)).to.deep.equal(['rumour'])
+    now += 60_000
+    expect(table.expired(60_000).map(e => e.peerId).sort()).to.deep.equal(['a', 'rumour'])
+  })
 })
