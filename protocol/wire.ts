@@ -5,6 +5,11 @@
  *
  * A request/response protocol is one stream: the caller writes one request, the handler writes one
  * `Envelope` back (`{ ok: true, result }` or `{ ok: false, error }`) and both close.
+ *
+ * Bulk data (layers, volume archives) travels on the same framing: a JSON header that announces the
+ * byte count, then raw frames of at most BLOB_FRAME_BYTES until that count is reached. `sendBlob`
+ * honours backpressure (each frame waits for the stream to drain); `receiveBlob` yields the bytes as
+ * they arrive and fails the moment a sender goes past what it announced.
  */
 import { lpStream } from '@libp2p/utils'
 import type { Stream } from '@libp2p/interface'
@@ -40,6 +45,21 @@ export class JsonStream {
     }
   }
 
+  /** Writes one raw frame (bulk data); resolves when the stream accepted it. */
+  async writeBytes (bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
+    await this.lp.write(bytes, { signal })
+  }
+
+  /** Reads one raw frame. */
+  async readBytes (signal?: AbortSignal): Promise<Uint8Array> {
+    try {
+      return (await this.lp.read({ signal })).subarray()
+    } catch (err) {
+      if (signal?.aborted === true) throw err
+      throw new ProtocolError(`stream ended in the middle of data: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
   async close (signal?: AbortSignal): Promise<void> {
     try {
       await this.stream.close({ signal })
@@ -60,4 +80,40 @@ export async function readResult (js: JsonStream, signal?: AbortSignal): Promise
   const error = env.error
   if (typeof error?.name !== 'string' || typeof error?.message !== 'string') throw new ProtocolError('reply carries a malformed error')
   throw fromWireError(error)
+}
+
+/** Largest raw frame of bulk data: big enough to be cheap per byte, far below MAX_MESSAGE_BYTES. */
+export const BLOB_FRAME_BYTES = 256 * 1024
+
+/**
+ * Sends `source` as raw frames (after the caller announced its size in a JSON header). Returns the
+ * byte count sent; throws ProtocolError if the source yields more or fewer bytes than announced, so a
+ * sender never silently lies about a size.
+ */
+export async function sendBlob (js: JsonStream, source: AsyncIterable<Uint8Array>, size: number, signal?: AbortSignal): Promise<number> {
+  let sent = 0
+  for await (const chunk of source) {
+    for (let off = 0; off < chunk.byteLength; off += BLOB_FRAME_BYTES) {
+      const frame = chunk.subarray(off, Math.min(off + BLOB_FRAME_BYTES, chunk.byteLength))
+      if (sent + frame.byteLength > size) throw new ProtocolError(`source has more than the announced ${size} bytes`)
+      await js.writeBytes(frame, signal)
+      sent += frame.byteLength
+    }
+  }
+  if (sent !== size) throw new ProtocolError(`source ended after ${sent} of the announced ${size} bytes`)
+  return sent
+}
+
+/**
+ * Yields the raw frames of an announced `size`. A frame that goes past `size` is refused with
+ * `tooLarge()` (the caller's typed error) before its bytes are yielded.
+ */
+export async function * receiveBlob (js: JsonStream, size: number, tooLarge: () => Error, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+  let received = 0
+  while (received < size) {
+    const frame = await js.readBytes(signal)
+    if (received + frame.byteLength > size) throw tooLarge()
+    received += frame.byteLength
+    yield frame
+  }
 }

@@ -1,0 +1,103 @@
+/**
+ * Bulk data over real libp2p streams on loopback: bytes arrive intact and in order with
+ * backpressure, a sender that goes past its announced size is refused, and a short one is caught.
+ */
+import '../../protocol/polyfill.js'
+import { expect } from 'chai'
+import { createHash, randomBytes } from 'node:crypto'
+import type { Libp2p } from 'libp2p'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { createMeshNode } from '../../protocol/node.js'
+import { JsonStream, sendBlob, receiveBlob } from '../../protocol/wire.js'
+import { ProtocolError } from '../../protocol/errors.js'
+
+const PROTO = '/goto/test-blob/1.0.0'
+class TooLarge extends Error {}
+
+async function * repeat (chunk: Uint8Array, times: number): AsyncGenerator<Uint8Array> {
+  for (let i = 0; i < times; i++) yield chunk
+}
+
+describe('bulk data over libp2p (loopback)', function () {
+  this.timeout(60_000)
+  let a: Libp2p
+  let b: Libp2p
+  const results: Array<{ digest?: string, bytes?: number, error?: Error }> = []
+  let announcedToReceiver = 0
+
+  before(async () => {
+    a = await createMeshNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], isRefused: () => false })
+    b = await createMeshNode({ privateKey: await generateKeyPair('Ed25519'), listen: [], isRefused: () => false })
+    await a.handle(PROTO, async stream => {
+      const js = new JsonStream(stream)
+      const { size } = await js.read() as { size: number }
+      const hash = createHash('sha256')
+      let bytes = 0
+      try {
+        // The receiver may believe a smaller size than the sender announced to itself (a lying sender).
+        for await (const chunk of receiveBlob(js, announcedToReceiver > 0 ? announcedToReceiver : size, () => new TooLarge())) {
+          hash.update(chunk)
+          bytes += chunk.byteLength
+        }
+        results.push({ digest: hash.digest('hex'), bytes })
+        await js.write({ ok: true, result: bytes })
+        await js.close()
+      } catch (err) {
+        results.push({ error: err as Error })
+        stream.abort(err as Error)
+      }
+    })
+    await a.start()
+    await b.start()
+  })
+
+  after(async () => {
+    await b.stop()
+    await a.stop()
+  })
+
+  async function send (size: number, source: AsyncIterable<Uint8Array>): Promise<void> {
+    const js = new JsonStream(await b.dialProtocol(a.getMultiaddrs()[0], PROTO))
+    await js.write({ size })
+    await sendBlob(js, source, size)
+    await js.read(AbortSignal.timeout(10_000))
+    await js.close()
+  }
+
+  it('carries 64 MiB intact', async () => {
+    const chunk = randomBytes(1024 * 1024 + 7) // not a multiple of the frame size
+    const times = 64
+    const expected = createHash('sha256')
+    for (let i = 0; i < times; i++) expected.update(chunk)
+    await send(chunk.byteLength * times, repeat(chunk, times))
+    expect(results.at(-1)).to.deep.equal({ digest: expected.digest('hex'), bytes: chunk.byteLength * times })
+  })
+
+  it('the sender refuses a source longer or shorter than it announced', async () => {
+    const js = new JsonStream(await b.dialProtocol(a.getMultiaddrs()[0], PROTO))
+    await js.write({ size: 10 })
+    let err: unknown
+    try { await sendBlob(js, repeat(new Uint8Array(8), 2), 10) } catch (e) { err = e }
+    expect(err).to.be.instanceOf(ProtocolError)
+    js.stream.abort(new Error('test'))
+    const js2 = new JsonStream(await b.dialProtocol(a.getMultiaddrs()[0], PROTO))
+    await js2.write({ size: 10 })
+    err = undefined
+    try { await sendBlob(js2, repeat(new Uint8Array(4), 2), 10) } catch (e) { err = e }
+    expect(err).to.be.instanceOf(ProtocolError)
+    js2.stream.abort(new Error('test'))
+  })
+
+  it('the receiver refuses bytes past the size it was told', async () => {
+    announcedToReceiver = 1000
+    try {
+      const js = new JsonStream(await b.dialProtocol(a.getMultiaddrs()[0], PROTO))
+      await js.write({ size: 5000 })
+      await sendBlob(js, repeat(new Uint8Array(5000), 1), 5000).catch(() => {})
+      await js.read(AbortSignal.timeout(10_000)).catch(() => {})
+    } finally {
+      announcedToReceiver = 0
+    }
+    expect(results.at(-1)?.error).to.be.instanceOf(TooLarge)
+  })
+})
