@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 /**
  * goto-agent: the composition root of the agent. It alone reads argv and the environment; it builds
- * the parts (docker monitor, auth gate, status, membership) around one libp2p node, starts them in
- * order and stops them in reverse on SIGINT/SIGTERM.
+ * the parts (docker monitor, auth gate, status, moves out and in, membership) around one libp2p node,
+ * starts them in order and stops them in reverse on SIGINT/SIGTERM.
  */
 import '../protocol/polyfill.js'
 import { mkdir, readFile } from 'node:fs/promises'
@@ -15,6 +15,9 @@ import { AuthService } from './net/auth-service.js'
 import { PeerTable } from './membership/peer-table.js'
 import { MembershipService } from './membership/service.js'
 import { StatusService } from './status/service.js'
+import { DestinationService } from './move/destination.js'
+import { MoveService } from './move/source.js'
+import { LayerStore } from './transfer/layer-store.js'
 import { advertisedAddrs, hostAddresses } from './addresses.js'
 import { createMeshNode } from '../protocol/node.js'
 import { GOTO_VERSION } from '../protocol/version.js'
@@ -94,6 +97,9 @@ async function run (config: AgentConfig): Promise<void> {
       for (const e of table.entries()) if (trust.isRevoked(e.peerId)) membership.forget(e.peerId)
     }
   })
+  const store = await LayerStore.open(join(config.stateDir, 'layers'))
+  const destination = new DestinationService({ auth, docker, store, log: log.child({ component: 'move-in' }) })
+  const moves = new MoveService({ node, auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), log: log.child({ component: 'move' }) })
   const status = new StatusService({ node, auth, table, docker, self, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, log: log.child({ component: 'membership' }) })
 
@@ -107,7 +113,7 @@ async function run (config: AgentConfig): Promise<void> {
     },
     stop: async () => { await node.stop() }
   }
-  const parts: Part[] = [monitor, auth, status, libp2pPart, membership]
+  const parts: Part[] = [monitor, auth, status, destination, moves, libp2pPart, membership]
   const started: Part[] = []
   const stopAll = async (): Promise<void> => {
     for (const p of started.reverse()) await p.stop().catch(err => { log.error('stop failed', { error: (err as Error).message }) })

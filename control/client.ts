@@ -12,8 +12,9 @@ import type { Bundle } from '../certs/bundle.js'
 import { createMeshNode } from '../protocol/node.js'
 import { authenticateOutbound } from '../protocol/auth.js'
 import { JsonStream, readResult } from '../protocol/wire.js'
-import { PEERS_PROTOCOL, STATUS_PROTOCOL } from '../protocol/ids.js'
-import { AgentUnreachableError, GotoError, ProtocolError } from '../protocol/errors.js'
+import { LOCATE_PROTOCOL, MOVE_PROTOCOL, PEERS_PROTOCOL, STATUS_PROTOCOL } from '../protocol/ids.js'
+import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
+import { AgentUnreachableError, GotoError, ProtocolError, fromWireError } from '../protocol/errors.js'
 import { parseAgentStatus, parsePeerRows, type AgentStatus, type PeerRow } from '../protocol/messages.js'
 
 export class AgentClient {
@@ -74,7 +75,45 @@ export class AgentClient {
     return parseAgentStatus(await this.request(STATUS_PROTOCOL, name === undefined ? {} : { name }, signal))
   }
 
+  /** Which member runs `container`, asked of this agent. */
+  async locate (container: string, signal: AbortSignal): Promise<{ name: string, peerId: string, addrs: string[] }> {
+    const r = await this.request(LOCATE_PROTOCOL, { container }, signal) as { name?: unknown, peerId?: unknown, addrs?: unknown }
+    if (typeof r?.name !== 'string' || typeof r.peerId !== 'string' || !Array.isArray(r.addrs) || !r.addrs.every(a => typeof a === 'string')) {
+      throw new ProtocolError('locate reply is malformed')
+    }
+    return { name: r.name, peerId: r.peerId, addrs: r.addrs as string[] }
+  }
+
+  /** Orders a move of a container this agent runs; yields its events up to `done` or `failed`. */
+  async * move (order: MoveOrder, signal: AbortSignal): AsyncGenerator<MoveEvent> {
+    let js: JsonStream
+    try {
+      js = new JsonStream(await this.connection.newStream(MOVE_PROTOCOL, { signal }))
+    } catch (err) {
+      throw new AgentUnreachableError(`agent ${this.agent.name} did not open ${MOVE_PROTOCOL}: ${(err as Error).message}`, { cause: err })
+    }
+    await js.write(order, signal)
+    for (;;) {
+      const msg = await js.read(signal)
+      if (typeof msg === 'object' && msg !== null && (msg as { ok?: unknown }).ok === false) {
+        // The gate refused the stream (e.g. an agent certificate ordering a move).
+        await readResultOf(msg)
+      }
+      const ev = msg as MoveEvent
+      if (typeof ev?.event !== 'string') throw new ProtocolError('move event is malformed')
+      yield ev
+      if (ev.event === 'done' || ev.event === 'failed') break
+    }
+    await js.close(signal).catch(() => {})
+  }
+
   async close (): Promise<void> {
     await this.node.stop()
   }
+}
+
+/** Throws the typed error an envelope carries. */
+async function readResultOf (envelope: unknown): Promise<never> {
+  const e = (envelope as { error?: { name?: unknown, message?: unknown } }).error
+  throw fromWireError({ name: String(e?.name ?? 'ProtocolError'), message: String(e?.message ?? 'refused') })
 }

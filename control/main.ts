@@ -6,14 +6,17 @@
  */
 import '../protocol/polyfill.js'
 import { parseArgs } from 'node:util'
-import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
-import { readBundle } from '../certs/index.js'
+import type { Multiaddr } from '@multiformats/multiaddr'
+import { readBundle, type Bundle } from '../certs/index.js'
+import { multiaddr } from '@multiformats/multiaddr'
+import { MoveRenderer } from './move.js'
+import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
 import { runCaCommand } from '../certs/cli.js'
 import { AgentClient } from './client.js'
 import { formatPeers, formatStatus } from './format.js'
 import { parseTcpMultiaddr } from '../protocol/multiaddr.js'
 import { GOTO_VERSION } from '../protocol/version.js'
-import { AgentUnreachableError, BundleError, ConfigError, GotoError } from '../protocol/errors.js'
+import { AgentUnreachableError, BundleError, ConfigError, GotoError, ProtocolError } from '../protocol/errors.js'
 
 const USAGE = `Usage: goto COMMAND [options]
 
@@ -22,13 +25,21 @@ Operator CLI of the Go-To mesh.
 Commands:
   peers                 list the mesh as the agent sees it (name, state, address, engine, labels)
   status [NAME]         status of the agent (or of the member NAME): version, uptime, engine, containers
+  move CONTAINER --to NAME
+                        move a running container to the member NAME: only the image layers it lacks
+                        travel; the container is paused only for the last step; on any failure it
+                        keeps running where it was
+      --dry-run         print the plan (layers to send, layers already there, bytes) and stop
+      --allow-bind-mounts
+                        move a container that bind-mounts host paths, without that data
   ca ...                the mesh CA: init, issue, revoke, list (see 'goto ca --help')
 
-Options for peers and status:
+Options for peers, status and move:
   --bundle DIR          operator bundle from 'goto ca issue --role operator' (env GOTO_BUNDLE)
   --agent MULTIADDR     agent to ask, e.g. /ip4/10.0.0.5/tcp/4001 (env GOTO_AGENT); /p2p/<id> optional
-  --json                machine-readable output
-  --timeout SECONDS     give up after this long (default 10)
+  --json                machine-readable output (move: one JSON event per line, the last one
+                        {"event":"done",...} or {"event":"failed",...})
+  --timeout SECONDS     give up after this long (default 10; for move, on reaching the agent)
   -h, --help            show this help
   --version             print the version
 
@@ -52,8 +63,16 @@ function common (values: Record<string, unknown>, env: NodeJS.ProcessEnv): Commo
   return { bundleDir, agent: parseTcpMultiaddr('--agent', agentRaw), json: values.json === true, timeoutMs: timeoutS * 1000 }
 }
 
-async function withClient<T> (opts: CommonOptions, fn: (client: AgentClient, signal: AbortSignal) => Promise<T>): Promise<T> {
-  let bundle
+interface Session {
+  client: AgentClient
+  bundle: Bundle
+  signal: AbortSignal
+  /** Ends the --timeout for what follows (a move runs as long as it needs; Ctrl-C stops it). */
+  disarm: () => void
+}
+
+async function withClient<T> (opts: CommonOptions, fn: (s: Session) => Promise<T>): Promise<T> {
+  let bundle: Bundle
   try {
     bundle = await readBundle(opts.bundleDir)
   } catch (err) {
@@ -64,10 +83,13 @@ async function withClient<T> (opts: CommonOptions, fn: (client: AgentClient, sig
   // A ref'd timer, unlike AbortSignal.timeout, also keeps the process alive while libp2p waits.
   const ac = new AbortController()
   const timer = setTimeout(() => { ac.abort(new AgentUnreachableError(`no answer from ${opts.agent.toString()} within ${opts.timeoutMs / 1000}s`)) }, opts.timeoutMs)
+  const keepAlive = setInterval(() => {}, 60_000)
+  const onSigint = (): void => { ac.abort(new GotoError('interrupted')) }
+  process.once('SIGINT', onSigint)
   try {
     const client = await AgentClient.connect(bundle, opts.agent, ac.signal)
     try {
-      return await fn(client, ac.signal)
+      return await fn({ client, bundle, signal: ac.signal, disarm: () => { clearTimeout(timer) } })
     } finally {
       await client.close()
     }
@@ -75,7 +97,36 @@ async function withClient<T> (opts: CommonOptions, fn: (client: AgentClient, sig
     throw ac.signal.aborted ? ac.signal.reason : err
   } finally {
     clearTimeout(timer)
+    clearInterval(keepAlive)
+    process.removeListener('SIGINT', onSigint)
   }
+}
+
+/** goto move: locate the container's agent, order the move there, render its events. */
+async function move (opts: CommonOptions, order: MoveOrder, io: Io): Promise<number> {
+  return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
+    const where = await client.locate(order.container, signal)
+    const source = where.peerId === client.agent.peerId
+      ? client
+      : await AgentClient.connect(bundle, multiaddr(where.addrs[0] ?? '').encapsulate(`/p2p/${where.peerId}`), signal)
+    disarm()
+    const renderer = new MoveRenderer(io.stdout, io.stderr, process.stdout.isTTY === true && !opts.json, order.dryRun)
+    let last: MoveEvent | undefined
+    try {
+      for await (const ev of source.move(order, signal)) {
+        last = ev
+        if (opts.json) io.stdout(JSON.stringify(ev) + '\n')
+        else renderer.render(ev)
+      }
+    } finally {
+      if (source !== client) await source.close()
+    }
+    if (last?.event !== 'done') {
+      if (last === undefined) throw new ProtocolError('the agent ended the move without a result')
+      return 1
+    }
+    return 0
+  })
 }
 
 async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<number> {
@@ -83,7 +134,7 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') { io.stdout(USAGE + '\n'); return command === undefined ? 2 : 0 }
   if (command === '--version') { io.stdout(GOTO_VERSION + '\n'); return 0 }
   if (command === 'ca') return await runCaCommand(rest, io)
-  if (command !== 'peers' && command !== 'status') {
+  if (command !== 'peers' && command !== 'status' && command !== 'move') {
     io.stderr(`goto: error: unknown command '${command}' (try 'goto --help')\n`)
     return 2
   }
@@ -98,6 +149,9 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
         agent: { type: 'string' },
         json: { type: 'boolean' },
         timeout: { type: 'string' },
+        to: { type: 'string' },
+        'dry-run': { type: 'boolean' },
+        'allow-bind-mounts': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       }
     })
@@ -106,17 +160,29 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
     return 2
   }
   if (parsed.values.help === true) { io.stdout(USAGE + '\n'); return 0 }
-  const maxPositionals = command === 'status' ? 1 : 0
+  const maxPositionals = command === 'peers' ? 0 : 1
+  if (command !== 'move') {
+    for (const opt of ['to', 'dry-run', 'allow-bind-mounts'] as const) {
+      if (parsed.values[opt] !== undefined) { io.stderr(`goto: error: --${opt} belongs to 'goto move' (try 'goto --help')\n`); return 2 }
+    }
+  }
   if (parsed.positionals.length > maxPositionals) {
     io.stderr(`goto: error: unexpected argument '${parsed.positionals[maxPositionals]}' (try 'goto --help')\n`)
     return 2
   }
   const opts = common(parsed.values, env)
+  if (command === 'move') {
+    const container = parsed.positionals[0]
+    if (container === undefined) throw new ConfigError('CONTAINER', "missing: 'goto move CONTAINER --to NAME'")
+    const to = parsed.values.to
+    if (to === undefined || to === '') throw new ConfigError('--to', "required: the name of the destination member (see 'goto peers')")
+    return await move(opts, { container, to, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true }, io)
+  }
   if (command === 'peers') {
-    const rows = await withClient(opts, async (c, signal) => await c.peers(signal))
+    const rows = await withClient(opts, async ({ client, signal }) => await client.peers(signal))
     io.stdout((opts.json ? JSON.stringify(rows, null, 2) : formatPeers(rows)) + '\n')
   } else {
-    const status = await withClient(opts, async (c, signal) => await c.status(parsed.positionals[0], signal))
+    const status = await withClient(opts, async ({ client, signal }) => await client.status(parsed.positionals[0], signal))
     io.stdout((opts.json ? JSON.stringify(status, null, 2) : formatStatus(status)) + '\n')
   }
   return 0

@@ -50,11 +50,91 @@ export class ConfigError extends GotoError {
 }
 
 // --- docker ---------------------------------------------------------------------------
-/** The Docker Engine could not be reached or answered with an error. */
+/**
+ * The Docker Engine could not be reached: no socket, connection refused, or the connection dropped
+ * before the engine answered in full. (An engine that answers with an error status gives one of
+ * the DockerEngineError classes below instead.)
+ */
 export class DockerUnavailableError extends GotoError {}
+/** The engine answered with an error status; `status` is the HTTP status when known. */
+export class DockerEngineError extends GotoError {
+  readonly status: number | undefined
+  constructor (message: string, options?: { cause?: unknown, status?: number }) {
+    super(message, options)
+    this.status = options?.status
+  }
+}
+/** No container of that name or ID on the engine (HTTP 404). */
+export class ContainerNotFoundError extends DockerEngineError {}
+/** No image of that reference or ID on the engine (HTTP 404). */
+export class ImageNotFoundError extends DockerEngineError {}
+/** No volume of that name on the engine (HTTP 404). */
+export class VolumeNotFoundError extends DockerEngineError {}
+/** The container exists but holds no file at the path asked for (archive endpoints, HTTP 404). */
+export class ContainerPathNotFoundError extends DockerEngineError {}
+/** The request conflicts with the engine's state (HTTP 409): name in use, container paused or running, image in use. */
+export class DockerConflictError extends DockerEngineError {}
+/** `docker load` failed: an error status, or an `error` inside the streamed answer of an HTTP 200. */
+export class DockerLoadError extends DockerEngineError {}
+/** A `docker save` stream that is not a readable image archive (classic or OCI layout): bad tar, no manifest, bad blob. */
+export class SavedImageFormatError extends GotoError {}
+
+// --- transfer (agent/transfer/) ----------------------------------------------------------
+/** A layer transfer or image load failed; the classes below are its specific cases. */
+export class TransferError extends GotoError {}
+/** A received layer's sha256 is not the diff ID it was announced as; nothing of it was kept. */
+export class LayerDigestMismatchError extends TransferError {}
+/** A received layer went past the size its sender announced; refused before the extra bytes were written. */
+export class LayerTooLargeError extends TransferError {}
+/** A received layer ended before the size its sender announced (e.g. the stream was cut). */
+export class LayerTruncatedError extends TransferError {}
+/** A layer that should be in the staging store is not there. */
+export class LayerMissingError extends TransferError {}
+/** The engine refused to load an image (e.g. a layer assumed present on it was not). */
+export class ImageLoadError extends TransferError {}
+/** The config does not match the image ID or layers it came with, or the engine holds another image than expected after a load. */
+export class ImageIdMismatchError extends TransferError {}
+
+// --- moves (agent/move) ---------------------------------------------------------------
+/** The container is not on this host (or on any member, for locate). */
+export class UnknownContainerError extends GotoError {}
+/** The destination is not a live member. */
+export class DestinationUnavailableError extends GotoError {}
+/** The container is already moving. */
+export class MoveInProgressError extends GotoError {}
+/** The container bind-mounts a host path, which cannot follow it (unless the operator allows it). */
+export class BindMountRefusedError extends GotoError {}
+/** The destination's engine runs another CPU architecture or OS. */
+export class ArchitectureMismatchError extends GotoError {}
+/** Not enough free disk at the destination. */
+export class InsufficientDiskError extends GotoError {}
+/** A container or volume of that name already exists at the destination. */
+export class NameConflictError extends GotoError {}
+/** A host port the container binds is already bound at the destination. */
+export class PortConflictError extends GotoError {}
+/** A transfer step arrived for a move the destination did not agree to. */
+export class UnknownMoveError extends GotoError {}
+/** The container did not reach `running` at the destination. */
+export class RestoreFailedError extends GotoError {}
+/** Only a running container moves (a stopped one has nothing to keep running: copy its image instead). */
+export class ContainerNotRunningError extends GotoError {}
+/** A layer the move needed was not in the engine's save stream. */
+export class TransferIncompleteError extends GotoError {}
 
 /** Known error classes by name, so an error that crossed the wire is rebuilt as its own class. */
 const KNOWN: Record<string, new (message: string) => GotoError> = {
+  UnknownContainerError,
+  DestinationUnavailableError,
+  MoveInProgressError,
+  BindMountRefusedError,
+  ArchitectureMismatchError,
+  InsufficientDiskError,
+  NameConflictError,
+  PortConflictError,
+  UnknownMoveError,
+  RestoreFailedError,
+  ContainerNotRunningError,
+  TransferIncompleteError,
   CertificateUntrustedError,
   CertificateExpiredError,
   CertificateNotYetValidError,
@@ -70,7 +150,22 @@ const KNOWN: Record<string, new (message: string) => GotoError> = {
   AgentUnreachableError,
   UnknownPeerError,
   ProtocolError,
-  DockerUnavailableError
+  DockerUnavailableError,
+  DockerEngineError,
+  ContainerNotFoundError,
+  ImageNotFoundError,
+  VolumeNotFoundError,
+  ContainerPathNotFoundError,
+  DockerConflictError,
+  DockerLoadError,
+  SavedImageFormatError,
+  TransferError,
+  LayerDigestMismatchError,
+  LayerTooLargeError,
+  LayerTruncatedError,
+  LayerMissingError,
+  ImageLoadError,
+  ImageIdMismatchError
 }
 
 export interface WireError { name: string, message: string }

@@ -8,3 +8,10 @@ export const STATUS_PROTOCOL = '/goto/status/1.0.0'
 
 /** Largest JSON message any Go-To protocol accepts; bigger frames abort the stream. */
 export const MAX_MESSAGE_BYTES = 1024 * 1024
+
+/** Operator → the container's agent: order a move, receive its events. */
+export const MOVE_PROTOCOL = '/goto/move/1.0.0'
+/** Any agent: which member runs this container? */
+export const LOCATE_PROTOCOL = '/goto/locate/1.0.0'
+/** Source agent → destination agent: prepare, layers, restore, abort, commit of one move. */
+export const TRANSFER_PROTOCOL = '/goto/transfer/1.0.0'

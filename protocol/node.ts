@@ -26,6 +26,9 @@ export interface MeshNodeOptions {
 
 export const DEFAULT_INBOUND_CONNECTIONS_PER_SECOND = 20
 
+/** Largest yamux receive window per stream: 8 MiB keeps a 100 ms WAN path at ~80 MiB/s per stream. */
+const STREAM_WINDOW_BYTES = 8 * 1024 * 1024
+
 /** Returns the node unstarted, so callers register their handlers before the first connection. */
 export async function createMeshNode (opts: MeshNodeOptions): Promise<Libp2p> {
   const refuse = async (peerId: PeerId): Promise<boolean> => opts.isRefused(peerId)
@@ -35,7 +38,9 @@ export async function createMeshNode (opts: MeshNodeOptions): Promise<Libp2p> {
     addresses: { listen: opts.listen, announce: opts.announce ?? [] },
     transports: [tcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    // The window bounds what is in flight on a stream when its reader pauses (protocol/wire.ts);
+    // the read buffer must hold at least that much, or a paused stream would be reset.
+    streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: STREAM_WINDOW_BYTES, maxReadBufferLength: 2 * STREAM_WINDOW_BYTES } })],
     connectionGater: {
       // Go-To dials private and loopback addresses on purpose (a lab, a VPC): allow them.
       denyDialMultiaddr: async () => false,

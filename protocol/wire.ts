@@ -11,52 +11,105 @@
  * honours backpressure (each frame waits for the stream to drain); `receiveBlob` yields the bytes as
  * they arrive and fails the moment a sender goes past what it announced.
  */
-import { lpStream } from '@libp2p/utils'
 import type { Stream } from '@libp2p/interface'
+import { Uint8ArrayList } from 'uint8arraylist'
 import { MAX_MESSAGE_BYTES } from './ids.js'
 import { ProtocolError, fromWireError, type WireError } from './errors.js'
 
 export type Envelope<T> = { ok: true, result: T } | { ok: false, error: WireError }
 
+/**
+ * Receive-side flow control. libp2p's yamux grants the sender more window as soon as data arrives,
+ * not when it is consumed, so a reader slower than the network (a layer going to disk) must pause
+ * the stream itself: above HIGH_WATER buffered bytes we pause (yamux then stops granting window and
+ * the sender's `send()` waits for drain), below LOW_WATER we resume. protocol/node.ts keeps the yamux
+ * window below the per-stream read buffer limit, so what is in flight at a pause always fits.
+ */
+const HIGH_WATER = 2 * 1024 * 1024
+const LOW_WATER = 512 * 1024
+
+/** Length-prefixed frames (unsigned varint length, then the bytes) over one libp2p stream. */
 export class JsonStream {
-  private readonly lp
+  private readonly buffer = new Uint8ArrayList()
+  private ended = false
+  private failure: Error | undefined
+  private wake: (() => void) | undefined
 
   constructor (readonly stream: Stream) {
-    this.lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
+    stream.addEventListener('message', evt => {
+      this.buffer.append(evt.data)
+      // Pause after this dispatch, not inside it: libp2p's resume() dispatches buffered data and only
+      // then tells yamux to grant window again, which would undo a pause made here.
+      if (this.buffer.byteLength > HIGH_WATER) queueMicrotask(() => { this.maybePause() })
+      this.notify()
+    })
+    stream.addEventListener('remoteCloseWrite', () => { this.ended = true; this.notify() })
+    stream.addEventListener('close', evt => {
+      this.ended = true
+      if (evt.error !== undefined) this.failure = evt.error
+      this.notify()
+    })
+  }
+
+  private maybePause (): void {
+    if (this.buffer.byteLength > HIGH_WATER && this.stream.readStatus === 'readable') this.stream.pause()
+  }
+
+  private notify (): void {
+    const w = this.wake
+    this.wake = undefined
+    w?.()
   }
 
   async write (message: unknown, signal?: AbortSignal): Promise<void> {
-    const bytes = new TextEncoder().encode(JSON.stringify(message))
-    await this.lp.write(bytes, { signal })
+    await this.writeBytes(new TextEncoder().encode(JSON.stringify(message)), signal)
   }
 
   async read (signal?: AbortSignal): Promise<unknown> {
-    let frame
+    const frame = await this.readFrame(signal)
     try {
-      frame = await this.lp.read({ signal })
-    } catch (err) {
-      if (signal?.aborted === true) throw err
-      throw new ProtocolError(`stream ended before a message arrived: ${(err as Error).message}`, { cause: err })
-    }
-    try {
-      return JSON.parse(new TextDecoder().decode(frame.subarray()))
+      return JSON.parse(new TextDecoder().decode(frame))
     } catch (err) {
       throw new ProtocolError('message is not valid JSON', { cause: err })
     }
   }
 
-  /** Writes one raw frame (bulk data); resolves when the stream accepted it. */
+  /** Writes one frame; resolves when the stream accepted it (waits for drain when its buffer is full). */
   async writeBytes (bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
-    await this.lp.write(bytes, { signal })
+    if (bytes.byteLength > MAX_MESSAGE_BYTES) throw new ProtocolError(`frame of ${bytes.byteLength} bytes exceeds ${MAX_MESSAGE_BYTES}`)
+    const frame = new Uint8ArrayList(encodeVarint(bytes.byteLength), bytes)
+    if (!this.stream.send(frame)) await this.stream.onDrain({ signal })
   }
 
-  /** Reads one raw frame. */
+  /** Reads one raw frame (bulk data). */
   async readBytes (signal?: AbortSignal): Promise<Uint8Array> {
-    try {
-      return (await this.lp.read({ signal })).subarray()
-    } catch (err) {
-      if (signal?.aborted === true) throw err
-      throw new ProtocolError(`stream ended in the middle of data: ${(err as Error).message}`, { cause: err })
+    return await this.readFrame(signal)
+  }
+
+  private async readFrame (signal?: AbortSignal): Promise<Uint8Array> {
+    for (;;) {
+      const header = decodeVarint(this.buffer)
+      if (header !== undefined) {
+        if (header.value > MAX_MESSAGE_BYTES) {
+          const err = new ProtocolError(`frame of ${header.value} bytes exceeds ${MAX_MESSAGE_BYTES}`)
+          this.stream.abort(err)
+          throw err
+        }
+        if (this.buffer.byteLength >= header.bytes + header.value) {
+          const frame = this.buffer.subarray(header.bytes, header.bytes + header.value)
+          this.buffer.consume(header.bytes + header.value)
+          if (this.stream.readStatus === 'paused' && this.buffer.byteLength < LOW_WATER) this.stream.resume()
+          return frame
+        }
+      }
+      if (this.failure !== undefined) throw new ProtocolError(`stream failed: ${this.failure.message}`, { cause: this.failure })
+      if (this.ended) throw new ProtocolError(this.buffer.byteLength === 0 ? 'stream ended before a message arrived' : 'stream ended in the middle of a message')
+      await new Promise<void>((resolve, reject) => {
+        if (signal?.aborted === true) { reject(signal.reason); return }
+        const onAbort = (): void => { this.wake = undefined; reject(signal?.reason) }
+        signal?.addEventListener('abort', onAbort, { once: true })
+        this.wake = () => { signal?.removeEventListener('abort', onAbort); resolve() }
+      })
     }
   }
 
@@ -67,6 +120,30 @@ export class JsonStream {
       this.stream.abort(new ProtocolError('close failed'))
     }
   }
+}
+
+function encodeVarint (n: number): Uint8Array {
+  const out: number[] = []
+  while (n >= 0x80) {
+    out.push((n % 0x80) | 0x80)
+    n = Math.floor(n / 0x80)
+  }
+  out.push(n)
+  return Uint8Array.from(out)
+}
+
+/** The varint at the start of `buf`, or undefined while it is incomplete. */
+function decodeVarint (buf: Uint8ArrayList): { value: number, bytes: number } | undefined {
+  let value = 0
+  let scale = 1
+  for (let i = 0; i < Math.min(buf.byteLength, 8); i++) {
+    const b = buf.get(i)
+    value += (b & 0x7f) * scale
+    if ((b & 0x80) === 0) return { value, bytes: i + 1 }
+    scale *= 0x80
+  }
+  if (buf.byteLength >= 8) throw new ProtocolError('frame length prefix is too long')
+  return undefined
 }
 
 /** Reads an `Envelope` and returns its result, or throws the typed error it carries. */

@@ -1,54 +1,450 @@
 /**
- * What the agent needs of a Docker Engine, as a small interface, and its dockerode implementation.
- * Engine errors become DockerUnavailableError at this boundary; nothing above it sees dockerode.
+ * The Docker host driver: everything the agent needs of its local Docker Engine, as one small
+ * interface (`DockerHost`), and its implementation over the Engine API with dockerode's HTTP modem
+ * (`DockerodeHost`). The move, the transfer, failover and status use only this interface and the
+ * shapes in types.ts; nothing above this directory sees dockerode or Engine JSON.
+ *
+ *   const docker = new DockerodeHost(config.docker)          // built once, in agent/main.ts
+ *   const c = await docker.inspectContainer('web', signal)  // ContainerInfo with a full ContainerSpec
+ *   const img = await docker.inspectImage(c.spec.image)      // diff IDs, os/arch, size
+ *   for await (const e of docker.saveImage(img.id)) ...      // config, layer streams, manifest
+ *   await docker.loadImage(tarStream)                        // reads the engine's answer to the end
+ *
+ * Errors are turned into typed errors here, by HTTP status, never by message text: 404 becomes
+ * ContainerNotFoundError / ImageNotFoundError / VolumeNotFoundError (ContainerPathNotFoundError for
+ * an absent path in the archive endpoints), 409 DockerConflictError, any other status
+ * DockerEngineError with the engine's message, and no answer at all (no socket, refused, cut off)
+ * DockerUnavailableError. An aborted `signal` throws its reason. Every method takes `signal` last.
  */
+import { statfs } from 'node:fs/promises'
+import type { IncomingMessage } from 'node:http'
+import { Readable, addAbortSignal } from 'node:stream'
 import Docker from 'dockerode'
-import { DockerUnavailableError } from '../../protocol/errors.js'
+import type DockerModem from 'docker-modem'
+import {
+  ContainerNotFoundError, ContainerPathNotFoundError, DockerConflictError, DockerEngineError, DockerLoadError,
+  DockerUnavailableError, GotoError, ImageNotFoundError, VolumeNotFoundError
+} from '../../protocol/errors.js'
 import type { DockerEndpoint } from '../config.js'
 import type { ContainerRow } from '../../protocol/messages.js'
+import { containerInfoFromInspect, createBody, type EngineContainer } from './spec.js'
+import { readSavedImage } from './saved-image.js'
+import { messageError, readJsonMessages } from './json-messages.js'
+import type { ContainerInfo, ContainerSpec, ImageInfo, SavedEntry } from './types.js'
+
+export { readSavedImage } from './saved-image.js'
 
 export interface EngineVersion { version: string, apiVersion: string, os: string, arch: string }
 
+export interface EngineInfo {
+  /** GOARCH style: amd64, arm64, arm, 386, ... (the engine says x86_64, aarch64). */
+  architecture: string
+  /** 'linux' or 'windows' (the engine's OSType; an image's `os` uses the same words). */
+  os: string
+  /** Where the engine keeps images and volumes (its data root). */
+  dockerRootDir: string
+  storageDriver: string
+  serverVersion: string
+  /** The engine host's name. */
+  name: string
+  cpus: number
+  memoryBytes: number
+}
+
+/** A byte stream to send to the engine: a Readable or any async iterable of bytes. */
+export type ByteSource = AsyncIterable<Uint8Array> | Readable
+
 export interface DockerHost {
   version (signal?: AbortSignal): Promise<EngineVersion>
+  info (signal?: AbortSignal): Promise<EngineInfo>
+  /** Free bytes on the filesystem of the engine's data root, or null when it cannot be learned. */
+  freeDiskBytes (signal?: AbortSignal): Promise<number | null>
   listContainers (signal?: AbortSignal): Promise<ContainerRow[]>
+
+  inspectContainer (nameOrId: string, signal?: AbortSignal): Promise<ContainerInfo>
+  inspectImage (ref: string, signal?: AbortSignal): Promise<ImageInfo>
+  /** The diff-ID chain (base first) of every local image, without duplicates. */
+  imageChains (signal?: AbortSignal): Promise<string[][]>
+
+  pause (id: string, signal?: AbortSignal): Promise<void>
+  unpause (id: string, signal?: AbortSignal): Promise<void>
+  /** Commits the container (already paused by the caller: the engine is told not to pause) to a new untagged image; returns its ID. */
+  commit (id: string, opts: { comment?: string }, signal?: AbortSignal): Promise<string>
+  /** SIGTERM, then SIGKILL after `timeoutS`. A stopped container is not an error. */
+  stop (id: string, opts: { timeoutS: number }, signal?: AbortSignal): Promise<void>
+  /** A running container is not an error. */
+  start (id: string, signal?: AbortSignal): Promise<void>
+  remove (id: string, opts: { force: boolean, volumes: boolean }, signal?: AbortSignal): Promise<void>
+  removeImage (id: string, opts: { force?: boolean }, signal?: AbortSignal): Promise<void>
+  /** Creates (does not start) a container with exactly `spec`; returns its ID. */
+  create (spec: ContainerSpec, signal?: AbortSignal): Promise<string>
+
+  /** Creates a volume; the engine reuses an existing volume of that name and driver. */
+  createVolume (name: string, driver: string, labels: Record<string, string>, signal?: AbortSignal): Promise<void>
+  removeVolume (name: string, signal?: AbortSignal): Promise<void>
+  volumeExists (name: string, signal?: AbortSignal): Promise<boolean>
+
+  /**
+   * Streams `docker save` of one image: the config, each layer as a stream (read or leave it before
+   * asking for the next entry), then the manifest. The request starts at the first `next()`.
+   */
+  saveImage (imageId: string, signal?: AbortSignal): AsyncIterable<SavedEntry>
+  /** `docker load` from a stream (piped, with backpressure); returns the IDs of the loaded images. */
+  loadImage (tar: ByteSource, signal?: AbortSignal): Promise<string[]>
+  /** A tar stream of `path` in the container (running or not). */
+  getArchive (id: string, path: string, signal?: AbortSignal): Promise<Readable>
+  /** Extracts a tar stream into directory `path` of the container (also a created, never started one, and into volume mount points). */
+  putArchive (id: string, path: string, tar: ByteSource, signal?: AbortSignal): Promise<void>
+}
+
+/** Statuses the modem passes as success; every other one becomes an error we map below. */
+const OK_STATUSES = { 200: true, 201: true, 204: true, 304: true }
+
+/** What a 404 of a request means. */
+type NotFound = 'container' | 'image' | 'volume' | 'none'
+
+interface EngineRequest {
+  /** For error messages: "inspect container 'web'". */
+  what: string
+  notFound: NotFound
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE' | 'HEAD'
+  /** Path without query, e.g. /containers/web/json. */
+  path: string
+  query?: Record<string, string | number | boolean>
+  body?: unknown
+  /** Request body streamed from this (PUT archive, POST load). */
+  file?: Readable
+  /** Keep the response as a stream instead of parsing JSON. */
+  stream?: boolean
 }
 
 export class DockerodeHost implements DockerHost {
   private readonly docker: Docker
+  private readonly modem: DockerModem
 
   constructor (readonly endpoint: DockerEndpoint) {
     this.docker = endpoint.kind === 'unix'
       ? new Docker({ socketPath: endpoint.socketPath })
       : new Docker({ host: endpoint.host, port: endpoint.port, protocol: 'http' })
+    this.modem = this.docker.modem as DockerModem
   }
 
-  private wrap (what: string, err: unknown): DockerUnavailableError {
-    return new DockerUnavailableError(`docker engine at ${this.endpoint.url}: ${what} failed: ${(err as Error).message}`, { cause: err })
-  }
+  // --- engine ---------------------------------------------------------------------------------
 
   async version (signal?: AbortSignal): Promise<EngineVersion> {
+    const v = await this.request<{ Version: string, ApiVersion: string, Os: string, Arch: string }>({ what: 'version', notFound: 'none', method: 'GET', path: '/version' }, signal)
+    return { version: v.Version, apiVersion: v.ApiVersion, os: v.Os, arch: v.Arch }
+  }
+
+  async info (signal?: AbortSignal): Promise<EngineInfo> {
+    const i = await this.request<{
+      Architecture?: string, OSType?: string, DockerRootDir?: string, Driver?: string, ServerVersion?: string,
+      Name?: string, NCPU?: number, MemTotal?: number
+    }>({ what: 'info', notFound: 'none', method: 'GET', path: '/info' }, signal)
+    return {
+      architecture: normalizeArch(i.Architecture ?? ''),
+      os: i.OSType ?? '',
+      dockerRootDir: i.DockerRootDir ?? '',
+      storageDriver: i.Driver ?? '',
+      serverVersion: i.ServerVersion ?? '',
+      name: i.Name ?? '',
+      cpus: i.NCPU ?? 0,
+      memoryBytes: i.MemTotal ?? 0
+    }
+  }
+
+  /**
+   * The Engine API tells no free space (`system df` reports usage only), so this is a statfs of the
+   * engine's DockerRootDir from `GET /info`: right when the agent runs on the engine's host (the
+   * design), null for an engine reached over TCP on another host or a root we cannot see.
+   */
+  async freeDiskBytes (signal?: AbortSignal): Promise<number | null> {
+    if (this.endpoint.kind === 'tcp' && !['localhost', '127.0.0.1', '::1'].includes(this.endpoint.host)) return null
+    const { dockerRootDir } = await this.info(signal)
+    if (dockerRootDir === '') return null
     try {
-      // dockerode's types lack the options overload; the call itself accepts { abortSignal }
-      const v = await (this.docker.version as (o: object) => Promise<Docker.DockerVersion>).call(this.docker, { abortSignal: signal })
-      return { version: v.Version, apiVersion: v.ApiVersion, os: v.Os, arch: v.Arch }
-    } catch (err) {
-      throw this.wrap('version', err)
+      const s = await statfs(dockerRootDir)
+      return Number(s.bavail) * Number(s.bsize)
+    } catch {
+      return null
     }
   }
 
   async listContainers (signal?: AbortSignal): Promise<ContainerRow[]> {
-    try {
-      const list = await this.docker.listContainers({ all: true, abortSignal: signal })
-      return list.map(c => ({
-        name: (c.Names[0] ?? c.Id.slice(0, 12)).replace(/^\//, ''),
-        id: c.Id,
-        image: c.Image,
-        state: c.State,
-        status: c.Status
-      }))
-    } catch (err) {
-      throw this.wrap('list containers', err)
+    const list = await this.request<Array<{ Id: string, Names?: string[], Image: string, State: string, Status: string }>>(
+      { what: 'list containers', notFound: 'none', method: 'GET', path: '/containers/json', query: { all: true } }, signal)
+    return list.map(c => ({
+      name: (c.Names?.[0] ?? c.Id.slice(0, 12)).replace(/^\//, ''),
+      id: c.Id,
+      image: c.Image,
+      state: c.State,
+      status: c.Status
+    }))
+  }
+
+  // --- inspect --------------------------------------------------------------------------------
+
+  async inspectContainer (nameOrId: string, signal?: AbortSignal): Promise<ContainerInfo> {
+    const c = await this.request<EngineContainer>({ what: `inspect container '${nameOrId}'`, notFound: 'container', method: 'GET', path: `/containers/${enc(nameOrId)}/json` }, signal)
+    return containerInfoFromInspect(c)
+  }
+
+  async inspectImage (ref: string, signal?: AbortSignal): Promise<ImageInfo> {
+    const i = await this.request<{ Id: string, RootFS?: { Layers?: string[] | null }, Os?: string, Architecture?: string, Size?: number, RepoTags?: string[] | null }>(
+      { what: `inspect image '${ref}'`, notFound: 'image', method: 'GET', path: `/images/${enc(ref)}/json` }, signal)
+    return {
+      id: i.Id,
+      diffIds: i.RootFS?.Layers ?? [],
+      os: i.Os ?? '',
+      architecture: normalizeArch(i.Architecture ?? ''),
+      size: i.Size ?? 0,
+      repoTags: i.RepoTags ?? []
     }
   }
+
+  async imageChains (signal?: AbortSignal): Promise<string[][]> {
+    // The list holds every tagged or dangling image; hidden intermediate images are prefixes of these.
+    const list = await this.request<Array<{ Id: string }>>({ what: 'list images', notFound: 'none', method: 'GET', path: '/images/json' }, signal)
+    const chains = new Map<string, string[]>()
+    for (const { Id } of list) {
+      let info: ImageInfo
+      try {
+        info = await this.inspectImage(Id, signal)
+      } catch (err) {
+        if (err instanceof ImageNotFoundError) continue // removed since the list
+        throw err
+      }
+      chains.set(info.diffIds.join(' '), info.diffIds)
+    }
+    return [...chains.values()]
+  }
+
+  // --- lifecycle ------------------------------------------------------------------------------
+
+  async pause (id: string, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `pause container '${id}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/pause` }, signal)
+  }
+
+  async unpause (id: string, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `unpause container '${id}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/unpause` }, signal)
+  }
+
+  async commit (id: string, opts: { comment?: string }, signal?: AbortSignal): Promise<string> {
+    const query: Record<string, string | boolean> = { container: id, pause: false }
+    if (opts.comment !== undefined) query.comment = opts.comment
+    const r = await this.request<{ Id: string }>({ what: `commit container '${id}'`, notFound: 'container', method: 'POST', path: '/commit', query }, signal)
+    return r.Id
+  }
+
+  async stop (id: string, opts: { timeoutS: number }, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `stop container '${id}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/stop`, query: { t: opts.timeoutS } }, signal)
+  }
+
+  async start (id: string, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `start container '${id}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/start` }, signal)
+  }
+
+  async remove (id: string, opts: { force: boolean, volumes: boolean }, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `remove container '${id}'`, notFound: 'container', method: 'DELETE', path: `/containers/${enc(id)}`, query: { force: opts.force, v: opts.volumes } }, signal)
+  }
+
+  async removeImage (id: string, opts: { force?: boolean }, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `remove image '${id}'`, notFound: 'image', method: 'DELETE', path: `/images/${enc(id)}`, query: { force: opts.force === true } }, signal)
+  }
+
+  async create (spec: ContainerSpec, signal?: AbortSignal): Promise<string> {
+    // The only thing create can miss is the image (404); a name in use is a 409.
+    const name = spec.name.replace(/^\//, '')
+    const r = await this.request<{ Id: string }>({ what: `create container '${name}'`, notFound: 'image', method: 'POST', path: '/containers/create', query: { name }, body: createBody(spec) }, signal)
+    return r.Id
+  }
+
+  // --- volumes --------------------------------------------------------------------------------
+
+  async createVolume (name: string, driver: string, labels: Record<string, string>, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `create volume '${name}'`, notFound: 'none', method: 'POST', path: '/volumes/create', body: { Name: name, Driver: driver, Labels: labels } }, signal)
+  }
+
+  async removeVolume (name: string, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `remove volume '${name}'`, notFound: 'volume', method: 'DELETE', path: `/volumes/${enc(name)}` }, signal)
+  }
+
+  async volumeExists (name: string, signal?: AbortSignal): Promise<boolean> {
+    try {
+      await this.request({ what: `inspect volume '${name}'`, notFound: 'volume', method: 'GET', path: `/volumes/${enc(name)}` }, signal)
+      return true
+    } catch (err) {
+      if (err instanceof VolumeNotFoundError) return false
+      throw err
+    }
+  }
+
+  // --- images as streams ----------------------------------------------------------------------
+
+  async * saveImage (imageId: string, signal?: AbortSignal): AsyncGenerator<SavedEntry> {
+    const what = `save image '${imageId}'`
+    let res: IncomingMessage
+    try {
+      res = await this.request<IncomingMessage>({ what, notFound: 'image', method: 'GET', path: `/images/${enc(imageId)}/get`, stream: true }, signal)
+    } catch (err) {
+      // Engine 20.10 answers 500 (not 404) for an unknown full image ID: ask the image itself.
+      if (err instanceof DockerEngineError && !(err instanceof ImageNotFoundError)) await this.inspectImage(imageId, signal)
+      throw err
+    }
+    try {
+      yield * readSavedImage(this.body(res, what, signal))
+    } finally {
+      res.destroy() // also when the consumer stops early: the engine stops writing
+    }
+  }
+
+  async loadImage (tar: ByteSource, signal?: AbortSignal): Promise<string[]> {
+    const what = 'load image'
+    const file = toReadable(tar)
+    let res: IncomingMessage
+    try {
+      res = await this.request<IncomingMessage>({ what, notFound: 'none', method: 'POST', path: '/images/load', query: { quiet: true }, file, stream: true }, signal)
+    } catch (err) {
+      file.destroy()
+      if (err instanceof DockerEngineError && !(err instanceof DockerLoadError)) throw new DockerLoadError(err.message, { cause: err, status: err.status })
+      throw err
+    }
+    const ids: string[] = []
+    const refs: string[] = []
+    try {
+      for await (const m of readJsonMessages(this.body(res, what, signal))) {
+        const error = messageError(m)
+        if (error !== undefined) throw new DockerLoadError(`docker engine at ${this.endpoint.url}: ${what} failed: ${error}`)
+        // The answer names what it loaded only in text: "Loaded image ID: sha256:..." for an
+        // untagged image, "Loaded image: name:tag" for a tagged one.
+        const text = m.stream ?? ''
+        const id = /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(text)
+        const ref = /Loaded image: (\S+)/.exec(text)
+        if (id?.[1] !== undefined) ids.push(id[1])
+        else if (ref?.[1] !== undefined) refs.push(ref[1])
+      }
+    } catch (err) {
+      if (err instanceof SyntaxError) throw new DockerLoadError(`docker engine at ${this.endpoint.url}: ${what}: unreadable answer: ${err.message}`, { cause: err })
+      throw err
+    } finally {
+      file.destroy()
+    }
+    for (const ref of refs) ids.push((await this.inspectImage(ref, signal)).id)
+    if (ids.length === 0) throw new DockerLoadError(`docker engine at ${this.endpoint.url}: ${what}: the engine reported no loaded image`)
+    return [...new Set(ids)]
+  }
+
+  // --- files ----------------------------------------------------------------------------------
+
+  async getArchive (id: string, path: string, signal?: AbortSignal): Promise<Readable> {
+    const what = `read '${path}' of container '${id}'`
+    try {
+      const res = await this.request<IncomingMessage>({ what, notFound: 'container', method: 'GET', path: `/containers/${enc(id)}/archive`, query: { path }, stream: true }, signal)
+      return Readable.from(this.body(res, what, signal), { objectMode: false })
+    } catch (err) {
+      throw await this.archiveNotFound(err, id, path, signal)
+    }
+  }
+
+  async putArchive (id: string, path: string, tar: ByteSource, signal?: AbortSignal): Promise<void> {
+    const what = `write '${path}' of container '${id}'`
+    const file = toReadable(tar)
+    try {
+      await this.request({ what, notFound: 'container', method: 'PUT', path: `/containers/${enc(id)}/archive`, query: { path }, file }, signal)
+    } catch (err) {
+      throw await this.archiveNotFound(err, id, path, signal)
+    } finally {
+      file.destroy()
+    }
+  }
+
+  /** A 404 of the archive endpoints is either the container or the path: ask which. */
+  private async archiveNotFound (err: unknown, id: string, path: string, signal?: AbortSignal): Promise<unknown> {
+    if (!(err instanceof ContainerNotFoundError)) return err
+    try {
+      await this.inspectContainer(id, signal)
+    } catch (again) {
+      return again
+    }
+    return new ContainerPathNotFoundError(`docker engine at ${this.endpoint.url}: container '${id}' has no '${path}'`, { cause: err, status: 404 })
+  }
+
+  // --- the HTTP boundary ----------------------------------------------------------------------
+
+  private async request<T = unknown> (req: EngineRequest, signal?: AbortSignal): Promise<T> {
+    signal?.throwIfAborted()
+    const query = req.query === undefined ? undefined : Object.fromEntries(Object.entries(req.query).map(([k, v]) => [k, typeof v === 'boolean' ? (v ? '1' : '0') : String(v)]))
+    const options: DockerModem.DialOptions = {
+      path: query === undefined ? req.path : `${req.path}?`,
+      method: req.method,
+      statusCodes: OK_STATUSES,
+      isStream: req.stream === true,
+      // The modem sends `_body` as JSON (for POST) and `_query` as the query string.
+      options: { _query: query ?? {}, _body: req.body ?? {} },
+      abortSignal: signal
+    }
+    if (req.file !== undefined) {
+      options.file = req.file
+      options.headers = { 'Content-Type': 'application/x-tar' }
+    }
+    try {
+      const result = await new Promise<unknown>((resolve, reject) => {
+        this.modem.dial(options, (err, data) => { if (err !== null) reject(err); else resolve(data) })
+      })
+      if (req.stream === true && signal !== undefined) addAbortSignal(signal, result as IncomingMessage)
+      return result as T
+    } catch (err) {
+      throw this.mapError(req.what, req.notFound, err, signal)
+    }
+  }
+
+  /** A response body as bytes, with a failure midway turned into DockerUnavailableError. */
+  private async * body (res: IncomingMessage, what: string, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+    try {
+      for await (const chunk of res) yield chunk as Uint8Array
+    } catch (err) {
+      throw this.mapError(`${what} (reading the answer)`, 'none', err, signal)
+    } finally {
+      res.destroy()
+    }
+  }
+
+  private mapError (what: string, notFound: NotFound, err: unknown, signal?: AbortSignal): unknown {
+    if (signal?.aborted === true) return signal.reason
+    if (err instanceof GotoError) return err
+    const e = err as Error & { statusCode?: unknown, json?: { message?: unknown } | null }
+    const status = typeof e.statusCode === 'number' ? e.statusCode : undefined
+    if (status === undefined) {
+      return new DockerUnavailableError(`docker engine at ${this.endpoint.url}: ${what} failed: ${e.message}`, { cause: err })
+    }
+    const text = `docker engine at ${this.endpoint.url}: ${what} failed: ${engineMessage(e)}`
+    const options = { cause: err, status }
+    if (status === 404 && notFound === 'container') return new ContainerNotFoundError(text, options)
+    if (status === 404 && notFound === 'image') return new ImageNotFoundError(text, options)
+    if (status === 404 && notFound === 'volume') return new VolumeNotFoundError(text, options)
+    if (status === 409) return new DockerConflictError(text, options)
+    return new DockerEngineError(text, options)
+  }
+}
+
+/** The engine's own words from a modem error: its JSON `message`, else the text after the modem's prefix. */
+function engineMessage (e: Error & { json?: { message?: unknown } | null }): string {
+  if (typeof e.json?.message === 'string') return e.json.message.trim()
+  return e.message.replace(/^\(HTTP code \d+\) [^-]*- /, '').trim()
+}
+
+/** Path segment: names, IDs and image references (with '/', ':' and '@') reach the engine intact. */
+function enc (s: string): string {
+  return encodeURIComponent(s)
+}
+
+function toReadable (source: ByteSource): Readable {
+  return source instanceof Readable ? source : Readable.from(source, { objectMode: false })
+}
+
+const ARCHES: Record<string, string> = { x86_64: 'amd64', aarch64: 'arm64', armv7l: 'arm', armhf: 'arm', i386: '386', i686: '386' }
+
+/** The engine reports uname's machine (x86_64); images and Go use GOARCH names (amd64). */
+export function normalizeArch (arch: string): string {
+  return ARCHES[arch] ?? arch
 }

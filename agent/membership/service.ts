@@ -139,14 +139,20 @@ export class MembershipService {
         const ma = multiaddr(a)
         return ma.getComponents().some(c => c.name === 'p2p') ? ma : ma.encapsulate(`/p2p/${entry.peerId}`)
       })
-      const connection = this.deps.node.getConnections(peerId)[0] ?? await this.deps.node.dial(addrs, { signal })
+      const connection = this.deps.node.getConnections(peerId).find(c => c.status === 'open') ?? await this.deps.node.dial(addrs, { signal })
       const peer = await this.deps.auth.ensure(connection, signal)
       await this.exchange(connection, peer, signal)
     } catch (err) {
       this.deps.log.debug('heartbeat missed', { peer: entry.peerId, name: entry.name, error: (err as Error).message })
-      // A connection that cannot carry a heartbeat is stale (peer gone, or a partition): drop it so
-      // the next round dials afresh instead of waiting on TCP retransmissions.
-      for (const c of this.deps.node.getConnections(peerId)) c.abort(new ProtocolError('heartbeat missed'))
+      // A connection that cannot carry heartbeats is stale (peer gone, or a partition): drop it so
+      // the next round dials afresh instead of waiting on TCP retransmissions. But one missed
+      // heartbeat on a connection busy with a transfer is just a full pipe: keep that connection
+      // until the peer is suspect (idle connection) or dead (busy one).
+      const silence = Date.now() - (entry.lastSeen ?? entry.since)
+      for (const c of this.deps.node.getConnections(peerId)) {
+        const busy = c.streams.some(st => st.protocol !== HEARTBEAT_PROTOCOL && st.status === 'open')
+        if (silence >= (busy ? this.deps.timings.deadAfterMs : this.deps.timings.suspectAfterMs)) c.abort(new ProtocolError('heartbeats missed'))
+      }
     } finally {
       this.inFlight.delete(entry.peerId)
     }

@@ -84,7 +84,7 @@ export class StatusService {
     try {
       const addrs = entry.addrs.map(a => multiaddr(a).encapsulate(`/p2p/${entry.peerId}`))
       const peerId = peerIdFromString(entry.peerId)
-      const connection = this.deps.node.getConnections(peerId)[0] ?? await this.deps.node.dial(addrs, { signal })
+      const connection = this.deps.node.getConnections(peerId).find(c => c.status === 'open') ?? await this.deps.node.dial(addrs, { signal })
       await this.deps.auth.ensure(connection, signal)
       const js = new JsonStream(await connection.newStream(STATUS_PROTOCOL, { signal }))
       await js.write({}, signal)

@@ -51,7 +51,7 @@ describe('goto and goto-agent as programs', function () {
   it('goto --help lists the commands; goto ca --help the CA commands', () => {
     const r = run(GOTO, ['--help'])
     expect(r.code).to.equal(0)
-    for (const cmd of ['peers', 'status', 'ca', '--bundle', '--agent', '--json']) expect(r.stdout).to.contain(cmd)
+    for (const cmd of ['peers', 'status', 'move', '--to', '--dry-run', 'ca', '--bundle', '--agent', '--json']) expect(r.stdout).to.contain(cmd)
     const ca = run(GOTO, ['ca', '--help'])
     expect(ca.code).to.equal(0)
     for (const cmd of ['init', 'issue', 'revoke', 'list']) expect(ca.stdout).to.contain(cmd)
@@ -74,6 +74,10 @@ describe('goto and goto-agent as programs', function () {
     oneLineNaming(run(GOTO, ['peers', '--bundle', join(dir, 'op'), '--agent', '10.0.0.1:4001']), '--agent')
     oneLineNaming(run(GOTO, ['status', 'a', 'b', '--bundle', join(dir, 'op'), '--agent', '/ip4/127.0.0.1/tcp/1']), "'b'")
     oneLineNaming(run(GOTO, ['peers', '--bundle', join(dir, 'agent'), '--agent', '/ip4/127.0.0.1/tcp/1']), '--bundle')
-    oneLineNaming(run(GOTO, ['move']), 'move')
+    oneLineNaming(run(GOTO, ['frobnicate']), 'frobnicate')
+    const common = ['--bundle', join(dir, 'op'), '--agent', '/ip4/127.0.0.1/tcp/1']
+    oneLineNaming(run(GOTO, ['move', ...common]), 'CONTAINER')
+    oneLineNaming(run(GOTO, ['move', 'web', ...common]), '--to')
+    oneLineNaming(run(GOTO, ['peers', '--to', 'x', ...common]), '--to')
   })
 })

@@ -1,0 +1,150 @@
+/**
+ * Translation between the Engine API's container JSON and our ContainerSpec: `specFromInspect`
+ * reads `GET /containers/{id}/json`, `createBody` writes the body of `POST /containers/create` that
+ * makes a container with exactly that spec. Pure functions, so they are tested without an engine.
+ *
+ * Fidelity notes. `inspect` reports the container's effective config (the image's env, cmd, labels
+ * and exposed ports merged in), so a spec read from it recreates the same container from the same
+ * image. Named volumes become `Mounts` entries of type volume (with their driver; the engine creates
+ * a missing volume on create), bind mounts become `Binds` (`-v` semantics: a missing host directory
+ * is created), tmpfs mounts become `Tmpfs` with default options. An anonymous volume is a volume
+ * whose name is 64 hex digits; it moves like a named one.
+ */
+import type { ContainerInfo, ContainerSpec, MountSpec, PortBinding } from './types.js'
+
+/** The parts of `GET /containers/{id}/json` we read (Engine API 1.41+). */
+export interface EngineContainer {
+  Id: string
+  Name: string
+  Image: string
+  State?: { Status?: string, Running?: boolean, Paused?: boolean }
+  Config?: {
+    Hostname?: string
+    User?: string
+    Env?: string[] | null
+    Cmd?: string[] | null
+    Entrypoint?: string[] | null
+    WorkingDir?: string
+    Labels?: Record<string, string> | null
+    ExposedPorts?: Record<string, unknown> | null
+  }
+  HostConfig?: {
+    PortBindings?: Record<string, Array<{ HostIp?: string, HostPort?: string }> | null> | null
+    RestartPolicy?: { Name?: string, MaximumRetryCount?: number }
+    Tmpfs?: Record<string, string> | null
+    Mounts?: Array<{ Type?: string, Target?: string }> | null
+  }
+  Mounts?: Array<{ Type?: string, Name?: string, Source?: string, Destination?: string, Driver?: string, RW?: boolean }> | null
+}
+
+const RESTART_POLICIES = new Set(['', 'no', 'always', 'unless-stopped', 'on-failure'])
+
+/** The spec and state of a container from its inspect JSON. */
+export function containerInfoFromInspect (c: EngineContainer): ContainerInfo {
+  return {
+    id: c.Id,
+    name: c.Name.replace(/^\//, ''),
+    state: { status: c.State?.Status ?? 'unknown', running: c.State?.Running === true, paused: c.State?.Paused === true },
+    spec: specFromInspect(c)
+  }
+}
+
+export function specFromInspect (c: EngineContainer): ContainerSpec {
+  const cfg = c.Config ?? {}
+  const host = c.HostConfig ?? {}
+  const portBindings: Record<string, PortBinding[]> = {}
+  for (const [port, list] of Object.entries(host.PortBindings ?? {})) {
+    portBindings[port] = (list ?? []).map(b => ({ hostIp: b.HostIp ?? '', hostPort: b.HostPort ?? '' }))
+  }
+  // The engine knows no other policies; anything else reads as the default ('').
+  const restartName = RESTART_POLICIES.has(host.RestartPolicy?.Name ?? '') ? host.RestartPolicy?.Name ?? '' : ''
+  return {
+    name: c.Name.replace(/^\//, ''),
+    image: c.Image,
+    env: cfg.Env ?? [],
+    cmd: cfg.Cmd ?? null,
+    entrypoint: cfg.Entrypoint ?? null,
+    workingDir: cfg.WorkingDir ?? '',
+    user: cfg.User ?? '',
+    labels: { ...(cfg.Labels ?? {}) },
+    hostname: cfg.Hostname ?? '',
+    exposedPorts: Object.keys(cfg.ExposedPorts ?? {}).sort(),
+    portBindings,
+    restartPolicy: {
+      name: restartName as ContainerSpec['restartPolicy']['name'],
+      maximumRetryCount: host.RestartPolicy?.MaximumRetryCount ?? 0
+    },
+    mounts: mountsFromInspect(c)
+  }
+}
+
+function mountsFromInspect (c: EngineContainer): MountSpec[] {
+  const out: MountSpec[] = []
+  const seen = new Set<string>()
+  for (const m of c.Mounts ?? []) {
+    const destination = m.Destination ?? ''
+    if (destination === '' || seen.has(destination)) continue
+    if (m.Type === 'volume' && m.Name !== undefined) {
+      out.push({ type: 'volume', name: m.Name, destination, readOnly: m.RW === false, driver: m.Driver ?? 'local' })
+    } else if (m.Type === 'bind' && m.Source !== undefined) {
+      out.push({ type: 'bind', source: m.Source, destination, readOnly: m.RW === false })
+    } else if (m.Type === 'tmpfs') {
+      out.push({ type: 'tmpfs', destination })
+    } else {
+      continue
+    }
+    seen.add(destination)
+  }
+  // `--tmpfs` mounts are in HostConfig.Tmpfs only; `--mount type=tmpfs` ones in HostConfig.Mounts.
+  const tmpfs = [
+    ...Object.keys(c.HostConfig?.Tmpfs ?? {}),
+    ...(c.HostConfig?.Mounts ?? []).filter(m => m.Type === 'tmpfs').map(m => m.Target ?? '')
+  ]
+  for (const destination of tmpfs) {
+    if (destination === '' || seen.has(destination)) continue
+    out.push({ type: 'tmpfs', destination })
+    seen.add(destination)
+  }
+  return out.sort((a, b) => a.destination < b.destination ? -1 : a.destination > b.destination ? 1 : 0)
+}
+
+/** Body of `POST /containers/create?name=<spec.name>` for a container with exactly `spec`. */
+export function createBody (spec: ContainerSpec): Record<string, unknown> {
+  const binds: string[] = []
+  const mounts: Array<Record<string, unknown>> = []
+  const tmpfs: Record<string, string> = {}
+  for (const m of spec.mounts) {
+    if (m.type === 'volume') {
+      mounts.push({ Type: 'volume', Source: m.name, Target: m.destination, ReadOnly: m.readOnly, VolumeOptions: { DriverConfig: { Name: m.driver } } })
+    } else if (m.type === 'bind') {
+      binds.push(`${m.source}:${m.destination}${m.readOnly ? ':ro' : ''}`)
+    } else {
+      tmpfs[m.destination] = ''
+    }
+  }
+  const portBindings: Record<string, Array<{ HostIp: string, HostPort: string }>> = {}
+  for (const [port, list] of Object.entries(spec.portBindings)) {
+    portBindings[port] = list.map(b => ({ HostIp: b.hostIp, HostPort: b.hostPort }))
+  }
+  const exposed: Record<string, Record<string, never>> = {}
+  // Exactly the exposed ports of the spec: the engine does not add bound ports (the CLI does).
+  for (const p of spec.exposedPorts) exposed[p] = {}
+  return {
+    Image: spec.image,
+    Hostname: spec.hostname,
+    User: spec.user,
+    Env: spec.env,
+    Cmd: spec.cmd,
+    Entrypoint: spec.entrypoint,
+    WorkingDir: spec.workingDir,
+    Labels: spec.labels,
+    ExposedPorts: exposed,
+    HostConfig: {
+      Binds: binds,
+      Mounts: mounts,
+      Tmpfs: tmpfs,
+      PortBindings: portBindings,
+      RestartPolicy: { Name: spec.restartPolicy.name, MaximumRetryCount: spec.restartPolicy.maximumRetryCount }
+    }
+  }
+}

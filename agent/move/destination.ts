@@ -1,0 +1,234 @@
+/**
+ * The destination side of a move, on /goto/transfer/1.0.0 (agents only). A source agent first asks
+ * `prepare`: we check we can take the container (architecture, disk, name, volume and host-port
+ * conflicts) and say which layers we have. Only then do we accept `layer`s for that move — each is
+ * verified into the staging store before Docker sees it — and finally `restore`: load the image
+ * (thin: only what we lacked), create the volumes and the container with the same spec, copy the
+ * volume data in, start it and confirm it runs. Any failure, or an `abort`, removes everything the
+ * move made here. `commit` ends the move and drops its staged layers.
+ */
+import { posix } from 'node:path'
+import type { Connection } from '@libp2p/interface'
+import type { VerifiedPeer } from '../../certs/verify.js'
+import type { AuthService } from '../net/auth-service.js'
+import type { DockerHost } from '../docker/host.js'
+import type { ContainerSpec } from '../docker/types.js'
+import type { Logger } from '../log.js'
+import type { LayerStore } from '../transfer/layer-store.js'
+import { loadVerified } from '../transfer/load.js'
+import { layersToSend } from '../transfer/plan.js'
+import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
+import { JsonStream, receiveBlob } from '../../protocol/wire.js'
+import {
+  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader
+} from '../../protocol/move-messages.js'
+import {
+  ArchitectureMismatchError, ContainerNotFoundError, InsufficientDiskError, LayerTooLargeError, NameConflictError, PortConflictError,
+  RestoreFailedError, UnknownMoveError, toWireError
+} from '../../protocol/errors.js'
+
+/** A prepared move we have not heard from for this long is rolled back (the source died). */
+export const MOVE_IDLE_TIMEOUT_MS = 10 * 60_000
+/** Staging copy, docker load's temporary copy, the final layers: ask for three times the image's size. */
+const DISK_HEADROOM_FACTOR = 3
+/** How long a restored container may take to be seen running. */
+const START_TIMEOUT_MS = 30_000
+
+interface Pending {
+  moveId: string
+  from: string
+  spec: ContainerSpec
+  diffIds: string[]
+  present: number
+  wanted: Set<string>
+  /** The committed top layer, the one layer accepted beyond the prepared chain. */
+  extraLayer?: string
+  volumes: string[]
+  made: { volumes: string[], containerId?: string, imageId?: string }
+  touched: number
+}
+
+export interface DestinationDeps {
+  auth: AuthService
+  docker: DockerHost
+  store: LayerStore
+  log: Logger
+}
+
+export class DestinationService {
+  private readonly moves = new Map<string, Pending>()
+  private timer: NodeJS.Timeout | undefined
+
+  constructor (private readonly deps: DestinationDeps) {}
+
+  async start (): Promise<void> {
+    await this.deps.auth.handle(TRANSFER_PROTOCOL, ['agent'], async (js, peer, connection) => { await this.serve(js, peer, connection) })
+    this.timer = setInterval(() => { void this.expire() }, 60_000)
+    this.timer.unref()
+  }
+
+  async stop (): Promise<void> {
+    clearInterval(this.timer)
+  }
+
+  private async serve (js: JsonStream, peer: VerifiedPeer, _connection: Connection): Promise<void> {
+    const req = parseTransferRequest(await js.read(AbortSignal.timeout(30_000)))
+    // A step lasts as long as its stream: if the source dies or gives up, the stream closes and
+    // whatever the step was doing (a layer half-received, a load) is aborted and cleaned up.
+    const ac = new AbortController()
+    js.stream.addEventListener('close', () => { ac.abort(new UnknownMoveError(`the source closed the ${req.op} stream`)) }, { once: true })
+    const signal = ac.signal
+    let reply: unknown
+    try {
+      switch (req.op) {
+        case 'prepare': reply = await this.prepare(req, peer, signal); break
+        case 'layer': reply = await this.layer(req, js, peer, signal); break
+        case 'restore': reply = await this.restore(req, js, peer, signal); break
+        case 'abort': await this.rollback(this.own(req.moveId, peer), 'aborted by the source'); reply = {}; break
+        case 'commit': reply = await this.commit(this.own(req.moveId, peer)); break
+      }
+    } catch (err) {
+      this.deps.log.warn('transfer step refused', { op: req.op, moveId: req.moveId, from: peer.name, error: (err as Error).message, reason: (err as Error).name })
+      await js.write({ ok: false, error: toWireError(err) })
+      await js.close()
+      return
+    }
+    await js.write({ ok: true, result: reply })
+    await js.close()
+  }
+
+  private own (moveId: string, peer: VerifiedPeer): Pending {
+    const p = this.moves.get(moveId)
+    if (p === undefined || p.from !== peer.peerId) throw new UnknownMoveError(`no move ${moveId} from ${peer.name} was prepared here`)
+    p.touched = Date.now()
+    return p
+  }
+
+  private async prepare (req: PrepareRequest, peer: VerifiedPeer, signal: AbortSignal): Promise<PrepareReply> {
+    const { docker } = this.deps
+    const info = await docker.info(signal)
+    if (info.architecture !== req.image.architecture || info.os !== req.image.os) {
+      throw new ArchitectureMismatchError(`the image is ${req.image.os}/${req.image.architecture}, this engine runs ${info.os}/${info.architecture}`)
+    }
+    const free = await docker.freeDiskBytes(signal)
+    if (free !== null && free < req.image.size * DISK_HEADROOM_FACTOR) {
+      throw new InsufficientDiskError(`${Math.round(free / 2 ** 20)} MiB free, the move needs about ${Math.round(req.image.size * DISK_HEADROOM_FACTOR / 2 ** 20)} MiB`)
+    }
+    try {
+      await docker.inspectContainer(req.spec.name, signal)
+      throw new NameConflictError(`a container named '${req.spec.name}' already exists here`)
+    } catch (err) {
+      if (!(err instanceof ContainerNotFoundError)) throw err
+    }
+    for (const v of req.volumes) {
+      if (await docker.volumeExists(v.name, signal)) throw new NameConflictError(`a volume named '${v.name}' already exists here`)
+    }
+    const wantedPorts = Object.values(req.spec.portBindings).flat().map(b => b.hostPort).filter(p => p !== '')
+    if (wantedPorts.length > 0) {
+      for (const c of await docker.listContainers(signal)) {
+        if (c.state !== 'running' && c.state !== 'paused') continue
+        const other = await docker.inspectContainer(c.id, signal)
+        const taken = Object.values(other.spec.portBindings).flat().map(b => b.hostPort)
+        const clash = wantedPorts.find(p => taken.includes(p))
+        if (clash !== undefined) throw new PortConflictError(`host port ${clash} is already bound by container '${other.name}' here`)
+      }
+    }
+    const { present, missing } = layersToSend(req.image.diffIds, await docker.imageChains(signal))
+    const staged: string[] = []
+    for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)
+    this.moves.set(req.moveId, {
+      moveId: req.moveId,
+      from: peer.peerId,
+      spec: req.spec,
+      diffIds: req.image.diffIds,
+      present,
+      wanted: new Set(missing),
+      volumes: req.volumes.map(v => v.name),
+      made: { volumes: [] },
+      touched: Date.now()
+    })
+    this.deps.log.info('move prepared', { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length })
+    return { present, staged }
+  }
+
+  private async layer (req: LayerHeader, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<{ bytes: number }> {
+    const p = this.own(req.moveId, peer)
+    // Layers of the prepared chain, plus exactly one more: the top layer committed at freeze.
+    if (!p.wanted.has(req.diffId)) {
+      if (p.extraLayer !== undefined && p.extraLayer !== req.diffId) throw new UnknownMoveError(`layer ${req.diffId} is not part of move ${p.moveId}`)
+      p.extraLayer = req.diffId
+      p.wanted.add(req.diffId)
+    }
+    const data = receiveBlob(js, req.size, () => new LayerTooLargeError(`layer ${req.diffId} is larger than the announced ${req.size} bytes`), signal)
+    if (await this.deps.store.has(req.diffId)) {
+      for await (const _ of data) { /* already verified here: drain */ }
+      return { bytes: 0 }
+    }
+    const { bytes } = await this.deps.store.receive(req.diffId, req.size, data, signal)
+    p.touched = Date.now()
+    this.deps.log.info('layer verified', { moveId: req.moveId, digest: req.diffId, bytes })
+    return { bytes }
+  }
+
+  private async restore (req: RestoreRequest, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<{ containerId: string }> {
+    const p = this.own(req.moveId, peer)
+    const { docker, log } = this.deps
+    try {
+      const config = Buffer.from(req.config, 'base64')
+      const { present } = layersToSend(req.diffIds, await docker.imageChains(signal))
+      p.made.imageId = await loadVerified(docker, { config, diffIds: req.diffIds, present, store: this.deps.store }, signal)
+      for (const m of req.spec.mounts) {
+        if (m.type === 'volume') {
+          await docker.createVolume(m.name, m.driver, {}, signal)
+          p.made.volumes.push(m.name)
+        }
+      }
+      const spec = { ...req.spec, image: p.made.imageId }
+      p.made.containerId = await docker.create(spec, signal)
+      for (const v of req.volumes) {
+        const data = receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal)
+        await docker.putArchive(p.made.containerId, posix.dirname(v.destination), data, signal)
+      }
+      await docker.start(p.made.containerId, signal)
+      const deadline = Date.now() + START_TIMEOUT_MS
+      for (;;) {
+        const state = (await docker.inspectContainer(p.made.containerId, signal)).state
+        if (state.running) break
+        if (Date.now() > deadline || state.status === 'exited' || state.status === 'dead') {
+          throw new RestoreFailedError(`container '${spec.name}' did not stay running here (state ${state.status})`)
+        }
+        await new Promise(resolve => setTimeout(resolve, 100))
+      }
+      log.info('move restored', { moveId: req.moveId, container: spec.name, containerId: p.made.containerId })
+      return { containerId: p.made.containerId }
+    } catch (err) {
+      await this.rollback(p, (err as Error).message)
+      throw err
+    }
+  }
+
+  private async commit (p: Pending): Promise<Record<string, never>> {
+    this.moves.delete(p.moveId)
+    for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
+    this.deps.log.info('move committed', { moveId: p.moveId, container: p.spec.name })
+    return {}
+  }
+
+  /** Removes what the move made here; verified layers stay staged so a retry does not resend them. */
+  private async rollback (p: Pending, why: string): Promise<void> {
+    const { docker, log } = this.deps
+    this.moves.delete(p.moveId)
+    const signal = AbortSignal.timeout(60_000)
+    if (p.made.containerId !== undefined) await docker.remove(p.made.containerId, { force: true, volumes: false }, signal).catch(err => { log.error('rollback: container not removed', { error: (err as Error).message }) })
+    for (const v of p.made.volumes) await docker.removeVolume(v, signal).catch(err => { log.error('rollback: volume not removed', { volume: v, error: (err as Error).message }) })
+    if (p.made.imageId !== undefined) await docker.removeImage(p.made.imageId, { force: false }, signal).catch(() => { /* shared with another container or image: keep */ })
+    log.warn('move rolled back here', { moveId: p.moveId, container: p.spec.name, why })
+  }
+
+  private async expire (): Promise<void> {
+    const now = Date.now()
+    for (const p of [...this.moves.values()]) {
+      if (now - p.touched > MOVE_IDLE_TIMEOUT_MS) await this.rollback(p, 'the source went silent')
+    }
+  }
+}

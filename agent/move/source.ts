@@ -1,0 +1,372 @@
+/**
+ * The source side of a move, and where an operator orders one (/goto/move/1.0.0, operators only).
+ * Also answers /goto/locate/1.0.0: which member runs a container.
+ *
+ * The state machine, each step logged with the move ID and reported to the operator as an event:
+ *   plan      inspect the container and its image chain; refuse bind mounts (unless allowed), a
+ *             second move of the same container, a destination that is unknown, dead or ourselves;
+ *             ask the destination to `prepare` (it checks architecture, disk, names, ports and says
+ *             which layers it has). A dry run stops here.
+ *   pre-copy  the container keeps running while the image layers the destination lacks stream to it.
+ *   freeze    pause, commit: the commit's top layer is everything the container changed.
+ *   hand-over the top layer, the committed image's config, the spec and the named volumes' data.
+ *   restore   the destination loads, creates, copies the volume data, starts and confirms `running`.
+ *   commit    only then is the source container removed (with its moved volumes).
+ * Any failure before the destination confirmed: the destination removes what it made, the source
+ * container is unpaused — nothing is lost. Downtime is pause → running at the destination.
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import { createReadStream, createWriteStream } from 'node:fs'
+import { mkdir, rename, rm, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { once } from 'node:events'
+import type { Libp2p } from 'libp2p'
+import type { Connection } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import type { AuthService } from '../net/auth-service.js'
+import type { DockerHost } from '../docker/host.js'
+import type { ContainerInfo, ImageInfo } from '../docker/types.js'
+import type { PeerTable } from '../membership/peer-table.js'
+import type { Logger } from '../log.js'
+import type { MemberInfo } from '../../protocol/messages.js'
+import { LOCATE_PROTOCOL, MOVE_PROTOCOL, STATUS_PROTOCOL, TRANSFER_PROTOCOL } from '../../protocol/ids.js'
+import { JsonStream, readResult, sendBlob } from '../../protocol/wire.js'
+import { parseAgentStatus } from '../../protocol/messages.js'
+import {
+  parseMoveOrder, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type PrepareReply, type TransferRequest
+} from '../../protocol/move-messages.js'
+import {
+  BindMountRefusedError, ContainerNotFoundError, ContainerNotRunningError, DestinationUnavailableError, MoveInProgressError,
+  TransferIncompleteError, UnknownContainerError, toWireError
+} from '../../protocol/errors.js'
+
+/** Progress events at most this often, so a fast transfer does not flood the operator's terminal. */
+const PROGRESS_INTERVAL_MS = 200
+/** One transfer step (a prepare, an abort) that carries no data may take this long. */
+const CONTROL_TIMEOUT_MS = 30_000
+
+export interface MoveDeps {
+  node: Libp2p
+  auth: AuthService
+  docker: DockerHost
+  table: PeerTable
+  self: () => MemberInfo
+  /** Where layers and volume archives are spooled while they are identified and sent. */
+  spoolDir: string
+  log: Logger
+}
+
+type Emit = (event: MoveEvent) => Promise<void>
+
+interface Blob { size: number, path: string }
+
+export class MoveService {
+  /** Container IDs with a move under way: one move per container at a time. */
+  private readonly moving = new Set<string>()
+
+  constructor (private readonly deps: MoveDeps) {}
+
+  async start (): Promise<void> {
+    await this.deps.auth.handle(MOVE_PROTOCOL, ['operator'], async (js, peer) => {
+      const order = parseMoveOrder(await js.read(AbortSignal.timeout(CONTROL_TIMEOUT_MS)))
+      // The move goes on as long as the operator's stream is open; closing it (Ctrl-C) aborts it,
+      // and an aborted move rolls back like a failed one.
+      const ac = new AbortController()
+      js.stream.addEventListener('close', () => { ac.abort(new DestinationUnavailableError('the operator closed the move stream')) }, { once: true })
+      this.deps.log.info('move ordered', { by: peer.name, container: order.container, to: order.to, dryRun: order.dryRun })
+      await this.move(order, async ev => { await js.write(ev, ac.signal).catch(() => {}) }, ac.signal)
+      await js.close().catch(() => {})
+    })
+    await this.deps.auth.handle(LOCATE_PROTOCOL, ['agent', 'operator'], async js => {
+      const signal = AbortSignal.timeout(CONTROL_TIMEOUT_MS)
+      const { container } = await js.read(signal) as { container?: unknown }
+      let reply
+      try {
+        if (typeof container !== 'string') throw new UnknownContainerError('locate needs a container name')
+        reply = { ok: true, result: await this.locate(container, signal) }
+      } catch (err) {
+        reply = { ok: false, error: toWireError(err) }
+      }
+      await js.write(reply, signal)
+      await js.close(signal)
+    })
+  }
+
+  async stop (): Promise<void> {}
+
+  /** Which member runs `container`: this host first, then every alive peer (asked for its status). */
+  async locate (container: string, signal: AbortSignal): Promise<{ name: string, peerId: string, addrs: string[] }> {
+    const self = this.deps.self()
+    try {
+      await this.deps.docker.inspectContainer(container, signal)
+      return { name: self.name, peerId: self.peerId, addrs: self.addrs }
+    } catch (err) {
+      if (!(err instanceof ContainerNotFoundError)) throw err
+    }
+    const alive = this.deps.table.entries().filter(e => e.state === 'alive')
+    const found = await Promise.all(alive.map(async e => {
+      try {
+        const js = await this.open(e.peerId, e.addrs, STATUS_PROTOCOL, signal)
+        await js.write({}, signal)
+        const status = parseAgentStatus(await readResult(js, signal))
+        await js.close(signal)
+        return status.containers.some(c => c.name === container || c.id.startsWith(container)) ? e : undefined
+      } catch {
+        return undefined
+      }
+    }))
+    const owner = found.find(e => e !== undefined)
+    if (owner === undefined) throw new UnknownContainerError(`no container '${container}' on any alive member (${[self.name, ...alive.map(e => e.name)].join(', ')})`)
+    return { name: owner.name, peerId: owner.peerId, addrs: owner.addrs }
+  }
+
+  /** Runs one move to its end; reports through `emit`; never throws (failures are events). */
+  async move (order: MoveOrder, emit: Emit, signal: AbortSignal): Promise<void> {
+    const self = this.deps.self()
+    let moveId: string | null = null
+    let info: ContainerInfo | undefined
+    let connection: Connection | undefined
+    let paused = false
+    let committed: string | undefined
+    let destinationPrepared = false
+    const spool = join(this.deps.spoolDir, randomBytes(8).toString('hex'))
+    try {
+      info = await this.inspect(order.container, signal)
+      if (this.moving.has(info.id)) throw new MoveInProgressError(`container '${info.name}' is already being moved`)
+      this.moving.add(info.id)
+      moveId = randomBytes(8).toString('hex')
+      const log = this.deps.log.child({ moveId, container: info.name, to: order.to })
+      const step = async (s: MoveStep): Promise<void> => { log.info('move step', { step: s }); await emit({ event: 'step', moveId: moveId as string, step: s }) }
+
+      // --- plan --------------------------------------------------------------------------
+      await step('plan')
+      if (!info.state.running) throw new ContainerNotRunningError(`container '${info.name}' is ${info.state.status}; only a running container moves`)
+      const binds = info.spec.mounts.filter(m => m.type === 'bind')
+      if (binds.length > 0 && !order.allowBindMounts) {
+        throw new BindMountRefusedError(`container '${info.name}' bind-mounts ${binds.map(b => b.type === 'bind' ? b.source : '').join(', ')} from this host, which cannot follow it; pass --allow-bind-mounts to move it without that data`)
+      }
+      const spec = order.allowBindMounts ? { ...info.spec, mounts: info.spec.mounts.filter(m => m.type !== 'bind') } : info.spec
+      connection = await this.destination(order.to, signal)
+      const image = await this.deps.docker.inspectImage(info.spec.image, signal)
+      const volumes = spec.mounts.flatMap(m => m.type === 'volume' ? [{ name: m.name, driver: m.driver, destination: m.destination }] : [])
+      const prep = await this.call(connection, {
+        op: 'prepare', moveId, spec, image: { id: image.id, diffIds: image.diffIds, os: image.os, architecture: image.architecture, size: image.size },
+        volumes: volumes.map(v => ({ name: v.name, driver: v.driver }))
+      }, [], signal) as PrepareReply
+      destinationPrepared = true
+      const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
+      const plan: MovePlan = {
+        moveId, container: info.name, from: self.name, to: order.to, image: image.id,
+        layersTotal: image.diffIds.length, layersPresent: image.diffIds.length - toSend.length, layersToSend: toSend.length,
+        bytesToSend: toSend.length === 0 ? 0 : image.size, volumes: volumes.map(v => v.name)
+      }
+      await emit({ event: 'plan', plan })
+      if (order.dryRun) {
+        await this.call(connection, { op: 'abort', moveId }, [], signal).catch(() => {})
+        destinationPrepared = false
+        await emit({ event: 'done', moveId, container: info.name, from: self.name, to: order.to, bytesSent: 0, layersSent: 0, layersSkipped: plan.layersPresent, downtimeMs: 0 })
+        return
+      }
+      await mkdir(spool, { recursive: true, mode: 0o700 })
+
+      // --- pre-copy (the container keeps running) -----------------------------------------
+      await step('pre-copy')
+      const progress = this.progress(moveId, 'pre-copy', plan.bytesToSend, emit)
+      const pre = toSend.length > 0
+        ? await this.sendLayers(connection, moveId, image, new Set(toSend), spool, progress, signal)
+        : { bytes: 0, layers: 0 }
+
+      // --- freeze ----------------------------------------------------------------------------
+      await step('freeze')
+      const frozenAt = performance.now()
+      await this.deps.docker.pause(info.id, signal)
+      paused = true
+      committed = await this.deps.docker.commit(info.id, { comment: `go-to move ${moveId}` }, signal)
+      const top = await this.deps.docker.inspectImage(committed, signal)
+
+      // --- hand-over -------------------------------------------------------------------------
+      await step('hand-over')
+      const handProgress = this.progress(moveId, 'hand-over', 0, emit)
+      const hand = await this.sendLayers(connection, moveId, top, new Set(top.diffIds.slice(image.diffIds.length)), spool, handProgress, signal)
+      const archives: Array<Blob & { name: string, destination: string }> = []
+      for (const v of volumes) {
+        const path = join(spool, `volume-${archives.length}.tar`)
+        await this.spool(await this.deps.docker.getArchive(info.id, v.destination, signal), path, signal)
+        archives.push({ ...v, path, size: (await stat(path)).size })
+      }
+
+      // --- restore at the destination --------------------------------------------------------
+      await step('restore')
+      await this.call(connection, {
+        op: 'restore', moveId, config: Buffer.from(hand.config ?? new Uint8Array()).toString('base64'), diffIds: top.diffIds, spec,
+        volumes: archives.map(a => ({ name: a.name, destination: a.destination, size: a.size }))
+      }, archives, signal)
+      const downtimeMs = Math.round(performance.now() - frozenAt)
+
+      // --- commit: the destination runs it; only now does the source let go -----------------
+      await step('commit')
+      destinationPrepared = false
+      await this.call(connection, { op: 'commit', moveId }, [], signal).catch(err => { log.warn('destination did not confirm commit', { error: (err as Error).message }) })
+      await this.deps.docker.remove(info.id, { force: true, volumes: false }, AbortSignal.timeout(CONTROL_TIMEOUT_MS))
+      paused = false
+      for (const v of volumes) await this.deps.docker.removeVolume(v.name, AbortSignal.timeout(CONTROL_TIMEOUT_MS)).catch(err => { log.warn('moved volume not removed at source', { volume: v.name, error: (err as Error).message }) })
+      // The committed image stays (untagged): it is what the container ran here, so moving it back
+      // later sends only what changed since. `docker image prune` removes it.
+      committed = undefined
+      const bytesSent = pre.bytes + hand.bytes + archives.reduce((n, a) => n + a.size, 0)
+      log.info('move done', { bytesSent, downtimeMs })
+      await emit({ event: 'done', moveId, container: info.name, from: self.name, to: order.to, bytesSent, layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs })
+    } catch (err) {
+      const error = toWireError(err)
+      this.deps.log.warn('move failed', { moveId, container: order.container, to: order.to, reason: error.name, error: error.message })
+      const changed = paused || destinationPrepared || committed !== undefined
+      const undone = changed ? await this.rollback({ moveId, info, connection, paused, committed, destinationPrepared }) : true
+      await emit({ event: 'failed', moveId, container: order.container, error, rollback: !changed ? 'none-needed' : undone ? 'done' : 'incomplete' })
+    } finally {
+      if (info !== undefined) this.moving.delete(info.id)
+      await rm(spool, { recursive: true, force: true }).catch(() => {})
+    }
+  }
+
+  private async inspect (container: string, signal: AbortSignal): Promise<ContainerInfo> {
+    try {
+      return await this.deps.docker.inspectContainer(container, signal)
+    } catch (err) {
+      if (err instanceof ContainerNotFoundError) throw new UnknownContainerError(`no container '${container}' on ${this.deps.self().name}`, { cause: err })
+      throw err
+    }
+  }
+
+  /** An authenticated connection to a live member of that name, other than us. */
+  private async destination (name: string, signal: AbortSignal): Promise<Connection> {
+    const self = this.deps.self()
+    if (name === self.name) throw new DestinationUnavailableError(`the container is already on ${name}`)
+    const entry = this.deps.table.byName(name)
+    if (entry === undefined) throw new DestinationUnavailableError(`no member named '${name}' (known: ${this.deps.table.entries().map(e => e.name).join(', ') || 'none'})`)
+    if (entry.state !== 'alive') throw new DestinationUnavailableError(`${name} is ${entry.state}`)
+    try {
+      const peerId = peerIdFromString(entry.peerId)
+      const connection = this.deps.node.getConnections(peerId).find(c => c.status === 'open') ?? await this.deps.node.dial(entry.addrs.map(a => multiaddr(a).encapsulate(`/p2p/${entry.peerId}`)), { signal })
+      await this.deps.auth.ensure(connection, signal)
+      return connection
+    } catch (err) {
+      throw new DestinationUnavailableError(`cannot reach ${name}: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  private async open (peerId: string, addrs: string[], protocol: string, signal: AbortSignal): Promise<JsonStream> {
+    const id = peerIdFromString(peerId)
+    const connection = this.deps.node.getConnections(id).find(c => c.status === 'open') ?? await this.deps.node.dial(addrs.map(a => multiaddr(a).encapsulate(`/p2p/${peerId}`)), { signal })
+    await this.deps.auth.ensure(connection, signal)
+    return new JsonStream(await connection.newStream(protocol, { signal }))
+  }
+
+  /** One transfer step on its own stream: the request, then any blobs, then the reply. */
+  private async call (connection: Connection, req: TransferRequest, blobs: Blob[], signal: AbortSignal, onBytes?: (n: number) => void): Promise<unknown> {
+    const js = new JsonStream(await connection.newStream(TRANSFER_PROTOCOL, { signal }))
+    try {
+      await js.write(req, signal)
+      for (const b of blobs) {
+        await sendBlob(js, counted(createReadStream(b.path), onBytes), b.size, signal)
+      }
+      const result = await readResult(js, signal)
+      await js.close(signal)
+      return result
+    } catch (err) {
+      js.stream.abort(err as Error)
+      throw err
+    }
+  }
+
+  /**
+   * Streams `docker save` of `image` and sends the layers in `want`. A save stream names layers by
+   * path, not diff ID, so each is spooled to disk while hashed, then sent if wanted (and verified
+   * again at the destination). Returns the config and what was sent.
+   */
+  private async sendLayers (connection: Connection, moveId: string, image: ImageInfo, want: Set<string>, spool: string, onBytes: (n: number) => void, signal: AbortSignal): Promise<{ config?: Uint8Array, bytes: number, layers: number }> {
+    let config: Uint8Array | undefined
+    let bytes = 0
+    let layers = 0
+    const left = new Set(want)
+    for await (const entry of this.deps.docker.saveImage(image.id, signal)) {
+      if (entry.kind === 'config') config = entry.bytes
+      if (entry.kind !== 'layer') continue
+      if (left.size === 0) { for await (const _ of entry.stream) { /* drain */ } continue }
+      const path = join(spool, `layer-${randomBytes(4).toString('hex')}.tar`)
+      const { digest, size } = await this.spool(entry.stream, path, signal)
+      if (left.has(digest)) {
+        await this.call(connection, { op: 'layer', moveId, diffId: digest, size }, [{ path, size }], signal, onBytes)
+        left.delete(digest)
+        bytes += size
+        layers++
+      }
+      await rm(path, { force: true })
+    }
+    if (left.size > 0) throw new TransferIncompleteError(`the engine's save of ${image.id} lacked layer(s) ${[...left].join(', ')}`)
+    return { config, bytes, layers }
+  }
+
+  /** Writes a stream to a file with backpressure, hashing it; returns sha256:<hex> and the size. */
+  private async spool (source: AsyncIterable<Uint8Array>, path: string, signal: AbortSignal): Promise<{ digest: string, size: number }> {
+    const hash = createHash('sha256')
+    const out = createWriteStream(`${path}.part`, { mode: 0o600 })
+    let size = 0
+    try {
+      for await (const chunk of source) {
+        signal.throwIfAborted()
+        hash.update(chunk)
+        size += chunk.byteLength
+        if (!out.write(chunk)) await once(out, 'drain', { signal })
+      }
+      out.end()
+      await once(out, 'finish', { signal })
+    } catch (err) {
+      out.destroy()
+      await rm(`${path}.part`, { force: true })
+      throw err
+    }
+    await rename(`${path}.part`, path)
+    return { digest: `sha256:${hash.digest('hex')}`, size }
+  }
+
+  private progress (moveId: string, step: MoveStep, total: number, emit: Emit): (n: number) => void {
+    let sent = 0
+    let last = 0
+    return (n: number) => {
+      sent += n
+      const now = Date.now()
+      if (now - last < PROGRESS_INTERVAL_MS) return
+      last = now
+      void emit({ event: 'progress', moveId, step, bytesSent: sent, bytesTotal: Math.max(total, sent) })
+    }
+  }
+
+  /** Undoes a failed move: the destination removes what it made, the source container runs again. */
+  private async rollback (s: { moveId: string | null, info?: ContainerInfo, connection?: Connection, paused: boolean, committed?: string, destinationPrepared: boolean }): Promise<boolean> {
+    const signal = AbortSignal.timeout(CONTROL_TIMEOUT_MS)
+    let ok = true
+    if (s.destinationPrepared && s.connection !== undefined && s.moveId !== null) {
+      // If the destination is gone, it rolls back by itself when the move goes idle.
+      await this.call(s.connection, { op: 'abort', moveId: s.moveId }, [], signal).catch(() => {})
+    }
+    if (s.paused && s.info !== undefined) {
+      try {
+        await this.deps.docker.unpause(s.info.id, signal)
+      } catch (err) {
+        ok = false
+        this.deps.log.error('rollback: could not unpause the source container', { container: s.info.name, error: (err as Error).message })
+      }
+    }
+    if (s.committed !== undefined) await this.deps.docker.removeImage(s.committed, { force: false }, signal).catch(() => {})
+    return ok
+  }
+}
+
+/** Counts bytes as they pass, for progress. */
+async function * counted (source: AsyncIterable<Uint8Array>, onBytes?: (n: number) => void): AsyncGenerator<Uint8Array> {
+  for await (const chunk of source) {
+    onBytes?.(chunk.byteLength)
+    yield chunk
+  }
+}

@@ -1,0 +1,251 @@
+/**
+ * The destination's staging store for layers received for a move: one file per verified layer,
+ * `<dir>/<hex of diff ID>.tar`, in the agent's state directory (`<stateDir>/layers`).
+ *
+ *   const store = await LayerStore.open(join(stateDir, 'layers'))
+ *   if (!await store.has(diffId)) await store.receive(diffId, size, bytesFromPeer, signal)
+ *   const tar = buildLoadTarball({ config, diffIds, present, store })   // load.ts
+ *   await store.prune(new Set(layersOfMovesInProgress))
+ *
+ * `receive` streams into a temp file under `<dir>/incoming/` while hashing, with one write in
+ * flight while the next chunk is pulled and hashed (at most two chunks held, whatever the layer's
+ * size; a slow disk slows the pull, which is the backpressure). It refuses the layer the moment it
+ * goes past its announced size, or at the end if its sha256 is not its diff ID; on any failure,
+ * abort included, the temp file is removed. Only a verified layer is fsynced and renamed into
+ * place, so whatever `has` reports survives a crash or an agent restart and a retried transfer need
+ * not resend it. One store (one agent) per directory: `open` discards temp files a crashed receive
+ * left behind.
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Readable } from 'node:stream'
+import {
+  GotoError, LayerDigestMismatchError, LayerMissingError, LayerTooLargeError, LayerTruncatedError, TransferError
+} from '../../protocol/errors.js'
+
+const DIFF_ID = /^sha256:([0-9a-f]{64})$/
+const LAYER_FILE = /^([0-9a-f]{64})\.tar$/
+const INCOMING = 'incoming'
+
+export interface ReceiveResult {
+  /** Bytes received and kept (the announced size). */
+  bytes: number
+}
+
+/** A stored layer opened for reading: its size as stored, and its bytes. */
+export interface StoredLayer {
+  size: number
+  stream: Readable
+}
+
+/** The hex part of a diff ID; TransferError when it is not `sha256:<64 hex>`. */
+export function diffIdHex (diffId: string): string {
+  const m = DIFF_ID.exec(diffId)
+  if (m === null) throw new TransferError(`not a layer diff ID: '${String(diffId).slice(0, 80)}'`)
+  return m[1]
+}
+
+export class LayerStore {
+  private constructor (readonly dir: string) {}
+
+  /** Opens (creating it if needed) the store in `dir`, dropping unverified leftovers of a crash. */
+  static async open (dir: string): Promise<LayerStore> {
+    await mkdir(dir, { recursive: true, mode: 0o700 })
+    await rm(join(dir, INCOMING), { recursive: true, force: true })
+    await mkdir(join(dir, INCOMING), { mode: 0o700 })
+    return new LayerStore(dir)
+  }
+
+  private pathOf (diffId: string): string {
+    return join(this.dir, `${diffIdHex(diffId)}.tar`)
+  }
+
+  /**
+   * Streams one layer from `source` into the store, verifying it as it passes. Resolves when the
+   * layer is verified and durably in place; rejects with LayerTooLargeError (as soon as more than
+   * `announcedSize` bytes arrive, before they are written), LayerTruncatedError (fewer bytes),
+   * LayerDigestMismatchError (sha256 is not `diffId`), the signal's reason on abort, an error of
+   * the source as is when it is one of ours, or TransferError for anything else (disk full, ...).
+   * On any failure nothing of the layer is kept. A chunk is written while the next one is pulled,
+   * so the source must not reuse a chunk's memory once it yielded it (no Node stream or libp2p
+   * stream does).
+   */
+  async receive (diffId: string, announcedSize: number, source: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<ReceiveResult> {
+    const hex = diffIdHex(diffId)
+    if (!Number.isSafeInteger(announcedSize) || announcedSize < 0) {
+      throw new TransferError(`layer ${diffId}: announced size ${announcedSize} is not a byte count`)
+    }
+    signal?.throwIfAborted()
+    const tmp = join(this.dir, INCOMING, `${hex}.${randomBytes(6).toString('hex')}.partial`)
+    const fh = await open(tmp, 'wx', 0o600)
+    let closed = false
+    let kept = false
+    // One write in flight while the next chunk is hashed and pulled: disk, CPU and network overlap,
+    // and at most two chunks are held.
+    let writing: Promise<void> = Promise.resolve()
+    try {
+      const hash = createHash('sha256')
+      let bytes = 0
+      for await (const chunk of abortable(source, signal)) {
+        if (bytes + chunk.byteLength > announcedSize) {
+          throw new LayerTooLargeError(`layer ${diffId}: more than the announced ${announcedSize} bytes arrived`)
+        }
+        hash.update(chunk)
+        bytes += chunk.byteLength
+        await writing
+        writing = writeAll(fh, chunk)
+        writing.catch(() => {}) // awaited before the next write or in finally; never unobserved
+      }
+      await writing
+      if (bytes < announcedSize) {
+        throw new LayerTruncatedError(`layer ${diffId}: ended after ${bytes} of the announced ${announcedSize} bytes`)
+      }
+      const actual = `sha256:${hash.digest('hex')}`
+      if (actual !== diffId) {
+        throw new LayerDigestMismatchError(`layer ${diffId}: received ${bytes} bytes whose sha256 is ${actual}`)
+      }
+      signal?.throwIfAborted()
+      await fh.sync()
+      closed = true
+      await fh.close()
+      await rename(tmp, this.pathOf(diffId))
+      kept = true
+      await syncDir(this.dir)
+      return { bytes }
+    } catch (err) {
+      if (signal?.aborted === true) throw signal.reason
+      if (err instanceof GotoError) throw err
+      throw new TransferError(`layer ${diffId}: receiving failed: ${(err as Error).message}`, { cause: err })
+    } finally {
+      await writing.catch(() => {})
+      if (!closed) await fh.close().catch(() => {})
+      if (!kept) await rm(tmp, { force: true }).catch(() => {})
+    }
+  }
+
+  /** True when the verified layer is in the store. */
+  async has (diffId: string): Promise<boolean> {
+    return await this.size(diffId) !== undefined
+  }
+
+  /** Size in bytes of the stored layer, or undefined when it is not in the store. */
+  async size (diffId: string): Promise<number | undefined> {
+    try {
+      const s = await stat(this.pathOf(diffId))
+      return s.isFile() ? s.size : undefined
+    } catch (err) {
+      if (isNotFound(err)) return undefined
+      throw err
+    }
+  }
+
+  /**
+   * Opens a stored layer for reading; the size comes from the same open file as the bytes, so they
+   * agree even if the layer is removed meanwhile. LayerMissingError when it is not in the store.
+   */
+  async open (diffId: string): Promise<StoredLayer> {
+    let fh: FileHandle
+    try {
+      fh = await open(this.pathOf(diffId), 'r')
+    } catch (err) {
+      if (isNotFound(err)) throw new LayerMissingError(`layer ${diffId} is not in the store at ${this.dir}`, { cause: err })
+      throw err
+    }
+    try {
+      const { size } = await fh.stat()
+      return { size, stream: fh.createReadStream({ autoClose: true }) }
+    } catch (err) {
+      await fh.close().catch(() => {})
+      throw err
+    }
+  }
+
+  /** Removes a layer; true when it was there. */
+  async remove (diffId: string): Promise<boolean> {
+    const path = this.pathOf(diffId)
+    try {
+      await rm(path)
+      return true
+    } catch (err) {
+      if (isNotFound(err)) return false
+      throw err
+    }
+  }
+
+  /** The diff IDs of the stored layers, sorted. */
+  async list (): Promise<string[]> {
+    const names = await readdir(this.dir)
+    return names.flatMap(n => {
+      const m = LAYER_FILE.exec(n)
+      return m === null ? [] : [`sha256:${m[1]}`]
+    }).sort()
+  }
+
+  /** Removes every stored layer whose diff ID is not in `keep`; returns the removed diff IDs. */
+  async prune (keep: ReadonlySet<string>): Promise<string[]> {
+    const removed: string[] = []
+    for (const d of await this.list()) {
+      if (!keep.has(d) && await this.remove(d)) removed.push(d)
+    }
+    return removed
+  }
+}
+
+/** fh.write may write less than asked; loop until the whole chunk is on its way to disk. */
+async function writeAll (fh: FileHandle, chunk: Uint8Array): Promise<void> {
+  let off = 0
+  while (off < chunk.byteLength) {
+    const { bytesWritten } = await fh.write(chunk, off, chunk.byteLength - off)
+    off += bytesWritten
+  }
+}
+
+/** fsync of a directory, so a rename in it survives a crash. */
+async function syncDir (dir: string): Promise<void> {
+  const d = await open(dir, 'r')
+  try {
+    await d.sync()
+  } finally {
+    await d.close()
+  }
+}
+
+function isNotFound (err: unknown): boolean {
+  return (err as NodeJS.ErrnoException)?.code === 'ENOENT'
+}
+
+/**
+ * Iterates `source` but rejects with the signal's reason as soon as it aborts, even while the
+ * source is waiting for data; an abandoned source is told to stop (`return()`), not awaited. One
+ * listener per pending read (a long-lived abort promise raced against every read would keep every
+ * chunk reachable until the end).
+ */
+async function * abortable<T> (source: AsyncIterable<T>, signal: AbortSignal | undefined): AsyncGenerator<T> {
+  if (signal === undefined) {
+    yield * source
+    return
+  }
+  const it = source[Symbol.asyncIterator]()
+  let finished = false
+  try {
+    for (;;) {
+      signal.throwIfAborted()
+      const r = await new Promise<IteratorResult<T>>((resolve, reject) => {
+        const onAbort = (): void => { reject(signal.reason) }
+        signal.addEventListener('abort', onAbort, { once: true })
+        it.next().then(
+          v => { signal.removeEventListener('abort', onAbort); resolve(v) },
+          e => { signal.removeEventListener('abort', onAbort); reject(e) }
+        )
+      })
+      if (r.done === true) {
+        finished = true
+        return
+      }
+      yield r.value
+    }
+  } finally {
+    if (!finished) Promise.resolve(it.return?.()).catch(() => {})
+  }
+}

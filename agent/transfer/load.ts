@@ -1,0 +1,200 @@
+/**
+ * Loading a received image into the destination's engine. The layers are in the staging store
+ * (verified as they arrived); the engine may already hold the first `present` of them as a chain.
+ * `buildLoadTarball` streams a classic `docker save` layout from the store — the config, one
+ * `<chain id>/layer.tar` per layer after `present`, and a manifest listing every layer (the engine
+ * takes the ones it has from its own chain, so their files are omitted) with `"RepoTags": null`, so
+ * a load never moves a local tag. `loadVerified` checks the config against the layers, streams that
+ * tarball into the engine and confirms the engine now holds exactly `sha256:<config digest>`.
+ *
+ *   const { present, missing } = layersToSend(diffIds, await docker.imageChains())   // plan.ts
+ *   for (const d of missing) await store.receive(d, size, bytes, signal)             // layer-store.ts
+ *   const imageId = await loadVerified(docker, { config, diffIds, present, store, imageId }, signal)
+ *
+ * What Docker 20.10 needs of such a tarball (tried on its engine): `manifest.json` (without it the
+ * engine takes the legacy v1 path and fails on a missing `repositories`), the config file the
+ * manifest names (any file name: the ID is the sha256 of its bytes), and for each layer the engine
+ * lacks a file at the manifest's path for it, plain or gzip. Paths are free (flat names, any
+ * directories, one file named at two positions), directory entries and entry order do not matter
+ * (the engine unpacks the whole tarball into `<data-root>/tmp` first), and the paths of layers it
+ * already holds as a chain may name nothing. It refuses a manifest whose layer count differs from
+ * the config's diff IDs, a layer whose bytes do not hash to its diff ID, a missing file for a layer
+ * whose chain it does not hold, and a path outside the tarball; a refused load keeps no image and
+ * no layer. `RepoTags` naming a local tag would move that tag to the loaded image, hence `null`.
+ */
+import { createHash } from 'node:crypto'
+import { Readable } from 'node:stream'
+import type { ImageInfo } from '../docker/types.js'
+import {
+  GotoError, ImageIdMismatchError, ImageLoadError, LayerMissingError, TransferError
+} from '../../protocol/errors.js'
+import type { LayerStore } from './layer-store.js'
+import { chainIds } from './plan.js'
+import { TAR_END, tarHeader, tarPadding } from './tar.js'
+
+/** What loadVerified needs of an engine (agent/docker's DockerHost provides it). */
+export interface ImageLoader {
+  /** `docker load` of a tarball; resolves with the loaded image IDs once the engine finished, rejects if it failed. */
+  loadImage: (tar: Readable, signal?: AbortSignal) => Promise<string[]>
+  /** The image as the engine holds it; undefined or a rejection when it has no such image. */
+  inspectImage: (ref: string, signal?: AbortSignal) => Promise<ImageInfo | undefined>
+}
+
+export interface LoadInput {
+  /** The image config JSON exactly as the source's engine stores it (its sha256 is the image ID). */
+  config: Uint8Array
+  /** The image's layers (diff IDs), base first; must equal the config's rootfs.diff_ids. */
+  diffIds: readonly string[]
+  /** How many layers, from the base, the engine already holds as a chain (layersToSend's `present`). */
+  present: number
+  /** Holds every layer after `present`. */
+  store: Pick<LayerStore, 'open' | 'has'>
+  /** The image ID the source announced; when given, the config must hash to it. */
+  imageId?: string
+}
+
+/** `sha256:<hex>` of the config bytes: the ID an engine gives the image. */
+export function configDigest (config: Uint8Array): string {
+  return `sha256:${createHash('sha256').update(config).digest('hex')}`
+}
+
+/**
+ * A classic `docker save` tarball of the image, built as it is read: nothing but the config and the
+ * manifest is held in memory, the layers stream from the store with the reader's backpressure.
+ * Destroying the stream closes the layer being read. Errors (a layer gone from the store, or changed
+ * size while read) come out as the stream's error.
+ */
+export function buildLoadTarball (input: Omit<LoadInput, 'imageId'>): Readable {
+  checkPresent(input.present, input.diffIds.length)
+  return Readable.from(nonEmpty(tarball(input)), { objectMode: false })
+}
+
+async function * tarball ({ config, diffIds, present, store }: Omit<LoadInput, 'imageId'>): AsyncGenerator<Uint8Array> {
+  const configName = `${configDigest(config).slice('sha256:'.length)}.json`
+  // One directory per position in the chain, named by its chain ID: unique even when a diff ID
+  // occurs twice in the image (an empty layer, say), and the same every time.
+  const dirs = chainIds(diffIds).map(c => c.slice('sha256:'.length))
+  yield tarHeader({ name: configName, size: config.byteLength })
+  yield config
+  yield tarPadding(config.byteLength)
+  for (let i = present; i < diffIds.length; i++) {
+    const { size, stream } = await store.open(diffIds[i])
+    try {
+      yield tarHeader({ name: `${dirs[i]}/`, type: 'directory' })
+      yield tarHeader({ name: `${dirs[i]}/layer.tar`, size })
+      let sent = 0
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        sent += chunk.byteLength
+        if (sent > size) break
+        yield chunk
+      }
+      if (sent !== size) throw new TransferError(`layer ${diffIds[i]} changed in the store while it was read (${sent} bytes, expected ${size})`)
+      yield tarPadding(size)
+    } finally {
+      stream.destroy()
+    }
+  }
+  const manifest = Buffer.from(JSON.stringify([{
+    Config: configName,
+    RepoTags: null,
+    Layers: dirs.map(d => `${d}/layer.tar`)
+  }]))
+  yield tarHeader({ name: 'manifest.json', size: manifest.byteLength })
+  yield manifest
+  yield tarPadding(manifest.byteLength)
+  yield TAR_END
+}
+
+/** Skips empty chunks (padding of a file that fills its last block), which a byte stream has no use for. */
+async function * nonEmpty (source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  for await (const chunk of source) if (chunk.byteLength > 0) yield chunk
+}
+
+function checkPresent (present: number, layers: number): void {
+  if (!Number.isSafeInteger(present) || present < 0 || present > layers) {
+    throw new TransferError(`present must be a layer count from 0 to ${layers}, not ${present}`)
+  }
+}
+
+/** The config's rootfs.diff_ids; ImageIdMismatchError when the config is not an image config. */
+function configDiffIds (config: Uint8Array): string[] {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(Buffer.from(config.buffer, config.byteOffset, config.byteLength).toString('utf8'))
+  } catch (err) {
+    throw new ImageIdMismatchError(`the image config is not JSON: ${(err as Error).message}`, { cause: err })
+  }
+  const rootfs = (parsed as { rootfs?: { type?: unknown, diff_ids?: unknown } } | null)?.rootfs
+  const ids = rootfs?.diff_ids
+  if (rootfs?.type !== 'layers' || !Array.isArray(ids) || !ids.every(d => typeof d === 'string')) {
+    throw new ImageIdMismatchError('the image config has no rootfs of type "layers" with diff_ids')
+  }
+  return ids as string[]
+}
+
+function sameList (a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}
+
+/**
+ * Loads the image into the engine and proves it arrived whole: checks the config (against
+ * `imageId` when given, and its diff IDs against `diffIds`) and that the store holds every layer
+ * after `present` before the engine sees anything, streams the tarball into `docker.loadImage`,
+ * then requires the engine to hold `sha256:<config digest>` with exactly `diffIds`. Returns that
+ * image ID.
+ *
+ * Errors: ImageIdMismatchError (config does not match, or the engine holds something else after
+ * the load), LayerMissingError (a layer to send is not in the store), ImageLoadError (the engine
+ * refused the load, e.g. it lacks a layer assumed present; it then keeps no image), the signal's
+ * reason on abort.
+ */
+export async function loadVerified (docker: ImageLoader, input: LoadInput, signal?: AbortSignal): Promise<string> {
+  const { config, diffIds, present, store } = input
+  const expected = configDigest(config)
+  if (input.imageId !== undefined && input.imageId !== expected) {
+    throw new ImageIdMismatchError(`the image config hashes to ${expected}, not to the announced ${input.imageId}`)
+  }
+  const fromConfig = configDiffIds(config)
+  if (!sameList(fromConfig, diffIds)) {
+    throw new ImageIdMismatchError(`the image config ${expected} lists ${fromConfig.length} layers (${fromConfig.join(', ')}), not the ${diffIds.length} given (${diffIds.join(', ')})`)
+  }
+  checkPresent(present, diffIds.length)
+  for (const d of diffIds.slice(present)) {
+    if (!await store.has(d)) throw new LayerMissingError(`layer ${d} of image ${expected} is not in the store; it must be received before the load`)
+  }
+  signal?.throwIfAborted()
+
+  const tar = buildLoadTarball({ config, diffIds, present, store })
+  // A failure of our own tarball (a layer gone from the store) is the real cause of whatever
+  // error the engine request then ends with.
+  let tarError: unknown
+  tar.once('error', err => { tarError = err })
+  let loaded: string[]
+  try {
+    loaded = await docker.loadImage(tar, signal)
+  } catch (err) {
+    if (signal?.aborted === true) throw signal.reason
+    if (tarError instanceof GotoError) throw tarError
+    const what = present > 0 ? ` (does it hold the first ${present} layers as a chain?)` : ''
+    throw new ImageLoadError(`the engine refused to load image ${expected}${what}: ${(err as Error).message}`, { cause: err })
+  } finally {
+    tar.destroy()
+  }
+  if (tarError !== undefined) throw tarError
+  const other = loaded.filter(id => id !== expected)
+  if (other.length > 0) throw new ImageIdMismatchError(`loading image ${expected} made the engine load ${other.join(', ')}`)
+
+  let info: ImageInfo | undefined
+  try {
+    info = await docker.inspectImage(expected, signal)
+  } catch (err) {
+    if (signal?.aborted === true) throw signal.reason
+    throw new ImageIdMismatchError(`after the load the engine has no image ${expected}: ${(err as Error).message}`, { cause: err })
+  }
+  if (info === undefined) throw new ImageIdMismatchError(`after the load the engine has no image ${expected}`)
+  if (info.id !== expected) throw new ImageIdMismatchError(`after the load the engine's image is ${info.id}, not ${expected}`)
+  if (!sameList(info.diffIds, diffIds)) {
+    throw new ImageIdMismatchError(`after the load image ${expected} has layers ${info.diffIds.join(', ')}, not ${diffIds.join(', ')}`)
+  }
+  return expected
+}

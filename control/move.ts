@@ -1,0 +1,80 @@
+/**
+ * `goto move CONTAINER --to NAME`: finds the container's agent, orders the move there and shows it:
+ * a progress bar on a terminal (step, bytes, rate, ETA), plain lines otherwise, or with --json the
+ * events themselves, one JSON object per line, the last being `done` or `failed`.
+ */
+import type { MoveEvent, MoveStep } from '../protocol/move-messages.js'
+
+export type Output = (s: string) => void
+
+const MiB = 1024 * 1024
+const ROLLBACK = {
+  'none-needed': ' (nothing was changed)',
+  done: ' — rolled back: the container runs where it was, nothing is left at the destination',
+  incomplete: ' — ROLLBACK INCOMPLETE: see the source agent\'s log'
+}
+const mib = (n: number): string => `${(n / MiB).toFixed(1)} MiB`
+
+function summary (ev: Extract<MoveEvent, { event: 'done' }>, dryRun: boolean): string {
+  if (dryRun) return `dry run: nothing changed (${ev.layersSkipped} layer(s) already on ${ev.to})`
+  return `done: ${ev.container} moved ${ev.from} → ${ev.to}: ${mib(ev.bytesSent)} sent in ${ev.layersSent} layer(s), ${ev.layersSkipped} layer(s) already there, downtime ${ev.downtimeMs} ms`
+}
+
+/** Renders move events for a person; returns the final event. */
+export class MoveRenderer {
+  private step: MoveStep = 'plan'
+  private stepStarted = Date.now()
+  private barShown = false
+  private lastQuarter = -1
+
+  constructor (private readonly out: Output, private readonly err: Output, private readonly tty: boolean, private readonly dryRun: boolean) {}
+
+  render (ev: MoveEvent): void {
+    switch (ev.event) {
+      case 'plan': {
+        const p = ev.plan
+        this.line(`plan ${p.moveId}: ${p.container} ${p.from} → ${p.to}; image ${p.image.slice(7, 19)}: ${p.layersTotal} layer(s), ${p.layersPresent} already there, ${p.layersToSend} to send (up to ${mib(p.bytesToSend)}); volumes: ${p.volumes.join(', ') || 'none'}`)
+        break
+      }
+      case 'step':
+        this.step = ev.step
+        this.stepStarted = Date.now()
+        this.lastQuarter = -1
+        this.line(`${ev.step}...`)
+        break
+      case 'progress':
+        this.progress(ev.bytesSent, ev.bytesTotal)
+        break
+      case 'done':
+        this.line(summary(ev, this.dryRun))
+        break
+      case 'failed':
+        this.line(`goto: error: move failed${ev.moveId !== null ? ` (move ${ev.moveId})` : ''}: ${ev.error.message}${ROLLBACK[ev.rollback]}`, this.err)
+        break
+    }
+  }
+
+  private line (s: string, to: Output = this.out): void {
+    if (this.barShown) { this.out('\r\x1b[2K'); this.barShown = false }
+    to(s + '\n')
+  }
+
+  private progress (sent: number, total: number): void {
+    const elapsedS = Math.max(0.001, (Date.now() - this.stepStarted) / 1000)
+    const rate = sent / elapsedS
+    const frac = total > 0 ? Math.min(1, sent / total) : 0
+    if (!this.tty) {
+      const quarter = Math.floor(frac * 4)
+      if (quarter > this.lastQuarter) {
+        this.lastQuarter = quarter
+        this.out(`${this.step}: ${mib(sent)} of ${mib(total)} (${Math.round(frac * 100)}%), ${mib(rate)}/s\n`)
+      }
+      return
+    }
+    const width = 30
+    const filled = Math.round(frac * width)
+    const eta = rate > 0 && total > sent ? `ETA ${Math.ceil((total - sent) / rate)}s` : ''
+    this.out(`\r\x1b[2K${this.step.padEnd(9)} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${String(Math.round(frac * 100)).padStart(3)}% ${mib(sent)}/${mib(total)} ${mib(rate)}/s ${eta}`)
+    this.barShown = true
+  }
+}

@@ -1,0 +1,197 @@
+/**
+ * Messages of a move: the operator's order and the events it streams back (/goto/move), and the
+ * source-to-destination steps (/goto/transfer). Checks turn untrusted JSON into these types.
+ */
+import { ProtocolError } from './errors.js'
+import type { ContainerSpec, ImageInfo } from '../agent/docker/types.js'
+
+export interface MoveOrder {
+  container: string
+  to: string
+  dryRun: boolean
+  allowBindMounts: boolean
+}
+
+export type MoveStep = 'plan' | 'pre-copy' | 'freeze' | 'hand-over' | 'restore' | 'commit' | 'rollback'
+
+export interface MovePlan {
+  moveId: string
+  container: string
+  from: string
+  to: string
+  image: string
+  layersTotal: number
+  /** Layers the destination already has (a chain prefix) or holds verified from an earlier try. */
+  layersPresent: number
+  layersToSend: number
+  /** Bytes of the layers to send, as the engine counts them (the top layer is not known until freeze). */
+  bytesToSend: number
+  volumes: string[]
+}
+
+export type MoveEvent =
+  | { event: 'plan', plan: MovePlan }
+  | { event: 'step', moveId: string, step: MoveStep }
+  | { event: 'progress', moveId: string, step: MoveStep, bytesSent: number, bytesTotal: number }
+  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, layersSent: number, layersSkipped: number, downtimeMs: number }
+  /**
+   * `rollback`: 'none-needed' (refused before anything changed), 'done' (the source container runs
+   * again, the destination removed what it made), 'incomplete' (say what could not be undone).
+   */
+  | { event: 'failed', moveId: string | null, container: string, error: { name: string, message: string }, rollback: 'none-needed' | 'done' | 'incomplete' }
+
+/** What the destination needs to judge and prepare a move. */
+export interface PrepareRequest {
+  op: 'prepare'
+  moveId: string
+  spec: ContainerSpec
+  image: Pick<ImageInfo, 'id' | 'diffIds' | 'os' | 'architecture' | 'size'>
+  volumes: Array<{ name: string, driver: string }>
+}
+
+export interface PrepareReply {
+  /** How many layers of the chain the engine has (a prefix). */
+  present: number
+  /** Diff IDs after that prefix already verified in the staging store (a retry does not resend them). */
+  staged: string[]
+}
+
+export interface LayerHeader { op: 'layer', moveId: string, diffId: string, size: number }
+
+export interface RestoreRequest {
+  op: 'restore'
+  moveId: string
+  /** The committed image's config JSON, base64. */
+  config: string
+  diffIds: string[]
+  spec: ContainerSpec
+  /** Each volume's archive follows as a blob, in this order. */
+  volumes: Array<{ name: string, destination: string, size: number }>
+}
+
+export interface RestoreReply { containerId: string }
+
+export interface AbortRequest { op: 'abort' | 'commit', moveId: string }
+
+export type TransferRequest = PrepareRequest | LayerHeader | RestoreRequest | AbortRequest
+
+// --- checks -----------------------------------------------------------------------------
+
+function obj (v: unknown, what: string): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ProtocolError(`${what} must be an object`)
+  return v as Record<string, unknown>
+}
+function str (v: unknown, what: string, max = 4096): string {
+  if (typeof v !== 'string' || v.length > max) throw new ProtocolError(`${what} must be a string of at most ${max} characters`)
+  return v
+}
+function count (v: unknown, what: string): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ProtocolError(`${what} must be a non-negative integer`)
+  return v
+}
+const DIGEST = /^sha256:[0-9a-f]{64}$/
+function digest (v: unknown, what: string): string {
+  const s = str(v, what, 80)
+  if (!DIGEST.test(s)) throw new ProtocolError(`${what} must be sha256:<64 hex>`)
+  return s
+}
+function digests (v: unknown, what: string): string[] {
+  if (!Array.isArray(v) || v.length > 256) throw new ProtocolError(`${what} must be a list of at most 256 digests`)
+  return v.map((d, i) => digest(d, `${what}[${i}]`))
+}
+const MOVE_ID = /^[0-9a-f]{16}$/
+function moveId (v: unknown): string {
+  const s = str(v, 'moveId', 64)
+  if (!MOVE_ID.test(s)) throw new ProtocolError('moveId must be 16 hex digits')
+  return s
+}
+
+export function parseMoveOrder (v: unknown): MoveOrder {
+  const o = obj(v, 'move order')
+  return { container: str(o.container, 'container', 256), to: str(o.to, 'to', 256), dryRun: o.dryRun === true, allowBindMounts: o.allowBindMounts === true }
+}
+
+/** The spec is re-checked field by field: the destination creates a container from it. */
+export function parseSpec (v: unknown): ContainerSpec {
+  const o = obj(v, 'spec')
+  const strings = (x: unknown, what: string): string[] => {
+    if (!Array.isArray(x) || x.length > 4096) throw new ProtocolError(`${what} must be a list`)
+    return x.map((s, i) => str(s, `${what}[${i}]`, 65536))
+  }
+  const optStrings = (x: unknown, what: string): string[] | null => x === null || x === undefined ? null : strings(x, what)
+  const record = (x: unknown, what: string): Record<string, string> => {
+    const r = obj(x, what)
+    return Object.fromEntries(Object.entries(r).map(([k, val]) => [str(k, `${what} key`, 1024), str(val, `${what}.${k}`, 65536)]))
+  }
+  const bindings = obj(o.portBindings, 'portBindings')
+  const portBindings: ContainerSpec['portBindings'] = {}
+  for (const [port, list] of Object.entries(bindings)) {
+    if (!Array.isArray(list)) throw new ProtocolError(`portBindings.${port} must be a list`)
+    portBindings[str(port, 'port', 32)] = list.map((b, i) => {
+      const bo = obj(b, `portBindings.${port}[${i}]`)
+      return { hostIp: str(bo.hostIp ?? '', 'hostIp', 64), hostPort: str(bo.hostPort ?? '', 'hostPort', 16) }
+    })
+  }
+  const rp = obj(o.restartPolicy, 'restartPolicy')
+  const rpName = str(rp.name ?? '', 'restartPolicy.name', 32)
+  if (!['', 'no', 'always', 'unless-stopped', 'on-failure'].includes(rpName)) throw new ProtocolError(`restartPolicy.name '${rpName}' is unknown`)
+  if (!Array.isArray(o.mounts) || o.mounts.length > 256) throw new ProtocolError('mounts must be a list')
+  const mounts = o.mounts.map((m, i): ContainerSpec['mounts'][number] => {
+    const mo = obj(m, `mounts[${i}]`)
+    const destination = str(mo.destination, `mounts[${i}].destination`, 4096)
+    if (mo.type === 'volume') return { type: 'volume', name: str(mo.name, `mounts[${i}].name`, 256), destination, readOnly: mo.readOnly === true, driver: str(mo.driver ?? 'local', `mounts[${i}].driver`, 256) }
+    if (mo.type === 'bind') return { type: 'bind', source: str(mo.source, `mounts[${i}].source`, 4096), destination, readOnly: mo.readOnly === true }
+    if (mo.type === 'tmpfs') return { type: 'tmpfs', destination }
+    throw new ProtocolError(`mounts[${i}].type must be volume, bind or tmpfs`)
+  })
+  return {
+    name: str(o.name, 'spec.name', 256),
+    image: digest(o.image, 'spec.image'),
+    env: strings(o.env, 'env'),
+    cmd: optStrings(o.cmd, 'cmd'),
+    entrypoint: optStrings(o.entrypoint, 'entrypoint'),
+    workingDir: str(o.workingDir ?? '', 'workingDir'),
+    user: str(o.user ?? '', 'user', 256),
+    labels: record(o.labels ?? {}, 'labels'),
+    hostname: str(o.hostname ?? '', 'hostname', 256),
+    exposedPorts: strings(o.exposedPorts ?? [], 'exposedPorts'),
+    portBindings,
+    restartPolicy: { name: rpName as ContainerSpec['restartPolicy']['name'], maximumRetryCount: count(rp.maximumRetryCount ?? 0, 'maximumRetryCount') },
+    mounts
+  }
+}
+
+export function parseTransferRequest (v: unknown): TransferRequest {
+  const o = obj(v, 'transfer request')
+  switch (o.op) {
+    case 'prepare': {
+      const img = obj(o.image, 'image')
+      if (!Array.isArray(o.volumes) || o.volumes.length > 256) throw new ProtocolError('volumes must be a list')
+      return {
+        op: 'prepare',
+        moveId: moveId(o.moveId),
+        spec: parseSpec(o.spec),
+        image: { id: digest(img.id, 'image.id'), diffIds: digests(img.diffIds, 'image.diffIds'), os: str(img.os, 'image.os', 64), architecture: str(img.architecture, 'image.architecture', 64), size: count(img.size, 'image.size') },
+        volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), driver: str(vo.driver ?? 'local', 'volume driver', 256) } })
+      }
+    }
+    case 'layer':
+      return { op: 'layer', moveId: moveId(o.moveId), diffId: digest(o.diffId, 'diffId'), size: count(o.size, 'size') }
+    case 'restore': {
+      if (!Array.isArray(o.volumes) || o.volumes.length > 256) throw new ProtocolError('volumes must be a list')
+      return {
+        op: 'restore',
+        moveId: moveId(o.moveId),
+        config: str(o.config, 'config', 4 * 1024 * 1024),
+        diffIds: digests(o.diffIds, 'diffIds'),
+        spec: parseSpec(o.spec),
+        volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), size: count(vo.size, 'volume size') } })
+      }
+    }
+    case 'abort':
+    case 'commit':
+      return { op: o.op, moveId: moveId(o.moveId) }
+    default:
+      throw new ProtocolError(`unknown transfer op '${String(o.op)}'`)
+  }
+}

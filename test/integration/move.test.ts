@@ -1,0 +1,311 @@
+/**
+ * goto move in the lab: three hosts with real engines and agents, the real CLI. One lab for the
+ * file; after() tears it down even when a test failed. Tests run in order and share containers
+ * where a scenario continues (web moves A→B, then back).
+ */
+import '../../protocol/polyfill.js'
+import { expect } from 'chai'
+import { spawn, execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { createHash } from 'node:crypto'
+import { readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { multiaddr } from '@multiformats/multiaddr'
+import { Lab, waitFor, type LabHost } from '../lab/index.js'
+import { readBundle, TrustStore } from '../../certs/index.js'
+import { createMeshNode } from '../../protocol/node.js'
+import { authenticateOutbound } from '../../protocol/auth.js'
+import { JsonStream, readResult, sendBlob } from '../../protocol/wire.js'
+import { MOVE_PROTOCOL, TRANSFER_PROTOCOL } from '../../protocol/ids.js'
+import { RoleNotAllowedError, LayerDigestMismatchError } from '../../protocol/errors.js'
+import type { MoveEvent } from '../../protocol/move-messages.js'
+import type { PeerRow } from '../../protocol/messages.js'
+
+const run = promisify(execFile)
+const STATE_TIMEOUT_MS = 30_000
+type Done = Extract<MoveEvent, { event: 'done' }>
+type Failed = Extract<MoveEvent, { event: 'failed' }>
+
+describe('goto move in the lab (3 hosts, real engines and agents)', function () {
+  this.timeout(240_000)
+  const lab = new Lab({ prefix: 'gotolabv', subnet: '10.213.90.0/24' })
+  let A: LabHost
+  let B: LabHost
+  let C: LabHost
+
+  /** The docker CLI against one lab engine. */
+  async function docker (h: LabHost, ...args: string[]): Promise<string> {
+    const { stdout } = await run('/usr/bin/docker', ['-H', h.dockerHost, ...args], { maxBuffer: 16 * 1024 * 1024 })
+    return stdout.trim()
+  }
+
+  async function inspect (h: LabHost, name: string): Promise<any> {
+    return JSON.parse(await docker(h, 'inspect', name))[0]
+  }
+
+  async function exists (h: LabHost, name: string): Promise<boolean> {
+    return (await docker(h, 'ps', '-a', '--format', '{{.Names}}')).split('\n').includes(name)
+  }
+
+  /** Runs `goto move ... --json` and returns its events (the last is done or failed) and exit code. */
+  async function move (container: string, to: string, extra: string[] = [], onEvent?: (ev: MoveEvent) => void): Promise<{ code: number | null, events: MoveEvent[], stderr: string }> {
+    const p = spawn(process.execPath, [lab.controlMain, 'move', container, '--to', to, '--json', ...extra], {
+      env: { ...process.env, GOTO_BUNDLE: lab.operatorBundle, GOTO_AGENT: A.agentAddr },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    const events: MoveEvent[] = []
+    let buf = ''
+    let stderr = ''
+    p.stdout.on('data', (d: Buffer) => {
+      buf += d.toString()
+      let i
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i)
+        buf = buf.slice(i + 1)
+        if (line.trim() === '') continue
+        const ev = JSON.parse(line) as MoveEvent
+        events.push(ev)
+        onEvent?.(ev)
+      }
+    })
+    p.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    const code = await new Promise<number | null>(resolve => { p.on('exit', resolve) })
+    return { code, events, stderr }
+  }
+
+  function done (r: { code: number | null, events: MoveEvent[], stderr: string }): Done {
+    const last = r.events.at(-1)
+    expect(last?.event, `${JSON.stringify(last)} ${r.stderr}`).to.equal('done')
+    expect(r.code).to.equal(0)
+    return last as Done
+  }
+
+  function failed (r: { code: number | null, events: MoveEvent[], stderr: string }, name: string): Failed {
+    expect(r.code, r.stderr).to.equal(1)
+    const last = r.events.at(-1) as Failed
+    expect(last?.event, JSON.stringify(last)).to.equal('failed')
+    expect(last.error.name).to.equal(name)
+    return last
+  }
+
+  async function aliveAt (from: LabHost, name: string): Promise<boolean> {
+    const r = await lab.cli(['peers', '--json'], { agent: from.agentAddr })
+    return r.code === 0 && (JSON.parse(r.stdout) as PeerRow[]).some(p => p.name === name && p.state === 'alive')
+  }
+
+  /** What an engine holds, to show a refused or dry-run move changed nothing. */
+  async function snapshot (h: LabHost): Promise<string> {
+    return [await docker(h, 'ps', '-a', '--format', '{{.Names}} {{.State}} {{.Image}}'), await docker(h, 'images', '-a', '-q', '--no-trunc'), await docker(h, 'volume', 'ls', '-q')]
+      .map(s => s.split('\n').sort().join('\n')).join('\n--\n')
+  }
+
+  before(async function () {
+    this.timeout(300_000)
+    await lab.down()
+    ;[A, B, C] = await lab.up(3)
+    for (const h of [A, B, C]) {
+      for (const other of [A, B, C]) await waitFor(async () => await aliveAt(h, other.name), { timeoutMs: 60_000, intervalMs: 250, what: `${other.name} alive at ${h.name}` })
+    }
+    // A three-layer image: the base, then two commits.
+    await docker(A, 'run', '--name', 'build1', 'gotolab/base:latest', 'sh', '-c', 'mkdir -p /srv /www && chmod 777 /srv && echo v1 > /www/index.html')
+    await docker(A, 'commit', 'build1', 'app:v1')
+    await docker(A, 'run', '--name', 'build2', 'app:v1', 'sh', '-c', 'echo three > /www/l3.txt')
+    await docker(A, 'commit', 'build2', 'app:v1')
+    await docker(A, 'rm', 'build1', 'build2')
+  })
+
+  after(async function () {
+    this.timeout(120_000)
+    await lab.down()
+  })
+
+  it('moves a running container A→B with its spec, its changed files and its volume data; A keeps nothing', async () => {
+    expect((JSON.parse(await docker(A, 'image', 'inspect', 'app:v1'))[0].RootFS.Layers as string[]).length).to.equal(3)
+    await docker(A, 'run', '-d', '--name', 'web', '-e', 'FOO=bar', '-l', 'app=web', '-l', 'tier=front', '-p', '18080:8080',
+      '--restart', 'unless-stopped', '-w', '/srv', '-u', '1000:1000', '-h', 'webhost', '-v', 'webdata:/data',
+      'app:v1', 'httpd', '-f', '-p', '8080', '-h', '/www')
+    await docker(A, 'exec', '-u', '0', 'web', 'sh', '-c', 'echo vol > /data/v.txt && echo changed > /srv/state.txt')
+    // A local tag at B that a received image must never move.
+    await docker(B, 'tag', 'gotolab/base:latest', 'app:v1')
+    const victim = await docker(B, 'image', 'inspect', '--format', '{{.Id}}', 'app:v1')
+    const before = await inspect(A, 'web')
+
+    const ev = done(await move('web', B.name))
+    expect(ev).to.deep.include({ container: 'web', from: A.name, to: B.name })
+    expect(ev.layersSent).to.be.greaterThan(0)
+    expect(ev.downtimeMs).to.be.a('number')
+
+    const after = await inspect(B, 'web')
+    expect(after.State.Running).to.equal(true)
+    for (const k of ['Env', 'Cmd', 'Entrypoint', 'WorkingDir', 'User', 'Labels', 'Hostname', 'ExposedPorts']) {
+      expect(after.Config[k], `Config.${k}`).to.deep.equal(before.Config[k])
+    }
+    expect(after.HostConfig.PortBindings).to.deep.equal(before.HostConfig.PortBindings)
+    expect(after.HostConfig.RestartPolicy).to.deep.equal(before.HostConfig.RestartPolicy)
+    expect(after.Mounts.map((m: any) => [m.Type, m.Name, m.Destination])).to.deep.equal(before.Mounts.map((m: any) => [m.Type, m.Name, m.Destination]))
+    expect(await docker(B, 'exec', 'web', 'cat', '/srv/state.txt', '/data/v.txt', '/www/l3.txt')).to.equal('changed\nvol\nthree')
+    // It serves from B, reachable from another host.
+    const { stdout } = await run('ip', ['netns', 'exec', A.netns, 'wget', '-qO-', `http://${B.ip}:18080/index.html`])
+    expect(stdout.trim()).to.equal('v1')
+    expect(await exists(A, 'web')).to.equal(false)
+    expect(await docker(A, 'volume', 'ls', '-q')).to.not.contain('webdata')
+    expect(await docker(B, 'image', 'inspect', '--format', '{{.Id}}', 'app:v1')).to.equal(victim)
+  })
+
+  it('moves it back B→A sending only the new top layer', async () => {
+    await docker(B, 'exec', '-u', '0', 'web', 'sh', '-c', 'echo again > /srv/state2.txt')
+    const imageSize = Number(await docker(B, 'image', 'inspect', '--format', '{{.Size}}', (await inspect(B, 'web')).Image))
+    const ev = done(await move('web', A.name))
+    expect(ev.layersSent).to.equal(1)
+    expect(ev.layersSkipped).to.equal(4)
+    expect(ev.bytesSent).to.be.below(imageSize / 10)
+    expect(await docker(A, 'exec', 'web', 'cat', '/srv/state.txt', '/srv/state2.txt', '/data/v.txt')).to.equal('changed\nagain\nvol')
+    expect(await exists(B, 'web')).to.equal(false)
+  })
+
+  it('--dry-run prints the plan and changes nothing', async () => {
+    const before = [await snapshot(A), await snapshot(B)]
+    const r = await move('web', B.name, ['--dry-run'])
+    const plan = r.events.find(e => e.event === 'plan')
+    expect(plan).to.not.equal(undefined)
+    expect(done(r).bytesSent).to.equal(0)
+    expect([await snapshot(A), await snapshot(B)]).to.deep.equal(before)
+    const human = await lab.cli(['move', 'web', '--to', B.name, '--dry-run'])
+    expect(human.code).to.equal(0)
+    expect(human.stdout).to.match(/plan [0-9a-f]{16}: web .* → .*layer\(s\)/).and.to.contain('dry run: nothing changed')
+  })
+
+  it('refuses, with a clear error and no change: unknown container, unknown or dead destination, bind mount, name conflict', async () => {
+    const unknown = await lab.cli(['move', 'no-such', '--to', B.name])
+    expect(unknown.code).to.equal(1)
+    expect(unknown.stderr).to.contain("no container 'no-such'")
+
+    const before = [await snapshot(A), await snapshot(B)]
+    failed(await move('web', 'nowhere'), 'DestinationUnavailableError')
+
+    await docker(A, 'run', '-d', '--name', 'bound', '-v', '/tmp:/host-tmp', 'gotolab/base:latest', 'sleep', '3600')
+    const bound = failed(await move('bound', B.name), 'BindMountRefusedError')
+    expect(bound.error.message).to.contain('/tmp').and.to.contain('--allow-bind-mounts')
+    expect(bound.rollback).to.equal('none-needed')
+    await docker(A, 'rm', '-f', 'bound')
+
+    await docker(A, 'run', '-d', '--name', 'twin', 'gotolab/base:latest', 'sleep', '3600')
+    await docker(B, 'run', '-d', '--name', 'twin', 'gotolab/base:latest', 'sleep', '3600')
+    const snapA = await snapshot(A)
+    const snapB = await snapshot(B)
+    failed(await move('twin', B.name), 'NameConflictError')
+    expect([await snapshot(A), await snapshot(B)]).to.deep.equal([snapA, snapB])
+    expect((await inspect(A, 'twin')).State.Running).to.equal(true)
+    await docker(A, 'rm', '-f', 'twin')
+    await docker(B, 'rm', '-f', 'twin')
+    expect([await snapshot(A), await snapshot(B)]).to.deep.equal(before)
+
+    await lab.killAgent(C.name)
+    await waitFor(async () => {
+      const r = await lab.cli(['peers', '--json'], { agent: A.agentAddr })
+      return r.code === 0 && (JSON.parse(r.stdout) as PeerRow[]).some(p => p.name === C.name && p.state === 'dead')
+    }, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${C.name} dead at ${A.name}` })
+    const dead = failed(await move('web', C.name), 'DestinationUnavailableError')
+    expect(dead.error.message).to.contain('dead')
+    await lab.startAgent(C.name)
+    expect((await inspect(A, 'web')).State.Running).to.equal(true)
+  })
+
+  it('refuses a move ordered with an agent certificate', async () => {
+    // The CLI refuses an agent bundle outright ...
+    const r = await lab.cli(['move', 'web', '--to', B.name], { bundle: A.bundleDir })
+    expect(r.code).to.equal(2)
+    expect(r.stderr).to.contain('--bundle')
+    // ... and the agent refuses one too, whoever sends it.
+    const bundle = await readBundle(B.bundleDir)
+    const trust = new TrustStore(bundle.caCertPem, bundle.crl)
+    const node = await createMeshNode({ privateKey: bundle.privateKey, listen: [], isRefused: () => false })
+    await node.start()
+    try {
+      const conn = await node.dial(multiaddr(A.agentAddr))
+      await authenticateOutbound(conn, { certPem: bundle.certPem, trust }, AbortSignal.timeout(10_000))
+      const js = new JsonStream(await conn.newStream(MOVE_PROTOCOL))
+      await js.write({ container: 'web', to: B.name, dryRun: false, allowBindMounts: false })
+      let err: unknown
+      try { await readResult(js, AbortSignal.timeout(10_000)) } catch (e) { err = e }
+      expect(err).to.be.instanceOf(RoleNotAllowedError)
+    } finally {
+      await node.stop()
+    }
+    expect((await inspect(A, 'web')).State.Running).to.equal(true)
+  })
+
+  it('refuses a corrupted layer before the engine sees it (a faulty sender)', async () => {
+    const bundleDir = await lab.issueBundle('faulty', 'agent')
+    const bundle = await readBundle(bundleDir)
+    const trust = new TrustStore(bundle.caCertPem, bundle.crl)
+    const node = await createMeshNode({ privateKey: bundle.privateKey, listen: [], isRefused: () => false })
+    await node.start()
+    try {
+      const conn = await node.dial(multiaddr(B.agentAddr))
+      await authenticateOutbound(conn, { certPem: bundle.certPem, trust }, AbortSignal.timeout(10_000))
+      const call = async (req: unknown, blob?: Uint8Array): Promise<unknown> => {
+        const js = new JsonStream(await conn.newStream(TRANSFER_PROTOCOL))
+        await js.write(req)
+        if (blob !== undefined) await sendBlob(js, (async function * () { yield blob })(), blob.byteLength)
+        return await readResult(js, AbortSignal.timeout(10_000))
+      }
+      // A layer B cannot have: one file in a tar, with its real digest announced.
+      const layer = new Uint8Array(4096)
+      layer.set(new TextEncoder().encode('faulty.txt'), 0)
+      const diffId = `sha256:${createHash('sha256').update(layer).digest('hex')}`
+      const base = JSON.parse(await docker(B, 'image', 'inspect', 'gotolab/base:latest'))[0]
+      const moveId = '00000000000000aa'
+      await call({
+        op: 'prepare', moveId,
+        spec: { name: 'faulty-c', image: base.Id, env: [], cmd: null, entrypoint: null, workingDir: '', user: '', labels: {}, hostname: '', exposedPorts: [], portBindings: {}, restartPolicy: { name: 'no', maximumRetryCount: 0 }, mounts: [] },
+        image: { id: base.Id, diffIds: [...base.RootFS.Layers, diffId], os: 'linux', architecture: base.Architecture, size: 4096 },
+        volumes: []
+      })
+      const corrupted = layer.slice()
+      corrupted[100] ^= 0xff
+      let err: unknown
+      try { await call({ op: 'layer', moveId, diffId, size: corrupted.byteLength }, corrupted) } catch (e) { err = e }
+      expect(err).to.be.instanceOf(LayerDigestMismatchError)
+      const staged = await readdir(join(B.dir, 'state', 'layers')).catch(() => [] as string[])
+      expect(staged.filter(f => f.includes(diffId.slice(7)))).to.deep.equal([])
+      await call({ op: 'abort', moveId })
+    } finally {
+      await node.stop()
+    }
+    expect(await exists(B, 'faulty-c')).to.equal(false)
+  })
+
+  it('survives the destination agent dying mid-transfer: the source runs on, nothing half-made remains, a retry succeeds', async () => {
+    await docker(A, 'run', '--name', 'bigbuild', 'gotolab/base:latest', 'sh', '-c', 'head -c 96m /dev/urandom > /big')
+    await docker(A, 'commit', 'bigbuild', 'big:v1')
+    await docker(A, 'rm', 'bigbuild')
+    await docker(A, 'run', '-d', '--name', 'big', '-v', 'bigdata:/data', 'big:v1', 'sleep', '3600')
+    const before = await snapshot(B)
+
+    let killed: Promise<void> | undefined
+    const r = await move('big', B.name, [], ev => {
+      if (killed === undefined && ev.event === 'progress' && ev.step === 'pre-copy') killed = lab.killAgent(B.name)
+    })
+    await killed
+    expect(killed, 'the move never reported pre-copy progress').to.not.equal(undefined)
+    const f = failed(r, r.events.at(-1)?.event === 'failed' ? (r.events.at(-1) as Failed).error.name : 'none')
+    expect(f.rollback).to.be.oneOf(['done', 'none-needed'])
+    const state = (await inspect(A, 'big')).State
+    expect(state.Running).to.equal(true)
+    expect(state.Paused).to.equal(false)
+    expect(await snapshot(B)).to.equal(before)
+
+    // A concurrent second move of the same container is refused while the first runs.
+    await lab.startAgent(B.name)
+    await waitFor(async () => await aliveAt(A, B.name), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${B.name} alive again` })
+    const [first, second] = await Promise.all([move('big', B.name), move('big', B.name)])
+    const outcomes = [first, second].map(x => (x.events.at(-1) as MoveEvent | undefined)?.event)
+    expect(outcomes.sort(), JSON.stringify([first.events.at(-1), second.events.at(-1)])).to.deep.equal(['done', 'failed'])
+    const loser = [first, second].find(x => x.events.at(-1)?.event === 'failed')
+    expect((loser?.events.at(-1) as Failed).error.name).to.be.oneOf(['MoveInProgressError', 'UnknownContainerError'])
+    expect((await inspect(B, 'big')).State.Running).to.equal(true)
+    expect(await docker(B, 'exec', 'big', 'sh', '-c', 'wc -c < /big')).to.equal(String(96 * 1024 * 1024))
+    expect(await exists(A, 'big')).to.equal(false)
+  })
+})

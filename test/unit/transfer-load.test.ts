@@ -1,0 +1,183 @@
+import { expect } from 'chai'
+import { createHash, randomBytes } from 'node:crypto'
+import { execFile } from 'node:child_process'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { Readable } from 'node:stream'
+import { promisify } from 'node:util'
+import { LayerStore } from '../../agent/transfer/layer-store.js'
+import { buildLoadTarball, configDigest, loadVerified, type ImageLoader } from '../../agent/transfer/load.js'
+import { chainIds } from '../../agent/transfer/plan.js'
+import { tarHeader, tarPadding } from '../../agent/transfer/tar.js'
+import type { ImageInfo } from '../../agent/docker/types.js'
+import {
+  ImageIdMismatchError, ImageLoadError, LayerMissingError, TransferError
+} from '../../protocol/errors.js'
+
+const sha = (b: Uint8Array): string => 'sha256:' + createHash('sha256').update(b).digest('hex')
+const hex = (id: string): string => id.slice('sha256:'.length)
+
+async function rejection (p: Promise<unknown>): Promise<Error> {
+  try {
+    await p
+  } catch (err) {
+    return err as Error
+  }
+  throw new Error('expected a rejection')
+}
+
+async function * once (b: Uint8Array): AsyncGenerator<Uint8Array> { yield b }
+
+/** Writes the stream to a file and unpacks it with the system's tar (GNU tar: strict about headers). */
+async function untar (tar: Readable, dir: string): Promise<string[]> {
+  const chunks: Buffer[] = []
+  for await (const c of tar) chunks.push(c as Buffer)
+  const file = join(dir, 'image.tar')
+  await writeFile(file, Buffer.concat(chunks))
+  const out = join(dir, 'out')
+  await promisify(execFile)('mkdir', ['-p', out])
+  await promisify(execFile)('tar', ['-x', '-f', file, '-C', out])
+  const { stdout } = await promisify(execFile)('tar', ['-t', '-f', file])
+  return stdout.trim().split('\n')
+}
+
+describe('transfer: load tarball and verified load', () => {
+  let dir: string
+  let store: LayerStore
+  // sizes on, below and above a block boundary, and a repeated (empty-looking) layer
+  const layers = [randomBytes(3 * 512), randomBytes(1000), randomBytes(70_001), randomBytes(1000)]
+  layers[3] = layers[1]
+  const diffIds = layers.map(sha)
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: diffIds } }))
+  const imageId = configDigest(config)
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'goto-load-'))
+    store = await LayerStore.open(join(dir, 'layers'))
+    for (const l of layers) await store.receive(sha(l), l.byteLength, once(l))
+  })
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('writes ustar headers that tar reads, with base-256 sizes past 8 GiB', () => {
+    const h = Buffer.from(tarHeader({ name: 'a/layer.tar', size: 9 * 1024 ** 3 }))
+    expect(h.byteLength).to.equal(512)
+    expect(h[124]).to.equal(0x80)
+    expect(h.readBigUInt64BE(128)).to.equal(BigInt(9 * 1024 ** 3))
+    const sum = [...h].reduce((s, b, i) => s + (i >= 148 && i < 156 ? 0x20 : b), 0)
+    expect(parseInt(h.toString('latin1', 148, 154), 8)).to.equal(sum)
+    expect(h.toString('latin1', 124, 135)).to.not.match(/^[0-7]+$/)
+    expect(Buffer.from(tarHeader({ name: 'x', size: 0o77777777777 })).toString('latin1', 124, 136)).to.equal('77777777777\u0000')
+    expect(tarPadding(512).byteLength).to.equal(0)
+    expect(tarPadding(513).byteLength).to.equal(511)
+    expect(() => tarHeader({ name: 'n'.repeat(101), size: 1 })).to.throw(TransferError)
+  })
+
+  it('builds a full classic tarball: config, one <chain id>/layer.tar per layer, manifest with RepoTags null', async () => {
+    const names = await untar(buildLoadTarball({ config, diffIds, present: 0, store }), dir)
+    const dirs = chainIds(diffIds).map(hex)
+    expect(new Set(dirs).size).to.equal(4)
+    expect(names).to.deep.equal([
+      `${hex(imageId)}.json`,
+      ...dirs.flatMap(d => [`${d}/`, `${d}/layer.tar`]),
+      'manifest.json'
+    ])
+    const out = join(dir, 'out')
+    expect(await readFile(join(out, `${hex(imageId)}.json`))).to.deep.equal(config)
+    for (let i = 0; i < layers.length; i++) expect(await readFile(join(out, dirs[i], 'layer.tar'))).to.deep.equal(layers[i])
+    expect(JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8'))).to.deep.equal([{
+      Config: `${hex(imageId)}.json`,
+      RepoTags: null,
+      Layers: dirs.map(d => `${d}/layer.tar`)
+    }])
+  })
+
+  it('builds a thin tarball: layers the engine has are in the manifest but their files are omitted', async () => {
+    // only the layers after `present` need be in the store
+    await store.remove(diffIds[0])
+    const names = await untar(buildLoadTarball({ config, diffIds, present: 2, store }), dir)
+    const dirs = chainIds(diffIds).map(hex)
+    expect(names).to.deep.equal([`${hex(imageId)}.json`, `${dirs[2]}/`, `${dirs[2]}/layer.tar`, `${dirs[3]}/`, `${dirs[3]}/layer.tar`, 'manifest.json'])
+    const manifest = JSON.parse(await readFile(join(dir, 'out', 'manifest.json'), 'utf8'))
+    expect(manifest[0].Layers).to.deep.equal(dirs.map(d => `${d}/layer.tar`))
+    expect(await readdir(join(dir, 'out'))).to.not.include(dirs[0])
+  })
+
+  it('fails the tarball stream with LayerMissingError when a layer is not in the store', async () => {
+    await store.remove(diffIds[2])
+    const err = await rejection(untar(buildLoadTarball({ config, diffIds, present: 0, store }), dir))
+    expect(err).to.be.instanceOf(LayerMissingError)
+    expect(() => buildLoadTarball({ config, diffIds, present: 5, store })).to.throw(TransferError)
+  })
+
+  /** An engine stand-in: drains the tarball (checking it is one) and answers as told. */
+  function fakeEngine (answer: { loaded?: string[], fail?: Error, info?: ImageInfo | undefined }): ImageLoader & { loads: number } {
+    const fake = {
+      loads: 0,
+      async loadImage (tar: Readable): Promise<string[]> {
+        fake.loads++
+        await untar(tar, dir)
+        if (answer.fail !== undefined) throw answer.fail
+        return answer.loaded ?? [imageId]
+      },
+      async inspectImage (ref: string): Promise<ImageInfo | undefined> {
+        if ('info' in answer) return answer.info
+        return { id: ref, diffIds: [...diffIds], os: 'linux', architecture: 'amd64', size: 0, repoTags: [] }
+      }
+    }
+    return fake
+  }
+
+  it('loads and returns the image ID when the engine then holds exactly that image', async () => {
+    const engine = fakeEngine({})
+    expect(await loadVerified(engine, { config, diffIds, present: 1, store, imageId }, AbortSignal.timeout(10_000))).to.equal(imageId)
+    expect(engine.loads).to.equal(1)
+  })
+
+  it('refuses a config that does not match the image ID or the layers, before the engine sees anything', async () => {
+    const engine = fakeEngine({})
+    const other = 'sha256:' + '0'.repeat(64)
+    expect(await rejection(loadVerified(engine, { config, diffIds, present: 0, store, imageId: other }))).to.be.instanceOf(ImageIdMismatchError)
+    expect(await rejection(loadVerified(engine, { config, diffIds: diffIds.slice(0, 3), present: 0, store }))).to.be.instanceOf(ImageIdMismatchError)
+    expect(await rejection(loadVerified(engine, { config, diffIds: [...diffIds].reverse(), present: 0, store }))).to.be.instanceOf(ImageIdMismatchError)
+    expect(await rejection(loadVerified(engine, { config: Buffer.from('{"rootfs":{}}'), diffIds, present: 0, store }))).to.be.instanceOf(ImageIdMismatchError)
+    expect(await rejection(loadVerified(engine, { config: Buffer.from('not json'), diffIds, present: 0, store }))).to.be.instanceOf(ImageIdMismatchError)
+    expect(await rejection(loadVerified(engine, { config, diffIds, present: -1, store }))).to.be.instanceOf(TransferError)
+    expect(engine.loads).to.equal(0)
+  })
+
+  it('refuses to start a load when a layer to send is not in the store', async () => {
+    await store.remove(diffIds[2])
+    const engine = fakeEngine({})
+    expect(await rejection(loadVerified(engine, { config, diffIds, present: 1, store }))).to.be.instanceOf(LayerMissingError)
+    expect(engine.loads).to.equal(0)
+    // with the layer counted as present on the engine, it is not needed
+    await store.remove(diffIds[0])
+    await store.remove(diffIds[1])
+    expect(await rejection(loadVerified(engine, { config, diffIds, present: 3, store }))).to.be.instanceOf(LayerMissingError)
+    expect(await loadVerified(engine, { config, diffIds, present: 4, store })).to.equal(imageId)
+  })
+
+  it('turns an engine refusal into ImageLoadError with the cause', async () => {
+    const cause = new Error('open /var/lib/docker/tmp/docker-import-1/x/layer.tar: no such file or directory')
+    const err = await rejection(loadVerified(fakeEngine({ fail: cause }), { config, diffIds, present: 2, store }))
+    expect(err).to.be.instanceOf(ImageLoadError)
+    expect(err.cause).to.equal(cause)
+    expect(err.message).to.include('first 2 layers')
+  })
+
+  it('refuses when the engine loaded or holds another image than the config\'s', async () => {
+    const other = 'sha256:' + '0'.repeat(64)
+    const info = (id: string, ids: string[]): ImageInfo => ({ id, diffIds: ids, os: 'linux', architecture: 'amd64', size: 0, repoTags: [] })
+    for (const answer of [
+      { loaded: [other] },
+      { info: undefined },
+      { info: info(other, diffIds) },
+      { info: info(imageId, diffIds.slice(1)) }
+    ]) {
+      expect(await rejection(loadVerified(fakeEngine(answer), { config, diffIds, present: 0, store }))).to.be.instanceOf(ImageIdMismatchError)
+    }
+  })
+})
