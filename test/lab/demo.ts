@@ -1,9 +1,12 @@
 #!/usr/bin/env node
 /**
  * `npm run demo`: removes a stale lab, builds three simulated hosts (vagrant-1, aws-1, azure-1),
- * waits until the operator CLI sees three alive agents, prints `goto peers`, and always tears the
- * lab down again (also on Ctrl-C).
+ * waits until the operator CLI sees three alive agents, prints `goto peers`, moves a running web
+ * server with a named volume from vagrant-1 to azure-1 with `goto move` (its progress bar on this
+ * terminal), shows it serving from azure-1, and always tears the lab down again (also on Ctrl-C).
  */
+import { spawn, execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { Lab, type LabHost } from './lab.js'
 import { waitFor } from './wait.js'
 import { LabError } from './errors.js'
@@ -12,6 +15,7 @@ import { logTail } from './engine.js'
 /** Agents of the test profile find each other in a few seconds; allow for a slow machine. */
 const MESH_READY_TIMEOUT_MS = 60_000
 const HOSTS = 3
+const execFileP = promisify(execFile)
 
 interface PeerRow { name: string, state: string }
 
@@ -32,6 +36,28 @@ function safeHosts (lab: Lab): LabHost[] {
   } catch {
     return []
   }
+}
+
+/** Big enough that the progress bar has something to show, small enough for a quick demo. */
+const DEMO_LAYER_MIB = 64
+
+async function run (cmd: string, args: string[], signal: AbortSignal): Promise<string> {
+  const { stdout } = await execFileP(cmd, args, { signal, maxBuffer: 8 * 1024 * 1024 })
+  return stdout
+}
+
+async function dockerCli (h: LabHost, args: string[], signal: AbortSignal): Promise<string> {
+  return await run('/usr/bin/docker', ['-H', h.dockerHost, ...args], signal)
+}
+
+/** Runs the operator CLI on this terminal, so a person sees its progress bar. */
+async function gotoInherit (lab: Lab, args: string[], signal: AbortSignal): Promise<number | null> {
+  const p = spawn(process.execPath, [lab.controlMain, ...args], {
+    stdio: 'inherit',
+    signal,
+    env: { ...process.env, GOTO_BUNDLE: lab.operatorBundle, GOTO_AGENT: lab.hosts[0].agentAddr }
+  })
+  return await new Promise(resolve => { p.on('exit', code => { resolve(code) }) })
 }
 
 async function main (): Promise<void> {
@@ -72,6 +98,24 @@ async function main (): Promise<void> {
       process.stderr.write(r.stderr)
       throw new LabError(`goto peers exited with ${r.code ?? 'a timeout'}`)
     }
+
+    const [from, , to] = hosts
+    console.log(`\n== a container on ${from.name}: an image with a ${DEMO_LAYER_MIB} MiB layer, a named volume, a file written after start`)
+    await dockerCli(from, ['run', '--name', 'demo-build', 'gotolab/base:latest', 'sh', '-c', `mkdir -p /srv && head -c ${DEMO_LAYER_MIB}m /dev/urandom > /srv/blob`], signal)
+    await dockerCli(from, ['commit', 'demo-build', 'demo/web:v1'], signal)
+    await dockerCli(from, ['rm', 'demo-build'], signal)
+    await dockerCli(from, ['run', '-d', '--name', 'web', '-p', '8080:8080', '-v', 'webdata:/data', '--restart', 'unless-stopped',
+      'demo/web:v1', 'sh', '-c', 'echo "hello from the volume" > /data/index.html; httpd -f -p 8080 -h /data'], signal)
+    await dockerCli(from, ['exec', 'web', 'sh', '-c', 'date > /srv/changed-after-start'], signal)
+
+    console.log(`\n== goto move web --to ${to.name}`)
+    const code = await gotoInherit(lab, ['move', 'web', '--to', to.name], signal)
+    if (code !== 0) throw new LabError(`goto move exited with ${code ?? 'a signal'}`)
+
+    console.log(`\n== goto status ${to.name}`)
+    process.stdout.write((await lab.cli(['status', to.name])).stdout)
+    console.log(`\n== from ${from.name}'s network namespace: wget http://${to.ip}:8080/`)
+    process.stdout.write(await run('ip', ['netns', 'exec', from.netns, 'wget', '-qO-', `http://${to.ip}:8080/`], signal))
   } catch (err) {
     // The logs go with the lab: show the end of each agent's log while it is still there.
     if (!signal.aborted) for (const h of safeHosts(lab)) console.error(`\n-- last lines of ${h.agentLog}\n${await logTail(h.agentLog, 10)}`)
