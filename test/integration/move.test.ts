@@ -276,6 +276,38 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
     expect(await exists(B, 'faulty-c')).to.equal(false)
   })
 
+  it('after a cut, a retry does not resend layers the destination already verified', async () => {
+    await docker(A, 'run', '--name', 'twobuild', 'gotolab/base:latest', 'sh', '-c', 'head -c 24m /dev/urandom > /one')
+    await docker(A, 'commit', 'twobuild', 'two:v1')
+    await docker(A, 'rm', 'twobuild')
+    await docker(A, 'run', '--name', 'twobuild', 'two:v1', 'sh', '-c', 'head -c 48m /dev/urandom > /two')
+    await docker(A, 'commit', 'twobuild', 'two:v1')
+    await docker(A, 'rm', 'twobuild')
+    await docker(A, 'run', '-d', '--name', 'two', 'two:v1', 'sleep', '3600')
+    const logLines = async (): Promise<string[]> => (await run('cat', [B.agentLog])).stdout.split('\n')
+    const verifiedBefore = (await logLines()).filter(l => l.includes('"layer verified"')).length
+
+    // Cut the destination off as soon as it has verified the first of the two layers.
+    let killed: Promise<void> | undefined
+    const watcher = waitFor(async () => (await logLines()).filter(l => l.includes('"layer verified"')).length > verifiedBefore,
+      { timeoutMs: 60_000, intervalMs: 20, what: 'the first layer verified at the destination' })
+      .then(() => { killed = lab.killAgent(B.name) })
+    const first = await move('two', B.name)
+    await watcher
+    await killed
+    failed(first, (first.events.at(-1) as Failed).error.name)
+    expect((await inspect(A, 'two')).State.Running).to.equal(true)
+
+    await lab.startAgent(B.name)
+    await waitFor(async () => await aliveAt(A, B.name), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${B.name} alive again` })
+    const retry = await move('two', B.name)
+    const plan = retry.events.find(e => e.event === 'plan') as Extract<MoveEvent, { event: 'plan' }>
+    expect(plan.plan.layersTotal).to.equal(3)
+    expect(plan.plan.layersToSend, 'one of the two new layers was verified before the cut').to.equal(1)
+    done(retry)
+    expect(await docker(B, 'exec', 'two', 'sh', '-c', 'wc -c < /one; wc -c < /two')).to.equal(`${24 * 1024 * 1024}\n${48 * 1024 * 1024}`)
+  })
+
   it('survives the destination agent dying mid-transfer: the source runs on, nothing half-made remains, a retry succeeds', async () => {
     await docker(A, 'run', '--name', 'bigbuild', 'gotolab/base:latest', 'sh', '-c', 'head -c 96m /dev/urandom > /big')
     await docker(A, 'commit', 'bigbuild', 'big:v1')
