@@ -5,6 +5,7 @@
  *
  * - Idle agents: RSS and CPU of each of the three agents (default timing profile, two peers each) over
  *   30 s; baseline: an idle bare Node.js process. Targets for the worst agent: RSS < 100 MiB, CPU < 1 %.
+ * - Moves (bench/move.ts): first move, re-move, downtime and memory, each against a baseline.
  * - CLI round trip: `goto status --json` as a process (spawn, connect, Noise, auth, ask) — median of
  *   runs; baseline: `node -e 0`, the cost of starting Node alone. In-process: connect + auth + status
  *   with the client library; baseline: a plain TCP connect to the same agent.
@@ -13,10 +14,12 @@ import '../protocol/polyfill.js'
 import { spawn } from 'node:child_process'
 import { readFile, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
+import { cpus, release, totalmem } from 'node:os'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Lab, waitFor } from '../test/lab/index.js'
 import { readBundle } from '../certs/index.js'
 import { AgentClient } from '../control/client.js'
+import { moveBench } from './move.js'
 
 const IDLE_SECONDS = 30
 /** Start-up (module loading, JIT warm-up, the first exchanges) is not idle: let it pass first. */
@@ -87,7 +90,9 @@ const fmt = (n: number, d = 1): string => n.toFixed(d)
 async function main (): Promise<void> {
   // Its own prefix and subnet: the bench never touches a lab a developer keeps up.
   const lab = new Lab({ prefix: 'gotolabb', subnet: '10.213.60.0/24', agentProfile: 'default', log: line => { console.log(`lab: ${line}`) } })
-  const results: Record<string, unknown> = { date: new Date().toISOString() }
+  const results: Record<string, unknown> = { date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, kernel: release() } }
+  // Interrupted: tear the lab down before leaving (the finally below never runs on a signal).
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => { void lab.down().finally(() => process.exit(130)) })
   try {
     await lab.down()
     const hosts = await lab.up(3)
@@ -152,6 +157,8 @@ async function main (): Promise<void> {
     }
     results.inProcess = { runs: INPROC_RUNS, statusMedianMs: median(inproc), tcpConnectMedianMs: median(tcp), ratio: median(inproc) / median(tcp) }
     console.log(`   connect+auth+status median ${fmt(median(inproc))} ms, TCP connect median ${fmt(median(tcp), 2)} ms → ${fmt(median(inproc) / median(tcp), 1)}x`)
+
+    if (process.env.GOTO_BENCH_SKIP_MOVE === undefined) results.move = await moveBench(lab, hosts[0], hosts[1])
   } finally {
     await lab.down()
   }
