@@ -56,7 +56,14 @@ export interface PrepareReply {
   staged: string[]
 }
 
-export interface LayerHeader { op: 'layer', moveId: string, diffId: string, size: number }
+/**
+ * `diffId` null: the sender streams a layer straight from `docker save`, which names layers by path,
+ * before it could hash it; the destination then accepts it only if its sha256 is a layer of the
+ * prepared move (and says which it was).
+ */
+export interface LayerHeader { op: 'layer', moveId: string, diffId: string | null, size: number }
+
+export interface LayerReply { diffId: string, bytes: number, kept: boolean }
 
 export interface RestoreRequest {
   op: 'restore'
@@ -176,7 +183,7 @@ export function parseTransferRequest (v: unknown): TransferRequest {
       }
     }
     case 'layer':
-      return { op: 'layer', moveId: moveId(o.moveId), diffId: digest(o.diffId, 'diffId'), size: count(o.size, 'size') }
+      return { op: 'layer', moveId: moveId(o.moveId), diffId: o.diffId === null ? null : digest(o.diffId, 'diffId'), size: count(o.size, 'size') }
     case 'restore': {
       if (!Array.isArray(o.volumes) || o.volumes.length > 256) throw new ProtocolError('volumes must be a list')
       return {

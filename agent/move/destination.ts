@@ -20,7 +20,7 @@ import { layersToSend } from '../transfer/plan.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, receiveBlob } from '../../protocol/wire.js'
 import {
-  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader
+  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply
 } from '../../protocol/move-messages.js'
 import {
   ArchitectureMismatchError, ContainerNotFoundError, InsufficientDiskError, LayerTooLargeError, NameConflictError, PortConflictError,
@@ -151,23 +151,35 @@ export class DestinationService {
     return { present, staged }
   }
 
-  private async layer (req: LayerHeader, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<{ bytes: number }> {
+  private async layer (req: LayerHeader, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<LayerReply> {
     const p = this.own(req.moveId, peer)
-    // Layers of the prepared chain, plus exactly one more: the top layer committed at freeze.
+    const data = receiveBlob(js, req.size, () => new LayerTooLargeError(`layer ${req.diffId ?? ''} is larger than the announced ${req.size} bytes`), signal)
+    const { store, log } = this.deps
+    if (req.diffId === null) {
+      // Named only by its content: one of the layers this move needs, or one of the chain we
+      // already have (the sender could not tell before hashing it), nothing else.
+      const present = new Set(p.diffIds.slice(0, p.present))
+      const got = await store.receiveAny(new Set([...p.wanted, ...present]), req.size, data, signal)
+      const kept = p.wanted.has(got.diffId)
+      if (!kept) await store.remove(got.diffId)
+      p.touched = Date.now()
+      log.info(kept ? 'layer verified' : 'layer already here, dropped', { moveId: req.moveId, digest: got.diffId, bytes: got.bytes })
+      return { diffId: got.diffId, bytes: got.bytes, kept }
+    }
+    // Layers of the prepared chain, plus exactly one more: the top layer made at freeze.
     if (!p.wanted.has(req.diffId)) {
       if (p.extraLayer !== undefined && p.extraLayer !== req.diffId) throw new UnknownMoveError(`layer ${req.diffId} is not part of move ${p.moveId}`)
       p.extraLayer = req.diffId
       p.wanted.add(req.diffId)
     }
-    const data = receiveBlob(js, req.size, () => new LayerTooLargeError(`layer ${req.diffId} is larger than the announced ${req.size} bytes`), signal)
-    if (await this.deps.store.has(req.diffId)) {
+    if (await store.has(req.diffId)) {
       for await (const _ of data) { /* already verified here: drain */ }
-      return { bytes: 0 }
+      return { diffId: req.diffId, bytes: 0, kept: true }
     }
-    const { bytes } = await this.deps.store.receive(req.diffId, req.size, data, signal)
+    const { bytes } = await store.receive(req.diffId, req.size, data, signal)
     p.touched = Date.now()
-    this.deps.log.info('layer verified', { moveId: req.moveId, digest: req.diffId, bytes })
-    return { bytes }
+    log.info('layer verified', { moveId: req.moveId, digest: req.diffId, bytes })
+    return { diffId: req.diffId, bytes, kept: true }
   }
 
   private async restore (req: RestoreRequest, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<{ containerId: string }> {

@@ -15,7 +15,7 @@
  * Any failure before the destination confirmed: the destination removes what it made, the source
  * container is unpaused — nothing is lost. Downtime is pause → running at the destination.
  */
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash, randomBytes, type Hash } from 'node:crypto'
 import { createReadStream, createWriteStream } from 'node:fs'
 import { mkdir, rename, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -34,7 +34,7 @@ import { LOCATE_PROTOCOL, MOVE_PROTOCOL, STATUS_PROTOCOL, TRANSFER_PROTOCOL } fr
 import { JsonStream, readResult, sendBlob } from '../../protocol/wire.js'
 import { parseAgentStatus } from '../../protocol/messages.js'
 import {
-  parseMoveOrder, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type PrepareReply, type TransferRequest
+  parseMoveOrder, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type LayerReply, type PrepareReply, type TransferRequest
 } from '../../protocol/move-messages.js'
 import {
   BindMountRefusedError, ContainerNotFoundError, ContainerNotRunningError, DestinationUnavailableError, MoveInProgressError,
@@ -45,6 +45,8 @@ import {
 const PROGRESS_INTERVAL_MS = 200
 /** One transfer step (a prepare, an abort) that carries no data may take this long. */
 const CONTROL_TIMEOUT_MS = 30_000
+/** How many images' save-stream layer names to remember (a few hundred bytes each). */
+const LAYER_PATH_CACHE_IMAGES = 64
 
 export interface MoveDeps {
   node: Libp2p
@@ -59,11 +61,13 @@ export interface MoveDeps {
 
 type Emit = (event: MoveEvent) => Promise<void>
 
-interface Blob { size: number, path: string }
+interface Blob { size: number, path?: string, source?: AsyncIterable<Uint8Array> }
 
 export class MoveService {
   /** Container IDs with a move under way: one move per container at a time. */
   private readonly moving = new Set<string>()
+  /** Per image: save-stream path → diff ID, learned while hashing (see sendLayers). */
+  private readonly layerPaths = new Map<string, Map<string, string>>()
 
   constructor (private readonly deps: MoveDeps) {}
 
@@ -174,7 +178,7 @@ export class MoveService {
       await step('pre-copy')
       const progress = this.progress(moveId, 'pre-copy', plan.bytesToSend, emit)
       const pre = toSend.length > 0
-        ? await this.sendLayers(connection, moveId, image, new Set(toSend), spool, progress, signal)
+        ? await this.sendLayers(connection, moveId, image, new Set(toSend), true, spool, progress, signal)
         : { bytes: 0, layers: 0 }
 
       // --- freeze ----------------------------------------------------------------------------
@@ -188,7 +192,7 @@ export class MoveService {
       // --- hand-over -------------------------------------------------------------------------
       await step('hand-over')
       const handProgress = this.progress(moveId, 'hand-over', 0, emit)
-      const hand = await this.sendLayers(connection, moveId, top, new Set(top.diffIds.slice(image.diffIds.length)), spool, handProgress, signal)
+      const hand = await this.sendLayers(connection, moveId, top, new Set(top.diffIds.slice(image.diffIds.length)), false, spool, handProgress, signal)
       const archives: Array<Blob & { name: string, destination: string }> = []
       for (const v of volumes) {
         const path = join(spool, `volume-${archives.length}.tar`)
@@ -268,7 +272,8 @@ export class MoveService {
     try {
       await js.write(req, signal)
       for (const b of blobs) {
-        await sendBlob(js, counted(createReadStream(b.path), onBytes), b.size, signal)
+        const source = b.source ?? createReadStream(b.path ?? '')
+        await sendBlob(js, counted(source, onBytes), b.size, signal)
       }
       const result = await readResult(js, signal)
       await js.close(signal)
@@ -280,31 +285,69 @@ export class MoveService {
   }
 
   /**
-   * Streams `docker save` of `image` and sends the layers in `want`. A save stream names layers by
-   * path, not diff ID, so each is spooled to disk while hashed, then sent if wanted (and verified
-   * again at the destination). Returns the config and what was sent.
+   * Streams `docker save` of `image` and sends the layers in `want` as they come out of the engine,
+   * hashing them on the way (the destination verifies them again). A save stream names layers by
+   * path, not diff ID; which path is which layer is learned as each is hashed and remembered per
+   * image, so a layer known to be unwanted (already at the destination, or verified there before a
+   * cut) is skipped without crossing the network. A layer not yet known is sent unnamed when
+   * `streamUnknown` (pre-copy: the container runs, the bytes flow without a detour through disk) and
+   * the destination keeps it only if it is one the move needs; otherwise (hand-over, the container
+   * is frozen) it is spooled and hashed first and sent only if wanted. Returns the config and what
+   * was sent.
    */
-  private async sendLayers (connection: Connection, moveId: string, image: ImageInfo, want: Set<string>, spool: string, onBytes: (n: number) => void, signal: AbortSignal): Promise<{ config?: Uint8Array, bytes: number, layers: number }> {
+  private async sendLayers (connection: Connection, moveId: string, image: ImageInfo, want: Set<string>, streamUnknown: boolean, spool: string, onBytes: (n: number) => void, signal: AbortSignal): Promise<{ config?: Uint8Array, bytes: number, layers: number }> {
     let config: Uint8Array | undefined
     let bytes = 0
     let layers = 0
     const left = new Set(want)
+    const known = this.layerPaths.get(image.id) ?? new Map<string, string>()
+    this.rememberPaths(image.id, known)
     for await (const entry of this.deps.docker.saveImage(image.id, signal)) {
       if (entry.kind === 'config') config = entry.bytes
       if (entry.kind !== 'layer') continue
-      if (left.size === 0) { for await (const _ of entry.stream) { /* drain */ } continue }
-      const path = join(spool, `layer-${randomBytes(4).toString('hex')}.tar`)
-      const { digest, size } = await this.spool(entry.stream, path, signal)
-      if (left.has(digest)) {
-        await this.call(connection, { op: 'layer', moveId, diffId: digest, size }, [{ path, size }], signal, onBytes)
-        left.delete(digest)
-        bytes += size
+      const name = known.get(entry.path)
+      if (left.size === 0 || (name !== undefined && !left.has(name))) { for await (const _ of entry.stream) { /* not needed: drain */ } continue }
+      let size = entry.size
+      let source: AsyncIterable<Uint8Array> = entry.stream
+      let path: string | undefined
+      if (name === undefined && !streamUnknown) {
+        // Identify before sending: while the container is frozen, bytes the destination already
+        // holds must not cross the network again.
+        path = join(spool, `layer-${randomBytes(4).toString('hex')}.tar`)
+        const spooled = await this.spool(entry.stream, path, signal)
+        known.set(entry.path, spooled.digest)
+        if (!left.has(spooled.digest)) { await rm(path, { force: true }); continue }
+        const reply = await this.call(connection, { op: 'layer', moveId, diffId: spooled.digest, size: spooled.size }, [{ size: spooled.size, path }], signal, onBytes) as LayerReply
+        await rm(path, { force: true })
+        if (reply.diffId !== spooled.digest) throw new TransferIncompleteError(`the destination took layer ${spooled.digest} for ${reply.diffId}`)
+        left.delete(spooled.digest)
+        bytes += spooled.size
         layers++
+        continue
       }
-      await rm(path, { force: true })
+      if (size === undefined) {
+        // A layout that does not state sizes (OCI, compressed): spool to learn it.
+        path = join(spool, `layer-${randomBytes(4).toString('hex')}.tar`)
+        size = (await this.spool(entry.stream, path, signal)).size
+        source = createReadStream(path)
+      }
+      const hash = createHash('sha256')
+      const reply = await this.call(connection, { op: 'layer', moveId, diffId: name ?? null, size }, [{ size, source: hashed(source, hash) }], signal, onBytes) as LayerReply
+      if (path !== undefined) await rm(path, { force: true })
+      const digest = `sha256:${hash.digest('hex')}`
+      if (reply.diffId !== digest) throw new TransferIncompleteError(`the destination took layer ${entry.path} for ${reply.diffId}, it is ${digest}`)
+      known.set(entry.path, digest)
+      if (left.delete(digest)) { bytes += size; layers++ }
     }
     if (left.size > 0) throw new TransferIncompleteError(`the engine's save of ${image.id} lacked layer(s) ${[...left].join(', ')}`)
     return { config, bytes, layers }
+  }
+
+  /** Remembers which save-stream path holds which layer, for the last few images moved. */
+  private rememberPaths (imageId: string, paths: Map<string, string>): void {
+    this.layerPaths.delete(imageId)
+    this.layerPaths.set(imageId, paths)
+    while (this.layerPaths.size > LAYER_PATH_CACHE_IMAGES) this.layerPaths.delete(this.layerPaths.keys().next().value as string)
   }
 
   /** Writes a stream to a file with backpressure, hashing it; returns sha256:<hex> and the size. */
@@ -360,6 +403,14 @@ export class MoveService {
     }
     if (s.committed !== undefined) await this.deps.docker.removeImage(s.committed, { force: false }, signal).catch(() => {})
     return ok
+  }
+}
+
+/** Feeds every chunk to `hash` as it passes. */
+async function * hashed (source: AsyncIterable<Uint8Array>, hash: Hash): AsyncGenerator<Uint8Array> {
+  for await (const chunk of source) {
+    hash.update(chunk)
+    yield chunk
   }
 }
 

@@ -72,7 +72,22 @@ export class LayerStore {
    * stream does).
    */
   async receive (diffId: string, announcedSize: number, source: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<ReceiveResult> {
-    const hex = diffIdHex(diffId)
+    return await this.receiveChecked(diffIdHex(diffId), d => d === diffId, diffId, announcedSize, source, signal)
+  }
+
+  /**
+   * Like `receive`, for a sender that cannot name the layer before it has read it (a `docker save`
+   * stream names layers by path, not digest): the layer is kept under its own sha256 if that is one
+   * of `candidates`, and refused with LayerDigestMismatchError otherwise. Returns the diff ID.
+   */
+  async receiveAny (candidates: ReadonlySet<string>, announcedSize: number, source: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<ReceiveResult & { diffId: string }> {
+    let matched = ''
+    const r = await this.receiveChecked(randomBytes(8).toString('hex'), d => { matched = d; return candidates.has(d) }, 'one of the expected layers', announcedSize, source, signal)
+    return { ...r, diffId: matched }
+  }
+
+  private async receiveChecked (tmpName: string, accept: (actual: string) => boolean, diffId: string, announcedSize: number, source: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<ReceiveResult> {
+    const hex = tmpName
     if (!Number.isSafeInteger(announcedSize) || announcedSize < 0) {
       throw new TransferError(`layer ${diffId}: announced size ${announcedSize} is not a byte count`)
     }
@@ -102,14 +117,14 @@ export class LayerStore {
         throw new LayerTruncatedError(`layer ${diffId}: ended after ${bytes} of the announced ${announcedSize} bytes`)
       }
       const actual = `sha256:${hash.digest('hex')}`
-      if (actual !== diffId) {
+      if (!accept(actual)) {
         throw new LayerDigestMismatchError(`layer ${diffId}: received ${bytes} bytes whose sha256 is ${actual}`)
       }
       signal?.throwIfAborted()
       await fh.sync()
       closed = true
       await fh.close()
-      await rename(tmp, this.pathOf(diffId))
+      await rename(tmp, this.pathOf(actual))
       kept = true
       await syncDir(this.dir)
       return { bytes }

@@ -267,6 +267,10 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
       let err: unknown
       try { await call({ op: 'layer', moveId, diffId, size: corrupted.byteLength }, corrupted) } catch (e) { err = e }
       expect(err).to.be.instanceOf(LayerDigestMismatchError)
+      // Sent unnamed (as a save stream's layers are), it must still be one the move needs.
+      err = undefined
+      try { await call({ op: 'layer', moveId, diffId: null, size: corrupted.byteLength }, corrupted) } catch (e) { err = e }
+      expect(err).to.be.instanceOf(LayerDigestMismatchError)
       const staged = await readdir(join(B.dir, 'state', 'layers')).catch(() => [] as string[])
       expect(staged.filter(f => f.includes(diffId.slice(7)))).to.deep.equal([])
       await call({ op: 'abort', moveId })
