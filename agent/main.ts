@@ -99,7 +99,7 @@ async function run (config: AgentConfig): Promise<void> {
   })
   const store = await LayerStore.open(join(config.stateDir, 'layers'))
   const destination = new DestinationService({ auth, docker, store, log: log.child({ component: 'move-in' }) })
-  const moves = new MoveService({ node, auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), log: log.child({ component: 'move' }) })
+  const moves = new MoveService({ node, auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, log: log.child({ component: 'move' }) })
   const status = new StatusService({ node, auth, table, docker, self, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, log: log.child({ component: 'membership' }) })
 

@@ -9,6 +9,8 @@
  *   const img = await docker.inspectImage(c.spec.image)      // diff IDs, os/arch, size
  *   for await (const e of docker.saveImage(img.id)) ...      // config, layer streams, manifest
  *   await docker.loadImage(tarStream)                        // reads the engine's answer to the end
+ *   await docker.exportChanges(c.id, '/spool/top.tar')       // what the container changed, as a layer tar
+ *   buildLayeredConfig(await docker.inspectImageConfig(c.spec.image), top.diffId)  // layered-config.ts
  *
  * Errors are turned into typed errors here, by HTTP status, never by message text: 404 becomes
  * ContainerNotFoundError / ImageNotFoundError / VolumeNotFoundError (ContainerPathNotFoundError for
@@ -30,7 +32,11 @@ import type { ContainerRow } from '../../protocol/messages.js'
 import { containerInfoFromInspect, createBody, type EngineContainer } from './spec.js'
 import { readSavedImage } from './saved-image.js'
 import { messageError, readJsonMessages } from './json-messages.js'
-import type { ContainerInfo, ContainerSpec, ImageInfo, SavedEntry } from './types.js'
+import { decodePathStat, exportContainerChanges, parseChanges } from './changes.js'
+import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
+import type {
+  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, SavedEntry
+} from './types.js'
 
 export { readSavedImage } from './saved-image.js'
 
@@ -95,6 +101,19 @@ export interface DockerHost {
   getArchive (id: string, path: string, signal?: AbortSignal): Promise<Readable>
   /** Extracts a tar stream into directory `path` of the container (also a created, never started one, and into volume mount points). */
   putArchive (id: string, path: string, tar: ByteSource, signal?: AbortSignal): Promise<void>
+  /** What `path` in the container is (HEAD of the archive endpoint: cheap); ContainerPathNotFoundError when absent. */
+  statPath (id: string, path: string, signal?: AbortSignal): Promise<PathStat>
+
+  /** The paths the container added, modified or deleted relative to its image (mounts excluded), as the engine lists them. */
+  containerChanges (id: string, signal?: AbortSignal): Promise<ContainerChange[]>
+  /**
+   * Writes to the file `out` a layer tar of everything the container changed relative to its
+   * image (whiteouts for deleted paths), built from the Engine API only (changes.ts); returns its
+   * size and diff ID. The container should be paused or stopped, so that it holds still.
+   */
+  exportChanges (id: string, out: string, signal?: AbortSignal): Promise<ExportedChanges>
+  /** What it takes to write a config for the image plus one more layer (layered-config.ts `buildLayeredConfig`). */
+  inspectImageConfig (ref: string, signal?: AbortSignal): Promise<ImageConfigInfo>
 }
 
 /** Statuses the modem passes as success; every other one becomes an error we map below. */
@@ -356,6 +375,56 @@ export class DockerodeHost implements DockerHost {
     } finally {
       file.destroy()
     }
+  }
+
+  async statPath (id: string, path: string, signal?: AbortSignal): Promise<PathStat> {
+    const what = `stat '${path}' of container '${id}'`
+    let res: IncomingMessage
+    try {
+      res = await this.request<IncomingMessage>({ what, notFound: 'container', method: 'HEAD', path: `/containers/${enc(id)}/archive`, query: { path }, stream: true }, signal)
+    } catch (err) {
+      throw await this.archiveNotFound(err, id, path, signal)
+    }
+    res.resume()
+    const header = res.headers['x-docker-container-path-stat']
+    if (typeof header !== 'string') throw new DockerEngineError(`docker engine at ${this.endpoint.url}: ${what}: the answer has no X-Docker-Container-Path-Stat header`)
+    return decodePathStat(header)
+  }
+
+  // --- changes ----------------------------------------------------------------------------------
+
+  async containerChanges (id: string, signal?: AbortSignal): Promise<ContainerChange[]> {
+    const body = await this.request<unknown>({ what: `list changes of container '${id}'`, notFound: 'container', method: 'GET', path: `/containers/${enc(id)}/changes` }, signal)
+    // docker-modem hands back raw bytes when it does not take the answer for JSON ("null\n" for a
+    // container that changed nothing).
+    return parseChanges(Buffer.isBuffer(body) ? JSON.parse(body.toString('utf8')) : body)
+  }
+
+  async exportChanges (id: string, out: string, signal?: AbortSignal): Promise<ExportedChanges> {
+    return await exportContainerChanges(this, id, out, signal)
+  }
+
+  async inspectImageConfig (ref: string, signal?: AbortSignal): Promise<ImageConfigInfo> {
+    const i = await this.request<{
+      Id: string, Architecture?: string, Os?: string, Variant?: string, OsVersion?: string, Config?: Record<string, unknown> | null,
+      RootFS?: { Layers?: string[] | null }, Created?: string, Author?: string
+    }>({ what: `inspect image '${ref}'`, notFound: 'image', method: 'GET', path: `/images/${enc(ref)}/json` }, signal)
+    const rows = await this.request<EngineHistoryRow[] | null>({ what: `history of image '${ref}'`, notFound: 'image', method: 'GET', path: `/images/${enc(i.Id)}/history` }, signal)
+    const diffIds = i.RootFS?.Layers ?? []
+    const created = i.Created ?? new Date(0).toISOString()
+    const info: ImageConfigInfo = {
+      id: i.Id,
+      architecture: i.Architecture ?? '',
+      os: i.Os ?? '',
+      config: i.Config ?? {},
+      diffIds,
+      created,
+      author: i.Author ?? '',
+      history: historyFromEngine(rows ?? [], diffIds.length, created)
+    }
+    if (i.Variant !== undefined && i.Variant !== '') info.variant = i.Variant
+    if (i.OsVersion !== undefined && i.OsVersion !== '') info.osVersion = i.OsVersion
+    return info
   }
 
   /** A 404 of the archive endpoints is either the container or the path: ask which. */

@@ -63,3 +63,65 @@ export type SavedEntry =
   | { kind: 'layer', path: string, size: number | undefined, compressed: boolean, stream: AsyncIterable<Uint8Array> }
   /** Once all entries are read: which config and which layer paths, in chain order. */
   | { kind: 'manifest', config: string, layers: string[] }
+
+/** One path a container changed relative to its image (`GET /containers/{id}/changes`). */
+export interface ContainerChange {
+  /** Absolute path in the container. */
+  path: string
+  kind: 'modified' | 'added' | 'deleted'
+}
+
+/** What the archive endpoints tell of a path in a container (`X-Docker-Container-Path-Stat`). */
+export interface PathStat {
+  /** Base name. */
+  name: string
+  size: number
+  /** Unix st_mode: the type bits (S_IFDIR, S_IFREG, ...) and permissions with setuid/setgid/sticky. */
+  mode: number
+  type: 'file' | 'directory' | 'symlink' | 'char-device' | 'block-device' | 'fifo' | 'socket'
+  mtime: Date
+  /** A symlink's target as the engine resolves it in the container (else ''). */
+  linkTarget: string
+}
+
+/** A container's changes written as a layer tar. */
+export interface ExportedChanges {
+  /** Bytes of the tar. */
+  size: number
+  /** sha256:<hex of the tar>: the layer's diff ID. */
+  diffId: string
+  /** Entries in the tar (whiteouts included). */
+  entries: number
+  /** Engine requests it took (list, inspect, HEADs and archive GETs). */
+  requests: number
+}
+
+/** One step of an image's history, as in an image config (oldest first there). */
+export interface ImageHistoryEntry {
+  created?: string
+  created_by?: string
+  comment?: string
+  author?: string
+  /** True for a step that made no layer (ENV, CMD, ...). */
+  empty_layer?: boolean
+}
+
+/** What it takes to write a new image config for "this image plus one more layer". */
+export interface ImageConfigInfo {
+  /** sha256:<digest of the config JSON>. */
+  id: string
+  /** As the image says it (GOARCH: amd64, arm64, ...). */
+  architecture: string
+  os: string
+  variant?: string
+  osVersion?: string
+  /** The image's container config exactly as inspect reports it: Env, Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes, StopSignal, ... */
+  config: Record<string, unknown>
+  /** The layers' diff IDs, base first. */
+  diffIds: string[]
+  /** RFC 3339. */
+  created: string
+  author: string
+  /** Oldest first; its non-empty steps match `diffIds` one to one. */
+  history: ImageHistoryEntry[]
+}

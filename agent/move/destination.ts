@@ -166,7 +166,7 @@ export class DestinationService {
       log.info(kept ? 'layer verified' : 'layer already here, dropped', { moveId: req.moveId, digest: got.diffId, bytes: got.bytes })
       return { diffId: got.diffId, bytes: got.bytes, kept }
     }
-    // Layers of the prepared chain, plus exactly one more: the top layer made at freeze.
+    // Layers of the prepared chain, plus exactly one more: the container's changes, made at freeze.
     if (!p.wanted.has(req.diffId)) {
       if (p.extraLayer !== undefined && p.extraLayer !== req.diffId) throw new UnknownMoveError(`layer ${req.diffId} is not part of move ${p.moveId}`)
       p.extraLayer = req.diffId

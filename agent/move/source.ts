@@ -8,8 +8,8 @@
  *             ask the destination to `prepare` (it checks architecture, disk, names, ports and says
  *             which layers it has). A dry run stops here.
  *   pre-copy  the container keeps running while the image layers the destination lacks stream to it.
- *   freeze    pause, commit: the commit's top layer is everything the container changed.
- *   hand-over the top layer, the committed image's config, the spec and the named volumes' data.
+ *   freeze    pause; export what the container changed as one layer (from the engine's change list).
+ *   hand-over that layer, an image config for "image + that layer", the spec and the volumes' data.
  *   restore   the destination loads, creates, copies the volume data, starts and confirms `running`.
  *   commit    only then is the source container removed (with its moved volumes).
  * Any failure before the destination confirmed: the destination removes what it made, the source
@@ -27,6 +27,9 @@ import { multiaddr } from '@multiformats/multiaddr'
 import type { AuthService } from '../net/auth-service.js'
 import type { DockerHost } from '../docker/host.js'
 import type { ContainerInfo, ImageInfo } from '../docker/types.js'
+import { buildLayeredConfig } from '../docker/layered-config.js'
+import type { LayerStore } from '../transfer/layer-store.js'
+import { loadVerified } from '../transfer/load.js'
 import type { PeerTable } from '../membership/peer-table.js'
 import type { Logger } from '../log.js'
 import type { MemberInfo } from '../../protocol/messages.js'
@@ -56,6 +59,8 @@ export interface MoveDeps {
   self: () => MemberInfo
   /** Where layers and volume archives are spooled while they are identified and sent. */
   spoolDir: string
+  /** Verified layers (shared with the destination side), to load the moved image here too. */
+  store: LayerStore
   log: Logger
 }
 
@@ -132,7 +137,6 @@ export class MoveService {
     let info: ContainerInfo | undefined
     let connection: Connection | undefined
     let paused = false
-    let committed: string | undefined
     let destinationPrepared = false
     const spool = join(this.deps.spoolDir, randomBytes(8).toString('hex'))
     try {
@@ -178,7 +182,7 @@ export class MoveService {
       await step('pre-copy')
       const progress = this.progress(moveId, 'pre-copy', plan.bytesToSend, emit)
       const pre = toSend.length > 0
-        ? await this.sendLayers(connection, moveId, image, new Set(toSend), true, spool, progress, signal)
+        ? await this.sendLayers(connection, moveId, image, new Set(toSend), spool, progress, signal)
         : { bytes: 0, layers: 0 }
 
       // --- freeze ----------------------------------------------------------------------------
@@ -186,13 +190,18 @@ export class MoveService {
       const frozenAt = performance.now()
       await this.deps.docker.pause(info.id, signal)
       paused = true
-      committed = await this.deps.docker.commit(info.id, { comment: `go-to move ${moveId}` }, signal)
-      const top = await this.deps.docker.inspectImage(committed, signal)
+      // What the container changed, as one layer tar built from the engine's change list: its cost
+      // follows the change, not the image (a commit + save would read the whole image).
+      const topPath = join(spool, 'top.tar')
+      const top = await this.deps.docker.exportChanges(info.id, topPath, signal)
+      const config = buildLayeredConfig(await this.deps.docker.inspectImageConfig(image.id, signal), top.diffId, { comment: `go-to move ${moveId}` })
+      const diffIds = [...image.diffIds, top.diffId]
 
       // --- hand-over -------------------------------------------------------------------------
       await step('hand-over')
-      const handProgress = this.progress(moveId, 'hand-over', 0, emit)
-      const hand = await this.sendLayers(connection, moveId, top, new Set(top.diffIds.slice(image.diffIds.length)), false, spool, handProgress, signal)
+      const handProgress = this.progress(moveId, 'hand-over', top.size, emit)
+      await this.call(connection, { op: 'layer', moveId, diffId: top.diffId, size: top.size }, [{ size: top.size, path: topPath }], signal, handProgress)
+      const hand = { bytes: top.size, layers: 1 }
       const archives: Array<Blob & { name: string, destination: string }> = []
       for (const v of volumes) {
         const path = join(spool, `volume-${archives.length}.tar`)
@@ -203,7 +212,7 @@ export class MoveService {
       // --- restore at the destination --------------------------------------------------------
       await step('restore')
       await this.call(connection, {
-        op: 'restore', moveId, config: Buffer.from(hand.config ?? new Uint8Array()).toString('base64'), diffIds: top.diffIds, spec,
+        op: 'restore', moveId, config: Buffer.from(config).toString('base64'), diffIds, spec,
         volumes: archives.map(a => ({ name: a.name, destination: a.destination, size: a.size }))
       }, archives, signal)
       const downtimeMs = Math.round(performance.now() - frozenAt)
@@ -215,17 +224,17 @@ export class MoveService {
       await this.deps.docker.remove(info.id, { force: true, volumes: false }, AbortSignal.timeout(CONTROL_TIMEOUT_MS))
       paused = false
       for (const v of volumes) await this.deps.docker.removeVolume(v.name, AbortSignal.timeout(CONTROL_TIMEOUT_MS)).catch(err => { log.warn('moved volume not removed at source', { volume: v.name, error: (err as Error).message }) })
-      // The committed image stays (untagged): it is what the container ran here, so moving it back
-      // later sends only what changed since. `docker image prune` removes it.
-      committed = undefined
+      // Keep here the image the container now runs there (same config, so the same image ID): moving
+      // it back later then sends only what changed since. `docker image prune` removes it.
+      await this.keepImage(config, diffIds, image.diffIds.length, top.diffId, topPath).catch(err => { log.warn('could not keep the moved image here', { error: (err as Error).message }) })
       const bytesSent = pre.bytes + hand.bytes + archives.reduce((n, a) => n + a.size, 0)
       log.info('move done', { bytesSent, downtimeMs })
       await emit({ event: 'done', moveId, container: info.name, from: self.name, to: order.to, bytesSent, layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs })
     } catch (err) {
       const error = toWireError(err)
       this.deps.log.warn('move failed', { moveId, container: order.container, to: order.to, reason: error.name, error: error.message })
-      const changed = paused || destinationPrepared || committed !== undefined
-      const undone = changed ? await this.rollback({ moveId, info, connection, paused, committed, destinationPrepared }) : true
+      const changed = paused || destinationPrepared
+      const undone = changed ? await this.rollback({ moveId, info, connection, paused, destinationPrepared }) : true
       await emit({ event: 'failed', moveId, container: order.container, error, rollback: !changed ? 'none-needed' : undone ? 'done' : 'incomplete' })
     } finally {
       if (info !== undefined) this.moving.delete(info.id)
@@ -289,42 +298,23 @@ export class MoveService {
    * hashing them on the way (the destination verifies them again). A save stream names layers by
    * path, not diff ID; which path is which layer is learned as each is hashed and remembered per
    * image, so a layer known to be unwanted (already at the destination, or verified there before a
-   * cut) is skipped without crossing the network. A layer not yet known is sent unnamed when
-   * `streamUnknown` (pre-copy: the container runs, the bytes flow without a detour through disk) and
-   * the destination keeps it only if it is one the move needs; otherwise (hand-over, the container
-   * is frozen) it is spooled and hashed first and sent only if wanted. Returns the config and what
-   * was sent.
+   * cut) is skipped without crossing the network. A layer not yet known is sent unnamed, straight
+   * from the engine without a detour through disk, and the destination keeps it only if it is one
+   * the move needs. Returns what was sent.
    */
-  private async sendLayers (connection: Connection, moveId: string, image: ImageInfo, want: Set<string>, streamUnknown: boolean, spool: string, onBytes: (n: number) => void, signal: AbortSignal): Promise<{ config?: Uint8Array, bytes: number, layers: number }> {
-    let config: Uint8Array | undefined
+  private async sendLayers (connection: Connection, moveId: string, image: ImageInfo, want: Set<string>, spool: string, onBytes: (n: number) => void, signal: AbortSignal): Promise<{ bytes: number, layers: number }> {
     let bytes = 0
     let layers = 0
     const left = new Set(want)
     const known = this.layerPaths.get(image.id) ?? new Map<string, string>()
     this.rememberPaths(image.id, known)
     for await (const entry of this.deps.docker.saveImage(image.id, signal)) {
-      if (entry.kind === 'config') config = entry.bytes
       if (entry.kind !== 'layer') continue
       const name = known.get(entry.path)
       if (left.size === 0 || (name !== undefined && !left.has(name))) { for await (const _ of entry.stream) { /* not needed: drain */ } continue }
       let size = entry.size
       let source: AsyncIterable<Uint8Array> = entry.stream
       let path: string | undefined
-      if (name === undefined && !streamUnknown) {
-        // Identify before sending: while the container is frozen, bytes the destination already
-        // holds must not cross the network again.
-        path = join(spool, `layer-${randomBytes(4).toString('hex')}.tar`)
-        const spooled = await this.spool(entry.stream, path, signal)
-        known.set(entry.path, spooled.digest)
-        if (!left.has(spooled.digest)) { await rm(path, { force: true }); continue }
-        const reply = await this.call(connection, { op: 'layer', moveId, diffId: spooled.digest, size: spooled.size }, [{ size: spooled.size, path }], signal, onBytes) as LayerReply
-        await rm(path, { force: true })
-        if (reply.diffId !== spooled.digest) throw new TransferIncompleteError(`the destination took layer ${spooled.digest} for ${reply.diffId}`)
-        left.delete(spooled.digest)
-        bytes += spooled.size
-        layers++
-        continue
-      }
       if (size === undefined) {
         // A layout that does not state sizes (OCI, compressed): spool to learn it.
         path = join(spool, `layer-${randomBytes(4).toString('hex')}.tar`)
@@ -340,7 +330,19 @@ export class MoveService {
       if (left.delete(digest)) { bytes += size; layers++ }
     }
     if (left.size > 0) throw new TransferIncompleteError(`the engine's save of ${image.id} lacked layer(s) ${[...left].join(', ')}`)
-    return { config, bytes, layers }
+    return { bytes, layers }
+  }
+
+  /** Loads the moved image into this engine too (only the new top layer travels to the engine). */
+  private async keepImage (config: Uint8Array, diffIds: string[], present: number, top: string, topPath: string): Promise<void> {
+    const signal = AbortSignal.timeout(CONTROL_TIMEOUT_MS)
+    const size = (await stat(topPath)).size
+    await this.deps.store.receive(top, size, createReadStream(topPath), signal)
+    try {
+      await loadVerified(this.deps.docker, { config, diffIds, present, store: this.deps.store }, signal)
+    } finally {
+      await this.deps.store.remove(top)
+    }
   }
 
   /** Remembers which save-stream path holds which layer, for the last few images moved. */
@@ -386,7 +388,7 @@ export class MoveService {
   }
 
   /** Undoes a failed move: the destination removes what it made, the source container runs again. */
-  private async rollback (s: { moveId: string | null, info?: ContainerInfo, connection?: Connection, paused: boolean, committed?: string, destinationPrepared: boolean }): Promise<boolean> {
+  private async rollback (s: { moveId: string | null, info?: ContainerInfo, connection?: Connection, paused: boolean, destinationPrepared: boolean }): Promise<boolean> {
     const signal = AbortSignal.timeout(CONTROL_TIMEOUT_MS)
     let ok = true
     if (s.destinationPrepared && s.connection !== undefined && s.moveId !== null) {
@@ -401,7 +403,6 @@ export class MoveService {
         this.deps.log.error('rollback: could not unpause the source container', { container: s.info.name, error: (err as Error).message })
       }
     }
-    if (s.committed !== undefined) await this.deps.docker.removeImage(s.committed, { force: false }, signal).catch(() => {})
     return ok
   }
 }
