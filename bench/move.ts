@@ -101,6 +101,8 @@ export async function moveBench (lab: Lab, A: LabHost, B: LabHost): Promise<Reco
   const naiveMs = performance.now() - t0
   await docker(B, 'rm', '-f', 'naive')
   await docker(A, 'rm', '-f', 'naive')
+  // The destination must not keep the 300 MiB layer from the naive run: our move starts without it.
+  await docker(B, 'rmi', 'bench/naive:frozen')
   await docker(A, 'run', '-d', '--name', 'm300', 'bench/big:300', 'sleep', '36000')
   await docker(A, 'exec', 'm300', 'sh', '-c', 'head -c 1m /dev/urandom > /change')
   const m300 = await move(lab, A, 'm300', B.name)

@@ -78,9 +78,15 @@ export interface RestoreRequest {
 
 export interface RestoreReply { containerId: string }
 
+/**
+ * After pre-copy: load the image the layers belong to (its config from the source's engine), so the
+ * restore inside the downtime only loads the container's changes.
+ */
+export interface PreloadRequest { op: 'preload', moveId: string, config: string, diffIds: string[] }
+
 export interface AbortRequest { op: 'abort' | 'commit', moveId: string }
 
-export type TransferRequest = PrepareRequest | LayerHeader | RestoreRequest | AbortRequest
+export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest
 
 // --- checks -----------------------------------------------------------------------------
 
@@ -195,6 +201,8 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), size: count(vo.size, 'volume size') } })
       }
     }
+    case 'preload':
+      return { op: 'preload', moveId: moveId(o.moveId), config: str(o.config, 'config', 4 * 1024 * 1024), diffIds: digests(o.diffIds, 'diffIds') }
     case 'abort':
     case 'commit':
       return { op: o.op, moveId: moveId(o.moveId) }

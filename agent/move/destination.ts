@@ -20,7 +20,7 @@ import { layersToSend } from '../transfer/plan.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, receiveBlob } from '../../protocol/wire.js'
 import {
-  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply
+  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest
 } from '../../protocol/move-messages.js'
 import {
   ArchitectureMismatchError, ContainerNotFoundError, InsufficientDiskError, LayerTooLargeError, NameConflictError, PortConflictError,
@@ -44,7 +44,7 @@ interface Pending {
   /** The committed top layer, the one layer accepted beyond the prepared chain. */
   extraLayer?: string
   volumes: string[]
-  made: { volumes: string[], containerId?: string, imageId?: string }
+  made: { volumes: string[], containerId?: string, imageId?: string, preloaded?: string }
   touched: number
 }
 
@@ -83,6 +83,7 @@ export class DestinationService {
       switch (req.op) {
         case 'prepare': reply = await this.prepare(req, peer, signal); break
         case 'layer': reply = await this.layer(req, js, peer, signal); break
+        case 'preload': reply = await this.preload(req, peer, signal); break
         case 'restore': reply = await this.restore(req, js, peer, signal); break
         case 'abort': await this.rollback(this.own(req.moveId, peer), 'aborted by the source'); reply = {}; break
         case 'commit': reply = await this.commit(this.own(req.moveId, peer)); break
@@ -182,6 +183,19 @@ export class DestinationService {
     return { diffId: req.diffId, bytes, kept: true }
   }
 
+  /** Loads the image whose layers pre-copy staged, while the source container still runs. */
+  private async preload (req: PreloadRequest, peer: VerifiedPeer, signal: AbortSignal): Promise<{ imageId: string }> {
+    const p = this.own(req.moveId, peer)
+    const { docker } = this.deps
+    const config = Buffer.from(req.config, 'base64')
+    const { present } = layersToSend(req.diffIds, await docker.imageChains(signal))
+    const imageId = await loadVerified(docker, { config, diffIds: req.diffIds, present, store: this.deps.store }, signal)
+    p.made.preloaded = imageId
+    p.touched = Date.now()
+    this.deps.log.info('image preloaded', { moveId: req.moveId, image: imageId })
+    return { imageId }
+  }
+
   private async restore (req: RestoreRequest, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<{ containerId: string }> {
     const p = this.own(req.moveId, peer)
     const { docker, log } = this.deps
@@ -233,7 +247,9 @@ export class DestinationService {
     const signal = AbortSignal.timeout(60_000)
     if (p.made.containerId !== undefined) await docker.remove(p.made.containerId, { force: true, volumes: false }, signal).catch(err => { log.error('rollback: container not removed', { error: (err as Error).message }) })
     for (const v of p.made.volumes) await docker.removeVolume(v, signal).catch(err => { log.error('rollback: volume not removed', { volume: v, error: (err as Error).message }) })
-    if (p.made.imageId !== undefined) await docker.removeImage(p.made.imageId, { force: false }, signal).catch(() => { /* shared with another container or image: keep */ })
+    for (const image of [p.made.imageId, p.made.preloaded]) {
+      if (image !== undefined) await docker.removeImage(image, { force: false }, signal).catch(() => { /* used by another container or image: keep */ })
+    }
     log.warn('move rolled back here', { moveId: p.moveId, container: p.spec.name, why })
   }
 

@@ -184,6 +184,10 @@ export class MoveService {
       const pre = toSend.length > 0
         ? await this.sendLayers(connection, moveId, image, new Set(toSend), spool, progress, signal)
         : { bytes: 0, layers: 0 }
+      if (pre.config !== undefined) {
+        // Into the destination's engine now, while the container runs: restore then loads only its changes.
+        await this.call(connection, { op: 'preload', moveId, config: Buffer.from(pre.config).toString('base64'), diffIds: image.diffIds }, [], signal)
+      }
 
       // --- freeze ----------------------------------------------------------------------------
       await step('freeze')
@@ -302,13 +306,15 @@ export class MoveService {
    * from the engine without a detour through disk, and the destination keeps it only if it is one
    * the move needs. Returns what was sent.
    */
-  private async sendLayers (connection: Connection, moveId: string, image: ImageInfo, want: Set<string>, spool: string, onBytes: (n: number) => void, signal: AbortSignal): Promise<{ bytes: number, layers: number }> {
+  private async sendLayers (connection: Connection, moveId: string, image: ImageInfo, want: Set<string>, spool: string, onBytes: (n: number) => void, signal: AbortSignal): Promise<{ config?: Uint8Array, bytes: number, layers: number }> {
+    let config: Uint8Array | undefined
     let bytes = 0
     let layers = 0
     const left = new Set(want)
     const known = this.layerPaths.get(image.id) ?? new Map<string, string>()
     this.rememberPaths(image.id, known)
     for await (const entry of this.deps.docker.saveImage(image.id, signal)) {
+      if (entry.kind === 'config') config = entry.bytes
       if (entry.kind !== 'layer') continue
       const name = known.get(entry.path)
       if (left.size === 0 || (name !== undefined && !left.has(name))) { for await (const _ of entry.stream) { /* not needed: drain */ } continue }
@@ -330,7 +336,7 @@ export class MoveService {
       if (left.delete(digest)) { bytes += size; layers++ }
     }
     if (left.size > 0) throw new TransferIncompleteError(`the engine's save of ${image.id} lacked layer(s) ${[...left].join(', ')}`)
-    return { bytes, layers }
+    return { config, bytes, layers }
   }
 
   /** Loads the moved image into this engine too (only the new top layer travels to the engine). */
