@@ -78,7 +78,39 @@ export class JsonStream {
   async writeBytes (bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
     if (bytes.byteLength > MAX_MESSAGE_BYTES) throw new ProtocolError(`frame of ${bytes.byteLength} bytes exceeds ${MAX_MESSAGE_BYTES}`)
     const frame = new Uint8ArrayList(encodeVarint(bytes.byteLength), bytes)
-    if (!this.stream.send(frame)) await this.stream.onDrain({ signal })
+    if (!this.stream.send(frame)) await this.drained(signal)
+  }
+
+  /**
+   * Waits until the stream handed all it holds to the muxer and the muxer takes more. Not
+   * `stream.onDrain()`: @libp2p/utils 7.x (AbstractMessageStream) keeps the promise of the first
+   * wait and hands it back, already resolved, to every later call, so after the first drain it never
+   * waits again and a bulk sender piles its whole blob into the stream's write buffer (measured:
+   * 346 MiB queued while sending 1 GiB to a 200 MB/s reader). We watch the events instead: 'drain'
+   * (window update or the connection drained), 'idle' (the queue emptied), 'close'.
+   */
+  private async drained (signal?: AbortSignal): Promise<void> {
+    const s = this.stream
+    while ((s.writableNeedsDrain || s.writeBufferLength > 0) && s.writeStatus === 'writable') {
+      await new Promise<void>((resolve, reject) => {
+        if (signal?.aborted === true) { reject(signal.reason); return }
+        const cleanup = (): void => {
+          s.removeEventListener('drain', done)
+          s.removeEventListener('idle', done)
+          s.removeEventListener('close', done)
+          signal?.removeEventListener('abort', onAbort)
+        }
+        const done = (): void => { cleanup(); resolve() }
+        const onAbort = (): void => { cleanup(); reject(signal?.reason) }
+        s.addEventListener('drain', done)
+        s.addEventListener('idle', done)
+        s.addEventListener('close', done)
+        signal?.addEventListener('abort', onAbort, { once: true })
+      })
+      // libp2p sends what it queued in a microtask after 'drain': let it run before looking again.
+      await Promise.resolve()
+    }
+    if (this.failure !== undefined) throw new ProtocolError(`stream failed: ${this.failure.message}`, { cause: this.failure })
   }
 
   /** Reads one raw frame (bulk data). */

@@ -73,6 +73,42 @@ describe('bulk data over libp2p (loopback)', function () {
     expect(results.at(-1)).to.deep.equal({ digest: expected.digest('hex'), bytes: chunk.byteLength * times })
   })
 
+  it('the sender waits for a slow reader: it never reads its source far ahead of what arrived', async () => {
+    // The reader takes ~40 MB/s; a sender that ignored backpressure would pull all 96 MiB at once.
+    // What may be ahead: a yamux window (8 MiB) in flight, up to a window more delivered before the
+    // reader pauses, the reader's buffer (2 MiB) and a chunk or two: about 20 MiB.
+    const SLOW = '/goto/test-blob-slow/1.0.0'
+    const chunk = randomBytes(1024 * 1024)
+    const times = 96
+    let pulled = 0
+    let maxLead = 0
+    async function * counting (): AsyncGenerator<Uint8Array> {
+      for (let i = 0; i < times; i++) { pulled += chunk.byteLength; yield chunk }
+    }
+    await a.handle(SLOW, async stream => {
+      const js = new JsonStream(stream)
+      const { size } = await js.read() as { size: number }
+      let got = 0
+      for await (const frame of receiveBlob(js, size, () => new TooLarge())) {
+        got += frame.byteLength
+        maxLead = Math.max(maxLead, pulled - got)
+        await new Promise(resolve => setTimeout(resolve, 6)) // the slow reader (a disk, a WAN link)
+      }
+      await js.write({ ok: true, result: got })
+      await js.close()
+    })
+    try {
+      const js = new JsonStream(await b.dialProtocol(a.getMultiaddrs()[0], SLOW))
+      await js.write({ size: chunk.byteLength * times })
+      await sendBlob(js, counting(), chunk.byteLength * times)
+      expect(await js.read(AbortSignal.timeout(30_000))).to.deep.equal({ ok: true, result: chunk.byteLength * times })
+      await js.close()
+    } finally {
+      await a.unhandle(SLOW)
+    }
+    expect(maxLead).to.be.at.most(24 * 1024 * 1024)
+  })
+
   it('the sender refuses a source longer or shorter than it announced', async () => {
     const js = new JsonStream(await b.dialProtocol(a.getMultiaddrs()[0], PROTO))
     await js.write({ size: 10 })
