@@ -225,16 +225,15 @@ export class DockerodeHost implements DockerHost {
     // The list holds every tagged or dangling image; hidden intermediate images are prefixes of these.
     const list = await this.request<Array<{ Id: string }>>({ what: 'list images', notFound: 'none', method: 'GET', path: '/images/json' }, signal)
     const chains = new Map<string, string[]>()
-    for (const { Id } of list) {
-      let info: ImageInfo
+    const infos = await Promise.all(list.map(async ({ Id }) => {
       try {
-        info = await this.inspectImage(Id, signal)
+        return await this.inspectImage(Id, signal)
       } catch (err) {
-        if (err instanceof ImageNotFoundError) continue // removed since the list
+        if (err instanceof ImageNotFoundError) return undefined // removed since the list
         throw err
       }
-      chains.set(info.diffIds.join(' '), info.diffIds)
-    }
+    }))
+    for (const info of infos) if (info !== undefined) chains.set(info.diffIds.join(' '), info.diffIds)
     return [...chains.values()]
   }
 
