@@ -67,12 +67,13 @@ export interface AgentStatus {
 
 // --- checks -----------------------------------------------------------------------------
 
-function obj (v: unknown, what: string): Record<string, unknown> {
+/** Shape checks shared by every message module: untrusted JSON in, typed values or ProtocolError out. */
+export function obj (v: unknown, what: string): Record<string, unknown> {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ProtocolError(`${what} must be an object`)
   return v as Record<string, unknown>
 }
 
-function str (v: unknown, what: string, max = 4096): string {
+export function str (v: unknown, what: string, max = 4096): string {
   if (typeof v !== 'string' || v.length > max) throw new ProtocolError(`${what} must be a string of at most ${max} characters`)
   return v
 }

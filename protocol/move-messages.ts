@@ -3,6 +3,7 @@
  * source-to-destination steps (/goto/transfer). Checks turn untrusted JSON into these types.
  */
 import { ProtocolError } from './errors.js'
+import { obj, str } from './messages.js'
 import type { ContainerSpec, ImageInfo } from '../agent/docker/types.js'
 
 export interface MoveOrder {
@@ -90,14 +91,6 @@ export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | Re
 
 // --- checks -----------------------------------------------------------------------------
 
-function obj (v: unknown, what: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ProtocolError(`${what} must be an object`)
-  return v as Record<string, unknown>
-}
-function str (v: unknown, what: string, max = 4096): string {
-  if (typeof v !== 'string' || v.length > max) throw new ProtocolError(`${what} must be a string of at most ${max} characters`)
-  return v
-}
 function count (v: unknown, what: string): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ProtocolError(`${what} must be a non-negative integer`)
   return v
