@@ -17,6 +17,7 @@ import { createMeshNode } from '../../protocol/node.js'
 import { authenticateOutbound } from '../../protocol/auth.js'
 import { JsonStream, readResult } from '../../protocol/wire.js'
 import { AuthService } from '../../agent/net/auth-service.js'
+import { waitFor as labWaitFor } from '../lab/wait.js'
 import { createRootLogger } from '../../agent/log.js'
 import { PeerRejectedUsError, PeerNotAuthenticatedError, RoleNotAllowedError, CertificateUntrustedError } from '../../protocol/errors.js'
 
@@ -26,12 +27,9 @@ const AUTH_TIMEOUT_MS = 1500
 
 interface Agent { node: Libp2p, auth: AuthService, bundle: Bundle, trust: TrustStore }
 
+/** Polls a condition (no fixed sleeps): the lab's waitFor with this file's defaults. */
 async function waitFor (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
+  await labWaitFor(cond, { timeoutMs, intervalMs: 50, what })
 }
 
 async function startAgent (bundleDir: string): Promise<Agent> {
