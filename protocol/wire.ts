@@ -25,8 +25,8 @@ export type Envelope<T> = { ok: true, result: T } | { ok: false, error: WireErro
  * the sender's `send()` waits for drain), below LOW_WATER we resume. protocol/node.ts keeps the yamux
  * window below the per-stream read buffer limit, so what is in flight at a pause always fits.
  */
-const HIGH_WATER = 2 * 1024 * 1024
-const LOW_WATER = 512 * 1024
+export const HIGH_WATER = 8 * 1024 * 1024
+const LOW_WATER = 4 * 1024 * 1024
 
 /** Length-prefixed frames (unsigned varint length, then the bytes) over one libp2p stream. */
 export class JsonStream {

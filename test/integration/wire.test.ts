@@ -7,8 +7,8 @@ import { expect } from 'chai'
 import { createHash, randomBytes } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
 import { generateKeyPair } from '@libp2p/crypto/keys'
-import { createMeshNode } from '../../protocol/node.js'
-import { JsonStream, sendBlob, receiveBlob } from '../../protocol/wire.js'
+import { createMeshNode, STREAM_WINDOW_BYTES } from '../../protocol/node.js'
+import { JsonStream, sendBlob, receiveBlob, HIGH_WATER } from '../../protocol/wire.js'
 import { ProtocolError } from '../../protocol/errors.js'
 
 const PROTO = '/goto/test-blob/1.0.0'
@@ -74,12 +74,12 @@ describe('bulk data over libp2p (loopback)', function () {
   })
 
   it('the sender waits for a slow reader: it never reads its source far ahead of what arrived', async () => {
-    // The reader takes ~40 MB/s; a sender that ignored backpressure would pull all 96 MiB at once.
-    // What may be ahead: a yamux window (8 MiB) in flight, up to a window more delivered before the
-    // reader pauses, the reader's buffer (2 MiB) and a chunk or two: about 20 MiB.
+    // The reader takes ~40 MB/s; a sender that ignored backpressure would pull all 128 MiB at once.
+    // What may be ahead: a yamux window in flight, up to a window more delivered before the reader
+    // pauses, the reader's buffer (HIGH_WATER) and a chunk or two.
     const SLOW = '/goto/test-blob-slow/1.0.0'
     const chunk = randomBytes(1024 * 1024)
-    const times = 96
+    const times = 128
     let pulled = 0
     let maxLead = 0
     async function * counting (): AsyncGenerator<Uint8Array> {
@@ -106,7 +106,8 @@ describe('bulk data over libp2p (loopback)', function () {
     } finally {
       await a.unhandle(SLOW)
     }
-    expect(maxLead).to.be.at.most(24 * 1024 * 1024)
+    expect(maxLead).to.be.at.most(2 * STREAM_WINDOW_BYTES + HIGH_WATER + 2 * chunk.byteLength)
+    expect(maxLead).to.be.below(chunk.byteLength * times / 2)
   })
 
   it('the sender refuses a source longer or shorter than it announced', async () => {
