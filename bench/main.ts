@@ -111,7 +111,10 @@ async function main (): Promise<void> {
         idle(bare.pid as number, IDLE_SECONDS),
         ...hosts.map(async h => await idle(h.agentPid as number, IDLE_SECONDS))
       ])
-      const worstRss = Math.max(...agents.map(a => a.rssMaxMiB))
+      // The target applies to the steady state (median of the samples); the peaks between V8's
+      // young-generation collections are reported next to it.
+      const worstRss = Math.max(...agents.map(a => a.rssMiB))
+      const worstPeak = Math.max(...agents.map(a => a.rssMaxMiB))
       const worstCpu = Math.max(...agents.map(a => a.cpuPercent))
       results.idle = {
         seconds: IDLE_SECONDS,
@@ -119,12 +122,13 @@ async function main (): Promise<void> {
         agents: Object.fromEntries(hosts.map((h, i) => [h.name, agents[i]])),
         bareNode: baseline,
         worstRssMiB: worstRss,
+        worstPeakRssMiB: worstPeak,
         worstCpuPercent: worstCpu,
         rssRatio: worstRss / baseline.rssMiB
       }
       hosts.forEach((h, i) => { console.log(`   ${h.name.padEnd(10)} RSS ${fmt(agents[i].rssMiB)} MiB (max ${fmt(agents[i].rssMaxMiB)}), CPU ${fmt(agents[i].cpuPercent, 2)} %`) })
       console.log(`   bare node  RSS ${fmt(baseline.rssMiB)} MiB, CPU ${fmt(baseline.cpuPercent, 2)} %   → worst agent/bare RSS ${fmt(worstRss / baseline.rssMiB, 2)}x`)
-      console.log(`   targets (worst agent): RSS < ${TARGET_RSS_MIB} MiB ${worstRss < TARGET_RSS_MIB ? 'met' : 'MISSED'}, CPU < ${TARGET_CPU_PERCENT} % ${worstCpu < TARGET_CPU_PERCENT ? 'met' : 'MISSED'}`)
+      console.log(`   targets (worst agent): RSS (median) < ${TARGET_RSS_MIB} MiB ${worstRss < TARGET_RSS_MIB ? 'met' : 'MISSED'} (peak ${fmt(worstPeak)} MiB), CPU < ${TARGET_CPU_PERCENT} % ${worstCpu < TARGET_CPU_PERCENT ? 'met' : 'MISSED'}`)
     } finally {
       bare.kill('SIGKILL')
     }
