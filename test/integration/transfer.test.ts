@@ -22,19 +22,12 @@ import type { ImageInfo } from '../../agent/docker/types.js'
 import { DockerodeHost } from '../../agent/docker/host.js'
 import { DockerLoadError, ImageLoadError, LayerDigestMismatchError, LayerMissingError } from '../../protocol/errors.js'
 import { Lab, BASE_IMAGE, type LabHost } from '../lab/index.js'
+import { rejection } from '../fixtures/assert.js'
 
 const PREFIX = 'gotolabx'
 const SUBNET = '10.213.80.0/24'
 const MiB = 1024 * 1024
 
-async function rejection (p: Promise<unknown>): Promise<Error> {
-  try {
-    await p
-  } catch (err) {
-    return err as Error
-  }
-  throw new Error('expected a rejection')
-}
 
 describe('transfer: layer store memory with a 1 GiB layer', function () {
   this.timeout(60_000)

@@ -8,6 +8,7 @@ import { LayerStore } from '../../agent/transfer/layer-store.js'
 import {
   LayerDigestMismatchError, LayerMissingError, LayerTooLargeError, LayerTruncatedError, ProtocolError, TransferError
 } from '../../protocol/errors.js'
+import { rejection } from '../fixtures/assert.js'
 
 const sha = (b: Uint8Array): string => 'sha256:' + createHash('sha256').update(b).digest('hex')
 
@@ -15,14 +16,6 @@ async function * chunks (data: Uint8Array, size = 1000): AsyncGenerator<Uint8Arr
   for (let off = 0; off < data.byteLength; off += size) yield data.subarray(off, off + size)
 }
 
-async function rejection (p: Promise<unknown>): Promise<Error> {
-  try {
-    await p
-  } catch (err) {
-    return err as Error
-  }
-  throw new Error('expected a rejection')
-}
 
 describe('transfer: layer store', () => {
   let dir: string

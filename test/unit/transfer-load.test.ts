@@ -14,18 +14,11 @@ import type { ImageInfo } from '../../agent/docker/types.js'
 import {
   ImageIdMismatchError, ImageLoadError, LayerMissingError, TransferError
 } from '../../protocol/errors.js'
+import { rejection } from '../fixtures/assert.js'
 
 const sha = (b: Uint8Array): string => 'sha256:' + createHash('sha256').update(b).digest('hex')
 const hex = (id: string): string => id.slice('sha256:'.length)
 
-async function rejection (p: Promise<unknown>): Promise<Error> {
-  try {
-    await p
-  } catch (err) {
-    return err as Error
-  }
-  throw new Error('expected a rejection')
-}
 
 async function * once (b: Uint8Array): AsyncGenerator<Uint8Array> { yield b }
 
