@@ -54,13 +54,16 @@ export class AgentClient {
     }
   }
 
-  private async request (protocol: string, body: unknown, signal: AbortSignal): Promise<unknown> {
-    let js: JsonStream
+  private async open (protocol: string, signal: AbortSignal): Promise<JsonStream> {
     try {
-      js = new JsonStream(await this.connection.newStream(protocol, { signal }))
+      return new JsonStream(await this.connection.newStream(protocol, { signal }))
     } catch (err) {
       throw new AgentUnreachableError(`agent ${this.agent.name} did not open ${protocol}: ${(err as Error).message}`, { cause: err })
     }
+  }
+
+  private async request (protocol: string, body: unknown, signal: AbortSignal): Promise<unknown> {
+    const js = await this.open(protocol, signal)
     await js.write(body, signal)
     const result = await readResult(js, signal)
     await js.close(signal)
@@ -86,12 +89,7 @@ export class AgentClient {
 
   /** Orders a move of a container this agent runs; yields its events up to `done` or `failed`. */
   async * move (order: MoveOrder, signal: AbortSignal): AsyncGenerator<MoveEvent> {
-    let js: JsonStream
-    try {
-      js = new JsonStream(await this.connection.newStream(MOVE_PROTOCOL, { signal }))
-    } catch (err) {
-      throw new AgentUnreachableError(`agent ${this.agent.name} did not open ${MOVE_PROTOCOL}: ${(err as Error).message}`, { cause: err })
-    }
+    const js = await this.open(MOVE_PROTOCOL, signal)
     await js.write(order, signal)
     for (;;) {
       const msg = await js.read(signal)

@@ -15,6 +15,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type Docker from 'dockerode'
+import { commitLayer } from '../fixtures/docker.js'
 import { Lab, BASE_IMAGE, waitFor, type LabHost } from '../lab/index.js'
 import { run } from '../lab/sys.js'
 import { DockerodeHost } from '../../agent/docker/host.js'
@@ -100,21 +101,6 @@ async function layerEntries (source: AsyncIterable<Uint8Array>): Promise<LayerEn
     })
   }
   return out
-}
-
-/** Runs `script` in a container from `from` to its end and commits the result as `ref`. */
-async function commitLayer (docker: Docker, from: string, script: string, ref: string): Promise<string> {
-  const c = await docker.createContainer({ Image: from, Cmd: ['sh', '-c', script] })
-  try {
-    await c.start()
-    const { StatusCode } = await c.wait() as { StatusCode: number }
-    if (StatusCode !== 0) throw new Error(`'${script}' exited ${StatusCode}`)
-    const [repo, tag] = ref.split(':')
-    const { Id } = await c.commit({ repo, tag }) as { Id: string }
-    return Id
-  } finally {
-    await c.remove({ force: true })
-  }
 }
 
 function lines (text: string): string[] {

@@ -14,6 +14,7 @@ import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import type Docker from 'dockerode'
 import tarStream from 'tar-stream'
+import { commitLayer } from '../fixtures/docker.js'
 import { Lab, BASE_IMAGE, waitFor, type LabHost } from '../lab/index.js'
 import { run } from '../lab/sys.js'
 import { DockerodeHost, readSavedImage } from '../../agent/docker/host.js'
@@ -61,21 +62,6 @@ async function readAllEntries (entries: AsyncIterable<SavedEntry>): Promise<Read
 
 function chainOf (r: ReadEntries): string[] {
   return (r.manifest?.layers ?? []).map(p => r.layers.get(p)?.sha256 ?? `missing ${p}`)
-}
-
-/** Runs `script` in a container from `from` to its end and commits the result as `repo:tag`. */
-async function commitLayer (docker: Docker, from: string, script: string, ref: string): Promise<string> {
-  const c = await docker.createContainer({ Image: from, Cmd: ['sh', '-c', script] })
-  try {
-    await c.start()
-    const { StatusCode } = await c.wait() as { StatusCode: number }
-    if (StatusCode !== 0) throw new Error(`'${script}' exited ${StatusCode}`)
-    const [repo, tag] = ref.split(':')
-    const { Id } = await c.commit({ repo, tag }) as { Id: string }
-    return Id
-  } finally {
-    await c.remove({ force: true })
-  }
 }
 
 /** A tar stream of `files` (name -> content); the engine makes the directories. */

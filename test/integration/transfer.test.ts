@@ -21,6 +21,7 @@ import { chainIds, layersToSend } from '../../agent/transfer/plan.js'
 import type { ImageInfo } from '../../agent/docker/types.js'
 import { DockerodeHost } from '../../agent/docker/host.js'
 import { DockerLoadError, ImageLoadError, LayerDigestMismatchError, LayerMissingError } from '../../protocol/errors.js'
+import { commitLayer } from '../fixtures/docker.js'
 import { Lab, BASE_IMAGE, type LabHost } from '../lab/index.js'
 import { rejection } from '../fixtures/assert.js'
 
@@ -118,20 +119,6 @@ async function chainsOf (docker: Docker): Promise<string[][]> {
 
 async function imageIds (docker: Docker): Promise<string[]> {
   return (await docker.listImages({ all: true })).map(i => i.Id).sort()
-}
-
-/** Runs `sh -c script` in a container of `image` to its end and commits it: one more layer. */
-async function commitLayer (docker: Docker, image: string, script: string): Promise<string> {
-  const c = await docker.createContainer({ Image: image, Cmd: ['sh', '-c', script] })
-  try {
-    await c.start()
-    const { StatusCode } = await c.wait() as { StatusCode: number }
-    expect(StatusCode).to.equal(0)
-    const { Id } = await c.commit() as { Id: string }
-    return Id
-  } finally {
-    await c.remove({ force: true })
-  }
 }
 
 async function removeImages (docker: Docker, ids: string[]): Promise<void> {
