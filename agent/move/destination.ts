@@ -2,7 +2,9 @@
  * The destination side of a move, on /goto/transfer/1.0.0 (agents only). A source agent first asks
  * `prepare`: we check we can take the container (architecture, disk, name, volume and host-port
  * conflicts) and say which layers we have. Only then do we accept `layer`s for that move — each is
- * verified into the staging store before Docker sees it — and finally `restore`: load the image
+ * verified into the staging store as it streams, and (until `preload`) fed at the same time into a
+ * `docker load` that cannot complete before every layer verified (transfer/live-load.ts) — then
+ * `preload` completes that load, and finally `restore`: load the image
  * (thin: only what we lacked), create the volumes and the container with the same spec, copy the
  * volume data in, start it and confirm it runs. Any failure, or an `abort`, removes everything the
  * move made here. `commit` ends the move and drops its staged layers.
@@ -15,6 +17,7 @@ import type { DockerHost } from '../docker/host.js'
 import type { ContainerSpec } from '../docker/types.js'
 import type { Logger } from '../log.js'
 import type { LayerStore } from '../transfer/layer-store.js'
+import { LiveLoad } from '../transfer/live-load.js'
 import { loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
@@ -45,6 +48,8 @@ interface Pending {
   extraLayer?: string
   volumes: string[]
   made: { volumes: string[], containerId?: string, imageId?: string, preloaded?: string }
+  /** The engine's load of the prepared chain, fed as its layers arrive (until preload finishes it). */
+  live?: LiveLoad
   touched: number
 }
 
@@ -156,11 +161,14 @@ export class DestinationService {
     const p = this.own(req.moveId, peer)
     const data = receiveBlob(js, req.size, () => new LayerTooLargeError(`layer ${req.diffId ?? ''} is larger than the announced ${req.size} bytes`), signal)
     const { store, log } = this.deps
+    // A layer of the prepared chain also streams into the engine's load, until preload finished it.
+    const stage = async <T extends { diffId: string }>(keep: (s: AsyncIterable<Uint8Array>) => Promise<T>, ofChain: boolean): Promise<T> =>
+      ofChain && p.made.preloaded === undefined ? await this.liveLoad(p).layer(req.size, data, keep) : await keep(data)
     if (req.diffId === null) {
       // Named only by its content: one of the layers this move needs, or one of the chain we
       // already have (the sender could not tell before hashing it), nothing else.
-      const present = new Set(p.diffIds.slice(0, p.present))
-      const got = await store.receiveAny(new Set([...p.wanted, ...present]), req.size, data, signal)
+      const candidates = new Set([...p.wanted, ...p.diffIds.slice(0, p.present)])
+      const got = await stage(async s => await store.receiveAny(candidates, req.size, s, signal), true)
       const kept = p.wanted.has(got.diffId)
       if (!kept) await store.remove(got.diffId)
       p.touched = Date.now()
@@ -168,19 +176,21 @@ export class DestinationService {
       return { diffId: got.diffId, bytes: got.bytes, kept }
     }
     // Layers of the prepared chain, plus exactly one more: the container's changes, made at freeze.
-    if (!p.wanted.has(req.diffId)) {
-      if (p.extraLayer !== undefined && p.extraLayer !== req.diffId) throw new UnknownMoveError(`layer ${req.diffId} is not part of move ${p.moveId}`)
-      p.extraLayer = req.diffId
-      p.wanted.add(req.diffId)
+    const diffId = req.diffId
+    const ofChain = p.wanted.has(diffId) && diffId !== p.extraLayer
+    if (!ofChain) {
+      if (p.extraLayer !== undefined && p.extraLayer !== diffId) throw new UnknownMoveError(`layer ${diffId} is not part of move ${p.moveId}`)
+      p.extraLayer = diffId
+      p.wanted.add(diffId)
     }
-    if (await store.has(req.diffId)) {
+    if (await store.has(diffId)) {
       for await (const _ of data) { /* already verified here: drain */ }
-      return { diffId: req.diffId, bytes: 0, kept: true }
+      return { diffId, bytes: 0, kept: true }
     }
-    const { bytes } = await store.receive(req.diffId, req.size, data, signal)
+    const { bytes } = await stage(async s => ({ diffId, ...await store.receive(diffId, req.size, s, signal) }), ofChain)
     p.touched = Date.now()
-    log.info('layer verified', { moveId: req.moveId, digest: req.diffId, bytes })
-    return { diffId: req.diffId, bytes, kept: true }
+    log.info('layer verified', { moveId: req.moveId, digest: diffId, bytes })
+    return { diffId, bytes, kept: true }
   }
 
   /** Loads the image whose layers pre-copy staged, while the source container still runs. */
@@ -189,10 +199,14 @@ export class DestinationService {
     const { docker } = this.deps
     const config = Buffer.from(req.config, 'base64')
     const { present } = layersToSend(req.diffIds, await docker.imageChains(signal))
-    const imageId = await loadVerified(docker, { config, diffIds: req.diffIds, present, store: this.deps.store }, signal)
+    const input = { config, diffIds: req.diffIds, present, store: this.deps.store }
+    // Layers that arrived were streamed into the engine as they came; if that load was cut off (or
+    // never began: everything was staged before), load from the verified store instead.
+    const live = await p.live?.finish(input, signal)
+    const imageId = live ?? await loadVerified(docker, input, signal)
     p.made.preloaded = imageId
     p.touched = Date.now()
-    this.deps.log.info('image preloaded', { moveId: req.moveId, image: imageId })
+    this.deps.log.info('image preloaded', { moveId: req.moveId, image: imageId, streamed: live !== undefined })
     return { imageId }
   }
 
@@ -244,6 +258,7 @@ export class DestinationService {
   private async rollback (p: Pending, why: string): Promise<void> {
     const { docker, log } = this.deps
     this.moves.delete(p.moveId)
+    p.live?.abort(new UnknownMoveError(`move ${p.moveId} was rolled back: ${why}`))
     const signal = AbortSignal.timeout(60_000)
     if (p.made.containerId !== undefined) await docker.remove(p.made.containerId, { force: true, volumes: false }, signal).catch(err => { log.error('rollback: container not removed', { error: (err as Error).message }) })
     for (const v of p.made.volumes) await docker.removeVolume(v, signal).catch(err => { log.error('rollback: volume not removed', { volume: v, error: (err as Error).message }) })
@@ -251,6 +266,12 @@ export class DestinationService {
       if (image !== undefined) await docker.removeImage(image, { force: false }, signal).catch(() => { /* used by another container or image: keep */ })
     }
     log.warn('move rolled back here', { moveId: p.moveId, container: p.spec.name, why })
+  }
+
+  /** The move's live load, opened at its first layer. */
+  private liveLoad (p: Pending): LiveLoad {
+    p.live ??= new LiveLoad(this.deps.docker)
+    return p.live
   }
 
   private async expire (): Promise<void> {

@@ -70,35 +70,49 @@ export function buildLoadTarball (input: Omit<LoadInput, 'imageId'>): Readable {
 }
 
 async function * tarball ({ config, diffIds, present, store }: Omit<LoadInput, 'imageId'>): AsyncGenerator<Uint8Array> {
+  const paths = layerPaths(diffIds)
+  for (let i = present; i < diffIds.length; i++) yield * storedLayerEntry(store, diffIds[i], paths[i])
+  yield * closingEntries(config, paths)
+}
+
+/**
+ * Where the manifest puts each layer: one directory per position in the chain, named by its chain
+ * ID — unique even when a diff ID occurs twice in the image (an empty layer, say), and the same
+ * every time.
+ */
+export function layerPaths (diffIds: readonly string[]): string[] {
+  return chainIds(diffIds).map(c => `${c.slice('sha256:'.length)}/layer.tar`)
+}
+
+/** One tar entry at `path` holding a layer streamed from the store. */
+export async function * storedLayerEntry (store: Pick<LayerStore, 'open'>, diffId: string, path: string): AsyncGenerator<Uint8Array> {
+  const { size, stream } = await store.open(diffId)
+  try {
+    yield tarHeader({ name: path, size })
+    let sent = 0
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      sent += chunk.byteLength
+      if (sent > size) break
+      yield chunk
+    }
+    if (sent !== size) throw new TransferError(`layer ${diffId} changed in the store while it was read (${sent} bytes, expected ${size})`)
+    yield tarPadding(size)
+  } finally {
+    stream.destroy()
+  }
+}
+
+/**
+ * What completes a load tarball once every layer file is in it: the config, the manifest naming
+ * `layerPaths` (one per diff ID, base first; paths of layers the engine holds may name nothing)
+ * with `"RepoTags": null`, and the end-of-archive marker.
+ */
+export function * closingEntries (config: Uint8Array, layerPaths: readonly string[]): Generator<Uint8Array> {
   const configName = `${configDigest(config).slice('sha256:'.length)}.json`
-  // One directory per position in the chain, named by its chain ID: unique even when a diff ID
-  // occurs twice in the image (an empty layer, say), and the same every time.
-  const dirs = chainIds(diffIds).map(c => c.slice('sha256:'.length))
   yield tarHeader({ name: configName, size: config.byteLength })
   yield config
   yield tarPadding(config.byteLength)
-  for (let i = present; i < diffIds.length; i++) {
-    const { size, stream } = await store.open(diffIds[i])
-    try {
-      yield tarHeader({ name: `${dirs[i]}/`, type: 'directory' })
-      yield tarHeader({ name: `${dirs[i]}/layer.tar`, size })
-      let sent = 0
-      for await (const chunk of stream as AsyncIterable<Buffer>) {
-        sent += chunk.byteLength
-        if (sent > size) break
-        yield chunk
-      }
-      if (sent !== size) throw new TransferError(`layer ${diffIds[i]} changed in the store while it was read (${sent} bytes, expected ${size})`)
-      yield tarPadding(size)
-    } finally {
-      stream.destroy()
-    }
-  }
-  const manifest = Buffer.from(JSON.stringify([{
-    Config: configName,
-    RepoTags: null,
-    Layers: dirs.map(d => `${d}/layer.tar`)
-  }]))
+  const manifest = Buffer.from(JSON.stringify([{ Config: configName, RepoTags: null, Layers: layerPaths }]))
   yield tarHeader({ name: 'manifest.json', size: manifest.byteLength })
   yield manifest
   yield tarPadding(manifest.byteLength)
@@ -150,15 +164,7 @@ function sameList (a: readonly string[], b: readonly string[]): boolean {
  */
 export async function loadVerified (docker: ImageLoader, input: LoadInput, signal?: AbortSignal): Promise<string> {
   const { config, diffIds, present, store } = input
-  const expected = configDigest(config)
-  if (input.imageId !== undefined && input.imageId !== expected) {
-    throw new ImageIdMismatchError(`the image config hashes to ${expected}, not to the announced ${input.imageId}`)
-  }
-  const fromConfig = configDiffIds(config)
-  if (!sameList(fromConfig, diffIds)) {
-    throw new ImageIdMismatchError(`the image config ${expected} lists ${fromConfig.length} layers (${fromConfig.join(', ')}), not the ${diffIds.length} given (${diffIds.join(', ')})`)
-  }
-  checkPresent(present, diffIds.length)
+  const expected = checkLoadInput(input)
   for (const d of diffIds.slice(present)) {
     if (!await store.has(d)) throw new LayerMissingError(`layer ${d} of image ${expected} is not in the store; it must be received before the load`)
   }
@@ -175,15 +181,45 @@ export async function loadVerified (docker: ImageLoader, input: LoadInput, signa
   } catch (err) {
     if (signal?.aborted === true) throw signal.reason
     if (tarError instanceof GotoError) throw tarError
-    const what = present > 0 ? ` (does it hold the first ${present} layers as a chain?)` : ''
-    throw new ImageLoadError(`the engine refused to load image ${expected}${what}: ${(err as Error).message}`, { cause: err })
+    throw loadRefused(err, expected, present)
   } finally {
     tar.destroy()
   }
   if (tarError !== undefined) throw tarError
+  return await confirmLoaded(docker, expected, diffIds, loaded, signal)
+}
+
+/** ImageLoadError for an engine that refused a load of `expected` whose first `present` layers it was assumed to hold. */
+export function loadRefused (err: unknown, expected: string, present: number): ImageLoadError {
+  const what = present > 0 ? ` (does it hold the first ${present} layers as a chain?)` : ''
+  return new ImageLoadError(`the engine refused to load image ${expected}${what}: ${(err as Error).message}`, { cause: err })
+}
+
+/**
+ * Checks a load's input before the engine sees anything: the config hashes to `imageId` when
+ * given, lists exactly `diffIds`, and `present` is a layer count. Returns the image ID
+ * (`sha256:<config digest>`). ImageIdMismatchError or TransferError otherwise.
+ */
+export function checkLoadInput ({ config, diffIds, present, imageId }: Omit<LoadInput, 'store'>): string {
+  const expected = configDigest(config)
+  if (imageId !== undefined && imageId !== expected) {
+    throw new ImageIdMismatchError(`the image config hashes to ${expected}, not to the announced ${imageId}`)
+  }
+  const fromConfig = configDiffIds(config)
+  if (!sameList(fromConfig, diffIds)) {
+    throw new ImageIdMismatchError(`the image config ${expected} lists ${fromConfig.length} layers (${fromConfig.join(', ')}), not the ${diffIds.length} given (${diffIds.join(', ')})`)
+  }
+  checkPresent(present, diffIds.length)
+  return expected
+}
+
+/**
+ * After the engine answered a load: it loaded nothing but `expected`, and now holds exactly that
+ * image with exactly `diffIds`. Returns `expected`; ImageIdMismatchError otherwise.
+ */
+export async function confirmLoaded (docker: ImageLoader, expected: string, diffIds: readonly string[], loaded: readonly string[], signal?: AbortSignal): Promise<string> {
   const other = loaded.filter(id => id !== expected)
   if (other.length > 0) throw new ImageIdMismatchError(`loading image ${expected} made the engine load ${other.join(', ')}`)
-
   let info: ImageInfo | undefined
   try {
     info = await docker.inspectImage(expected, signal)

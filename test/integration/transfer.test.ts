@@ -17,12 +17,13 @@ import { pipeline } from 'node:stream/promises'
 import type Docker from 'dockerode'
 import { LayerStore } from '../../agent/transfer/layer-store.js'
 import { loadVerified, type ImageLoader } from '../../agent/transfer/load.js'
+import { LiveLoad } from '../../agent/transfer/live-load.js'
 import { chainIds, layersToSend } from '../../agent/transfer/plan.js'
 import type { ImageInfo } from '../../agent/docker/types.js'
 import { DockerodeHost } from '../../agent/docker/host.js'
 import { DockerLoadError, ImageLoadError, LayerDigestMismatchError, LayerMissingError } from '../../protocol/errors.js'
 import { commitLayer } from '../fixtures/docker.js'
-import { Lab, BASE_IMAGE, type LabHost } from '../lab/index.js'
+import { Lab, BASE_IMAGE, waitFor, type LabHost } from '../lab/index.js'
 import { rejection } from '../fixtures/assert.js'
 
 const PREFIX = 'gotolabx'
@@ -296,5 +297,46 @@ describe('transfer: receive and load into a real engine (lab)', function () {
     expect(present).to.equal(1)
     expect(await loadVerified(host, { config: img2.config, diffIds: img2.diffIds, present, store }, timeout())).to.equal(img2.id)
     expect((await host.inspectImage(img2.id)).diffIds).to.deep.equal(img2.diffIds)
+  })
+
+  it('(f) a live load (fed while layers arrive) loads the image; one cut off by a corrupted layer leaves the engine as it was', async () => {
+    const host = new DockerodeHost({ kind: 'unix', socketPath: h2.dockerSocket, url: h2.dockerHost })
+    await removeImages(d2, [img2.id, img1.id])
+    const { present } = layersToSend(img2.diffIds, await host.imageChains(timeout()))
+    expect(present).to.equal(1)
+    const before = await imageIds(d2)
+    const layerdb = join(h2.dir, 'docker/image/overlay2/layerdb/sha256')
+    const layersBefore = (await readdir(layerdb)).sort()
+    const engineTmp = join(h2.dir, 'docker/tmp')
+    const fileOf = async (i: number, flip = false): Promise<{ size: number, bytes: AsyncIterable<Uint8Array> }> => {
+      const bytes = await readFile(img2.layerFiles[i])
+      if (flip) bytes[bytes.byteLength - 3] ^= 0x01
+      async function * fromPeer (): AsyncGenerator<Uint8Array> {
+        for (let off = 0; off < bytes.byteLength; off += 700) yield bytes.subarray(off, off + 700)
+      }
+      return { size: bytes.byteLength, bytes: fromPeer() }
+    }
+    const receiveInto = (into: LayerStore, i: number) => async (s: AsyncIterable<Uint8Array>) => ({ diffId: img2.diffIds[i], ...await into.receive(img2.diffIds[i], (await stat(img2.layerFiles[i])).size, s, timeout()) })
+
+    // a corrupted second layer: refused by the store, and the engine's load is cut off
+    const cutStore = await LayerStore.open(join(work, 'live-cut/layers'))
+    const cut = new LiveLoad(host)
+    const l1 = await fileOf(1)
+    await cut.layer(l1.size, l1.bytes, receiveInto(cutStore, 1))
+    const bad = await fileOf(2, true)
+    expect(await rejection(cut.layer(bad.size, bad.bytes, receiveInto(cutStore, 2)))).to.be.instanceOf(LayerDigestMismatchError)
+    expect(await cut.finish({ config: img2.config, diffIds: img2.diffIds, present, store: cutStore }, timeout())).to.equal(undefined)
+    // the engine drops its unpacked copy once the request is gone
+    await waitFor(async () => (await readdir(engineTmp)).length === 0, { timeoutMs: 20_000, what: 'the engine to remove the cut-off load from its tmp directory' })
+    expect(await imageIds(d2)).to.deep.equal(before)
+    expect((await readdir(layerdb)).sort()).to.deep.equal(layersBefore)
+
+    // the same image, fed whole: loaded as it arrived, with the layer staged by the cut attempt taken from the store
+    const ok = new LiveLoad(host)
+    const l2 = await fileOf(2)
+    await ok.layer(l2.size, l2.bytes, receiveInto(cutStore, 2))
+    expect(await ok.finish({ config: img2.config, diffIds: img2.diffIds, present, store: cutStore, imageId: img2.id }, timeout())).to.equal(img2.id)
+    expect((await host.inspectImage(img2.id)).diffIds).to.deep.equal(img2.diffIds)
+    expect((await host.inspectImage(img2.id)).repoTags).to.deep.equal([])
   })
 })

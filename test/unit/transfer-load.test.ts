@@ -8,11 +8,12 @@ import type { Readable } from 'node:stream'
 import { promisify } from 'node:util'
 import { LayerStore } from '../../agent/transfer/layer-store.js'
 import { buildLoadTarball, configDigest, loadVerified, type ImageLoader } from '../../agent/transfer/load.js'
+import { LiveLoad } from '../../agent/transfer/live-load.js'
 import { chainIds } from '../../agent/transfer/plan.js'
 import { tarHeader, tarPadding } from '../../agent/transfer/tar.js'
 import type { ImageInfo } from '../../agent/docker/types.js'
 import {
-  ImageIdMismatchError, ImageLoadError, LayerMissingError, TransferError
+  ImageIdMismatchError, ImageLoadError, LayerDigestMismatchError, LayerMissingError, TransferError
 } from '../../protocol/errors.js'
 import { rejection } from '../fixtures/assert.js'
 
@@ -68,13 +69,13 @@ describe('transfer: load tarball and verified load', () => {
     expect(() => tarHeader({ name: 'n'.repeat(101), size: 1 })).to.throw(TransferError)
   })
 
-  it('builds a full classic tarball: config, one <chain id>/layer.tar per layer, manifest with RepoTags null', async () => {
+  it('builds a full classic tarball: one <chain id>/layer.tar per layer, the config, a manifest with RepoTags null', async () => {
     const names = await untar(buildLoadTarball({ config, diffIds, present: 0, store }), dir)
     const dirs = chainIds(diffIds).map(hex)
     expect(new Set(dirs).size).to.equal(4)
     expect(names).to.deep.equal([
+      ...dirs.map(d => `${d}/layer.tar`),
       `${hex(imageId)}.json`,
-      ...dirs.flatMap(d => [`${d}/`, `${d}/layer.tar`]),
       'manifest.json'
     ])
     const out = join(dir, 'out')
@@ -92,7 +93,7 @@ describe('transfer: load tarball and verified load', () => {
     await store.remove(diffIds[0])
     const names = await untar(buildLoadTarball({ config, diffIds, present: 2, store }), dir)
     const dirs = chainIds(diffIds).map(hex)
-    expect(names).to.deep.equal([`${hex(imageId)}.json`, `${dirs[2]}/`, `${dirs[2]}/layer.tar`, `${dirs[3]}/`, `${dirs[3]}/layer.tar`, 'manifest.json'])
+    expect(names).to.deep.equal([`${dirs[2]}/layer.tar`, `${dirs[3]}/layer.tar`, `${hex(imageId)}.json`, 'manifest.json'])
     const manifest = JSON.parse(await readFile(join(dir, 'out', 'manifest.json'), 'utf8'))
     expect(manifest[0].Layers).to.deep.equal(dirs.map(d => `${d}/layer.tar`))
     expect(await readdir(join(dir, 'out'))).to.not.include(dirs[0])
@@ -172,5 +173,92 @@ describe('transfer: load tarball and verified load', () => {
     ]) {
       expect(await rejection(loadVerified(fakeEngine(answer), { config, diffIds, present: 0, store }))).to.be.instanceOf(ImageIdMismatchError)
     }
+  })
+
+  describe('live load', () => {
+    /** An engine stand-in that keeps every byte it is sent and says whether the tarball ended or was cut off. */
+    function recordingEngine (fail?: Error): ImageLoader & { bytes: () => Buffer, outcome: Promise<'ended' | 'cut'> } {
+      const chunks: Buffer[] = []
+      let settle: (how: 'ended' | 'cut') => void = () => {}
+      const outcome = new Promise<'ended' | 'cut'>(resolve => { settle = resolve })
+      return {
+        bytes: () => Buffer.concat(chunks),
+        outcome,
+        async loadImage (tar: Readable, signal?: AbortSignal): Promise<string[]> {
+          if (fail !== undefined) { tar.resume(); throw fail }
+          try {
+            for await (const c of tar) chunks.push(c as Buffer)
+          } catch (err) {
+            settle('cut')
+            throw err
+          }
+          settle(signal?.aborted === true ? 'cut' : 'ended')
+          return [imageId]
+        },
+        async inspectImage (ref: string): Promise<ImageInfo | undefined> {
+          return { id: ref, diffIds: [...diffIds], os: 'linux', architecture: 'amd64', size: 0, repoTags: [] }
+        }
+      }
+    }
+    /** A layer arriving in three chunks, as a network stream would deliver it. */
+    async function * arriving (b: Uint8Array): AsyncGenerator<Uint8Array> {
+      const third = Math.ceil(b.byteLength / 3)
+      for (let i = 0; i < b.byteLength; i += third) yield b.subarray(i, i + third)
+    }
+    const receive = (l: Uint8Array) => async (s: AsyncIterable<Uint8Array>) => ({ diffId: sha(l), ...await store.receive(sha(l), l.byteLength, s) })
+
+    beforeEach(async () => {
+      for (const d of diffIds) await store.remove(d)
+    })
+
+    it('streams layers into the engine as they arrive; the manifest comes last and names them', async () => {
+      const engine = recordingEngine()
+      const live = new LiveLoad(engine)
+      await live.layer(layers[1].byteLength, arriving(layers[1]), receive(layers[1]))
+      // staged by an earlier attempt: streamed from the store at finish
+      await store.receive(diffIds[2], layers[2].byteLength, once(layers[2]))
+      expect(await live.finish({ config, diffIds, present: 1, store, imageId })).to.equal(imageId)
+      expect(await engine.outcome).to.equal('ended')
+      await writeFile(join(dir, 'image.tar'), engine.bytes())
+      const out = join(dir, 'out')
+      await promisify(execFile)('mkdir', ['-p', out])
+      await promisify(execFile)('tar', ['-x', '-f', join(dir, 'image.tar'), '-C', out])
+      const [manifest] = JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8'))
+      expect(manifest.RepoTags).to.equal(null)
+      expect(manifest.Layers[1]).to.equal(manifest.Layers[3]) // the same layer twice: one file
+      for (const i of [1, 2, 3]) expect(await readFile(join(out, manifest.Layers[i]))).to.deep.equal(layers[i])
+      expect(await readFile(join(out, manifest.Config))).to.deep.equal(config)
+      expect(await store.has(diffIds[1])).to.equal(true)
+    })
+
+    it('a refused layer never reaches the engine whole: its last chunk is held back and the load is cut off', async () => {
+      const engine = recordingEngine()
+      const live = new LiveLoad(engine)
+      const bad = Buffer.from(layers[2])
+      bad[bad.byteLength - 1] ^= 1
+      const err = await rejection(live.layer(bad.byteLength, arriving(bad), receive(layers[2])))
+      expect(err).to.be.instanceOf(LayerDigestMismatchError)
+      expect(await engine.outcome).to.equal('cut')
+      expect(engine.bytes().includes(bad.subarray(-100))).to.equal(false)
+      expect(live.isAbandoned).to.equal(true)
+      expect(await live.finish({ config, diffIds, present: 2, store })).to.equal(undefined)
+      expect(await store.has(diffIds[2])).to.equal(false)
+    })
+
+    it('an engine that fails midway abandons the live load but not the layer: it is staged for a load from the store', async () => {
+      const live = new LiveLoad(recordingEngine(new Error('no space left on device')))
+      await live.layer(layers[2].byteLength, arriving(layers[2]), receive(layers[2]))
+      expect(await store.has(diffIds[2])).to.equal(true)
+      expect(await live.finish({ config, diffIds, present: 2, store })).to.equal(undefined)
+    })
+
+    it('refuses to finish without every layer after present, naming the missing one', async () => {
+      const live = new LiveLoad(recordingEngine())
+      await live.layer(layers[2].byteLength, arriving(layers[2]), receive(layers[2]))
+      const err = await rejection(live.finish({ config, diffIds, present: 1, store }))
+      expect(err).to.be.instanceOf(LayerMissingError)
+      expect(err.message).to.include(diffIds[1])
+      live.abort(new Error('test over'))
+    })
   })
 })
