@@ -41,7 +41,8 @@ export class LiveLoad {
   private queue: Promise<unknown> = Promise.resolve()
   private entries = 0
   private abandoned: Error | undefined
-  private finished = false
+  /** The engine answered the complete tarball: nothing left to cut off. */
+  private settled = false
 
   constructor (private readonly docker: ImageLoader) {
     this.loaded = docker.loadImage(this.tar, this.cut.signal)
@@ -125,7 +126,6 @@ export class LiveLoad {
       for (const chunk of closingEntries(config, paths)) await this.write(chunk)
       signal?.throwIfAborted()
       if (this.isAbandoned) return undefined
-      this.finished = true
       this.tar.end()
       let loaded: string[]
       try {
@@ -133,6 +133,8 @@ export class LiveLoad {
       } catch (err) {
         if (signal?.aborted === true) throw signal.reason
         throw loadRefused(err, expected, present)
+      } finally {
+        this.settled = true
       }
       return await confirmLoaded(this.docker, expected, diffIds, loaded, signal)
     } finally {
@@ -146,7 +148,7 @@ export class LiveLoad {
   }
 
   private abandon (why: Error): void {
-    if (this.abandoned !== undefined || this.finished) return
+    if (this.abandoned !== undefined || this.settled) return
     this.abandoned = why
     this.cut.abort(why)
     this.tar.destroy()
