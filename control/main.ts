@@ -10,6 +10,7 @@ import type { Multiaddr } from '@multiformats/multiaddr'
 import { readBundle, type Bundle } from '../certs/index.js'
 import { multiaddr } from '@multiformats/multiaddr'
 import { MoveRenderer } from './move.js'
+import { moveError, planDrain, renderDrain, type DrainAssignment, type DrainEvent } from './drain.js'
 import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
 import { runCaCommand } from '../certs/cli.js'
 import { AgentClient } from './client.js'
@@ -32,18 +33,25 @@ Commands:
       --dry-run         print the plan (layers to send, layers already there, bytes) and stop
       --allow-bind-mounts
                         move a container that bind-mounts host paths, without that data
+  drain NAME            planned maintenance: move every running container of the member NAME to
+                        the other alive members (fewest containers first), one move after another;
+                        a container whose move fails keeps running on NAME and the drain goes on;
+                        containers that are not running stay (listed). Takes --dry-run and
+                        --allow-bind-mounts as move does
   ca ...                the mesh CA: init, issue, revoke, list (see 'goto ca --help')
 
-Options for peers, status and move:
+Options for peers, status, move and drain:
   --bundle DIR          operator bundle from 'goto ca issue --role operator' (env GOTO_BUNDLE)
   --agent MULTIADDR     agent to ask, e.g. /ip4/10.0.0.5/tcp/4001 (env GOTO_AGENT); /p2p/<id> optional
   --json                machine-readable output (move: one JSON event per line, the last one
-                        {"event":"done",...} or {"event":"failed",...})
+                        {"event":"done",...} or {"event":"failed",...}; drain: its own events
+                        drain-plan, drain-move, and last drained, around each move's events)
   --timeout SECONDS     give up after this long (default 10; for move, on reaching the agent)
   -h, --help            show this help
   --version             print the version
 
-Exit status: 0 success, 1 failure (agent unreachable, certificate rejected, unknown peer), 2 usage.`
+Exit status: 0 success, 1 failure (agent unreachable, certificate rejected, unknown peer, a move
+that failed), 2 usage.`
 
 /** One day: longer than any command should take, and within what setTimeout can count. */
 const MAX_TIMEOUT_S = 86_400
@@ -106,26 +114,58 @@ async function withClient<T> (opts: CommonOptions, fn: (s: Session) => Promise<T
 async function move (opts: CommonOptions, order: MoveOrder, io: Io): Promise<number> {
   return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
     const where = await client.locate(order.container, signal)
-    const source = where.peerId === client.agent.peerId
-      ? client
-      : await AgentClient.connect(bundle, multiaddr(where.addrs[0] ?? '').encapsulate(`/p2p/${where.peerId}`), signal)
+    const source = where.peerId === client.agent.peerId ? client : await AgentClient.connect(bundle, addressOf(where), signal)
     disarm()
-    const renderer = new MoveRenderer(io.stdout, io.stderr, process.stdout.isTTY === true && !opts.json, order.dryRun)
-    let last: MoveEvent | undefined
     try {
-      for await (const ev of source.move(order, signal)) {
-        last = ev
-        if (opts.json) io.stdout(JSON.stringify(ev) + '\n')
-        else renderer.render(ev)
+      const last = await followMove(source, order, opts, io, signal)
+      if (last === undefined) throw new ProtocolError('the agent ended the move without a result')
+      return last.event === 'done' ? 0 : 1
+    } finally {
+      if (source !== client) await source.close()
+    }
+  })
+}
+
+/** Orders one move of the agent `source` and renders (or, with --json, prints) its events; returns the last. */
+async function followMove (source: AgentClient, order: MoveOrder, opts: CommonOptions, io: Io, signal: AbortSignal): Promise<MoveEvent | undefined> {
+  const renderer = new MoveRenderer(io.stdout, io.stderr, process.stdout.isTTY === true && !opts.json, order.dryRun)
+  let last: MoveEvent | undefined
+  for await (const ev of source.move(order, signal)) {
+    last = ev
+    if (opts.json) io.stdout(JSON.stringify(ev) + '\n')
+    else renderer.render(ev)
+  }
+  return last
+}
+
+function addressOf (member: { peerId: string, addrs: string[] }): Multiaddr {
+  return multiaddr(member.addrs[0] ?? '').encapsulate(`/p2p/${member.peerId}`)
+}
+
+/** goto drain: move every running container of `host` to the other members, one after another. */
+async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 'dryRun' | 'allowBindMounts'>, io: Io): Promise<number> {
+  return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
+    const emit = (ev: DrainEvent): void => { if (opts.json) io.stdout(JSON.stringify(ev) + '\n'); else renderDrain(ev, io.stdout, io.stderr) }
+    const [peers, status] = await Promise.all([client.peers(signal), client.status(host, signal)])
+    const plan = planDrain(host, peers, status.containers)
+    emit({ event: 'drain-plan', plan })
+    const member = peers.find(p => p.name === host)
+    const source = member === undefined || member.self ? client : await AgentClient.connect(bundle, addressOf(member), signal)
+    disarm()
+    const moved: DrainAssignment[] = []
+    const failed: Array<DrainAssignment & { error: string }> = []
+    try {
+      for (const [i, a] of plan.assignments.entries()) {
+        emit({ event: 'drain-move', container: a.container, to: a.to, index: i + 1, of: plan.assignments.length })
+        const error = moveError(await followMove(source, { container: a.container, to: a.to, ...flags }, opts, io, signal))
+        if (error === undefined) moved.push(a)
+        else failed.push({ ...a, error })
       }
     } finally {
       if (source !== client) await source.close()
     }
-    if (last?.event !== 'done') {
-      if (last === undefined) throw new ProtocolError('the agent ended the move without a result')
-      return 1
-    }
-    return 0
+    emit({ event: 'drained', host, dryRun: flags.dryRun, moved, failed, left: plan.left })
+    return failed.length > 0 ? 1 : 0
   })
 }
 
@@ -134,7 +174,7 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') { io.stdout(USAGE + '\n'); return command === undefined ? 2 : 0 }
   if (command === '--version') { io.stdout(GOTO_VERSION + '\n'); return 0 }
   if (command === 'ca') return await runCaCommand(rest, io)
-  if (command !== 'peers' && command !== 'status' && command !== 'move') {
+  if (command !== 'peers' && command !== 'status' && command !== 'move' && command !== 'drain') {
     io.stderr(`goto: error: unknown command '${command}' (try 'goto --help')\n`)
     return 2
   }
@@ -161,22 +201,24 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   }
   if (parsed.values.help === true) { io.stdout(USAGE + '\n'); return 0 }
   const maxPositionals = command === 'peers' ? 0 : 1
-  if (command !== 'move') {
-    for (const opt of ['to', 'dry-run', 'allow-bind-mounts'] as const) {
-      if (parsed.values[opt] !== undefined) { io.stderr(`goto: error: --${opt} belongs to 'goto move' (try 'goto --help')\n`); return 2 }
-    }
+  for (const opt of ['to', 'dry-run', 'allow-bind-mounts'] as const) {
+    const allowed = opt === 'to' ? ['move'] : ['move', 'drain']
+    if (parsed.values[opt] !== undefined && !allowed.includes(command)) { io.stderr(`goto: error: --${opt} belongs to 'goto ${allowed.join("' and 'goto ")}' (try 'goto --help')\n`); return 2 }
   }
   if (parsed.positionals.length > maxPositionals) {
     io.stderr(`goto: error: unexpected argument '${parsed.positionals[maxPositionals]}' (try 'goto --help')\n`)
     return 2
   }
+  // What the command itself lacks is said before what the connection lacks.
+  if (command === 'move' && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', "missing: 'goto move CONTAINER --to NAME'")
+  if (command === 'move' && (parsed.values.to === undefined || parsed.values.to === '')) throw new ConfigError('--to', "required: the name of the destination member (see 'goto peers')")
+  if (command === 'drain' && parsed.positionals[0] === undefined) throw new ConfigError('NAME', "missing: 'goto drain NAME' (the member to empty; see 'goto peers')")
   const opts = common(parsed.values, env)
   if (command === 'move') {
-    const container = parsed.positionals[0]
-    if (container === undefined) throw new ConfigError('CONTAINER', "missing: 'goto move CONTAINER --to NAME'")
-    const to = parsed.values.to
-    if (to === undefined || to === '') throw new ConfigError('--to', "required: the name of the destination member (see 'goto peers')")
-    return await move(opts, { container, to, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true }, io)
+    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true }, io)
+  }
+  if (command === 'drain') {
+    return await drain(opts, parsed.positionals[0], { dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true }, io)
   }
   if (command === 'peers') {
     const rows = await withClient(opts, async ({ client, signal }) => await client.peers(signal))

@@ -235,7 +235,7 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
     expect((await inspect(A, 'web')).State.Running).to.equal(true)
   })
 
-  it('refuses a corrupted layer before the engine sees it (a faulty sender)', async () => {
+  it('refuses a corrupted layer before the engine can load it (a faulty sender)', async () => {
     const bundleDir = await lab.issueBundle('faulty', 'agent')
     const bundle = await readBundle(bundleDir)
     const trust = new TrustStore(bundle.caCertPem, bundle.crl)
@@ -343,5 +343,37 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
     expect((await inspect(B, 'big')).State.Running).to.equal(true)
     expect(await docker(B, 'exec', 'big', 'sh', '-c', 'wc -c < /big')).to.equal(String(96 * 1024 * 1024))
     expect(await exists(A, 'big')).to.equal(false)
+  })
+
+  it('goto drain empties a host: its running containers run elsewhere with their data, as planned; a stopped one stays', async () => {
+    await docker(C, 'run', '-d', '--name', 'd1', '-v', 'd1data:/data', 'gotolab/base:latest', 'sleep', '3600')
+    await docker(C, 'exec', 'd1', 'sh', '-c', 'echo kept > /data/v.txt && echo mine > /state.txt')
+    await docker(C, 'run', '-d', '--name', 'd2', 'gotolab/base:latest', 'sleep', '3600')
+    await docker(C, 'create', '--name', 'd3', 'gotolab/base:latest', 'true')
+
+    const dry = await lab.cli(['drain', C.name, '--dry-run'])
+    expect(dry.code, dry.stderr).to.equal(0)
+    expect(dry.stdout).to.contain(`drain ${C.name}: 2 running container(s) to move`).and.to.contain('dry run: nothing changed')
+    expect((await inspect(C, 'd1')).State.Running).to.equal(true)
+
+    const r = await lab.cli(['drain', C.name, '--json'])
+    expect(r.code, r.stderr).to.equal(0)
+    const events = r.stdout.split('\n').filter(l => l.trim() !== '').map(l => JSON.parse(l) as { event: string, [k: string]: any })
+    const plan = events.find(e => e.event === 'drain-plan')?.plan as { assignments: Array<{ container: string, to: string }> }
+    expect(plan.assignments.map(a => a.container)).to.deep.equal(['d1', 'd2'])
+    const last = events.at(-1)
+    expect(last?.event).to.equal('drained')
+    expect(last?.moved).to.deep.equal(plan.assignments)
+    expect(last?.left).to.deep.equal([{ container: 'd3', state: 'created' }])
+    const byName = new Map([A, B].map(h => [h.name, h]))
+    for (const a of plan.assignments) {
+      const h = byName.get(a.to)
+      expect(h, `${a.container} planned onto ${a.to}`).to.not.equal(undefined)
+      expect((await inspect(h as LabHost, a.container)).State.Running).to.equal(true)
+    }
+    const d1At = byName.get(plan.assignments[0].to) as LabHost
+    expect(await docker(d1At, 'exec', 'd1', 'cat', '/data/v.txt', '/state.txt')).to.equal('kept\nmine')
+    expect(await docker(C, 'ps', '--format', '{{.Names}}')).to.equal('')
+    expect(await exists(C, 'd3')).to.equal(true)
   })
 })
