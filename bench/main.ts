@@ -9,6 +9,9 @@
  * - CLI round trip: `goto status --json` as a process (spawn, connect, Noise, auth, ask) — median of
  *   runs; baseline: `node -e 0`, the cost of starting Node alone. In-process: connect + auth + status
  *   with the client library; baseline: a plain TCP connect to the same agent.
+ *
+ * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move) runs only those sections; the results file
+ * then holds only them.
  */
 import '../protocol/polyfill.js'
 import { spawn } from 'node:child_process'
@@ -87,6 +90,10 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
+/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move); all by default. */
+const ONLY = new Set((process.env.GOTO_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== ''))
+const runs = (section: string): boolean => ONLY.size === 0 || ONLY.has(section)
+
 async function main (): Promise<void> {
   // Its own prefix and subnet: the bench never touches a lab a developer keeps up.
   const lab = new Lab({ prefix: 'gotolabb', subnet: '10.213.60.0/24', agentProfile: 'default', log: line => { console.log(`lab: ${line}`) } })
@@ -103,66 +110,68 @@ async function main (): Promise<void> {
     }, { timeoutMs: 60_000, intervalMs: 500, what: 'three alive agents' })
     if (hosts.some(h => h.agentPid === undefined)) throw new Error('an agent did not start')
 
-    console.log(`\n== idle: every agent (each with two peers) and a bare node process, ${IDLE_SECONDS} s after ${SETTLE_SECONDS} s to settle`)
-    const bare = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
-    try {
-      await new Promise(resolve => setTimeout(resolve, SETTLE_SECONDS * 1000))
-      const [baseline, ...agents] = await Promise.all([
-        idle(bare.pid as number, IDLE_SECONDS),
-        ...hosts.map(async h => await idle(h.agentPid as number, IDLE_SECONDS))
-      ])
-      // The target applies to the steady state (median of the samples); the peaks between V8's
-      // young-generation collections are reported next to it.
-      const worstRss = Math.max(...agents.map(a => a.rssMiB))
-      const worstPeak = Math.max(...agents.map(a => a.rssMaxMiB))
-      const worstCpu = Math.max(...agents.map(a => a.cpuPercent))
-      results.idle = {
-        seconds: IDLE_SECONDS,
-        settleSeconds: SETTLE_SECONDS,
-        agents: Object.fromEntries(hosts.map((h, i) => [h.name, agents[i]])),
-        bareNode: baseline,
-        worstRssMiB: worstRss,
-        worstPeakRssMiB: worstPeak,
-        worstCpuPercent: worstCpu,
-        rssRatio: worstRss / baseline.rssMiB
+    if (runs('idle')) {
+      console.log(`\n== idle: every agent (each with two peers) and a bare node process, ${IDLE_SECONDS} s after ${SETTLE_SECONDS} s to settle`)
+      const bare = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
+      try {
+        await new Promise(resolve => setTimeout(resolve, SETTLE_SECONDS * 1000))
+        const [baseline, ...agents] = await Promise.all([
+          idle(bare.pid as number, IDLE_SECONDS),
+          ...hosts.map(async h => await idle(h.agentPid as number, IDLE_SECONDS))
+        ])
+        // The target applies to the steady state (median of the samples); the peaks between V8's
+        // young-generation collections are reported next to it.
+        const worstRss = Math.max(...agents.map(a => a.rssMiB))
+        const worstPeak = Math.max(...agents.map(a => a.rssMaxMiB))
+        const worstCpu = Math.max(...agents.map(a => a.cpuPercent))
+        results.idle = {
+          seconds: IDLE_SECONDS,
+          settleSeconds: SETTLE_SECONDS,
+          agents: Object.fromEntries(hosts.map((h, i) => [h.name, agents[i]])),
+          bareNode: baseline,
+          worstRssMiB: worstRss,
+          worstPeakRssMiB: worstPeak,
+          worstCpuPercent: worstCpu,
+          rssRatio: worstRss / baseline.rssMiB
+        }
+        hosts.forEach((h, i) => { console.log(`   ${h.name.padEnd(10)} RSS ${fmt(agents[i].rssMiB)} MiB (max ${fmt(agents[i].rssMaxMiB)}), CPU ${fmt(agents[i].cpuPercent, 2)} %`) })
+        console.log(`   bare node  RSS ${fmt(baseline.rssMiB)} MiB, CPU ${fmt(baseline.cpuPercent, 2)} %   → worst agent/bare RSS ${fmt(worstRss / baseline.rssMiB, 2)}x`)
+        console.log(`   targets (worst agent): RSS (median) < ${TARGET_RSS_MIB} MiB ${worstRss < TARGET_RSS_MIB ? 'met' : 'MISSED'} (peak ${fmt(worstPeak)} MiB), CPU < ${TARGET_CPU_PERCENT} % ${worstCpu < TARGET_CPU_PERCENT ? 'met' : 'MISSED'}`)
+      } finally {
+        bare.kill('SIGKILL')
       }
-      hosts.forEach((h, i) => { console.log(`   ${h.name.padEnd(10)} RSS ${fmt(agents[i].rssMiB)} MiB (max ${fmt(agents[i].rssMaxMiB)}), CPU ${fmt(agents[i].cpuPercent, 2)} %`) })
-      console.log(`   bare node  RSS ${fmt(baseline.rssMiB)} MiB, CPU ${fmt(baseline.cpuPercent, 2)} %   → worst agent/bare RSS ${fmt(worstRss / baseline.rssMiB, 2)}x`)
-      console.log(`   targets (worst agent): RSS (median) < ${TARGET_RSS_MIB} MiB ${worstRss < TARGET_RSS_MIB ? 'met' : 'MISSED'} (peak ${fmt(worstPeak)} MiB), CPU < ${TARGET_CPU_PERCENT} % ${worstCpu < TARGET_CPU_PERCENT ? 'met' : 'MISSED'}`)
-    } finally {
-      bare.kill('SIGKILL')
     }
+    if (runs('cli')) {
+      console.log(`\n== CLI: goto status --json as a process, ${CLI_RUNS} runs, vs node -e 0`)
+      const env = { ...process.env, GOTO_BUNDLE: lab.operatorBundle, GOTO_AGENT: measured.agentAddr }
+      const cli: number[] = []
+      const node: number[] = []
+      for (let i = 0; i < CLI_RUNS; i++) {
+        node.push(await timeProcess(process.execPath, ['-e', '0'], env))
+        cli.push(await timeProcess(process.execPath, [lab.controlMain, 'status', '--json'], env))
+      }
+      results.cli = { runs: CLI_RUNS, statusMedianMs: median(cli), statusMaxMs: Math.max(...cli), nodeStartMedianMs: median(node), ratio: median(cli) / median(node) }
+      console.log(`   goto status median ${fmt(median(cli))} ms (max ${fmt(Math.max(...cli))}), node -e 0 median ${fmt(median(node))} ms → ${fmt(median(cli) / median(node), 2)}x`)
 
-    console.log(`\n== CLI: goto status --json as a process, ${CLI_RUNS} runs, vs node -e 0`)
-    const env = { ...process.env, GOTO_BUNDLE: lab.operatorBundle, GOTO_AGENT: measured.agentAddr }
-    const cli: number[] = []
-    const node: number[] = []
-    for (let i = 0; i < CLI_RUNS; i++) {
-      node.push(await timeProcess(process.execPath, ['-e', '0'], env))
-      cli.push(await timeProcess(process.execPath, [lab.controlMain, 'status', '--json'], env))
+      console.log(`\n== in process: connect + Noise + auth + status, ${INPROC_RUNS} runs, vs a plain TCP connect`)
+      const bundle = await readBundle(lab.operatorBundle)
+      const inproc: number[] = []
+      const tcp: number[] = []
+      for (let i = 0; i < INPROC_RUNS; i++) {
+        // Two new connections per run; pace the runs under the agent's per-IP inbound threshold.
+        const paced = new Promise(resolve => setTimeout(resolve, RUN_SPACING_MS))
+        tcp.push(await tcpConnectMs(measured.ip, 4001))
+        const start = performance.now()
+        const client = await AgentClient.connect(bundle, multiaddr(measured.agentAddr), AbortSignal.timeout(10_000))
+        await client.status(undefined, AbortSignal.timeout(10_000))
+        inproc.push(performance.now() - start)
+        await client.close()
+        await paced
+      }
+      results.inProcess = { runs: INPROC_RUNS, statusMedianMs: median(inproc), tcpConnectMedianMs: median(tcp), ratio: median(inproc) / median(tcp) }
+      console.log(`   connect+auth+status median ${fmt(median(inproc))} ms, TCP connect median ${fmt(median(tcp), 2)} ms → ${fmt(median(inproc) / median(tcp), 1)}x`)
     }
-    results.cli = { runs: CLI_RUNS, statusMedianMs: median(cli), statusMaxMs: Math.max(...cli), nodeStartMedianMs: median(node), ratio: median(cli) / median(node) }
-    console.log(`   goto status median ${fmt(median(cli))} ms (max ${fmt(Math.max(...cli))}), node -e 0 median ${fmt(median(node))} ms → ${fmt(median(cli) / median(node), 2)}x`)
-
-    console.log(`\n== in process: connect + Noise + auth + status, ${INPROC_RUNS} runs, vs a plain TCP connect`)
-    const bundle = await readBundle(lab.operatorBundle)
-    const inproc: number[] = []
-    const tcp: number[] = []
-    for (let i = 0; i < INPROC_RUNS; i++) {
-      // Two new connections per run; pace the runs under the agent's per-IP inbound threshold.
-      const paced = new Promise(resolve => setTimeout(resolve, RUN_SPACING_MS))
-      tcp.push(await tcpConnectMs(measured.ip, 4001))
-      const start = performance.now()
-      const client = await AgentClient.connect(bundle, multiaddr(measured.agentAddr), AbortSignal.timeout(10_000))
-      await client.status(undefined, AbortSignal.timeout(10_000))
-      inproc.push(performance.now() - start)
-      await client.close()
-      await paced
-    }
-    results.inProcess = { runs: INPROC_RUNS, statusMedianMs: median(inproc), tcpConnectMedianMs: median(tcp), ratio: median(inproc) / median(tcp) }
-    console.log(`   connect+auth+status median ${fmt(median(inproc))} ms, TCP connect median ${fmt(median(tcp), 2)} ms → ${fmt(median(inproc) / median(tcp), 1)}x`)
-
-    if (process.env.GOTO_BENCH_SKIP_MOVE === undefined) results.move = await moveBench(lab, hosts[0], hosts[1])
+    if (runs('move') && process.env.GOTO_BENCH_SKIP_MOVE === undefined) results.move = await moveBench(lab, hosts[0], hosts[1])
   } finally {
     await lab.down()
   }
