@@ -6,6 +6,7 @@
  */
 import { parseArgs } from 'node:util'
 import { readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { parseTcpMultiaddr } from '../protocol/multiaddr.js'
 import { ConfigError } from '../protocol/errors.js'
@@ -25,13 +26,23 @@ export interface AgentConfig {
   profile: ProfileName
   timings: Timings
   logLevel: string
+  /** Where to serve Prometheus metrics; undefined (the default) serves none. */
+  metricsListen: MetricsListen | undefined
 }
+
+/** A TCP address for the metrics endpoint. `host` is an IP literal (IPv6 without brackets). */
+export interface MetricsListen { host: string, port: number }
 
 export type DockerEndpoint = { kind: 'unix', socketPath: string, url: string } | { kind: 'tcp', host: string, port: number, url: string }
 
 export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/4001'
 export const DEFAULT_DOCKER = 'unix:///var/run/docker.sock'
 export const DEFAULT_STATE_DIR = '/var/lib/goto-agent'
+/**
+ * The host a bare `--metrics-listen PORT` binds to. The endpoint has no authentication, so it
+ * listens on loopback unless the operator names another address (see docs/threat-model.md).
+ */
+export const DEFAULT_METRICS_HOST = '127.0.0.1'
 
 export const AGENT_USAGE = `Usage: goto-agent --bundle DIR [options]
 
@@ -51,6 +62,10 @@ Options (flag / environment / config-file key; flags win over environment, envir
   --state-dir DIR       where the agent keeps state (default ${DEFAULT_STATE_DIR})  GOTO_STATE_DIR  stateDir
   --profile NAME        timing profile: default or test (default: default)  GOTO_PROFILE  profile
   --log-level LEVEL     error, warn, info or debug (default: info)          GOTO_LOG_LEVEL  logLevel
+  --metrics-listen ADDR serve Prometheus metrics at http://ADDR/metrics (default: off). ADDR is
+                        PORT (= ${DEFAULT_METRICS_HOST}:PORT), IP:PORT or [IPv6]:PORT; port 0 picks a free
+                        port (logged). The endpoint has no authentication: name a non-loopback
+                        address only on a network you trust.     GOTO_METRICS_LISTEN  metricsListen
   --config FILE         JSON file with the keys above                       GOTO_CONFIG
   -h, --help            show this help
   --version             print the agent version
@@ -71,6 +86,7 @@ interface RawConfig {
   stateDir?: string
   profile?: string
   logLevel?: string
+  metricsListen?: string | number
 }
 
 function list (v: string | undefined): string[] | undefined {
@@ -95,6 +111,30 @@ export function parseDockerEndpoint (option: string, value: string): DockerEndpo
     return { kind: 'tcp', host: url.hostname.replace(/^\[|\]$/g, ''), port, url: `tcp://${url.host}` }
   }
   throw new ConfigError(option, `'${value}' uses ${url.protocol}, expected unix:// or tcp://`)
+}
+
+/**
+ * `--metrics-listen`: PORT (loopback), IPv4:PORT, [IPv6]:PORT or localhost:PORT. Only IP literals
+ * (and localhost) are taken, so what the endpoint binds to never depends on name resolution.
+ */
+export function parseMetricsListen (option: string, value: string | number): MetricsListen {
+  const text = String(value).trim()
+  const shape = 'PORT, IP:PORT or [IPv6]:PORT, e.g. 9464 or 127.0.0.1:9464'
+  const port = (p: string): number => {
+    if (!/^\d{1,5}$/.test(p) || Number(p) > 65535) throw new ConfigError(option, `'${p}' in '${text}' is not a port (0-65535)`)
+    return Number(p)
+  }
+  if (/^\d+$/.test(text)) return { host: DEFAULT_METRICS_HOST, port: port(text) }
+  const m = /^(?:\[([^\]]*)\]|([^:[\]]*)):([^:]*)$/.exec(text)
+  if (m === null) throw new ConfigError(option, `'${text}' is not ${shape}`)
+  const host = m[1] ?? m[2]
+  if (host === '') throw new ConfigError(option, `'${text}' names no host; write 127.0.0.1:PORT for loopback or 0.0.0.0:PORT for every interface`)
+  if (host === 'localhost') return { host: DEFAULT_METRICS_HOST, port: port(m[3]) }
+  const family = isIP(host)
+  if (family === 0 || (family === 6) !== (m[1] !== undefined)) {
+    throw new ConfigError(option, `'${host}' is not an IPv4 address or a bracketed IPv6 address (${shape})`)
+  }
+  return { host, port: port(m[3]) }
 }
 
 export function parseLabels (option: string, values: string[] | Record<string, string>): Record<string, string> {
@@ -128,13 +168,16 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
     throw new ConfigError('--config', `${path} is not valid JSON: ${(err as Error).message}`)
   }
   if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new ConfigError('--config', `${path} must hold a JSON object`)
-  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'stateDir', 'profile', 'logLevel'])
+  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'stateDir', 'profile', 'logLevel', 'metricsListen'])
   for (const key of Object.keys(data)) {
     if (!known.has(key)) throw new ConfigError('--config', `${path}: unknown key '${key}' (known: ${[...known].join(', ')})`)
   }
   const d = data as Record<string, unknown>
   for (const key of ['bundle', 'listen', 'docker', 'name', 'stateDir', 'profile', 'logLevel']) {
     if (d[key] !== undefined && typeof d[key] !== 'string') throw new ConfigError('--config', `${path}: '${key}' must be a string`)
+  }
+  if (d.metricsListen !== undefined && typeof d.metricsListen !== 'string' && !Number.isInteger(d.metricsListen)) {
+    throw new ConfigError('--config', `${path}: 'metricsListen' must be a string ("127.0.0.1:9464") or a port number`)
   }
   const lbl = d.labels
   if (lbl !== undefined) {
@@ -175,6 +218,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
         'state-dir': { type: 'string' },
         profile: { type: 'string' },
         'log-level': { type: 'string' },
+        'metrics-listen': { type: 'string' },
         config: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' }
@@ -229,6 +273,9 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
   const logLevel = logLevelRaw.value ?? 'info'
   if (!['error', 'warn', 'info', 'debug'].includes(logLevel)) throw new ConfigError(logLevelRaw.option, `'${logLevel}' is not error, warn, info or debug`)
 
+  const metricsRaw = pick<string | number>('--metrics-listen', 'GOTO_METRICS_LISTEN', 'metricsListen', f['metrics-listen'], env.GOTO_METRICS_LISTEN, file.metricsListen)
+  const metricsListen = metricsRaw.value === undefined ? undefined : parseMetricsListen(metricsRaw.option, metricsRaw.value)
+
   const stateDir = pick('--state-dir', 'GOTO_STATE_DIR', 'stateDir', f['state-dir'], env.GOTO_STATE_DIR, file.stateDir).value ?? DEFAULT_STATE_DIR
 
   return {
@@ -242,6 +289,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
     stateDir,
     profile: profile as ProfileName,
     timings: PROFILES[profile as ProfileName],
-    logLevel
+    logLevel,
+    metricsListen
   }
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
  * goto-agent: the composition root of the agent. It alone reads argv and the environment; it builds
- * the parts (docker monitor, auth gate, status, moves out and in, membership) around one libp2p node,
- * starts them in order and stops them in reverse on SIGINT/SIGTERM.
+ * the parts (metrics endpoint when asked for, docker monitor, auth gate, status, moves out and in,
+ * membership) around one libp2p node, starts them in order and stops them in reverse on
+ * SIGINT/SIGTERM.
  */
 import '../protocol/polyfill.js'
 import { mkdir, readFile } from 'node:fs/promises'
@@ -19,6 +20,7 @@ import { DestinationService } from './move/destination.js'
 import { MoveService } from './move/source.js'
 import { LayerStore } from './transfer/layer-store.js'
 import { advertisedAddrs, hostAddresses } from './addresses.js'
+import { NO_METRICS, type Metrics } from './metrics/sink.js'
 import { createMeshNode } from '../protocol/node.js'
 import { GOTO_VERSION } from '../protocol/version.js'
 import { ConfigError, GotoError } from '../protocol/errors.js'
@@ -74,6 +76,15 @@ async function run (config: AgentConfig): Promise<void> {
   const docker = new DockerodeHost(config.docker)
   const monitor = new DockerMonitor(docker, config.timings.dockerRefreshMs, log.child({ component: 'docker' }))
   const table = new PeerTable(bundle.peerId, config.timings)
+  const metricsParts: Part[] = []
+  let metrics: Metrics = NO_METRICS
+  if (config.metricsListen !== undefined) {
+    // Loaded only when asked for: prom-client costs memory an agent without metrics should not pay.
+    const [{ PrometheusMetrics }, { MetricsServer }] = await Promise.all([import('./metrics/prometheus.js'), import('./metrics/server.js')])
+    const prometheus = new PrometheusMetrics({ peerCounts: () => table.counts(), version: GOTO_VERSION, name: bundle.name })
+    metrics = prometheus
+    metricsParts.push(new MetricsServer(config.metricsListen, prometheus, log.child({ component: 'metrics' })))
+  }
   // What we announce is fixed once the node listens; computed on first use, not per heartbeat.
   let addrs: string[] | undefined
   const self = (): MemberInfo => ({
@@ -98,8 +109,8 @@ async function run (config: AgentConfig): Promise<void> {
     }
   })
   const store = await LayerStore.open(join(config.stateDir, 'layers'))
-  const destination = new DestinationService({ auth, docker, store, log: log.child({ component: 'move-in' }) })
-  const moves = new MoveService({ node, auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, log: log.child({ component: 'move' }) })
+  const destination = new DestinationService({ auth, docker, store, metrics, log: log.child({ component: 'move-in' }) })
+  const moves = new MoveService({ node, auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics, log: log.child({ component: 'move' }) })
   const status = new StatusService({ node, auth, table, docker, self, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, log: log.child({ component: 'membership' }) })
 
@@ -113,7 +124,8 @@ async function run (config: AgentConfig): Promise<void> {
     },
     stop: async () => { await node.stop() }
   }
-  const parts: Part[] = [monitor, auth, status, destination, moves, libp2pPart, membership]
+  // The metrics endpoint first: a bad --metrics-listen stops the agent before it joins the mesh.
+  const parts: Part[] = [...metricsParts, monitor, auth, status, destination, moves, libp2pPart, membership]
   const started: Part[] = []
   const stopAll = async (): Promise<void> => {
     for (const p of started.reverse()) await p.stop().catch(err => { log.error('stop failed', { error: (err as Error).message }) })

@@ -16,6 +16,8 @@ import type { AuthService } from '../net/auth-service.js'
 import type { DockerHost } from '../docker/host.js'
 import type { ContainerSpec } from '../docker/types.js'
 import type { Logger } from '../log.js'
+import { NO_METRICS, type Metrics } from '../metrics/sink.js'
+import { counted } from '../transfer/counted.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { LiveLoad } from '../transfer/live-load.js'
 import { loadVerified } from '../transfer/load.js'
@@ -51,20 +53,27 @@ interface Pending {
   /** The engine's load of the prepared chain, fed as its layers arrive (until preload finishes it). */
   live?: LiveLoad
   touched: number
+  /** A layer arrived: a real move, not a dry run's prepare (for the metrics). */
+  sentData: boolean
 }
 
 export interface DestinationDeps {
   auth: AuthService
   docker: DockerHost
   store: LayerStore
+  /** Blob bytes received and moves ended here (default: none kept). */
+  metrics?: Metrics
   log: Logger
 }
 
 export class DestinationService {
   private readonly moves = new Map<string, Pending>()
   private timer: NodeJS.Timeout | undefined
+  private readonly metrics: Metrics
 
-  constructor (private readonly deps: DestinationDeps) {}
+  constructor (private readonly deps: DestinationDeps) {
+    this.metrics = deps.metrics ?? NO_METRICS
+  }
 
   async start (): Promise<void> {
     await this.deps.auth.handle(TRANSFER_PROTOCOL, ['agent'], async (js, peer, connection) => { await this.serve(js, peer, connection) })
@@ -101,6 +110,11 @@ export class DestinationService {
     }
     await js.write({ ok: true, result: reply })
     await js.close()
+  }
+
+  /** Blob payload counts as received once read from the stream, kept or not (docs/operations.md, metrics). */
+  private received (data: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> {
+    return counted(data, n => { this.metrics.bytesReceived(n) })
   }
 
   private own (moveId: string, peer: VerifiedPeer): Pending {
@@ -151,7 +165,8 @@ export class DestinationService {
       wanted: new Set(missing),
       volumes: req.volumes.map(v => v.name),
       made: { volumes: [] },
-      touched: Date.now()
+      touched: Date.now(),
+      sentData: false
     })
     this.deps.log.info('move prepared', { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length })
     return { present, staged }
@@ -159,7 +174,8 @@ export class DestinationService {
 
   private async layer (req: LayerHeader, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<LayerReply> {
     const p = this.own(req.moveId, peer)
-    const data = receiveBlob(js, req.size, () => new LayerTooLargeError(`layer ${req.diffId ?? ''} is larger than the announced ${req.size} bytes`), signal)
+    p.sentData = true
+    const data = this.received(receiveBlob(js, req.size, () => new LayerTooLargeError(`layer ${req.diffId ?? ''} is larger than the announced ${req.size} bytes`), signal))
     const { store, log } = this.deps
     // A layer of the prepared chain also streams into the engine's load, until preload finished it.
     const stage = async <T extends { diffId: string }>(keep: (s: AsyncIterable<Uint8Array>) => Promise<T>, ofChain: boolean): Promise<T> =>
@@ -226,7 +242,7 @@ export class DestinationService {
       const spec = { ...req.spec, image: p.made.imageId }
       p.made.containerId = await docker.create(spec, signal)
       for (const v of req.volumes) {
-        const data = receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal)
+        const data = this.received(receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal))
         await docker.putArchive(p.made.containerId, posix.dirname(v.destination), data, signal)
       }
       await docker.start(p.made.containerId, signal)
@@ -251,6 +267,7 @@ export class DestinationService {
     this.moves.delete(p.moveId)
     for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
     this.deps.log.info('move committed', { moveId: p.moveId, container: p.spec.name })
+    this.metrics.moveReceived('committed')
     return {}
   }
 
@@ -266,6 +283,7 @@ export class DestinationService {
       if (image !== undefined) await docker.removeImage(image, { force: false }, signal).catch(() => { /* used by another container or image: keep */ })
     }
     log.warn('move rolled back here', { moveId: p.moveId, container: p.spec.name, why })
+    if (p.sentData) this.metrics.moveReceived('rolled_back')
   }
 
   /** The move's live load, opened at its first layer. */

@@ -31,7 +31,9 @@ import { buildLayeredConfig } from '../docker/layered-config.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { loadVerified } from '../transfer/load.js'
 import type { PeerTable } from '../membership/peer-table.js'
+import { counted } from '../transfer/counted.js'
 import type { Logger } from '../log.js'
+import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { MemberInfo } from '../../protocol/messages.js'
 import { LOCATE_PROTOCOL, MOVE_PROTOCOL, STATUS_PROTOCOL, TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, readResult, sendBlob } from '../../protocol/wire.js'
@@ -61,6 +63,8 @@ export interface MoveDeps {
   spoolDir: string
   /** Verified layers (shared with the destination side), to load the moved image here too. */
   store: LayerStore
+  /** Moves started, ended and their durations; blob bytes sent (default: none kept). */
+  metrics?: Metrics
   log: Logger
 }
 
@@ -73,8 +77,11 @@ export class MoveService {
   private readonly moving = new Set<string>()
   /** Per image: save-stream path → diff ID, learned while hashing (see sendLayers). */
   private readonly layerPaths = new Map<string, Map<string, string>>()
+  private readonly metrics: Metrics
 
-  constructor (private readonly deps: MoveDeps) {}
+  constructor (private readonly deps: MoveDeps) {
+    this.metrics = deps.metrics ?? NO_METRICS
+  }
 
   async start (): Promise<void> {
     await this.deps.auth.handle(MOVE_PROTOCOL, ['operator'], async (js, peer) => {
@@ -138,12 +145,18 @@ export class MoveService {
     let connection: Connection | undefined
     let paused = false
     let destinationPrepared = false
+    /** When a move that counts in the metrics (not a dry run) started. */
+    let startedAt: number | undefined
     const spool = join(this.deps.spoolDir, randomBytes(8).toString('hex'))
     try {
       info = await this.inspect(order.container, signal)
       if (this.moving.has(info.id)) throw new MoveInProgressError(`container '${info.name}' is already being moved`)
       this.moving.add(info.id)
       moveId = randomBytes(8).toString('hex')
+      if (!order.dryRun) {
+        startedAt = performance.now()
+        this.metrics.moveStarted()
+      }
       const log = this.deps.log.child({ moveId, container: info.name, to: order.to })
       const step = async (s: MoveStep): Promise<void> => { log.info('move step', { step: s }); await emit({ event: 'step', moveId: moveId as string, step: s }) }
 
@@ -233,12 +246,14 @@ export class MoveService {
       await this.keepImage(config, diffIds, image.diffIds.length, top.diffId, topPath).catch(err => { log.warn('could not keep the moved image here', { error: (err as Error).message }) })
       const bytesSent = pre.bytes + hand.bytes + archives.reduce((n, a) => n + a.size, 0)
       log.info('move done', { bytesSent, downtimeMs })
+      this.metrics.moveEnded('succeeded', { seconds: secondsSince(startedAt), downtimeSeconds: downtimeMs / 1000 })
       await emit({ event: 'done', moveId, container: info.name, from: self.name, to: order.to, bytesSent, layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs })
     } catch (err) {
       const error = toWireError(err)
       this.deps.log.warn('move failed', { moveId, container: order.container, to: order.to, reason: error.name, error: error.message })
       const changed = paused || destinationPrepared
       const undone = changed ? await this.rollback({ moveId, info, connection, paused, destinationPrepared }) : true
+      if (startedAt !== undefined) this.metrics.moveEnded('failed', { seconds: secondsSince(startedAt), reason: error.name })
       await emit({ event: 'failed', moveId, container: order.container, error, rollback: !changed ? 'none-needed' : undone ? 'done' : 'incomplete' })
     } finally {
       if (info !== undefined) this.moving.delete(info.id)
@@ -286,7 +301,8 @@ export class MoveService {
       await js.write(req, signal)
       for (const b of blobs) {
         const source = b.source ?? createReadStream(b.path ?? '')
-        await sendBlob(js, counted(source, onBytes), b.size, signal)
+        // Blob payload counts as sent once handed to the stream (docs/operations.md, metrics).
+        await sendBlob(js, counted(source, n => { this.metrics.bytesSent(n); onBytes?.(n) }), b.size, signal)
       }
       const result = await readResult(js, signal)
       await js.close(signal)
@@ -421,10 +437,7 @@ async function * hashed (source: AsyncIterable<Uint8Array>, hash: Hash): AsyncGe
   }
 }
 
-/** Counts bytes as they pass, for progress. */
-async function * counted (source: AsyncIterable<Uint8Array>, onBytes?: (n: number) => void): AsyncGenerator<Uint8Array> {
-  for await (const chunk of source) {
-    onBytes?.(chunk.byteLength)
-    yield chunk
-  }
+/** Seconds since a performance.now() reading (0 without one). */
+function secondsSince (t: number | undefined): number {
+  return t === undefined ? 0 : (performance.now() - t) / 1000
 }

@@ -1,5 +1,5 @@
 import { expect } from 'chai'
-import { loadConfig, HelpRequested, DEFAULT_LISTEN } from '../../agent/config.js'
+import { loadConfig, HelpRequested, DEFAULT_LISTEN, AGENT_USAGE } from '../../agent/config.js'
 import { ConfigError } from '../../protocol/errors.js'
 import { PROFILES } from '../../agent/timings.js'
 
@@ -93,4 +93,45 @@ describe('agent config', () => {
     rejects(['--config', '/c'], '--config', {}, { '/c': '{"bundle": "/b", "labels": [1]}' })
   })
   it('answers --help', () => { expect(() => load(['--help'])).to.throw(HelpRequested) })
+
+  describe('--metrics-listen', () => {
+    const metrics = (value: string): unknown => load(['--bundle', '/b', '--metrics-listen', value]).metricsListen
+
+    it('is off by default', () => { expect(load(['--bundle', '/b']).metricsListen).to.equal(undefined) })
+    it('binds a bare port to loopback', () => { expect(metrics('9464')).to.deep.equal({ host: '127.0.0.1', port: 9464 }) })
+    it('takes localhost as loopback', () => { expect(metrics('localhost:9464')).to.deep.equal({ host: '127.0.0.1', port: 9464 }) })
+    it('takes an explicit IPv4 address, loopback or not', () => {
+      expect(metrics('10.0.0.5:9100')).to.deep.equal({ host: '10.0.0.5', port: 9100 })
+      expect(metrics('0.0.0.0:9100')).to.deep.equal({ host: '0.0.0.0', port: 9100 })
+    })
+    it('takes a bracketed IPv6 address', () => { expect(metrics('[::1]:9464')).to.deep.equal({ host: '::1', port: 9464 }) })
+    it('allows port 0 (a free port, logged)', () => { expect(metrics('0')).to.deep.equal({ host: '127.0.0.1', port: 0 }) })
+    it('takes flag over environment over config file', () => {
+      const files = { '/c.json': JSON.stringify({ bundle: '/b', metricsListen: 9001 }) }
+      expect(load(['--config', '/c.json'], {}, files).metricsListen).to.deep.equal({ host: '127.0.0.1', port: 9001 })
+      expect(load(['--config', '/c.json'], { GOTO_METRICS_LISTEN: '127.0.0.2:9002' }, files).metricsListen).to.deep.equal({ host: '127.0.0.2', port: 9002 })
+      expect(load(['--config', '/c.json', '--metrics-listen', '9003'], { GOTO_METRICS_LISTEN: '9002' }, files).metricsListen).to.deep.equal({ host: '127.0.0.1', port: 9003 })
+    })
+    it('rejects a port out of range or not a number', () => {
+      const err = rejects(['--bundle', '/b', '--metrics-listen', '65536'], '--metrics-listen')
+      expect(err.message).to.contain('not a port')
+      rejects(['--bundle', '/b', '--metrics-listen', '127.0.0.1:http'], '--metrics-listen')
+      rejects(['--bundle', '/b', '--metrics-listen', '127.0.0.1:-1'], '--metrics-listen')
+      rejects(['--bundle', '/b', '--metrics-listen', '127.0.0.1:'], '--metrics-listen')
+    })
+    it('rejects an address with no host rather than guess every interface', () => {
+      expect(rejects(['--bundle', '/b', '--metrics-listen', ':9464'], '--metrics-listen').message).to.contain('0.0.0.0:PORT')
+    })
+    it('rejects host names, bad IPs, unbracketed IPv6 and URLs', () => {
+      for (const bad of ['metrics.example:9464', '999.1.1.1:9464', '::1:9464', '[10.0.0.1]:9464', 'http://127.0.0.1:9464', '', '127.0.0.1']) {
+        rejects(['--bundle', '/b', '--metrics-listen', bad], '--metrics-listen')
+      }
+    })
+    it('names the environment variable or config key a bad value came from', () => {
+      rejects(['--bundle', '/b'], 'GOTO_METRICS_LISTEN', { GOTO_METRICS_LISTEN: 'nope' })
+      rejects(['--config', '/c'], "'metricsListen' in /c", {}, { '/c': '{"bundle": "/b", "metricsListen": "10.0.0.1"}' })
+      rejects(['--config', '/c'], '--config', {}, { '/c': '{"bundle": "/b", "metricsListen": true}' })
+    })
+    it('is listed in --help', () => { expect(AGENT_USAGE).to.contain('--metrics-listen').and.contain('GOTO_METRICS_LISTEN').and.contain('metricsListen') })
+  })
 })
