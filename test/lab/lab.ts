@@ -72,6 +72,12 @@ export interface LabOptions {
   agentPort?: number
   /** Timing profile of the agents (default 'test': short timings; the benchmark uses 'default'). */
   agentProfile?: 'test' | 'default'
+  /**
+   * Extra command-line arguments for a host's main agent, appended whenever it starts (up, start,
+   * startAgent), e.g. `h => ['--metrics-listen', `${h.ip}:9464`]`. Not recorded in lab.json: a
+   * restart from another process (the lab CLI) starts the agent without them.
+   */
+  agentArgs?: (host: LabHost) => string[]
   /** dockerd binary (default Debian's /usr/sbin/dockerd). */
   dockerd?: string
   /** Static busybox for the base image (default Debian's /bin/busybox from busybox-static). */
@@ -175,6 +181,7 @@ interface Config {
   agents: boolean
   agentPort: number
   agentProfile: 'test' | 'default'
+  agentArgs: (host: LabHost) => string[]
   dockerd: string
   busybox: string
   log: (line: string) => void
@@ -218,6 +225,7 @@ function resolveConfig (o: LabOptions): Config {
     agents: o.agents ?? true,
     agentPort: o.agentPort ?? DEFAULT_AGENT_PORT,
     agentProfile: o.agentProfile ?? 'test',
+    agentArgs: o.agentArgs ?? (() => []),
     dockerd: o.dockerd ?? '/usr/sbin/dockerd',
     busybox: o.busybox ?? '/bin/busybox',
     log: o.log ?? (() => {})
@@ -528,7 +536,7 @@ export class Lab {
       logFile: join(h.dir, 'agent.log'),
       bootstrap: this.mainBootstrap(h, initial),
       provider: h.provider,
-      extraArgs: []
+      extraArgs: this.config.agentArgs(this.view(h))
     })
     await this.save()
     await this.waitAgentListening(h, h.agent, signal)
