@@ -62,10 +62,11 @@ Options (flag / environment / config-file key; flags win over environment, envir
   --state-dir DIR       where the agent keeps state (default ${DEFAULT_STATE_DIR})  GOTO_STATE_DIR  stateDir
   --profile NAME        timing profile: default or test (default: default)  GOTO_PROFILE  profile
   --log-level LEVEL     error, warn, info or debug (default: info)          GOTO_LOG_LEVEL  logLevel
-  --metrics-listen ADDR serve Prometheus metrics at http://ADDR/metrics (default: off). ADDR is
-                        PORT (= ${DEFAULT_METRICS_HOST}:PORT), IP:PORT or [IPv6]:PORT; port 0 picks a free
-                        port (logged). The endpoint has no authentication: name a non-loopback
-                        address only on a network you trust.     GOTO_METRICS_LISTEN  metricsListen
+  --metrics-listen ADDR serve Prometheus metrics on http://ADDR/metrics (default: off).
+                        ADDR is PORT (binds ${DEFAULT_METRICS_HOST}:PORT), IP:PORT or [IPv6]:PORT; port 0
+                        picks a free port (logged). No authentication: name a non-loopback
+                        address only on a network you trust (docs/operations.md).
+                                                                            GOTO_METRICS_LISTEN  metricsListen
   --config FILE         JSON file with the keys above                       GOTO_CONFIG
   -h, --help            show this help
   --version             print the agent version

@@ -8,6 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { createServer, type AddressInfo } from 'node:net'
 import { initCa, issueCertificate } from '../../certs/index.js'
 
 const repo = fileURLToPath(new URL('../../../', import.meta.url))
@@ -43,7 +44,7 @@ describe('goto and goto-agent as programs', function () {
   it('goto-agent --help lists every option', () => {
     const r = run(AGENT, ['--help'])
     expect(r.code).to.equal(0)
-    for (const opt of ['--bundle', '--listen', '--bootstrap', '--docker', '--name', '--label', '--state-dir', '--profile', '--config', '--announce']) {
+    for (const opt of ['--bundle', '--listen', '--bootstrap', '--docker', '--name', '--label', '--state-dir', '--profile', '--config', '--announce', '--metrics-listen']) {
       expect(r.stdout).to.contain(opt)
     }
   })
@@ -66,6 +67,21 @@ describe('goto and goto-agent as programs', function () {
     oneLineNaming(run(AGENT, ['--bundle', join(dir, 'op'), '--state-dir', join(dir, 'state')]), '--bundle')
     oneLineNaming(run(AGENT, ['--bundle', join(dir, 'agent'), '--name', 'host-2', '--state-dir', join(dir, 'state')]), '--name')
     oneLineNaming(run(AGENT, ['--bundle', join(dir, 'missing')]), join(dir, 'missing'), 1)
+    oneLineNaming(run(AGENT, ['--bundle', join(dir, 'agent'), '--metrics-listen', ':9464']), '--metrics-listen')
+    oneLineNaming(run(AGENT, [], { GOTO_BUNDLE: join(dir, 'agent'), GOTO_METRICS_LISTEN: 'metrics.example:9464' }), 'GOTO_METRICS_LISTEN')
+  })
+
+  it('goto-agent refuses a metrics address it cannot bind, before it joins the mesh', async () => {
+    const taken = createServer()
+    await new Promise<void>(resolve => { taken.listen(0, '127.0.0.1', resolve) })
+    try {
+      const { port } = taken.address() as AddressInfo
+      const r = run(AGENT, ['--bundle', join(dir, 'agent'), '--state-dir', join(dir, 'state'), '--listen', '/ip4/127.0.0.1/tcp/0', '--metrics-listen', String(port)])
+      oneLineNaming(r, '--metrics-listen')
+      expect(r.stdout).not.to.contain('agent started')
+    } finally {
+      taken.close()
+    }
   })
 
   it('goto refuses bad usage with one line and exit 2', () => {
