@@ -7,9 +7,9 @@
  *   const tar = buildLoadTarball({ config, diffIds, present, store })   // load.ts
  *   await store.prune(new Set(layersOfMovesInProgress))
  *
- * `receive` streams into a temp file under `<dir>/incoming/` while hashing, with one write in
- * flight while the next chunk is pulled and hashed (at most two chunks held, whatever the layer's
- * size; a slow disk slows the pull, which is the backpressure). It refuses the layer the moment it
+ * `receive` streams into a temp file under `<dir>/incoming/` while hashing; the writes run behind
+ * the hashing, batched (at most 2 MiB held, whatever the layer's size; a slow disk slows the pull,
+ * which is the backpressure). It refuses the layer the moment it
  * goes past its announced size, or at the end if its sha256 is not its diff ID; on any failure,
  * abort included, the temp file is removed. Only a verified layer is fsynced and renamed into
  * place, so whatever `has` reports survives a crash or an agent restart and a retried transfer need
@@ -27,6 +27,8 @@ import {
 const DIFF_ID = /^sha256:([0-9a-f]{64})$/
 const LAYER_FILE = /^([0-9a-f]{64})\.tar$/
 const INCOMING = 'incoming'
+/** Received bytes queued for the disk at most: enough to batch several frames per write; more (8 MiB) pushed a 1 GiB receive near its 64 MiB memory budget. */
+const WRITE_BEHIND_BYTES = 2 * 1024 * 1024
 
 export interface ReceiveResult {
   /** Bytes received and kept (the announced size). */
@@ -67,7 +69,7 @@ export class LayerStore {
    * `announcedSize` bytes arrive, before they are written), LayerTruncatedError (fewer bytes),
    * LayerDigestMismatchError (sha256 is not `diffId`), the signal's reason on abort, an error of
    * the source as is when it is one of ours, or TransferError for anything else (disk full, ...).
-   * On any failure nothing of the layer is kept. A chunk is written while the next one is pulled,
+   * On any failure nothing of the layer is kept. Chunks are written after the next ones are pulled,
    * so the source must not reuse a chunk's memory once it yielded it (no Node stream or libp2p
    * stream does).
    */
@@ -96,9 +98,8 @@ export class LayerStore {
     const fh = await open(tmp, 'wx', 0o600)
     let closed = false
     let kept = false
-    // One write in flight while the next chunk is hashed and pulled: disk, CPU and network overlap,
-    // and at most two chunks are held.
-    let writing: Promise<void> = Promise.resolve()
+    // Disk, CPU and network overlap: chunks are written behind the hashing, batched.
+    const writer = new WriteBehind(fh, WRITE_BEHIND_BYTES)
     try {
       const hash = createHash('sha256')
       let bytes = 0
@@ -108,11 +109,9 @@ export class LayerStore {
         }
         hash.update(chunk)
         bytes += chunk.byteLength
-        await writing
-        writing = writeAll(fh, chunk)
-        writing.catch(() => {}) // awaited before the next write or in finally; never unobserved
+        await writer.push(chunk)
       }
-      await writing
+      await writer.flush()
       if (bytes < announcedSize) {
         throw new LayerTruncatedError(`layer ${diffId}: ended after ${bytes} of the announced ${announcedSize} bytes`)
       }
@@ -133,7 +132,7 @@ export class LayerStore {
       if (err instanceof GotoError) throw err
       throw new TransferError(`layer ${diffId}: receiving failed: ${(err as Error).message}`, { cause: err })
     } finally {
-      await writing.catch(() => {})
+      await writer.settled()
       if (!closed) await fh.close().catch(() => {})
       if (!kept) await rm(tmp, { force: true }).catch(() => {})
     }
@@ -207,12 +206,85 @@ export class LayerStore {
   }
 }
 
-/** fh.write may write less than asked; loop until the whole chunk is on its way to disk. */
-async function writeAll (fh: FileHandle, chunk: Uint8Array): Promise<void> {
-  let off = 0
-  while (off < chunk.byteLength) {
-    const { bytesWritten } = await fh.write(chunk, off, chunk.byteLength - off)
-    off += bytesWritten
+/**
+ * Writes chunks to a file in order, behind the caller: a chunk pushed while a write is in flight
+ * waits in a queue, and the whole queue goes in the next write (one writev). So the number of
+ * writes follows the disk's pace, not the number of chunks — one small write per network frame,
+ * each waiting for a thread-pool turn, crawled on a busy machine. `push` waits only while more
+ * than `limit` bytes are queued or being written; that bound is the memory this costs.
+ */
+class WriteBehind {
+  private queue: Uint8Array[] = []
+  private pending = 0
+  private inFlight: Promise<void> | undefined
+  private failure: { error: unknown } | undefined
+  private wakeUp: (() => void) | undefined
+
+  constructor (private readonly fh: FileHandle, private readonly limit: number) {}
+
+  /** Queues the chunk (the caller must not change it afterwards); rejects with an earlier write's error. */
+  async push (chunk: Uint8Array): Promise<void> {
+    this.check()
+    this.queue.push(chunk)
+    this.pending += chunk.byteLength
+    this.pump()
+    while (this.pending > this.limit && this.failure === undefined) await new Promise<void>(resolve => { this.wakeUp = resolve })
+    this.check()
+  }
+
+  /** Resolves once everything pushed is written; rejects with the first write error. */
+  async flush (): Promise<void> {
+    for (;;) {
+      this.check()
+      if (this.inFlight === undefined) {
+        if (this.queue.length === 0) return
+        this.pump()
+      }
+      await this.inFlight
+    }
+  }
+
+  /** Waits for the write in flight, whatever its outcome (before closing the file). */
+  async settled (): Promise<void> {
+    this.queue = []
+    await this.inFlight
+  }
+
+  private check (): void {
+    if (this.failure !== undefined) throw this.failure.error
+  }
+
+  private pump (): void {
+    if (this.inFlight !== undefined || this.queue.length === 0 || this.failure !== undefined) return
+    const batch = this.queue
+    this.queue = []
+    const bytes = batch.reduce((n, c) => n + c.byteLength, 0)
+    this.inFlight = writevAll(this.fh, batch).then(() => {
+      this.pending -= bytes
+      this.inFlight = undefined
+      this.pump()
+    }, (error: unknown) => {
+      this.failure = { error }
+      this.inFlight = undefined
+    }).finally(() => {
+      const wake = this.wakeUp
+      this.wakeUp = undefined
+      wake?.()
+    })
+  }
+}
+
+/** fh.writev may write less than asked; loop until every byte of `chunks` is on its way to disk. */
+async function writevAll (fh: FileHandle, chunks: Uint8Array[]): Promise<void> {
+  let rest = chunks
+  while (rest.length > 0) {
+    const { bytesWritten } = await fh.writev(rest)
+    let skip = bytesWritten
+    while (rest.length > 0 && skip >= rest[0].byteLength) {
+      skip -= rest[0].byteLength
+      rest = rest.slice(1)
+    }
+    if (skip > 0) rest = [rest[0].subarray(skip), ...rest.slice(1)]
   }
 }
 
