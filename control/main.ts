@@ -13,6 +13,7 @@ import { MoveRenderer } from './move.js'
 import { moveError, planDrain, renderDrain, type DrainAssignment, type DrainEvent } from './drain.js'
 import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
 import { runCaCommand } from '../certs/cli.js'
+import { runInstallCommand } from './install-cli.js'
 import { AgentClient } from './client.js'
 import { formatPeers, formatStatus } from './format.js'
 import { parseTcpMultiaddr } from '../protocol/multiaddr.js'
@@ -39,6 +40,12 @@ Commands:
                         containers that are not running stay (listed). Takes --dry-run and
                         --allow-bind-mounts as move does
   ca ...                the mesh CA: init, issue, revoke, list (see 'goto ca --help')
+  install USER@HOST --ca-dir DIR --name NAME
+                        install (or upgrade) the agent on a host over SSH and wait until it is
+                        alive in the mesh (see 'goto install --help')
+  uninstall USER@HOST   stop the agent on a host and remove it; --revoke also revokes its certificate
+  cloud-init --name NAME --ca-dir DIR --release-url URL
+                        print cloud-init user-data that makes a fresh EC2/Azure VM a mesh member
 
 Options for peers, status, move and drain:
   --bundle DIR          operator bundle from 'goto ca issue --role operator' (env GOTO_BUNDLE)
@@ -174,6 +181,16 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') { io.stdout(USAGE + '\n'); return command === undefined ? 2 : 0 }
   if (command === '--version') { io.stdout(GOTO_VERSION + '\n'); return 0 }
   if (command === 'ca') return await runCaCommand(rest, io)
+  if (command === 'install' || command === 'uninstall' || command === 'cloud-init') {
+    const ac = new AbortController()
+    const onSigint = (): void => { ac.abort(new GotoError('interrupted')) }
+    process.once('SIGINT', onSigint)
+    try {
+      return await runInstallCommand(command, rest, env, io, ac.signal)
+    } finally {
+      process.removeListener('SIGINT', onSigint)
+    }
+  }
   if (command !== 'peers' && command !== 'status' && command !== 'move' && command !== 'drain') {
     io.stderr(`goto: error: unknown command '${command}' (try 'goto --help')\n`)
     return 2

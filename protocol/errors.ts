@@ -121,6 +121,30 @@ export class ContainerNotRunningError extends GotoError {}
 /** A layer the move needed was not in the engine's save stream. */
 export class TransferIncompleteError extends GotoError {}
 
+// --- installing agents on hosts (control/install.ts) ---------------------------------------
+/** No SSH connection to the host: unreachable, refused, timed out, or not an SSH server. */
+export class SshConnectError extends GotoError {}
+/** The SSH server refused our key for that user (wrong key, wrong user, or key not authorized). */
+export class SshAuthError extends GotoError {}
+/** The host's SSH key is not in known_hosts and no --host-key or --accept-new-host-key was given. */
+export class HostKeyUnknownError extends GotoError {}
+/** The host's SSH key differs from the one known_hosts (or --host-key) names: maybe another machine. */
+export class HostKeyMismatchError extends GotoError {}
+/** The SSH user is not root and cannot use sudo without a password. */
+export class RemotePrivilegeError extends GotoError {}
+/** The host lacks something the agent needs (Node.js, Docker Engine, disk); nothing was changed. */
+export class PrerequisiteMissingError extends GotoError {
+  constructor (message: string, readonly missing: string[]) {
+    super(message)
+  }
+}
+/** A command on the host (the install script) failed; `output` holds its last lines. */
+export class RemoteCommandError extends GotoError {}
+/** The installed agent did not show up `alive` in the mesh in time. */
+export class AgentNotAliveError extends GotoError {}
+/** A release tarball that is missing or not a Go-To release. */
+export class ReleaseError extends GotoError {}
+
 /** Known error classes by name, so an error that crossed the wire is rebuilt as its own class. */
 const KNOWN: Record<string, new (message: string) => GotoError> = {
   UnknownContainerError,

@@ -8,9 +8,10 @@ export {
   AGENT_READY_TIMEOUT_MS, CLI_TIMEOUT_MS
 } from './lab.js'
 export type {
-  LabOptions, HostSpec, LabHost, ExtraAgentOptions, AgentHandle, CliOptions, CliResult, HostStatus, DownReport
+  LabOptions, HostSpec, SshdOptions, SshdHandle, LabHost, ExtraAgentOptions, AgentHandle, CliOptions, CliResult, HostStatus, DownReport
 } from './lab.js'
 export { waitFor } from './wait.js'
+export { HOST_PRIVATE_PATHS } from './sshd.js'
 export type { WaitOptions } from './wait.js'
 export {
   LabError, LabNotRootError, LabNotUpError, LabAlreadyUpError, UnknownLabHostError, LabConfigError,

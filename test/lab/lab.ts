@@ -36,7 +36,8 @@ import {
 } from './procs.js'
 import { BASE_IMAGE, buildBaseTar, engineClient, importBase, logTail, startEngine, waitEngineReady, type EngineSpec } from './engine.js'
 import { readState, writeState, STATE_VERSION, type AgentRecord, type HostState, type LabState } from './state.js'
-import { inNetns, labPath, run, spawnDetached } from './sys.js'
+import { inNetns, labPath, run, spawnDetached, type RunResult } from './sys.js'
+import { HOST_PRIVATE_PATHS, SSHD_PRIVSEP_DIR, SSH_PORT, backingDir, prepareSshd, sshdCommand } from './sshd.js'
 import { waitFor } from './wait.js'
 
 export { BASE_IMAGE }
@@ -86,7 +87,31 @@ export interface LabOptions {
   log?: (line: string) => void
 }
 
-export interface HostSpec { name: string, provider: string }
+export interface HostSpec {
+  name: string
+  provider: string
+  /** false: no main agent on this host (a fresh host to install one on); default true. */
+  agent?: boolean
+}
+
+export interface SshdOptions {
+  /** Public key lines (`ssh-ed25519 AAAA... comment`) each user may log in with. */
+  authorizedKeys: Record<string, string[]>
+}
+
+/** A lab host's OpenSSH server. */
+export interface SshdHandle {
+  host: string
+  ip: string
+  port: number
+  pid: number
+  /** `ssh-ed25519 AAAA...`. */
+  hostKey: string
+  /** The line an operator's known_hosts holds for it: `<ip> ssh-ed25519 AAAA...`. */
+  knownHostsLine: string
+  logFile: string
+  stop: () => Promise<void>
+}
 
 /** A simulated host as callers see it. */
 export interface LabHost {
@@ -356,7 +381,7 @@ export class Lab {
       operatorBundle: this.operatorBundle,
       rules: [],
       createdDirs,
-      hosts: specs.map((s, index) => this.newHostState(s, index, hostIp(subnet, index)))
+      hosts: specs.map((s, index) => ({ ...this.newHostState(s, index, hostIp(subnet, index)), ...(s.agent === false ? { noAgent: true } : {}) }))
     }
     await this.save()
 
@@ -391,11 +416,11 @@ export class Lab {
     if (withAgents) {
       signal?.throwIfAborted()
       const t3 = Date.now()
-      const [first, ...rest] = this.state.hosts
-      await this.startMainAgent(first, true, signal)
+      const [first, ...rest] = this.state.hosts.filter(h => h.noAgent !== true)
+      if (first !== undefined) await this.startMainAgent(first, true, signal)
       signal?.throwIfAborted()
       await Promise.all(rest.map(async h => { await this.startMainAgent(h, true, signal) }))
-      cfg.log(`agents: ${this.state.hosts.length} listening (${Date.now() - t3} ms)`)
+      cfg.log(`agents: ${rest.length + (first === undefined ? 0 : 1)} listening (${Date.now() - t3} ms)`)
     }
     cfg.log(`lab up: ${this.state.hosts.length} hosts in ${Date.now() - t0} ms`)
     return this.hosts
@@ -403,6 +428,7 @@ export class Lab {
 
   private checkSpecs (specs: HostSpec[]): void {
     if (specs.length < 1) throw new LabConfigError('a lab needs at least one host')
+    if (specs[0].agent === false) throw new LabConfigError(`the first host (${specs[0].name}) is the others' bootstrap: it must run an agent`)
     const seen = new Set<string>()
     for (const s of specs) {
       if (!HOST_NAME.test(s.name)) throw new LabConfigError(`host name '${s.name}' must be 1-24 lowercase letters, digits or '-', starting with a letter`)
@@ -622,6 +648,73 @@ export class Lab {
     return out
   }
 
+  // --- SSH ----------------------------------------------------------------------------------
+
+  /**
+   * Starts an OpenSSH server on the host (port 22 of its address) in its own mount namespace, with
+   * the host's own /opt/goto, /etc/goto and /var/lib/goto (see sshd.ts). Restarts it if it runs.
+   */
+  async startSshd (name: string, opts: SshdOptions): Promise<SshdHandle> {
+    assertRoot()
+    const s = await this.load()
+    const h = this.hostState(name)
+    if (h.sshd !== undefined && await isOurs(h.sshd)) await killAndWait([h.sshd.pid])
+    const dir = join(h.dir, 'ssh')
+    const fsDir = join(h.dir, 'fs')
+    for (const p of [SSHD_PRIVSEP_DIR, ...HOST_PRIVATE_PATHS]) {
+      // Mount points on the real machine; the lab removes the ones it made (when empty) on down.
+      if (!existsSync(p)) {
+        await mkdir(p, { recursive: true, mode: 0o755 })
+        s.createdDirs.push(p)
+      }
+      if (p !== SSHD_PRIVSEP_DIR) await mkdir(backingDir(fsDir, p), { recursive: true })
+    }
+    await this.save()
+    const prepared = await prepareSshd({ dir, runDir: h.execRoot, ip: h.ip, authorizedKeys: opts.authorizedKeys })
+    const logFile = join(h.dir, 'sshd.log')
+    const cmd = sshdCommand(h.netns, fsDir, prepared.configFile, logFile)
+    const proc = await spawnDetached(cmd.prefix, cmd.argv, join(h.dir, 'sshd.out'), { ...process.env, PATH: labPath() })
+    if (proc.startTime === '') throw new LabError(`sshd on ${name} (pid ${proc.pid}) exited at once; see ${join(h.dir, 'sshd.out')}`)
+    // sshd rewrites its command line ("sshd: ... [listener] 0 of 10-100 startups"): it is known by
+    // its PID and start time alone (an empty argv matches any command line).
+    h.sshd = { ...proc, argv: [], port: SSH_PORT, configFile: prepared.configFile, logFile, hostKey: prepared.hostKey, fsDir }
+    await this.save()
+    const rec = h.sshd
+    await waitFor(async () => {
+      if (!await isAlive(rec.pid)) throw new LabProcessExitedError(`sshd on ${name} exited while starting:\n${await logTail(join(h.dir, 'sshd.out'))}\n${await logTail(logFile)}`)
+      return await tcpOpen(h.ip, SSH_PORT)
+    }, { timeoutMs: AGENT_READY_TIMEOUT_MS, intervalMs: 50, what: `sshd on ${name} to accept connections` })
+    return {
+      host: name,
+      ip: h.ip,
+      port: SSH_PORT,
+      pid: rec.pid,
+      hostKey: rec.hostKey,
+      knownHostsLine: `${h.ip} ${rec.hostKey}`,
+      logFile,
+      stop: async () => { if (await isOurs(rec)) await killAndWait([rec.pid]) }
+    }
+  }
+
+  /**
+   * Runs `argv` on the host as its sshd's sessions do: in its network namespace and in the mount
+   * namespace with its own /opt/goto, /etc/goto and /var/lib/goto. Needs startSshd first.
+   */
+  async hostExec (name: string, argv: string[], opts: { input?: string, allowFail?: boolean, signal?: AbortSignal } = {}): Promise<RunResult> {
+    await this.load()
+    const h = this.hostState(name)
+    if (h.sshd === undefined || !await isOurs(h.sshd)) throw new LabError(`host ${name} has no running sshd (its mount namespace); call startSshd first`)
+    return await run(['nsenter', '-t', String(h.sshd.pid), '--net', '--mount', '--', ...argv], { ...opts, env: { ...this.agentEnv() } })
+  }
+
+  /** Where a path of HOST_PRIVATE_PATHS on the host lives on this machine (to inspect it). */
+  hostPath (name: string, path: string): string {
+    const h = this.hostState(name)
+    const base = HOST_PRIVATE_PATHS.find(p => path === p || path.startsWith(`${p}/`))
+    if (base === undefined) throw new LabConfigError(`${path} is not one of the host's own paths (${HOST_PRIVATE_PATHS.join(', ')})`)
+    return join(backingDir(join(h.dir, 'fs'), base), path.slice(base.length))
+  }
+
   // --- host failure --------------------------------------------------------------------------
 
   /**
@@ -633,7 +726,7 @@ export class Lab {
     await this.load()
     const h = this.hostState(name)
     const t0 = Date.now()
-    const recorded = [h.agent, ...h.extraAgents, h.dockerd]
+    const recorded = [h.agent, ...h.extraAgents, h.dockerd, h.sshd]
     const ids = await containerIdsOf([h.dataRoot])
     const n = await this.killRounds(async () => {
       const pids: number[] = []
@@ -664,7 +757,7 @@ export class Lab {
     // A restarted dockerd re-inserts its FORWARD rules; put the partition's jumps first again.
     if (s.partition !== undefined) await this.applyPartitionTo(h, s.partition)
     this.config.log(`start ${name}: engine answering (${Date.now() - t0} ms)`)
-    if (s.agents && existsSync(this.agentMain) && !await isOurs(h.agent)) {
+    if (s.agents && h.noAgent !== true && existsSync(this.agentMain) && !await isOurs(h.agent)) {
       await this.startMainAgent(h, false)
       this.config.log(`start ${name}: agent listening on ${h.agent?.addr ?? '?'} (${Date.now() - t0} ms)`)
     }
@@ -811,7 +904,7 @@ export class Lab {
     const dataRoots = hostDirs.map(d => join(root, d, 'docker'))
     const ids = await containerIdsOf(dataRoots)
     const recorded: ProcRecord[] = []
-    for (const h of s?.hosts ?? []) for (const r of [h.agent, ...h.extraAgents, h.dockerd]) if (r !== undefined) recorded.push(r)
+    for (const h of s?.hosts ?? []) for (const r of [h.agent, ...h.extraAgents, h.dockerd, h.sshd]) if (r !== undefined) recorded.push(r)
     report.killed = await this.killRounds(async () => {
       const pids: number[] = []
       for (const r of recorded) if (await isOurs(r)) pids.push(r.pid)

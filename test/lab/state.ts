@@ -6,6 +6,7 @@
 import { readFile, rename, writeFile } from 'node:fs/promises'
 import type { ProcRecord } from './procs.js'
 import type { IptablesRule } from './net.js'
+import type { SshdRecord } from './sshd.js'
 
 export const STATE_VERSION = 1
 
@@ -41,6 +42,10 @@ export interface HostState {
   agent?: AgentRecord
   /** Agents started with startAgent(host, {...}) besides the main one. */
   extraAgents: AgentRecord[]
+  /** The host runs no main agent (a fresh host for `goto install`); from HostSpec.agent. */
+  noAgent?: boolean
+  /** Its OpenSSH server, once startSshd ran (in its own mount namespace, see sshd.ts). */
+  sshd?: SshdRecord
 }
 
 export interface LabState {
