@@ -11,22 +11,14 @@ import { existsSync, readFileSync } from 'node:fs'
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { Lab, waitFor, type CliResult, type LabHost, type SshdHandle } from '../lab/index.js'
 import { listIssued } from '../../certs/index.js'
 import { fingerprint } from '../../control/known-hosts.js'
 import type { PeerRow } from '../../protocol/messages.js'
+import { buildRelease } from '../fixtures/release.js'
 
-const repo = fileURLToPath(new URL('../../../', import.meta.url))
 /** An install uploads ~13 MiB and waits for a join; generous for a loaded 2-core CI machine. */
 const INSTALL_TIMEOUT_MS = 180_000
-
-/** Builds the release tarball into `dir` the way `npm run release` does (dist/ is already built). */
-export function buildRelease (dir: string): string {
-  const r = spawnSync('bash', [join(repo, 'install/build-release.sh'), '--out', dir], { encoding: 'utf8' })
-  if (r.status !== 0) throw new Error(`build-release.sh failed: ${r.stderr}`)
-  return r.stdout.trim().split(' ')[0]
-}
 
 /** Processes in the host's network namespace other than its engine and sshd. */
 function otherProcesses (netns: string): string[] {
