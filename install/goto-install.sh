@@ -10,7 +10,7 @@
 #                             [--announce MULTIADDR]... [--bootstrap MULTIADDR]... [--label K=V]...
 #                             [--docker ENDPOINT] [--supervisor auto|systemd|background]
 #   goto-install.sh uninstall [--keep-state]
-#   goto-install.sh status | logs | show-cert
+#   goto-install.sh start | stop | status | logs | show-cert | print-unit
 #
 # Layout: /opt/goto/releases/<id>/ (the release: dist/, node_modules/, this script), /opt/goto/current
 # (symlink to the running release), /opt/goto/bin/goto-agent (runs it with Node.js); /etc/goto/agent.json
@@ -273,8 +273,9 @@ install_config () {
   if [ "$r" = changed ]; then CONFIG_CHANGED=1; say "config: written to $ETC/agent.json"; else CONFIG_CHANGED=; say "config: unchanged"; fi
 }
 
-install_unit () {
-  r=$(replace_if_changed $UNIT 644 <<EOF
+# The systemd unit (also `goto-install.sh print-unit`, which tests check with systemd-analyze).
+print_unit () {
+  cat <<EOF
 # Written by goto-install.sh. The Go-To agent: joins the mesh, answers the operator CLI, moves containers.
 [Unit]
 Description=Go-To agent
@@ -292,7 +293,10 @@ TimeoutStopSec=$STOP_GRACE_S
 [Install]
 WantedBy=multi-user.target
 EOF
-)
+}
+
+install_unit () {
+  r=$(print_unit | replace_if_changed $UNIT 644)
   [ "$r" = unchanged ] || { UNIT_CHANGED=1; say "service: wrote $UNIT"; }
 }
 
@@ -417,6 +421,7 @@ case $cmd in
   start) do_start ;;
   stop) need_root; stop_agent; say "agent: stopped" ;;
   show-cert) cat $ETC/bundle/cert.pem 2>/dev/null || exit 4 ;;
+  print-unit) print_unit ;;
   supervise) supervise ;;
-  *) usage "goto-install.sh check|install|uninstall|start|stop|status|logs|show-cert (see the comment at the top)" ;;
+  *) usage "goto-install.sh check|install|uninstall|start|stop|status|logs|show-cert|print-unit (see the comment at the top)" ;;
 esac

@@ -142,6 +142,13 @@ describe('goto install over SSH onto a lab host (real sshd, engines and agents)'
     expect(existsSync('/opt/goto/current')).to.equal(false)
   })
 
+  it('the systemd unit it writes where systemd is PID 1 passes systemd-analyze verify (systemd cannot run here)', async () => {
+    const unit = join(scratch, 'goto-agent.service')
+    const r = await lab.hostExec(NAME, ['sh', '-c', 'sh /opt/goto/current/install/goto-install.sh print-unit > "$1" && systemd-analyze verify --man=no "$1"', 'sh', unit], { allowFail: true })
+    expect(r.code, r.stderr).to.equal(0)
+    expect(await readFile(unit, 'utf8')).to.contain('ExecStart=/opt/goto/bin/goto-agent --config /etc/goto/agent.json')
+  })
+
   it('a second install is idempotent: same certificate, agent not restarted; a new host key needs the flag', async () => {
     const pidFile = lab.hostPath(NAME, '/var/lib/goto/agent.pid')
     const pid = await readFile(pidFile, 'utf8')

@@ -52,7 +52,12 @@ describe('goto and goto-agent as programs', function () {
   it('goto --help lists the commands; goto ca --help the CA commands', () => {
     const r = run(GOTO, ['--help'])
     expect(r.code).to.equal(0)
-    for (const cmd of ['peers', 'status', 'move', '--to', '--dry-run', 'ca', '--bundle', '--agent', '--json']) expect(r.stdout).to.contain(cmd)
+    for (const cmd of ['peers', 'status', 'move', '--to', '--dry-run', 'ca', 'install', 'uninstall', 'cloud-init', '--bundle', '--agent', '--json']) expect(r.stdout).to.contain(cmd)
+    const install = run(GOTO, ['install', '--help'])
+    expect(install.code).to.equal(0)
+    for (const opt of ['--ca-dir', '--name', '--port', '--identity', '--known-hosts', '--host-key', '--accept-new-host-key', '--label', '--bootstrap', '--release', '--no-wait', '--keep-state', '--revoke', '--release-url', '--sha256']) {
+      expect(install.stdout).to.contain(opt)
+    }
     const ca = run(GOTO, ['ca', '--help'])
     expect(ca.code).to.equal(0)
     for (const cmd of ['init', 'issue', 'revoke', 'list']) expect(ca.stdout).to.contain(cmd)
@@ -95,5 +100,25 @@ describe('goto and goto-agent as programs', function () {
     oneLineNaming(run(GOTO, ['move', ...common]), 'CONTAINER')
     oneLineNaming(run(GOTO, ['move', 'web', ...common]), '--to')
     oneLineNaming(run(GOTO, ['peers', '--to', 'x', ...common]), '--to')
+  })
+
+  it('goto install, uninstall and cloud-init refuse bad usage with one line naming the option, before connecting', () => {
+    const ca = ['--ca-dir', join(dir, 'ca')]
+    const env = { HOME: dir }
+    oneLineNaming(run(GOTO, ['install', '--name', 'h', ...ca], env), 'USER@HOST')
+    oneLineNaming(run(GOTO, ['install', 'root@', '--name', 'h', ...ca], env), 'USER@HOST')
+    oneLineNaming(run(GOTO, ['install', 'root@10.0.0.1', '--name', 'h'], env), '--ca-dir')
+    oneLineNaming(run(GOTO, ['install', 'root@10.0.0.1', ...ca], env), '--name')
+    oneLineNaming(run(GOTO, ['install', 'root@10.0.0.1', '--name', 'bad name', ...ca], env), '--name')
+    oneLineNaming(run(GOTO, ['install', 'root@10.0.0.1', '--name', 'h', ...ca, '--port', '70000'], env), '--port')
+    oneLineNaming(run(GOTO, ['install', 'root@10.0.0.1', '--name', 'h', ...ca, '--host-key', 'MD5:aa'], env), '--host-key')
+    oneLineNaming(run(GOTO, ['install', 'root@10.0.0.1', '--name', 'h', ...ca, '--label', 'novalue'], env), '--label')
+    oneLineNaming(run(GOTO, ['install', 'root@10.0.0.1', '--name', 'h', ...ca, '--bootstrap', '10.0.0.2:4001'], env), '--bootstrap')
+    oneLineNaming(run(GOTO, ['install', 'root@10.0.0.1', '--name', 'h', ...ca, '--supervisor', 'cron'], env), '--supervisor')
+    oneLineNaming(run(GOTO, ['install', 'root@10.0.0.1', '--name', 'h', ...ca], env), '--bundle')
+    oneLineNaming(run(GOTO, ['install', 'root@10.0.0.1', '--name', 'h', ...ca, '--no-wait', '--release', join(dir, 'none.tar.gz')], env), join(dir, 'none.tar.gz'), 1)
+    oneLineNaming(run(GOTO, ['uninstall', 'root@10.0.0.1', '--revoke'], env), '--ca-dir')
+    oneLineNaming(run(GOTO, ['cloud-init', '--name', 'h', ...ca, '--release-url', 'https://example.invalid/r.tgz'], env), '--sha256')
+    oneLineNaming(run(GOTO, ['cloud-init', '--name', 'h', ...ca, '--release-url', 'ftp://x', '--sha256', 'a'.repeat(64)], env), '--release-url')
   })
 })
