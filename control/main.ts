@@ -13,7 +13,6 @@ import { MoveRenderer } from './move.js'
 import { moveError, planDrain, renderDrain, type DrainAssignment, type DrainEvent } from './drain.js'
 import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
 import { runCaCommand } from '../certs/cli.js'
-import { runInstallCommand } from './install-cli.js'
 import { AgentClient } from './client.js'
 import { formatPeers, formatStatus } from './format.js'
 import { parseTcpMultiaddr } from '../protocol/multiaddr.js'
@@ -186,6 +185,8 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
     const onSigint = (): void => { ac.abort(new GotoError('interrupted')) }
     process.once('SIGINT', onSigint)
     try {
+      // ssh2 and the installer load only for these commands: peers and status stay quick to start.
+      const { runInstallCommand } = await import('./install-cli.js')
       return await runInstallCommand(command, rest, env, io, ac.signal)
     } finally {
       process.removeListener('SIGINT', onSigint)

@@ -10,6 +10,7 @@ cd "$repo"
 [ $# -gt 0 ] || { echo "usage: vagrant/prepare.sh NAME... (the VM names)" >&2; exit 2; }
 version=$(node -p 'require("./package.json").version')
 [ -f "release/go-to-$version.tar.gz" ] || npm run --silent release
+[ -f dist/control/main.js ] || npm run --silent build
 goto() { node "$repo/dist/control/main.js" "$@"; }
 [ -f "$here/mesh-ca/ca.key" ] || goto ca init --dir "$here/mesh-ca" --name "Go-To Vagrant mesh CA"
 for name in "$@"; do

@@ -8,7 +8,7 @@ import '../../protocol/polyfill.js'
 import { expect } from 'chai'
 import { spawnSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, readdir, readlink, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Lab, waitFor, type CliResult, type LabHost, type SshdHandle } from '../lab/index.js'
@@ -163,9 +163,25 @@ describe('goto install over SSH onto a lab host (real sshd, engines and agents)'
     expect(await readFile(fresh2, 'utf8')).to.contain(sshd.hostKey)
   })
 
+  it('re-running with a new release upgrades in place: the agent restarts on it, the previous release is kept', async () => {
+    const pidFile = lab.hostPath(NAME, '/var/lib/goto/agent.pid')
+    const oldPid = await readFile(pidFile, 'utf8')
+    const oldCurrent = await readlink(lab.hostPath(NAME, '/opt/goto/current'))
+    const next = buildRelease(await mkdtemp(join(scratch, 'next-')))
+    const r = await goto(installArgs({ extra: ['--release', next] }))
+    expect(r.code, r.stderr + r.stdout).to.equal(0)
+    expect(r.stdout).to.contain(`(was ${oldCurrent.replace('releases/', '')})`).and.to.contain('agent: restarted (background)').and.to.contain(`${NAME} is alive`)
+    const current = await readlink(lab.hostPath(NAME, '/opt/goto/current'))
+    expect(current).to.not.equal(oldCurrent)
+    expect((await readdir(lab.hostPath(NAME, '/opt/goto/releases'))).sort()).to.deep.equal([oldCurrent, current].map(c => c.replace('releases/', '')).sort())
+    expect(await readFile(pidFile, 'utf8')).to.not.equal(oldPid)
+  })
+
   it('uninstall stops the agent and removes it; --revoke revokes its certificate', async () => {
     const peerId = (await peersAtSeed()).find(p => p.name === NAME)?.peerId
-    const r = await goto(['uninstall', `root@${fresh.ip}`, '--identity', key, '--known-hosts', knownHosts, '--revoke', '--ca-dir', lab.caDir])
+    // The explicit fingerprint alone is enough to trust the host (no known_hosts entry).
+    const fp = fingerprint(Buffer.from(sshd.hostKey.split(' ')[1], 'base64'))
+    const r = await goto(['uninstall', `root@${fresh.ip}`, '--identity', key, '--known-hosts', join(scratch, 'none'), '--host-key', fp, '--revoke', '--ca-dir', lab.caDir])
     expect(r.code, r.stderr + r.stdout).to.equal(0)
     expect(r.stdout).to.contain('agent: stopped').and.to.contain(`revoked ${NAME} (peer ${peerId})`)
     await nothingInstalled()
