@@ -17,7 +17,7 @@ import { GOTO_VERSION } from '../protocol/version.js'
 import { BundleError, ConfigError, GotoError } from '../protocol/errors.js'
 import { INSTALL_DIR, installAgent, uninstallAgent, type Out } from './install.js'
 import { cloudInitUserData, USER_DATA_LIMIT_BYTES } from './cloud-init.js'
-import { parseTarget } from './ssh.js'
+import { parseTarget, type SshTarget } from './ssh.js'
 import type { HostKeyPolicy } from './known-hosts.js'
 
 /** How long `goto install` waits for the new agent to be alive (a first start on a slow VM). */
@@ -118,7 +118,7 @@ function positiveInt (v: Values, key: string, max: number): number | undefined {
   return Number(x)
 }
 
-function sshOptions (v: Values, positionals: string[], env: NodeJS.ProcessEnv, command: string): { target: ReturnType<typeof parseTarget> & object, identityFile: string, hostKey: HostKeyPolicy } {
+function sshOptions (v: Values, positionals: string[], env: NodeJS.ProcessEnv, command: string): { target: SshTarget, identityFile: string, hostKey: HostKeyPolicy } {
   if (positionals.length !== 1) throw new ConfigError('USER@HOST', `'goto ${command}' takes exactly one USER@HOST (got ${positionals.length})`)
   const port = positiveInt(v, 'port', 65535) ?? 22
   const target = parseTarget(positionals[0], port)

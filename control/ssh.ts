@@ -95,6 +95,9 @@ export class SshSession {
       })
       client.connect(config)
     })
+    // Later errors (the connection drops) surface as failed commands; without a listener they
+    // would crash the process.
+    client.on('error', () => {})
     if (accepted === undefined) { client.end(); throw new SshConnectError(`${where}: the host key was never checked`) }
     if (accepted.remember !== undefined) await rememberHostKey(policy.knownHostsFile, accepted.remember)
     return new SshSession(client, target, `${accepted.type} ${accepted.fp} (${accepted.how})`)
