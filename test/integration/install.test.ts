@@ -175,6 +175,16 @@ describe('goto install over SSH onto a lab host (real sshd, engines and agents)'
     expect(current).to.not.equal(oldCurrent)
     expect((await readdir(lab.hostPath(NAME, '/opt/goto/releases'))).sort()).to.deep.equal([oldCurrent, current].map(c => c.replace('releases/', '')).sort())
     expect(await readFile(pidFile, 'utf8')).to.not.equal(oldPid)
+    release = next // what the host runs now, for the tests after this one
+  })
+
+  it('an agent that does not show up alive in time is an error with its last log lines', async () => {
+    // Asking a member that does not exist: the install itself changes nothing (same release, same
+    // config), and the wait ends after --wait seconds with the agent's own log.
+    const r = await goto(installArgs({ extra: ['--agent', '/ip4/10.213.130.99/tcp/4001', '--wait', '3'] }))
+    oneErrorLine(r, `${NAME} did not become alive in the mesh within 3 s`)
+    expect(r.stdout).to.contain('nothing changed')
+    expect(r.stderr).to.match(/^  agent log: \{".*"service":"goto-agent"/m)
   })
 
   it('uninstall stops the agent and removes it; --revoke revokes its certificate', async () => {
