@@ -79,7 +79,12 @@ describe('goto install over SSH onto a lab host (real sshd, engines and agents)'
     key = join(scratch, 'id_ed25519')
     otherKey = join(scratch, 'other_ed25519')
     for (const k of [key, otherKey]) spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', k])
-    sshd = await lab.startSshd(NAME, { authorizedKeys: { root: [(await readFile(`${key}.pub`, 'utf8')).trim()] } })
+    const pub = (await readFile(`${key}.pub`, 'utf8')).trim()
+    // deploy may sudo without a password, as the default users of cloud images may; nosudo may not.
+    sshd = await lab.startSshd(NAME, {
+      authorizedKeys: { root: [pub], deploy: [pub], nosudo: [pub] },
+      users: [{ name: 'deploy', sudo: true }, { name: 'nosudo', sudo: false }]
+    })
     knownHosts = join(scratch, 'known_hosts')
     await writeFile(knownHosts, sshd.knownHostsLine + '\n')
     release = buildRelease(scratch)
@@ -108,9 +113,10 @@ describe('goto install over SSH onto a lab host (real sshd, engines and agents)'
     await nothingInstalled()
   })
 
-  it('a wrong key or a wrong user is one clear line', async () => {
+  it('a wrong key or a wrong user is one clear line; so is a user who may not sudo', async () => {
     oneErrorLine(await goto(installArgs({ identity: otherKey })), 'refused our key', "user 'root'", 'authorized_keys')
     oneErrorLine(await goto(installArgs({ user: 'nobody' })), 'refused our key', "user 'nobody'")
+    oneErrorLine(await goto(installArgs({ user: 'nosudo' })), 'nosudo on', 'is not root and cannot run sudo without a password')
     await nothingInstalled()
   })
 
@@ -149,12 +155,12 @@ describe('goto install over SSH onto a lab host (real sshd, engines and agents)'
     expect(await readFile(unit, 'utf8')).to.contain('ExecStart=/opt/goto/bin/goto-agent --config /etc/goto/agent.json')
   })
 
-  it('a second install is idempotent: same certificate, agent not restarted; a new host key needs the flag', async () => {
+  it('a second install, as a user with sudo, is idempotent: same certificate, agent not restarted; a new host key needs the flag', async () => {
     const pidFile = lab.hostPath(NAME, '/var/lib/goto/agent.pid')
     const pid = await readFile(pidFile, 'utf8')
     const before = (await peersAtSeed()).find(p => p.name === NAME)
     const fresh2 = join(scratch, 'learned_known_hosts')
-    const r = await goto(installArgs({ knownHosts: fresh2, extra: ['--accept-new-host-key'] }))
+    const r = await goto(installArgs({ user: 'deploy', knownHosts: fresh2, extra: ['--accept-new-host-key'] }))
     expect(r.code, r.stderr + r.stdout).to.equal(0)
     expect(r.stdout).to.contain("kept the host's certificate").and.to.contain('already unpacked').and.to.contain('nothing changed')
     expect(await readFile(pidFile, 'utf8')).to.equal(pid)

@@ -12,6 +12,7 @@ export type {
 } from './lab.js'
 export { waitFor } from './wait.js'
 export { HOST_PRIVATE_PATHS } from './sshd.js'
+export type { LabUser } from './sshd.js'
 export type { WaitOptions } from './wait.js'
 export {
   LabError, LabNotRootError, LabNotUpError, LabAlreadyUpError, UnknownLabHostError, LabConfigError,

@@ -37,7 +37,7 @@ import {
 import { BASE_IMAGE, buildBaseTar, engineClient, importBase, logTail, startEngine, waitEngineReady, type EngineSpec } from './engine.js'
 import { readState, writeState, STATE_VERSION, type AgentRecord, type HostState, type LabState } from './state.js'
 import { inNetns, labPath, run, spawnDetached, type RunResult } from './sys.js'
-import { HOST_PRIVATE_PATHS, SSHD_PRIVSEP_DIR, SSH_PORT, backingDir, prepareSshd, sshdCommand } from './sshd.js'
+import { HOST_PRIVATE_PATHS, SSHD_PRIVSEP_DIR, SSH_PORT, backingDir, prepareSshd, prepareUsers, sshdCommand, type LabUser } from './sshd.js'
 import { waitFor } from './wait.js'
 
 export { BASE_IMAGE }
@@ -97,6 +97,11 @@ export interface HostSpec {
 export interface SshdOptions {
   /** Public key lines (`ssh-ed25519 AAAA... comment`) each user may log in with. */
   authorizedKeys: Record<string, string[]>
+  /**
+   * Non-root users the host has (in its own copies of /etc/passwd, group, shadow and sudoers.d;
+   * needs Debian's sudo for `sudo: true`). Default none: only the machine's accounts.
+   */
+  users?: LabUser[]
 }
 
 /** A lab host's OpenSSH server. */
@@ -672,7 +677,9 @@ export class Lab {
     await this.save()
     const prepared = await prepareSshd({ dir, runDir: h.execRoot, ip: h.ip, authorizedKeys: opts.authorizedKeys })
     const logFile = join(h.dir, 'sshd.log')
-    const cmd = sshdCommand(h.netns, fsDir, prepared.configFile, logFile)
+    const binds: Array<[string, string]> = HOST_PRIVATE_PATHS.map(p => [backingDir(fsDir, p), p])
+    if ((opts.users ?? []).length > 0) binds.push(...await prepareUsers(fsDir, opts.users ?? []))
+    const cmd = sshdCommand(h.netns, binds, prepared.configFile, logFile)
     const proc = await spawnDetached(cmd.prefix, cmd.argv, join(h.dir, 'sshd.out'), { ...process.env, PATH: labPath() })
     if (proc.startTime === '') throw new LabError(`sshd on ${name} (pid ${proc.pid}) exited at once; see ${join(h.dir, 'sshd.out')}`)
     // sshd rewrites its command line ("sshd: ... [listener] 0 of 10-100 startups"): it is known by

@@ -35,7 +35,45 @@ export function backingDir (fsDir: string, path: string): string {
   return join(fsDir, path.replace(/^\//, '').replace(/\//g, '-'))
 }
 
+/**
+ * With extra users, the host gets its own copies of these too (bound over them in its mount
+ * namespace): the machine's own account files plus the lab's users, and a sudoers.d of its own.
+ */
+export const ACCOUNT_FILES = ['/etc/passwd', '/etc/group', '/etc/shadow'] as const
+export const SUDOERS_DIR = '/etc/sudoers.d'
+/** UIDs (and GIDs) of the lab's users start here, above Debian's range for normal users' first. */
+const FIRST_LAB_UID = 64_000
+
+/** A non-root login on a lab host; `sudo` grants passwordless sudo (as cloud images' default users have). */
+export interface LabUser { name: string, sudo: boolean }
+
 export interface SshdFiles { dir: string, runDir: string, ip: string, authorizedKeys: Record<string, string[]> }
+
+/**
+ * Writes the host's own account files (the machine's, plus `users`, each with home / and no
+ * password but not locked, so key logins work) and sudoers.d; returns [source, target] binds.
+ */
+export async function prepareUsers (fsDir: string, users: LabUser[]): Promise<Array<[string, string]>> {
+  const binds: Array<[string, string]> = []
+  const lines: Record<string, (u: LabUser, id: number) => string> = {
+    '/etc/passwd': (u, id) => `${u.name}:x:${id}:${id}:lab user:/:/bin/sh`,
+    '/etc/group': (u, id) => `${u.name}:x:${id}:`,
+    // '*': no password to log in with, yet not locked ('!'), which would refuse key logins too.
+    '/etc/shadow': (u) => `${u.name}:*:19000:0:99999:7:::`
+  }
+  for (const f of ACCOUNT_FILES) {
+    const own = backingDir(fsDir, f)
+    const base = (await readFile(f, 'utf8')).trimEnd().split('\n').filter(l => !users.some(u => l.startsWith(`${u.name}:`)))
+    await writeFile(own, [...base, ...users.map((u, i) => lines[f](u, FIRST_LAB_UID + i))].join('\n') + '\n', { mode: f === '/etc/shadow' ? 0o640 : 0o644 })
+    binds.push([own, f])
+  }
+  const sudoers = backingDir(fsDir, SUDOERS_DIR)
+  await mkdir(sudoers, { recursive: true, mode: 0o755 })
+  const rules = users.filter(u => u.sudo).map(u => `${u.name} ALL=(ALL) NOPASSWD: ALL`)
+  await writeFile(join(sudoers, 'gotolab'), rules.join('\n') + '\n', { mode: 0o440 })
+  binds.push([sudoers, SUDOERS_DIR])
+  return binds
+}
 
 /** Writes config, host key and authorized_keys/<user>; returns the config path and the host key line. */
 export async function prepareSshd (f: SshdFiles): Promise<{ configFile: string, hostKey: string, pidFile: string }> {
@@ -73,17 +111,19 @@ export async function prepareSshd (f: SshdFiles): Promise<{ configFile: string, 
 
 /**
  * The command that starts sshd in the host's network namespace and a new private mount namespace
- * with the host's directories bound over HOST_PRIVATE_PATHS. `prefix` runs first and execs `argv`
- * (so the recorded PID is sshd's); a failed bind mount stops it before sshd starts.
+ * with `binds` ([host's own copy, path]) mounted: HOST_PRIVATE_PATHS, and the account files when
+ * the host has users. `prefix` runs first and execs `argv` (so the recorded PID is sshd's); a
+ * failed bind mount stops it before sshd starts.
  */
-export function sshdCommand (netns: string, fsDir: string, configFile: string, logFile: string): { prefix: string[], argv: string[] } {
-  const binds = HOST_PRIVATE_PATHS.map((p, i) => `mount --bind "$${i + 1}" ${p}`).join(' && ')
+export function sshdCommand (netns: string, binds: Array<[string, string]>, configFile: string, logFile: string): { prefix: string[], argv: string[] } {
+  // ${N}, not $N: in sh, $10 is $1 followed by a 0.
+  const mounts = binds.map((_, i) => `mount --bind "\${${2 * i + 1}}" "\${${2 * i + 2}}"`).join(' && ')
   return {
     prefix: [
       'nsenter', `--net=/var/run/netns/${netns}`,
       'unshare', '--mount', '--propagation', 'private', '--',
-      '/bin/sh', '-c', `set -e; ${binds}; shift ${HOST_PRIVATE_PATHS.length}; exec "$@"`, 'sh',
-      ...HOST_PRIVATE_PATHS.map(p => backingDir(fsDir, p))
+      '/bin/sh', '-c', `set -e; ${mounts}; shift ${2 * binds.length}; exec "$@"`, 'sh',
+      ...binds.flat()
     ],
     argv: [SSHD_BINARY, '-D', '-f', configFile, '-E', logFile]
   }
