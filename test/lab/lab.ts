@@ -870,7 +870,7 @@ export class Lab {
         } catch { /* not answering */ }
       }
       const agentUp = await isOurs(h.agent)
-      const agent = !s.agents ? 'disabled' : !agentUp ? 'stopped' : await tcpOpen(h.ip, s.agentPort) ? 'listening' : 'running'
+      const agent = !s.agents || h.noAgent === true ? 'disabled' : !agentUp ? 'stopped' : await tcpOpen(h.ip, s.agentPort) ? 'listening' : 'running'
       return {
         name: h.name,
         provider: h.provider,
