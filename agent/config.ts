@@ -24,7 +24,10 @@ export interface AgentConfig {
   labels: Record<string, string>
   stateDir: string
   profile: ProfileName
+  /** The profile's timings, with the snapshot interval overridden when given. */
   timings: Timings
+  /** Replica holders per protected container (failover). */
+  replicas: number
   logLevel: string
   /** Where to serve Prometheus metrics; undefined (the default) serves none. */
   metricsListen: MetricsListen | undefined
@@ -43,6 +46,12 @@ export const DEFAULT_STATE_DIR = '/var/lib/goto-agent'
  * listens on loopback unless the operator names another address (see docs/threat-model.md).
  */
 export const DEFAULT_METRICS_HOST = '127.0.0.1'
+/** One replica holder: a protected container survives the death of its host; 2 survive two deaths at once. */
+export const DEFAULT_REPLICAS = 1
+/** More replicas than this would make every snapshot a broadcast in any realistic mesh. */
+const MAX_REPLICAS = 8
+/** Snapshots more often than this would keep a container frozen a noticeable share of the time. */
+const MIN_SNAPSHOT_INTERVAL_S = 1
 
 export const AGENT_USAGE = `Usage: goto-agent --bundle DIR [options]
 
@@ -60,7 +69,13 @@ Options (flag / environment / config-file key; flags win over environment, envir
   --name NAME           expected host name; must match the bundle's certificate   GOTO_NAME   name
   --label KEY=VALUE     a label for this host, e.g. provider=aws (repeatable)   GOTO_LABELS labels
   --state-dir DIR       where the agent keeps state (default ${DEFAULT_STATE_DIR})  GOTO_STATE_DIR  stateDir
-  --profile NAME        timing profile: default or test (default: default)  GOTO_PROFILE  profile
+  --profile NAME        timing profile: default (WAN), lan or test (default: default)
+                                                                            GOTO_PROFILE    profile
+  --replicas K          replica holders per protected container (default ${DEFAULT_REPLICAS})
+                                                                            GOTO_REPLICAS   replicas
+  --snapshot-interval SECONDS
+                        how often a protected container is snapshotted (default: the profile's,
+                        60 s for default, 15 s for lan)                     GOTO_SNAPSHOT_INTERVAL  snapshotInterval
   --log-level LEVEL     error, warn, info or debug (default: info)          GOTO_LOG_LEVEL  logLevel
   --metrics-listen ADDR serve Prometheus metrics on http://ADDR/metrics (default: off).
                         ADDR is PORT (binds ${DEFAULT_METRICS_HOST}:PORT), IP:PORT or [IPv6]:PORT; port 0
@@ -86,6 +101,8 @@ interface RawConfig {
   labels?: string[] | Record<string, string>
   stateDir?: string
   profile?: string
+  replicas?: number | string
+  snapshotInterval?: number | string
   logLevel?: string
   metricsListen?: string | number
 }
@@ -169,7 +186,7 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
     throw new ConfigError('--config', `${path} is not valid JSON: ${(err as Error).message}`)
   }
   if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new ConfigError('--config', `${path} must hold a JSON object`)
-  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'stateDir', 'profile', 'logLevel', 'metricsListen'])
+  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen'])
   for (const key of Object.keys(data)) {
     if (!known.has(key)) throw new ConfigError('--config', `${path}: unknown key '${key}' (known: ${[...known].join(', ')})`)
   }
@@ -179,6 +196,9 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
   }
   if (d.metricsListen !== undefined && typeof d.metricsListen !== 'string' && !Number.isInteger(d.metricsListen)) {
     throw new ConfigError('--config', `${path}: 'metricsListen' must be a string ("127.0.0.1:9464") or a port number`)
+  }
+  for (const key of ['replicas', 'snapshotInterval']) {
+    if (d[key] !== undefined && typeof d[key] !== 'number' && typeof d[key] !== 'string') throw new ConfigError('--config', `${path}: '${key}' must be a number`)
   }
   const lbl = d.labels
   if (lbl !== undefined) {
@@ -218,6 +238,8 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
         label: { type: 'string', multiple: true },
         'state-dir': { type: 'string' },
         profile: { type: 'string' },
+        replicas: { type: 'string' },
+        'snapshot-interval': { type: 'string' },
         'log-level': { type: 'string' },
         'metrics-listen': { type: 'string' },
         config: { type: 'string' },
@@ -270,6 +292,16 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
   const profile = profileRaw.value ?? 'default'
   if (!Object.hasOwn(PROFILES, profile)) throw new ConfigError(profileRaw.option, `'${profile}' is not one of ${Object.keys(PROFILES).join(', ')}`)
 
+  const replicasRaw = pick<number | string>('--replicas', 'GOTO_REPLICAS', 'replicas', f.replicas, env.GOTO_REPLICAS, file.replicas)
+  const replicas = replicasRaw.value === undefined ? DEFAULT_REPLICAS : Number(replicasRaw.value)
+  if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) throw new ConfigError(replicasRaw.option, `'${String(replicasRaw.value)}' is not a whole number from 1 to ${MAX_REPLICAS}`)
+
+  const intervalRaw = pick<number | string>('--snapshot-interval', 'GOTO_SNAPSHOT_INTERVAL', 'snapshotInterval', f['snapshot-interval'], env.GOTO_SNAPSHOT_INTERVAL, file.snapshotInterval)
+  const intervalS = intervalRaw.value === undefined ? undefined : Number(intervalRaw.value)
+  if (intervalS !== undefined && (!Number.isFinite(intervalS) || intervalS < MIN_SNAPSHOT_INTERVAL_S || intervalS > 86_400)) {
+    throw new ConfigError(intervalRaw.option, `'${String(intervalRaw.value)}' is not a number of seconds from ${MIN_SNAPSHOT_INTERVAL_S} to 86400`)
+  }
+
   const logLevelRaw = pick('--log-level', 'GOTO_LOG_LEVEL', 'logLevel', f['log-level'], env.GOTO_LOG_LEVEL, file.logLevel)
   const logLevel = logLevelRaw.value ?? 'info'
   if (!['error', 'warn', 'info', 'debug'].includes(logLevel)) throw new ConfigError(logLevelRaw.option, `'${logLevel}' is not error, warn, info or debug`)
@@ -289,7 +321,8 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
     labels,
     stateDir,
     profile: profile as ProfileName,
-    timings: PROFILES[profile as ProfileName],
+    timings: intervalS === undefined ? PROFILES[profile as ProfileName] : { ...PROFILES[profile as ProfileName], snapshotIntervalMs: intervalS * 1000 },
+    replicas,
     logLevel,
     metricsListen
   }

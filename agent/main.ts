@@ -2,7 +2,7 @@
 /**
  * goto-agent: the composition root of the agent. It alone reads argv and the environment; it builds
  * the parts (metrics endpoint when asked for, docker monitor, auth gate, status, moves out and in,
- * membership) around one libp2p node, starts them in order and stops them in reverse on
+ * failover, membership) around one libp2p node, starts them in order and stops them in reverse on
  * SIGINT/SIGTERM.
  */
 import '../protocol/polyfill.js'
@@ -19,6 +19,9 @@ import { StatusService } from './status/service.js'
 import { DestinationService } from './move/destination.js'
 import { MoveService } from './move/source.js'
 import { LayerStore } from './transfer/layer-store.js'
+import { SnapshotStore } from './failover/snapshot-store.js'
+import { FailoverState } from './failover/state.js'
+import { FailoverService } from './failover/service.js'
 import { advertisedAddrs, hostAddresses } from './addresses.js'
 import { NO_METRICS, type Metrics } from './metrics/sink.js'
 import { createMeshNode } from '../protocol/node.js'
@@ -95,7 +98,8 @@ async function run (config: AgentConfig): Promise<void> {
     agentVersion: GOTO_VERSION,
     dockerVersion: monitor.version?.version ?? null,
     containers: monitor.containers,
-    crlNumber: trust.crlNumber
+    crlNumber: trust.crlNumber,
+    failover: failover.gossip()
   })
   const auth = new AuthService({
     node,
@@ -109,9 +113,18 @@ async function run (config: AgentConfig): Promise<void> {
     }
   })
   const store = await LayerStore.open(join(config.stateDir, 'layers'))
-  const destination = new DestinationService({ auth, docker, store, metrics, log: log.child({ component: 'move-in' }) })
-  const moves = new MoveService({ node, auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics, log: log.child({ component: 'move' }) })
-  const status = new StatusService({ node, auth, table, docker, self, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
+  const snapshots = await SnapshotStore.open(join(config.stateDir, 'snapshots'))
+  const destination = new DestinationService({ auth, docker, store, snapshots, metrics, log: log.child({ component: 'move-in' }) })
+  const moves: MoveService = new MoveService({
+    node, auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics,
+    travelLabels: (container: string): Record<string, string> | undefined => failover.travelLabels(container),
+    log: log.child({ component: 'move' })
+  })
+  const failover = new FailoverService({
+    node, auth, docker, table, moves, snapshots, state: await FailoverState.open(config.stateDir), selfId: bundle.peerId, selfName: bundle.name,
+    timings: config.timings, replicas: config.replicas, log: log.child({ component: 'failover' })
+  })
+  const status = new StatusService({ node, auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, log: log.child({ component: 'membership' }) })
 
   const libp2pPart: Part = {
@@ -125,7 +138,7 @@ async function run (config: AgentConfig): Promise<void> {
     stop: async () => { await node.stop() }
   }
   // The metrics endpoint first: a bad --metrics-listen stops the agent before it joins the mesh.
-  const parts: Part[] = [...metricsParts, monitor, auth, status, destination, moves, libp2pPart, membership]
+  const parts: Part[] = [...metricsParts, monitor, auth, status, destination, moves, failover, libp2pPart, membership]
   const started: Part[] = []
   const stopAll = async (): Promise<void> => {
     for (const p of started.reverse()) await p.stop().catch(err => { log.error('stop failed', { error: (err as Error).message }) })
@@ -143,7 +156,9 @@ async function run (config: AgentConfig): Promise<void> {
     announce: self().addrs,
     bootstrap: config.bootstrap.map(a => a.toString()),
     docker: config.docker.url,
-    profile: config.profile
+    profile: config.profile,
+    replicas: config.replicas,
+    snapshotIntervalS: config.timings.snapshotIntervalMs / 1000
   })
 
   const stopSignal = new Promise<string>(resolve => {

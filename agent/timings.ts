@@ -1,12 +1,30 @@
 /**
- * Every timing the agent uses, named, with units and the reason for its value. Two profiles: the
- * default for real networks (LAN or WAN between clouds) and `test` for the lab, where hosts share one
- * machine and tests should not wait long for a state change.
+ * Every timing the agent uses, named, with units and the reason for its value. Three profiles: the
+ * default for hosts in different clouds (WAN), `lan` for hosts on one network (fast failover), and
+ * `test` for the lab, where hosts share one machine and tests should not wait long for a change.
  *
  * Peer states follow from the time since the last successful heartbeat exchange with the peer:
  *   alive   — heard within suspectAfterMs
  *   suspect — silent for suspectAfterMs (a few missed heartbeats: packet loss, a GC pause, a busy host)
  *   dead    — silent for deadAfterMs (long enough that a pause or a restart of the agent would be over)
+ *
+ * Failover (agent/failover) adds two rules, and one inequality between them that makes a partition
+ * safe (never two copies of a protected container running):
+ *   - a host that has heard from fewer than a majority of the mesh's known members (itself counted)
+ *     within fenceAfterMs stops its protected containers (self-fencing), at the latest one
+ *     failoverTickMs later, taking at most fenceStopS to stop each;
+ *   - the majority side restores a container only once its owner has been silent for deadAfterMs
+ *     (every member that grants the takeover must see the owner dead itself).
+ * Both sides measure silence from the same heartbeat exchange, give or take one heartbeatIntervalMs,
+ * so fencing is finished before any restore starts when
+ *
+ *     fenceAfterMs + failoverTickMs + fenceStopS * 1000 + heartbeatIntervalMs  <  deadAfterMs
+ *
+ * and a paused agent (SIGSTOP, a long GC) that resumes within suspectAfterMs fences nothing when
+ *
+ *     suspectAfterMs  <=  fenceAfterMs
+ *
+ * `assertFailoverSafe` checks both for every profile (and the unit tests call it).
  */
 export interface Timings {
   /** How often each pair of agents exchanges a heartbeat (one message each way on a long-lived stream). */
@@ -25,9 +43,17 @@ export interface Timings {
   redialDeadMs: number
   /** A peer dead for this long is dropped from the table (and no longer redialled). */
   forgetAfterMs: number
+  /** Without word from a majority for this long, a host stops its protected containers (see above). */
+  fenceAfterMs: number
+  /** How often failover checks quorum, fencing, orphans and due snapshots (no engine call when idle). */
+  failoverTickMs: number
+  /** Grace a fenced container gets between SIGTERM and SIGKILL, in seconds (the engine counts whole seconds). */
+  fenceStopS: number
+  /** How often a protected container is snapshotted to its replica holders (the data-loss window). */
+  snapshotIntervalMs: number
 }
 
-export const PROFILES: Record<'default' | 'test', Timings> = {
+export const PROFILES: Record<'default' | 'lan' | 'test', Timings> = {
   default: {
     // For hosts in different clouds: WAN round trips of 50-300 ms, and an idle agent below 1 % CPU
     // (npm run bench). Suspect after three missed heartbeats; dead after about seven, long enough for
@@ -40,7 +66,31 @@ export const PROFILES: Record<'default' | 'test', Timings> = {
     dockerRefreshMs: 10_000,
     redialDeadMs: 5000,
     // A day: a host down for maintenance overnight is still listed (as dead) and found when back.
-    forgetAfterMs: 24 * 3600_000
+    forgetAfterMs: 24 * 3600_000,
+    // 6 + 2 + 2 + 2 = 12 s < 15 s: fenced three seconds before the majority may restore.
+    fenceAfterMs: 6000,
+    failoverTickMs: 2000,
+    fenceStopS: 2,
+    // A minute of work at most is lost; a snapshot freezes the container for ~0.1-0.5 s.
+    snapshotIntervalMs: 60_000
+  },
+  lan: {
+    // One network, sub-millisecond RTT: a dead host is found in 2.5 s and its containers run again
+    // elsewhere within about 4 s (npm run bench). Costs a few heartbeats per second per peer.
+    heartbeatIntervalMs: 300,
+    heartbeatTimeoutMs: 900,
+    suspectAfterMs: 1000,
+    deadAfterMs: 2500,
+    authTimeoutMs: 3000,
+    dockerRefreshMs: 5000,
+    redialDeadMs: 1000,
+    forgetAfterMs: 24 * 3600_000,
+    // 1000 + 300 + 0 + 300 = 1.6 s < 2.5 s. A fenced container is killed at once:
+    // on a LAN a failover is quick, and a graceful stop would eat the margin.
+    fenceAfterMs: 1000,
+    failoverTickMs: 300,
+    fenceStopS: 0,
+    snapshotIntervalMs: 15_000
   },
   test: {
     heartbeatIntervalMs: 250,
@@ -50,8 +100,20 @@ export const PROFILES: Record<'default' | 'test', Timings> = {
     authTimeoutMs: 3000,
     dockerRefreshMs: 1000,
     redialDeadMs: 1000,
-    forgetAfterMs: 120_000
+    forgetAfterMs: 120_000,
+    // 1500 + 250 + 0 + 250 = 2 s < 3 s.
+    fenceAfterMs: 1500,
+    failoverTickMs: 250,
+    fenceStopS: 0,
+    snapshotIntervalMs: 2000
   }
 }
 
 export type ProfileName = keyof typeof PROFILES
+
+/** Throws if `t` breaks either failover inequality above (a profile that could run two copies). */
+export function assertFailoverSafe (t: Timings): void {
+  const fencedBy = t.fenceAfterMs + t.failoverTickMs + t.fenceStopS * 1000 + t.heartbeatIntervalMs
+  if (fencedBy >= t.deadAfterMs) throw new RangeError(`fencing may end at ${fencedBy} ms, not before death at ${t.deadAfterMs} ms`)
+  if (t.suspectAfterMs > t.fenceAfterMs) throw new RangeError(`fenceAfterMs ${t.fenceAfterMs} is shorter than suspectAfterMs ${t.suspectAfterMs}: a short pause would fence`)
+}

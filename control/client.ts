@@ -12,7 +12,8 @@ import type { Bundle } from '../certs/bundle.js'
 import { createMeshNode } from '../protocol/node.js'
 import { authenticateOutbound } from '../protocol/auth.js'
 import { JsonStream, readResult } from '../protocol/wire.js'
-import { LOCATE_PROTOCOL, MOVE_PROTOCOL, PEERS_PROTOCOL, STATUS_PROTOCOL } from '../protocol/ids.js'
+import { FAILOVER_PROTOCOL, LOCATE_PROTOCOL, MOVE_PROTOCOL, PEERS_PROTOCOL, STATUS_PROTOCOL } from '../protocol/ids.js'
+import { parseProtectReply, type ProtectReply } from '../protocol/failover-messages.js'
 import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
 import { AgentUnreachableError, GotoError, ProtocolError, fromWireError } from '../protocol/errors.js'
 import { parseAgentStatus, parsePeerRows, type AgentStatus, type PeerRow } from '../protocol/messages.js'
@@ -85,6 +86,11 @@ export class AgentClient {
       throw new ProtocolError('locate reply is malformed')
     }
     return { name: r.name, peerId: r.peerId, addrs: r.addrs as string[] }
+  }
+
+  /** Protects (or unprotects) a container this agent runs. */
+  async protect (op: 'protect' | 'unprotect', container: string, signal: AbortSignal): Promise<ProtectReply> {
+    return parseProtectReply(await this.request(FAILOVER_PROTOCOL, { op, container }, signal))
   }
 
   /** Orders a move of a container this agent runs; yields its events up to `done` or `failed`. */

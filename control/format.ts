@@ -1,5 +1,5 @@
 /** Human-readable output of the operator CLI: aligned tables and short summaries. */
-import type { AgentStatus, PeerRow } from '../protocol/messages.js'
+import type { AgentStatus, FailoverStatus, PeerRow } from '../protocol/messages.js'
 
 export function table (headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
@@ -51,5 +51,28 @@ export function formatStatus (s: AgentStatus): string {
   if (s.containers.length > 0) {
     lines.push('', table(['NAME', 'ID', 'IMAGE', 'STATE', 'STATUS'], s.containers.map(c => [c.name, c.id.slice(0, 12), c.image, c.state, c.status])))
   }
+  if (s.failover !== undefined) lines.push('', ...formatFailover(s.failover))
   return lines.join('\n')
+}
+
+function formatFailover (f: FailoverStatus): string[] {
+  const lines = [
+    `failover:   ${f.safe ? 'safe' : `NOT SAFE: ${f.reason ?? ''}`}`,
+    `quorum:     ${f.reachable} of ${f.members} members reachable, majority ${f.majority}; ${f.replicas} replica(s), snapshot every ${f.snapshotIntervalS}s`
+  ]
+  const rows = f.containers.filter(c => c.protected || c.owner !== null)
+  if (rows.length > 0) {
+    lines.push('', table(['CONTAINER', 'PROTECTED', 'OWNER', 'EPOCH', 'SNAPSHOT', 'HOLDERS'], rows.map(c => [
+      c.name,
+      c.protected ? (c.fenced ? 'yes (fenced)' : 'yes') : 'no',
+      c.owner ?? '-',
+      c.epoch === null ? '-' : String(c.epoch),
+      c.snapshotAgeS === null ? 'none yet' : `${c.snapshotAgeS}s ago`,
+      c.holders.join(',') || '-'
+    ])))
+  }
+  if (f.held.length > 0) {
+    lines.push('', table(['HELD SNAPSHOT', 'OWNER', 'EPOCH', 'SEQ', 'AGE'], f.held.map(h => [h.name, h.owner, String(h.epoch), String(h.seq), `${h.ageS}s`])))
+  }
+  return lines
 }

@@ -38,6 +38,10 @@ Commands:
                         a container whose move fails keeps running on NAME and the drain goes on;
                         containers that are not running stay (listed). Takes --dry-run and
                         --allow-bind-mounts as move does
+  protect CONTAINER     protect a container: it is snapshotted to replica holders, and if its host
+                        dies it runs again on one survivor from its latest snapshot (the label
+                        goto.protect=true does the same)
+  unprotect CONTAINER   stop protecting it (overrides the label; held snapshots are left as they are)
   ca ...                the mesh CA: init, issue, revoke, list (see 'goto ca --help')
   install USER@HOST --ca-dir DIR --name NAME
                         install (or upgrade) the agent on a host over SSH and wait until it is
@@ -46,7 +50,7 @@ Commands:
   cloud-init --name NAME --ca-dir DIR --release-url URL
                         print cloud-init user-data that makes a fresh EC2/Azure VM a mesh member
 
-Options for peers, status, move and drain:
+Options for peers, status, move, drain, protect and unprotect:
   --bundle DIR          operator bundle from 'goto ca issue --role operator' (env GOTO_BUNDLE)
   --agent MULTIADDR     agent to ask, e.g. /ip4/10.0.0.5/tcp/4001 (env GOTO_AGENT); /p2p/<id> optional
   --json                machine-readable output (move: one JSON event per line, the last one
@@ -192,7 +196,7 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
       process.removeListener('SIGINT', onSigint)
     }
   }
-  if (command !== 'peers' && command !== 'status' && command !== 'move' && command !== 'drain') {
+  if (command !== 'peers' && command !== 'status' && command !== 'move' && command !== 'drain' && command !== 'protect' && command !== 'unprotect') {
     io.stderr(`goto: error: unknown command '${command}' (try 'goto --help')\n`)
     return 2
   }
@@ -231,12 +235,28 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   if (command === 'move' && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', "missing: 'goto move CONTAINER --to NAME'")
   if (command === 'move' && (parsed.values.to === undefined || parsed.values.to === '')) throw new ConfigError('--to', "required: the name of the destination member (see 'goto peers')")
   if (command === 'drain' && parsed.positionals[0] === undefined) throw new ConfigError('NAME', "missing: 'goto drain NAME' (the member to empty; see 'goto peers')")
+  if ((command === 'protect' || command === 'unprotect') && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', `missing: 'goto ${command} CONTAINER'`)
   const opts = common(parsed.values, env)
   if (command === 'move') {
     return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true }, io)
   }
   if (command === 'drain') {
     return await drain(opts, parsed.positionals[0], { dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true }, io)
+  }
+  if (command === 'protect' || command === 'unprotect') {
+    const container = parsed.positionals[0]
+    const { reply, host } = await withClient(opts, async ({ client, bundle, signal }) => {
+      const where = await client.locate(container, signal)
+      if (where.peerId === client.agent.peerId) return { reply: await client.protect(command, container, signal), host: where.name }
+      const owner = await AgentClient.connect(bundle, multiaddr(where.addrs[0] ?? '').encapsulate(`/p2p/${where.peerId}`), signal)
+      try {
+        return { reply: await owner.protect(command, container, signal), host: where.name }
+      } finally {
+        await owner.close()
+      }
+    })
+    io.stdout((opts.json ? JSON.stringify({ ...reply, host }, null, 2) : `${reply.container} on ${host}: ${reply.protected ? `protected${reply.epoch > 0 ? ` (epoch ${reply.epoch})` : ''}` : 'not protected'}`) + '\n')
+    return 0
   }
   if (command === 'peers') {
     const rows = await withClient(opts, async ({ client, signal }) => await client.peers(signal))

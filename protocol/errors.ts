@@ -145,6 +145,17 @@ export class AgentNotAliveError extends GotoError {}
 /** A release tarball that is missing or not a Go-To release. */
 export class ReleaseError extends GotoError {}
 
+// --- failover (agent/failover) ----------------------------------------------------------
+/** A replica holder already holds a snapshot of the container at least as new as the one offered. */
+export class SnapshotOutdatedError extends GotoError {}
+/**
+ * A snapshot was put off because a `docker exec` runs in the container: pausing it then can hang
+ * the engine (the exec's process frozen half-started holds the container), so it waits for the next try.
+ */
+export class ContainerBusyError extends GotoError {}
+/** A takeover claim did not win a majority of the mesh (or lost to a higher epoch). */
+export class TakeoverRefusedError extends GotoError {}
+
 /** Known error classes by name, so an error that crossed the wire is rebuilt as its own class. */
 const KNOWN: Record<string, new (message: string) => GotoError> = {
   UnknownContainerError,
@@ -159,6 +170,9 @@ const KNOWN: Record<string, new (message: string) => GotoError> = {
   RestoreFailedError,
   ContainerNotRunningError,
   TransferIncompleteError,
+  SnapshotOutdatedError,
+  ContainerBusyError,
+  TakeoverRefusedError,
   CertificateUntrustedError,
   CertificateExpiredError,
   CertificateNotYetValidError,

@@ -15,3 +15,5 @@ export const MOVE_PROTOCOL = '/goto/move/1.0.0'
 export const LOCATE_PROTOCOL = '/goto/locate/1.0.0'
 /** Source agent → destination agent: prepare, layers, restore, abort, commit of one move. */
 export const TRANSFER_PROTOCOL = '/goto/transfer/1.0.0'
+/** Agent ↔ agent: takeover claims of a dead owner's protected containers; operator → agent: protect, unprotect. */
+export const FAILOVER_PROTOCOL = '/goto/failover/1.0.0'

@@ -5,6 +5,7 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { ProtocolError } from './errors.js'
+import { parseFailoverGossip, parseFailoverStatus, type FailoverGossip } from './failover-messages.js'
 
 export type Role = 'agent' | 'operator'
 export type PeerState = 'alive' | 'suspect' | 'dead'
@@ -25,6 +26,8 @@ export interface MemberInfo {
   containers: number | null
   /** Number of the newest revocation list this agent holds; a peer with a newer one sends it. */
   crlNumber: number
+  /** Protected containers it owns and snapshots it holds (absent from agents without failover). */
+  failover?: FailoverGossip
 }
 
 /** What an agent passes on of the members it knows (peer exchange). */
@@ -52,7 +55,43 @@ export interface PeerRow {
 
 export interface StatusRequest { name?: string }
 
-export interface ContainerRow { name: string, id: string, image: string, state: string, status: string }
+export interface ContainerRow { name: string, id: string, image: string, state: string, status: string, labels?: Record<string, string> }
+
+/** One container in `goto status`'s failover section. */
+export interface FailoverContainerRow {
+  name: string
+  protected: boolean
+  /** This host's name when it owns the container (protected and running here), else null. */
+  owner: string | null
+  epoch: number | null
+  /** Stopped because this host lost the majority. */
+  fenced: boolean
+  lastSnapshotAt: string | null
+  snapshotAgeS: number | null
+  snapshotSeq: number | null
+  /** Names of the members holding the last snapshot. */
+  holders: string[]
+  freezeMs: number | null
+  snapshotBytes: number | null
+}
+
+/** A snapshot this host holds for another member. */
+export interface HeldSnapshotRow { name: string, owner: string, epoch: number, seq: number, takenAt: string, ageS: number }
+
+export interface FailoverStatus {
+  /** Whether a failover of this host's or another's containers can happen now. */
+  safe: boolean
+  /** Why not, when not safe. */
+  reason: string | null
+  /** Known members, this host counted; how many it reaches; how many make a majority. */
+  members: number
+  reachable: number
+  majority: number
+  replicas: number
+  snapshotIntervalS: number
+  containers: FailoverContainerRow[]
+  held: HeldSnapshotRow[]
+}
 
 export interface AgentStatus {
   name: string
@@ -63,6 +102,7 @@ export interface AgentStatus {
   docker: { version: string, apiVersion: string, os: string, arch: string } | { error: string }
   containers: ContainerRow[]
   peers: Record<PeerState, number>
+  failover?: FailoverStatus
 }
 
 // --- checks -----------------------------------------------------------------------------
@@ -138,7 +178,8 @@ export function parseMemberInfo (v: unknown): MemberInfo {
       if (typeof x !== 'number' || !Number.isInteger(x) || x < 0) throw new ProtocolError('member containers must be a count')
       return x
     }),
-    crlNumber: typeof o.crlNumber === 'number' && Number.isInteger(o.crlNumber) ? o.crlNumber : 0
+    crlNumber: typeof o.crlNumber === 'number' && Number.isInteger(o.crlNumber) ? o.crlNumber : 0,
+    ...(o.failover === undefined || o.failover === null ? {} : { failover: parseFailoverGossip(o.failover) })
   }
 }
 
@@ -222,6 +263,7 @@ export function parseAgentStatus (v: unknown): AgentStatus {
       const x = obj(c, `containers[${i}]`)
       return { name: str(x.name, 'container name', 256), id: str(x.id, 'container id', 128), image: str(x.image, 'container image', 1024), state: str(x.state, 'container state', 64), status: str(x.status, 'container status', 256) }
     }),
-    peers: { alive: count(p.alive), suspect: count(p.suspect), dead: count(p.dead) }
+    peers: { alive: count(p.alive), suspect: count(p.suspect), dead: count(p.dead) },
+    ...(o.failover === undefined || o.failover === null ? {} : { failover: parseFailoverStatus(o.failover) })
   }
 }

@@ -41,10 +41,15 @@ export type MoveEvent =
    */
   | { event: 'failed', moveId: string | null, container: string, error: { name: string, message: string }, rollback: 'none-needed' | 'done' | 'incomplete' }
 
-/** What the destination needs to judge and prepare a move. */
+/**
+ * What the destination needs to judge and prepare a move. `purpose: 'snapshot'`: a failover snapshot
+ * (agent/failover) — the destination only stores it (StoreRequest), so it checks architecture and
+ * disk but not names or ports, which matter only to a running container.
+ */
 export interface PrepareRequest {
   op: 'prepare'
   moveId: string
+  purpose: 'move' | 'snapshot'
   spec: ContainerSpec
   image: Pick<ImageInfo, 'id' | 'diffIds' | 'os' | 'architecture' | 'size'>
   volumes: Array<{ name: string, driver: string }>
@@ -87,7 +92,28 @@ export interface PreloadRequest { op: 'preload', moveId: string, config: string,
 
 export interface AbortRequest { op: 'abort' | 'commit', moveId: string }
 
-export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest
+/**
+ * Instead of `restore`, for a snapshot: keep (do not start) the frozen state of the container, in
+ * ownership `epoch`, the owner's `seq`-th snapshot of it. Blobs follow: the changes layer `top`, then
+ * each volume's archive (verified against `digest`).
+ */
+export interface StoreRequest {
+  op: 'store'
+  moveId: string
+  /** The owner's peer ID. */
+  owner: string
+  epoch: number
+  seq: number
+  /** ISO time of the freeze. */
+  takenAt: string
+  config: string
+  diffIds: string[]
+  spec: ContainerSpec
+  top: { diffId: string, size: number }
+  volumes: Array<{ name: string, destination: string, digest: string, size: number }>
+}
+
+export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest
 
 // --- checks -----------------------------------------------------------------------------
 
@@ -176,6 +202,7 @@ export function parseTransferRequest (v: unknown): TransferRequest {
       return {
         op: 'prepare',
         moveId: moveId(o.moveId),
+        purpose: o.purpose === 'snapshot' ? 'snapshot' : 'move',
         spec: parseSpec(o.spec),
         image: { id: digest(img.id, 'image.id'), diffIds: digests(img.diffIds, 'image.diffIds'), os: str(img.os, 'image.os', 64), architecture: str(img.architecture, 'image.architecture', 64), size: count(img.size, 'image.size') },
         volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), driver: str(vo.driver ?? 'local', 'volume driver', 256) } })
@@ -192,6 +219,26 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         diffIds: digests(o.diffIds, 'diffIds'),
         spec: parseSpec(o.spec),
         volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), size: count(vo.size, 'volume size') } })
+      }
+    }
+    case 'store': {
+      if (!Array.isArray(o.volumes) || o.volumes.length > 256) throw new ProtocolError('volumes must be a list')
+      const top = obj(o.top, 'top')
+      return {
+        op: 'store',
+        moveId: moveId(o.moveId),
+        owner: str(o.owner, 'owner', 256),
+        epoch: count(o.epoch, 'epoch'),
+        seq: count(o.seq, 'seq'),
+        takenAt: str(o.takenAt, 'takenAt', 64),
+        config: str(o.config, 'config', 4 * 1024 * 1024),
+        diffIds: digests(o.diffIds, 'diffIds'),
+        spec: parseSpec(o.spec),
+        top: { diffId: digest(top.diffId, 'top.diffId'), size: count(top.size, 'top.size') },
+        volumes: o.volumes.map((x, i) => {
+          const vo = obj(x, `volumes[${i}]`)
+          return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), digest: digest(vo.digest, 'volume digest'), size: count(vo.size, 'volume size') }
+        })
       }
     }
     case 'preload':

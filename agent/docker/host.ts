@@ -81,6 +81,8 @@ export interface DockerHost {
   /** A running container is not an error. */
   start (id: string, signal?: AbortSignal): Promise<void>
   remove (id: string, opts: { force: boolean, volumes: boolean }, signal?: AbortSignal): Promise<void>
+  /** Gives the container another name (DockerConflictError when the name is taken). */
+  rename (id: string, name: string, signal?: AbortSignal): Promise<void>
   removeImage (id: string, opts: { force?: boolean }, signal?: AbortSignal): Promise<void>
   /** Creates (does not start) a container with exactly `spec`; returns its ID. */
   create (spec: ContainerSpec, signal?: AbortSignal): Promise<string>
@@ -190,14 +192,15 @@ export class DockerodeHost implements DockerHost {
   }
 
   async listContainers (signal?: AbortSignal): Promise<ContainerRow[]> {
-    const list = await this.request<Array<{ Id: string, Names?: string[], Image: string, State: string, Status: string }>>(
+    const list = await this.request<Array<{ Id: string, Names?: string[], Image: string, State: string, Status: string, Labels?: Record<string, string> | null }>>(
       { what: 'list containers', notFound: 'none', method: 'GET', path: '/containers/json', query: { all: true } }, signal)
     return list.map(c => ({
       name: (c.Names?.[0] ?? c.Id.slice(0, 12)).replace(/^\//, ''),
       id: c.Id,
       image: c.Image,
       state: c.State,
-      status: c.Status
+      status: c.Status,
+      labels: c.Labels ?? {}
     }))
   }
 
@@ -264,6 +267,10 @@ export class DockerodeHost implements DockerHost {
 
   async remove (id: string, opts: { force: boolean, volumes: boolean }, signal?: AbortSignal): Promise<void> {
     await this.request({ what: `remove container '${id}'`, notFound: 'container', method: 'DELETE', path: `/containers/${enc(id)}`, query: { force: opts.force, v: opts.volumes } }, signal)
+  }
+
+  async rename (id: string, name: string, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `rename container '${id}' to '${name}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/rename`, query: { name } }, signal)
   }
 
   async removeImage (id: string, opts: { force?: boolean }, signal?: AbortSignal): Promise<void> {

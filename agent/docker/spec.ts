@@ -18,6 +18,8 @@ export interface EngineContainer {
   Name: string
   Image: string
   State?: { Status?: string, Running?: boolean, Paused?: boolean }
+  /** IDs of the execs running in it (null when none). */
+  ExecIDs?: string[] | null
   Config?: {
     Hostname?: string
     User?: string
@@ -44,7 +46,7 @@ export function containerInfoFromInspect (c: EngineContainer): ContainerInfo {
   return {
     id: c.Id,
     name: c.Name.replace(/^\//, ''),
-    state: { status: c.State?.Status ?? 'unknown', running: c.State?.Running === true, paused: c.State?.Paused === true },
+    state: { status: c.State?.Status ?? 'unknown', running: c.State?.Running === true, paused: c.State?.Paused === true, execs: c.ExecIDs?.length ?? 0 },
     spec: specFromInspect(c)
   }
 }

@@ -35,7 +35,8 @@ export interface ContainerSpec {
 export interface ContainerInfo {
   id: string
   name: string
-  state: { status: string, running: boolean, paused: boolean }
+  /** `execs`: how many `docker exec` processes run in it now. */
+  state: { status: string, running: boolean, paused: boolean, execs: number }
   spec: ContainerSpec
 }
 

@@ -24,6 +24,8 @@ export interface PeerEntry {
   rttMs: number | null
   state: PeerState
   crlNumber: number
+  /** What it last said of the protected containers it owns and the snapshots it holds (kept once it dies). */
+  failover?: MemberInfo['failover']
 }
 
 export interface StateChange { peerId: string, name: string, from: PeerState, to: PeerState }
@@ -92,6 +94,7 @@ export class PeerTable {
       dockerVersion: info.dockerVersion,
       containers: info.containers,
       crlNumber: info.crlNumber,
+      failover: info.failover,
       lastSeen: this.now()
     })
     if (rttMs !== null) entry.rttMs = rttMs

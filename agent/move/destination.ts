@@ -8,8 +8,12 @@
  * (thin: only what we lacked), create the volumes and the container with the same spec, copy the
  * volume data in, start it and confirm it runs. Any failure, or an `abort`, removes everything the
  * move made here. `commit` ends the move and drops its staged layers.
+ *
+ * A failover snapshot (agent/failover) is the same exchange prepared with purpose 'snapshot' and
+ * ended by `store` instead of `restore`: the layers the image lacks here are loaded into the engine
+ * (pre-copy, preload), and the frozen changes, spec and volume data are kept in the SnapshotStore
+ * for a takeover, not started.
  */
-import { posix } from 'node:path'
 import type { Connection } from '@libp2p/interface'
 import type { VerifiedPeer } from '../../certs/verify.js'
 import type { AuthService } from '../net/auth-service.js'
@@ -22,25 +26,26 @@ import type { LayerStore } from '../transfer/layer-store.js'
 import { LiveLoad } from '../transfer/live-load.js'
 import { loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
+import type { SnapshotStore } from '../failover/snapshot-store.js'
+import { restoreContainer, undoRestore, type Made } from './restore.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, receiveBlob } from '../../protocol/wire.js'
 import {
-  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest
+  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest, type StoreRequest
 } from '../../protocol/move-messages.js'
 import {
   ArchitectureMismatchError, ContainerNotFoundError, InsufficientDiskError, LayerTooLargeError, NameConflictError, PortConflictError,
-  RestoreFailedError, UnknownMoveError, toWireError
+  UnknownMoveError, toWireError
 } from '../../protocol/errors.js'
 
 /** A prepared move we have not heard from for this long is rolled back (the source died). */
 export const MOVE_IDLE_TIMEOUT_MS = 10 * 60_000
 /** Staging copy, docker load's temporary copy, the final layers: ask for three times the image's size. */
 const DISK_HEADROOM_FACTOR = 3
-/** How long a restored container may take to be seen running. */
-const START_TIMEOUT_MS = 30_000
 
 interface Pending {
   moveId: string
+  purpose: 'move' | 'snapshot'
   from: string
   spec: ContainerSpec
   diffIds: string[]
@@ -49,7 +54,7 @@ interface Pending {
   /** The committed top layer, the one layer accepted beyond the prepared chain. */
   extraLayer?: string
   volumes: string[]
-  made: { volumes: string[], containerId?: string, imageId?: string, preloaded?: string }
+  made: Made & { preloaded?: string }
   /** The engine's load of the prepared chain, fed as its layers arrive (until preload finishes it). */
   live?: LiveLoad
   touched: number
@@ -63,6 +68,8 @@ export interface DestinationDeps {
   store: LayerStore
   /** Blob bytes received and moves ended here (default: none kept). */
   metrics?: Metrics
+  /** Where snapshots (prepared with purpose 'snapshot') are kept. */
+  snapshots: SnapshotStore
   log: Logger
 }
 
@@ -99,6 +106,7 @@ export class DestinationService {
         case 'layer': reply = await this.layer(req, js, peer, signal); break
         case 'preload': reply = await this.preload(req, peer, signal); break
         case 'restore': reply = await this.restore(req, js, peer, signal); break
+        case 'store': reply = await this.store(req, js, peer, signal); break
         case 'abort': await this.rollback(this.own(req.moveId, peer), 'aborted by the source'); reply = {}; break
         case 'commit': reply = await this.commit(this.own(req.moveId, peer)); break
       }
@@ -134,6 +142,30 @@ export class DestinationService {
     if (free !== null && free < req.image.size * DISK_HEADROOM_FACTOR) {
       throw new InsufficientDiskError(`${Math.round(free / 2 ** 20)} MiB free, the move needs about ${Math.round(req.image.size * DISK_HEADROOM_FACTOR / 2 ** 20)} MiB`)
     }
+    if (req.purpose === 'move') await this.checkConflicts(req, signal)
+    const { present, missing } = layersToSend(req.image.diffIds, await docker.imageChains(signal))
+    const staged: string[] = []
+    for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)
+    this.moves.set(req.moveId, {
+      moveId: req.moveId,
+      purpose: req.purpose,
+      from: peer.peerId,
+      spec: req.spec,
+      diffIds: req.image.diffIds,
+      present,
+      wanted: new Set(missing),
+      volumes: req.volumes.map(v => v.name),
+      made: { volumes: [] },
+      touched: Date.now(),
+      sentData: false
+    })
+    this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length })
+    return { present, staged }
+  }
+
+  /** A container of that name, one of its volumes' names, or one of its host ports already taken here. */
+  private async checkConflicts (req: PrepareRequest, signal: AbortSignal): Promise<void> {
+    const { docker } = this.deps
     try {
       await docker.inspectContainer(req.spec.name, signal)
       throw new NameConflictError(`a container named '${req.spec.name}' already exists here`)
@@ -153,23 +185,6 @@ export class DestinationService {
         if (clash !== undefined) throw new PortConflictError(`host port ${clash} is already bound by container '${other.name}' here`)
       }
     }
-    const { present, missing } = layersToSend(req.image.diffIds, await docker.imageChains(signal))
-    const staged: string[] = []
-    for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)
-    this.moves.set(req.moveId, {
-      moveId: req.moveId,
-      from: peer.peerId,
-      spec: req.spec,
-      diffIds: req.image.diffIds,
-      present,
-      wanted: new Set(missing),
-      volumes: req.volumes.map(v => v.name),
-      made: { volumes: [] },
-      touched: Date.now(),
-      sentData: false
-    })
-    this.deps.log.info('move prepared', { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length })
-    return { present, staged }
   }
 
   private async layer (req: LayerHeader, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<LayerReply> {
@@ -228,62 +243,57 @@ export class DestinationService {
 
   private async restore (req: RestoreRequest, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<{ containerId: string }> {
     const p = this.own(req.moveId, peer)
-    const { docker, log } = this.deps
+    if (p.purpose !== 'move') throw new UnknownMoveError(`transfer ${req.moveId} was prepared as a snapshot, not a move`)
     try {
-      const config = Buffer.from(req.config, 'base64')
-      const { present } = layersToSend(req.diffIds, await docker.imageChains(signal))
-      p.made.imageId = await loadVerified(docker, { config, diffIds: req.diffIds, present, store: this.deps.store }, signal)
-      for (const m of req.spec.mounts) {
-        if (m.type === 'volume') {
-          await docker.createVolume(m.name, m.driver, {}, signal)
-          p.made.volumes.push(m.name)
-        }
-      }
-      const spec = { ...req.spec, image: p.made.imageId }
-      p.made.containerId = await docker.create(spec, signal)
-      for (const v of req.volumes) {
-        const data = this.received(receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal))
-        await docker.putArchive(p.made.containerId, posix.dirname(v.destination), data, signal)
-      }
-      await docker.start(p.made.containerId, signal)
-      const deadline = Date.now() + START_TIMEOUT_MS
-      for (;;) {
-        const state = (await docker.inspectContainer(p.made.containerId, signal)).state
-        if (state.running) break
-        if (Date.now() > deadline || state.status === 'exited' || state.status === 'dead') {
-          throw new RestoreFailedError(`container '${spec.name}' did not stay running here (state ${state.status})`)
-        }
-        await new Promise(resolve => setTimeout(resolve, 100))
-      }
-      log.info('move restored', { moveId: req.moveId, container: spec.name, containerId: p.made.containerId })
-      return { containerId: p.made.containerId }
+      const volumes = req.volumes.map(v => ({
+        ...v,
+        data: () => this.received(receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal))
+      }))
+      const containerId = await restoreContainer(this.deps.docker, { config: Buffer.from(req.config, 'base64'), diffIds: req.diffIds, spec: req.spec, store: this.deps.store, volumes }, p.made, signal)
+      this.deps.log.info('move restored', { moveId: req.moveId, container: req.spec.name, containerId })
+      return { containerId }
     } catch (err) {
       await this.rollback(p, (err as Error).message)
       throw err
     }
   }
 
+  /** A snapshot's end: keep the frozen state (snapshot-store.ts) instead of starting it. */
+  private async store (req: StoreRequest, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<{ bytes: number }> {
+    const p = this.own(req.moveId, peer)
+    if (p.purpose !== 'snapshot') throw new UnknownMoveError(`transfer ${req.moveId} was prepared as a move, not a snapshot`)
+    if (req.owner !== peer.peerId) throw new UnknownMoveError(`${peer.name} sent a snapshot owned by ${req.owner}`)
+    const blob = (size: number): AsyncIterable<Uint8Array> => this.received(receiveBlob(js, size, () => new LayerTooLargeError(`snapshot of ${req.spec.name}: a part is larger than announced`), signal))
+    try {
+      const { bytes } = await this.deps.snapshots.receive(req, peer.name, blob, signal)
+      this.deps.log.info('snapshot stored', { moveId: req.moveId, container: req.spec.name, owner: peer.name, epoch: req.epoch, seq: req.seq, bytes })
+      return { bytes }
+    } finally {
+      // The image's layers are in the engine now (preload); the staged copies are not needed.
+      await this.end(p)
+    }
+  }
+
   private async commit (p: Pending): Promise<Record<string, never>> {
+    await this.end(p)
+    this.deps.log.info('move committed', { moveId: p.moveId, container: p.spec.name })
+    if (p.purpose === 'move') this.metrics.moveReceived('committed')
+    return {}
+  }
+
+  /** Forgets a finished transfer and drops its staged layers. */
+  private async end (p: Pending): Promise<void> {
     this.moves.delete(p.moveId)
     for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
-    this.deps.log.info('move committed', { moveId: p.moveId, container: p.spec.name })
-    this.metrics.moveReceived('committed')
-    return {}
   }
 
   /** Removes what the move made here; verified layers stay staged so a retry does not resend them. */
   private async rollback (p: Pending, why: string): Promise<void> {
-    const { docker, log } = this.deps
     this.moves.delete(p.moveId)
-    p.live?.abort(new UnknownMoveError(`move ${p.moveId} was rolled back: ${why}`))
-    const signal = AbortSignal.timeout(60_000)
-    if (p.made.containerId !== undefined) await docker.remove(p.made.containerId, { force: true, volumes: false }, signal).catch(err => { log.error('rollback: container not removed', { error: (err as Error).message }) })
-    for (const v of p.made.volumes) await docker.removeVolume(v, signal).catch(err => { log.error('rollback: volume not removed', { volume: v, error: (err as Error).message }) })
-    for (const image of [p.made.imageId, p.made.preloaded]) {
-      if (image !== undefined) await docker.removeImage(image, { force: false }, signal).catch(() => { /* used by another container or image: keep */ })
-    }
-    log.warn('move rolled back here', { moveId: p.moveId, container: p.spec.name, why })
-    if (p.sentData) this.metrics.moveReceived('rolled_back')
+    p.live?.abort(new UnknownMoveError(`${p.purpose} ${p.moveId} was rolled back: ${why}`))
+    await undoRestore(this.deps.docker, p.made, this.deps.log)
+    this.deps.log.warn(`${p.purpose} rolled back here`, { moveId: p.moveId, container: p.spec.name, why })
+    if (p.sentData && p.purpose === 'move') this.metrics.moveReceived('rolled_back')
   }
 
   /** The move's live load, opened at its first layer. */

@@ -22,11 +22,10 @@ import { join } from 'node:path'
 import { once } from 'node:events'
 import type { Libp2p } from 'libp2p'
 import type { Connection } from '@libp2p/interface'
-import { peerIdFromString } from '@libp2p/peer-id'
-import { multiaddr } from '@multiformats/multiaddr'
 import type { AuthService } from '../net/auth-service.js'
+import { connectTo, openStream } from '../net/dial.js'
 import type { DockerHost } from '../docker/host.js'
-import type { ContainerInfo, ImageInfo } from '../docker/types.js'
+import type { ContainerInfo, ContainerSpec, ExportedChanges, ImageInfo } from '../docker/types.js'
 import { buildLayeredConfig } from '../docker/layered-config.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { loadVerified } from '../transfer/load.js'
@@ -42,7 +41,7 @@ import {
   parseMoveOrder, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type LayerReply, type PrepareReply, type TransferRequest
 } from '../../protocol/move-messages.js'
 import {
-  BindMountRefusedError, ContainerNotFoundError, ContainerNotRunningError, DestinationUnavailableError, MoveInProgressError,
+  BindMountRefusedError, ContainerBusyError, ContainerNotFoundError, ContainerNotRunningError, DestinationUnavailableError, MoveInProgressError,
   TransferIncompleteError, UnknownContainerError, toWireError
 } from '../../protocol/errors.js'
 
@@ -65,6 +64,8 @@ export interface MoveDeps {
   store: LayerStore
   /** Moves started, ended and their durations; blob bytes sent (default: none kept). */
   metrics?: Metrics
+  /** Labels to add to the spec of a container that leaves this host (failover's owner and epoch stamps). */
+  travelLabels?: (container: string) => Record<string, string> | undefined
   log: Logger
 }
 
@@ -167,14 +168,11 @@ export class MoveService {
       if (binds.length > 0 && !order.allowBindMounts) {
         throw new BindMountRefusedError(`container '${info.name}' bind-mounts ${binds.map(b => b.type === 'bind' ? b.source : '').join(', ')} from this host, which cannot follow it; pass --allow-bind-mounts to move it without that data`)
       }
-      const spec = order.allowBindMounts ? { ...info.spec, mounts: info.spec.mounts.filter(m => m.type !== 'bind') } : info.spec
+      const spec = this.withLabels(order.allowBindMounts ? { ...info.spec, mounts: info.spec.mounts.filter(m => m.type !== 'bind') } : info.spec)
       connection = await this.destination(order.to, signal)
       const image = await this.deps.docker.inspectImage(info.spec.image, signal)
-      const volumes = spec.mounts.flatMap(m => m.type === 'volume' ? [{ name: m.name, driver: m.driver, destination: m.destination }] : [])
-      const prep = await this.call(connection, {
-        op: 'prepare', moveId, spec, image: { id: image.id, diffIds: image.diffIds, os: image.os, architecture: image.architecture, size: image.size },
-        volumes: volumes.map(v => ({ name: v.name, driver: v.driver }))
-      }, [], signal) as PrepareReply
+      const volumes = volumesOf(spec)
+      const prep = await this.prepare(connection, moveId, 'move', spec, image, signal)
       destinationPrepared = true
       const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
       const plan: MovePlan = {
@@ -193,38 +191,21 @@ export class MoveService {
 
       // --- pre-copy (the container keeps running) -----------------------------------------
       await step('pre-copy')
-      const progress = this.progress(moveId, 'pre-copy', plan.bytesToSend, emit)
-      const pre = toSend.length > 0
-        ? await this.sendLayers(connection, moveId, image, new Set(toSend), spool, progress, signal)
-        : { bytes: 0, layers: 0 }
-      if (pre.config !== undefined) {
-        // Into the destination's engine now, while the container runs: restore then loads only its changes.
-        await this.call(connection, { op: 'preload', moveId, config: Buffer.from(pre.config).toString('base64'), diffIds: image.diffIds }, [], signal)
-      }
+      const pre = await this.precopy(connection, moveId, image, toSend, spool, this.progress(moveId, 'pre-copy', plan.bytesToSend, emit), signal)
 
       // --- freeze ----------------------------------------------------------------------------
       await step('freeze')
       const frozenAt = performance.now()
       await this.deps.docker.pause(info.id, signal)
       paused = true
-      // What the container changed, as one layer tar built from the engine's change list: its cost
-      // follows the change, not the image (a commit + save would read the whole image).
-      const topPath = join(spool, 'top.tar')
-      const top = await this.deps.docker.exportChanges(info.id, topPath, signal)
-      const config = buildLayeredConfig(await this.deps.docker.inspectImageConfig(image.id, signal), top.diffId, { comment: `go-to move ${moveId}` })
-      const diffIds = [...image.diffIds, top.diffId]
+      const { topPath, top, config, diffIds } = await this.freeze(info, image, spool, `go-to move ${moveId}`, signal)
 
       // --- hand-over -------------------------------------------------------------------------
       await step('hand-over')
       const handProgress = this.progress(moveId, 'hand-over', top.size, emit)
       await this.call(connection, { op: 'layer', moveId, diffId: top.diffId, size: top.size }, [{ size: top.size, path: topPath }], signal, handProgress)
       const hand = { bytes: top.size, layers: 1 }
-      const archives: Array<Blob & { name: string, destination: string }> = []
-      for (const v of volumes) {
-        const path = join(spool, `volume-${archives.length}.tar`)
-        await this.spool(await this.deps.docker.getArchive(info.id, v.destination, signal), path, signal)
-        archives.push({ ...v, path, size: (await stat(path)).size })
-      }
+      const archives = await this.spoolVolumes(info, volumes, spool, signal)
 
       // --- restore at the destination --------------------------------------------------------
       await step('restore')
@@ -261,6 +242,108 @@ export class MoveService {
     }
   }
 
+  /**
+   * A snapshot for failover (agent/failover): the move's plan, pre-copy and freeze towards replica
+   * holder `to`, whose end is `store` instead of `restore`; the container is unpaused as soon as its
+   * changes and volume data are spooled, and keeps running here. Returns the bytes sent and how long
+   * the container stayed frozen. Throws on failure, after unpausing and telling the holder to abort.
+   */
+  async snapshot (container: string, to: string, meta: { epoch: number, seq: number }, signal: AbortSignal): Promise<{ bytes: number, freezeMs: number }> {
+    const info = await this.inspect(container, signal)
+    if (!info.state.running || info.state.paused) throw new ContainerNotRunningError(`container '${info.name}' is ${info.state.status}; only a running container is snapshotted`)
+    if (this.moving.has(info.id)) throw new MoveInProgressError(`container '${info.name}' is being moved`)
+    this.moving.add(info.id)
+    const moveId = randomBytes(8).toString('hex')
+    const spool = join(this.deps.spoolDir, moveId)
+    let connection: Connection | undefined
+    let paused = false
+    let prepared = false
+    try {
+      const spec = this.withLabels({ ...info.spec, mounts: info.spec.mounts.filter(m => m.type !== 'bind') })
+      connection = await this.destination(to, signal)
+      const image = await this.deps.docker.inspectImage(info.spec.image, signal)
+      const prep = await this.prepare(connection, moveId, 'snapshot', spec, image, signal)
+      prepared = true
+      await mkdir(spool, { recursive: true, mode: 0o700 })
+      const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
+      const pre = await this.precopy(connection, moveId, image, toSend, spool, () => {}, signal)
+      // An exec half-started when the container freezes can hang the engine (exec and unpause both
+      // wait on it): put the snapshot off while one runs. This shrinks the race to milliseconds.
+      const execs = (await this.deps.docker.inspectContainer(info.id, signal)).state.execs
+      if (execs > 0) throw new ContainerBusyError(`container '${info.name}' has ${execs} exec(s) running; snapshot put off`)
+      const frozenAt = performance.now()
+      const takenAt = new Date().toISOString()
+      await this.deps.docker.pause(info.id, signal)
+      paused = true
+      const { topPath, top, config, diffIds } = await this.freeze(info, image, spool, `go-to snapshot ${meta.epoch}.${meta.seq}`, signal)
+      const archives = await this.spoolVolumes(info, volumesOf(spec), spool, signal)
+      await this.deps.docker.unpause(info.id, signal)
+      paused = false
+      const freezeMs = Math.round(performance.now() - frozenAt)
+      await this.call(connection, {
+        op: 'store', moveId, owner: this.deps.self().peerId, epoch: meta.epoch, seq: meta.seq, takenAt,
+        config: Buffer.from(config).toString('base64'), diffIds, spec, top: { diffId: top.diffId, size: top.size },
+        volumes: archives.map(a => ({ name: a.name, destination: a.destination, digest: a.digest, size: a.size }))
+      }, [{ size: top.size, path: topPath }, ...archives], signal)
+      prepared = false
+      return { bytes: pre.bytes + top.size + archives.reduce((n, a) => n + a.size, 0), freezeMs }
+    } catch (err) {
+      if (prepared || paused) await this.rollback({ moveId, info, connection, paused, destinationPrepared: prepared })
+      throw err
+    } finally {
+      this.moving.delete(info.id)
+      await rm(spool, { recursive: true, force: true }).catch(() => {})
+    }
+  }
+
+  /** The spec as it travels: with the labels failover stamps on a protected container (owner, epoch). */
+  private withLabels (spec: ContainerSpec): ContainerSpec {
+    const extra = this.deps.travelLabels?.(spec.name)
+    return extra === undefined ? spec : { ...spec, labels: { ...spec.labels, ...extra } }
+  }
+
+  /** Asks the destination to take a container of this spec and image; it says which layers it has. */
+  private async prepare (connection: Connection, moveId: string, purpose: 'move' | 'snapshot', spec: ContainerSpec, image: ImageInfo, signal: AbortSignal): Promise<PrepareReply> {
+    return await this.call(connection, {
+      op: 'prepare', moveId, purpose, spec, image: { id: image.id, diffIds: image.diffIds, os: image.os, architecture: image.architecture, size: image.size },
+      volumes: volumesOf(spec).map(v => ({ name: v.name, driver: v.driver }))
+    }, [], signal) as PrepareReply
+  }
+
+  /** Sends the layers the destination lacks while the container runs, and has it load the image. */
+  private async precopy (connection: Connection, moveId: string, image: ImageInfo, toSend: string[], spool: string, progress: (n: number) => void, signal: AbortSignal): Promise<{ bytes: number, layers: number }> {
+    if (toSend.length === 0) return { bytes: 0, layers: 0 }
+    const pre = await this.sendLayers(connection, moveId, image, new Set(toSend), spool, progress, signal)
+    if (pre.config !== undefined) {
+      // Into the destination's engine now, while the container runs: restore then loads only its changes.
+      await this.call(connection, { op: 'preload', moveId, config: Buffer.from(pre.config).toString('base64'), diffIds: image.diffIds }, [], signal)
+    }
+    return pre
+  }
+
+  /**
+   * With the container paused by the caller: what it changed, as one layer tar built from the
+   * engine's change list (its cost follows the change, not the image — a commit + save would read
+   * the whole image), and the config of "image + that layer".
+   */
+  private async freeze (info: ContainerInfo, image: ImageInfo, spool: string, comment: string, signal: AbortSignal): Promise<{ topPath: string, top: ExportedChanges, config: Uint8Array, diffIds: string[] }> {
+    const topPath = join(spool, 'top.tar')
+    const top = await this.deps.docker.exportChanges(info.id, topPath, signal)
+    const config = buildLayeredConfig(await this.deps.docker.inspectImageConfig(image.id, signal), top.diffId, { comment })
+    return { topPath, top, config, diffIds: [...image.diffIds, top.diffId] }
+  }
+
+  /** Each named volume's data as a tar spooled to disk (the container is paused: a consistent copy). */
+  private async spoolVolumes (info: ContainerInfo, volumes: VolumeRef[], spool: string, signal: AbortSignal): Promise<Array<Blob & VolumeRef & { path: string, digest: string }>> {
+    const archives: Array<Blob & VolumeRef & { path: string, digest: string }> = []
+    for (const v of volumes) {
+      const path = join(spool, `volume-${archives.length}.tar`)
+      const { digest, size } = await this.spool(await this.deps.docker.getArchive(info.id, v.destination, signal), path, signal)
+      archives.push({ ...v, path, size, digest })
+    }
+    return archives
+  }
+
   private async inspect (container: string, signal: AbortSignal): Promise<ContainerInfo> {
     try {
       return await this.deps.docker.inspectContainer(container, signal)
@@ -278,20 +361,14 @@ export class MoveService {
     if (entry === undefined) throw new DestinationUnavailableError(`no member named '${name}' (known: ${this.deps.table.entries().map(e => e.name).join(', ') || 'none'})`)
     if (entry.state !== 'alive') throw new DestinationUnavailableError(`${name} is ${entry.state}`)
     try {
-      const peerId = peerIdFromString(entry.peerId)
-      const connection = this.deps.node.getConnections(peerId).find(c => c.status === 'open') ?? await this.deps.node.dial(entry.addrs.map(a => multiaddr(a).encapsulate(`/p2p/${entry.peerId}`)), { signal })
-      await this.deps.auth.ensure(connection, signal)
-      return connection
+      return await connectTo(this.deps.node, this.deps.auth, entry.peerId, entry.addrs, signal)
     } catch (err) {
       throw new DestinationUnavailableError(`cannot reach ${name}: ${(err as Error).message}`, { cause: err })
     }
   }
 
   private async open (peerId: string, addrs: string[], protocol: string, signal: AbortSignal): Promise<JsonStream> {
-    const id = peerIdFromString(peerId)
-    const connection = this.deps.node.getConnections(id).find(c => c.status === 'open') ?? await this.deps.node.dial(addrs.map(a => multiaddr(a).encapsulate(`/p2p/${peerId}`)), { signal })
-    await this.deps.auth.ensure(connection, signal)
-    return new JsonStream(await connection.newStream(protocol, { signal }))
+    return await openStream(this.deps.node, this.deps.auth, peerId, addrs, protocol, signal)
   }
 
   /** One transfer step on its own stream: the request, then any blobs, then the reply. */
@@ -440,4 +517,11 @@ async function * hashed (source: AsyncIterable<Uint8Array>, hash: Hash): AsyncGe
 /** Seconds since a performance.now() reading (0 without one). */
 function secondsSince (t: number | undefined): number {
   return t === undefined ? 0 : (performance.now() - t) / 1000
+}
+
+interface VolumeRef { name: string, driver: string, destination: string }
+
+/** The named volumes of a spec (their data travels; bind mounts and tmpfs do not). */
+function volumesOf (spec: ContainerSpec): VolumeRef[] {
+  return spec.mounts.flatMap(m => m.type === 'volume' ? [{ name: m.name, driver: m.driver, destination: m.destination }] : [])
 }

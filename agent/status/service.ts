@@ -4,16 +4,15 @@
  * the mesh). Both serve agents and operators.
  */
 import type { Libp2p } from 'libp2p'
-import { peerIdFromString } from '@libp2p/peer-id'
-import { multiaddr } from '@multiformats/multiaddr'
 import type { AuthService } from '../net/auth-service.js'
+import { openStream } from '../net/dial.js'
 import type { PeerTable } from '../membership/peer-table.js'
 import type { DockerHost } from '../docker/host.js'
 import type { Logger } from '../log.js'
 import type { Timings } from '../timings.js'
 import { PEERS_PROTOCOL, STATUS_PROTOCOL } from '../../protocol/ids.js'
-import { JsonStream, readResult } from '../../protocol/wire.js'
-import { parseAgentStatus, parseStatusRequest, type AgentStatus, type MemberInfo, type PeerRow } from '../../protocol/messages.js'
+import { readResult } from '../../protocol/wire.js'
+import { parseAgentStatus, parseStatusRequest, type AgentStatus, type FailoverStatus, type MemberInfo, type PeerRow } from '../../protocol/messages.js'
 import { AgentUnreachableError, UnknownPeerError, toWireError } from '../../protocol/errors.js'
 
 export interface StatusDeps {
@@ -22,6 +21,8 @@ export interface StatusDeps {
   table: PeerTable
   docker: DockerHost
   self: () => MemberInfo
+  /** The failover section of this host's status. */
+  failover: { status: () => FailoverStatus }
   startedAt: number
   timings: Timings
   log: Logger
@@ -82,11 +83,7 @@ export class StatusService {
     const entry = this.deps.table.byName(name)
     if (entry === undefined) throw new UnknownPeerError(`no peer named '${name}' in the mesh (known: ${[self.name, ...this.deps.table.entries().map(e => e.name)].join(', ')})`)
     try {
-      const addrs = entry.addrs.map(a => multiaddr(a).encapsulate(`/p2p/${entry.peerId}`))
-      const peerId = peerIdFromString(entry.peerId)
-      const connection = this.deps.node.getConnections(peerId).find(c => c.status === 'open') ?? await this.deps.node.dial(addrs, { signal })
-      await this.deps.auth.ensure(connection, signal)
-      const js = new JsonStream(await connection.newStream(STATUS_PROTOCOL, { signal }))
+      const js = await openStream(this.deps.node, this.deps.auth, entry.peerId, entry.addrs, STATUS_PROTOCOL, signal)
       await js.write({}, signal)
       const result = parseAgentStatus(await readResult(js, signal))
       await js.close(signal)
@@ -113,8 +110,9 @@ export class StatusService {
       uptimeS: Math.round((Date.now() - this.deps.startedAt) / 1000),
       labels: self.labels,
       docker,
-      containers,
-      peers: this.deps.table.counts()
+      containers: containers.map(({ labels: _labels, ...c }) => c),
+      peers: this.deps.table.counts(),
+      failover: this.deps.failover.status()
     }
   }
 }

@@ -71,8 +71,8 @@ export interface LabOptions {
   agents?: boolean
   /** Port of every host's main agent (default 4001). */
   agentPort?: number
-  /** Timing profile of the agents (default 'test': short timings; the benchmark uses 'default'). */
-  agentProfile?: 'test' | 'default'
+  /** Timing profile of the agents (default 'test': short timings; the benchmark uses 'default' and 'lan'). */
+  agentProfile?: 'test' | 'lan' | 'default'
   /**
    * Extra command-line arguments for a host's main agent, appended whenever it starts (up, start,
    * startAgent), e.g. `h => ['--metrics-listen', `${h.ip}:9464`]`. Not recorded in lab.json: a
@@ -210,7 +210,7 @@ interface Config {
   repo: string
   agents: boolean
   agentPort: number
-  agentProfile: 'test' | 'default'
+  agentProfile: 'test' | 'lan' | 'default'
   agentArgs: (host: LabHost) => string[]
   dockerd: string
   busybox: string

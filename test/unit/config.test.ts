@@ -37,6 +37,19 @@ describe('agent config', () => {
     expect(c.timings).to.deep.equal(PROFILES.default)
   })
 
+  it('takes the replica count and snapshot interval from a flag, the environment or the file', () => {
+    expect(load(['--bundle', '/b']).replicas).to.equal(1)
+    const c = load(['--bundle', '/b', '--replicas', '2', '--snapshot-interval', '5', '--profile', 'lan'])
+    expect(c.replicas).to.equal(2)
+    expect(c.timings).to.deep.equal({ ...PROFILES.lan, snapshotIntervalMs: 5000 })
+    expect(load(['--bundle', '/b'], { GOTO_REPLICAS: '3' }).replicas).to.equal(3)
+    expect(load(['--bundle', '/b', '--config', '/c.json'], {}, { '/c.json': '{"replicas":2,"snapshotInterval":30}' }).timings.snapshotIntervalMs).to.equal(30_000)
+    rejects(['--bundle', '/b', '--replicas', '0'], '--replicas')
+    rejects(['--bundle', '/b', '--replicas', 'two'], '--replicas')
+    rejects(['--bundle', '/b', '--snapshot-interval', '0.1'], '--snapshot-interval')
+    rejects(['--bundle', '/b'], 'GOTO_SNAPSHOT_INTERVAL', { GOTO_SNAPSHOT_INTERVAL: 'soon' })
+  })
+
   it('parses every flag', () => {
     const c = load(['--bundle', '/b', '--listen', '/ip4/10.0.0.1/tcp/5000', '--bootstrap', '/ip4/10.0.0.2/tcp/4001',
       '--bootstrap', '/dns4/agent.example/tcp/4001', '--docker', 'tcp://10.0.0.1:2375', '--name', 'aws-1',

@@ -273,7 +273,7 @@ class FakeEngine implements ChangesEngine {
     return {
       id: 'c1',
       name: 'c1',
-      state: { status: 'paused', running: true, paused: true },
+      state: { status: 'paused', running: true, paused: true, execs: 0 },
       spec: {
         name: 'c1', image: 'sha256:x', env: [], cmd: null, entrypoint: null, workingDir: '', user: '', labels: {}, hostname: '',
         exposedPorts: [], portBindings: {}, restartPolicy: { name: '', maximumRetryCount: 0 }, mounts: this.mounts

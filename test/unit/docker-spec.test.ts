@@ -43,7 +43,7 @@ const INSPECT: EngineContainer = {
 describe('docker driver: container spec translation', () => {
   it('reads every spec field from inspect JSON', () => {
     const info = containerInfoFromInspect(INSPECT)
-    expect(info).to.deep.include({ id: 'abc123', name: 'web', state: { status: 'paused', running: true, paused: true } })
+    expect(info).to.deep.include({ id: 'abc123', name: 'web', state: { status: 'paused', running: true, paused: true, execs: 0 } })
     expect(info.spec).to.deep.equal({
       name: 'web',
       image: 'sha256:' + '1'.repeat(64),

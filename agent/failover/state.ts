@@ -1,0 +1,89 @@
+/**
+ * What failover must remember across restarts, in `<stateDir>/failover.json`: per container name,
+ * whether an operator protected or unprotected it, the epoch at which this host owns it (if it does),
+ * its snapshot sequence and last snapshot, and whether it is fenced; per container name, the highest
+ * takeover epoch this host granted and to whom. Written atomically (temp file, fsync, rename) before
+ * the agent acts on a change, so a restarted agent never grants twice or forgets it was fenced.
+ */
+import { readFile, rename, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+
+export interface LastSnapshot {
+  /** ISO time of the freeze. */
+  at: string
+  seq: number
+  /** Names of the holders that stored it. */
+  holders: string[]
+  freezeMs: number
+  bytes: number
+}
+
+export interface ContainerRecord {
+  /** An operator's `goto protect` (true) or `goto unprotect` (false); unset: the goto.protect label decides. */
+  protect?: boolean
+  /** The ownership epoch this host runs it at; unset when this host does not own it. */
+  epoch?: number
+  /** Snapshots taken so far (never reset, so a holder always sees a newer one as newer). */
+  seq: number
+  /** Stopped because this host lost the majority; started again only after winning a claim. */
+  fenced?: boolean
+  lastSnapshot?: LastSnapshot
+}
+
+export interface Grant { epoch: number, claimant: string }
+
+interface StateFile { containers: Record<string, ContainerRecord>, grants: Record<string, Grant> }
+
+const FILE = 'failover.json'
+
+export class FailoverState {
+  private writing: Promise<void> = Promise.resolve()
+
+  private constructor (private readonly path: string, private readonly data: StateFile) {}
+
+  static async open (stateDir: string): Promise<FailoverState> {
+    const path = join(stateDir, FILE)
+    let data: StateFile = { containers: {}, grants: {} }
+    try {
+      const raw = JSON.parse(await readFile(path, 'utf8')) as Partial<StateFile>
+      data = { containers: raw.containers ?? {}, grants: raw.grants ?? {} }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+    return new FailoverState(path, data)
+  }
+
+  container (name: string): ContainerRecord {
+    this.data.containers[name] ??= { seq: 0 }
+    return this.data.containers[name]
+  }
+
+  peek (name: string): ContainerRecord | undefined { return this.data.containers[name] }
+  names (): string[] { return Object.keys(this.data.containers) }
+  owned (): Array<{ name: string, record: ContainerRecord & { epoch: number } }> {
+    return Object.entries(this.data.containers).flatMap(([name, record]) => record.epoch === undefined ? [] : [{ name, record: record as ContainerRecord & { epoch: number } }])
+  }
+
+  /** This host no longer owns `name` (moved away, unprotected, or someone owns it at a higher epoch). */
+  release (name: string): void {
+    const r = this.data.containers[name]
+    if (r === undefined) return
+    delete r.epoch
+    delete r.fenced
+  }
+
+  grant (name: string): Grant | undefined { return this.data.grants[name] }
+  setGrant (name: string, g: Grant): void { this.data.grants[name] = g }
+
+  /** Persists the current state; concurrent calls are written one after another, the last one last. */
+  async save (): Promise<void> {
+    const text = JSON.stringify(this.data)
+    const next = this.writing.then(async () => {
+      const tmp = `${this.path}.tmp`
+      await writeFile(tmp, text, { mode: 0o600, flush: true })
+      await rename(tmp, this.path)
+    })
+    this.writing = next.catch(() => {})
+    await next
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * Messages of failover: what each agent gossips in its heartbeats about the protected containers it
+ * owns and the snapshots it holds, and the requests of /goto/failover (a takeover claim between
+ * agents; protect/unprotect from an operator). Checks turn untrusted JSON into these types.
+ */
+import { ProtocolError } from './errors.js'
+import { obj, str, type FailoverStatus } from './messages.js'
+
+/** A protected container this member owns, at its ownership epoch. */
+export interface OwnedEntry { name: string, epoch: number }
+/** A snapshot this member holds for `owner` (a peer ID), at (epoch, seq). */
+export interface HeldEntry { name: string, owner: string, epoch: number, seq: number }
+
+/** Rides in every heartbeat (MemberInfo.failover). */
+export interface FailoverGossip { owned: OwnedEntry[], held: HeldEntry[] }
+
+/**
+ * "Let me own `name` at `epoch`, taking over from `previousOwner`". A member grants it only if it sees
+ * the previous owner dead itself (or the claimant is the previous owner) and has granted no higher
+ * epoch — and no other claimant the same one — for that name.
+ */
+export interface ClaimRequest { op: 'claim', name: string, epoch: number, previousOwner: string }
+/** `epoch`: the highest epoch the member has granted for the name (after this claim). */
+export interface ClaimReply { granted: boolean, epoch: number }
+
+/** An operator's order to the agent running `container`. */
+export interface ProtectRequest { op: 'protect' | 'unprotect', container: string }
+export interface ProtectReply { container: string, protected: boolean, epoch: number }
+
+export type FailoverRequest = ClaimRequest | ProtectRequest
+
+/** The most entries a gossip list may carry: bounds a heartbeat. */
+export const MAX_GOSSIP_ENTRIES = 512
+
+function epochOf (v: unknown, what: string): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ProtocolError(`${what} must be a non-negative integer`)
+  return v
+}
+
+function list<T> (v: unknown, what: string, f: (x: Record<string, unknown>, what: string) => T): T[] {
+  if (v === undefined) return []
+  if (!Array.isArray(v) || v.length > MAX_GOSSIP_ENTRIES) throw new ProtocolError(`${what} must be a list of at most ${MAX_GOSSIP_ENTRIES}`)
+  return v.map((x, i) => f(obj(x, `${what}[${i}]`), `${what}[${i}]`))
+}
+
+export function parseFailoverGossip (v: unknown): FailoverGossip | undefined {
+  if (v === undefined || v === null) return undefined
+  const o = obj(v, 'failover gossip')
+  return {
+    owned: list(o.owned, 'owned', (x, w) => ({ name: str(x.name, `${w}.name`, 256), epoch: epochOf(x.epoch, `${w}.epoch`) })),
+    held: list(o.held, 'held', (x, w) => ({
+      name: str(x.name, `${w}.name`, 256), owner: str(x.owner, `${w}.owner`, 256), epoch: epochOf(x.epoch, `${w}.epoch`), seq: epochOf(x.seq, `${w}.seq`)
+    }))
+  }
+}
+
+export function parseFailoverRequest (v: unknown): FailoverRequest {
+  const o = obj(v, 'failover request')
+  switch (o.op) {
+    case 'claim':
+      return { op: 'claim', name: str(o.name, 'name', 256), epoch: epochOf(o.epoch, 'epoch'), previousOwner: str(o.previousOwner, 'previousOwner', 256) }
+    case 'protect':
+    case 'unprotect':
+      return { op: o.op, container: str(o.container, 'container', 256) }
+    default:
+      throw new ProtocolError(`unknown failover op '${String(o.op)}'`)
+  }
+}
+
+export function parseClaimReply (v: unknown): ClaimReply {
+  const o = obj(v, 'claim reply')
+  return { granted: o.granted === true, epoch: epochOf(o.epoch, 'epoch') }
+}
+
+export function parseProtectReply (v: unknown): ProtectReply {
+  const o = obj(v, 'protect reply')
+  return { container: str(o.container, 'container', 256), protected: o.protected === true, epoch: epochOf(o.epoch, 'epoch') }
+}
+
+/** The failover section of a status reply, checked enough that printing it cannot fail. */
+export function parseFailoverStatus (v: unknown): FailoverStatus {
+  const o = obj(v, 'failover status')
+  const num = (x: unknown, what: string): number => {
+    if (typeof x !== 'number' || !Number.isFinite(x)) throw new ProtocolError(`failover ${what} must be a number`)
+    return x
+  }
+  const optNum = (x: unknown, what: string): number | null => x === null || x === undefined ? null : num(x, what)
+  const optStr = (x: unknown, what: string): string | null => x === null || x === undefined ? null : str(x, what, 1024)
+  const rows = (x: unknown, what: string): Array<Record<string, unknown>> => {
+    if (!Array.isArray(x) || x.length > 4096) throw new ProtocolError(`failover ${what} must be a list`)
+    return x.map((r, i) => obj(r, `${what}[${i}]`))
+  }
+  return {
+    safe: o.safe === true,
+    reason: optStr(o.reason, 'reason'),
+    members: num(o.members, 'members'),
+    reachable: num(o.reachable, 'reachable'),
+    majority: num(o.majority, 'majority'),
+    replicas: num(o.replicas, 'replicas'),
+    snapshotIntervalS: num(o.snapshotIntervalS, 'snapshotIntervalS'),
+    containers: rows(o.containers, 'containers').map(c => ({
+      name: str(c.name, 'name', 256),
+      protected: c.protected === true,
+      owner: optStr(c.owner, 'owner'),
+      epoch: optNum(c.epoch, 'epoch'),
+      fenced: c.fenced === true,
+      lastSnapshotAt: optStr(c.lastSnapshotAt, 'lastSnapshotAt'),
+      snapshotAgeS: optNum(c.snapshotAgeS, 'snapshotAgeS'),
+      snapshotSeq: optNum(c.snapshotSeq, 'snapshotSeq'),
+      holders: Array.isArray(c.holders) ? c.holders.slice(0, 64).map((h, i) => str(h, `holders[${i}]`, 256)) : [],
+      freezeMs: optNum(c.freezeMs, 'freezeMs'),
+      snapshotBytes: optNum(c.snapshotBytes, 'snapshotBytes')
+    })),
+    held: rows(o.held, 'held').map(h => ({
+      name: str(h.name, 'name', 256), owner: str(h.owner, 'owner', 256), epoch: num(h.epoch, 'epoch'), seq: num(h.seq, 'seq'),
+      takenAt: str(h.takenAt, 'takenAt', 64), ageS: num(h.ageS, 'ageS')
+    }))
+  }
+}

@@ -1,0 +1,126 @@
+import { expect } from 'chai'
+import {
+  assignRestorers, compareVersions, failoverPossible, hasQuorum, isStale, majority, rendezvousRank, replicaHolders
+} from '../../agent/failover/placement.js'
+import { PROFILES, assertFailoverSafe } from '../../agent/timings.js'
+import { parseClaimReply, parseFailoverGossip, parseFailoverRequest } from '../../protocol/failover-messages.js'
+import { parseMemberInfo } from '../../protocol/messages.js'
+import { ProtocolError } from '../../protocol/errors.js'
+
+const peers = ['peer-a', 'peer-b', 'peer-c', 'peer-d', 'peer-e']
+
+describe('failover placement and quorum (pure rules)', () => {
+  it('ranks members the same way whatever order they are given in', () => {
+    const r1 = rendezvousRank('web', peers)
+    const r2 = rendezvousRank('web', [...peers].reverse())
+    expect(r1).to.deep.equal(r2)
+    expect(new Set(r1)).to.deep.equal(new Set(peers))
+  })
+
+  it('moves only the keys a removed member ranked first', () => {
+    const names = Array.from({ length: 200 }, (_, i) => `c${i}`)
+    const before = new Map(names.map(n => [n, replicaHolders(n, peers, 1)[0]]))
+    const without = peers.filter(p => p !== 'peer-c')
+    for (const n of names) {
+      const after = replicaHolders(n, without, 1)[0]
+      if (before.get(n) !== 'peer-c') expect(after, n).to.equal(before.get(n))
+      else expect(after).to.not.equal('peer-c')
+    }
+  })
+
+  it('spreads replica holders over the members', () => {
+    const counts = new Map<string, number>()
+    for (let i = 0; i < 500; i++) {
+      const h = replicaHolders(`container-${i}`, peers, 1)[0]
+      counts.set(h, (counts.get(h) ?? 0) + 1)
+    }
+    expect(counts.size).to.equal(5)
+    for (const c of counts.values()) expect(c).to.be.within(50, 150)
+  })
+
+  it('picks K distinct holders, fewer when fewer members are alive', () => {
+    expect(replicaHolders('web', peers, 2)).to.have.length(2)
+    expect(new Set(replicaHolders('web', peers, 2)).size).to.equal(2)
+    expect(replicaHolders('web', ['peer-a'], 2)).to.deep.equal(['peer-a'])
+    expect(replicaHolders('web', [], 1)).to.deep.equal([])
+    expect(replicaHolders('web', peers, 1)[0]).to.equal(replicaHolders('web', peers, 2)[0])
+  })
+
+  it('counts a majority of the known members, this host included', () => {
+    expect([1, 2, 3, 4, 5, 6].map(majority)).to.deep.equal([1, 2, 2, 3, 3, 4])
+    expect(hasQuorum(2, 3)).to.equal(true)
+    expect(hasQuorum(1, 3)).to.equal(false)
+    expect(hasQuorum(3, 5)).to.equal(true)
+    expect(hasQuorum(2, 5)).to.equal(false)
+    expect(hasQuorum(2, 4)).to.equal(false)
+  })
+
+  it('allows failover only with three members or more', () => {
+    expect(failoverPossible(1)).to.equal(false)
+    expect(failoverPossible(2)).to.equal(false)
+    expect(failoverPossible(3)).to.equal(true)
+  })
+
+  it('orders snapshots by epoch, then sequence; a copy is stale only against a higher epoch', () => {
+    expect(compareVersions({ epoch: 2, seq: 1 }, { epoch: 1, seq: 99 })).to.be.greaterThan(0)
+    expect(compareVersions({ epoch: 1, seq: 3 }, { epoch: 1, seq: 4 })).to.be.lessThan(0)
+    expect(compareVersions({ epoch: 1, seq: 3 }, { epoch: 1, seq: 3 })).to.equal(0)
+    expect(isStale(1, 2)).to.equal(true)
+    expect(isStale(2, 2)).to.equal(false)
+    expect(isStale(3, 2)).to.equal(false)
+  })
+
+  it('assigns each orphan to one holder of its newest snapshot, spreading them over the survivors', () => {
+    const orphans = ['a', 'b', 'c', 'd', 'e', 'f'].map(name => ({ name, holders: ['peer-a', 'peer-b', 'peer-c'] }))
+    const assigned = assignRestorers(orphans)
+    expect(assigned.size).to.equal(6)
+    const load = new Map<string, number>()
+    for (const h of assigned.values()) load.set(h, (load.get(h) ?? 0) + 1)
+    expect([...load.values()].sort()).to.deep.equal([2, 2, 2])
+    // The same answer from every member, whatever order it saw the orphans and holders in.
+    const again = assignRestorers([...orphans].reverse().map(o => ({ ...o, holders: [...o.holders].reverse() })))
+    expect([...again.entries()].sort()).to.deep.equal([...assigned.entries()].sort())
+    // Orphans that have one holder only leave the others to the rest.
+    const mixed = assignRestorers([
+      { name: 'a', holders: ['peer-a', 'peer-b'] }, { name: 'b', holders: ['peer-a'] }, { name: 'c', holders: ['peer-a'] }
+    ])
+    expect([mixed.get('a'), mixed.get('b'), mixed.get('c')]).to.deep.equal(['peer-b', 'peer-a', 'peer-a'])
+    // Only holders restore.
+    expect(assignRestorers([{ name: 'x', holders: ['peer-e'] }]).get('x')).to.equal('peer-e')
+    expect(assignRestorers([{ name: 'x', holders: [] }]).has('x')).to.equal(false)
+  })
+})
+
+describe('failover timings', () => {
+  for (const [name, t] of Object.entries(PROFILES)) {
+    it(`profile ${name} fences before the majority may restore, and a short pause fences nothing`, () => {
+      expect(() => { assertFailoverSafe(t) }).to.not.throw()
+    })
+  }
+
+  it('refuses a profile that would fence too late', () => {
+    expect(() => { assertFailoverSafe({ ...PROFILES.test, fenceAfterMs: 2900 }) }).to.throw(RangeError)
+    expect(() => { assertFailoverSafe({ ...PROFILES.test, fenceAfterMs: 500 }) }).to.throw(RangeError)
+  })
+})
+
+describe('failover messages', () => {
+  it('parses gossip, claims and protect orders, and refuses bad ones', () => {
+    expect(parseFailoverGossip({ owned: [{ name: 'web', epoch: 2 }], held: [{ name: 'db', owner: 'p', epoch: 1, seq: 7 }] }))
+      .to.deep.equal({ owned: [{ name: 'web', epoch: 2 }], held: [{ name: 'db', owner: 'p', epoch: 1, seq: 7 }] })
+    expect(parseFailoverGossip(undefined)).to.equal(undefined)
+    expect(() => parseFailoverGossip({ owned: [{ name: 'web', epoch: -1 }] })).to.throw(ProtocolError)
+    expect(() => parseFailoverGossip({ owned: new Array(600).fill({ name: 'x', epoch: 1 }) })).to.throw(ProtocolError)
+    expect(parseFailoverRequest({ op: 'claim', name: 'web', epoch: 3, previousOwner: 'p' })).to.deep.equal({ op: 'claim', name: 'web', epoch: 3, previousOwner: 'p' })
+    expect(parseFailoverRequest({ op: 'protect', container: 'web' })).to.deep.equal({ op: 'protect', container: 'web' })
+    expect(() => parseFailoverRequest({ op: 'steal', name: 'web' })).to.throw(ProtocolError)
+    expect(() => parseFailoverRequest({ op: 'claim', name: 'web', epoch: 1.5, previousOwner: 'p' })).to.throw(ProtocolError)
+    expect(parseClaimReply({ granted: true, epoch: 3 })).to.deep.equal({ granted: true, epoch: 3 })
+  })
+
+  it('carries gossip in a heartbeat member and leaves it out when absent', () => {
+    const base = { name: 'a', peerId: '12D3KooWGRxsmDp5h5LmbzQ5hfZmRQ6SpLpTg4VKuXdeeqNVpyBT', addrs: [], labels: {}, agentVersion: '0.1.0', dockerVersion: null, containers: 0, crlNumber: 0 }
+    expect(parseMemberInfo(base)).to.not.have.property('failover')
+    expect(parseMemberInfo({ ...base, failover: { owned: [], held: [] } }).failover).to.deep.equal({ owned: [], held: [] })
+  })
+})
