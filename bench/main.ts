@@ -6,12 +6,15 @@
  * - Idle agents: RSS and CPU of each of the three agents (default timing profile, two peers each) over
  *   30 s; baseline: an idle bare Node.js process. Targets for the worst agent: RSS < 100 MiB, CPU < 1 %.
  * - Moves (bench/move.ts): first move, re-move, downtime and memory, each against a baseline.
+ * - Failover (bench/failover.ts, its own lab with the lan profile once the first is down): failover
+ *   time over five kills, and the freeze time and bytes of a snapshot of a container changing 1 MiB.
  * - CLI round trip: `goto status --json` as a process (spawn, connect, Noise, auth, ask) — median of
  *   runs; baseline: `node -e 0`, the cost of starting Node alone. In-process: connect + auth + status
  *   with the client library; baseline: a plain TCP connect to the same agent.
  *
- * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move) runs only those sections; the results file
- * then holds only them.
+ * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover) runs only those sections; the
+ * results file then holds only them. GOTO_BENCH_PREFIX and GOTO_BENCH_SUBNET give the labs another
+ * prefix and subnet (default gotolabb, 10.213.60.0/24).
  */
 import '../protocol/polyfill.js'
 import { spawn } from 'node:child_process'
@@ -23,6 +26,7 @@ import { Lab, waitFor } from '../test/lab/index.js'
 import { readBundle } from '../certs/index.js'
 import { AgentClient } from '../control/client.js'
 import { moveBench } from './move.js'
+import { failoverBench } from './failover.js'
 
 const IDLE_SECONDS = 30
 /** Start-up (module loading, JIT warm-up, the first exchanges) is not idle: let it pass first. */
@@ -90,14 +94,25 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
-/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move); all by default. */
+/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover); all by default. */
 const ONLY = new Set((process.env.GOTO_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== ''))
 const runs = (section: string): boolean => ONLY.size === 0 || ONLY.has(section)
 
 async function main (): Promise<void> {
   // Its own prefix and subnet: the bench never touches a lab a developer keeps up.
-  const lab = new Lab({ prefix: 'gotolabb', subnet: '10.213.60.0/24', agentProfile: 'default', log: line => { console.log(`lab: ${line}`) } })
+  const prefix = process.env.GOTO_BENCH_PREFIX ?? 'gotolabb'
+  const subnet = process.env.GOTO_BENCH_SUBNET ?? '10.213.60.0/24'
   const results: Record<string, unknown> = { date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, kernel: release() } }
+  if (runs('idle') || runs('cli') || runs('move')) await meshBench(prefix, subnet, results)
+  // A lab of its own, on the same prefix once the first is down: other agents, the lan profile.
+  if (runs('failover')) results.failover = await failoverBench(prefix, subnet)
+  await writeFile('bench-results.json', JSON.stringify(results, null, 2) + '\n')
+  console.log('\nwrote bench-results.json')
+}
+
+/** Idle cost, CLI round trips and moves, in a three-host lab with the default profile. */
+async function meshBench (prefix: string, subnet: string, results: Record<string, unknown>): Promise<void> {
+  const lab = new Lab({ prefix, subnet, agentProfile: 'default', log: line => { console.log(`lab: ${line}`) } })
   // Interrupted: tear the lab down before leaving (the finally below never runs on a signal).
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => { void lab.down().finally(() => process.exit(130)) })
   try {
@@ -175,8 +190,6 @@ async function main (): Promise<void> {
   } finally {
     await lab.down()
   }
-  await writeFile('bench-results.json', JSON.stringify(results, null, 2) + '\n')
-  console.log('\nwrote bench-results.json')
 }
 
 await main()

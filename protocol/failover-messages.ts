@@ -15,11 +15,13 @@ export interface HeldEntry { name: string, owner: string, epoch: number, seq: nu
 export interface FailoverGossip { owned: OwnedEntry[], held: HeldEntry[] }
 
 /**
- * "Let me own `name` at `epoch`, taking over from `previousOwner`". A member grants it only if it sees
- * the previous owner dead itself (or the claimant is the previous owner) and has granted no higher
- * epoch — and no other claimant the same one — for that name.
+ * "Let me own `name` at `epoch`, taking over from `previousOwner`, who owned it at `previousEpoch`".
+ * A member grants it only if it sees the previous owner dead itself (or the claimant is the previous
+ * owner), has granted no higher epoch — and no other claimant the same one — for that name, and has
+ * not granted an epoch above `previousEpoch` to another claimant it does not see dead (someone took
+ * over already).
  */
-export interface ClaimRequest { op: 'claim', name: string, epoch: number, previousOwner: string }
+export interface ClaimRequest { op: 'claim', name: string, epoch: number, previousOwner: string, previousEpoch: number }
 /** `epoch`: the highest epoch the member has granted for the name (after this claim). */
 export interface ClaimReply { granted: boolean, epoch: number }
 
@@ -58,7 +60,7 @@ export function parseFailoverRequest (v: unknown): FailoverRequest {
   const o = obj(v, 'failover request')
   switch (o.op) {
     case 'claim':
-      return { op: 'claim', name: str(o.name, 'name', 256), epoch: epochOf(o.epoch, 'epoch'), previousOwner: str(o.previousOwner, 'previousOwner', 256) }
+      return { op: 'claim', name: str(o.name, 'name', 256), epoch: epochOf(o.epoch, 'epoch'), previousOwner: str(o.previousOwner, 'previousOwner', 256), previousEpoch: epochOf(o.previousEpoch, 'previousEpoch') }
     case 'protect':
     case 'unprotect':
       return { op: o.op, container: str(o.container, 'container', 256) }

@@ -267,7 +267,7 @@ export class FailoverService {
       void (async () => {
         const { docker, state, log } = this.deps
         try {
-          const epoch = await this.claim(name, Math.max(record.epoch + 1, this.nextEpoch(name)), this.deps.selfId, view)
+          const epoch = await this.claim(name, Math.max(record.epoch + 1, this.nextEpoch(name)), { peerId: this.deps.selfId, epoch: record.epoch }, view)
           record.epoch = epoch
           record.fenced = undefined
           await state.save()
@@ -342,7 +342,7 @@ export class FailoverService {
     const want = Math.max(previous.epoch + 1, m.epoch + 1, this.nextEpoch(name))
     let epoch: number
     try {
-      epoch = await this.claim(name, want, previous.peerId, view)
+      epoch = await this.claim(name, want, previous, view)
     } catch (err) {
       log.info('takeover not granted', { container: name, from: previous.name, epoch: want, reason: (err as Error).message })
       return
@@ -388,8 +388,8 @@ export class FailoverService {
    * and grants it ourselves. Resolves with the epoch won by a majority of the known members;
    * TakeoverRefusedError otherwise.
    */
-  private async claim (name: string, epoch: number, previousOwner: string, view: View): Promise<number> {
-    const req: ClaimRequest = { op: 'claim', name, epoch, previousOwner }
+  private async claim (name: string, epoch: number, previous: { peerId: string, epoch: number }, view: View): Promise<number> {
+    const req: ClaimRequest = { op: 'claim', name, epoch, previousOwner: previous.peerId, previousEpoch: previous.epoch }
     const own = await this.decide(req, this.deps.selfId)
     if (!own.granted) {
       this.claimFloor.set(name, Math.max(this.claimFloor.get(name) ?? 0, own.epoch + 1))
@@ -434,6 +434,12 @@ export class FailoverService {
     const mine = state.peek(req.name)?.epoch
     if (mine !== undefined && claimant !== selfId && mine >= req.epoch) return refuse
     if (g !== undefined && (g.epoch > req.epoch || (g.epoch === req.epoch && g.claimant !== claimant))) return { granted: false, epoch: g.epoch }
+    // Someone else already took over from that ownership (a fenced owner reclaiming its copy after
+    // a heal, or a second takeover): refused while that claimant lives.
+    if (g !== undefined && g.claimant !== claimant && g.epoch > req.previousEpoch) {
+      const other = g.claimant === selfId ? undefined : table.get(g.claimant)
+      if (g.claimant === selfId || (other !== undefined && other.state !== 'dead')) return { granted: false, epoch: g.epoch }
+    }
     state.setGrant(req.name, { epoch: req.epoch, claimant })
     await state.save()
     return { granted: true, epoch: req.epoch }

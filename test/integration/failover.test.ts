@@ -201,7 +201,7 @@ describe('failover in the lab (3 hosts, real engines and agents)', function () {
     }
     const { host: next } = await oneOwner('web', owner)
     await meshUp()
-    await waitFor(async () => (await row(owner, 'web'))?.owner === null, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${owner.name} to give up web` })
+    await waitFor(async () => ((await row(owner, 'web'))?.owner ?? null) === null, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${owner.name} to give up web` })
     expect((await runningOn('web')).map(h => h.name)).to.deep.equal([next.name])
     expect((await docker(owner, 'ps', '-a', '--format', '{{.Names}}')).split('\n')).to.not.include('web')
   })

@@ -3,7 +3,9 @@
  * `npm run demo`: removes a stale lab, builds three simulated hosts (vagrant-1, aws-1, azure-1),
  * waits until the operator CLI sees three alive agents, prints `goto peers`, moves a running web
  * server with a named volume from vagrant-1 to azure-1 with `goto move` (its progress bar on this
- * terminal), shows it serving from azure-1, and always tears the lab down again (also on Ctrl-C).
+ * terminal), shows it serving from azure-1; then protects it (`goto protect`), waits for its first
+ * snapshot, kills azure-1 and shows the container running again on a survivor with its data; and
+ * always tears the lab down again (also on Ctrl-C).
  */
 import { spawn, execFile } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -11,6 +13,7 @@ import { Lab, type LabHost } from './lab.js'
 import { waitFor } from './wait.js'
 import { LabError } from './errors.js'
 import { logTail } from './engine.js'
+import type { AgentStatus } from '../../protocol/messages.js'
 
 /** Agents of the test profile find each other in a few seconds; allow for a slow machine. */
 const MESH_READY_TIMEOUT_MS = 60_000
@@ -38,6 +41,8 @@ function safeHosts (lab: Lab): LabHost[] {
   }
 }
 
+/** The lab's (test profile's) snapshot interval, for the narration. */
+const DEMO_SNAPSHOT_S = 2
 /** Big enough that the progress bar has something to show, small enough for a quick demo. */
 const DEMO_LAYER_MIB = 64
 
@@ -58,6 +63,43 @@ async function gotoInherit (lab: Lab, args: string[], signal: AbortSignal): Prom
     env: { ...process.env, GOTO_BUNDLE: lab.operatorBundle, GOTO_AGENT: lab.hosts[0].agentAddr }
   })
   return await new Promise(resolve => { p.on('exit', code => { resolve(code) }) })
+}
+
+/** A protected container's host dies; the container runs again on a survivor from its snapshot. */
+async function failover (lab: Lab, hosts: LabHost[], owner: LabHost, signal: AbortSignal): Promise<void> {
+  // Written before protection starts, so no exec races a snapshot's freeze (docs/operations.md).
+  await dockerCli(owner, ['exec', 'web', 'sh', '-c', 'echo "hello again, after a failover" > /data/index.html'], signal)
+  console.log(`\n== goto protect web (snapshots to a replica holder every ${DEMO_SNAPSHOT_S} s in the lab's timing profile)`)
+  const p = await lab.cli(['protect', 'web'])
+  process.stdout.write(p.stdout)
+  if (p.code !== 0) throw new LabError(`goto protect exited with ${p.code ?? 'a timeout'}: ${p.stderr}`)
+  const seen = await waitFor(async () => {
+    const r = await lab.cli(['status', owner.name, '--json'])
+    const row = r.code === 0 ? (JSON.parse(r.stdout) as AgentStatus).failover?.containers.find(c => c.name === 'web') : undefined
+    return row !== undefined && row.holders.length > 0 ? row : undefined
+  }, { timeoutMs: MESH_READY_TIMEOUT_MS, intervalMs: 250, what: 'a snapshot of web', signal })
+  console.log(`   snapshot ${seen.snapshotSeq ?? 0} of web held by ${seen.holders.join(', ')}`)
+  console.log(`\n== goto status ${owner.name}`)
+  process.stdout.write((await lab.cli(['status', owner.name])).stdout)
+
+  console.log(`\n== killing ${owner.name} (agent, engine, containers)`)
+  const t0 = Date.now()
+  await lab.kill(owner.name)
+  const survivors = hosts.filter(h => h !== owner)
+  const now = await waitFor(async () => {
+    for (const h of survivors) {
+      const r = await lab.cli(['status', h.name, '--json'], { agent: h.agentAddr })
+      const row = r.code === 0 ? (JSON.parse(r.stdout) as AgentStatus).failover?.containers.find(c => c.name === 'web' && c.owner === h.name) : undefined
+      if (row !== undefined) return h
+    }
+    return undefined
+  }, { timeoutMs: MESH_READY_TIMEOUT_MS, intervalMs: 250, what: 'web to run again on a survivor', signal })
+  console.log(`   web runs again on ${now.name}, ${Date.now() - t0} ms after the kill`)
+  console.log(`\n== goto status ${now.name}`)
+  process.stdout.write((await lab.cli(['status', now.name], { agent: now.agentAddr })).stdout)
+  const other = survivors.find(h => h !== now) as LabHost
+  console.log(`\n== from ${other.name}'s network namespace: wget http://${now.ip}:8080/`)
+  process.stdout.write(await run('ip', ['netns', 'exec', other.netns, 'wget', '-qO-', `http://${now.ip}:8080/`], signal))
 }
 
 async function main (): Promise<void> {
@@ -116,6 +158,8 @@ async function main (): Promise<void> {
     process.stdout.write((await lab.cli(['status', to.name])).stdout)
     console.log(`\n== from ${from.name}'s network namespace: wget http://${to.ip}:8080/`)
     process.stdout.write(await run('ip', ['netns', 'exec', from.netns, 'wget', '-qO-', `http://${to.ip}:8080/`], signal))
+
+    await failover(lab, hosts, to, signal)
   } catch (err) {
     // The logs go with the lab: show the end of each agent's log while it is still there.
     if (!signal.aborted) for (const h of safeHosts(lab)) console.error(`\n-- last lines of ${h.agentLog}\n${await logTail(h.agentLog, 10)}`)

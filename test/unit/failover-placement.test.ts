@@ -111,10 +111,11 @@ describe('failover messages', () => {
     expect(parseFailoverGossip(undefined)).to.equal(undefined)
     expect(() => parseFailoverGossip({ owned: [{ name: 'web', epoch: -1 }] })).to.throw(ProtocolError)
     expect(() => parseFailoverGossip({ owned: new Array(600).fill({ name: 'x', epoch: 1 }) })).to.throw(ProtocolError)
-    expect(parseFailoverRequest({ op: 'claim', name: 'web', epoch: 3, previousOwner: 'p' })).to.deep.equal({ op: 'claim', name: 'web', epoch: 3, previousOwner: 'p' })
+    expect(parseFailoverRequest({ op: 'claim', name: 'web', epoch: 3, previousOwner: 'p', previousEpoch: 2 })).to.deep.equal({ op: 'claim', name: 'web', epoch: 3, previousOwner: 'p', previousEpoch: 2 })
     expect(parseFailoverRequest({ op: 'protect', container: 'web' })).to.deep.equal({ op: 'protect', container: 'web' })
     expect(() => parseFailoverRequest({ op: 'steal', name: 'web' })).to.throw(ProtocolError)
-    expect(() => parseFailoverRequest({ op: 'claim', name: 'web', epoch: 1.5, previousOwner: 'p' })).to.throw(ProtocolError)
+    expect(() => parseFailoverRequest({ op: 'claim', name: 'web', epoch: 1.5, previousOwner: 'p', previousEpoch: 1 })).to.throw(ProtocolError)
+    expect(() => parseFailoverRequest({ op: 'claim', name: 'web', epoch: 2, previousOwner: 'p' })).to.throw(ProtocolError)
     expect(parseClaimReply({ granted: true, epoch: 3 })).to.deep.equal({ granted: true, epoch: 3 })
   })
 
