@@ -90,3 +90,33 @@ export function assignRestorers (orphans: readonly Orphan[]): Map<string, string
   }
   return out
 }
+
+/** What a member knows when it judges a takeover claim for one container name. */
+export interface ClaimContext {
+  /** This member's peer ID. */
+  self: string
+  /** The highest grant it has recorded for the name. */
+  grant?: { epoch: number, claimant: string }
+  /** The epoch at which it owns the container itself, if it does. */
+  ownEpoch?: number
+  /** Whether it sees that peer dead (a peer it does not know counts as dead: long gone). */
+  isDead: (peerId: string) => boolean
+}
+
+/**
+ * The exactly-once rule: whether a member grants `claimant` the container at `epoch`, replacing
+ * `previousOwner`'s ownership at `previousEpoch`. Granted only if the previous owner is dead in this
+ * member's view (or reclaims its own copy), this member does not own it at that epoch or higher, has
+ * granted no higher epoch and not this one to another claimant, and has granted nothing above
+ * `previousEpoch` to another claimant still alive (someone took over already). `epoch` in the answer
+ * is the highest this member knows for the name (the claimed one when granted).
+ */
+export function judgeClaim (req: { epoch: number, previousOwner: string, previousEpoch: number }, claimant: string, c: ClaimContext): { granted: boolean, epoch: number } {
+  const g = c.grant
+  const refuse = { granted: false, epoch: Math.max(g?.epoch ?? 0, c.ownEpoch ?? 0) }
+  if (req.previousOwner !== claimant && (req.previousOwner === c.self || !c.isDead(req.previousOwner))) return refuse
+  if (c.ownEpoch !== undefined && claimant !== c.self && c.ownEpoch >= req.epoch) return refuse
+  if (g !== undefined && (g.epoch > req.epoch || (g.epoch === req.epoch && g.claimant !== claimant))) return refuse
+  if (g !== undefined && g.claimant !== claimant && g.epoch > req.previousEpoch && (g.claimant === c.self || !c.isDead(g.claimant))) return refuse
+  return { granted: true, epoch: req.epoch }
+}

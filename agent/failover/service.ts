@@ -36,7 +36,9 @@ import type { Logger } from '../log.js'
 import type { FailoverState, ContainerRecord } from './state.js'
 import type { SnapshotStore } from './snapshot-store.js'
 import type { LayerStore } from '../transfer/layer-store.js'
-import { assignRestorers, compareVersions, failoverPossible, hasQuorum, isStale, majority, replicaHolders, type Orphan, type SnapshotVersion } from './placement.js'
+import {
+  assignRestorers, compareVersions, failoverPossible, hasQuorum, isStale, judgeClaim, majority, replicaHolders, type Orphan, type SnapshotVersion
+} from './placement.js'
 import { FAILOVER_PROTOCOL } from '../../protocol/ids.js'
 import { readResult, type JsonStream } from '../../protocol/wire.js'
 import type { VerifiedPeer } from '../../certs/verify.js'
@@ -421,28 +423,17 @@ export class FailoverService {
   /** Whether we grant a claim (ours included); a grant is persisted before it is reported. */
   private async decide (req: ClaimRequest, claimant: string): Promise<ClaimReply> {
     const { state, table, selfId } = this.deps
-    const g = state.grant(req.name)
-    const highest = Math.max(g?.epoch ?? 0, state.peek(req.name)?.epoch ?? 0)
-    const refuse = { granted: false, epoch: highest }
-    if (req.previousOwner !== claimant) {
-      // A takeover: only from an owner we see dead ourselves (never from us: we are alive).
-      if (req.previousOwner === selfId) return refuse
-      const prev = table.get(req.previousOwner)
-      if (prev !== undefined && prev.state !== 'dead') return refuse
+    const verdict = judgeClaim(req, claimant, {
+      self: selfId,
+      grant: state.grant(req.name),
+      ownEpoch: state.peek(req.name)?.epoch,
+      isDead: peerId => (table.get(peerId)?.state ?? 'dead') === 'dead'
+    })
+    if (verdict.granted) {
+      state.setGrant(req.name, { epoch: req.epoch, claimant })
+      await state.save()
     }
-    // We own it at this epoch or higher ourselves (a claimant taking it from its own fenced copy is fine).
-    const mine = state.peek(req.name)?.epoch
-    if (mine !== undefined && claimant !== selfId && mine >= req.epoch) return refuse
-    if (g !== undefined && (g.epoch > req.epoch || (g.epoch === req.epoch && g.claimant !== claimant))) return { granted: false, epoch: g.epoch }
-    // Someone else already took over from that ownership (a fenced owner reclaiming its copy after
-    // a heal, or a second takeover): refused while that claimant lives.
-    if (g !== undefined && g.claimant !== claimant && g.epoch > req.previousEpoch) {
-      const other = g.claimant === selfId ? undefined : table.get(g.claimant)
-      if (g.claimant === selfId || (other !== undefined && other.state !== 'dead')) return { granted: false, epoch: g.epoch }
-    }
-    state.setGrant(req.name, { epoch: req.epoch, claimant })
-    await state.save()
-    return { granted: true, epoch: req.epoch }
+    return verdict
   }
 
   // --- snapshots ----------------------------------------------------------------------------

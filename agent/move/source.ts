@@ -324,12 +324,16 @@ export class MoveService {
   /**
    * With the container paused by the caller: what it changed, as one layer tar built from the
    * engine's change list (its cost follows the change, not the image — a commit + save would read
-   * the whole image), and the config of "image + that layer".
+   * the whole image), and the config of "image + that layer". The image's config is read while the
+   * changes are exported: the container stays frozen for the export only.
    */
   private async freeze (info: ContainerInfo, image: ImageInfo, spool: string, comment: string, signal: AbortSignal): Promise<{ topPath: string, top: ExportedChanges, config: Uint8Array, diffIds: string[] }> {
     const topPath = join(spool, 'top.tar')
-    const top = await this.deps.docker.exportChanges(info.id, topPath, signal)
-    const config = buildLayeredConfig(await this.deps.docker.inspectImageConfig(image.id, signal), top.diffId, { comment })
+    const [top, imageConfig] = await Promise.all([
+      this.deps.docker.exportChanges(info.id, topPath, signal),
+      this.deps.docker.inspectImageConfig(image.id, signal)
+    ])
+    const config = buildLayeredConfig(imageConfig, top.diffId, { comment })
     return { topPath, top, config, diffIds: [...image.diffIds, top.diffId] }
   }
 

@@ -1,6 +1,6 @@
 import { expect } from 'chai'
 import {
-  assignRestorers, compareVersions, failoverPossible, hasQuorum, isStale, majority, rendezvousRank, replicaHolders
+  judgeClaim, assignRestorers, compareVersions, failoverPossible, hasQuorum, isStale, majority, rendezvousRank, replicaHolders
 } from '../../agent/failover/placement.js'
 import { PROFILES, assertFailoverSafe } from '../../agent/timings.js'
 import { parseClaimReply, parseFailoverGossip, parseFailoverRequest } from '../../protocol/failover-messages.js'
@@ -88,6 +88,44 @@ describe('failover placement and quorum (pure rules)', () => {
     // Only holders restore.
     expect(assignRestorers([{ name: 'x', holders: ['peer-e'] }]).get('x')).to.equal('peer-e')
     expect(assignRestorers([{ name: 'x', holders: [] }]).has('x')).to.equal(false)
+  })
+})
+
+describe('takeover claims (the exactly-once rule)', () => {
+  const dead = new Set(['owner'])
+  const ctx = (more: Partial<Parameters<typeof judgeClaim>[2]> = {}): Parameters<typeof judgeClaim>[2] => ({ self: 'me', isDead: p => dead.has(p), ...more })
+  const takeover = { epoch: 2, previousOwner: 'owner', previousEpoch: 1 }
+
+  it('grants a takeover from an owner this member sees dead, and only then', () => {
+    expect(judgeClaim(takeover, 'r1', ctx())).to.deep.equal({ granted: true, epoch: 2 })
+    expect(judgeClaim({ ...takeover, previousOwner: 'alive-owner' }, 'r1', ctx()).granted).to.equal(false)
+    expect(judgeClaim({ ...takeover, previousOwner: 'me' }, 'r1', ctx()).granted).to.equal(false)
+    // A peer it never heard of (forgotten long ago) counts as dead.
+    expect(judgeClaim({ ...takeover, previousOwner: 'unknown' }, 'r1', ctx({ isDead: () => true })).granted).to.equal(true)
+  })
+
+  it('grants one epoch to one claimant: a second claimant of the same epoch is refused, the same one again is not', () => {
+    const granted = ctx({ grant: { epoch: 2, claimant: 'r1' } })
+    expect(judgeClaim(takeover, 'r2', granted)).to.deep.equal({ granted: false, epoch: 2 })
+    expect(judgeClaim(takeover, 'r1', granted).granted).to.equal(true)
+    expect(judgeClaim({ ...takeover, epoch: 1 }, 'r2', granted).granted).to.equal(false)
+  })
+
+  it('refuses a later takeover of the same ownership while the first claimant lives, allows it once that one is dead', () => {
+    const granted = ctx({ grant: { epoch: 2, claimant: 'r1' } })
+    expect(judgeClaim({ ...takeover, epoch: 3 }, 'r2', granted).granted).to.equal(false)
+    expect(judgeClaim({ ...takeover, epoch: 3 }, 'r2', ctx({ grant: { epoch: 2, claimant: 'r1' }, isDead: p => p === 'owner' || p === 'r1' })).granted).to.equal(true)
+  })
+
+  it('refuses a fenced owner reclaiming its copy once another member took over, grants it when nobody did', () => {
+    const reclaim = { epoch: 2, previousOwner: 'old', previousEpoch: 1 }
+    expect(judgeClaim(reclaim, 'old', ctx()).granted).to.equal(true)
+    expect(judgeClaim({ ...reclaim, epoch: 4 }, 'old', ctx({ grant: { epoch: 2, claimant: 'r1' } })).granted).to.equal(false)
+    expect(judgeClaim({ ...reclaim, epoch: 4 }, 'old', ctx({ grant: { epoch: 3, claimant: 'me' }, ownEpoch: 3 })).granted).to.equal(false)
+  })
+
+  it('never grants another member what this member owns at that epoch or higher', () => {
+    expect(judgeClaim({ epoch: 3, previousOwner: 'owner', previousEpoch: 2 }, 'r1', ctx({ ownEpoch: 3 })).granted).to.equal(false)
   })
 })
 
