@@ -147,7 +147,7 @@ async function main (): Promise<void> {
     await dockerCli(from, ['commit', 'demo-build', 'demo/web:v1'], signal)
     await dockerCli(from, ['rm', 'demo-build'], signal)
     await dockerCli(from, ['run', '-d', '--name', 'web', '-p', '8080:8080', '-v', 'webdata:/data', '--restart', 'unless-stopped',
-      'demo/web:v1', 'sh', '-c', 'echo "hello from the volume" > /data/index.html; httpd -f -p 8080 -h /data'], signal)
+      'demo/web:v1', 'sh', '-c', '[ -f /data/index.html ] || echo "hello from the volume" > /data/index.html; httpd -f -p 8080 -h /data'], signal)
     await dockerCli(from, ['exec', 'web', 'sh', '-c', 'date > /srv/changed-after-start'], signal)
 
     console.log(`\n== goto move web --to ${to.name}`)
