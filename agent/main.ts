@@ -122,7 +122,7 @@ async function run (config: AgentConfig): Promise<void> {
   })
   const failover = new FailoverService({
     node, auth, docker, table, moves, snapshots, state: await FailoverState.open(config.stateDir), selfId: bundle.peerId, selfName: bundle.name,
-    timings: config.timings, replicas: config.replicas, log: log.child({ component: 'failover' })
+    timings: config.timings, replicas: config.replicas, metrics, log: log.child({ component: 'failover' })
   })
   const status = new StatusService({ node, auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, log: log.child({ component: 'membership' }) })

@@ -33,6 +33,7 @@ import type { MoveService } from '../move/source.js'
 import { restoreContainer, undoRestore, type Made } from '../move/restore.js'
 import type { Timings } from '../timings.js'
 import type { Logger } from '../log.js'
+import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { FailoverState, ContainerRecord } from './state.js'
 import type { SnapshotStore } from './snapshot-store.js'
 import type { LayerStore } from '../transfer/layer-store.js'
@@ -73,6 +74,8 @@ export interface FailoverDeps {
   timings: Timings
   /** Replica holders per protected container (K). */
   replicas: number
+  /** Snapshots taken, and containers no longer protected here (default: none kept). */
+  metrics?: Pick<Metrics, 'snapshotTaken' | 'snapshotForgotten'>
   log: Logger
 }
 
@@ -103,11 +106,18 @@ export class FailoverService {
   private readonly inFlight = new Map<string, AbortController>()
   private stopped = false
 
-  constructor (private readonly deps: FailoverDeps) {}
+  private readonly metrics: Pick<Metrics, 'snapshotTaken' | 'snapshotForgotten'>
+
+  constructor (private readonly deps: FailoverDeps) {
+    this.metrics = deps.metrics ?? NO_METRICS
+  }
 
   async start (): Promise<void> {
     this.stopped = false
     this.startedAt = Date.now()
+    for (const { name, record } of this.deps.state.owned()) {
+      if (record.lastSnapshot !== undefined) this.metrics.snapshotTaken(name, Date.parse(record.lastSnapshot.at))
+    }
     await this.deps.auth.handle(FAILOVER_PROTOCOL, ['agent', 'operator'], async (js, peer) => { await this.serve(js, peer) })
     await this.scan()
     this.timer = setInterval(() => { this.tick() }, this.deps.timings.failoverTickMs)
@@ -182,6 +192,7 @@ export class FailoverService {
         if (this.busy.has(name)) continue
         if (!this.local.has(name) || !this.isProtected(name)) {
           state.release(name)
+          this.metrics.snapshotForgotten(name)
           changed = true
           log.info('no longer owning container', { container: name, why: this.local.has(name) ? 'unprotected' : 'gone from this host' })
         }
@@ -241,6 +252,7 @@ export class FailoverService {
     try {
       await this.setAside(name, mine, signal)
       state.release(name)
+      this.metrics.snapshotForgotten(name)
       await state.save()
       log.warn('stale copy stopped: another member owns the container at a higher epoch', { container: name, epoch: mine, owner: theirs.name, ownerEpoch: theirs.epoch })
     } catch (err) {
@@ -489,6 +501,7 @@ export class FailoverService {
     // Still ours at the same epoch (not moved, fenced or taken over meanwhile)?
     if (record.epoch !== epoch) return
     record.lastSnapshot = { at, seq, holders: stored, freezeMs, bytes }
+    this.metrics.snapshotTaken(name, Date.parse(at))
     await state.save()
     log.info('snapshot taken', { container: name, epoch, seq, holders: stored, freezeMs, bytes })
   }

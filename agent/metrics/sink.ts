@@ -30,7 +30,8 @@ export interface Metrics {
   /** A move into this host that sent it a layer (so not a dry run) ended here. */
   moveReceived: (outcome: IncomingMoveOutcome) => void
   /**
-   * Failover (not written yet) calls this when it took a snapshot of a protected container; the
+   * Failover calls this when it took a snapshot of a protected container (and at start for the
+   * last one it remembers); the
    * exported age is measured from `takenAtMs` (epoch ms) at every scrape, so it grows between
    * snapshots as an operator's alert expects.
    */
