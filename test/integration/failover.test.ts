@@ -145,7 +145,10 @@ describe('failover in the lab (3 hosts, real engines and agents)', function () {
     // A snapshot that started before the writes may not hold them: wait for the one after it.
     await snapshotAfter(A, 'web', seqWeb + 1)
     await snapshotAfter(A, 'db', seqDb + 1)
-    // Written after the last snapshot boundary: a failover loses it (the data-loss window).
+    // Written after the last snapshot boundary: a failover loses it (the data-loss window). The
+    // agent is frozen first so that no snapshot can start between these writes and the kill.
+    const pid = (await lab.load()).hosts.find(h => h.name === A.name)?.agent?.pid as number
+    process.kill(pid, 'SIGSTOP')
     await putFile(A, 'web', '/data/late.txt', 'late')
     await putFile(A, 'web', '/late.txt', 'late')
     await lab.kill(A.name)
