@@ -55,7 +55,8 @@ const MIN_SNAPSHOT_INTERVAL_S = 1
 
 export const AGENT_USAGE = `Usage: goto-agent --bundle DIR [options]
 
-Runs the Go-To agent on a Docker host: joins the mesh, answers status, keeps a peer table.
+Runs the Go-To agent on a Docker host: joins the mesh, answers status, keeps a peer table, moves
+containers, snapshots protected ones and runs them again when their host dies.
 
 Options (flag / environment / config-file key; flags win over environment, environment over the file):
   --bundle DIR          identity bundle from 'goto ca issue --role agent'   GOTO_BUNDLE     bundle

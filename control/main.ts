@@ -25,7 +25,9 @@ Operator CLI of the Go-To mesh.
 
 Commands:
   peers                 list the mesh as the agent sees it (name, state, address, engine, labels)
-  status [NAME]         status of the agent (or of the member NAME): version, uptime, engine, containers
+  status [NAME]         status of the agent (or of the member NAME): version, uptime, engine, containers,
+                        failover (safe or not, and per container: protected, owner, epoch, snapshot age,
+                        replica holders)
   move CONTAINER --to NAME
                         move a running container to the member NAME: only the image layers it lacks
                         travel; the container is paused only for the last step; on any failure it

@@ -195,7 +195,7 @@ describe('docker host driver (DockerodeHost on a lab engine)', function () {
     })
     const got = await docker.inspectContainer('fidelity')
     expect(got.name).to.equal('fidelity')
-    expect(got.state).to.deep.equal({ status: 'created', running: false, paused: false })
+    expect(got.state).to.deep.equal({ status: 'created', running: false, paused: false, execs: 0 })
     const want: ContainerSpec = {
       name: 'fidelity',
       image: threeId,
