@@ -89,8 +89,9 @@ async function failover (lab: Lab, hosts: LabHost[], owner: LabHost, signal: Abo
   const now = await waitFor(async () => {
     for (const h of survivors) {
       const r = await lab.cli(['status', h.name, '--json'], { agent: h.agentAddr })
-      const row = r.code === 0 ? (JSON.parse(r.stdout) as AgentStatus).failover?.containers.find(c => c.name === 'web' && c.owner === h.name) : undefined
-      if (row !== undefined) return h
+      const s = r.code === 0 ? JSON.parse(r.stdout) as AgentStatus : undefined
+      // Owned here (the takeover won) and running (the restore finished).
+      if (s?.failover?.containers.some(c => c.name === 'web' && c.owner === h.name) === true && s.containers.some(c => c.name === 'web' && c.state === 'running')) return h
     }
     return undefined
   }, { timeoutMs: MESH_READY_TIMEOUT_MS, intervalMs: 250, what: 'web to run again on a survivor', signal })
