@@ -107,6 +107,13 @@ describe('failover in the lab (3 hosts, real engines and agents)', function () {
     }
     const plain = await row(A, 'plain')
     expect(plain).to.deep.include({ protected: false, owner: null, epoch: null })
+    // Protected and unprotected again by order: owned while protected, let go of after.
+    expect((await lab.cli(['protect', 'plain'])).code).to.equal(0)
+    await waitFor(async () => (await row(A, 'plain'))?.owner === A.name, { timeoutMs: STATE_TIMEOUT_MS, what: 'plain owned by its host' })
+    const un = await lab.cli(['unprotect', 'plain'])
+    expect(un.code, un.stderr).to.equal(0)
+    expect(un.stdout).to.contain(`plain on ${A.name}: not protected`)
+    expect(await row(A, 'plain')).to.deep.include({ protected: false, owner: null, epoch: null })
     const text = await lab.cli(['status'], { agent: A.agentAddr })
     expect(text.stdout).to.contain('failover:   safe').and.to.match(/web\s+yes\s+\S+\s+1\s/)
 
