@@ -9,7 +9,7 @@
  * are closed at once.
  */
 import type { Libp2p } from 'libp2p'
-import type { Connection, Stream } from '@libp2p/interface'
+import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import type { Role, VerifiedPeer, SignedCrl } from '../../certs/index.js'
 import { AUTH_PROTOCOL } from '../../protocol/ids.js'
@@ -105,6 +105,24 @@ export class AuthService {
       signal.addEventListener('abort', onAbort, { once: true })
       s.promise.then(resolve, reject).finally(() => { signal.removeEventListener('abort', onAbort) })
     })
+  }
+
+  /**
+   * True once some connection of `peerId` has passed auth with one of `roles`; false if none does
+   * within `authTimeoutMs` (or the peer is revoked). The relay's gate: a reservation or hop request
+   * may arrive while the same connection's handshake is still running, so it waits for it.
+   */
+  async isMember (peerId: PeerId, roles: readonly Role[]): Promise<boolean> {
+    const id = peerId.toString()
+    if (this.isRevoked(id)) return false
+    const signal = AbortSignal.timeout(this.deps.authTimeoutMs)
+    const connections = this.deps.node.getConnections(peerId).filter(c => c.status === 'open')
+    try {
+      const peer = await Promise.any(connections.map(async c => await this.ensure(c, signal)))
+      return roles.includes(peer.role) && peer.peerId === id
+    } catch {
+      return false
+    }
   }
 
   /** Registers a protocol that serves only authenticated peers of the given roles. */
