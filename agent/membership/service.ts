@@ -12,7 +12,8 @@
 import type { Libp2p } from 'libp2p'
 import type { Connection, PeerId } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import type { Multiaddr } from '@multiformats/multiaddr'
+import { peerAddr } from '../../protocol/multiaddr.js'
 import type { VerifiedPeer, SignedCrl } from '../../certs/index.js'
 import type { AuthService } from '../net/auth-service.js'
 import type { PeerTable, PeerEntry } from './peer-table.js'
@@ -135,10 +136,7 @@ export class MembershipService {
     this.inFlight.add(entry.peerId)
     const signal = AbortSignal.timeout(this.deps.timings.heartbeatTimeoutMs)
     try {
-      const addrs = entry.addrs.map(a => {
-        const ma = multiaddr(a)
-        return ma.getComponents().some(c => c.name === 'p2p') ? ma : ma.encapsulate(`/p2p/${entry.peerId}`)
-      })
+      const addrs = entry.addrs.map(a => peerAddr(a, entry.peerId))
       const connection = this.deps.node.getConnections(peerId).find(c => c.status === 'open') ?? await this.deps.node.dial(addrs, { signal })
       const peer = await this.deps.auth.ensure(connection, signal)
       await this.exchange(connection, peer, signal)

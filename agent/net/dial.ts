@@ -5,14 +5,14 @@
 import type { Libp2p } from 'libp2p'
 import type { Connection } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { multiaddr } from '@multiformats/multiaddr'
 import type { AuthService } from './auth-service.js'
 import { JsonStream } from '../../protocol/wire.js'
+import { peerAddr } from '../../protocol/multiaddr.js'
 
 /** An authenticated connection to `peerId`, reached at `addrs` if none is open. */
 export async function connectTo (node: Libp2p, auth: AuthService, peerId: string, addrs: string[], signal: AbortSignal): Promise<Connection> {
   const id = peerIdFromString(peerId)
-  const connection = node.getConnections(id).find(c => c.status === 'open') ?? await node.dial(addrs.map(a => multiaddr(a).encapsulate(`/p2p/${peerId}`)), { signal })
+  const connection = node.getConnections(id).find(c => c.status === 'open') ?? await node.dial(addrs.map(a => peerAddr(a, peerId)), { signal })
   await auth.ensure(connection, signal)
   return connection
 }

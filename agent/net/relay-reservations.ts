@@ -12,6 +12,7 @@
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Libp2p } from 'libp2p'
 import type { RelayListener } from '../../protocol/node.js'
+import { circuitRelayOf } from '../../protocol/multiaddr.js'
 import type { PeerTable, PeerEntry } from '../membership/peer-table.js'
 import type { Logger } from '../log.js'
 
@@ -20,6 +21,12 @@ import type { Logger } from '../log.js'
  * while the next check finds another; each is one more address in every heartbeat and exchange.
  */
 export const MAX_RELAYS = 3
+
+/**
+ * A reservation that has not completed in this time counts as failed (the library times out its
+ * own steps after 5 s each; this bounds a listen() that never settles).
+ */
+const RESERVE_TIMEOUT_MS = 15_000
 
 export interface RelayReservationsDeps {
   node: Libp2p<{ relayListener?: RelayListener }>
@@ -54,10 +61,8 @@ export class RelayReservations {
   relays (): Set<string> {
     const held = new Set<string>()
     for (const ma of this.deps.node.getMultiaddrs()) {
-      const parts = ma.getComponents()
-      const i = parts.findIndex(c => c.name === 'p2p-circuit')
-      const relay = i > 0 ? parts[i - 1] : undefined
-      if (relay?.name === 'p2p' && relay.value !== undefined) held.add(relay.value)
+      const relay = circuitRelayOf(ma)
+      if (relay !== undefined) held.add(relay)
     }
     return held
   }
@@ -75,17 +80,21 @@ export class RelayReservations {
     return out
   }
 
-  /** Reserves on alive reachable members until we hold MAX_RELAYS (or there are no more). */
+  /**
+   * Reserves on alive reachable members until we hold MAX_RELAYS (or there are no more), one at a
+   * time: the library's reservation store drops its queued reservation jobs (their listen() never
+   * settles) whenever one completes and it needs no more *discovered* relays, which is always our
+   * case, so concurrent reservations on chosen relays would hang.
+   */
   private check (): void {
+    if (this.pending.size > 0) return
     const held = this.relays()
     const now = Date.now()
     const candidates = this.deps.table.entries()
       .filter(e => e.state === 'alive' && !held.has(e.peerId) && !this.pending.has(e.peerId) && e.addrs.some(a => !isCircuit(a)))
       .filter(e => now - (this.lastAttempt.get(e.peerId) ?? 0) >= this.deps.checkMs)
       .sort((a, b) => (a.rttMs ?? Infinity) - (b.rttMs ?? Infinity))
-    for (const entry of candidates.slice(0, Math.max(0, MAX_RELAYS - held.size - this.pending.size))) {
-      void this.reserve(entry)
-    }
+    if (held.size < MAX_RELAYS && candidates.length > 0) void this.reserve(candidates[0])
   }
 
   private async reserve (entry: PeerEntry): Promise<void> {
@@ -94,12 +103,17 @@ export class RelayReservations {
     const addr: Multiaddr = multiaddr(`${direct}/p2p/${entry.peerId}/p2p-circuit`)
     this.pending.add(entry.peerId)
     this.lastAttempt.set(entry.peerId, Date.now())
+    let timer: NodeJS.Timeout | undefined
     try {
-      await this.deps.node.services.relayListener?.listen(addr)
+      await Promise.race([
+        this.deps.node.services.relayListener?.listen(addr),
+        new Promise((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`no reservation within ${RESERVE_TIMEOUT_MS} ms`)) }, RESERVE_TIMEOUT_MS) })
+      ])
       this.deps.log.info('relay reservation made', { relay: entry.name, peer: entry.peerId, addr: addr.toString() })
     } catch (err) {
       this.deps.log.warn('relay reservation failed', { relay: entry.name, peer: entry.peerId, error: (err as Error).message })
     } finally {
+      clearTimeout(timer)
       this.pending.delete(entry.peerId)
     }
   }
