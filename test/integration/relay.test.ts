@@ -21,6 +21,7 @@ import { initCa, issueCertificate, readBundle, TrustStore, type Bundle } from '.
 import { createMeshNode, type RelayListener } from '../../protocol/node.js'
 import { JsonStream, readResult, receiveBlob, sendBlob } from '../../protocol/wire.js'
 import { AuthService } from '../../agent/net/auth-service.js'
+import { AgentClient } from '../../control/client.js'
 import { createRootLogger } from '../../agent/log.js'
 import { ProtocolError } from '../../protocol/errors.js'
 import { waitFor } from '../lab/wait.js'
@@ -92,6 +93,7 @@ describe('circuit relay between members (one process, loopback)', function () {
     dir = await mkdtemp(join(tmpdir(), 'goto-relay-'))
     await initCa(join(dir, 'ca'))
     for (const name of ['relay-1', 'nat-1', 'member-1']) await issueCertificate(join(dir, 'ca'), { role: 'agent', name, out: join(dir, name) })
+    await issueCertificate(join(dir, 'ca'), { role: 'operator', name: 'op-1', out: join(dir, 'op-1') })
     relay = await startMember(join(dir, 'relay-1'), { serve: true, listen: ['/ip4/127.0.0.1/tcp/0'] })
     // Listens nowhere: the only way in is through the relay.
     nat = await startMember(join(dir, 'nat-1'), { serve: false, listen: [] })
@@ -134,6 +136,15 @@ describe('circuit relay between members (one process, loopback)', function () {
     const relayed = Buffer.concat(seen)
     expect(relayed.byteLength, 'bytes the relay forwarded').to.be.greaterThan(BLOB_BYTES)
     expect(relayed.indexOf(MARKER), 'plaintext at the relay').to.equal(-1)
+  })
+
+  it('the operator CLI reaches a member behind NAT through a relay, authenticating to the relay first', async () => {
+    const client = await AgentClient.connect(await readBundle(join(dir, 'op-1')), circuitTo(nat.node.peerId), AbortSignal.timeout(10_000))
+    try {
+      expect(client.agent).to.deep.include({ name: 'nat-1', role: 'agent' })
+    } finally {
+      await client.close()
+    }
   })
 
   it('a stranger that never authenticates can neither reserve on a relay nor be relayed to a member', async () => {
