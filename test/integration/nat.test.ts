@@ -68,6 +68,18 @@ describe('a host behind NAT in the lab (3 reachable hosts + 1 NAT\'d, real engin
     return last as Extract<MoveEvent, { event: 'done' }>
   }
 
+  /**
+   * Builds `<name>:v1` on `h` (the base image plus one layer: `mib` MiB of random /payload and a
+   * /hello), runs container `name` from it and returns the payload's md5sum line.
+   */
+  async function runWithPayload (h: LabHost, name: string, mib: number): Promise<string> {
+    await docker(h, 'run', '--name', `${name}-build`, 'gotolab/base:latest', 'sh', '-c', `head -c ${mib}m /dev/urandom > /payload && echo hi > /hello`)
+    await docker(h, 'commit', `${name}-build`, `${name}:v1`)
+    await docker(h, 'rm', `${name}-build`)
+    await docker(h, 'run', '-d', '--name', name, `${name}:v1`, 'sleep', '3600')
+    return await docker(h, 'exec', name, 'md5sum', '/payload')
+  }
+
   async function runningAt (h: LabHost, name: string): Promise<boolean> {
     return (await docker(h, 'ps', '--filter', `name=^${name}$`, '--format', '{{.State}}')) === 'running'
   }
@@ -126,11 +138,7 @@ describe('a host behind NAT in the lab (3 reachable hosts + 1 NAT\'d, real engin
   })
 
   it('a container moves reachable → NAT\'d host and back (the CLI reaches the NAT\'d source through its agent)', async () => {
-    await docker(A, 'run', '--name', 'natbuild', 'gotolab/base:latest', 'sh', '-c', 'head -c 4m /dev/urandom > /payload && echo hi > /hello')
-    await docker(A, 'commit', 'natbuild', 'natapp:v1')
-    await docker(A, 'rm', 'natbuild')
-    await docker(A, 'run', '-d', '--name', 'natweb', 'natapp:v1', 'sleep', '3600')
-    const sum = await docker(A, 'exec', 'natweb', 'md5sum', '/payload')
+    const sum = await runWithPayload(A, 'natweb', 4)
 
     const there = await move('natweb', N, A)
     expect(there).to.deep.include({ from: A.name, to: N.name })
@@ -156,15 +164,11 @@ describe('a host behind NAT in the lab (3 reachable hosts + 1 NAT\'d, real engin
         return row?.state === 'alive' && row.lastSeen !== null && Date.parse(row.lastSeen) > cutAt + RELAY_SWITCH_MS
       }, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${N.name} heard at ${B.name} through a relay` })
       // 8 MiB of new layer: far past a default relay's 128 KiB limit.
-      await docker(B, 'run', '--name', 'relaybuild', 'gotolab/base:latest', 'sh', '-c', 'head -c 8m /dev/urandom > /relayed')
-      await docker(B, 'commit', 'relaybuild', 'relayed:v1')
-      await docker(B, 'rm', 'relaybuild')
-      await docker(B, 'run', '-d', '--name', 'relayed', 'relayed:v1', 'sleep', '3600')
-      const sum = await docker(B, 'exec', 'relayed', 'md5sum', '/relayed')
+      const sum = await runWithPayload(B, 'relayed', 8)
       const ev = await move('relayed', N, B)
       expect(ev.layersSent).to.be.greaterThan(0)
       expect(await runningAt(N, 'relayed')).to.equal(true)
-      expect(await docker(N, 'exec', 'relayed', 'md5sum', '/relayed')).to.equal(sum)
+      expect(await docker(N, 'exec', 'relayed', 'md5sum', '/payload')).to.equal(sum)
     } finally {
       await lab.heal()
     }
