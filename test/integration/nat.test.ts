@@ -173,4 +173,12 @@ describe('a host behind NAT in the lab (3 reachable hosts + 1 NAT\'d, real engin
       await lab.heal()
     }
   })
+
+  it('down removes the router namespaces and the route to the private subnet with the rest', async () => {
+    await lab.down()
+    const { stdout: namespaces } = await run('ip', ['netns', 'list'])
+    expect(namespaces.split('\n').filter(l => l.startsWith('gotolabn-'))).to.deep.equal([])
+    const { stdout: routes } = await run('ip', ['route', 'show', '10.213.151.0/24'])
+    expect(routes.trim()).to.equal('')
+  })
 })
