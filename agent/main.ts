@@ -123,15 +123,15 @@ async function run (config: AgentConfig): Promise<void> {
   const snapshots = await SnapshotStore.open(join(config.stateDir, 'snapshots'))
   const destination = new DestinationService({ auth, docker, store, snapshots, metrics, log: log.child({ component: 'move-in' }) })
   const moves: MoveService = new MoveService({
-    node, auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics,
+    auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics,
     travelLabels: (container: string): Record<string, string> | undefined => failover.travelLabels(container),
     log: log.child({ component: 'move' })
   })
   const failover = new FailoverService({
-    node, auth, docker, table, moves, snapshots, state: await FailoverState.open(config.stateDir), selfId: bundle.peerId, selfName: bundle.name,
+    auth, docker, table, moves, snapshots, state: await FailoverState.open(config.stateDir), selfId: bundle.peerId, selfName: bundle.name,
     timings: config.timings, replicas: config.replicas, metrics, log: log.child({ component: 'failover' })
   })
-  const status = new StatusService({ node, auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
+  const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, log: log.child({ component: 'membership' }) })
 
   const libp2pPart: Part = {

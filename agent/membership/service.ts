@@ -13,7 +13,6 @@ import type { Libp2p } from 'libp2p'
 import type { Connection, PeerId } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Multiaddr } from '@multiformats/multiaddr'
-import { peerAddr } from '../../protocol/multiaddr.js'
 import type { VerifiedPeer, SignedCrl } from '../../certs/index.js'
 import type { AuthService } from '../net/auth-service.js'
 import type { PeerTable, PeerEntry } from './peer-table.js'
@@ -136,9 +135,7 @@ export class MembershipService {
     this.inFlight.add(entry.peerId)
     const signal = AbortSignal.timeout(this.deps.timings.heartbeatTimeoutMs)
     try {
-      const addrs = entry.addrs.map(a => peerAddr(a, entry.peerId))
-      const connection = this.deps.node.getConnections(peerId).find(c => c.status === 'open') ?? await this.deps.node.dial(addrs, { signal })
-      const peer = await this.deps.auth.ensure(connection, signal)
+      const { connection, peer } = await this.deps.auth.connect(entry.peerId, entry.addrs, signal)
       await this.exchange(connection, peer, signal)
     } catch (err) {
       this.deps.log.debug('heartbeat missed', { peer: entry.peerId, name: entry.name, error: (err as Error).message })

@@ -12,7 +12,9 @@ import type { Libp2p } from 'libp2p'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import type { Role, VerifiedPeer, SignedCrl } from '../../certs/index.js'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { AUTH_PROTOCOL } from '../../protocol/ids.js'
+import { circuitRelayOf, peerAddr } from '../../protocol/multiaddr.js'
 import { authenticateInbound, authenticateOutbound, type AuthIdentity } from '../../protocol/auth.js'
 import { JsonStream } from '../../protocol/wire.js'
 import { PeerNotAuthenticatedError, RoleNotAllowedError, toWireError } from '../../protocol/errors.js'
@@ -123,6 +125,18 @@ export class AuthService {
     } catch {
       return false
     }
+  }
+
+  /**
+   * An authenticated connection to the member `peerId`: an open direct one if there is one (a host
+   * behind NAT keeps direct connections it dialled itself), else an open relayed one, else a new one
+   * dialled at its announced `addrs` (direct or relayed).
+   */
+  async connect (peerId: string, addrs: string[], signal: AbortSignal): Promise<{ connection: Connection, peer: VerifiedPeer }> {
+    const open = this.deps.node.getConnections(peerIdFromString(peerId)).filter(c => c.status === 'open')
+    const connection = open.find(c => circuitRelayOf(c.remoteAddr) === undefined) ?? open[0] ??
+      await this.deps.node.dial(addrs.map(a => peerAddr(a, peerId)), { signal })
+    return { connection, peer: await this.ensure(connection, signal) }
   }
 
   /** Registers a protocol that serves only authenticated peers of the given roles. */
