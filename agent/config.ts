@@ -74,9 +74,10 @@ Options (flag / environment / config-file key; flags win over environment, envir
                                                                             DOCKER_HOST     docker
   --name NAME           expected host name; must match the bundle's certificate   GOTO_NAME   name
   --label KEY=VALUE     a label for this host, e.g. provider=aws (repeatable)   GOTO_LABELS labels
-  --no-inbound          this host accepts no inbound connections (behind NAT): reach it through
-                        circuit relays on reachable members instead (default: off; reachable
-                        agents relay for authenticated members)  GOTO_NO_INBOUND=1  noInbound
+  --no-inbound          this host accepts no inbound connections (behind NAT): it is reached
+                        through circuit relays on reachable members, which every reachable agent
+                        runs for authenticated members (default: off)
+                                                                            GOTO_NO_INBOUND=1  noInbound
   --state-dir DIR       where the agent keeps state (default ${DEFAULT_STATE_DIR})  GOTO_STATE_DIR  stateDir
   --profile NAME        timing profile: default (WAN), lan or test (default: default)
                                                                             GOTO_PROFILE    profile

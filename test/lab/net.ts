@@ -205,7 +205,8 @@ export async function createNatHostNetwork (n: NatHostLink): Promise<void> {
   await run([...host, 'link', 'set', 'eth0', 'up'])
   await run([...host, 'link', 'set', 'lo', 'up'])
   await run([...host, 'route', 'add', 'default', 'via', n.privateGateway])
-  await run(inNetns(n.router, ['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']))
+  // /proc/sys/net shows the namespace of whoever opens it (tee, not sysctl: procps may be absent).
+  await run(inNetns(n.router, ['tee', '/proc/sys/net/ipv4/ip_forward']), { input: '1\n' })
   for (const { table, rule } of natRules(n)) await run(iptables(n.router, ['-t', table, '-A', rule.chain, ...rule.spec]))
   // Goes with the bridge on down.
   await run(['ip', 'route', 'replace', n.privateSubnet, 'via', n.publicIp, 'dev', n.bridge])
