@@ -132,7 +132,7 @@ async function run (config: AgentConfig): Promise<void> {
     timings: config.timings, replicas: config.replicas, metrics, log: log.child({ component: 'failover' })
   })
   const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
-  const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, log: log.child({ component: 'membership' }) })
+  const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, alwaysSend: config.noInbound, log: log.child({ component: 'membership' }) })
 
   const libp2pPart: Part = {
     start: async () => {

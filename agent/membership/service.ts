@@ -31,6 +31,12 @@ export interface MembershipDeps {
   bootstrap: Multiaddr[]
   timings: Timings
   log: Logger
+  /**
+   * Send heartbeats to every peer, not only to those with a higher peer ID. A host behind NAT does:
+   * it alone can open a direct connection between itself and a member, and its heartbeats keep one
+   * open, so members do not settle for the relayed connections they open to it.
+   */
+  alwaysSend?: boolean
 }
 
 /**
@@ -82,7 +88,7 @@ export class MembershipService {
       if (this.inFlight.has(entry.peerId)) continue
       // One heartbeat per pair and interval is enough: the peer with the lower ID sends, the other
       // answers and stays quiet while those requests keep coming (halves the idle cost of the mesh).
-      if (entry.peerId < selfId && now - (this.lastRequest.get(entry.peerId) ?? 0) < timings.heartbeatIntervalMs * QUIET_SLACK) continue
+      if (this.deps.alwaysSend !== true && entry.peerId < selfId && now - (this.lastRequest.get(entry.peerId) ?? 0) < timings.heartbeatIntervalMs * QUIET_SLACK) continue
       if (entry.state === 'dead' && now - (this.lastAttempt.get(entry.peerId) ?? 0) < timings.redialDeadMs) continue
       this.lastAttempt.set(entry.peerId, now)
       void this.heartbeat(entry)

@@ -14,7 +14,7 @@ import type { Logger } from '../log.js'
 import type { Role, VerifiedPeer, SignedCrl } from '../../certs/index.js'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { AUTH_PROTOCOL } from '../../protocol/ids.js'
-import { circuitRelayOf, peerAddr } from '../../protocol/multiaddr.js'
+import { peerAddr } from '../../protocol/multiaddr.js'
 import { authenticateInbound, authenticateOutbound, type AuthIdentity } from '../../protocol/auth.js'
 import { JsonStream } from '../../protocol/wire.js'
 import { PeerNotAuthenticatedError, RoleNotAllowedError, toWireError } from '../../protocol/errors.js'
@@ -42,11 +42,20 @@ export interface AuthServiceDeps {
   onRevocation?: () => void
 }
 
+/**
+ * After a direct dial to a member failed while a relayed connection to it was open, use the relayed
+ * one for this long before trying direct again (a cut path would otherwise cost every heartbeat a
+ * failed dial; this way it costs one missed heartbeat per period, fewer than make a peer suspect).
+ */
+const DIRECT_RETRY_MS = 30_000
+
 /** Most concurrent inbound streams per connection for one request/response protocol. */
 const MAX_INBOUND_STREAMS = 32
 
 export class AuthService {
   private readonly sessions = new WeakMap<Connection, Session>()
+  /** When a direct dial to a member last failed while a relayed connection was open. */
+  private readonly directFailed = new Map<string, number>()
   private readonly protocols: string[] = []
   private readonly identity: AuthIdentity
   private readonly onOpen = (evt: CustomEvent<Connection>): void => { this.opened(evt.detail) }
@@ -128,14 +137,26 @@ export class AuthService {
   }
 
   /**
-   * An authenticated connection to the member `peerId`: an open direct one if there is one (a host
-   * behind NAT keeps direct connections it dialled itself), else an open relayed one, else a new one
-   * dialled at its announced `addrs` (direct or relayed).
+   * An authenticated connection to the member `peerId`: an open direct one if there is one, else one
+   * dialled at its announced `addrs` — libp2p returns an open relayed connection unless an address
+   * would give a direct one, which it then dials (so a host behind NAT opens its own direct
+   * connections to members instead of riding the relayed ones they opened to it). Where a direct
+   * dial fails while a relayed connection is open (a cut or filtered path), the relayed one serves
+   * if time is left, and direct is not tried again for DIRECT_RETRY_MS.
    */
   async connect (peerId: string, addrs: string[], signal: AbortSignal): Promise<{ connection: Connection, peer: VerifiedPeer }> {
     const open = this.deps.node.getConnections(peerIdFromString(peerId)).filter(c => c.status === 'open')
-    const connection = open.find(c => circuitRelayOf(c.remoteAddr) === undefined) ?? open[0] ??
-      await this.deps.node.dial(addrs.map(a => peerAddr(a, peerId)), { signal })
+    const relayed = open.find(c => !c.direct)
+    let connection = open.find(c => c.direct) ?? (Date.now() - (this.directFailed.get(peerId) ?? 0) < DIRECT_RETRY_MS ? relayed : undefined)
+    if (connection === undefined) {
+      try {
+        connection = await this.deps.node.dial(addrs.map(a => peerAddr(a, peerId)), { signal })
+      } catch (err) {
+        if (relayed === undefined || relayed.status !== 'open') throw err
+        this.directFailed.set(peerId, Date.now())
+        connection = relayed
+      }
+    }
     return { connection, peer: await this.ensure(connection, signal) }
   }
 
