@@ -8,7 +8,7 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -18,8 +18,8 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { RELAY_V2_HOP_CODEC, RELAY_V2_STOP_CODEC } from '@libp2p/circuit-relay-v2'
 import { initCa, issueCertificate, readBundle, TrustStore, type Bundle } from '../../certs/index.js'
-import { createMeshNode, type RelayListener } from '../../protocol/node.js'
-import { JsonStream, readResult, receiveBlob, sendBlob } from '../../protocol/wire.js'
+import { createMeshNode, STREAM_WINDOW_BYTES, type RelayListener } from '../../protocol/node.js'
+import { HIGH_WATER, JsonStream, readResult, receiveBlob, sendBlob } from '../../protocol/wire.js'
 import { AuthService } from '../../agent/net/auth-service.js'
 import { AgentClient } from '../../control/client.js'
 import { createRootLogger } from '../../agent/log.js'
@@ -27,6 +27,7 @@ import { ProtocolError } from '../../protocol/errors.js'
 import { waitFor } from '../lab/wait.js'
 
 const SINK = '/goto/test-sink/1.0.0'
+const SLOW = '/goto/test-slow-sink/1.0.0'
 const AUTH_TIMEOUT_MS = 1500
 /** Eight times the relay library's default data limit per relayed connection (128 KiB). */
 const BLOB_BYTES = 1024 * 1024
@@ -136,6 +137,40 @@ describe('circuit relay between members (one process, loopback)', function () {
     const relayed = Buffer.concat(seen)
     expect(relayed.byteLength, 'bytes the relay forwarded').to.be.greaterThan(BLOB_BYTES)
     expect(relayed.indexOf(MARKER), 'plaintext at the relay').to.equal(-1)
+  })
+
+  it('a slow reader behind the relay holds the sender back: the relay does not absorb the transfer', async () => {
+    // The reader takes ~40 MB/s; a relay that buffered instead of passing the reader's backpressure
+    // on would let the sender pull all 128 MiB at once. What may be ahead: a yamux window in flight
+    // on each of the two hops and one more delivered at each before a pause, the reader's buffer
+    // (HIGH_WATER) and a chunk or two. (Measured: about 34 MiB.)
+    const chunk = randomBytes(1024 * 1024)
+    const times = 128
+    let pulled = 0
+    let got = 0
+    let maxLead = 0
+    async function * counting (): AsyncGenerator<Uint8Array> {
+      for (let i = 0; i < times; i++) { pulled += chunk.byteLength; yield chunk }
+    }
+    await nat.auth.handle(SLOW, ['agent'], async js => {
+      const { size } = await js.read() as { size: number }
+      for await (const frame of receiveBlob(js, size, () => new ProtocolError('too large'))) {
+        got += frame.byteLength
+        maxLead = Math.max(maxLead, pulled - got)
+        await new Promise(resolve => setTimeout(resolve, 6)) // the slow reader (a disk, a WAN link)
+      }
+      await js.write({ ok: true, result: got })
+      await js.close()
+    })
+    const conn = await member.node.dial(circuitTo(nat.node.peerId), { signal: AbortSignal.timeout(10_000) })
+    expect(conn.direct).to.equal(false)
+    await member.auth.ensure(conn, AbortSignal.timeout(5000))
+    const js = new JsonStream(await conn.newStream(SLOW, { signal: AbortSignal.timeout(5000) }))
+    await js.write({ size: chunk.byteLength * times })
+    await sendBlob(js, counting(), chunk.byteLength * times)
+    expect(await readResult(js, AbortSignal.timeout(60_000))).to.equal(chunk.byteLength * times)
+    expect(maxLead).to.be.at.most(4 * STREAM_WINDOW_BYTES + HIGH_WATER + 2 * chunk.byteLength)
+    expect(maxLead).to.be.below(chunk.byteLength * times / 2)
   })
 
   it('the operator CLI reaches a member behind NAT through a relay, authenticating to the relay first', async () => {
