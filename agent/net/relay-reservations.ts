@@ -13,6 +13,7 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Libp2p } from 'libp2p'
 import type { RelayListener } from '../../protocol/node.js'
 import { circuitRelayOf } from '../../protocol/multiaddr.js'
+import { GotoError } from '../../protocol/errors.js'
 import type { PeerTable, PeerEntry } from '../membership/peer-table.js'
 import type { Logger } from '../log.js'
 
@@ -48,7 +49,7 @@ export class RelayReservations {
   constructor (private readonly deps: RelayReservationsDeps) {}
 
   async start (): Promise<void> {
-    if (this.deps.node.services.relayListener === undefined) throw new Error('the libp2p node was built without relay support')
+    if (this.deps.node.services.relayListener === undefined) throw new GotoError('the libp2p node was built without relay support')
     this.timer = setInterval(() => { this.check() }, this.deps.checkMs)
     this.timer.unref()
   }
