@@ -260,7 +260,7 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
     const { reply, host } = await withClient(opts, async ({ client, bundle, signal }) => {
       const where = await client.locate(container, signal)
       if (where.peerId === client.agent.peerId) return { reply: await client.protect(command, container, signal), host: where.name }
-      const owner = await AgentClient.connect(bundle, multiaddr(where.addrs[0] ?? '').encapsulate(`/p2p/${where.peerId}`), signal)
+      const owner = await AgentClient.connect(bundle, addressOf(where, client.agent.peerId), signal)
       try {
         return { reply: await owner.protect(command, container, signal), host: where.name }
       } finally {
