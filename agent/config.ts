@@ -22,6 +22,11 @@ export interface AgentConfig {
   /** Must equal the certificate's name when given. */
   name: string | undefined
   labels: Record<string, string>
+  /**
+   * This host accepts no inbound connections (behind NAT): it announces no direct address, only
+   * relayed ones through reservations on reachable members, and does not relay for others.
+   */
+  noInbound: boolean
   stateDir: string
   profile: ProfileName
   /** The profile's timings, with the snapshot interval overridden when given. */
@@ -69,6 +74,10 @@ Options (flag / environment / config-file key; flags win over environment, envir
                                                                             DOCKER_HOST     docker
   --name NAME           expected host name; must match the bundle's certificate   GOTO_NAME   name
   --label KEY=VALUE     a label for this host, e.g. provider=aws (repeatable)   GOTO_LABELS labels
+  --no-inbound          this host accepts no inbound connections (behind NAT): it is reached
+                        through circuit relays on reachable members, which every reachable agent
+                        runs for authenticated members (default: off)
+                                                                            GOTO_NO_INBOUND=1  noInbound
   --state-dir DIR       where the agent keeps state (default ${DEFAULT_STATE_DIR})  GOTO_STATE_DIR  stateDir
   --profile NAME        timing profile: default (WAN), lan or test (default: default)
                                                                             GOTO_PROFILE    profile
@@ -100,6 +109,7 @@ interface RawConfig {
   docker?: string
   name?: string
   labels?: string[] | Record<string, string>
+  noInbound?: boolean
   stateDir?: string
   profile?: string
   replicas?: number | string
@@ -111,6 +121,14 @@ interface RawConfig {
 function list (v: string | undefined): string[] | undefined {
   if (v === undefined || v.trim() === '') return undefined
   return v.split(',').map(s => s.trim()).filter(s => s !== '')
+}
+
+/** A boolean environment variable: 1/true/yes or 0/false/no (unset or empty: not given). */
+function flag (name: string, v: string | undefined): boolean | undefined {
+  if (v === undefined || v.trim() === '') return undefined
+  if (/^(1|true|yes)$/i.test(v.trim())) return true
+  if (/^(0|false|no)$/i.test(v.trim())) return false
+  throw new ConfigError(name, `'${v}' is not 1/true/yes or 0/false/no`)
 }
 
 export function parseDockerEndpoint (option: string, value: string): DockerEndpoint {
@@ -187,7 +205,7 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
     throw new ConfigError('--config', `${path} is not valid JSON: ${(err as Error).message}`)
   }
   if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new ConfigError('--config', `${path} must hold a JSON object`)
-  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen'])
+  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'noInbound', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen'])
   for (const key of Object.keys(data)) {
     if (!known.has(key)) throw new ConfigError('--config', `${path}: unknown key '${key}' (known: ${[...known].join(', ')})`)
   }
@@ -201,6 +219,7 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
   for (const key of ['replicas', 'snapshotInterval']) {
     if (d[key] !== undefined && typeof d[key] !== 'number' && typeof d[key] !== 'string') throw new ConfigError('--config', `${path}: '${key}' must be a number`)
   }
+  if (d.noInbound !== undefined && typeof d.noInbound !== 'boolean') throw new ConfigError('--config', `${path}: 'noInbound' must be true or false`)
   const lbl = d.labels
   if (lbl !== undefined) {
     const ok = Array.isArray(lbl)
@@ -237,6 +256,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
         docker: { type: 'string' },
         name: { type: 'string' },
         label: { type: 'string', multiple: true },
+        'no-inbound': { type: 'boolean' },
         'state-dir': { type: 'string' },
         profile: { type: 'string' },
         replicas: { type: 'string' },
@@ -289,6 +309,10 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
   const labelsRaw = pick<string[] | Record<string, string>>('--label', 'GOTO_LABELS', 'labels', f.label, list(env.GOTO_LABELS), file.labels)
   const labels = parseLabels(labelsRaw.option, labelsRaw.value ?? [])
 
+  const noInboundRaw = pick('--no-inbound', 'GOTO_NO_INBOUND', 'noInbound', f['no-inbound'], flag('GOTO_NO_INBOUND', env.GOTO_NO_INBOUND), file.noInbound)
+  const noInbound = noInboundRaw.value ?? false
+  if (noInbound && announce.length > 0) throw new ConfigError(noInboundRaw.option, `cannot be combined with ${announceRaw.option}: a host without inbound connections has no address of its own to announce`)
+
   const profileRaw = pick('--profile', 'GOTO_PROFILE', 'profile', f.profile, env.GOTO_PROFILE, file.profile)
   const profile = profileRaw.value ?? 'default'
   if (!Object.hasOwn(PROFILES, profile)) throw new ConfigError(profileRaw.option, `'${profile}' is not one of ${Object.keys(PROFILES).join(', ')}`)
@@ -320,6 +344,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
     docker,
     name,
     labels,
+    noInbound,
     stateDir,
     profile: profile as ProfileName,
     timings: intervalS === undefined ? PROFILES[profile as ProfileName] : { ...PROFILES[profile as ProfileName], snapshotIntervalMs: intervalS * 1000 },

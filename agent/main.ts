@@ -24,6 +24,7 @@ import { FailoverState } from './failover/state.js'
 import { FailoverService } from './failover/service.js'
 import { advertisedAddrs, hostAddresses } from './addresses.js'
 import { NO_METRICS, type Metrics } from './metrics/sink.js'
+import { RelayReservations } from './net/relay-reservations.js'
 import { createMeshNode } from '../protocol/node.js'
 import { GOTO_VERSION } from '../protocol/version.js'
 import { ConfigError, GotoError } from '../protocol/errors.js'
@@ -74,7 +75,9 @@ async function run (config: AgentConfig): Promise<void> {
     privateKey: bundle.privateKey,
     listen: config.listen.map(a => a.toString()),
     announce: config.announce.map(a => a.toString()),
-    isRefused: peerId => trust.isRevoked(peerId.toString())
+    isRefused: peerId => trust.isRevoked(peerId.toString()),
+    // Reachable agents relay for members behind NAT; a NAT'd agent dials and listens through them.
+    relay: { serve: !config.noInbound, isMember: async (peerId, roles) => await auth.isMember(peerId, roles) }
   })
   const docker = new DockerodeHost(config.docker)
   const monitor = new DockerMonitor(docker, config.timings.dockerRefreshMs, log.child({ component: 'docker' }))
@@ -88,12 +91,16 @@ async function run (config: AgentConfig): Promise<void> {
     metrics = prometheus
     metricsParts.push(new MetricsServer(config.metricsListen, prometheus, log.child({ component: 'metrics' })))
   }
-  // What we announce is fixed once the node listens; computed on first use, not per heartbeat.
-  let addrs: string[] | undefined
+  const relays = config.noInbound
+    ? new RelayReservations({ node, table, checkMs: config.timings.redialDeadMs, log: log.child({ component: 'relay' }) })
+    : undefined
+  // What we announce directly is fixed once the node listens; computed on first use, not per
+  // heartbeat. Behind NAT we announce only the relayed addresses of the reservations we hold.
+  let direct: string[] | undefined
   const self = (): MemberInfo => ({
     name: bundle.name,
     peerId: bundle.peerId,
-    addrs: addrs ??= advertisedAddrs(node.getMultiaddrs(), config.announce, hostAddresses()),
+    addrs: relays?.circuitAddrs() ?? (direct ??= advertisedAddrs(node.getMultiaddrs(), config.announce, hostAddresses())),
     labels: config.labels,
     agentVersion: GOTO_VERSION,
     dockerVersion: monitor.version?.version ?? null,
@@ -116,16 +123,16 @@ async function run (config: AgentConfig): Promise<void> {
   const snapshots = await SnapshotStore.open(join(config.stateDir, 'snapshots'))
   const destination = new DestinationService({ auth, docker, store, snapshots, metrics, log: log.child({ component: 'move-in' }) })
   const moves: MoveService = new MoveService({
-    node, auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics,
+    auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics,
     travelLabels: (container: string): Record<string, string> | undefined => failover.travelLabels(container),
     log: log.child({ component: 'move' })
   })
   const failover = new FailoverService({
-    node, auth, docker, table, moves, snapshots, state: await FailoverState.open(config.stateDir), selfId: bundle.peerId, selfName: bundle.name,
+    auth, docker, table, moves, snapshots, state: await FailoverState.open(config.stateDir), selfId: bundle.peerId, selfName: bundle.name,
     timings: config.timings, replicas: config.replicas, metrics, log: log.child({ component: 'failover' })
   })
-  const status = new StatusService({ node, auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
-  const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, log: log.child({ component: 'membership' }) })
+  const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
+  const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, alwaysSend: config.noInbound, log: log.child({ component: 'membership' }) })
 
   const libp2pPart: Part = {
     start: async () => {
@@ -138,7 +145,7 @@ async function run (config: AgentConfig): Promise<void> {
     stop: async () => { await node.stop() }
   }
   // The metrics endpoint first: a bad --metrics-listen stops the agent before it joins the mesh.
-  const parts: Part[] = [...metricsParts, monitor, auth, status, destination, moves, failover, libp2pPart, membership]
+  const parts: Part[] = [...metricsParts, monitor, auth, status, destination, moves, failover, libp2pPart, membership, ...relays === undefined ? [] : [relays]]
   const started: Part[] = []
   const stopAll = async (): Promise<void> => {
     for (const p of started.reverse()) await p.stop().catch(err => { log.error('stop failed', { error: (err as Error).message }) })
@@ -158,7 +165,8 @@ async function run (config: AgentConfig): Promise<void> {
     docker: config.docker.url,
     profile: config.profile,
     replicas: config.replicas,
-    snapshotIntervalS: config.timings.snapshotIntervalMs / 1000
+    snapshotIntervalS: config.timings.snapshotIntervalMs / 1000,
+    inbound: config.noInbound ? 'none (relayed)' : 'direct; relaying for members'
   })
 
   const stopSignal = new Promise<string>(resolve => {

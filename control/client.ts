@@ -10,6 +10,7 @@ import type { Multiaddr } from '@multiformats/multiaddr'
 import { TrustStore, type VerifiedPeer } from '../certs/verify.js'
 import type { Bundle } from '../certs/bundle.js'
 import { createMeshNode } from '../protocol/node.js'
+import { circuitRelayAddr } from '../protocol/multiaddr.js'
 import { authenticateOutbound } from '../protocol/auth.js'
 import { JsonStream, readResult } from '../protocol/wire.js'
 import { FAILOVER_PROTOCOL, LOCATE_PROTOCOL, MOVE_PROTOCOL, PEERS_PROTOCOL, STATUS_PROTOCOL } from '../protocol/ids.js'
@@ -25,29 +26,27 @@ export class AgentClient {
     readonly agent: VerifiedPeer
   ) {}
 
+  /**
+   * Dials the agent at `addr` and authenticates both ways. A circuit address (an agent behind NAT,
+   * `<relay>/p2p-circuit/p2p/<agent>`) is dialled through its relay, which relays only for mesh
+   * members: we pass /goto/auth with the relay first, then with the agent itself over the relayed
+   * connection (Noise runs end to end; the relay sees ciphertext).
+   */
   static async connect (bundle: Bundle, addr: Multiaddr, signal: AbortSignal): Promise<AgentClient> {
     const trust = new TrustStore(bundle.caCertPem, bundle.crl)
+    const relayAddr = circuitRelayAddr(addr)
     // No gater refusal here: the handshake verifies the agent anyway, and then says *why* it is refused.
-    const node = await createMeshNode({ privateKey: bundle.privateKey, listen: [], isRefused: () => false })
+    // The relay modules load only for a relayed dial (this node never listens, so relays no one).
+    const node = await createMeshNode({
+      privateKey: bundle.privateKey,
+      listen: [],
+      isRefused: () => false,
+      relay: relayAddr === undefined ? undefined : { serve: false, isMember: async () => false }
+    })
     await node.start()
     try {
-      let connection: Connection
-      try {
-        connection = await node.dial(addr, { signal })
-      } catch (err) {
-        const reason = signal.aborted ? 'timed out' : (err as Error).message
-        throw new AgentUnreachableError(`cannot reach an agent at ${addr.toString()}: ${reason}`, { cause: err })
-      }
-      let agent: VerifiedPeer
-      try {
-        agent = await authenticateOutbound(connection, { certPem: bundle.certPem, trust }, signal)
-      } catch (err) {
-        if (!(err instanceof GotoError) || !err.name.startsWith('Certificate')) throw err
-        // Same class, but say whose certificate it was: the agent's, not ours.
-        const Ctor = err.constructor as new (m: string, o?: { cause?: unknown }) => GotoError
-        throw new Ctor(`the agent at ${addr.toString()} presented a certificate we do not trust: ${err.message}`, { cause: err })
-      }
-      if (agent.role !== 'agent') throw new ProtocolError(`${addr.toString()} is a ${agent.role}, not an agent`)
+      if (relayAddr !== undefined) await dialAgent(node, relayAddr, bundle, trust, signal)
+      const { connection, agent } = await dialAgent(node, addr, bundle, trust, signal)
       return new AgentClient(node, connection, agent)
     } catch (err) {
       await node.stop()
@@ -114,6 +113,28 @@ export class AgentClient {
   async close (): Promise<void> {
     await this.node.stop()
   }
+}
+
+/** Dials `addr`, passes /goto/auth and checks that the peer is an agent. */
+async function dialAgent (node: Libp2p, addr: Multiaddr, bundle: Bundle, trust: TrustStore, signal: AbortSignal): Promise<{ connection: Connection, agent: VerifiedPeer }> {
+  let connection: Connection
+  try {
+    connection = await node.dial(addr, { signal })
+  } catch (err) {
+    const reason = signal.aborted ? 'timed out' : (err as Error).message
+    throw new AgentUnreachableError(`cannot reach an agent at ${addr.toString()}: ${reason}`, { cause: err })
+  }
+  let agent: VerifiedPeer
+  try {
+    agent = await authenticateOutbound(connection, { certPem: bundle.certPem, trust }, signal)
+  } catch (err) {
+    if (!(err instanceof GotoError) || !err.name.startsWith('Certificate')) throw err
+    // Same class, but say whose certificate it was: the agent's, not ours.
+    const Ctor = err.constructor as new (m: string, o?: { cause?: unknown }) => GotoError
+    throw new Ctor(`the agent at ${addr.toString()} presented a certificate we do not trust: ${err.message}`, { cause: err })
+  }
+  if (agent.role !== 'agent') throw new ProtocolError(`${addr.toString()} is a ${agent.role}, not an agent`)
+  return { connection, agent }
 }
 
 /** Throws the typed error an envelope carries. */

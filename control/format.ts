@@ -17,7 +17,9 @@ function hostOf (addrs: string[]): string {
   const a = addrs[0]
   if (a === undefined) return '-'
   const m = /^\/ip[46]\/([^/]+)\/tcp\/(\d+)/.exec(a)
-  return m === null ? a : `${m[1]}:${m[2]}`
+  if (m === null) return a
+  // Behind NAT: reached through a relay at that address.
+  return a.includes('/p2p-circuit') ? `relay ${m[1]}:${m[2]}` : `${m[1]}:${m[2]}`
 }
 
 export function formatPeers (rows: PeerRow[], now = Date.now()): string {

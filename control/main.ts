@@ -15,7 +15,7 @@ import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
 import { runCaCommand } from '../certs/cli.js'
 import { AgentClient } from './client.js'
 import { formatPeers, formatStatus } from './format.js'
-import { parseTcpMultiaddr } from '../protocol/multiaddr.js'
+import { circuitRelayOf, parseAgentMultiaddr, peerAddr } from '../protocol/multiaddr.js'
 import { GOTO_VERSION } from '../protocol/version.js'
 import { AgentUnreachableError, BundleError, ConfigError, GotoError, ProtocolError } from '../protocol/errors.js'
 
@@ -54,7 +54,9 @@ Commands:
 
 Options for peers, status, move, drain, protect and unprotect:
   --bundle DIR          operator bundle from 'goto ca issue --role operator' (env GOTO_BUNDLE)
-  --agent MULTIADDR     agent to ask, e.g. /ip4/10.0.0.5/tcp/4001 (env GOTO_AGENT); /p2p/<id> optional
+  --agent MULTIADDR     agent to ask, e.g. /ip4/10.0.0.5/tcp/4001 (env GOTO_AGENT); /p2p/<id> optional.
+                        An agent behind NAT through a relay: <relay address>/p2p/<relay id>/p2p-circuit/p2p/<id>
+                        (its ADDRESS in 'goto peers --json'); other agents relay its status and moves anyway
   --json                machine-readable output (move: one JSON event per line, the last one
                         {"event":"done",...} or {"event":"failed",...}; drain: its own events
                         drain-plan, drain-move, and last drained, around each move's events)
@@ -80,7 +82,7 @@ function common (values: Record<string, unknown>, env: NodeJS.ProcessEnv): Commo
   const timeoutRaw = (values.timeout as string | undefined) ?? '10'
   const timeoutS = Number(timeoutRaw)
   if (!Number.isFinite(timeoutS) || timeoutS <= 0 || timeoutS > MAX_TIMEOUT_S) throw new ConfigError('--timeout', `'${timeoutRaw}' is not a number of seconds between 0 and ${MAX_TIMEOUT_S}`)
-  return { bundleDir, agent: parseTcpMultiaddr('--agent', agentRaw), json: values.json === true, timeoutMs: timeoutS * 1000 }
+  return { bundleDir, agent: parseAgentMultiaddr('--agent', agentRaw), json: values.json === true, timeoutMs: timeoutS * 1000 }
 }
 
 interface Session {
@@ -126,7 +128,7 @@ async function withClient<T> (opts: CommonOptions, fn: (s: Session) => Promise<T
 async function move (opts: CommonOptions, order: MoveOrder, io: Io): Promise<number> {
   return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
     const where = await client.locate(order.container, signal)
-    const source = where.peerId === client.agent.peerId ? client : await AgentClient.connect(bundle, addressOf(where), signal)
+    const source = where.peerId === client.agent.peerId ? client : await AgentClient.connect(bundle, addressOf(where, client.agent.peerId), signal)
     disarm()
     try {
       const last = await followMove(source, order, opts, io, signal)
@@ -150,8 +152,16 @@ async function followMove (source: AgentClient, order: MoveOrder, opts: CommonOp
   return last
 }
 
-function addressOf (member: { peerId: string, addrs: string[] }): Multiaddr {
-  return multiaddr(member.addrs[0] ?? '').encapsulate(`/p2p/${member.peerId}`)
+/**
+ * Where to dial a member we were told about (`asked`: the agent we are connected to). An agent
+ * behind NAT has only relayed addresses: go through the agent we asked when it is one of its relays,
+ * so no other agent needs to be reachable from here.
+ */
+function addressOf (member: { name: string, peerId: string, addrs: string[] }, asked: string): Multiaddr {
+  const addrs = member.addrs.map(a => multiaddr(a))
+  const addr = addrs.find(a => circuitRelayOf(a) === asked) ?? addrs[0]
+  if (addr === undefined) throw new AgentUnreachableError(`${member.name} announces no address to reach it at`)
+  return peerAddr(addr.toString(), member.peerId)
 }
 
 /** goto drain: move every running container of `host` to the other members, one after another. */
@@ -162,7 +172,7 @@ async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 
     const plan = planDrain(host, peers, status.containers)
     emit({ event: 'drain-plan', plan })
     const member = peers.find(p => p.name === host)
-    const source = member === undefined || member.self ? client : await AgentClient.connect(bundle, addressOf(member), signal)
+    const source = member === undefined || member.self ? client : await AgentClient.connect(bundle, addressOf(member, client.agent.peerId), signal)
     disarm()
     const moved: DrainAssignment[] = []
     const failed: Array<DrainAssignment & { error: string }> = []
@@ -250,7 +260,7 @@ async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
     const { reply, host } = await withClient(opts, async ({ client, bundle, signal }) => {
       const where = await client.locate(container, signal)
       if (where.peerId === client.agent.peerId) return { reply: await client.protect(command, container, signal), host: where.name }
-      const owner = await AgentClient.connect(bundle, multiaddr(where.addrs[0] ?? '').encapsulate(`/p2p/${where.peerId}`), signal)
+      const owner = await AgentClient.connect(bundle, addressOf(where, client.agent.peerId), signal)
       try {
         return { reply: await owner.protect(command, container, signal), host: where.name }
       } finally {

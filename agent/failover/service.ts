@@ -24,7 +24,6 @@
  * the reply. A claim that wins a majority of the known members owns the container at that epoch, so
  * two claimants can never both win, whatever their views of the mesh.
  */
-import type { Libp2p } from 'libp2p'
 import type { AuthService } from '../net/auth-service.js'
 import { openStream } from '../net/dial.js'
 import type { DockerHost } from '../docker/host.js'
@@ -62,7 +61,6 @@ const SNAPSHOT_TIMEOUT_MS = 10 * 60_000
 const RETRY_FRACTION = 0.5
 
 export interface FailoverDeps {
-  node: Libp2p
   auth: AuthService
   docker: DockerHost
   table: PeerTable
@@ -412,7 +410,7 @@ export class FailoverService {
     const replies = await Promise.all(view.alive.map(async e => {
       try {
         const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
-        const js = await openStream(this.deps.node, this.deps.auth, e.peerId, e.addrs, FAILOVER_PROTOCOL, signal)
+        const js = await openStream(this.deps.auth, e.peerId, e.addrs, FAILOVER_PROTOCOL, signal)
         await js.write(req, signal)
         const reply = parseClaimReply(await readResult(js, signal))
         await js.close(signal).catch(() => {})

@@ -12,7 +12,7 @@
 import type { Libp2p } from 'libp2p'
 import type { Connection, PeerId } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import type { Multiaddr } from '@multiformats/multiaddr'
 import type { VerifiedPeer, SignedCrl } from '../../certs/index.js'
 import type { AuthService } from '../net/auth-service.js'
 import type { PeerTable, PeerEntry } from './peer-table.js'
@@ -31,6 +31,12 @@ export interface MembershipDeps {
   bootstrap: Multiaddr[]
   timings: Timings
   log: Logger
+  /**
+   * Send heartbeats to every peer, not only to those with a higher peer ID. A host behind NAT does:
+   * it alone can open a direct connection between itself and a member, and its heartbeats keep one
+   * open, so members do not settle for the relayed connections they open to it.
+   */
+  alwaysSend?: boolean
 }
 
 /**
@@ -82,7 +88,7 @@ export class MembershipService {
       if (this.inFlight.has(entry.peerId)) continue
       // One heartbeat per pair and interval is enough: the peer with the lower ID sends, the other
       // answers and stays quiet while those requests keep coming (halves the idle cost of the mesh).
-      if (entry.peerId < selfId && now - (this.lastRequest.get(entry.peerId) ?? 0) < timings.heartbeatIntervalMs * QUIET_SLACK) continue
+      if (this.deps.alwaysSend !== true && entry.peerId < selfId && now - (this.lastRequest.get(entry.peerId) ?? 0) < timings.heartbeatIntervalMs * QUIET_SLACK) continue
       if (entry.state === 'dead' && now - (this.lastAttempt.get(entry.peerId) ?? 0) < timings.redialDeadMs) continue
       this.lastAttempt.set(entry.peerId, now)
       void this.heartbeat(entry)
@@ -135,12 +141,7 @@ export class MembershipService {
     this.inFlight.add(entry.peerId)
     const signal = AbortSignal.timeout(this.deps.timings.heartbeatTimeoutMs)
     try {
-      const addrs = entry.addrs.map(a => {
-        const ma = multiaddr(a)
-        return ma.getComponents().some(c => c.name === 'p2p') ? ma : ma.encapsulate(`/p2p/${entry.peerId}`)
-      })
-      const connection = this.deps.node.getConnections(peerId).find(c => c.status === 'open') ?? await this.deps.node.dial(addrs, { signal })
-      const peer = await this.deps.auth.ensure(connection, signal)
+      const { connection, peer } = await this.deps.auth.connect(entry.peerId, entry.addrs, signal)
       await this.exchange(connection, peer, signal)
     } catch (err) {
       this.deps.log.debug('heartbeat missed', { peer: entry.peerId, name: entry.name, error: (err as Error).message })

@@ -20,7 +20,6 @@ import { createReadStream, createWriteStream } from 'node:fs'
 import { mkdir, rename, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { once } from 'node:events'
-import type { Libp2p } from 'libp2p'
 import type { Connection } from '@libp2p/interface'
 import type { AuthService } from '../net/auth-service.js'
 import { connectTo, openStream } from '../net/dial.js'
@@ -53,7 +52,6 @@ const CONTROL_TIMEOUT_MS = 30_000
 const LAYER_PATH_CACHE_IMAGES = 64
 
 export interface MoveDeps {
-  node: Libp2p
   auth: AuthService
   docker: DockerHost
   table: PeerTable
@@ -365,14 +363,14 @@ export class MoveService {
     if (entry === undefined) throw new DestinationUnavailableError(`no member named '${name}' (known: ${this.deps.table.entries().map(e => e.name).join(', ') || 'none'})`)
     if (entry.state !== 'alive') throw new DestinationUnavailableError(`${name} is ${entry.state}`)
     try {
-      return await connectTo(this.deps.node, this.deps.auth, entry.peerId, entry.addrs, signal)
+      return await connectTo(this.deps.auth, entry.peerId, entry.addrs, signal)
     } catch (err) {
       throw new DestinationUnavailableError(`cannot reach ${name}: ${(err as Error).message}`, { cause: err })
     }
   }
 
   private async open (peerId: string, addrs: string[], protocol: string, signal: AbortSignal): Promise<JsonStream> {
-    return await openStream(this.deps.node, this.deps.auth, peerId, addrs, protocol, signal)
+    return await openStream(this.deps.auth, peerId, addrs, protocol, signal)
   }
 
   /** One transfer step on its own stream: the request, then any blobs, then the reply. */

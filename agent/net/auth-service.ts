@@ -9,10 +9,12 @@
  * are closed at once.
  */
 import type { Libp2p } from 'libp2p'
-import type { Connection, Stream } from '@libp2p/interface'
+import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import type { Role, VerifiedPeer, SignedCrl } from '../../certs/index.js'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { AUTH_PROTOCOL } from '../../protocol/ids.js'
+import { peerAddr } from '../../protocol/multiaddr.js'
 import { authenticateInbound, authenticateOutbound, type AuthIdentity } from '../../protocol/auth.js'
 import { JsonStream } from '../../protocol/wire.js'
 import { PeerNotAuthenticatedError, RoleNotAllowedError, toWireError } from '../../protocol/errors.js'
@@ -40,11 +42,20 @@ export interface AuthServiceDeps {
   onRevocation?: () => void
 }
 
+/**
+ * After a direct dial to a member failed while a relayed connection to it was open, use the relayed
+ * one for this long before trying direct again (a cut path would otherwise cost every heartbeat a
+ * failed dial; this way it costs one missed heartbeat per period, fewer than make a peer suspect).
+ */
+const DIRECT_RETRY_MS = 30_000
+
 /** Most concurrent inbound streams per connection for one request/response protocol. */
 const MAX_INBOUND_STREAMS = 32
 
 export class AuthService {
   private readonly sessions = new WeakMap<Connection, Session>()
+  /** When a direct dial to a member last failed while a relayed connection was open. */
+  private readonly directFailed = new Map<string, number>()
   private readonly protocols: string[] = []
   private readonly identity: AuthIdentity
   private readonly onOpen = (evt: CustomEvent<Connection>): void => { this.opened(evt.detail) }
@@ -105,6 +116,48 @@ export class AuthService {
       signal.addEventListener('abort', onAbort, { once: true })
       s.promise.then(resolve, reject).finally(() => { signal.removeEventListener('abort', onAbort) })
     })
+  }
+
+  /**
+   * True once some connection of `peerId` has passed auth with one of `roles`; false if none does
+   * within `authTimeoutMs` (or the peer is revoked). The relay's gate: a reservation or hop request
+   * may arrive while the same connection's handshake is still running, so it waits for it.
+   */
+  async isMember (peerId: PeerId, roles: readonly Role[]): Promise<boolean> {
+    const id = peerId.toString()
+    if (this.isRevoked(id)) return false
+    const signal = AbortSignal.timeout(this.deps.authTimeoutMs)
+    const connections = this.deps.node.getConnections(peerId).filter(c => c.status === 'open')
+    try {
+      const peer = await Promise.any(connections.map(async c => await this.ensure(c, signal)))
+      return roles.includes(peer.role) && peer.peerId === id
+    } catch {
+      return false
+    }
+  }
+
+  /**
+   * An authenticated connection to the member `peerId`: an open direct one if there is one, else one
+   * dialled at its announced `addrs` — libp2p returns an open relayed connection unless an address
+   * would give a direct one, which it then dials (so a host behind NAT opens its own direct
+   * connections to members instead of riding the relayed ones they opened to it). Where a direct
+   * dial fails while a relayed connection is open (a cut or filtered path), the relayed one serves
+   * if time is left, and direct is not tried again for DIRECT_RETRY_MS.
+   */
+  async connect (peerId: string, addrs: string[], signal: AbortSignal): Promise<{ connection: Connection, peer: VerifiedPeer }> {
+    const open = this.deps.node.getConnections(peerIdFromString(peerId)).filter(c => c.status === 'open')
+    const relayed = open.find(c => !c.direct)
+    let connection = open.find(c => c.direct) ?? (Date.now() - (this.directFailed.get(peerId) ?? 0) < DIRECT_RETRY_MS ? relayed : undefined)
+    if (connection === undefined) {
+      try {
+        connection = await this.deps.node.dial(addrs.map(a => peerAddr(a, peerId)), { signal })
+      } catch (err) {
+        if (relayed === undefined || relayed.status !== 'open') throw err
+        this.directFailed.set(peerId, Date.now())
+        connection = relayed
+      }
+    }
+    return { connection, peer: await this.ensure(connection, signal) }
   }
 
   /** Registers a protocol that serves only authenticated peers of the given roles. */

@@ -1,24 +1,19 @@
 /**
- * Opening a protocol stream to a mesh member: reuse an open connection to its peer ID or dial one of
- * its addresses, pass the auth gate, open the stream. One place, so every part dials the same way.
+ * Opening a protocol stream to a mesh member: an authenticated connection from AuthService.connect
+ * (an open direct one, else dialled at its addresses, a relayed one as the fallback), then the
+ * stream. One place, so every part dials the same way.
  */
-import type { Libp2p } from 'libp2p'
 import type { Connection } from '@libp2p/interface'
-import { peerIdFromString } from '@libp2p/peer-id'
-import { multiaddr } from '@multiformats/multiaddr'
 import type { AuthService } from './auth-service.js'
 import { JsonStream } from '../../protocol/wire.js'
 
-/** An authenticated connection to `peerId`, reached at `addrs` if none is open. */
-export async function connectTo (node: Libp2p, auth: AuthService, peerId: string, addrs: string[], signal: AbortSignal): Promise<Connection> {
-  const id = peerIdFromString(peerId)
-  const connection = node.getConnections(id).find(c => c.status === 'open') ?? await node.dial(addrs.map(a => multiaddr(a).encapsulate(`/p2p/${peerId}`)), { signal })
-  await auth.ensure(connection, signal)
-  return connection
+/** An authenticated connection to `peerId`, reached at `addrs` if none is open (AuthService.connect). */
+export async function connectTo (auth: AuthService, peerId: string, addrs: string[], signal: AbortSignal): Promise<Connection> {
+  return (await auth.connect(peerId, addrs, signal)).connection
 }
 
 /** A new stream of `protocol` to `peerId` (see connectTo). */
-export async function openStream (node: Libp2p, auth: AuthService, peerId: string, addrs: string[], protocol: string, signal: AbortSignal): Promise<JsonStream> {
-  const connection = await connectTo(node, auth, peerId, addrs, signal)
+export async function openStream (auth: AuthService, peerId: string, addrs: string[], protocol: string, signal: AbortSignal): Promise<JsonStream> {
+  const connection = await connectTo(auth, peerId, addrs, signal)
   return new JsonStream(await connection.newStream(protocol, { signal }))
 }

@@ -3,7 +3,6 @@
  * /goto/status/1.0.0 (this host's status, or — with a name — another member's, fetched from it over
  * the mesh). Both serve agents and operators.
  */
-import type { Libp2p } from 'libp2p'
 import type { AuthService } from '../net/auth-service.js'
 import { openStream } from '../net/dial.js'
 import type { PeerTable } from '../membership/peer-table.js'
@@ -16,7 +15,6 @@ import { parseAgentStatus, parseStatusRequest, type AgentStatus, type FailoverSt
 import { AgentUnreachableError, UnknownPeerError, toWireError } from '../../protocol/errors.js'
 
 export interface StatusDeps {
-  node: Libp2p
   auth: AuthService
   table: PeerTable
   docker: DockerHost
@@ -83,7 +81,7 @@ export class StatusService {
     const entry = this.deps.table.byName(name)
     if (entry === undefined) throw new UnknownPeerError(`no peer named '${name}' in the mesh (known: ${[self.name, ...this.deps.table.entries().map(e => e.name)].join(', ')})`)
     try {
-      const js = await openStream(this.deps.node, this.deps.auth, entry.peerId, entry.addrs, STATUS_PROTOCOL, signal)
+      const js = await openStream(this.deps.auth, entry.peerId, entry.addrs, STATUS_PROTOCOL, signal)
       await js.write({}, signal)
       const result = parseAgentStatus(await readResult(js, signal))
       await js.close(signal)

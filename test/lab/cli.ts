@@ -5,7 +5,7 @@
  * This is the lab's composition root: the only place that reads argv.
  */
 import { parseArgs } from 'node:util'
-import { Lab, type LabHost, type LabOptions } from './lab.js'
+import { Lab, defaultHosts, type LabHost, type LabOptions } from './lab.js'
 import { LabAlreadyUpError, LabConfigError, LabError, LabNotRootError } from './errors.js'
 import { GotoError } from '../../protocol/errors.js'
 
@@ -25,9 +25,13 @@ Commands:
 
 Options:
   --no-agents        up: start engines only
+  --nat K            up: put the last K hosts behind NAT (a masquerading router each, no inbound;
+                     their agents run with --no-inbound and are reached through relays)
   --root DIR         data root (default /var/lib/gotolab)
   --run-root DIR     exec roots and sockets (default /run/gotolab)
   --prefix NAME      names of namespaces, bridge and veths (default gotolab)
+  --subnet CIDR      the bridge's subnet (default 10.213.0.0/24)
+  --nat-subnet CIDR  the private subnet behind NAT routers (default 10.213.1.0/24)
   -h, --help         show this help
 
 Needs root. Agents start only if dist/agent/main.js is built (npm run build).`
@@ -42,7 +46,7 @@ function table (rows: string[][]): string {
 function hostTable (hosts: LabHost[], agents: boolean): string {
   return table([
     ['NAME', 'PROVIDER', 'IP', 'AGENT', 'DOCKER_HOST'],
-    ...hosts.map(h => [h.name, h.provider, h.ip, agents && h.agentPid !== undefined ? h.agentAddr : '-', h.dockerHost])
+    ...hosts.map(h => [h.name, h.provider, h.nat === undefined ? h.ip : `${h.ip} (NAT ${h.nat.publicIp})`, agents && h.agentPid !== undefined ? h.agentAddr : '-', h.dockerHost])
   ])
 }
 
@@ -52,9 +56,12 @@ async function main (argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       'no-agents': { type: 'boolean', default: false },
+      nat: { type: 'string' },
       root: { type: 'string' },
       'run-root': { type: 'string' },
       prefix: { type: 'string' },
+      subnet: { type: 'string' },
+      'nat-subnet': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false }
     }
   })
@@ -67,6 +74,8 @@ async function main (argv: string[]): Promise<number> {
     root: values.root,
     runRoot: values['run-root'],
     prefix: values.prefix,
+    subnet: values.subnet,
+    natSubnet: values['nat-subnet'],
     agents: !values['no-agents'],
     log: (line) => { console.log(`lab: ${line}`) }
   }
@@ -80,9 +89,11 @@ async function main (argv: string[]): Promise<number> {
     case 'up': {
       const n = rest[0] === undefined ? 3 : Number(rest[0])
       if (!Number.isInteger(n) || n < 1 || n > 200 || rest.length > 1) throw new UsageError(`up takes one number of hosts (1-200), got '${rest.join(' ')}'`)
+      const natCount = values.nat === undefined ? 0 : Number(values.nat)
+      if (!Number.isInteger(natCount) || natCount < 0 || natCount >= n) throw new UsageError(`--nat takes a number of hosts from 0 to ${n - 1} (the first host must be reachable), got '${values.nat ?? ''}'`)
       console.log(`lab: up ${n} hosts under ${lab.config.root} (prefix ${lab.config.prefix})`)
       try {
-        const hosts = await lab.up(n)
+        const hosts = await lab.up(defaultHosts(n).map((h, i) => ({ ...h, nat: i >= n - natCount })))
         console.log(hostTable(hosts, lab.config.agents))
         console.log(`operator: GOTO_BUNDLE=${lab.operatorBundle} GOTO_AGENT=${hosts[0].agentAddr}`)
       } catch (err) {

@@ -4,7 +4,7 @@
  * `npm run lab`, demo.ts is `npm run demo`.
  */
 export {
-  Lab, defaultHosts, tcpOpen, BASE_IMAGE, DEFAULT_PREFIX, DEFAULT_SUBNET, DEFAULT_AGENT_PORT, PROVIDERS,
+  Lab, defaultHosts, tcpOpen, BASE_IMAGE, DEFAULT_PREFIX, DEFAULT_SUBNET, DEFAULT_NAT_SUBNET, DEFAULT_AGENT_PORT, PROVIDERS,
   AGENT_READY_TIMEOUT_MS, CLI_TIMEOUT_MS
 } from './lab.js'
 export type {

@@ -27,7 +27,7 @@ import {
   LabProcessExitedError, UnknownLabHostError
 } from './errors.js'
 import {
-  applyPartition, bridgeForwardRule, createBridge, createHostNetwork, deleteLink, deleteNetns, deleteRule,
+  applyPartition, bridgeForwardRule, createBridge, createHostNetwork, createNatHostNetwork, deleteLink, deleteNetns, deleteRule,
   gatewayIp, hostIp, insertRule, listLinks, listNetns, parseSubnet, removePartition
 } from './net.js'
 import {
@@ -44,6 +44,8 @@ export { BASE_IMAGE }
 
 export const DEFAULT_PREFIX = 'gotolab'
 export const DEFAULT_SUBNET = '10.213.0.0/24'
+/** Private subnet behind the routers of NAT'd hosts: router .1, host i (0-based) .10+i. */
+export const DEFAULT_NAT_SUBNET = '10.213.1.0/24'
 export const DEFAULT_AGENT_PORT = 4001
 /** Cloud-like names and provider labels, handed out round robin: vagrant-1, aws-1, azure-1, vagrant-2, ... */
 export const PROVIDERS = ['vagrant', 'aws', 'azure'] as const
@@ -61,6 +63,11 @@ export interface LabOptions {
   bridge?: string
   /** The bridge gets .1, host i (0-based) gets .10+i (default 10.213.0.0/24). */
   subnet?: string
+  /**
+   * Private subnet of hosts behind NAT (HostSpec.nat): their routers get .1 there, host i .10+i
+   * (default 10.213.1.0/24). Must not overlap `subnet`.
+   */
+  natSubnet?: string
   /** Data: engines' data roots, CA, bundles, agent state, logs, lab.json (default /var/lib/<prefix>). */
   root?: string
   /** Engines' exec roots and sockets, kept short for unix socket paths (default /run/<prefix>). */
@@ -92,6 +99,12 @@ export interface HostSpec {
   provider: string
   /** false: no main agent on this host (a fresh host to install one on); default true. */
   agent?: boolean
+  /**
+   * true puts the host behind NAT: its namespace sits on a private subnet behind a router namespace
+   * `<prefix>-<name>.gw` that masquerades it and lets no connection in; its agent runs with
+   * `--no-inbound`. The router takes the host's place on the bridge.
+   */
+  nat?: boolean
 }
 
 export interface SshdOptions {
@@ -123,8 +136,11 @@ export interface LabHost {
   name: string
   provider: string
   index: number
+  /** The host's own address (for a NAT'd host: its private one, which no other host can reach). */
   ip: string
   netns: string
+  /** Behind NAT: the router's namespace and its address on the bridge (the host's public face). */
+  nat?: { router: string, publicIp: string }
   /** `<root>/<name>`. */
   dir: string
   dockerSocket: string
@@ -205,6 +221,7 @@ interface Config {
   prefix: string
   bridge: string
   subnet: string
+  natSubnet: string
   root: string
   runRoot: string
   repo: string
@@ -249,6 +266,7 @@ function resolveConfig (o: LabOptions): Config {
     prefix,
     bridge: o.bridge ?? `${prefix}0`,
     subnet: o.subnet ?? DEFAULT_SUBNET,
+    natSubnet: o.natSubnet ?? DEFAULT_NAT_SUBNET,
     root: o.root ?? `/var/lib/${prefix}`,
     runRoot: o.runRoot ?? `/run/${prefix}`,
     repo: o.repo ?? defaultRepo(),
@@ -261,7 +279,11 @@ function resolveConfig (o: LabOptions): Config {
     log: o.log ?? (() => {})
   }
   if (cfg.bridge.length > 15) throw new LabConfigError(`bridge name '${cfg.bridge}' is longer than 15 characters`)
-  parseSubnet(cfg.subnet)
+  const a = parseSubnet(cfg.subnet)
+  const b = parseSubnet(cfg.natSubnet)
+  const len = Math.min(a.prefixLen, b.prefixLen)
+  const mask = (~0 << (32 - len)) >>> 0
+  if (((a.base & mask) >>> 0) === ((b.base & mask) >>> 0)) throw new LabConfigError(`natSubnet ${cfg.natSubnet} overlaps subnet ${cfg.subnet}`)
   assertSafeRoot('root', cfg.root, prefix)
   assertSafeRoot('runRoot', cfg.runRoot, prefix)
   return cfg
@@ -399,7 +421,14 @@ export class Lab {
     for (const h of this.state.hosts) {
       signal?.throwIfAborted()
       await mkdir(h.dir, { recursive: true })
-      await createHostNetwork({ netns: h.netns, veth: h.veth, bridge: cfg.bridge, ip: h.ip, prefixLen: subnet.prefixLen, gateway })
+      if (h.nat === undefined) {
+        await createHostNetwork({ netns: h.netns, veth: h.veth, bridge: cfg.bridge, ip: h.ip, prefixLen: subnet.prefixLen, gateway })
+      } else {
+        await createNatHostNetwork({
+          netns: h.netns, router: h.nat.router, veth: h.veth, bridge: cfg.bridge, publicIp: h.nat.publicIp, prefixLen: subnet.prefixLen,
+          gateway, privateIp: h.ip, privateSubnet: cfg.natSubnet, privateGateway: gatewayIp(parseSubnet(cfg.natSubnet))
+        })
+      }
     }
     cfg.log(`network: bridge ${cfg.bridge} ${gateway}/${subnet.prefixLen}, ${this.state.hosts.length} namespaces (${Date.now() - t0} ms)`)
 
@@ -434,6 +463,7 @@ export class Lab {
   private checkSpecs (specs: HostSpec[]): void {
     if (specs.length < 1) throw new LabConfigError('a lab needs at least one host')
     if (specs[0].agent === false) throw new LabConfigError(`the first host (${specs[0].name}) is the others' bootstrap: it must run an agent`)
+    if (specs[0].nat === true) throw new LabConfigError(`the first host (${specs[0].name}) is every agent's bootstrap host and must be reachable: put a NAT'd host later`)
     const seen = new Set<string>()
     for (const s of specs) {
       if (!HOST_NAME.test(s.name)) throw new LabConfigError(`host name '${s.name}' must be 1-24 lowercase letters, digits or '-', starting with a letter`)
@@ -447,12 +477,16 @@ export class Lab {
   private newHostState (s: HostSpec, index: number, ip: string): HostState {
     const dir = join(this.config.root, s.name)
     const execRoot = join(this.config.runRoot, s.name)
+    const netns = `${this.config.prefix}-${s.name}`
     return {
       name: s.name,
       provider: s.provider,
       index,
-      ip,
-      netns: `${this.config.prefix}-${s.name}`,
+      // Behind NAT the bridge address is the router's; the host has a private one.
+      ip: s.nat === true ? hostIp(parseSubnet(this.config.natSubnet), index) : ip,
+      // '.' cannot appear in a host name, so the router's namespace never collides with a host's.
+      nat: s.nat === true ? { router: `${netns}.gw`, publicIp: ip } : undefined,
+      netns,
       veth: `${this.config.prefix}-v${index}`,
       dir,
       dataRoot: join(dir, 'docker'),
@@ -528,6 +562,7 @@ export class Lab {
       '--profile', this.config.agentProfile,
       '--label', `lab=${this.config.prefix}`,
       '--label', `provider=${o.provider}`,
+      ...h.nat !== undefined ? ['--no-inbound'] : [],
       ...o.bootstrap.flatMap(b => ['--bootstrap', b]),
       ...o.extraArgs
     ]
@@ -546,8 +581,18 @@ export class Lab {
       if (!await isAlive(a.pid)) {
         throw new LabProcessExitedError(`agent ${a.addr} on ${h.name} exited while starting; last lines of ${a.logFile}:\n${await logTail(a.logFile)}`)
       }
-      return await tcpOpen(h.ip, a.port)
+      return await this.agentListening(h, a.port)
     }, { timeoutMs: AGENT_READY_TIMEOUT_MS, intervalMs: 100, what: `agent ${a.addr} on ${h.name} to accept TCP connections`, signal })
+  }
+
+  /**
+   * True when something listens on the host's TCP port. A NAT'd host cannot be reached from here,
+   * so it is asked inside its namespace.
+   */
+  private async agentListening (h: HostState, port: number): Promise<boolean> {
+    if (h.nat === undefined) return await tcpOpen(h.ip, port)
+    const r = await run(inNetns(h.netns, ['ss', '-Hltn', `sport = :${port}`]), { allowFail: true })
+    return r.code === 0 && r.stdout.trim() !== ''
   }
 
   /** Bootstrap list of a host's main agent: the first host's agent; for the first host, the others'. */
@@ -805,11 +850,34 @@ export class Lab {
     this.config.log(`partition: ${[...side].join(', ')} | ${other.join(', ')}`)
   }
 
+  /** The addresses a host's packets carry: its own, and behind NAT its router's too. */
+  private faces (h: HostState): string[] {
+    return h.nat === undefined ? [h.ip] : [h.ip, h.nat.publicIp]
+  }
+
   private async applyPartitionTo (h: HostState, sideA: string[]): Promise<void> {
     const s = this.requireState()
     const inA = sideA.includes(h.name)
-    const blocked = s.hosts.filter(x => sideA.includes(x.name) !== inA).map(x => x.ip)
+    const blocked = s.hosts.filter(x => sideA.includes(x.name) !== inA).flatMap(x => this.faces(x))
     await applyPartition(h.netns, this.partitionChain, blocked)
+  }
+
+  /**
+   * Cuts the direct path between two hosts only: packets between them are dropped in both their
+   * namespaces (a NAT'd host's public face too), every other path stays, e.g. through a relay.
+   * Replaces any earlier partition or cut; heal() undoes it.
+   */
+  async cut (a: string, b: string): Promise<void> {
+    const s = await this.load()
+    const ha = this.hostState(a)
+    const hb = this.hostState(b)
+    if (ha === hb) throw new LabConfigError('a cut needs two different hosts')
+    for (const h of s.hosts) if (h !== ha && h !== hb) await removePartition(h.netns, this.partitionChain)
+    await applyPartition(ha.netns, this.partitionChain, this.faces(hb))
+    await applyPartition(hb.netns, this.partitionChain, this.faces(ha))
+    s.partition = undefined
+    await this.save()
+    this.config.log(`cut: ${a} -/- ${b}`)
   }
 
   /** Removes the partition: every host reaches every other again. */
@@ -870,7 +938,7 @@ export class Lab {
         } catch { /* not answering */ }
       }
       const agentUp = await isOurs(h.agent)
-      const agent = !s.agents || h.noAgent === true ? 'disabled' : !agentUp ? 'stopped' : await tcpOpen(h.ip, s.agentPort) ? 'listening' : 'running'
+      const agent = !s.agents || h.noAgent === true ? 'disabled' : !agentUp ? 'stopped' : await this.agentListening(h, s.agentPort) ? 'listening' : 'running'
       return {
         name: h.name,
         provider: h.provider,
@@ -1018,6 +1086,7 @@ export class Lab {
       index: h.index,
       ip: h.ip,
       netns: h.netns,
+      nat: h.nat,
       dir: h.dir,
       dockerSocket: h.dockerSocket,
       dockerHost: `unix://${h.dockerSocket}`,

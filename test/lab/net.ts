@@ -155,3 +155,59 @@ export async function removePartition (netns: string, chain: string): Promise<vo
   await run(iptables(netns, ['-F', chain]), { allowFail: true })
   await run(iptables(netns, ['-X', chain]), { allowFail: true })
 }
+
+// --- hosts behind NAT ---------------------------------------------------------------------
+
+export interface NatHostLink {
+  /** The NAT'd host's namespace: only on the private subnet, default route via the router. */
+  netns: string
+  /** The router's namespace: one leg on the lab bridge (like any host), one on the private subnet. */
+  router: string
+  /** Root-namespace end of the router's veth pair, enslaved to the bridge. */
+  veth: string
+  bridge: string
+  /** The router's address on the bridge: what the other hosts see the NAT'd host's traffic come from. */
+  publicIp: string
+  prefixLen: number
+  gateway: string
+  /** The host's address on the private subnet. */
+  privateIp: string
+  privateSubnet: string
+  /** The router's address on the private subnet (the host's default gateway). */
+  privateGateway: string
+}
+
+/** The router's iptables rules: masquerade going out, and nothing new coming in. */
+export function natRules (n: Pick<NatHostLink, 'privateSubnet'>): Array<{ table: string, rule: IptablesRule }> {
+  return [
+    { table: 'nat', rule: { chain: 'POSTROUTING', spec: ['-s', n.privateSubnet, '-o', 'eth0', '-j', 'MASQUERADE'] } },
+    { table: 'filter', rule: { chain: 'FORWARD', spec: ['-i', 'eth0', '-o', 'lan0', '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT'] } },
+    { table: 'filter', rule: { chain: 'FORWARD', spec: ['-i', 'eth0', '-o', 'lan0', '-j', 'DROP'] } }
+  ]
+}
+
+/**
+ * A host behind NAT, as a laptop's VM is: a router namespace joined to the bridge like any host, with
+ * a private subnet behind it (veth lan0 ↔ the host's eth0) that it masquerades; the router drops
+ * every new connection from the bridge side, so the host can connect out and nothing can connect in.
+ * The root namespace routes the private subnet to the router, so a dial to a private address from a
+ * lab host ends at the router (and is dropped there) instead of leaving the machine.
+ */
+export async function createNatHostNetwork (n: NatHostLink): Promise<void> {
+  await createHostNetwork({ netns: n.router, veth: n.veth, bridge: n.bridge, ip: n.publicIp, prefixLen: n.prefixLen, gateway: n.gateway })
+  const privateLen = Number(n.privateSubnet.split('/')[1])
+  await run(['ip', 'netns', 'add', n.netns])
+  await run(['ip', 'link', 'add', 'lan0', 'netns', n.router, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', n.netns])
+  await run(['ip', '-n', n.router, 'addr', 'add', `${n.privateGateway}/${privateLen}`, 'dev', 'lan0'])
+  await run(['ip', '-n', n.router, 'link', 'set', 'lan0', 'up'])
+  const host = ['ip', '-n', n.netns]
+  await run([...host, 'addr', 'add', `${n.privateIp}/${privateLen}`, 'dev', 'eth0'])
+  await run([...host, 'link', 'set', 'eth0', 'up'])
+  await run([...host, 'link', 'set', 'lo', 'up'])
+  await run([...host, 'route', 'add', 'default', 'via', n.privateGateway])
+  // /proc/sys/net shows the namespace of whoever opens it (tee, not sysctl: procps may be absent).
+  await run(inNetns(n.router, ['tee', '/proc/sys/net/ipv4/ip_forward']), { input: '1\n' })
+  for (const { table, rule } of natRules(n)) await run(iptables(n.router, ['-t', table, '-A', rule.chain, ...rule.spec]))
+  // Goes with the bridge on down.
+  await run(['ip', 'route', 'replace', n.privateSubnet, 'via', n.publicIp, 'dev', n.bridge])
+}

@@ -23,8 +23,11 @@ export interface HostState {
   name: string
   provider: string
   index: number
+  /** For a NAT'd host its private address; `nat.publicIp` is its router's on the bridge. */
   ip: string
   netns: string
+  /** Behind NAT (HostSpec.nat): the router's namespace and bridge address. */
+  nat?: { router: string, publicIp: string }
   /** Root-namespace end of the veth pair. */
   veth: string
   /** `<root>/<name>`: data root, bundle, agent state, logs. */

@@ -105,6 +105,18 @@ describe('agent config', () => {
     rejects(['--config', '/c'], '--config', {}, { '/c': '{"bundle": "/b", "labels": "a=b"}' })
     rejects(['--config', '/c'], '--config', {}, { '/c': '{"bundle": "/b", "labels": [1]}' })
   })
+  it('takes --no-inbound from a flag, GOTO_NO_INBOUND or noInbound; off by default', () => {
+    expect(load(['--bundle', '/b']).noInbound).to.equal(false)
+    expect(load(['--bundle', '/b', '--no-inbound']).noInbound).to.equal(true)
+    expect(load(['--bundle', '/b'], { GOTO_NO_INBOUND: 'yes' }).noInbound).to.equal(true)
+    expect(load(['--bundle', '/b'], { GOTO_NO_INBOUND: '0' }).noInbound).to.equal(false)
+    expect(load(['--config', '/c'], {}, { '/c': '{"bundle": "/b", "noInbound": true}' }).noInbound).to.equal(true)
+  })
+  it('rejects a bad GOTO_NO_INBOUND', () => { rejects(['--bundle', '/b'], 'GOTO_NO_INBOUND', { GOTO_NO_INBOUND: 'maybe' }) })
+  it('rejects a non-boolean noInbound in the config file', () => { rejects(['--config', '/c'], '--config', {}, { '/c': '{"bundle": "/b", "noInbound": "yes"}' }) })
+  it('rejects --no-inbound with --announce: such a host has no address of its own', () => {
+    rejects(['--bundle', '/b', '--no-inbound', '--announce', '/ip4/1.2.3.4/tcp/4001'], '--no-inbound')
+  })
   it('answers --help', () => { expect(() => load(['--help'])).to.throw(HelpRequested) })
 
   describe('--metrics-listen', () => {
