@@ -21,32 +21,19 @@ import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { LayerStore } from '../transfer/layer-store.js'
 import { compareVersions } from './placement.js'
-import type { ContainerSpec } from '../docker/types.js'
 import type { StoreRequest } from '../../protocol/move-messages.js'
 import { SnapshotOutdatedError, TransferError } from '../../protocol/errors.js'
 
 const INCOMING = '.incoming'
 const MANIFEST = 'manifest.json'
 
-/** What a held snapshot says of itself (its manifest.json). */
-export interface SnapshotManifest {
-  name: string
-  /** Peer ID and name of the owner that took it. */
-  owner: string
-  ownerName: string
-  epoch: number
-  seq: number
-  /** ISO time the container was frozen. */
-  takenAt: string
-  /** The image config (base64) for "image + the container's changes". */
-  config: string
-  diffIds: string[]
-  spec: ContainerSpec
-  /** The changes layer (in layers/). */
-  top: { diffId: string, size: number }
-  /** Each named volume's archive (in layers/, by digest). */
-  volumes: Array<{ name: string, destination: string, digest: string, size: number }>
-}
+/**
+ * What a held snapshot says of itself (its manifest.json): what the owner's `store` request said
+ * (owner = its peer ID, epoch, seq, takenAt, the image config as base64, diff IDs, spec, the changes
+ * layer `top` and the volumes' archives, both in layers/), plus the container's name and the
+ * owner's name.
+ */
+export type SnapshotManifest = Omit<StoreRequest, 'op' | 'moveId'> & { name: string, ownerName: string }
 
 export interface HeldSnapshot { manifest: SnapshotManifest, layers: LayerStore }
 
