@@ -11,13 +11,22 @@
  * the hashing, batched (at most 2 MiB held, whatever the layer's size; a slow disk slows the pull,
  * which is the backpressure). It refuses the layer the moment it
  * goes past its announced size, or at the end if its sha256 is not its diff ID; on any failure,
- * abort included, the temp file is removed. Only a verified layer is fsynced and renamed into
- * place, so whatever `has` reports survives a crash or an agent restart and a retried transfer need
- * not resend it. One store (one agent) per directory: `open` discards temp files a crashed receive
- * left behind.
+ * abort included, the temp file is removed. Only a verified layer is renamed into place, so
+ * whatever `has` reports survives an agent restart and a retried transfer need not resend it. One
+ * store (one agent) per directory: `open` discards temp files a crashed receive left behind.
+ *
+ * How long a kept layer lasts is the opener's choice (`durability`):
+ *   'disk'  each layer is fsynced before it is renamed into place: it survives a power cut too
+ *           (snapshots held for failover).
+ *   'boot'  no fsync: a kept layer lives in the page cache until the kernel writes it back, and the
+ *           store is valid for this boot only (`open` empties it when the machine has rebooted since
+ *           it was last opened; after an OS crash its files could be torn). The staging store of
+ *           moves uses this: its layers are removed when the move ends, minutes later at most, and
+ *           no fsync of a whole layer stands between a layer's last byte and the engine's load. An
+ *           OS crash costs the retry a resend, nothing else.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import {
@@ -27,6 +36,9 @@ import {
 const DIFF_ID = /^sha256:([0-9a-f]{64})$/
 const LAYER_FILE = /^([0-9a-f]{64})\.tar$/
 const INCOMING = 'incoming'
+/** The boot a 'boot' store's layers belong to (the kernel's boot ID when they were kept). */
+const BOOT_FILE = 'boot-id'
+const BOOT_ID_PATH = '/proc/sys/kernel/random/boot_id'
 /** Received bytes queued for the disk at most: enough to batch several frames per write; more (8 MiB) pushed a 1 GiB receive near its 64 MiB memory budget. */
 const WRITE_BEHIND_BYTES = 2 * 1024 * 1024
 
@@ -48,15 +60,30 @@ export function diffIdHex (diffId: string): string {
   return m[1]
 }
 
-export class LayerStore {
-  private constructor (readonly dir: string) {}
+export type Durability = 'disk' | 'boot'
 
-  /** Opens (creating it if needed) the store in `dir`, dropping unverified leftovers of a crash. */
-  static async open (dir: string): Promise<LayerStore> {
+export class LayerStore {
+  private constructor (readonly dir: string, readonly durability: Durability) {}
+
+  /**
+   * Opens (creating it if needed) the store in `dir`, dropping unverified leftovers of a crash and,
+   * for a 'boot' store, every layer kept before the machine last booted.
+   */
+  static async open (dir: string, opts: { durability?: Durability } = {}): Promise<LayerStore> {
+    const durability = opts.durability ?? 'disk'
     await mkdir(dir, { recursive: true, mode: 0o700 })
     await rm(join(dir, INCOMING), { recursive: true, force: true })
     await mkdir(join(dir, INCOMING), { mode: 0o700 })
-    return new LayerStore(dir)
+    const store = new LayerStore(dir, durability)
+    if (durability === 'boot') {
+      const boot = (await readFile(BOOT_ID_PATH, 'utf8')).trim()
+      const recorded = await readFile(join(dir, BOOT_FILE), 'utf8').then(s => s.trim(), () => undefined)
+      if (recorded !== boot) {
+        await store.prune(new Set())
+        await writeFile(join(dir, BOOT_FILE), `${boot}\n`, { mode: 0o600 })
+      }
+    }
+    return store
   }
 
   private pathOf (diffId: string): string {
@@ -65,10 +92,11 @@ export class LayerStore {
 
   /**
    * Streams one layer from `source` into the store, verifying it as it passes. Resolves when the
-   * layer is verified and durably in place; rejects with LayerTooLargeError (as soon as more than
-   * `announcedSize` bytes arrive, before they are written), LayerTruncatedError (fewer bytes),
-   * LayerDigestMismatchError (sha256 is not `diffId`), the signal's reason on abort, an error of
-   * the source as is when it is one of ours, or TransferError for anything else (disk full, ...).
+   * layer is verified and in place (durably, for a 'disk' store); rejects with LayerTooLargeError
+   * (as soon as more than `announcedSize` bytes arrive, before they are written), LayerTruncatedError
+   * (fewer bytes), LayerDigestMismatchError (sha256 is not `diffId`), the signal's reason on abort,
+   * an error of the source as is when it is one of ours, or TransferError for anything else (disk
+   * full, ...).
    * On any failure nothing of the layer is kept. Chunks are written after the next ones are pulled,
    * so the source must not reuse a chunk's memory once it yielded it (no Node stream or libp2p
    * stream does).
@@ -120,12 +148,12 @@ export class LayerStore {
         throw new LayerDigestMismatchError(`layer ${diffId}: received ${bytes} bytes whose sha256 is ${actual}`)
       }
       signal?.throwIfAborted()
-      await fh.sync()
+      if (this.durability === 'disk') await fh.sync()
       closed = true
       await fh.close()
       await rename(tmp, this.pathOf(actual))
       kept = true
-      await syncDir(this.dir)
+      if (this.durability === 'disk') await syncDir(this.dir)
       return { bytes }
     } catch (err) {
       if (signal?.aborted === true) throw signal.reason

@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { createMeshNode, STREAM_WINDOW_BYTES } from '../../protocol/node.js'
-import { JsonStream, sendBlob, receiveBlob, HIGH_WATER } from '../../protocol/wire.js'
+import { BLOB_FRAME_BYTES, JsonStream, sendBlob, receiveBlob, HIGH_WATER } from '../../protocol/wire.js'
 import { ProtocolError } from '../../protocol/errors.js'
 
 const PROTO = '/goto/test-blob/1.0.0'
@@ -24,6 +24,8 @@ describe('bulk data over libp2p (loopback)', function () {
   let b: Libp2p
   const results: Array<{ digest?: string, bytes?: number, error?: Error }> = []
   let announcedToReceiver = 0
+  /** Sizes of the frames the receiver got in the last blob. */
+  let frames: number[] = []
 
   before(async () => {
     a = await createMeshNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], isRefused: () => false })
@@ -33,11 +35,13 @@ describe('bulk data over libp2p (loopback)', function () {
       const { size } = await js.read() as { size: number }
       const hash = createHash('sha256')
       let bytes = 0
+      frames = []
       try {
         // The receiver may believe a smaller size than the sender announced to itself (a lying sender).
         for await (const chunk of receiveBlob(js, announcedToReceiver > 0 ? announcedToReceiver : size, () => new TooLarge())) {
           hash.update(chunk)
           bytes += chunk.byteLength
+          frames.push(chunk.byteLength)
         }
         results.push({ digest: hash.digest('hex'), bytes })
         await js.write({ ok: true, result: bytes })
@@ -71,6 +75,15 @@ describe('bulk data over libp2p (loopback)', function () {
     for (let i = 0; i < times; i++) expected.update(chunk)
     await send(chunk.byteLength * times, repeat(chunk, times))
     expect(results.at(-1)).to.deep.equal({ digest: expected.digest('hex'), bytes: chunk.byteLength * times })
+  })
+
+  it('gathers a source\'s small chunks into frames of BLOB_FRAME_BYTES (the last one shorter)', async () => {
+    const chunk = randomBytes(4000)
+    const times = 1000
+    await send(chunk.byteLength * times, repeat(chunk, times))
+    expect(results.at(-1)?.bytes).to.equal(chunk.byteLength * times)
+    expect(frames.slice(0, -1).every(n => n === BLOB_FRAME_BYTES), `frame sizes ${frames.join(' ')}`).to.equal(true)
+    expect(frames).to.have.length(Math.ceil(chunk.byteLength * times / BLOB_FRAME_BYTES))
   })
 
   it('the sender waits for a slow reader: it never reads its source far ahead of what arrived', async () => {

@@ -165,6 +165,21 @@ describe('transfer: layer store', () => {
     expect(await readdir(join(store.dir, 'incoming'))).to.deep.equal([])
   })
 
+  it('a store for this boot only (\'boot\') keeps its layers across a restart, and drops them all after a reboot', async () => {
+    const staging = await LayerStore.open(join(dir, 'staging'), { durability: 'boot' })
+    await staging.receive(diffId, layer.byteLength, chunks(layer))
+    const restarted = await LayerStore.open(staging.dir, { durability: 'boot' })
+    expect(await restarted.list()).to.deep.equal([diffId])
+    expect(await readFile(join(staging.dir, 'boot-id'), 'utf8')).to.equal(`${(await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim()}\n`)
+    // As if the machine had booted since: its page cache (the only copy of an unsynced layer) is gone.
+    await writeFile(join(staging.dir, 'boot-id'), '00000000-0000-0000-0000-000000000000\n')
+    const rebooted = await LayerStore.open(staging.dir, { durability: 'boot' })
+    expect(await rebooted.list()).to.deep.equal([])
+    expect(await rebooted.has(diffId)).to.equal(false)
+    await rebooted.receive(diffId, layer.byteLength, chunks(layer))
+    expect(await rebooted.has(diffId)).to.equal(true)
+  })
+
   it('removes, lists and prunes', async () => {
     const others = [randomBytes(100), randomBytes(200), randomBytes(300)]
     for (const b of [layer, ...others]) await store.receive(sha(b), b.byteLength, chunks(b))
