@@ -119,9 +119,12 @@ async function run (config: AgentConfig): Promise<void> {
       for (const e of table.entries()) if (trust.isRevoked(e.peerId)) membership.forget(e.peerId)
     }
   })
-  const store = await LayerStore.open(join(config.stateDir, 'layers'))
+  // Staged layers only bridge a move's retries: valid for this boot, never fsynced (layer-store.ts).
+  const store = await LayerStore.open(join(config.stateDir, 'layers'), { durability: 'boot' })
   const snapshots = await SnapshotStore.open(join(config.stateDir, 'snapshots'))
-  const destination = new DestinationService({ auth, docker, store, snapshots, metrics, log: log.child({ component: 'move-in' }) })
+  const destination = new DestinationService({
+    auth, docker, store, snapshots, metrics, settled: async () => { await moves.settled() }, log: log.child({ component: 'move-in' })
+  })
   const moves: MoveService = new MoveService({
     auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics,
     travelLabels: (container: string): Record<string, string> | undefined => failover.travelLabels(container),

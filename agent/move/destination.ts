@@ -70,6 +70,11 @@ export interface DestinationDeps {
   metrics?: Metrics
   /** Where snapshots (prepared with purpose 'snapshot') are kept. */
   snapshots: SnapshotStore
+  /**
+   * Resolves when this host's engine holds every image it is still taking in by other means (the
+   * images kept after moves out of here: MoveService.settled); asked before saying which layers we have.
+   */
+  settled?: () => Promise<void>
   log: Logger
 }
 
@@ -143,6 +148,7 @@ export class DestinationService {
       throw new InsufficientDiskError(`${Math.round(free / 2 ** 20)} MiB free, the move needs about ${Math.round(req.image.size * DISK_HEADROOM_FACTOR / 2 ** 20)} MiB`)
     }
     if (req.purpose === 'move') await this.checkConflicts(req, signal)
+    await this.deps.settled?.()
     const { present, missing } = layersToSend(req.image.diffIds, await docker.imageChains(signal))
     const staged: string[] = []
     for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)

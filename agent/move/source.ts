@@ -15,7 +15,7 @@
  * Any failure before the destination confirmed: the destination removes what it made, the source
  * container is unpaused — nothing is lost. Downtime is pause → running at the destination.
  */
-import { createHash, randomBytes, type Hash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream, createWriteStream } from 'node:fs'
 import { mkdir, rename, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -76,6 +76,8 @@ export class MoveService {
   private readonly moving = new Set<string>()
   /** Per image: save-stream path → diff ID, learned while hashing (see sendLayers). */
   private readonly layerPaths = new Map<string, Map<string, string>>()
+  /** Moved images being loaded back into this engine after their move ended. */
+  private readonly keeping = new Set<Promise<void>>()
   private readonly metrics: Metrics
 
   constructor (private readonly deps: MoveDeps) {
@@ -108,7 +110,9 @@ export class MoveService {
     })
   }
 
-  async stop (): Promise<void> {}
+  async stop (): Promise<void> {
+    await this.settled()
+  }
 
   /** Which member runs `container`: this host first, then every alive peer (asked for its status). */
   async locate (container: string, signal: AbortSignal): Promise<{ name: string, peerId: string, addrs: string[] }> {
@@ -144,6 +148,8 @@ export class MoveService {
     let connection: Connection | undefined
     let paused = false
     let destinationPrepared = false
+    /** Loading the moved image into this engine, after the move (see commit). */
+    let keep: Promise<void> | undefined
     /** When a move that counts in the metrics (not a dry run) started. */
     let startedAt: number | undefined
     const spool = join(this.deps.spoolDir, randomBytes(8).toString('hex'))
@@ -221,8 +227,10 @@ export class MoveService {
       paused = false
       for (const v of volumes) await this.deps.docker.removeVolume(v.name, AbortSignal.timeout(CONTROL_TIMEOUT_MS)).catch(err => { log.warn('moved volume not removed at source', { volume: v.name, error: (err as Error).message }) })
       // Keep here the image the container now runs there (same config, so the same image ID): moving
-      // it back later then sends only what changed since. `docker image prune` removes it.
-      await this.keepImage(config, diffIds, image.diffIds.length, top.diffId, topPath).catch(err => { log.warn('could not keep the moved image here', { error: (err as Error).message }) })
+      // it back later then sends only what changed since. `docker image prune` removes it. The move
+      // is over without it (reported done meanwhile); the spool stays until it is loaded, and this
+      // host, as a destination, waits for it before it says which layers it has (`settled`).
+      keep = this.track(this.keepImage(config, diffIds, image.diffIds.length, top.diffId, topPath).catch(err => { log.warn('could not keep the moved image here', { error: (err as Error).message }) }))
       const bytesSent = pre.bytes + hand.bytes + archives.reduce((n, a) => n + a.size, 0)
       log.info('move done', { bytesSent, downtimeMs })
       this.metrics.moveEnded('succeeded', { seconds: secondsSince(startedAt), downtimeSeconds: downtimeMs / 1000 })
@@ -236,8 +244,21 @@ export class MoveService {
       await emit({ event: 'failed', moveId, container: order.container, error, rollback: !changed ? 'none-needed' : undone ? 'done' : 'incomplete' })
     } finally {
       if (info !== undefined) this.moving.delete(info.id)
-      await rm(spool, { recursive: true, force: true }).catch(() => {})
+      const removeSpool = async (): Promise<void> => { await rm(spool, { recursive: true, force: true }).catch(() => {}) }
+      if (keep === undefined) await removeSpool()
+      else void keep.then(removeSpool)
     }
+  }
+
+  /** Resolves once the images being kept after moves out of here (keepImage) are in the engine. */
+  async settled (): Promise<void> {
+    await Promise.all([...this.keeping])
+  }
+
+  private track (work: Promise<void>): Promise<void> {
+    this.keeping.add(work)
+    void work.finally(() => { this.keeping.delete(work) })
+    return work
   }
 
   /**
@@ -393,13 +414,13 @@ export class MoveService {
   }
 
   /**
-   * Streams `docker save` of `image` and sends the layers in `want` as they come out of the engine,
-   * hashing them on the way (the destination verifies them again). A save stream names layers by
-   * path, not diff ID; which path is which layer is learned as each is hashed and remembered per
-   * image, so a layer known to be unwanted (already at the destination, or verified there before a
-   * cut) is skipped without crossing the network. A layer not yet known is sent unnamed, straight
-   * from the engine without a detour through disk, and the destination keeps it only if it is one
-   * the move needs. Returns what was sent.
+   * Streams `docker save` of `image` and sends the layers in `want` as they come out of the engine.
+   * A save stream names layers by path, not diff ID; which path is which layer is learned from the
+   * destination's reply (it hashes every layer to verify it) and remembered per image, so a layer
+   * known to be unwanted (already at the destination, or verified there before a cut) is skipped
+   * without crossing the network. A layer not yet known is sent unnamed, straight from the engine
+   * without a detour through disk, and the destination keeps it only if it is one the move needs.
+   * Returns what was sent.
    */
   private async sendLayers (connection: Connection, moveId: string, image: ImageInfo, want: Set<string>, spool: string, onBytes: (n: number) => void, signal: AbortSignal): Promise<{ config?: Uint8Array, bytes: number, layers: number }> {
     let config: Uint8Array | undefined
@@ -422,13 +443,14 @@ export class MoveService {
         size = (await this.spool(entry.stream, path, signal)).size
         source = createReadStream(path)
       }
-      const hash = createHash('sha256')
-      const reply = await this.call(connection, { op: 'layer', moveId, diffId: name ?? null, size }, [{ size, source: hashed(source, hash) }], signal, onBytes) as LayerReply
+      const reply = await this.call(connection, { op: 'layer', moveId, diffId: name ?? null, size }, [{ size, source }], signal, onBytes) as LayerReply
       if (path !== undefined) await rm(path, { force: true })
-      const digest = `sha256:${hash.digest('hex')}`
-      if (reply.diffId !== digest) throw new TransferIncompleteError(`the destination took layer ${entry.path} for ${reply.diffId}, it is ${digest}`)
-      known.set(entry.path, digest)
-      if (left.delete(digest)) { bytes += size; layers++ }
+      // The destination hashed the layer to verify it and says which it was: no need to hash it here
+      // too. Were it to lie, the only effect would be on its own move (a layer wrongly skipped later
+      // leaves the image incomplete there, and its load fails).
+      if (!image.diffIds.includes(reply.diffId)) throw new TransferIncompleteError(`the destination took layer ${entry.path} for ${reply.diffId}, which is not a layer of ${image.id}`)
+      known.set(entry.path, reply.diffId)
+      if (left.delete(reply.diffId)) { bytes += size; layers++ }
     }
     if (left.size > 0) throw new TransferIncompleteError(`the engine's save of ${image.id} lacked layer(s) ${[...left].join(', ')}`)
     return { config, bytes, layers }
@@ -505,14 +527,6 @@ export class MoveService {
       }
     }
     return ok
-  }
-}
-
-/** Feeds every chunk to `hash` as it passes. */
-async function * hashed (source: AsyncIterable<Uint8Array>, hash: Hash): AsyncGenerator<Uint8Array> {
-  for await (const chunk of source) {
-    hash.update(chunk)
-    yield chunk
   }
 }
 
