@@ -32,6 +32,7 @@ import type { DockerEndpoint } from '../config.js'
 import type { ContainerRow } from '../../protocol/messages.js'
 import { containerInfoFromInspect, createBody, type EngineContainer } from './spec.js'
 import { readSavedImage } from './saved-image.js'
+import { plainGet, type PlainResponse } from './plain-get.js'
 import { messageError, readJsonMessages } from './json-messages.js'
 import { decodePathStat, exportContainerChanges, parseChanges } from './changes.js'
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
@@ -307,19 +308,18 @@ export class DockerodeHost implements DockerHost {
 
   async * saveImage (imageId: string, signal?: AbortSignal): AsyncGenerator<SavedEntry> {
     const what = `save image '${imageId}'`
-    let res: IncomingMessage
+    let res: PlainResponse
     try {
-      res = await this.request<IncomingMessage>({ what, notFound: 'image', method: 'GET', path: `/images/${enc(imageId)}/get`, stream: true }, signal)
+      // Not through the modem: a save is the one large download, read cheaper as HTTP/1.0 (plain-get.ts).
+      res = await plainGet(this.endpoint, `/images/${enc(imageId)}/get`, signal)
     } catch (err) {
+      const mapped = this.mapError(what, 'image', err, signal)
       // Engine 20.10 answers 500 (not 404) for an unknown full image ID: ask the image itself.
-      if (err instanceof DockerEngineError && !(err instanceof ImageNotFoundError)) await this.inspectImage(imageId, signal)
-      throw err
+      if (mapped instanceof DockerEngineError && !(mapped instanceof ImageNotFoundError)) await this.inspectImage(imageId, signal)
+      throw mapped
     }
-    try {
-      yield * readSavedImage(this.body(res, what, signal))
-    } finally {
-      res.destroy() // also when the consumer stops early: the engine stops writing
-    }
+    // Ending this iteration early ends the body's, which closes the connection: the engine stops writing.
+    yield * readSavedImage(this.bytes(res.body, what, signal))
   }
 
   async loadImage (tar: ByteSource, signal?: AbortSignal): Promise<string[]> {
@@ -475,11 +475,17 @@ export class DockerodeHost implements DockerHost {
   /** A response body as bytes, with a failure midway turned into DockerUnavailableError. */
   private async * body (res: IncomingMessage, what: string, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
     try {
-      for await (const chunk of res) yield chunk as Uint8Array
-    } catch (err) {
-      throw this.mapError(`${what} (reading the answer)`, 'none', err, signal)
+      yield * this.bytes(res as AsyncIterable<Uint8Array>, what, signal)
     } finally {
       res.destroy()
+    }
+  }
+
+  private async * bytes (source: AsyncIterable<Uint8Array>, what: string, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+    try {
+      for await (const chunk of source) yield chunk
+    } catch (err) {
+      throw this.mapError(`${what} (reading the answer)`, 'none', err, signal)
     }
   }
 
