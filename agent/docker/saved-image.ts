@@ -29,7 +29,6 @@ import { createGunzip } from 'node:zlib'
 import tarStream from 'tar-stream'
 import { GotoError, SavedImageFormatError } from '../../protocol/errors.js'
 import type { SavedEntry } from './types.js'
-import { coalesce } from './coalesce.js'
 
 /**
  * Largest JSON entry (config, manifest, index) we hold in memory. Real configs are a few KiB to a
@@ -38,8 +37,6 @@ import { coalesce } from './coalesce.js'
 export const MAX_JSON_BYTES = 16 * 2 ** 20
 /** One tar header block: enough to see gzip magic (offset 0), tar magic (offset 257) or a '{'. */
 const PEEK_BYTES = 512
-/** The parser is fed chunks of this size (coalesce.ts), whatever sizes the engine streams. */
-const FEED_BYTES = 1024 * 1024
 /** How many symlinks/hard links in a row we follow to find a layer's data. */
 const MAX_LINK_DEPTH = 8
 
@@ -404,7 +401,7 @@ class Feeder {
   private readonly iterator: AsyncIterator<Uint8Array>
 
   constructor (private readonly source: AsyncIterable<Uint8Array> | Readable, private readonly extract: tarStream.Extract) {
-    this.iterator = coalesce(source as AsyncIterable<Uint8Array>, FEED_BYTES)[Symbol.asyncIterator]()
+    this.iterator = (source as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]()
     this.done = this.pump()
   }
 
