@@ -18,6 +18,7 @@
  * DockerEngineError with the engine's message, and no answer at all (no socket, refused, cut off)
  * DockerUnavailableError. An aborted `signal` throws its reason. Every method takes `signal` last.
  */
+import { execFile } from 'node:child_process'
 import { statfs } from 'node:fs/promises'
 import type { IncomingMessage } from 'node:http'
 import { Readable, addAbortSignal } from 'node:stream'
@@ -67,6 +68,11 @@ export interface DockerHost {
   info (signal?: AbortSignal): Promise<EngineInfo>
   /** Free bytes on the filesystem of the engine's data root, or null when it cannot be learned. */
   freeDiskBytes (signal?: AbortSignal): Promise<number | null>
+  /**
+   * Has the filesystem of the engine's data root write out what it holds unwritten (syncfs);
+   * false when that cannot be done from here (an engine on another host). See the implementation.
+   */
+  flushDataRoot (signal?: AbortSignal): Promise<boolean>
   listContainers (signal?: AbortSignal): Promise<ContainerRow[]>
 
   inspectContainer (nameOrId: string, signal?: AbortSignal): Promise<ContainerInfo>
@@ -119,6 +125,9 @@ export interface DockerHost {
   /** What it takes to write a config for the image plus one more layer (layered-config.ts `buildLayeredConfig`). */
   inspectImageConfig (ref: string, signal?: AbortSignal): Promise<ImageConfigInfo>
 }
+
+/** A syncfs of the data root taking longer than this is left to finish by itself. */
+const FLUSH_TIMEOUT_MS = 30_000
 
 /** Statuses the modem passes as success; every other one becomes an error we map below. */
 const OK_STATUSES = { 200: true, 201: true, 204: true, 304: true }
@@ -189,6 +198,23 @@ export class DockerodeHost implements DockerHost {
     } catch {
       return null
     }
+  }
+
+  /**
+   * `sync -f` (syncfs) on the engine's DockerRootDir, for an engine on this host. Why: after a large
+   * load, the engine's next fsync (creating a container writes its config with one) waits until
+   * the filesystem has written out every byte the load left in the page cache (measured: 0.35-0.6 s
+   * after a 512 MiB load, against 10 ms otherwise). Flushed while the load still runs, that wait
+   * overlaps the load instead of lengthening a move's downtime. Spawns coreutils' sync (Node has
+   * no syncfs); false for an engine on another host, a root we cannot see, or no such command.
+   */
+  async flushDataRoot (signal?: AbortSignal): Promise<boolean> {
+    if (this.endpoint.kind === 'tcp' && !['localhost', '127.0.0.1', '::1'].includes(this.endpoint.host)) return false
+    const { dockerRootDir } = await this.info(signal)
+    if (dockerRootDir === '') return false
+    return await new Promise<boolean>(resolve => {
+      execFile('sync', ['-f', dockerRootDir], { signal, timeout: FLUSH_TIMEOUT_MS }, err => { resolve(err === null) })
+    })
   }
 
   async listContainers (signal?: AbortSignal): Promise<ContainerRow[]> {

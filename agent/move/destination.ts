@@ -14,6 +14,7 @@
  * (pre-copy, preload), and the frozen changes, spec and volume data are kept in the SnapshotStore
  * for a takeover, not started.
  */
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Connection } from '@libp2p/interface'
 import type { VerifiedPeer } from '../../certs/verify.js'
 import type { AuthService } from '../net/auth-service.js'
@@ -40,6 +41,8 @@ import {
 
 /** A prepared move we have not heard from for this long is rolled back (the source died). */
 export const MOVE_IDLE_TIMEOUT_MS = 10 * 60_000
+/** While a preload runs, the engine's filesystem is flushed this often (flushingWhile). */
+const FLUSH_INTERVAL_MS = 250
 /** Staging copy, docker load's temporary copy, the final layers: ask for three times the image's size. */
 const DISK_HEADROOM_FACTOR = 3
 
@@ -239,13 +242,41 @@ export class DestinationService {
     const input = { config, diffIds: req.diffIds, present, store: this.deps.store }
     // Layers that arrived were streamed into the engine as they came; if that load was cut off (or
     // never began: everything was staged before), load from the verified store instead.
-    const live = await p.live?.finish(input, signal)
-    const imageId = live ?? await loadVerified(docker, input, signal)
+    const imageId = await this.flushingWhile(async () => await p.live?.finish(input, signal) ?? await loadVerified(docker, input, signal), signal)
     p.made.preloaded = imageId
     p.touched = Date.now()
-    this.deps.log.info('image preloaded', { moveId: req.moveId, image: imageId, streamed: live !== undefined })
+    // The engine holds the layers now: the staged copies have done their job. Removed right away,
+    // they are dropped from the page cache before the kernel writes them out, and the engine's
+    // next fsync (creating the container) does not wait for them to reach the disk.
+    for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
+    this.deps.log.info('image preloaded', { moveId: req.moveId, image: imageId })
     return { imageId }
   }
+
+  /**
+   * Runs `load` while the engine's filesystem writes out what the load leaves in the page cache
+   * (DockerHost.flushDataRoot, over and over while it runs, and once after), so that creating the
+   * container at restore, in the downtime, does not wait for those writes.
+   */
+  private async flushingWhile<T> (load: () => Promise<T>, signal: AbortSignal): Promise<T> {
+    const flush = async (): Promise<boolean> => await this.deps.docker.flushDataRoot(signal).catch(() => false)
+    const work = load()
+    let finished = false
+    const ended = work.then(() => {}, () => {}).then(() => { finished = true })
+    const flusher = (async () => {
+      while (!finished && !signal.aborted) {
+        if (!await flush()) return
+        await Promise.race([ended, sleep(FLUSH_INTERVAL_MS, undefined, { ref: false })])
+      }
+    })()
+    try {
+      return await work
+    } finally {
+      await flusher
+      if (!signal.aborted) await flush()
+    }
+  }
+
 
   private async restore (req: RestoreRequest, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<{ containerId: string }> {
     const p = this.own(req.moveId, peer)
@@ -293,7 +324,10 @@ export class DestinationService {
     for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
   }
 
-  /** Removes what the move made here; verified layers stay staged so a retry does not resend them. */
+  /**
+   * Removes what the move made here. Verified layers stay staged so a retry does not resend them,
+   * until the preload: from then on the engine held them, and rolling back removes that image too.
+   */
   private async rollback (p: Pending, why: string): Promise<void> {
     this.moves.delete(p.moveId)
     p.live?.abort(new UnknownMoveError(`${p.purpose} ${p.moveId} was rolled back: ${why}`))

@@ -155,6 +155,10 @@ describe('docker host driver (DockerodeHost on a lab engine)', function () {
     // Free space moves while other things run; the same filesystem within 5 %.
     expect(Math.abs((free as number) - Number(s.bavail) * Number(s.bsize))).to.be.below(Number(s.blocks) * Number(s.bsize) * 0.05)
     expect((await docker.version()).apiVersion).to.match(/^1\.\d+$/)
+    // The engine is on this host: its data root's filesystem can be flushed (syncfs) from here; an
+    // engine reached over TCP on another host cannot (decided from the endpoint alone: never dialled).
+    expect(await docker.flushDataRoot()).to.equal(true)
+    expect(await new DockerodeHost(parseDockerEndpoint('--docker', 'tcp://10.255.255.1:2375')).flushDataRoot()).to.equal(false)
   })
 
   it('inspects an image and lists every local chain', async () => {
