@@ -245,10 +245,6 @@ export class DestinationService {
     const imageId = await this.flushingWhile(async () => await p.live?.finish(input, signal) ?? await loadVerified(docker, input, signal), signal)
     p.made.preloaded = imageId
     p.touched = Date.now()
-    // The engine holds the layers now: the staged copies have done their job. Removed right away,
-    // they are dropped from the page cache before the kernel writes them out, and the engine's
-    // next fsync (creating the container) does not wait for them to reach the disk.
-    for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
     this.deps.log.info('image preloaded', { moveId: req.moveId, image: imageId })
     return { imageId }
   }
@@ -276,7 +272,6 @@ export class DestinationService {
       if (!signal.aborted) await flush()
     }
   }
-
 
   private async restore (req: RestoreRequest, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<{ containerId: string }> {
     const p = this.own(req.moveId, peer)
@@ -324,10 +319,7 @@ export class DestinationService {
     for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
   }
 
-  /**
-   * Removes what the move made here. Verified layers stay staged so a retry does not resend them,
-   * until the preload: from then on the engine held them, and rolling back removes that image too.
-   */
+  /** Removes what the move made here; verified layers stay staged so a retry does not resend them. */
   private async rollback (p: Pending, why: string): Promise<void> {
     this.moves.delete(p.moveId)
     p.live?.abort(new UnknownMoveError(`${p.purpose} ${p.moveId} was rolled back: ${why}`))

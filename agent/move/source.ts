@@ -74,7 +74,7 @@ interface Blob { size: number, path?: string, source?: AsyncIterable<Uint8Array>
 export class MoveService {
   /** Container IDs with a move under way: one move per container at a time. */
   private readonly moving = new Set<string>()
-  /** Per image: save-stream path → diff ID, learned while hashing (see sendLayers). */
+  /** Per image: save-stream path → diff ID, learned from the destination's replies (see sendLayers). */
   private readonly layerPaths = new Map<string, Map<string, string>>()
   /** Moved images being loaded back into this engine after their move ended. */
   private readonly keeping = new Set<Promise<void>>()
@@ -230,7 +230,9 @@ export class MoveService {
       // it back later then sends only what changed since. `docker image prune` removes it. The move
       // is over without it (reported done meanwhile); the spool stays until it is loaded, and this
       // host, as a destination, waits for it before it says which layers it has (`settled`).
-      keep = this.track(this.keepImage(config, diffIds, image.diffIds.length, top.diffId, topPath).catch(err => { log.warn('could not keep the moved image here', { error: (err as Error).message }) }))
+      keep = this.track(this.keepImage(config, diffIds, image.diffIds.length, top.diffId, topPath)
+        .catch(err => { log.warn('could not keep the moved image here', { error: (err as Error).message }) })
+        .then(async () => { await rm(spool, { recursive: true, force: true }).catch(() => {}) }))
       const bytesSent = pre.bytes + hand.bytes + archives.reduce((n, a) => n + a.size, 0)
       log.info('move done', { bytesSent, downtimeMs })
       this.metrics.moveEnded('succeeded', { seconds: secondsSince(startedAt), downtimeSeconds: downtimeMs / 1000 })
@@ -244,9 +246,8 @@ export class MoveService {
       await emit({ event: 'failed', moveId, container: order.container, error, rollback: !changed ? 'none-needed' : undone ? 'done' : 'incomplete' })
     } finally {
       if (info !== undefined) this.moving.delete(info.id)
-      const removeSpool = async (): Promise<void> => { await rm(spool, { recursive: true, force: true }).catch(() => {}) }
-      if (keep === undefined) await removeSpool()
-      else void keep.then(removeSpool)
+      // After a successful move the spool goes once the image is kept here (above).
+      if (keep === undefined) await rm(spool, { recursive: true, force: true }).catch(() => {})
     }
   }
 
