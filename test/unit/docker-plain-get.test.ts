@@ -51,6 +51,27 @@ describe('docker: plainGet (a streamed GET over HTTP/1.0)', () => {
     expect(request.startsWith('GET /images/abc/get HTTP/1.0\r\n')).to.equal(true)
   })
 
+  it('reaches an engine over TCP too, naming it in the Host header', async () => {
+    let request = ''
+    const tcp = createServer(socket => {
+      socket.on('data', d => {
+        request += String(d)
+        if (request.includes('\r\n\r\n')) socket.end('HTTP/1.0 200 OK\r\n\r\nbody')
+      })
+    })
+    await new Promise<void>(resolve => tcp.listen(0, '127.0.0.1', resolve))
+    try {
+      const port = (tcp.address() as { port: number }).port
+      const res = await plainGet({ kind: 'tcp', host: '127.0.0.1', port, url: `tcp://127.0.0.1:${port}` }, '/images/x/get')
+      const parts: Uint8Array[] = []
+      for await (const c of res.body) parts.push(c)
+      expect(Buffer.concat(parts).toString()).to.equal('body')
+      expect(request).to.include(`\r\nHost: 127.0.0.1:${port}\r\n`)
+    } finally {
+      await new Promise<void>(resolve => { tcp.close(() => { resolve() }) })
+    }
+  })
+
   it('turns an error answer into EngineStatusError with the engine\'s JSON message, and a silent close into an error', async () => {
     server = await fakeEngine(endpoint.kind === 'unix' ? endpoint.socketPath : '', (req, s) => {
       if (req.includes('/missing/')) s.end('HTTP/1.0 404 Not Found\r\nContent-Type: application/json\r\n\r\n{"message":"reference does not exist"}\n')
