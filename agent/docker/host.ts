@@ -152,6 +152,8 @@ interface EngineRequest {
 
 export class DockerodeHost implements DockerHost {
   private readonly modem: DockerModem
+  /** The engine's DockerRootDir, once flushDataRoot asked for it. */
+  private dataRoot: string | undefined
 
   constructor (readonly endpoint: DockerEndpoint) {
     this.modem = endpoint.kind === 'unix'
@@ -210,7 +212,11 @@ export class DockerodeHost implements DockerHost {
    */
   async flushDataRoot (signal?: AbortSignal): Promise<boolean> {
     if (this.endpoint.kind === 'tcp' && !['localhost', '127.0.0.1', '::1'].includes(this.endpoint.host)) return false
-    const { dockerRootDir } = await this.info(signal)
+    // Asked once: a preload flushes every 250 ms, and `GET /info` is work for an engine that is busy
+    // loading. Were the engine restarted on another root, we would flush the wrong filesystem: a
+    // lost optimization, nothing worse.
+    this.dataRoot ??= (await this.info(signal)).dockerRootDir
+    const dockerRootDir = this.dataRoot
     if (dockerRootDir === '') return false
     return await new Promise<boolean>(resolve => {
       execFile('sync', ['-f', dockerRootDir], { signal, timeout: FLUSH_TIMEOUT_MS }, err => { resolve(err === null) })
