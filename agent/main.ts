@@ -17,6 +17,7 @@ import { PeerTable } from './membership/peer-table.js'
 import { MembershipService } from './membership/service.js'
 import { StatusService } from './status/service.js'
 import { DestinationService } from './move/destination.js'
+import { FreezeJournal } from './move/freeze-journal.js'
 import { MoveService } from './move/source.js'
 import { LayerStore } from './transfer/layer-store.js'
 import { SnapshotStore } from './failover/snapshot-store.js'
@@ -127,6 +128,7 @@ async function run (config: AgentConfig): Promise<void> {
   })
   const moves: MoveService = new MoveService({
     auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics,
+    journal: await FreezeJournal.open(join(config.stateDir, 'frozen')),
     travelLabels: (container: string): Record<string, string> | undefined => failover.travelLabels(container),
     log: log.child({ component: 'move' })
   })

@@ -14,6 +14,8 @@
  *   commit    only then is the source container removed (with its moved volumes).
  * Any failure before the destination confirmed: the destination removes what it made, the source
  * container is unpaused — nothing is lost. Downtime is pause → running at the destination.
+ * The same holds if this agent dies while the container is frozen: the freeze journal
+ * (freeze-journal.ts) tells the restarted agent whether to unpause it or to finish letting it go.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream, createWriteStream } from 'node:fs'
@@ -27,6 +29,8 @@ import type { DockerHost } from '../docker/host.js'
 import type { ContainerInfo, ContainerSpec, ExportedChanges, ImageInfo } from '../docker/types.js'
 import { buildLayeredConfig } from '../docker/layered-config.js'
 import type { LayerStore } from '../transfer/layer-store.js'
+import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
+import { MOVE_IDLE_TIMEOUT_MS } from './destination.js'
 import { loadVerified } from '../transfer/load.js'
 import type { PeerTable } from '../membership/peer-table.js'
 import { counted } from '../transfer/counted.js'
@@ -41,7 +45,7 @@ import {
 } from '../../protocol/move-messages.js'
 import {
   BindMountRefusedError, ContainerBusyError, ContainerNotFoundError, ContainerNotRunningError, DestinationUnavailableError, MoveInProgressError,
-  TransferIncompleteError, UnknownContainerError, toWireError
+  TransferIncompleteError, UnknownContainerError, UnknownMoveError, VolumeNotFoundError, toWireError
 } from '../../protocol/errors.js'
 
 /** Progress events at most this often, so a fast transfer does not flood the operator's terminal. */
@@ -50,6 +54,13 @@ const PROGRESS_INTERVAL_MS = 200
 const CONTROL_TIMEOUT_MS = 30_000
 /** How many images' save-stream layer names to remember (a few hundred bytes each). */
 const LAYER_PATH_CACHE_IMAGES = 64
+/** How often containers left frozen by an interrupted move or snapshot are looked at again. */
+const SETTLE_INTERVAL_MS = 5_000
+/**
+ * How long the destination of an interrupted move is told its outcome before this side gives up:
+ * past its idle timeout it has rolled back a move it never heard of by itself.
+ */
+const SETTLE_GIVE_UP_MS = 2 * MOVE_IDLE_TIMEOUT_MS
 
 export interface MoveDeps {
   auth: AuthService
@@ -60,6 +71,8 @@ export interface MoveDeps {
   spoolDir: string
   /** Verified layers (shared with the destination side), to load the moved image here too. */
   store: LayerStore
+  /** Containers frozen here, recorded before each pause (what a restarted agent must finish). */
+  journal: FreezeJournal
   /** Moves started, ended and their durations; blob bytes sent (default: none kept). */
   metrics?: Metrics
   /** Labels to add to the spec of a container that leaves this host (failover's owner and epoch stamps). */
@@ -79,12 +92,22 @@ export class MoveService {
   /** Moved images being loaded back into this engine after their move ended. */
   private readonly keeping = new Set<Promise<void>>()
   private readonly metrics: Metrics
+  private settleTimer?: NodeJS.Timeout
+  private settling?: Promise<void>
+  private readonly stopping = new AbortController()
 
   constructor (private readonly deps: MoveDeps) {
     this.metrics = deps.metrics ?? NO_METRICS
   }
 
   async start (): Promise<void> {
+    // A container this agent left frozen when it died runs again (or is let go of) before any new
+    // move or snapshot can see it; telling its destination waits for the mesh (settle, below).
+    const { unreadable } = await this.deps.journal.list()
+    for (const u of unreadable) this.deps.log.error('unreadable freeze record left in place; check that container by hand', { path: u.path, error: u.error })
+    await this.settle()
+    this.settleTimer = setInterval(() => { this.settling ??= this.settle().finally(() => { this.settling = undefined }) }, SETTLE_INTERVAL_MS)
+    this.settleTimer.unref()
     await this.deps.auth.handle(MOVE_PROTOCOL, ['operator'], async (js, peer) => {
       const order = parseMoveOrder(await js.read(AbortSignal.timeout(CONTROL_TIMEOUT_MS)))
       // The move goes on as long as the operator's stream is open; closing it (Ctrl-C) aborts it,
@@ -111,6 +134,9 @@ export class MoveService {
   }
 
   async stop (): Promise<void> {
+    clearInterval(this.settleTimer)
+    this.stopping.abort()
+    await this.settling
     await this.settled()
   }
 
@@ -148,6 +174,8 @@ export class MoveService {
     let connection: Connection | undefined
     let paused = false
     let destinationPrepared = false
+    /** This move's freeze record, from the pause on (freeze-journal.ts). */
+    let frozen: FrozenRecord | undefined
     /** Loading the moved image into this engine, after the move (see commit). */
     let keep: Promise<void> | undefined
     /** When a move that counts in the metrics (not a dry run) started. */
@@ -199,6 +227,7 @@ export class MoveService {
 
       // --- freeze ----------------------------------------------------------------------------
       await step('freeze')
+      frozen = await this.recordFreeze(info, 'move', moveId, order.to, connection, volumes.map(v => v.name))
       const frozenAt = performance.now()
       await this.deps.docker.pause(info.id, signal)
       paused = true
@@ -221,11 +250,21 @@ export class MoveService {
 
       // --- commit: the destination runs it; only now does the source let go -----------------
       await step('commit')
+      // From here on the container's fate is removal here, never an unpause, even if this agent dies.
+      await this.deps.journal.advance(frozen, 'committing')
       destinationPrepared = false
-      await this.call(connection, { op: 'commit', moveId }, [], signal).catch(err => { log.warn('destination did not confirm commit', { error: (err as Error).message }) })
-      await this.deps.docker.remove(info.id, { force: true, volumes: false }, AbortSignal.timeout(CONTROL_TIMEOUT_MS))
       paused = false
-      for (const v of volumes) await this.deps.docker.removeVolume(v.name, AbortSignal.timeout(CONTROL_TIMEOUT_MS)).catch(err => { log.warn('moved volume not removed at source', { volume: v.name, error: (err as Error).message }) })
+      const committed = await this.call(connection, { op: 'commit', moveId }, [], signal).then(() => true, err => {
+        log.warn('destination did not confirm commit; telling it again later', { error: (err as Error).message })
+        return false
+      })
+      try {
+        await this.letGo(frozen)
+        await (committed ? this.deps.journal.remove(frozen.containerId) : this.deps.journal.advance(frozen, 'committed'))
+      } catch (err) {
+        // The move is done (the destination runs it); the freeze record has settle finish here.
+        log.warn('moved container not yet removed here; trying again later', { error: (err as Error).message })
+      }
       // Keep here the image the container now runs there (same config, so the same image ID): moving
       // it back later then sends only what changed since. `docker image prune` removes it. The move
       // is over without it (reported done meanwhile); the spool stays until it is loaded, and this
@@ -241,7 +280,7 @@ export class MoveService {
       const error = toWireError(err)
       this.deps.log.warn('move failed', { moveId, container: order.container, to: order.to, reason: error.name, error: error.message })
       const changed = paused || destinationPrepared
-      const undone = changed ? await this.rollback({ moveId, info, connection, paused, destinationPrepared }) : true
+      const undone = changed ? await this.rollback({ moveId, info, connection, paused, destinationPrepared, frozen }) : true
       if (startedAt !== undefined) this.metrics.moveEnded('failed', { seconds: secondsSince(startedAt), reason: error.name })
       await emit({ event: 'failed', moveId, container: order.container, error, rollback: !changed ? 'none-needed' : undone ? 'done' : 'incomplete' })
     } finally {
@@ -278,6 +317,7 @@ export class MoveService {
     let connection: Connection | undefined
     let paused = false
     let prepared = false
+    let frozen: FrozenRecord | undefined
     try {
       const spec = this.withLabels({ ...info.spec, mounts: info.spec.mounts.filter(m => m.type !== 'bind') })
       connection = await this.destination(to, signal)
@@ -291,6 +331,7 @@ export class MoveService {
       // wait on it): put the snapshot off while one runs. This shrinks the race to milliseconds.
       const execs = (await this.deps.docker.inspectContainer(info.id, signal)).state.execs
       if (execs > 0) throw new ContainerBusyError(`container '${info.name}' has ${execs} exec(s) running; snapshot put off`)
+      frozen = await this.recordFreeze(info, 'snapshot', moveId, to, connection, [])
       const frozenAt = performance.now()
       const takenAt = new Date().toISOString()
       await this.deps.docker.pause(info.id, signal)
@@ -299,6 +340,9 @@ export class MoveService {
       const archives = await this.spoolVolumes(info, volumesOf(spec), spool, signal)
       await this.deps.docker.unpause(info.id, signal)
       paused = false
+      // Nothing runs at the holder: a snapshot left unfinished there expires by itself.
+      await this.deps.journal.remove(info.id)
+      frozen = undefined
       const freezeMs = Math.round(performance.now() - frozenAt)
       await this.call(connection, {
         op: 'store', moveId, owner: this.deps.self().peerId, epoch: meta.epoch, seq: meta.seq, takenAt,
@@ -308,7 +352,7 @@ export class MoveService {
       prepared = false
       return { bytes: pre.bytes + top.size + archives.reduce((n, a) => n + a.size, 0), freezeMs }
     } catch (err) {
-      if (prepared || paused) await this.rollback({ moveId, info, connection, paused, destinationPrepared: prepared })
+      if (prepared || paused) await this.rollback({ moveId, info, connection, paused, destinationPrepared: prepared, frozen })
       throw err
     } finally {
       this.moving.delete(info.id)
@@ -511,23 +555,115 @@ export class MoveService {
     }
   }
 
-  /** Undoes a failed move: the destination removes what it made, the source container runs again. */
-  private async rollback (s: { moveId: string | null, info?: ContainerInfo, connection?: Connection, paused: boolean, destinationPrepared: boolean }): Promise<boolean> {
+  /**
+   * Undoes a failed move: the destination removes what it made, the source container runs again.
+   * Whatever could not be done now stays in the freeze journal for `settle` to retry.
+   */
+  private async rollback (s: { moveId: string | null, info?: ContainerInfo, connection?: Connection, paused: boolean, destinationPrepared: boolean, frozen?: FrozenRecord }): Promise<boolean> {
     const signal = AbortSignal.timeout(CONTROL_TIMEOUT_MS)
     let ok = true
+    let told = true
     if (s.destinationPrepared && s.connection !== undefined && s.moveId !== null) {
       // If the destination is gone, it rolls back by itself when the move goes idle.
-      await this.call(s.connection, { op: 'abort', moveId: s.moveId }, [], signal).catch(() => {})
+      told = await this.call(s.connection, { op: 'abort', moveId: s.moveId }, [], signal).then(() => true, err => err instanceof UnknownMoveError)
     }
     if (s.paused && s.info !== undefined) {
       try {
         await this.deps.docker.unpause(s.info.id, signal)
       } catch (err) {
         ok = false
-        this.deps.log.error('rollback: could not unpause the source container', { container: s.info.name, error: (err as Error).message })
+        this.deps.log.error('rollback: could not unpause the source container; trying again later', { container: s.info.name, error: (err as Error).message })
       }
     }
+    if (ok && s.frozen !== undefined) {
+      await (told ? this.deps.journal.remove(s.frozen.containerId) : this.deps.journal.advance(s.frozen, 'aborting'))
+        .catch(err => { this.deps.log.error('freeze record not updated', { container: s.frozen?.name, error: (err as Error).message }) })
+    }
     return ok
+  }
+
+  // --- containers left frozen -------------------------------------------------------------
+
+  /** Writes the freeze record of a container about to be paused (before the pause, on disk). */
+  private async recordFreeze (info: ContainerInfo, purpose: FrozenRecord['purpose'], moveId: string, to: string, connection: Connection, volumes: string[]): Promise<FrozenRecord> {
+    const record: FrozenRecord = {
+      containerId: info.id, name: info.name, purpose, moveId, to: { name: to, peerId: connection.remotePeer.toString() }, stage: 'frozen', volumes, at: new Date().toISOString()
+    }
+    await this.deps.journal.put(record)
+    return record
+  }
+
+  /** Removes a moved container here, with the named volumes that went with it; gone already is fine. */
+  private async letGo (r: FrozenRecord): Promise<void> {
+    const signal = AbortSignal.timeout(CONTROL_TIMEOUT_MS)
+    await this.deps.docker.remove(r.containerId, { force: true, volumes: false }, signal).catch(err => { if (!(err instanceof ContainerNotFoundError)) throw err })
+    for (const v of r.volumes) {
+      await this.deps.docker.removeVolume(v, signal).catch(err => {
+        if (!(err instanceof VolumeNotFoundError)) this.deps.log.warn('moved volume not removed here', { volume: v, error: (err as Error).message })
+      })
+    }
+  }
+
+  /**
+   * Finishes what a move or snapshot left undone when it was cut short — by this agent dying, or by
+   * a step that failed (see freeze-journal.ts): a frozen container runs again, a moved one is
+   * removed, and then its destination hears `abort` or `commit`. Retried every SETTLE_INTERVAL_MS.
+   */
+  private async settle (): Promise<void> {
+    let records: FrozenRecord[]
+    try {
+      records = (await this.deps.journal.list()).records
+    } catch (err) {
+      this.deps.log.error('cannot read the freeze journal', { error: (err as Error).message })
+      return
+    }
+    for (const r of records) {
+      if (this.stopping.signal.aborted) return
+      if (this.moving.has(r.containerId)) continue
+      try {
+        await this.settleOne(r)
+      } catch (err) {
+        this.deps.log.warn('container left by an interrupted transfer not settled yet; trying again', { container: r.name, moveId: r.moveId, stage: r.stage, error: (err as Error).message })
+      }
+    }
+  }
+
+  private async settleOne (r: FrozenRecord): Promise<void> {
+    const { docker, journal, log } = this.deps
+    const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(CONTROL_TIMEOUT_MS)])
+    if (r.stage === 'frozen') {
+      try {
+        const state = (await docker.inspectContainer(r.containerId, signal)).state
+        if (state.paused) await docker.unpause(r.containerId, signal)
+        log.warn(`${r.purpose} cut short while the container was frozen: it runs here again`, { container: r.name, moveId: r.moveId, to: r.to.name })
+      } catch (err) {
+        if (!(err instanceof ContainerNotFoundError)) throw err
+        log.warn(`${r.purpose} cut short while the container was frozen, and it is gone here`, { container: r.name, moveId: r.moveId })
+      }
+      await journal.advance(r, 'aborting')
+    }
+    if (r.stage === 'committing') {
+      await this.letGo(r)
+      log.warn('move cut short after the destination ran the container: removed here', { container: r.name, moveId: r.moveId, to: r.to.name })
+      await journal.advance(r, 'committed')
+    }
+    const op = r.stage === 'aborting' ? 'abort' : 'commit'
+    if (Date.now() - Date.parse(r.at) > SETTLE_GIVE_UP_MS) {
+      log.warn(`gave up telling ${r.to.name} to ${op}; it has ended the ${r.purpose} by itself`, { container: r.name, moveId: r.moveId })
+      await journal.remove(r.containerId)
+      return
+    }
+    const entry = this.deps.table.get(r.to.peerId)
+    if (entry?.state !== 'alive') return
+    const connection = await connectTo(this.deps.auth, entry.peerId, entry.addrs, signal)
+    try {
+      await this.call(connection, { op, moveId: r.moveId }, [], signal)
+    } catch (err) {
+      // It ended the transfer itself (went idle, restarted) or already heard this.
+      if (!(err instanceof UnknownMoveError)) throw err
+    }
+    await journal.remove(r.containerId)
+    log.info(`${r.to.name} told to ${op} ${r.purpose} ${r.moveId}`, { container: r.name, moveId: r.moveId })
   }
 }
 

@@ -8,7 +8,7 @@ import '../../protocol/polyfill.js'
 import { expect } from 'chai'
 import { setTimeout as delay } from 'node:timers/promises'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
-import { dockerCli, getFile, putFile, runningNames } from '../fixtures/docker.js'
+import { dockerCli, getFile, killOnEvent, putFile, runningNames } from '../fixtures/docker.js'
 import type { AgentStatus, FailoverContainerRow, PeerRow } from '../../protocol/messages.js'
 
 /** Generous next to the test profile (dead after 3 s): a loaded machine is slow, not wrong. */
@@ -214,6 +214,25 @@ describe('failover in the lab (3 hosts, real engines and agents)', function () {
     await waitFor(async () => ((await row(owner, 'web'))?.owner ?? null) === null, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${owner.name} to give up web` })
     expect((await runningOn('web')).map(h => h.name)).to.deep.equal([next.name])
     expect((await docker(owner, 'ps', '-a', '--format', '{{.Names}}')).split('\n')).to.not.include('web')
+  })
+
+  it('an agent killed while a snapshot has its container frozen unpauses it when it starts again', async () => {
+    const { host } = await oneOwner('db')
+    const pid = (await lab.load()).hosts.find(h => h.name === host.name)?.agent?.pid as number
+    // The agent dies the moment the engine has paused the container for a snapshot.
+    const watch = await killOnEvent(host, 'db', 'pause', pid, STATE_TIMEOUT_MS)
+    try {
+      await watch.killed
+    } finally {
+      watch.close()
+    }
+    await waitFor(async () => { try { process.kill(pid, 0); return false } catch { return true } }, { timeoutMs: 10_000, intervalMs: 20, what: 'the killed agent to be gone' })
+    expect(await docker(host, 'inspect', '--format', '{{.State.Paused}}', 'db'), 'the agent died after the freeze ended').to.equal('true')
+
+    await lab.startAgent(host.name)
+    await waitFor(async () => await docker(host, 'inspect', '--format', '{{.State.Running}} {{.State.Paused}}', 'db') === 'true false', { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 100, what: `${host.name} to unpause db` })
+    const seq = (await oneOwner('db')).row.snapshotSeq ?? 0
+    await snapshotAfter(host, 'db', seq)
   })
 
   it('restarting every agent duplicates nothing and loses nothing', async () => {

@@ -8,10 +8,11 @@ import { expect } from 'chai'
 import { spawn, execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { createHash } from 'node:crypto'
-import { readdir } from 'node:fs/promises'
+import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
+import { killOnEvent } from '../fixtures/docker.js'
 import { readBundle, TrustStore } from '../../certs/index.js'
 import { createMeshNode } from '../../protocol/node.js'
 import { authenticateOutbound } from '../../protocol/auth.js'
@@ -343,6 +344,54 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
     expect((await inspect(B, 'big')).State.Running).to.equal(true)
     expect(await docker(B, 'exec', 'big', 'sh', '-c', 'wc -c < /big')).to.equal(String(96 * 1024 * 1024))
     expect(await exists(A, 'big')).to.equal(false)
+  })
+
+  it('survives the source agent dying while the container is frozen: restarted, it runs the container again and the destination keeps nothing', async () => {
+    await docker(A, 'run', '-d', '--name', 'frozen', '-v', 'frozendata:/data', 'app:v1', 'sleep', '3600')
+    await docker(A, 'exec', 'frozen', 'sh', '-c', 'echo kept > /data/v.txt && echo mine > /state.txt')
+    const before = await snapshot(B)
+    const pid = (await lab.load()).hosts.find(h => h.name === A.name)?.agent?.pid as number
+    // The agent dies the moment the engine has paused the container for the move.
+    const watch = await killOnEvent(A, 'frozen', 'pause', pid, STATE_TIMEOUT_MS)
+    let r: Awaited<ReturnType<typeof move>>
+    try {
+      r = await move('frozen', B.name)
+      await watch.killed
+    } finally {
+      watch.close()
+    }
+    expect(r.code, r.stderr).to.not.equal(0)
+    expect((await inspect(A, 'frozen')).State.Paused, 'the agent died after the freeze ended').to.equal(true)
+
+    await lab.startAgent(A.name)
+    await waitFor(async () => { const s = (await inspect(A, 'frozen')).State; return s.Running === true && s.Paused === false }, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 100, what: `${A.name} to unpause frozen` })
+    // Once it sees B again it tells B to abort, and B removes what the move made there.
+    await waitFor(async () => await snapshot(B) === before, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${B.name} to drop the move cut short` })
+    expect(await docker(A, 'exec', 'frozen', 'cat', '/data/v.txt', '/state.txt')).to.equal('kept\nmine')
+    await waitFor(async () => await aliveAt(A, B.name), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${B.name} alive at ${A.name}` })
+    done(await move('frozen', B.name))
+    expect(await docker(B, 'exec', 'frozen', 'cat', '/data/v.txt', '/state.txt')).to.equal('kept\nmine')
+    expect(await exists(A, 'frozen')).to.equal(false)
+  })
+
+  it('survives the source agent dying as it removes the moved container: restarted, it finishes letting go', async () => {
+    // 'frozen' runs on B now (the test above); move it back to A and kill B's agent at its removal.
+    const pid = (await lab.load()).hosts.find(h => h.name === B.name)?.agent?.pid as number
+    const watch = await killOnEvent(B, 'frozen', 'kill', pid, STATE_TIMEOUT_MS)
+    try {
+      await move('frozen', A.name)
+      await watch.killed
+    } finally {
+      watch.close()
+    }
+    expect((await inspect(A, 'frozen')).State.Running).to.equal(true)
+    await lab.startAgent(B.name)
+    // Restarted, B's agent removes the container if the engine had not finished, and the volume
+    // that left with it, and tells A the move is committed.
+    await waitFor(async () => !await exists(B, 'frozen') && !(await docker(B, 'volume', 'ls', '-q')).split('\n').includes('frozendata'), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${B.name} to let go of frozen and its volume` })
+    await waitFor(async () => (await readFile(B.agentLog, 'utf8')).includes('told to commit'), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${B.name} to tell ${A.name} to commit` })
+    expect((await inspect(A, 'frozen')).State.Running).to.equal(true)
+    expect(await docker(A, 'exec', 'frozen', 'cat', '/data/v.txt', '/state.txt')).to.equal('kept\nmine')
   })
 
   it('goto drain empties a host: its running containers run elsewhere with their data, as planned; a stopped one stays', async () => {
