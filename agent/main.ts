@@ -17,7 +17,8 @@ import { PeerTable } from './membership/peer-table.js'
 import { MembershipService } from './membership/service.js'
 import { StatusService } from './status/service.js'
 import { DestinationService } from './move/destination.js'
-import { FreezeJournal } from './move/freeze-journal.js'
+import { openFreezeJournal } from './move/freeze-journal.js'
+import { openIncomingJournal } from './move/incoming-journal.js'
 import { MoveService } from './move/source.js'
 import { LayerStore } from './transfer/layer-store.js'
 import { SnapshotStore } from './failover/snapshot-store.js'
@@ -124,11 +125,12 @@ async function run (config: AgentConfig): Promise<void> {
   const store = await LayerStore.open(join(config.stateDir, 'layers'), { durability: 'boot' })
   const snapshots = await SnapshotStore.open(join(config.stateDir, 'snapshots'))
   const destination = new DestinationService({
-    auth, docker, store, snapshots, metrics, settled: async () => { await moves.settled() }, log: log.child({ component: 'move-in' })
+    auth, docker, store, snapshots, metrics, settled: async () => { await moves.settled() },
+    journal: await openIncomingJournal(join(config.stateDir, 'incoming')), log: log.child({ component: 'move-in' })
   })
   const moves: MoveService = new MoveService({
     auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics,
-    journal: await FreezeJournal.open(join(config.stateDir, 'frozen')),
+    journal: await openFreezeJournal(join(config.stateDir, 'frozen')),
     travelLabels: (container: string): Record<string, string> | undefined => failover.travelLabels(container),
     log: log.child({ component: 'move' })
   })

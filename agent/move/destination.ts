@@ -7,7 +7,10 @@
  * `preload` completes that load, and finally `restore`: load the image
  * (thin: only what we lacked), create the volumes and the container with the same spec, copy the
  * volume data in, start it and confirm it runs. Any failure, or an `abort`, removes everything the
- * move made here. `commit` ends the move and drops its staged layers.
+ * move made here. `commit` ends the move and drops its staged layers. From the preload on, a move
+ * is recorded in the incoming journal (incoming-journal.ts), so that an agent that died while it
+ * made the container removes it when it starts again, or, if the container already ran, still
+ * takes the source's `commit` or `abort`.
  *
  * A failover snapshot (agent/failover) is the same exchange prepared with purpose 'snapshot' and
  * ended by `store` instead of `restore`: the layers the image lacks here are loaded into the engine
@@ -25,10 +28,11 @@ import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import { counted } from '../transfer/counted.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { LiveLoad } from '../transfer/live-load.js'
-import { loadVerified } from '../transfer/load.js'
+import { configDigest, loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
 import type { SnapshotStore } from '../failover/snapshot-store.js'
 import { restoreContainer, undoRestore, type Made } from './restore.js'
+import type { IncomingJournal, IncomingRecord } from './incoming-journal.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, receiveBlob } from '../../protocol/wire.js'
 import {
@@ -63,6 +67,8 @@ interface Pending {
   touched: number
   /** A layer arrived: a real move, not a dry run's prepare (for the metrics). */
   sentData: boolean
+  /** Its incoming-journal record, from the preload (or restore) of a move on. */
+  record?: IncomingRecord
 }
 
 export interface DestinationDeps {
@@ -73,6 +79,8 @@ export interface DestinationDeps {
   metrics?: Metrics
   /** Where snapshots (prepared with purpose 'snapshot') are kept. */
   snapshots: SnapshotStore
+  /** Moves whose container is being made here (what a restarted agent must undo or finish). */
+  journal: IncomingJournal
   /**
    * Resolves when this host's engine holds every image it is still taking in by other means (the
    * images kept after moves out of here: MoveService.settled); asked before saying which layers we have.
@@ -91,6 +99,7 @@ export class DestinationService {
   }
 
   async start (): Promise<void> {
+    await this.recover()
     await this.deps.auth.handle(TRANSFER_PROTOCOL, ['agent'], async (js, peer, connection) => { await this.serve(js, peer, connection) })
     this.timer = setInterval(() => { void this.expire() }, 60_000)
     this.timer.unref()
@@ -238,6 +247,7 @@ export class DestinationService {
     const p = this.own(req.moveId, peer)
     const { docker } = this.deps
     const config = Buffer.from(req.config, 'base64')
+    await this.journal(p, peer, { stage: 'loading', preloaded: configDigest(config) })
     const { present } = layersToSend(req.diffIds, await docker.imageChains(signal))
     const input = { config, diffIds: req.diffIds, present, store: this.deps.store }
     // Layers that arrived were streamed into the engine as they came; if that load was cut off (or
@@ -281,7 +291,10 @@ export class DestinationService {
         ...v,
         data: () => this.received(receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal))
       }))
-      const containerId = await restoreContainer(this.deps.docker, { config: Buffer.from(req.config, 'base64'), diffIds: req.diffIds, spec: req.spec, store: this.deps.store, volumes }, p.made, signal)
+      const config = Buffer.from(req.config, 'base64')
+      await this.journal(p, peer, { stage: 'restoring', spec: req.spec, image: configDigest(config) })
+      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: req.spec, store: this.deps.store, volumes }, p.made, signal)
+      await this.journal(p, peer, { stage: 'restored' })
       this.deps.log.info('move restored', { moveId: req.moveId, container: req.spec.name, containerId })
       return { containerId }
     } catch (err) {
@@ -316,6 +329,7 @@ export class DestinationService {
   /** Forgets a finished transfer and drops its staged layers. */
   private async end (p: Pending): Promise<void> {
     this.moves.delete(p.moveId)
+    await this.forget(p)
     for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
   }
 
@@ -324,6 +338,7 @@ export class DestinationService {
     this.moves.delete(p.moveId)
     p.live?.abort(new UnknownMoveError(`${p.purpose} ${p.moveId} was rolled back: ${why}`))
     await undoRestore(this.deps.docker, p.made, this.deps.log)
+    await this.forget(p)
     this.deps.log.warn(`${p.purpose} rolled back here`, { moveId: p.moveId, container: p.spec.name, why })
     if (p.sentData && p.purpose === 'move') this.metrics.moveReceived('rolled_back')
   }
@@ -332,6 +347,63 @@ export class DestinationService {
   private liveLoad (p: Pending): LiveLoad {
     p.live ??= new LiveLoad(this.deps.docker)
     return p.live
+  }
+
+  // --- the incoming journal ---------------------------------------------------------------
+
+  /** Records (or moves on) a move's incoming-journal record before the engine makes more for it. */
+  private async journal (p: Pending, peer: VerifiedPeer, changes: Partial<IncomingRecord>): Promise<void> {
+    if (p.purpose !== 'move') return
+    if (p.record === undefined) {
+      p.record = { moveId: p.moveId, from: { name: peer.name, peerId: peer.peerId }, stage: 'loading', spec: p.spec, wanted: [], at: new Date().toISOString() }
+    }
+    await this.deps.journal.update(p.record, { ...changes, wanted: [...p.wanted] })
+  }
+
+  private async forget (p: Pending): Promise<void> {
+    if (p.record === undefined) return
+    await this.deps.journal.remove(p.moveId).catch(err => { this.deps.log.error('incoming-move record not removed', { moveId: p.moveId, error: (err as Error).message }) })
+    p.record = undefined
+  }
+
+  /**
+   * After a restart: a move that died while its container was being made here is undone; one whose
+   * container ran is pending again, for the source's `commit` or `abort` (incoming-journal.ts).
+   * A record the engine cannot be asked about yet stays for the next start.
+   */
+  private async recover (): Promise<void> {
+    const { docker, journal, log } = this.deps
+    const { records, unreadable } = await journal.list()
+    for (const u of unreadable) log.error('unreadable incoming-move record left in place; check that container by hand', { path: u.path, error: u.error })
+    for (const r of records) {
+      const signal = AbortSignal.timeout(60_000)
+      try {
+        let containerId: string | undefined
+        try {
+          const c = await docker.inspectContainer(r.spec.name, signal)
+          // Only the container the move made: created from the image it loaded.
+          if (c.spec.image === r.image) containerId = c.id
+          else log.warn('a container of the moved name is not the one the move made; left alone', { moveId: r.moveId, container: r.spec.name })
+        } catch (err) {
+          if (!(err instanceof ContainerNotFoundError)) throw err
+        }
+        const volumes = r.stage === 'loading' ? [] : r.spec.mounts.flatMap(m => m.type === 'volume' ? [m.name] : [])
+        const made = { volumes, containerId, imageId: r.image, preloaded: r.preloaded }
+        if (r.stage === 'restored') {
+          this.moves.set(r.moveId, {
+            moveId: r.moveId, purpose: 'move', from: r.from.peerId, spec: r.spec, diffIds: [], present: 0, wanted: new Set(r.wanted),
+            volumes, made, touched: Date.now(), sentData: true, record: r
+          })
+          log.warn('move restored here before this agent stopped: waiting for its source to commit or abort', { moveId: r.moveId, container: r.spec.name, from: r.from.name })
+          continue
+        }
+        await undoRestore(docker, made, log)
+        await journal.remove(r.moveId)
+        log.warn('move cut short while its container was being made here: removed what it made', { moveId: r.moveId, container: r.spec.name, from: r.from.name, stage: r.stage })
+      } catch (err) {
+        log.error('incoming move not recovered; trying again at the next start', { moveId: r.moveId, container: r.spec.name, error: (err as Error).message })
+      }
+    }
   }
 
   private async expire (): Promise<void> {

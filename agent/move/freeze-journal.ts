@@ -1,7 +1,7 @@
 /**
  * What the source of a move or snapshot must remember if it dies while a container is frozen: one
- * file per container, `<stateDir>/frozen/<container ID>.json`, written (fsynced, renamed into place)
- * before the container is paused and moved on at each step that changes what a restart must do:
+ * record per container, `<stateDir>/frozen/<container ID>.json`, written before the container is
+ * paused and moved on at each step that changes what a restart must do:
  *
  *   frozen      paused here; the destination (or holder) may have made part of a copy.
  *               After a crash: unpause here, then tell the destination to abort.
@@ -11,11 +11,10 @@
  *   aborting    unpaused here; the destination still has to hear `abort`.
  *   committed   removed here; the destination still has to hear `commit`.
  *
- * The file goes once both ends agree. MoveService reads the journal when it starts and retries the
+ * The record goes once both ends agree. MoveService reads the journal when it starts and retries the
  * remote half until the destination answers or the move would have expired there by itself.
  */
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { Journal } from './journal.js'
 
 export type FrozenStage = 'frozen' | 'committing' | 'aborting' | 'committed'
 
@@ -33,59 +32,15 @@ export interface FrozenRecord {
   at: string
 }
 
-/** A record that cannot be read: named so the operator can look at it; left in place. */
-export interface UnreadableRecord { path: string, error: string }
-
-const CONTAINER_ID = /^[0-9a-f]{64}$/
-
-export class FreezeJournal {
-  private constructor (private readonly dir: string) {}
-
-  static async open (dir: string): Promise<FreezeJournal> {
-    await mkdir(dir, { recursive: true, mode: 0o700 })
-    return new FreezeJournal(dir)
-  }
-
-  /** Writes (or replaces) the record of its container; on disk before this resolves. */
-  async put (record: FrozenRecord): Promise<void> {
-    const path = this.path(record.containerId)
-    await writeFile(`${path}.tmp`, JSON.stringify(record), { mode: 0o600, flush: true })
-    await rename(`${path}.tmp`, path)
-  }
-
-  /** Moves a record to its next stage. */
-  async advance (record: FrozenRecord, stage: FrozenStage): Promise<void> {
-    record.stage = stage
-    await this.put(record)
-  }
-
-  async remove (containerId: string): Promise<void> {
-    await rm(this.path(containerId), { force: true })
-  }
-
-  async list (): Promise<{ records: FrozenRecord[], unreadable: UnreadableRecord[] }> {
-    const records: FrozenRecord[] = []
-    const unreadable: UnreadableRecord[] = []
-    for (const file of (await readdir(this.dir)).filter(f => f.endsWith('.json')).sort()) {
-      const path = join(this.dir, file)
-      try {
-        records.push(parseRecord(JSON.parse(await readFile(path, 'utf8')), file.slice(0, -'.json'.length)))
-      } catch (err) {
-        unreadable.push({ path, error: (err as Error).message })
-      }
-    }
-    return { records, unreadable }
-  }
-
-  private path (containerId: string): string {
-    if (!CONTAINER_ID.test(containerId)) throw new TypeError(`not a full container ID: ${containerId}`)
-    return join(this.dir, `${containerId}.json`)
-  }
-}
+export type FreezeJournal = Journal<FrozenRecord>
 
 const STAGES: readonly FrozenStage[] = ['frozen', 'committing', 'aborting', 'committed']
 
-function parseRecord (v: unknown, id: string): FrozenRecord {
+export async function openFreezeJournal (dir: string): Promise<FreezeJournal> {
+  return await Journal.open<FrozenRecord>(dir, { key: r => r.containerId, keyPattern: /^[0-9a-f]{64}$/, parse: parseFrozen })
+}
+
+function parseFrozen (v: unknown, id: string): FrozenRecord {
   const r = v as Partial<FrozenRecord> | null
   const ok = r !== null && typeof r === 'object' &&
     r.containerId === id &&

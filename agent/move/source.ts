@@ -251,7 +251,7 @@ export class MoveService {
       // --- commit: the destination runs it; only now does the source let go -----------------
       await step('commit')
       // From here on the container's fate is removal here, never an unpause, even if this agent dies.
-      await this.deps.journal.advance(frozen, 'committing')
+      await this.deps.journal.update(frozen, { stage: 'committing' })
       destinationPrepared = false
       paused = false
       const committed = await this.call(connection, { op: 'commit', moveId }, [], signal).then(() => true, err => {
@@ -260,7 +260,7 @@ export class MoveService {
       })
       try {
         await this.letGo(frozen)
-        await (committed ? this.deps.journal.remove(frozen.containerId) : this.deps.journal.advance(frozen, 'committed'))
+        await (committed ? this.deps.journal.remove(frozen.containerId) : this.deps.journal.update(frozen, { stage: 'committed' }))
       } catch (err) {
         // The move is done (the destination runs it); the freeze record has settle finish here.
         log.warn('moved container not yet removed here; trying again later', { error: (err as Error).message })
@@ -576,7 +576,7 @@ export class MoveService {
       }
     }
     if (ok && s.frozen !== undefined) {
-      await (told ? this.deps.journal.remove(s.frozen.containerId) : this.deps.journal.advance(s.frozen, 'aborting'))
+      await (told ? this.deps.journal.remove(s.frozen.containerId) : this.deps.journal.update(s.frozen, { stage: 'aborting' }))
         .catch(err => { this.deps.log.error('freeze record not updated', { container: s.frozen?.name, error: (err as Error).message }) })
     }
     return ok
@@ -640,12 +640,12 @@ export class MoveService {
         if (!(err instanceof ContainerNotFoundError)) throw err
         log.warn(`${r.purpose} cut short while the container was frozen, and it is gone here`, { container: r.name, moveId: r.moveId })
       }
-      await journal.advance(r, 'aborting')
+      await journal.update(r, { stage: 'aborting' })
     }
     if (r.stage === 'committing') {
       await this.letGo(r)
       log.warn('move cut short after the destination ran the container: removed here', { container: r.name, moveId: r.moveId, to: r.to.name })
-      await journal.advance(r, 'committed')
+      await journal.update(r, { stage: 'committed' })
     }
     const op = r.stage === 'aborting' ? 'abort' : 'commit'
     if (Date.now() - Date.parse(r.at) > SETTLE_GIVE_UP_MS) {

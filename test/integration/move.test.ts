@@ -394,6 +394,33 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
     expect(await docker(A, 'exec', 'frozen', 'cat', '/data/v.txt', '/state.txt')).to.equal('kept\nmine')
   })
 
+  it('survives the destination agent dying while it starts the container: restarted, it removes what the move made; a retry succeeds', async () => {
+    await docker(A, 'run', '-d', '--name', 'halfmade', '-v', 'halfdata:/data', 'app:v1', 'sleep', '3600')
+    await docker(A, 'exec', 'halfmade', 'sh', '-c', 'echo kept > /data/v.txt')
+    const before = await snapshot(B)
+    const pid = (await lab.load()).hosts.find(h => h.name === B.name)?.agent?.pid as number
+    // B's agent dies the moment its engine starts the restored container, before it can answer.
+    const watch = await killOnEvent(B, 'halfmade', 'start', pid, STATE_TIMEOUT_MS)
+    let r: Awaited<ReturnType<typeof move>>
+    try {
+      r = await move('halfmade', B.name)
+      await watch.killed
+    } finally {
+      watch.close()
+    }
+    expect(r.code, r.stderr).to.not.equal(0)
+    const state = (await inspect(A, 'halfmade')).State
+    expect([state.Running, state.Paused]).to.deep.equal([true, false])
+
+    await lab.startAgent(B.name)
+    await waitFor(async () => await snapshot(B) === before, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${B.name} to remove what the move made` })
+    expect(await readFile(B.agentLog, 'utf8')).to.contain('removed what it made')
+    await waitFor(async () => await aliveAt(A, B.name), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${B.name} alive at ${A.name}` })
+    done(await move('halfmade', B.name))
+    expect(await docker(B, 'exec', 'halfmade', 'cat', '/data/v.txt')).to.equal('kept')
+    expect(await exists(A, 'halfmade')).to.equal(false)
+  })
+
   it('goto drain empties a host: its running containers run elsewhere with their data, as planned; a stopped one stays', async () => {
     await docker(C, 'run', '-d', '--name', 'd1', '-v', 'd1data:/data', 'gotolab/base:latest', 'sleep', '3600')
     await docker(C, 'exec', 'd1', 'sh', '-c', 'echo kept > /data/v.txt && echo mine > /state.txt')

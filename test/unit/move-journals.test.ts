@@ -1,9 +1,10 @@
-/** The freeze journal: records survive a reopen, stages advance, unreadable files are named and left. */
+/** The move journals: records survive a reopen, stages advance, unreadable files are named and left. */
 import { expect } from 'chai'
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { FreezeJournal, type FrozenRecord } from '../../agent/move/freeze-journal.js'
+import { openFreezeJournal, type FrozenRecord } from '../../agent/move/freeze-journal.js'
+import { openIncomingJournal, type IncomingRecord } from '../../agent/move/incoming-journal.js'
 
 const ID = 'a'.repeat(64)
 
@@ -14,17 +15,17 @@ function record (over: Partial<FrozenRecord> = {}): FrozenRecord {
   }
 }
 
-describe('move: freeze journal', () => {
+describe('move: freeze and incoming journals', () => {
   let dir: string
   beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'goto-journal-')) })
   afterEach(async () => { await rm(dir, { recursive: true, force: true }) })
 
   it('keeps a record across a reopen, advances its stage and removes it', async () => {
-    const j = await FreezeJournal.open(dir)
+    const j = await openFreezeJournal(dir)
     const r = record()
     await j.put(r)
-    await j.advance(r, 'committing')
-    const again = await FreezeJournal.open(dir)
+    await j.update(r, { stage: 'committing' })
+    const again = await openFreezeJournal(dir)
     expect((await again.list()).records).to.deep.equal([{ ...r, stage: 'committing' }])
     await again.remove(ID)
     await again.remove(ID)
@@ -33,7 +34,7 @@ describe('move: freeze journal', () => {
   })
 
   it('names an unreadable or mismatched record and leaves it in place; ignores a half-written one', async () => {
-    const j = await FreezeJournal.open(dir)
+    const j = await openFreezeJournal(dir)
     await j.put(record())
     await writeFile(join(dir, `${'b'.repeat(64)}.json`), '{"containerId": "trunc')
     await writeFile(join(dir, `${'c'.repeat(64)}.json`), JSON.stringify(record()))
@@ -45,12 +46,26 @@ describe('move: freeze journal', () => {
   })
 
   it('refuses a container name or short ID as a record key', async () => {
-    const j = await FreezeJournal.open(dir)
+    const j = await openFreezeJournal(dir)
     for (const containerId of ['web', 'abc123', '../' + 'a'.repeat(61)]) {
       let err: unknown
       try { await j.put(record({ containerId })) } catch (e) { err = e }
       expect(err, containerId).to.be.instanceOf(TypeError)
     }
     expect(await readdir(dir)).to.deep.equal([])
+  })
+
+  it('an incoming-move record keeps the spec and images; one naming a bad image ID is unreadable', async () => {
+    const j = await openIncomingJournal(dir)
+    const r: IncomingRecord = {
+      moveId: '0123456789abcdef', from: { name: 'aws-1', peerId: '12D3KooWexample' }, stage: 'loading', wanted: ['sha256:' + 'e'.repeat(64)],
+      spec: { name: 'web', mounts: [{ type: 'volume', name: 'webdata', driver: 'local', destination: '/data' }] } as unknown as IncomingRecord['spec'],
+      preloaded: 'sha256:' + 'f'.repeat(64), at: new Date().toISOString()
+    }
+    await j.put(r)
+    await j.update(r, { stage: 'restoring', image: 'sha256:' + '0'.repeat(64) })
+    expect((await (await openIncomingJournal(dir)).list()).records).to.deep.equal([r])
+    await writeFile(join(dir, 'fedcba9876543210.json'), JSON.stringify({ ...r, moveId: 'fedcba9876543210', image: 'latest' }))
+    expect((await j.list()).unreadable.map(u => u.path)).to.deep.equal([join(dir, 'fedcba9876543210.json')])
   })
 })
