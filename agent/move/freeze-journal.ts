@@ -1,7 +1,7 @@
 /**
  * What the source of a move or snapshot must remember if it dies while a container is frozen: one
- * record per container, `<stateDir>/frozen/<container ID>.json`, written before the container is
- * paused and moved on at each step that changes what a restart must do:
+ * record per move, `<stateDir>/frozen/<move ID>.json`, written before the container is paused and
+ * moved on at each step that changes what a restart must do:
  *
  *   frozen      paused here; the destination (or holder) may have made part of a copy.
  *               After a crash: unpause here, then tell the destination to abort.
@@ -37,16 +37,16 @@ export type FreezeJournal = Journal<FrozenRecord>
 const STAGES: readonly FrozenStage[] = ['frozen', 'committing', 'aborting', 'committed']
 
 export async function openFreezeJournal (dir: string): Promise<FreezeJournal> {
-  return await Journal.open<FrozenRecord>(dir, { key: r => r.containerId, keyPattern: /^[0-9a-f]{64}$/, parse: parseFrozen })
+  return await Journal.open<FrozenRecord>(dir, { key: r => r.moveId, keyPattern: /^[0-9a-f]{16}$/, parse: parseFrozen })
 }
 
-function parseFrozen (v: unknown, id: string): FrozenRecord {
+function parseFrozen (v: unknown, moveId: string): FrozenRecord {
   const r = v as Partial<FrozenRecord> | null
   const ok = r !== null && typeof r === 'object' &&
-    r.containerId === id &&
+    r.moveId === moveId &&
+    typeof r.containerId === 'string' && /^[0-9a-f]{64}$/.test(r.containerId) &&
     typeof r.name === 'string' &&
     (r.purpose === 'move' || r.purpose === 'snapshot') &&
-    typeof r.moveId === 'string' &&
     typeof r.to?.name === 'string' && typeof r.to?.peerId === 'string' &&
     STAGES.includes(r.stage as FrozenStage) &&
     Array.isArray(r.volumes) && r.volumes.every(x => typeof x === 'string') &&

@@ -39,6 +39,18 @@ export class Journal<T extends object> {
     await this.put(record)
   }
 
+  /** The record of `key`, if there is one (throws if its file cannot be read as one). */
+  async get (key: string): Promise<T | undefined> {
+    let text: string
+    try {
+      text = await readFile(this.path(key), 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw err
+    }
+    return this.shape.parse(JSON.parse(text), key)
+  }
+
   async remove (key: string): Promise<void> {
     await rm(this.path(key), { force: true })
   }

@@ -260,7 +260,7 @@ export class MoveService {
       })
       try {
         await this.letGo(frozen)
-        await (committed ? this.deps.journal.remove(frozen.containerId) : this.deps.journal.update(frozen, { stage: 'committed' }))
+        await (committed ? this.deps.journal.remove(frozen.moveId) : this.deps.journal.update(frozen, { stage: 'committed' }))
       } catch (err) {
         // The move is done (the destination runs it); the freeze record has settle finish here.
         log.warn('moved container not yet removed here; trying again later', { error: (err as Error).message })
@@ -341,7 +341,7 @@ export class MoveService {
       await this.deps.docker.unpause(info.id, signal)
       paused = false
       // Nothing runs at the holder: a snapshot left unfinished there expires by itself.
-      await this.deps.journal.remove(info.id)
+      await this.deps.journal.remove(moveId)
       frozen = undefined
       const freezeMs = Math.round(performance.now() - frozenAt)
       await this.call(connection, {
@@ -576,7 +576,7 @@ export class MoveService {
       }
     }
     if (ok && s.frozen !== undefined) {
-      await (told ? this.deps.journal.remove(s.frozen.containerId) : this.deps.journal.update(s.frozen, { stage: 'aborting' }))
+      await (told ? this.deps.journal.remove(s.frozen.moveId) : this.deps.journal.update(s.frozen, { stage: 'aborting' }))
         .catch(err => { this.deps.log.error('freeze record not updated', { container: s.frozen?.name, error: (err as Error).message }) })
     }
     return ok
@@ -650,7 +650,7 @@ export class MoveService {
     const op = r.stage === 'aborting' ? 'abort' : 'commit'
     if (Date.now() - Date.parse(r.at) > SETTLE_GIVE_UP_MS) {
       log.warn(`gave up telling ${r.to.name} to ${op}; it has ended the ${r.purpose} by itself`, { container: r.name, moveId: r.moveId })
-      await journal.remove(r.containerId)
+      await journal.remove(r.moveId)
       return
     }
     const entry = this.deps.table.get(r.to.peerId)
@@ -662,7 +662,7 @@ export class MoveService {
       // It ended the transfer itself (went idle, restarted) or already heard this.
       if (!(err instanceof UnknownMoveError)) throw err
     }
-    await journal.remove(r.containerId)
+    await journal.remove(r.moveId)
     log.info(`${r.to.name} told to ${op} ${r.purpose} ${r.moveId}`, { container: r.name, moveId: r.moveId })
   }
 }

@@ -27,8 +27,8 @@ describe('move: freeze and incoming journals', () => {
     await j.update(r, { stage: 'committing' })
     const again = await openFreezeJournal(dir)
     expect((await again.list()).records).to.deep.equal([{ ...r, stage: 'committing' }])
-    await again.remove(ID)
-    await again.remove(ID)
+    await again.remove(r.moveId)
+    await again.remove(r.moveId)
     expect(await again.list()).to.deep.equal({ records: [], unreadable: [] })
     expect(await readdir(dir)).to.deep.equal([])
   })
@@ -36,23 +36,27 @@ describe('move: freeze and incoming journals', () => {
   it('names an unreadable or mismatched record and leaves it in place; ignores a half-written one', async () => {
     const j = await openFreezeJournal(dir)
     await j.put(record())
-    await writeFile(join(dir, `${'b'.repeat(64)}.json`), '{"containerId": "trunc')
-    await writeFile(join(dir, `${'c'.repeat(64)}.json`), JSON.stringify(record()))
-    await writeFile(join(dir, `${'d'.repeat(64)}.json.tmp`), '{')
+    await writeFile(join(dir, 'bbbbbbbbbbbbbbbb.json'), '{"moveId": "trunc')
+    await writeFile(join(dir, 'cccccccccccccccc.json'), JSON.stringify(record()))
+    await writeFile(join(dir, 'dddddddddddddddd.json.tmp'), '{')
     const { records, unreadable } = await j.list()
-    expect(records.map(r => r.containerId)).to.deep.equal([ID])
-    expect(unreadable.map(u => u.path)).to.deep.equal([join(dir, `${'b'.repeat(64)}.json`), join(dir, `${'c'.repeat(64)}.json`)])
+    expect(records.map(r => r.moveId)).to.deep.equal(['0123456789abcdef'])
+    expect(unreadable.map(u => u.path)).to.deep.equal([join(dir, 'bbbbbbbbbbbbbbbb.json'), join(dir, 'cccccccccccccccc.json')])
     expect(await readdir(dir)).to.have.length(4)
   })
 
-  it('refuses a container name or short ID as a record key', async () => {
+  it('refuses a record key that is not a move ID, and reads back one record by its key', async () => {
     const j = await openFreezeJournal(dir)
-    for (const containerId of ['web', 'abc123', '../' + 'a'.repeat(61)]) {
+    for (const moveId of ['web', 'abc123', '../' + 'a'.repeat(13)]) {
       let err: unknown
-      try { await j.put(record({ containerId })) } catch (e) { err = e }
-      expect(err, containerId).to.be.instanceOf(TypeError)
+      try { await j.put(record({ moveId })) } catch (e) { err = e }
+      expect(err, moveId).to.be.instanceOf(TypeError)
     }
+    expect(await j.get('0123456789abcdef')).to.equal(undefined)
     expect(await readdir(dir)).to.deep.equal([])
+    const r = record()
+    await j.put(r)
+    expect(await j.get(r.moveId)).to.deep.equal(r)
   })
 
   it('an incoming-move record keeps the spec and images; one naming a bad image ID is unreadable', async () => {
