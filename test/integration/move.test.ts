@@ -74,6 +74,19 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
     return { code, events, stderr }
   }
 
+  /** Runs `goto move` and kills the agent of `victim` the moment its engine reports `event` for the container. */
+  async function moveKilling (container: string, to: string, victim: LabHost, event: string): ReturnType<typeof move> {
+    const pid = (await lab.load()).hosts.find(h => h.name === victim.name)?.agent?.pid as number
+    const watch = await killOnEvent(victim, container, event, pid, STATE_TIMEOUT_MS)
+    try {
+      const r = await move(container, to)
+      await watch.killed
+      return r
+    } finally {
+      watch.close()
+    }
+  }
+
   function done (r: { code: number | null, events: MoveEvent[], stderr: string }): Done {
     const last = r.events.at(-1)
     expect(last?.event, `${JSON.stringify(last)} ${r.stderr}`).to.equal('done')
@@ -350,16 +363,8 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
     await docker(A, 'run', '-d', '--name', 'frozen', '-v', 'frozendata:/data', 'app:v1', 'sleep', '3600')
     await docker(A, 'exec', 'frozen', 'sh', '-c', 'echo kept > /data/v.txt && echo mine > /state.txt')
     const before = await snapshot(B)
-    const pid = (await lab.load()).hosts.find(h => h.name === A.name)?.agent?.pid as number
     // The agent dies the moment the engine has paused the container for the move.
-    const watch = await killOnEvent(A, 'frozen', 'pause', pid, STATE_TIMEOUT_MS)
-    let r: Awaited<ReturnType<typeof move>>
-    try {
-      r = await move('frozen', B.name)
-      await watch.killed
-    } finally {
-      watch.close()
-    }
+    const r = await moveKilling('frozen', B.name, A, 'pause')
     expect(r.code, r.stderr).to.not.equal(0)
     expect((await inspect(A, 'frozen')).State.Paused, 'the agent died after the freeze ended').to.equal(true)
 
@@ -376,14 +381,7 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
 
   it('survives the source agent dying as it removes the moved container: restarted, it finishes letting go', async () => {
     // 'frozen' runs on B now (the test above); move it back to A and kill B's agent at its removal.
-    const pid = (await lab.load()).hosts.find(h => h.name === B.name)?.agent?.pid as number
-    const watch = await killOnEvent(B, 'frozen', 'kill', pid, STATE_TIMEOUT_MS)
-    try {
-      await move('frozen', A.name)
-      await watch.killed
-    } finally {
-      watch.close()
-    }
+    await moveKilling('frozen', A.name, B, 'kill')
     expect((await inspect(A, 'frozen')).State.Running).to.equal(true)
     await lab.startAgent(B.name)
     // Restarted, B's agent removes the container if the engine had not finished, and the volume
@@ -398,16 +396,8 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
     await docker(A, 'run', '-d', '--name', 'halfmade', '-v', 'halfdata:/data', 'app:v1', 'sleep', '3600')
     await docker(A, 'exec', 'halfmade', 'sh', '-c', 'echo kept > /data/v.txt')
     const before = await snapshot(B)
-    const pid = (await lab.load()).hosts.find(h => h.name === B.name)?.agent?.pid as number
     // B's agent dies the moment its engine starts the restored container, before it can answer.
-    const watch = await killOnEvent(B, 'halfmade', 'start', pid, STATE_TIMEOUT_MS)
-    let r: Awaited<ReturnType<typeof move>>
-    try {
-      r = await move('halfmade', B.name)
-      await watch.killed
-    } finally {
-      watch.close()
-    }
+    const r = await moveKilling('halfmade', B.name, B, 'start')
     expect(r.code, r.stderr).to.not.equal(0)
     const state = (await inspect(A, 'halfmade')).State
     expect([state.Running, state.Paused]).to.deep.equal([true, false])
