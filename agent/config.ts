@@ -27,6 +27,8 @@ export interface AgentConfig {
    * relayed ones through reservations on reachable members, and does not relay for others.
    */
   noInbound: boolean
+  /** Read image layers only through `docker save`, never from the engine's storage directory. */
+  dockerSaveOnly: boolean
   stateDir: string
   profile: ProfileName
   /** The profile's timings, with the snapshot interval overridden when given. */
@@ -78,6 +80,10 @@ Options (flag / environment / config-file key; flags win over environment, envir
                         through circuit relays on reachable members, which every reachable agent
                         runs for authenticated members (default: off)
                                                                             GOTO_NO_INBOUND=1  noInbound
+  --docker-save-only    read image layers to send only through 'docker save' (default: read
+                        them from an overlay2 engine's storage on this host, which starts at once;
+                        'docker save' first copies the whole image to disk)
+                                                                            GOTO_DOCKER_SAVE_ONLY=1  dockerSaveOnly
   --state-dir DIR       where the agent keeps state (default ${DEFAULT_STATE_DIR})  GOTO_STATE_DIR  stateDir
   --profile NAME        timing profile: default (WAN), lan or test (default: default)
                                                                             GOTO_PROFILE    profile
@@ -110,6 +116,7 @@ interface RawConfig {
   name?: string
   labels?: string[] | Record<string, string>
   noInbound?: boolean
+  dockerSaveOnly?: boolean
   stateDir?: string
   profile?: string
   replicas?: number | string
@@ -205,7 +212,7 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
     throw new ConfigError('--config', `${path} is not valid JSON: ${(err as Error).message}`)
   }
   if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new ConfigError('--config', `${path} must hold a JSON object`)
-  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'noInbound', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen'])
+  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'noInbound', 'dockerSaveOnly', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen'])
   for (const key of Object.keys(data)) {
     if (!known.has(key)) throw new ConfigError('--config', `${path}: unknown key '${key}' (known: ${[...known].join(', ')})`)
   }
@@ -219,7 +226,9 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
   for (const key of ['replicas', 'snapshotInterval']) {
     if (d[key] !== undefined && typeof d[key] !== 'number' && typeof d[key] !== 'string') throw new ConfigError('--config', `${path}: '${key}' must be a number`)
   }
-  if (d.noInbound !== undefined && typeof d.noInbound !== 'boolean') throw new ConfigError('--config', `${path}: 'noInbound' must be true or false`)
+  for (const key of ['noInbound', 'dockerSaveOnly']) {
+    if (d[key] !== undefined && typeof d[key] !== 'boolean') throw new ConfigError('--config', `${path}: '${key}' must be true or false`)
+  }
   const lbl = d.labels
   if (lbl !== undefined) {
     const ok = Array.isArray(lbl)
@@ -257,6 +266,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
         name: { type: 'string' },
         label: { type: 'string', multiple: true },
         'no-inbound': { type: 'boolean' },
+        'docker-save-only': { type: 'boolean' },
         'state-dir': { type: 'string' },
         profile: { type: 'string' },
         replicas: { type: 'string' },
@@ -313,6 +323,9 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
   const noInbound = noInboundRaw.value ?? false
   if (noInbound && announce.length > 0) throw new ConfigError(noInboundRaw.option, `cannot be combined with ${announceRaw.option}: a host without inbound connections has no address of its own to announce`)
 
+  const saveOnlyRaw = pick('--docker-save-only', 'GOTO_DOCKER_SAVE_ONLY', 'dockerSaveOnly', f['docker-save-only'], flag('GOTO_DOCKER_SAVE_ONLY', env.GOTO_DOCKER_SAVE_ONLY), file.dockerSaveOnly)
+  const dockerSaveOnly = saveOnlyRaw.value ?? false
+
   const profileRaw = pick('--profile', 'GOTO_PROFILE', 'profile', f.profile, env.GOTO_PROFILE, file.profile)
   const profile = profileRaw.value ?? 'default'
   if (!Object.hasOwn(PROFILES, profile)) throw new ConfigError(profileRaw.option, `'${profile}' is not one of ${Object.keys(PROFILES).join(', ')}`)
@@ -345,6 +358,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
     name,
     labels,
     noInbound,
+    dockerSaveOnly,
     stateDir,
     profile: profile as ProfileName,
     timings: intervalS === undefined ? PROFILES[profile as ProfileName] : { ...PROFILES[profile as ProfileName], snapshotIntervalMs: intervalS * 1000 },

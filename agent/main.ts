@@ -81,7 +81,7 @@ async function run (config: AgentConfig): Promise<void> {
     // Reachable agents relay for members behind NAT; a NAT'd agent dials and listens through them.
     relay: { serve: !config.noInbound, isMember: async (peerId, roles) => await auth.isMember(peerId, roles) }
   })
-  const docker = new DockerodeHost(config.docker)
+  const docker = new DockerodeHost(config.docker, { layerFiles: !config.dockerSaveOnly })
   const monitor = new DockerMonitor(docker, config.timings.dockerRefreshMs, log.child({ component: 'docker' }))
   const table = new PeerTable(bundle.peerId, config.timings)
   const metricsParts: Part[] = []

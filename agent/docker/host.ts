@@ -34,6 +34,7 @@ import type { ContainerRow } from '../../protocol/messages.js'
 import { containerInfoFromInspect, createBody, type EngineContainer } from './spec.js'
 import { readSavedImage } from './saved-image.js'
 import { plainGet, type PlainResponse } from './plain-get.js'
+import { LayerFiles } from './layer-files.js'
 import { messageError, readJsonMessages } from './json-messages.js'
 import { decodePathStat, exportContainerChanges, parseChanges } from './changes.js'
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
@@ -73,6 +74,11 @@ export interface DockerHost {
    * false when that cannot be done from here (an engine on another host). See the implementation.
    */
   flushDataRoot (signal?: AbortSignal): Promise<boolean>
+  /**
+   * The engine's layers and image configs read from its own storage (layer-files.ts), for an
+   * overlay2 engine on this host; undefined otherwise (then `saveImage` is the way).
+   */
+  layerFiles (signal?: AbortSignal): Promise<LayerFiles | undefined>
   listContainers (signal?: AbortSignal): Promise<ContainerRow[]>
 
   inspectContainer (nameOrId: string, signal?: AbortSignal): Promise<ContainerInfo>
@@ -154,8 +160,11 @@ export class DockerodeHost implements DockerHost {
   private readonly modem: DockerModem
   /** The engine's DockerRootDir, once flushDataRoot asked for it. */
   private dataRoot: string | undefined
+  /** The engine's storage as files, once asked (null: not readable from here). */
+  private files: LayerFiles | null | undefined
 
-  constructor (readonly endpoint: DockerEndpoint) {
+  /** `layerFiles: false`: never read the engine's storage (layerFiles answers undefined). */
+  constructor (readonly endpoint: DockerEndpoint, private readonly opts: { layerFiles?: boolean } = {}) {
     this.modem = endpoint.kind === 'unix'
       ? new DockerModem({ socketPath: endpoint.socketPath })
       : new DockerModem({ host: endpoint.host, port: endpoint.port, protocol: 'http' })
@@ -221,6 +230,19 @@ export class DockerodeHost implements DockerHost {
     return await new Promise<boolean>(resolve => {
       execFile('sync', ['-f', dockerRootDir], { signal, timeout: FLUSH_TIMEOUT_MS }, err => { resolve(err === null) })
     })
+  }
+
+  async layerFiles (signal?: AbortSignal): Promise<LayerFiles | undefined> {
+    if (this.files === undefined) {
+      if (this.opts.layerFiles === false || (this.endpoint.kind === 'tcp' && !['localhost', '127.0.0.1', '::1'].includes(this.endpoint.host))) {
+        this.files = null
+      } else {
+        // Asked once, like the data root above: the driver and root of a running engine do not change.
+        const info = await this.info(signal)
+        this.files = info.storageDriver === 'overlay2' && info.dockerRootDir !== '' ? new LayerFiles(info.dockerRootDir) : null
+      }
+    }
+    return this.files ?? undefined
   }
 
   async listContainers (signal?: AbortSignal): Promise<ContainerRow[]> {

@@ -32,6 +32,7 @@ import type { LayerStore } from '../transfer/layer-store.js'
 import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
 import { MOVE_IDLE_TIMEOUT_MS } from './destination.js'
 import { loadVerified } from '../transfer/load.js'
+import { chainIds } from '../transfer/plan.js'
 import type { PeerTable } from '../membership/peer-table.js'
 import { counted } from '../transfer/counted.js'
 import type { Logger } from '../log.js'
@@ -377,7 +378,8 @@ export class MoveService {
   /** Sends the layers the destination lacks while the container runs, and has it load the image. */
   private async precopy (connection: Connection, moveId: string, image: ImageInfo, toSend: string[], spool: string, progress: (n: number) => void, signal: AbortSignal): Promise<{ bytes: number, layers: number }> {
     if (toSend.length === 0) return { bytes: 0, layers: 0 }
-    const pre = await this.sendLayers(connection, moveId, image, new Set(toSend), spool, progress, signal)
+    const pre = await this.sendLayerFiles(connection, moveId, image, new Set(toSend), progress, signal) ??
+      await this.sendLayers(connection, moveId, image, new Set(toSend), spool, progress, signal)
     if (pre.config !== undefined) {
       // Into the destination's engine now, while the container runs: restore then loads only its changes.
       await this.call(connection, { op: 'preload', moveId, config: Buffer.from(pre.config).toString('base64'), diffIds: image.diffIds }, [], signal)
@@ -456,6 +458,36 @@ export class MoveService {
       js.stream.abort(err as Error)
       throw err
     }
+  }
+
+  /**
+   * Sends the layers in `want` read straight from the engine's storage (DockerHost.layerFiles), in
+   * chain order, each named by its diff ID: no `docker save`, whose engine first writes the whole
+   * save to disk. Undefined when a layer or the config cannot be read that way before anything was
+   * sent (then `sendLayers` does it through the engine). The destination verifies each layer as
+   * always; a file that turns out unreadable midway fails the move like any cut-off transfer.
+   */
+  private async sendLayerFiles (connection: Connection, moveId: string, image: ImageInfo, want: Set<string>, onBytes: (n: number) => void, signal: AbortSignal): Promise<{ config: Uint8Array, bytes: number, layers: number } | undefined> {
+    const files = await this.deps.docker.layerFiles(signal)
+    if (files === undefined) return undefined
+    const config = await files.config(image.id)
+    const chain = chainIds(image.diffIds)
+    const layers = await Promise.all(image.diffIds.map(async (d, i) => want.has(d) ? { diffId: d, file: await files.open(chain[i]) } : undefined))
+    if (config === undefined || layers.some(l => l !== undefined && l.file === undefined)) {
+      this.deps.log.info('layers not readable from the engine\'s storage; using docker save', { image: image.id })
+      return undefined
+    }
+    let bytes = 0
+    let sent = 0
+    for (const l of layers) {
+      if (l?.file === undefined) continue
+      const { size } = l.file
+      const reply = await this.call(connection, { op: 'layer', moveId, diffId: l.diffId, size }, [{ size, source: l.file.stream(signal) }], signal, onBytes) as LayerReply
+      if (reply.diffId !== l.diffId) throw new TransferIncompleteError(`the destination took layer ${l.diffId} for ${reply.diffId}`)
+      bytes += size
+      sent++
+    }
+    return { config, bytes, layers: sent }
   }
 
   /**

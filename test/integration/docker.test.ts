@@ -18,6 +18,8 @@ import { commitLayer } from '../fixtures/docker.js'
 import { Lab, BASE_IMAGE, waitFor, type LabHost } from '../lab/index.js'
 import { run } from '../lab/sys.js'
 import { DockerodeHost, readSavedImage } from '../../agent/docker/host.js'
+import { LayerFiles, type LayerFile } from '../../agent/docker/layer-files.js'
+import { chainIds } from '../../agent/transfer/plan.js'
 import type { ContainerSpec, SavedEntry } from '../../agent/docker/types.js'
 import { parseDockerEndpoint } from '../../agent/config.js'
 import {
@@ -300,6 +302,35 @@ describe('docker host driver (DockerodeHost on a lab engine)', function () {
       if (e.kind === 'manifest') manifests++
     }
     expect([configs, manifests]).to.deep.equal([1, 1])
+  })
+
+  it('reads each layer from the engine\'s own storage (tar-split) as the same bytes docker save gives: whiteouts, links, empty files, a name not in UTF-8', async () => {
+    await commitLayer(raw, BASE_IMAGE, [
+      'mkdir -p /d/sub /t && echo x > /d/x && echo y > /d/sub/y && echo a > /t/a && ln /t/a /t/hard && ln -s a /t/sym',
+      ': > /t/empty && head -c 3000000 /dev/urandom > /t/big.bin && echo café > /t/café.txt && chmod 0600 /t/a && mkfifo /t/fifo',
+      // A name that is not UTF-8 (byte 0xe9): tar-split records it as raw bytes.
+      'echo raw > "$(printf \'/t/raw\\351\')"'
+    ].join(' && '), 'gotolabd/links:latest')
+    const id = await commitLayer(raw, 'gotolabd/links:latest', 'rm /d/x /t/a && rm -rf /d/sub && rm -rf /t2 && mkdir -p /d && echo z > /d/z && rm /bin/ls', 'gotolabd/whiteouts:latest')
+    const img = await docker.inspectImage(id)
+    const saved = await readAllEntries(docker.saveImage(id))
+    expect([...saved.layers.values()].some(l => l.names.includes('t/raw\uFFFD')), 'a layer holds the name in bytes').to.equal(true)
+    const layers = new LayerFiles((await docker.info()).dockerRootDir)
+    const chains = chainIds(img.diffIds)
+    for (const [i, chainId] of chains.entries()) {
+      const layer = await layers.open(chainId)
+      expect(layer, `layer ${i}`).to.not.equal(undefined)
+      const hash = createHash('sha256')
+      let bytes = 0
+      for await (const chunk of (layer as LayerFile).stream()) { hash.update(chunk); bytes += chunk.byteLength }
+      expect(`sha256:${hash.digest('hex')}`, `layer ${i}`).to.equal(img.diffIds[i])
+      expect(bytes).to.equal((layer as LayerFile).size)
+      expect(bytes).to.equal([...saved.layers.values()].find(l => l.sha256 === img.diffIds[i])?.bytes)
+    }
+    // Nothing to read: an unknown chain, another engine's root, not a chain ID at all.
+    expect(await layers.open(`sha256:${'0'.repeat(64)}`)).to.equal(undefined)
+    expect(await new LayerFiles(tmp).open(chains[0])).to.equal(undefined)
+    expect(await layers.open('latest')).to.equal(undefined)
   })
 
   it('reads skopeo\'s OCI archives of the image (uncompressed and gzip) to the same diff IDs', async () => {

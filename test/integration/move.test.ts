@@ -29,7 +29,9 @@ type Failed = Extract<MoveEvent, { event: 'failed' }>
 
 describe('goto move in the lab (3 hosts, real engines and agents)', function () {
   this.timeout(240_000)
-  const lab = new Lab({ prefix: 'gotolabv', subnet: '10.213.90.0/24' })
+  // The third host's agent reads layers only through `docker save` (the path for an engine whose
+  // storage it cannot read); the others read them from their engine's storage.
+  const lab = new Lab({ prefix: 'gotolabv', subnet: '10.213.90.0/24', agentArgs: h => h.name === 'azure-1' ? ['--docker-save-only'] : [] })
   let A: LabHost
   let B: LabHost
   let C: LabHost
@@ -412,7 +414,11 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
   })
 
   it('goto drain empties a host: its running containers run elsewhere with their data, as planned; a stopped one stays', async () => {
-    await docker(C, 'run', '-d', '--name', 'd1', '-v', 'd1data:/data', 'gotolab/base:latest', 'sleep', '3600')
+    // d1's image has a layer only C holds: it travels through C's `docker save` (--docker-save-only).
+    await docker(C, 'run', '--name', 'dbuild', 'gotolab/base:latest', 'sh', '-c', 'echo saved > /layer.txt')
+    await docker(C, 'commit', 'dbuild', 'dimg:v1')
+    await docker(C, 'rm', 'dbuild')
+    await docker(C, 'run', '-d', '--name', 'd1', '-v', 'd1data:/data', 'dimg:v1', 'sleep', '3600')
     await docker(C, 'exec', 'd1', 'sh', '-c', 'echo kept > /data/v.txt && echo mine > /state.txt')
     await docker(C, 'run', '-d', '--name', 'd2', 'gotolab/base:latest', 'sleep', '3600')
     await docker(C, 'create', '--name', 'd3', 'gotolab/base:latest', 'true')
@@ -438,7 +444,7 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
       expect((await inspect(h as LabHost, a.container)).State.Running).to.equal(true)
     }
     const d1At = byName.get(plan.assignments[0].to) as LabHost
-    expect(await docker(d1At, 'exec', 'd1', 'cat', '/data/v.txt', '/state.txt')).to.equal('kept\nmine')
+    expect(await docker(d1At, 'exec', 'd1', 'cat', '/data/v.txt', '/state.txt', '/layer.txt')).to.equal('kept\nmine\nsaved')
     expect(await docker(C, 'ps', '--format', '{{.Names}}')).to.equal('')
     expect(await exists(C, 'd3')).to.equal(true)
   })

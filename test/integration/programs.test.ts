@@ -44,7 +44,7 @@ describe('goto and goto-agent as programs', function () {
   it('goto-agent --help lists every option', () => {
     const r = run(AGENT, ['--help'])
     expect(r.code).to.equal(0)
-    for (const opt of ['--bundle', '--listen', '--bootstrap', '--docker', '--name', '--label', '--state-dir', '--profile', '--config', '--announce', '--metrics-listen']) {
+    for (const opt of ['--bundle', '--listen', '--bootstrap', '--docker', '--name', '--label', '--state-dir', '--profile', '--config', '--announce', '--metrics-listen', '--docker-save-only', '--no-inbound']) {
       expect(r.stdout).to.contain(opt)
     }
   })

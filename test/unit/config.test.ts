@@ -114,6 +114,14 @@ describe('agent config', () => {
   })
   it('rejects a bad GOTO_NO_INBOUND', () => { rejects(['--bundle', '/b'], 'GOTO_NO_INBOUND', { GOTO_NO_INBOUND: 'maybe' }) })
   it('rejects a non-boolean noInbound in the config file', () => { rejects(['--config', '/c'], '--config', {}, { '/c': '{"bundle": "/b", "noInbound": "yes"}' }) })
+  it('takes --docker-save-only from a flag, GOTO_DOCKER_SAVE_ONLY or dockerSaveOnly; off by default; refuses a bad value', () => {
+    expect(load(['--bundle', '/b']).dockerSaveOnly).to.equal(false)
+    expect(load(['--bundle', '/b', '--docker-save-only']).dockerSaveOnly).to.equal(true)
+    expect(load(['--bundle', '/b'], { GOTO_DOCKER_SAVE_ONLY: '1' }).dockerSaveOnly).to.equal(true)
+    expect(load(['--config', '/c'], {}, { '/c': '{"bundle": "/b", "dockerSaveOnly": true}' }).dockerSaveOnly).to.equal(true)
+    rejects(['--bundle', '/b'], 'GOTO_DOCKER_SAVE_ONLY', { GOTO_DOCKER_SAVE_ONLY: 'maybe' })
+    rejects(['--config', '/c'], '--config', {}, { '/c': '{"bundle": "/b", "dockerSaveOnly": "yes"}' })
+  })
   it('rejects --no-inbound with --announce: such a host has no address of its own', () => {
     rejects(['--bundle', '/b', '--no-inbound', '--announce', '/ip4/1.2.3.4/tcp/4001'], '--no-inbound')
   })
