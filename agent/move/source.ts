@@ -255,13 +255,12 @@ export class MoveService {
       await this.deps.journal.update(frozen, { stage: 'committing' })
       destinationPrepared = false
       paused = false
-      const committed = await this.call(connection, { op: 'commit', moveId }, [], signal).then(() => true, err => {
-        log.warn('destination did not confirm commit; telling it again later', { error: (err as Error).message })
-        return false
-      })
+      // Telling the destination and removing the copy here do not depend on each other.
+      const [committed, letGo] = await Promise.allSettled([this.call(connection, { op: 'commit', moveId }, [], signal), this.letGo(frozen)])
+      if (committed.status === 'rejected') log.warn('destination did not confirm commit; telling it again later', { error: (committed.reason as Error).message })
       try {
-        await this.letGo(frozen)
-        await (committed ? this.deps.journal.remove(frozen.moveId) : this.deps.journal.update(frozen, { stage: 'committed' }))
+        if (letGo.status === 'rejected') throw letGo.reason
+        await (committed.status === 'fulfilled' ? this.deps.journal.remove(frozen.moveId) : this.deps.journal.update(frozen, { stage: 'committed' }))
       } catch (err) {
         // The move is done (the destination runs it); the freeze record has settle finish here.
         log.warn('moved container not yet removed here; trying again later', { error: (err as Error).message })
