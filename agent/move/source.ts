@@ -340,10 +340,10 @@ export class MoveService {
       const archives = await this.spoolVolumes(info, volumesOf(spec), spool, signal)
       await this.deps.docker.unpause(info.id, signal)
       paused = false
+      const freezeMs = Math.round(performance.now() - frozenAt)
       // Nothing runs at the holder: a snapshot left unfinished there expires by itself.
       await this.deps.journal.remove(moveId)
       frozen = undefined
-      const freezeMs = Math.round(performance.now() - frozenAt)
       await this.call(connection, {
         op: 'store', moveId, owner: this.deps.self().peerId, epoch: meta.epoch, seq: meta.seq, takenAt,
         config: Buffer.from(config).toString('base64'), diffIds, spec, top: { diffId: top.diffId, size: top.size },
