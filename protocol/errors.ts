@@ -78,6 +78,8 @@ export class DockerConflictError extends DockerEngineError {}
 export class DockerLoadError extends DockerEngineError {}
 /** A `docker save` stream that is not a readable image archive (classic or OCI layout): bad tar, no manifest, bad blob. */
 export class SavedImageFormatError extends GotoError {}
+/** A layer read from the engine's storage (agent/docker/layer-files.ts) does not match the engine's record of it. */
+export class LayerFilesError extends GotoError {}
 
 // --- transfer (agent/transfer/) ----------------------------------------------------------
 /** A layer transfer or image load failed; the classes below are its specific cases. */
@@ -197,6 +199,7 @@ const KNOWN: Record<string, new (message: string) => GotoError> = {
   DockerConflictError,
   DockerLoadError,
   SavedImageFormatError,
+  LayerFilesError,
   TransferError,
   LayerDigestMismatchError,
   LayerTooLargeError,

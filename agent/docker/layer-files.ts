@@ -19,11 +19,12 @@
  *   if (layer !== undefined) send(layer.size, layer.stream(signal))
  */
 import { createHash } from 'node:crypto'
-import { open, readFile } from 'node:fs/promises'
 import { createReadStream } from 'node:fs'
+import { open, readFile } from 'node:fs/promises'
 import { join, normalize, sep } from 'node:path'
 import { StringDecoder } from 'node:string_decoder'
 import { createGunzip } from 'node:zlib'
+import { LayerFilesError } from '../../protocol/errors.js'
 
 /** One entry of a tar-split record: a raw segment of the tar, or a file whose contents follow. */
 type TarSplitEntry =
@@ -43,10 +44,6 @@ const READ_CHUNK_BYTES = 512 * 1024
 /** tar-split's entry types (storage/entry.go). */
 const FILE_TYPE = 1
 const SEGMENT_TYPE = 2
-
-export class LayerFilesError extends Error {
-  override name = 'LayerFilesError'
-}
 
 export class LayerFiles {
   /** `root` is the engine's DockerRootDir, as this host sees it. */
@@ -147,7 +144,12 @@ function inside (dir: string, name: string | Buffer): string | Buffer {
 
 /** Exactly `size` bytes of a file: a file shorter or longer than the record says is an error. */
 async function * readExactly (path: string | Buffer, size: number, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
-  const fh = await open(path, 'r')
+  let fh
+  try {
+    fh = await open(path, 'r')
+  } catch (err) {
+    throw new LayerFilesError(`${path.toString()}: ${(err as Error).message}`, { cause: err })
+  }
   try {
     const { size: actual } = await fh.stat()
     if (actual !== size) throw new LayerFilesError(`${path.toString()} has ${actual} bytes; the layer records ${size}`)
