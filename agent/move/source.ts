@@ -88,6 +88,8 @@ interface Blob { size: number, path?: string, source?: AsyncIterable<Uint8Array>
 export class MoveService {
   /** Container IDs with a move under way: one move per container at a time. */
   private readonly moving = new Set<string>()
+  /** Moves and snapshots running in this process with a freeze record: never settled from outside. */
+  private readonly live = new Set<string>()
   /** Per image: save-stream path → diff ID, learned from the destination's replies (see sendLayers). */
   private readonly layerPaths = new Map<string, Map<string, string>>()
   /** Moved images being loaded back into this engine after their move ended. */
@@ -177,6 +179,8 @@ export class MoveService {
     let destinationPrepared = false
     /** This move's freeze record, from the pause on (freeze-journal.ts). */
     let frozen: FrozenRecord | undefined
+    /** Whether this move holds the container's lock (a refused second move must not release it). */
+    let locked = false
     /** Loading the moved image into this engine, after the move (see commit). */
     let keep: Promise<void> | undefined
     /** When a move that counts in the metrics (not a dry run) started. */
@@ -186,6 +190,7 @@ export class MoveService {
       info = await this.inspect(order.container, signal)
       if (this.moving.has(info.id)) throw new MoveInProgressError(`container '${info.name}' is already being moved`)
       this.moving.add(info.id)
+      locked = true
       moveId = randomBytes(8).toString('hex')
       if (!order.dryRun) {
         startedAt = performance.now()
@@ -284,7 +289,8 @@ export class MoveService {
       if (startedAt !== undefined) this.metrics.moveEnded('failed', { seconds: secondsSince(startedAt), reason: error.name })
       await emit({ event: 'failed', moveId, container: order.container, error, rollback: !changed ? 'none-needed' : undone ? 'done' : 'incomplete' })
     } finally {
-      if (info !== undefined) this.moving.delete(info.id)
+      if (locked && info !== undefined) this.moving.delete(info.id)
+      if (frozen !== undefined) this.live.delete(frozen.moveId)
       // After a successful move the spool goes once the image is kept here (above).
       if (keep === undefined) await rm(spool, { recursive: true, force: true }).catch(() => {})
     }
@@ -356,6 +362,7 @@ export class MoveService {
       throw err
     } finally {
       this.moving.delete(info.id)
+      this.live.delete(moveId)
       await rm(spool, { recursive: true, force: true }).catch(() => {})
     }
   }
@@ -620,6 +627,7 @@ export class MoveService {
     const record: FrozenRecord = {
       containerId: info.id, name: info.name, purpose, moveId, to: { name: to, peerId: connection.remotePeer.toString() }, stage: 'frozen', volumes, at: new Date().toISOString()
     }
+    this.live.add(moveId)
     await this.deps.journal.put(record)
     return record
   }
@@ -650,7 +658,8 @@ export class MoveService {
     }
     for (const r of records) {
       if (this.stopping.signal.aborted) return
-      if (this.moving.has(r.containerId)) continue
+      // A move or snapshot still running here owns its record (and its container).
+      if (this.live.has(r.moveId) || this.moving.has(r.containerId)) continue
       try {
         await this.settleOne(r)
       } catch (err) {

@@ -348,14 +348,21 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
     expect(state.Paused).to.equal(false)
     expect(await snapshot(B)).to.equal(before)
 
-    // A concurrent second move of the same container is refused while the first runs.
+    // Further moves of the same container are refused while the first runs — each of them, not
+    // only the first: a refused move must not release the running one's lock.
     await lab.startAgent(B.name)
     await waitFor(async () => await aliveAt(A, B.name), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${B.name} alive again` })
-    const [first, second] = await Promise.all([move('big', B.name), move('big', B.name)])
-    const outcomes = [first, second].map(x => (x.events.at(-1) as MoveEvent | undefined)?.event)
-    expect(outcomes.sort(), JSON.stringify([first.events.at(-1), second.events.at(-1)])).to.deep.equal(['done', 'failed'])
-    const loser = [first, second].find(x => x.events.at(-1)?.event === 'failed')
-    expect((loser?.events.at(-1) as Failed).error.name).to.be.oneOf(['MoveInProgressError', 'UnknownContainerError'])
+    let planned: () => void = () => {}
+    const running = new Promise<void>(resolve => { planned = resolve })
+    const winner = move('big', B.name, [], ev => { if (ev.event === 'plan') planned() })
+    await running
+    const losers = [await move('big', B.name), await move('big', B.name)]
+    done(await winner)
+    for (const loser of losers) {
+      expect(loser.events.at(-1)?.event, JSON.stringify(loser.events.at(-1))).to.equal('failed')
+      // Refused while it runs, or, once it is done, not found here any more.
+      expect((loser.events.at(-1) as Failed).error.name).to.be.oneOf(['MoveInProgressError', 'UnknownContainerError'])
+    }
     expect((await inspect(B, 'big')).State.Running).to.equal(true)
     expect(await docker(B, 'exec', 'big', 'sh', '-c', 'wc -c < /big')).to.equal(String(96 * 1024 * 1024))
     expect(await exists(A, 'big')).to.equal(false)
