@@ -158,8 +158,8 @@ interface EngineRequest {
 
 export class DockerodeHost implements DockerHost {
   private readonly modem: DockerModem
-  /** The engine's DockerRootDir, once flushDataRoot asked for it. */
-  private dataRoot: string | undefined
+  /** The engine's data root and storage driver as this host sees them, once asked (null: another host). */
+  private storage: Promise<{ root: string, driver: string } | null> | undefined
   /** The engine's storage as files, once asked (null: not readable from here). */
   private files: LayerFiles | null | undefined
 
@@ -200,11 +200,10 @@ export class DockerodeHost implements DockerHost {
    * design), null for an engine reached over TCP on another host or a root we cannot see.
    */
   async freeDiskBytes (signal?: AbortSignal): Promise<number | null> {
-    if (this.endpoint.kind === 'tcp' && !['localhost', '127.0.0.1', '::1'].includes(this.endpoint.host)) return null
-    const { dockerRootDir } = await this.info(signal)
-    if (dockerRootDir === '') return null
+    const local = await this.localStorage(signal)
+    if (local === null || local.root === '') return null
     try {
-      const s = await statfs(dockerRootDir)
+      const s = await statfs(local.root)
       return Number(s.bavail) * Number(s.bsize)
     } catch {
       return null
@@ -220,29 +219,37 @@ export class DockerodeHost implements DockerHost {
    * no syncfs); false for an engine on another host, a root we cannot see, or no such command.
    */
   async flushDataRoot (signal?: AbortSignal): Promise<boolean> {
-    if (this.endpoint.kind === 'tcp' && !['localhost', '127.0.0.1', '::1'].includes(this.endpoint.host)) return false
-    // Asked once: a preload flushes every 250 ms, and `GET /info` is work for an engine that is busy
-    // loading. Were the engine restarted on another root, we would flush the wrong filesystem: a
-    // lost optimization, nothing worse.
-    this.dataRoot ??= (await this.info(signal)).dockerRootDir
-    const dockerRootDir = this.dataRoot
-    if (dockerRootDir === '') return false
+    const local = await this.localStorage(signal)
+    if (local === null || local.root === '') return false
     return await new Promise<boolean>(resolve => {
-      execFile('sync', ['-f', dockerRootDir], { signal, timeout: FLUSH_TIMEOUT_MS }, err => { resolve(err === null) })
+      execFile('sync', ['-f', local.root], { signal, timeout: FLUSH_TIMEOUT_MS }, err => { resolve(err === null) })
     })
   }
 
   async layerFiles (signal?: AbortSignal): Promise<LayerFiles | undefined> {
     if (this.files === undefined) {
-      if (this.opts.layerFiles === false || (this.endpoint.kind === 'tcp' && !['localhost', '127.0.0.1', '::1'].includes(this.endpoint.host))) {
-        this.files = null
-      } else {
-        // Asked once, like the data root above: the driver and root of a running engine do not change.
-        const info = await this.info(signal)
-        this.files = info.storageDriver === 'overlay2' && info.dockerRootDir !== '' ? new LayerFiles(info.dockerRootDir) : null
-      }
+      const local = this.opts.layerFiles === false ? null : await this.localStorage(signal)
+      this.files = local?.driver === 'overlay2' && local.root !== '' ? new LayerFiles(local.root) : null
     }
     return this.files ?? undefined
+  }
+
+  /**
+   * The engine's data root and storage driver, for an engine on this host (null for one reached
+   * over TCP on another host: its paths mean nothing here). Asked once: a preload flushes every
+   * 250 ms, and `GET /info` is work for an engine busy loading. Were the engine restarted on another
+   * root, a flush or a read of its layers would miss: a lost optimization (reads fall back to
+   * `docker save`, and the receiver verifies every layer), nothing worse. A failed ask is not kept.
+   */
+  private async localStorage (signal?: AbortSignal): Promise<{ root: string, driver: string } | null> {
+    if (this.endpoint.kind === 'tcp' && !['localhost', '127.0.0.1', '::1'].includes(this.endpoint.host)) return null
+    this.storage ??= this.info(signal).then(i => ({ root: i.dockerRootDir, driver: i.storageDriver }))
+    try {
+      return await this.storage
+    } catch (err) {
+      this.storage = undefined
+      throw err
+    }
   }
 
   async listContainers (signal?: AbortSignal): Promise<ContainerRow[]> {

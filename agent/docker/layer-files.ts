@@ -7,8 +7,9 @@
  * The engine keeps, per layer, a tar-split record (`image/overlay2/layerdb/sha256/<chain ID>/
  * tar-split.json.gz`): the tar's headers and padding as raw segments, and for each file its name
  * and size. The file contents are in the layer's diff directory (`overlay2/<cache-id>/diff`).
- * Replaying the record with those contents gives back the original tar byte for byte — that is how
- * the engine itself produces a layer for `docker save` (tar-split's asm.WriteOutputTarStream).
+ * Replaying the record with those contents gives back the original tar byte for byte (the record is
+ * tar-split's, which the engine vendors to give layers back; docker.test checks the replay against
+ * what `docker save` gives, layer by layer).
  *
  * The receiver still hashes every layer against its diff ID, so a layer read wrong is refused like
  * any corrupted one; `open` answers undefined (use `docker save`) where this does not apply: another

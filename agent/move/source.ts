@@ -88,8 +88,6 @@ interface Blob { size: number, path?: string, source?: AsyncIterable<Uint8Array>
 export class MoveService {
   /** Container IDs with a move under way: one move per container at a time. */
   private readonly moving = new Set<string>()
-  /** Moves and snapshots running in this process with a freeze record: never settled from outside. */
-  private readonly live = new Set<string>()
   /** Per image: save-stream path → diff ID, learned from the destination's replies (see sendLayers). */
   private readonly layerPaths = new Map<string, Map<string, string>>()
   /** Moved images being loaded back into this engine after their move ended. */
@@ -290,7 +288,6 @@ export class MoveService {
       await emit({ event: 'failed', moveId, container: order.container, error, rollback: !changed ? 'none-needed' : undone ? 'done' : 'incomplete' })
     } finally {
       if (locked && info !== undefined) this.moving.delete(info.id)
-      if (frozen !== undefined) this.live.delete(frozen.moveId)
       // After a successful move the spool goes once the image is kept here (above).
       if (keep === undefined) await rm(spool, { recursive: true, force: true }).catch(() => {})
     }
@@ -362,7 +359,6 @@ export class MoveService {
       throw err
     } finally {
       this.moving.delete(info.id)
-      this.live.delete(moveId)
       await rm(spool, { recursive: true, force: true }).catch(() => {})
     }
   }
@@ -627,7 +623,6 @@ export class MoveService {
     const record: FrozenRecord = {
       containerId: info.id, name: info.name, purpose, moveId, to: { name: to, peerId: connection.remotePeer.toString() }, stage: 'frozen', volumes, at: new Date().toISOString()
     }
-    this.live.add(moveId)
     await this.deps.journal.put(record)
     return record
   }
@@ -658,8 +653,8 @@ export class MoveService {
     }
     for (const r of records) {
       if (this.stopping.signal.aborted) return
-      // A move or snapshot still running here owns its record (and its container).
-      if (this.live.has(r.moveId) || this.moving.has(r.containerId)) continue
+      // A move or snapshot still running here holds the container's lock, and owns its record.
+      if (this.moving.has(r.containerId)) continue
       try {
         await this.settleOne(r)
       } catch (err) {
