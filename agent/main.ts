@@ -16,14 +16,22 @@ import { AuthService } from './net/auth-service.js'
 import { PeerTable } from './membership/peer-table.js'
 import { MembershipService } from './membership/service.js'
 import { StatusService } from './status/service.js'
+import { LocateService } from './status/locate.js'
 import { DestinationService } from './move/destination.js'
 import { openFreezeJournal } from './move/freeze-journal.js'
 import { openIncomingJournal } from './move/incoming-journal.js'
+import { ContainerLocks } from './move/locks.js'
+import { KeptImages } from './move/kept-images.js'
+import { FreezeRecovery } from './move/recovery.js'
+import type { SessionDeps } from './move/session.js'
 import { MoveService } from './move/source.js'
 import { LayerStore } from './transfer/layer-store.js'
+import { LayerSender, SavePathCache } from './transfer/layer-sender.js'
 import { SnapshotStore } from './failover/snapshot-store.js'
 import { FailoverState } from './failover/state.js'
 import { FailoverService } from './failover/service.js'
+import { OwnershipStamps } from './failover/stamps.js'
+import { Snapshotter } from './failover/snapshotter.js'
 import { advertisedAddrs, hostAddresses } from './addresses.js'
 import { NO_METRICS, type Metrics } from './metrics/sink.js'
 import { RelayReservations } from './net/relay-reservations.js'
@@ -96,6 +104,32 @@ async function run (config: AgentConfig): Promise<void> {
   const relays = config.noInbound
     ? new RelayReservations({ node, table, checkMs: config.timings.redialDeadMs, log: log.child({ component: 'relay' }) })
     : undefined
+  const auth = new AuthService({
+    node,
+    identity: { certPem: bundle.certPem, trust },
+    authTimeoutMs: config.timings.authTimeoutMs,
+    log: log.child({ component: 'auth' }),
+    // The state directory keeps the newest list under the same name a bundle does.
+    saveCrl: async crl => { await writeCrl(config.stateDir, crl) }
+  })
+  // Staged layers only bridge a move's retries: valid for this boot, never fsynced (layer-store.ts).
+  const store = await LayerStore.open(join(config.stateDir, 'layers'), { durability: 'boot' })
+  const snapshots = await SnapshotStore.open(join(config.stateDir, 'snapshots'))
+  const failoverState = await FailoverState.open(config.stateDir)
+  const stamps = new OwnershipStamps(failoverState)
+  const locks = new ContainerLocks()
+  const kept = new KeptImages()
+  const freezeJournal = await openFreezeJournal(join(config.stateDir, 'frozen'))
+  const sessions: SessionDeps = {
+    auth, docker, table, selfName: bundle.name, store, metrics, timings: config.timings,
+    layers: new LayerSender({ docker, paths: new SavePathCache(), log: log.child({ component: 'move' }) }),
+    journal: freezeJournal, spoolDir: join(config.stateDir, 'spool'), log: log.child({ component: 'move' })
+  }
+  const failover = new FailoverService({
+    auth, docker, table, snapshots, state: failoverState, selfId: bundle.peerId, selfName: bundle.name,
+    snapshotter: new Snapshotter({ docker, sessions, locks, selfId: bundle.peerId, labels: stamps }),
+    timings: config.timings, replicas: config.replicas, metrics, log: log.child({ component: 'failover' })
+  })
   // What we announce directly is fixed once the node listens; computed on first use, not per
   // heartbeat. Behind NAT we announce only the relayed addresses of the reservations we hold.
   let direct: string[] | undefined
@@ -110,34 +144,13 @@ async function run (config: AgentConfig): Promise<void> {
     crlNumber: trust.crlNumber,
     failover: failover.gossip()
   })
-  const auth = new AuthService({
-    node,
-    identity: { certPem: bundle.certPem, trust },
-    authTimeoutMs: config.timings.authTimeoutMs,
-    log: log.child({ component: 'auth' }),
-    // The state directory keeps the newest list under the same name a bundle does.
-    saveCrl: async crl => { await writeCrl(config.stateDir, crl) },
-    onRevocation: () => {
-      for (const e of table.entries()) if (trust.isRevoked(e.peerId)) membership.forget(e.peerId)
-    }
-  })
-  // Staged layers only bridge a move's retries: valid for this boot, never fsynced (layer-store.ts).
-  const store = await LayerStore.open(join(config.stateDir, 'layers'), { durability: 'boot' })
-  const snapshots = await SnapshotStore.open(join(config.stateDir, 'snapshots'))
   const destination = new DestinationService({
-    auth, docker, store, snapshots, metrics, settled: async () => { await moves.settled() },
+    auth, docker, store, snapshots, metrics, kept, timings: config.timings,
     journal: await openIncomingJournal(join(config.stateDir, 'incoming')), log: log.child({ component: 'move-in' })
   })
-  const moves: MoveService = new MoveService({
-    auth, docker, table, self, spoolDir: join(config.stateDir, 'spool'), store, metrics,
-    journal: await openFreezeJournal(join(config.stateDir, 'frozen')),
-    travelLabels: (container: string): Record<string, string> | undefined => failover.travelLabels(container),
-    log: log.child({ component: 'move' })
-  })
-  const failover = new FailoverService({
-    auth, docker, table, moves, snapshots, state: await FailoverState.open(config.stateDir), selfId: bundle.peerId, selfName: bundle.name,
-    timings: config.timings, replicas: config.replicas, metrics, log: log.child({ component: 'failover' })
-  })
+  const recovery = new FreezeRecovery({ auth, docker, table, journal: freezeJournal, locks, timings: config.timings, log: log.child({ component: 'move' }) })
+  const moves = new MoveService({ auth, docker, sessions, locks, kept, labels: stamps, timings: config.timings, metrics, log: log.child({ component: 'move' }) })
+  const locate = new LocateService({ auth, docker, table, self, timings: config.timings })
   const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, alwaysSend: config.noInbound, log: log.child({ component: 'membership' }) })
 
@@ -152,7 +165,9 @@ async function run (config: AgentConfig): Promise<void> {
     stop: async () => { await node.stop() }
   }
   // The metrics endpoint first: a bad --metrics-listen stops the agent before it joins the mesh.
-  const parts: Part[] = [...metricsParts, monitor, auth, status, destination, moves, failover, libp2pPart, membership, ...relays === undefined ? [] : [relays]]
+  // Freeze recovery before moves: a container this agent left frozen when it died runs again (or is
+  // let go of) before any new move or snapshot can see it. Kept images stop after the moves.
+  const parts: Part[] = [...metricsParts, monitor, auth, status, locate, destination, kept, recovery, moves, failover, libp2pPart, membership, ...relays === undefined ? [] : [relays]]
   const started: Part[] = []
   const stopAll = async (): Promise<void> => {
     for (const p of started.reverse()) await p.stop().catch(err => { log.error('stop failed', { error: (err as Error).message }) })

@@ -51,6 +51,35 @@ export interface Timings {
   fenceStopS: number
   /** How often a protected container is snapshotted to its replica holders (the data-loss window). */
   snapshotIntervalMs: number
+  /**
+   * A transfer (move or snapshot) prepared at a destination that has no step running and has not
+   * been heard from for this long is rolled back there: its source died or gave up. Long on a WAN,
+   * where a source may be busy reading a large layer between two steps.
+   */
+  moveIdleTimeoutMs: number
+  /** How often a destination looks for transfers gone idle (a check costs no engine call). */
+  moveExpireCheckMs: number
+  /**
+   * One transfer step that carries no data (a request's first message, prepare, abort, commit, the
+   * source telling a destination the outcome of a move cut short) may take this long.
+   */
+  transferControlTimeoutMs: number
+  /** How long a restored container may take to be seen running before the restore fails. */
+  restoreStartTimeoutMs: number
+  /** How often containers left frozen by an interrupted move or snapshot are looked at again. */
+  settleIntervalMs: number
+}
+
+/** Transfer timings of the default and lan profiles: engines, not links, set them. */
+const TRANSFER_DEFAULTS = {
+  // Ten minutes of silence between two steps: longer than any engine call between them (a save of
+  // a large image starting up), short enough that a dead source's half-made copy does not linger.
+  moveIdleTimeoutMs: 10 * 60_000,
+  moveExpireCheckMs: 60_000,
+  transferControlTimeoutMs: 30_000,
+  // An entrypoint that takes half a minute to stay up is slow, not broken.
+  restoreStartTimeoutMs: 30_000,
+  settleIntervalMs: 5000
 }
 
 export const PROFILES: Record<'default' | 'lan' | 'test', Timings> = {
@@ -72,7 +101,8 @@ export const PROFILES: Record<'default' | 'lan' | 'test', Timings> = {
     failoverTickMs: 2000,
     fenceStopS: 2,
     // A minute of work at most is lost; a snapshot freezes the container for ~0.1-0.5 s.
-    snapshotIntervalMs: 60_000
+    snapshotIntervalMs: 60_000,
+    ...TRANSFER_DEFAULTS
   },
   lan: {
     // One network, sub-millisecond RTT: a dead host is found in 2.5 s and its containers run again
@@ -90,7 +120,8 @@ export const PROFILES: Record<'default' | 'lan' | 'test', Timings> = {
     fenceAfterMs: 1000,
     failoverTickMs: 300,
     fenceStopS: 0,
-    snapshotIntervalMs: 15_000
+    snapshotIntervalMs: 15_000,
+    ...TRANSFER_DEFAULTS
   },
   test: {
     heartbeatIntervalMs: 250,
@@ -105,7 +136,14 @@ export const PROFILES: Record<'default' | 'lan' | 'test', Timings> = {
     fenceAfterMs: 1500,
     failoverTickMs: 250,
     fenceStopS: 0,
-    snapshotIntervalMs: 2000
+    snapshotIntervalMs: 2000,
+    // A silent source is given up on within seconds (no lab move stays silent between two steps
+    // that long: a running step never counts as silence), and the settle loop retries quickly.
+    moveIdleTimeoutMs: 20_000,
+    moveExpireCheckMs: 1000,
+    transferControlTimeoutMs: 15_000,
+    restoreStartTimeoutMs: 15_000,
+    settleIntervalMs: 1000
   }
 }
 

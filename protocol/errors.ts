@@ -122,6 +122,8 @@ export class RestoreFailedError extends GotoError {}
 export class ContainerNotRunningError extends GotoError {}
 /** A layer the move needed was not in the engine's save stream. */
 export class TransferIncompleteError extends GotoError {}
+/** A transfer session's steps were called out of order (a bug of the caller, never a network input). */
+export class TransferStateError extends GotoError {}
 
 // --- installing agents on hosts (control/install.ts) ---------------------------------------
 /** No SSH connection to the host: unreachable, refused, timed out, or not an SSH server. */

@@ -28,7 +28,6 @@ import type { AuthService } from '../net/auth-service.js'
 import { openStream } from '../net/dial.js'
 import type { DockerHost } from '../docker/host.js'
 import type { PeerTable, PeerEntry } from '../membership/peer-table.js'
-import type { MoveService } from '../move/source.js'
 import { restoreContainer, undoRestore, type Made } from '../move/restore.js'
 import type { Timings } from '../timings.js'
 import type { Logger } from '../log.js'
@@ -64,7 +63,8 @@ export interface FailoverDeps {
   auth: AuthService
   docker: DockerHost
   table: PeerTable
-  moves: Pick<MoveService, 'snapshot'>
+  /** Takes one snapshot of a container to one replica holder (snapshotter.ts). */
+  snapshotter: { snapshot: (container: string, holder: string, meta: { epoch: number, seq: number }, signal: AbortSignal) => Promise<{ bytes: number, freezeMs: number }> }
   state: FailoverState
   snapshots: SnapshotStore
   selfId: string
@@ -371,7 +371,7 @@ export class FailoverService {
       rec.epoch = epoch
       rec.fenced = undefined
       await state.save()
-      await restoreContainer(docker, { config: Buffer.from(m.config, 'base64'), diffIds: m.diffIds, spec, store: held.layers, volumes }, made, signal)
+      await restoreContainer(docker, { config: Buffer.from(m.config, 'base64'), diffIds: m.diffIds, spec, store: held.layers, volumes }, made, signal, this.deps.timings.restoreStartTimeoutMs)
       // Lost the majority while restoring: fencing found nothing to stop yet, so stop it now.
       if (rec.fenced === true) await docker.stop(name, { timeoutS: this.deps.timings.fenceStopS }, signal)
       await snapshots.remove(name)
@@ -466,7 +466,7 @@ export class FailoverService {
   }
 
   private async snapshot (name: string, record: ContainerRecord & { epoch: number }, view: View): Promise<void> {
-    const { moves, state, replicas, log } = this.deps
+    const { snapshotter, state, replicas, log } = this.deps
     const holders = replicaHolders(name, view.alive.map(e => e.peerId), replicas)
       .map(id => view.alive.find(e => e.peerId === id) as PeerEntry)
     record.seq++
@@ -484,7 +484,7 @@ export class FailoverService {
       for (const h of holders) {
         if (signal.aborted) break
         try {
-          const r = await moves.snapshot(name, h.name, { epoch, seq }, signal)
+          const r = await snapshotter.snapshot(name, h.name, { epoch, seq }, signal)
           stored.push(h.name)
           bytes += r.bytes
           freezeMs = Math.max(freezeMs, r.freezeMs)

@@ -56,11 +56,16 @@ export class MembershipService {
   private bootstrapping = false
   private lastBootstrap = 0
   private stopped = false
+  private unsubscribe?: () => void
 
   constructor (private readonly deps: MembershipDeps) {}
 
   async start (): Promise<void> {
     this.stopped = false
+    // A newer revocation list: revoked peers leave the table at once.
+    this.unsubscribe = this.deps.auth.onRevocation(() => {
+      for (const e of this.deps.table.entries()) if (this.deps.auth.isRevoked(e.peerId)) this.forget(e.peerId)
+    })
     await this.deps.auth.handle(HEARTBEAT_PROTOCOL, ['agent'], async (js, peer) => { await this.answer(js, peer) })
     this.timer = setInterval(() => { this.round() }, this.deps.timings.heartbeatIntervalMs)
     this.round()
@@ -68,6 +73,7 @@ export class MembershipService {
 
   async stop (): Promise<void> {
     this.stopped = true
+    this.unsubscribe?.()
     clearInterval(this.timer)
     for (const { js } of this.channels.values()) js.stream.abort(new ProtocolError('agent stopping'))
     this.channels.clear()

@@ -30,7 +30,7 @@ import type { LayerStore } from '../transfer/layer-store.js'
 import { LiveLoad } from '../transfer/live-load.js'
 import { configDigest, loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
-import type { SnapshotStore } from '../failover/snapshot-store.js'
+import type { Timings } from '../timings.js'
 import { restoreContainer, undoRestore, type Made } from './restore.js'
 import type { IncomingJournal, IncomingRecord } from './incoming-journal.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
@@ -38,13 +38,12 @@ import { JsonStream, receiveBlob } from '../../protocol/wire.js'
 import {
   parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest, type StoreRequest
 } from '../../protocol/move-messages.js'
+
 import {
   ArchitectureMismatchError, ContainerNotFoundError, InsufficientDiskError, LayerTooLargeError, NameConflictError, PortConflictError,
   UnknownMoveError, toWireError
 } from '../../protocol/errors.js'
 
-/** A prepared move we have not heard from for this long is rolled back (the source died). */
-export const MOVE_IDLE_TIMEOUT_MS = 10 * 60_000
 /** While a preload runs, the engine's filesystem is flushed this often (flushingWhile). */
 const FLUSH_INTERVAL_MS = 250
 /** Staging copy, docker load's temporary copy, the final layers: ask for three times the image's size. */
@@ -65,10 +64,21 @@ interface Pending {
   /** The engine's load of the prepared chain, fed as its layers arrive (until preload finishes it). */
   live?: LiveLoad
   touched: number
+  /** Steps of this transfer running now: a transfer with a step running is never idle. */
+  active: number
   /** A layer arrived: a real move, not a dry run's prepare (for the metrics). */
   sentData: boolean
   /** Its incoming-journal record, from the preload (or restore) of a move on. */
   record?: IncomingRecord
+}
+
+/**
+ * Where the frozen state of a snapshot (prepared with purpose 'snapshot') is kept: failover's
+ * snapshot store, passed in by the agent's composition root. `blob(size)` reads the next blob of
+ * the request's stream (the changes layer, then each volume archive, in the request's order).
+ */
+export interface SnapshotSink {
+  receive: (req: StoreRequest, ownerName: string, blob: (size: number) => AsyncIterable<Uint8Array>, signal: AbortSignal) => Promise<{ bytes: number }>
 }
 
 export interface DestinationDeps {
@@ -77,15 +87,18 @@ export interface DestinationDeps {
   store: LayerStore
   /** Blob bytes received and moves ended here (default: none kept). */
   metrics?: Metrics
-  /** Where snapshots (prepared with purpose 'snapshot') are kept. */
-  snapshots: SnapshotStore
+  /** Where snapshots are kept. */
+  snapshots: SnapshotSink
+  timings: Pick<Timings, 'moveIdleTimeoutMs' | 'moveExpireCheckMs' | 'transferControlTimeoutMs' | 'restoreStartTimeoutMs'>
+  /** Wall clock in ms (default Date.now): when a transfer was last heard from. */
+  now?: () => number
   /** Moves whose container is being made here (what a restarted agent must undo or finish). */
   journal: IncomingJournal
   /**
    * Resolves when this host's engine holds every image it is still taking in by other means (the
-   * images kept after moves out of here: MoveService.settled); asked before saying which layers we have.
+   * images kept after moves out of here: KeptImages); asked before saying which layers we have.
    */
-  settled?: () => Promise<void>
+  kept?: { settled: () => Promise<void> }
   log: Logger
 }
 
@@ -93,15 +106,17 @@ export class DestinationService {
   private readonly moves = new Map<string, Pending>()
   private timer: NodeJS.Timeout | undefined
   private readonly metrics: Metrics
+  private readonly now: () => number
 
   constructor (private readonly deps: DestinationDeps) {
     this.metrics = deps.metrics ?? NO_METRICS
+    this.now = deps.now ?? Date.now
   }
 
   async start (): Promise<void> {
     await this.recover()
     await this.deps.auth.handle(TRANSFER_PROTOCOL, ['agent'], async (js, peer, connection) => { await this.serve(js, peer, connection) })
-    this.timer = setInterval(() => { void this.expire() }, 60_000)
+    this.timer = setInterval(() => { void this.expire() }, this.deps.timings.moveExpireCheckMs)
     this.timer.unref()
   }
 
@@ -110,13 +125,15 @@ export class DestinationService {
   }
 
   private async serve (js: JsonStream, peer: VerifiedPeer, _connection: Connection): Promise<void> {
-    const req = parseTransferRequest(await js.read(AbortSignal.timeout(30_000)))
+    const req = parseTransferRequest(await js.read(AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)))
     // A step lasts as long as its stream: if the source dies or gives up, the stream closes and
     // whatever the step was doing (a layer half-received, a load) is aborted and cleaned up.
     const ac = new AbortController()
     js.stream.addEventListener('close', () => { ac.abort(new UnknownMoveError(`the source closed the ${req.op} stream`)) }, { once: true })
     const signal = ac.signal
     let reply: unknown
+    const running = this.moves.get(req.moveId)
+    if (running !== undefined) running.active++
     try {
       switch (req.op) {
         case 'prepare': reply = await this.prepare(req, peer, signal); break
@@ -132,6 +149,11 @@ export class DestinationService {
       await js.write({ ok: false, error: toWireError(err) })
       await js.close()
       return
+    } finally {
+      if (running !== undefined) {
+        running.active--
+        running.touched = this.now()
+      }
     }
     await js.write({ ok: true, result: reply })
     await js.close()
@@ -145,7 +167,7 @@ export class DestinationService {
   private own (moveId: string, peer: VerifiedPeer): Pending {
     const p = this.moves.get(moveId)
     if (p === undefined || p.from !== peer.peerId) throw new UnknownMoveError(`no move ${moveId} from ${peer.name} was prepared here`)
-    p.touched = Date.now()
+    p.touched = this.now()
     return p
   }
 
@@ -160,7 +182,7 @@ export class DestinationService {
       throw new InsufficientDiskError(`${Math.round(free / 2 ** 20)} MiB free, the move needs about ${Math.round(req.image.size * DISK_HEADROOM_FACTOR / 2 ** 20)} MiB`)
     }
     if (req.purpose === 'move') await this.checkConflicts(req, signal)
-    await this.deps.settled?.()
+    await this.deps.kept?.settled()
     const { present, missing } = layersToSend(req.image.diffIds, await docker.imageChains(signal))
     const staged: string[] = []
     for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)
@@ -174,7 +196,8 @@ export class DestinationService {
       wanted: new Set(missing),
       volumes: req.volumes.map(v => v.name),
       made: { volumes: [] },
-      touched: Date.now(),
+      touched: this.now(),
+      active: 0,
       sentData: false
     })
     this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length })
@@ -220,7 +243,7 @@ export class DestinationService {
       const got = await stage(async s => await store.receiveAny(candidates, req.size, s, signal), true)
       const kept = p.wanted.has(got.diffId)
       if (!kept) await store.remove(got.diffId)
-      p.touched = Date.now()
+      p.touched = this.now()
       log.info(kept ? 'layer verified' : 'layer already here, dropped', { moveId: req.moveId, digest: got.diffId, bytes: got.bytes })
       return { diffId: got.diffId, bytes: got.bytes, kept }
     }
@@ -237,7 +260,7 @@ export class DestinationService {
       return { diffId, bytes: 0, kept: true }
     }
     const { bytes } = await stage(async s => ({ diffId, ...await store.receive(diffId, req.size, s, signal) }), ofChain)
-    p.touched = Date.now()
+    p.touched = this.now()
     log.info('layer verified', { moveId: req.moveId, digest: diffId, bytes })
     return { diffId, bytes, kept: true }
   }
@@ -254,7 +277,7 @@ export class DestinationService {
     // never began: everything was staged before), load from the verified store instead.
     const imageId = await this.flushingWhile(async () => await p.live?.finish(input, signal) ?? await loadVerified(docker, input, signal), signal)
     p.made.preloaded = imageId
-    p.touched = Date.now()
+    p.touched = this.now()
     this.deps.log.info('image preloaded', { moveId: req.moveId, image: imageId })
     return { imageId }
   }
@@ -293,7 +316,7 @@ export class DestinationService {
       }))
       const config = Buffer.from(req.config, 'base64')
       await this.journal(p, peer, { stage: 'restoring', spec: req.spec, image: configDigest(config) })
-      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: req.spec, store: this.deps.store, volumes }, p.made, signal)
+      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: req.spec, store: this.deps.store, volumes }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
       await this.journal(p, peer, { stage: 'restored' })
       this.deps.log.info('move restored', { moveId: req.moveId, container: req.spec.name, containerId })
       return { containerId }
@@ -376,7 +399,8 @@ export class DestinationService {
     const { records, unreadable } = await journal.list()
     for (const u of unreadable) log.error('unreadable incoming-move record left in place; check that container by hand', { path: u.path, error: u.error })
     for (const r of records) {
-      const signal = AbortSignal.timeout(60_000)
+      // Engine calls only (inspect, removals): twice a control step.
+      const signal = AbortSignal.timeout(2 * this.deps.timings.transferControlTimeoutMs)
       try {
         let containerId: string | undefined
         try {
@@ -392,7 +416,7 @@ export class DestinationService {
         if (r.stage === 'restored') {
           this.moves.set(r.moveId, {
             moveId: r.moveId, purpose: 'move', from: r.from.peerId, spec: r.spec, diffIds: [], present: 0, wanted: new Set(r.wanted),
-            volumes, made, touched: Date.now(), sentData: true, record: r
+            volumes, made, touched: this.now(), active: 0, sentData: true, record: r
           })
           log.warn('move restored here before this agent stopped: waiting for its source to commit or abort', { moveId: r.moveId, container: r.spec.name, from: r.from.name })
           continue
@@ -406,10 +430,11 @@ export class DestinationService {
     }
   }
 
-  private async expire (): Promise<void> {
-    const now = Date.now()
+  /** Rolls back every transfer with no step running that has been silent for moveIdleTimeoutMs. */
+  async expire (): Promise<void> {
+    const now = this.now()
     for (const p of [...this.moves.values()]) {
-      if (now - p.touched > MOVE_IDLE_TIMEOUT_MS) await this.rollback(p, 'the source went silent')
+      if (p.active === 0 && now - p.touched > this.deps.timings.moveIdleTimeoutMs) await this.rollback(p, 'the source went silent')
     }
   }
 }

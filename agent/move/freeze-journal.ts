@@ -11,8 +11,9 @@
  *   aborting    unpaused here; the destination still has to hear `abort`.
  *   committed   removed here; the destination still has to hear `commit`.
  *
- * The record goes once both ends agree. MoveService reads the journal when it starts and retries the
- * remote half until the destination answers or the move would have expired there by itself.
+ * The record goes once both ends agree. FreezeRecovery (recovery.ts) reads the journal when the
+ * agent starts and retries the remote half until the destination answers or the move would have
+ * expired there by itself.
  */
 import { Journal } from './journal.js'
 

@@ -9,7 +9,7 @@
  *               the container runs here, so it runs it there again, and any `abort` finds nothing).
  *   restored    the container runs here, and the source was about to hear so.
  *               After a crash: keep it, and wait for the source's `commit` or `abort` as before
- *               (an idle move is rolled back after MOVE_IDLE_TIMEOUT_MS, as any other).
+ *               (an idle move is rolled back after timings.moveIdleTimeoutMs, as any other).
  *
  * The record goes when the move is committed or rolled back here (DestinationService).
  */

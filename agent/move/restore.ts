@@ -6,7 +6,7 @@
  * this host holds). `made` records what was created, so a failure can be undone with `undoRestore`.
  *
  *   const made: Made = { volumes: [] }
- *   try { await restoreContainer(docker, { config, diffIds, spec, store, volumes }, made, signal) }
+ *   try { await restoreContainer(docker, { config, diffIds, spec, store, volumes }, made, signal, timings.restoreStartTimeoutMs) }
  *   catch (err) { await undoRestore(docker, made, log); throw err }
  */
 import { posix } from 'node:path'
@@ -18,8 +18,6 @@ import { loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
 import { RestoreFailedError } from '../../protocol/errors.js'
 
-/** How long a restored container may take to be seen running. */
-export const START_TIMEOUT_MS = 30_000
 /** How often its state is read meanwhile. */
 const START_POLL_MS = 100
 
@@ -37,8 +35,11 @@ export interface RestoreInput {
 /** What a restore created here. */
 export interface Made { volumes: string[], containerId?: string, imageId?: string }
 
-/** Runs the restore; on failure `made` says what to undo. Resolves with the running container's ID. */
-export async function restoreContainer (docker: DockerHost, input: RestoreInput, made: Made, signal: AbortSignal): Promise<string> {
+/**
+ * Runs the restore; on failure `made` says what to undo. Resolves with the running container's ID
+ * once the engine has seen it running (for up to `startTimeoutMs`: timings.restoreStartTimeoutMs).
+ */
+export async function restoreContainer (docker: DockerHost, input: RestoreInput, made: Made, signal: AbortSignal, startTimeoutMs: number): Promise<string> {
   const { present } = layersToSend(input.diffIds, await docker.imageChains(signal))
   made.imageId = await loadVerified(docker, { config: input.config, diffIds: input.diffIds, present, store: input.store }, signal)
   for (const m of input.spec.mounts) {
@@ -52,7 +53,7 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
   made.containerId = containerId
   for (const v of input.volumes) await docker.putArchive(containerId, posix.dirname(v.destination), v.data(), signal)
   await docker.start(containerId, signal)
-  const deadline = Date.now() + START_TIMEOUT_MS
+  const deadline = Date.now() + startTimeoutMs
   for (;;) {
     const state = (await docker.inspectContainer(containerId, signal)).state
     if (state.running) return containerId

@@ -38,8 +38,6 @@ export interface AuthServiceDeps {
   saveCrl: (crl: SignedCrl) => Promise<void>
   /** Told about every peer that passed auth. */
   onAuthenticated?: (peer: VerifiedPeer, connection: Connection) => void
-  /** Told when a newer revocation list was adopted (e.g. to drop revoked peers from the table). */
-  onRevocation?: () => void
 }
 
 /**
@@ -57,6 +55,7 @@ export class AuthService {
   /** When a direct dial to a member last failed while a relayed connection was open. */
   private readonly directFailed = new Map<string, number>()
   private readonly protocols: string[] = []
+  private readonly revocationListeners = new Set<() => void>()
   private readonly identity: AuthIdentity
   private readonly onOpen = (evt: CustomEvent<Connection>): void => { this.opened(evt.detail) }
 
@@ -79,6 +78,15 @@ export class AuthService {
   async stop (): Promise<void> {
     this.deps.node.removeEventListener('connection:open', this.onOpen)
     for (const p of this.protocols.splice(0)) await this.deps.node.unhandle(p)
+  }
+
+  /**
+   * Calls `listener` whenever a newer revocation list is adopted (e.g. membership drops revoked
+   * peers from its table); returns the function that unsubscribes it.
+   */
+  onRevocation (listener: () => void): () => void {
+    this.revocationListeners.add(listener)
+    return () => { this.revocationListeners.delete(listener) }
   }
 
   /** The verified peer behind a connection, once it has authenticated. */
@@ -251,7 +259,7 @@ export class AuthService {
   private crlAdopted (crl: SignedCrl): void {
     this.deps.log.info('adopted newer revocation list', { number: this.deps.identity.trust.crlNumber })
     this.deps.saveCrl(crl).catch(err => { this.deps.log.error('could not persist revocation list', { error: (err as Error).message }) })
-    this.deps.onRevocation?.()
+    for (const listener of this.revocationListeners) listener()
     for (const connection of this.deps.node.getConnections()) {
       if (this.deps.identity.trust.isRevoked(connection.remotePeer.toString())) {
         this.deps.log.warn('closing connection of revoked peer', { peer: connection.remotePeer.toString() })

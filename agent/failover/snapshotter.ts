@@ -1,0 +1,76 @@
+/**
+ * A failover snapshot of one protected container to one replica holder: the script of a move whose
+ * end is `store` instead of `restore` (agent/move/session.ts drives both), and which lets the
+ * container run on here. It takes the container's lock like a move, so a snapshot and a move never
+ * touch the same container at once:
+ *
+ *   prepare   the holder checks architecture and disk and says which layers it has
+ *   pre-copy  the layers it lacks stream to it (and into its engine) while the container runs
+ *   freeze    pause; the changes as one layer; each named volume's data spooled
+ *   thaw      unpause: the container ran frozen only for the export and the spooling
+ *   store     the holder keeps the frozen state (snapshot-store.ts) for a takeover
+ * Any failure: the holder drops what it has of this snapshot, the container runs on here.
+ */
+import type { DockerHost } from '../docker/host.js'
+import type { ContainerInfo } from '../docker/types.js'
+import type { ContainerLocks } from '../move/locks.js'
+import { TransferSession, type SessionDeps } from '../move/session.js'
+import type { TravelLabels } from '../move/source.js'
+import { ContainerBusyError, ContainerNotFoundError, ContainerNotRunningError, MoveInProgressError, UnknownContainerError } from '../../protocol/errors.js'
+
+export interface SnapshotterDeps {
+  docker: DockerHost
+  sessions: SessionDeps
+  locks: ContainerLocks
+  /** This host's peer ID: the owner a holder records. */
+  selfId: string
+  /** Labels the snapshot's spec carries (the owner's epoch stamps, as for a move). */
+  labels?: TravelLabels
+}
+
+export class Snapshotter {
+  constructor (private readonly deps: SnapshotterDeps) {}
+
+  /**
+   * Takes one snapshot of `container` to the member named `holder`. Returns the bytes sent and how
+   * long the container stayed frozen. Throws on failure, after unpausing and telling the holder to abort.
+   */
+  async snapshot (container: string, holder: string, meta: { epoch: number, seq: number }, signal: AbortSignal): Promise<{ bytes: number, freezeMs: number }> {
+    const { docker, locks } = this.deps
+    const info = await this.inspect(container, signal)
+    if (!info.state.running || info.state.paused) throw new ContainerNotRunningError(`container '${info.name}' is ${info.state.status}; only a running container is snapshotted`)
+    if (!locks.take(info.id)) throw new MoveInProgressError(`container '${info.name}' is being moved`)
+    const session = new TransferSession(this.deps.sessions, 'snapshot', info)
+    try {
+      const extra = this.deps.labels?.travelLabels(info.name)
+      const spec = { ...info.spec, mounts: info.spec.mounts.filter(m => m.type !== 'bind'), labels: { ...info.spec.labels, ...extra } }
+      await session.connect(holder, signal)
+      await session.prepare(spec, signal)
+      await session.precopy(() => {}, signal)
+      // An exec half-started when the container freezes can hang the engine (exec and unpause both
+      // wait on it): put the snapshot off while one runs. This shrinks the race to milliseconds.
+      const execs = (await docker.inspectContainer(info.id, signal)).state.execs
+      if (execs > 0) throw new ContainerBusyError(`container '${info.name}' has ${execs} exec(s) running; snapshot put off`)
+      await session.freeze(`go-to snapshot ${meta.epoch}.${meta.seq}`, signal)
+      await session.spoolVolumes(signal)
+      const freezeMs = await session.thaw(signal)
+      await session.store({ owner: this.deps.selfId, epoch: meta.epoch, seq: meta.seq }, signal)
+      return { bytes: session.bytesSent, freezeMs }
+    } catch (err) {
+      await session.abort()
+      throw err
+    } finally {
+      locks.release(info.id)
+      await session.close()
+    }
+  }
+
+  private async inspect (container: string, signal: AbortSignal): Promise<ContainerInfo> {
+    try {
+      return await this.deps.docker.inspectContainer(container, signal)
+    } catch (err) {
+      if (err instanceof ContainerNotFoundError) throw new UnknownContainerError(`no container '${container}' on ${this.deps.sessions.selfName}`, { cause: err })
+      throw err
+    }
+  }
+}

@@ -1,0 +1,26 @@
+/**
+ * Images being loaded back into this engine after a move out of here ended (so that moving the
+ * container back later sends only what changed since). A destination asks `settled()` before it
+ * says which layers it has, so that a move straight back does not resend what is still loading.
+ */
+export class KeptImages {
+  private readonly loading = new Set<Promise<void>>()
+
+  async start (): Promise<void> {}
+
+  /** Waits for the images being kept now. */
+  async stop (): Promise<void> {
+    await this.settled()
+  }
+
+  /** Tracks `work` (which must not reject) until it ends. */
+  track (work: Promise<void>): void {
+    this.loading.add(work)
+    void work.finally(() => { this.loading.delete(work) })
+  }
+
+  /** Resolves once every image being kept now is in the engine (or has failed to load). */
+  async settled (): Promise<void> {
+    await Promise.all([...this.loading])
+  }
+}

@@ -1,0 +1,377 @@
+/**
+ * The outbound transfer session: the one object that drives the source half of /goto/transfer for
+ * one container — a move (agent/move/source.ts) or a failover snapshot (agent/failover/snapshotter.ts)
+ * — and owns its state and its rollback. Its caller holds the container's lock and calls the steps
+ * in order; each step is one method:
+ *
+ *   connect    an authenticated connection to the destination member (alive, not ourselves)
+ *   prepare    the destination checks it can take the container and says which layers it has
+ *   precopy    the layers it lacks stream to it while the container runs; it loads them (preload)
+ *   freeze     a freeze record (freeze-journal.ts), the pause, the container's changes as one layer
+ *   handOver   (move) that layer to the destination
+ *   volumes    each named volume's data spooled while the container is frozen
+ *   thaw       (snapshot) the container runs again here, its frozen state spooled
+ *   restore    (move) the destination makes and starts the container and confirms it runs
+ *   store      (snapshot) the holder keeps the frozen state for a takeover
+ *   commit     (move) the destination keeps it; the copy here goes
+ *   abort      any failure: the destination removes what it made, the container here runs again;
+ *              what cannot be done now stays in the freeze journal for recovery to finish
+ *
+ * `close()` always ends a session (it removes the spool unless the moved image is still being
+ * kept here). Steps called out of order throw TransferStateError: a caller bug, never a network input.
+ */
+import { randomBytes } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { mkdir, rm, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { AuthService } from '../net/auth-service.js'
+import { connectTo } from '../net/dial.js'
+import type { DockerHost } from '../docker/host.js'
+import type { ContainerInfo, ContainerSpec, ImageInfo } from '../docker/types.js'
+import { buildLayeredConfig } from '../docker/layered-config.js'
+import type { PeerTable } from '../membership/peer-table.js'
+import type { LayerStore } from '../transfer/layer-store.js'
+import { loadVerified } from '../transfer/load.js'
+import { TransferLink, type Blob } from '../transfer/link.js'
+import type { LayerSender } from '../transfer/layer-sender.js'
+import { spoolToFile } from '../transfer/spool.js'
+import type { Timings } from '../timings.js'
+import type { Logger } from '../log.js'
+import { NO_METRICS, type Metrics } from '../metrics/sink.js'
+import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
+import { letGo } from './let-go.js'
+import type { PrepareReply } from '../../protocol/move-messages.js'
+import { DestinationUnavailableError, TransferStateError, UnknownMoveError } from '../../protocol/errors.js'
+
+export interface SessionDeps {
+  auth: AuthService
+  docker: DockerHost
+  table: PeerTable
+  /** This host's member name (a container is never moved to where it is). */
+  selfName: string
+  layers: LayerSender
+  /** Containers frozen here, recorded before each pause (what a restarted agent must finish). */
+  journal: FreezeJournal
+  /** Verified layers, to load a moved image back into this engine (keepImage). */
+  store: LayerStore
+  /** Where layers and volume archives are spooled while they are identified and sent. */
+  spoolDir: string
+  timings: Pick<Timings, 'transferControlTimeoutMs'>
+  /** Blob bytes sent (default: none kept). */
+  metrics?: Pick<Metrics, 'bytesSent'>
+  log: Logger
+}
+
+/** A named volume of the container: its data travels (bind mounts and tmpfs do not). */
+export interface VolumeRef { name: string, driver: string, destination: string }
+
+/** A volume's data, spooled while the container was frozen. */
+export interface VolumeArchive extends VolumeRef { path: string, size: number, digest: string }
+
+/** What `prepare` learned: which layers the destination lacks. */
+export interface PreparedTransfer {
+  image: ImageInfo
+  /** Diff IDs to send (not in the destination's engine, nor verified there from an earlier try). */
+  toSend: string[]
+  volumes: VolumeRef[]
+}
+
+/** The frozen state: the container's changes as a layer, and the config of "image + that layer". */
+interface Frozen { topPath: string, top: { diffId: string, size: number }, config: Uint8Array, diffIds: string[], takenAt: string, at: number }
+
+export class TransferSession {
+  readonly moveId: string
+  private link?: TransferLink
+  /** The destination's member name. */
+  private to = ''
+  /** The destination holds something of this transfer: it must hear `abort` if it fails. */
+  private prepared = false
+  /** The container is paused here by this session. */
+  private paused = false
+  /** This transfer's freeze record, from the pause until both ends agree on the outcome. */
+  private record?: FrozenRecord
+  private plan?: PreparedTransfer & { spec: ContainerSpec }
+  private frozen?: Frozen
+  private archives: VolumeArchive[] = []
+  private readonly spool: string
+  private spoolMade = false
+  /** The spool stays for keepImage, which removes it. */
+  private keeping = false
+  private bytes = 0
+
+  constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo) {
+    this.moveId = randomBytes(8).toString('hex')
+    this.spool = join(deps.spoolDir, this.moveId)
+  }
+
+  /** Payload bytes this transfer needed sent so far: the layers the destination lacked, the changes layer, volume archives. */
+  get bytesSent (): number {
+    return this.bytes
+  }
+
+  /** Size of the frozen changes layer (0 before freeze). */
+  get changesBytes (): number {
+    return this.frozen?.top.size ?? 0
+  }
+
+  /** An authenticated connection to the alive member named `to` (not this host). */
+  async connect (to: string, signal: AbortSignal): Promise<void> {
+    if (to === this.deps.selfName) throw new DestinationUnavailableError(`the container is already on ${to}`)
+    const entry = this.deps.table.byName(to)
+    if (entry === undefined) throw new DestinationUnavailableError(`no member named '${to}' (known: ${this.deps.table.entries().map(e => e.name).join(', ') || 'none'})`)
+    if (entry.state !== 'alive') throw new DestinationUnavailableError(`${to} is ${entry.state}`)
+    try {
+      this.link = new TransferLink(await connectTo(this.deps.auth, entry.peerId, entry.addrs, signal), this.deps.metrics ?? NO_METRICS)
+      this.to = to
+    } catch (err) {
+      throw new DestinationUnavailableError(`cannot reach ${to}: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  /** Asks the destination to take a container of `spec` (its image inspected here); it says which layers it has. */
+  async prepare (spec: ContainerSpec, signal: AbortSignal): Promise<PreparedTransfer> {
+    const link = this.linkFor('prepare')
+    const image = await this.deps.docker.inspectImage(this.info.spec.image, signal)
+    const volumes = volumesOf(spec)
+    const prep = await link.call({
+      op: 'prepare', moveId: this.moveId, purpose: this.purpose, spec, image: { id: image.id, diffIds: image.diffIds, os: image.os, architecture: image.architecture, size: image.size },
+      volumes: volumes.map(v => ({ name: v.name, driver: v.driver }))
+    }, [], signal) as PrepareReply
+    // A prepare cut off before its reply is not aborted: the destination expires it when idle.
+    this.prepared = true
+    const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
+    this.plan = { image, toSend, volumes, spec }
+    return { image, toSend, volumes }
+  }
+
+  /** Sends the layers the destination lacks while the container runs, and has it load the image. */
+  async precopy (onBytes: (n: number) => void, signal: AbortSignal): Promise<{ bytes: number, layers: number }> {
+    const link = this.linkFor('precopy')
+    const plan = this.planFor('precopy')
+    await this.makeSpool()
+    if (plan.toSend.length === 0) return { bytes: 0, layers: 0 }
+    const sent = await this.deps.layers.send(link, this.moveId, plan.image, new Set(plan.toSend), this.spool, onBytes, signal)
+    this.bytes += sent.bytes
+    if (sent.config !== undefined) {
+      // Into the destination's engine now, while the container runs: restore then loads only its changes.
+      await link.call({ op: 'preload', moveId: this.moveId, config: Buffer.from(sent.config).toString('base64'), diffIds: plan.image.diffIds }, [], signal)
+    }
+    return { bytes: sent.bytes, layers: sent.layers }
+  }
+
+  /**
+   * Records the freeze, pauses the container and exports what it changed as one layer tar (built
+   * from the engine's change list: its cost follows the change, not the image), with the config of
+   * "image + that layer". The image's config is read while the changes are exported.
+   */
+  async freeze (comment: string, signal: AbortSignal): Promise<void> {
+    const link = this.linkFor('freeze')
+    const plan = this.planFor('freeze')
+    if (this.frozen !== undefined || this.paused) throw new TransferStateError(`transfer ${this.moveId} is frozen already`)
+    await this.makeSpool()
+    const { info, deps } = this
+    const record: FrozenRecord = {
+      containerId: info.id, name: info.name, purpose: this.purpose, moveId: this.moveId, to: { name: this.to, peerId: link.peerId }, stage: 'frozen',
+      volumes: this.purpose === 'move' ? plan.volumes.map(v => v.name) : [], at: new Date().toISOString()
+    }
+    await deps.journal.put(record)
+    this.record = record
+    const at = performance.now()
+    const takenAt = new Date().toISOString()
+    await deps.docker.pause(info.id, signal)
+    this.paused = true
+    const topPath = join(this.spool, 'top.tar')
+    const [top, imageConfig] = await Promise.all([
+      deps.docker.exportChanges(info.id, topPath, signal),
+      deps.docker.inspectImageConfig(plan.image.id, signal)
+    ])
+    const config = buildLayeredConfig(imageConfig, top.diffId, { comment })
+    this.frozen = { topPath, top: { diffId: top.diffId, size: top.size }, config, diffIds: [...plan.image.diffIds, top.diffId], takenAt, at }
+  }
+
+  /** (move) Sends the frozen changes layer. */
+  async handOver (onBytes: (n: number) => void, signal: AbortSignal): Promise<{ bytes: number, layers: number }> {
+    const f = this.frozenFor('handOver')
+    await this.linkFor('handOver').call({ op: 'layer', moveId: this.moveId, diffId: f.top.diffId, size: f.top.size }, [{ size: f.top.size, path: f.topPath }], signal, onBytes)
+    this.bytes += f.top.size
+    return { bytes: f.top.size, layers: 1 }
+  }
+
+  /** Each named volume's data as a tar spooled to disk (the container is frozen: a consistent copy). */
+  async spoolVolumes (signal: AbortSignal): Promise<VolumeArchive[]> {
+    this.frozenFor('spoolVolumes')
+    const plan = this.planFor('spoolVolumes')
+    const archives: VolumeArchive[] = []
+    for (const v of plan.volumes) {
+      const path = join(this.spool, `volume-${archives.length}.tar`)
+      const { digest, size } = await spoolToFile(await this.deps.docker.getArchive(this.info.id, v.destination, signal), path, signal)
+      archives.push({ ...v, path, size, digest })
+    }
+    this.archives = archives
+    return archives
+  }
+
+  /**
+   * (snapshot) The container runs here again, its frozen state spooled; returns how long it was
+   * frozen. Nothing will run at the holder, so the freeze record goes: a snapshot left unfinished
+   * there expires by itself.
+   */
+  async thaw (signal: AbortSignal): Promise<number> {
+    const f = this.frozenFor('thaw')
+    await this.deps.docker.unpause(this.info.id, signal)
+    this.paused = false
+    const freezeMs = Math.round(performance.now() - f.at)
+    if (this.record !== undefined) await this.deps.journal.remove(this.moveId)
+    this.record = undefined
+    return freezeMs
+  }
+
+  /** (move) The destination loads, creates, copies the volume data, starts and confirms `running`. Returns the downtime so far. */
+  async restore (signal: AbortSignal): Promise<number> {
+    const f = this.frozenFor('restore')
+    const plan = this.planFor('restore')
+    await this.linkFor('restore').call({
+      op: 'restore', moveId: this.moveId, config: Buffer.from(f.config).toString('base64'), diffIds: f.diffIds, spec: plan.spec,
+      volumes: this.archives.map(a => ({ name: a.name, destination: a.destination, size: a.size }))
+    }, this.blobs(this.archives), signal)
+    this.bytes += sum(this.archives)
+    return Math.round(performance.now() - f.at)
+  }
+
+  /** (snapshot) The holder keeps the frozen state, owned at `epoch`, the owner's `seq`-th snapshot. */
+  async store (meta: { owner: string, epoch: number, seq: number }, signal: AbortSignal): Promise<void> {
+    const f = this.frozenFor('store')
+    const plan = this.planFor('store')
+    await this.linkFor('store').call({
+      op: 'store', moveId: this.moveId, owner: meta.owner, epoch: meta.epoch, seq: meta.seq, takenAt: f.takenAt,
+      config: Buffer.from(f.config).toString('base64'), diffIds: f.diffIds, spec: plan.spec, top: f.top,
+      volumes: this.archives.map(a => ({ name: a.name, destination: a.destination, digest: a.digest, size: a.size }))
+    }, [{ size: f.top.size, path: f.topPath }, ...this.blobs(this.archives)], signal)
+    this.bytes += f.top.size + sum(this.archives)
+    this.prepared = false
+  }
+
+  /**
+   * (move) The destination runs the container: from here on its fate here is removal, never an
+   * unpause, even if this agent dies (the record moves to `committing` first). Telling the
+   * destination and removing the copy here do not depend on each other; what fails of either is
+   * left to freeze recovery. Never throws once the record is updated.
+   */
+  async commit (signal: AbortSignal): Promise<void> {
+    const record = this.record
+    if (record === undefined || this.frozen === undefined) throw new TransferStateError(`transfer ${this.moveId} cannot commit before freeze`)
+    await this.deps.journal.update(record, { stage: 'committing' })
+    this.prepared = false
+    this.paused = false
+    const log = this.deps.log.child({ moveId: this.moveId, container: this.info.name })
+    const [committed, gone] = await Promise.allSettled([
+      this.linkFor('commit').call({ op: 'commit', moveId: this.moveId }, [], signal),
+      letGo(this.deps.docker, record, log, signal)
+    ])
+    if (committed.status === 'rejected') log.warn('destination did not confirm commit; telling it again later', { error: (committed.reason as Error).message })
+    try {
+      if (gone.status === 'rejected') throw gone.reason
+      await (committed.status === 'fulfilled' ? this.deps.journal.remove(this.moveId) : this.deps.journal.update(record, { stage: 'committed' }))
+      this.record = undefined
+    } catch (err) {
+      // The move is done (the destination runs it); the freeze record has recovery finish here.
+      log.warn('moved container not yet removed here; trying again later', { error: (err as Error).message })
+    }
+  }
+
+  /**
+   * Undoes whatever this session changed: the destination hears `abort` (if it is gone, it rolls
+   * back by itself when the transfer goes idle), the container here is unpaused. What could not be
+   * done now stays in the freeze journal for recovery to retry.
+   */
+  async abort (): Promise<'none-needed' | 'done' | 'incomplete'> {
+    if (!this.prepared && !this.paused) return 'none-needed'
+    const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
+    let ok = true
+    let told = true
+    if (this.prepared && this.link !== undefined) {
+      told = await this.link.call({ op: 'abort', moveId: this.moveId }, [], signal).then(() => true, err => err instanceof UnknownMoveError)
+      this.prepared = false
+    }
+    if (this.paused) {
+      try {
+        await this.deps.docker.unpause(this.info.id, signal)
+        this.paused = false
+      } catch (err) {
+        ok = false
+        this.deps.log.error('rollback: could not unpause the source container; trying again later', { container: this.info.name, moveId: this.moveId, error: (err as Error).message })
+      }
+    }
+    if (ok && this.record !== undefined) {
+      const record = this.record
+      await (told ? this.deps.journal.remove(record.moveId) : this.deps.journal.update(record, { stage: 'aborting' }))
+        .catch(err => { this.deps.log.error('freeze record not updated', { container: record.name, moveId: record.moveId, error: (err as Error).message }) })
+      this.record = undefined
+    }
+    return ok ? 'done' : 'incomplete'
+  }
+
+  /**
+   * (after commit) Loads the image the container now runs there into this engine too — same config,
+   * so the same image ID; only the new top layer travels to the engine — so that moving it back
+   * later sends only what changed since. Never rejects; the spool goes once it is done.
+   */
+  async keepImage (): Promise<void> {
+    const f = this.frozenFor('keepImage')
+    const plan = this.planFor('keepImage')
+    this.keeping = true
+    const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
+    try {
+      const size = (await stat(f.topPath)).size
+      await this.deps.store.receive(f.top.diffId, size, createReadStream(f.topPath), signal)
+      try {
+        await loadVerified(this.deps.docker, { config: f.config, diffIds: f.diffIds, present: plan.image.diffIds.length, store: this.deps.store }, signal)
+      } finally {
+        await this.deps.store.remove(f.top.diffId)
+      }
+    } catch (err) {
+      this.deps.log.warn('could not keep the moved image here', { moveId: this.moveId, container: this.info.name, error: (err as Error).message })
+    } finally {
+      await rm(this.spool, { recursive: true, force: true }).catch(() => {})
+    }
+  }
+
+  /** Ends the session: the spool goes (unless keepImage has it). Call it whatever happened. */
+  async close (): Promise<void> {
+    if (!this.keeping && this.spoolMade) await rm(this.spool, { recursive: true, force: true }).catch(() => {})
+  }
+
+  private blobs (archives: VolumeArchive[]): Blob[] {
+    return archives.map(a => ({ size: a.size, path: a.path }))
+  }
+
+  private async makeSpool (): Promise<void> {
+    if (this.spoolMade) return
+    await mkdir(this.spool, { recursive: true, mode: 0o700 })
+    this.spoolMade = true
+  }
+
+  private linkFor (step: string): TransferLink {
+    if (this.link === undefined) throw new TransferStateError(`transfer ${this.moveId}: ${step} before connect`)
+    return this.link
+  }
+
+  private planFor (step: string): PreparedTransfer & { spec: ContainerSpec } {
+    if (this.plan === undefined) throw new TransferStateError(`transfer ${this.moveId}: ${step} before prepare`)
+    return this.plan
+  }
+
+  private frozenFor (step: string): Frozen {
+    if (this.frozen === undefined) throw new TransferStateError(`transfer ${this.moveId}: ${step} before freeze`)
+    return this.frozen
+  }
+}
+
+function sum (archives: VolumeArchive[]): number {
+  return archives.reduce((n, a) => n + a.size, 0)
+}
+
+/** The named volumes of a spec (their data travels; bind mounts and tmpfs do not). */
+export function volumesOf (spec: ContainerSpec): VolumeRef[] {
+  return spec.mounts.flatMap(m => m.type === 'volume' ? [{ name: m.name, driver: m.driver, destination: m.destination }] : [])
+}
