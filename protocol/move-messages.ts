@@ -13,7 +13,7 @@ export interface MoveOrder {
   allowBindMounts: boolean
 }
 
-export type MoveStep = 'plan' | 'pre-copy' | 'freeze' | 'hand-over' | 'restore' | 'commit' | 'rollback'
+export type MoveStep = 'plan' | 'pre-copy' | 'freeze' | 'hand-over' | 'restore' | 'commit'
 
 export interface MovePlan {
   moveId: string
