@@ -1,5 +1,6 @@
 /** Human-readable output of the operator CLI: aligned tables and short summaries. */
-import type { AgentStatus, FailoverStatus, PeerRow } from '../protocol/messages.js'
+import type { AgentStatus, PeerRow } from '../protocol/messages.js'
+import type { FailoverStatus } from '../protocol/failover-messages.js'
 
 export function table (headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))

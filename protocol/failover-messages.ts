@@ -4,7 +4,7 @@
  * agents; protect/unprotect from an operator). Checks turn untrusted JSON into these types.
  */
 import { ProtocolError } from './errors.js'
-import { obj, str, type FailoverStatus } from './messages.js'
+import { count, obj, str } from './parse.js'
 
 /** A protected container this member owns, at its ownership epoch. */
 export interface OwnedEntry { name: string, epoch: number }
@@ -31,13 +31,44 @@ export interface ProtectReply { container: string, protected: boolean, epoch: nu
 
 export type FailoverRequest = ClaimRequest | ProtectRequest
 
+/** One container in `goto status`'s failover section. */
+export interface FailoverContainerRow {
+  name: string
+  protected: boolean
+  /** This host's name when it owns the container (protected and running here), else null. */
+  owner: string | null
+  epoch: number | null
+  /** Stopped because this host lost the majority. */
+  fenced: boolean
+  lastSnapshotAt: string | null
+  snapshotAgeS: number | null
+  snapshotSeq: number | null
+  /** Names of the members holding the last snapshot. */
+  holders: string[]
+  freezeMs: number | null
+  snapshotBytes: number | null
+}
+
+/** A snapshot this host holds for another member. */
+export interface HeldSnapshotRow { name: string, owner: string, epoch: number, seq: number, takenAt: string, ageS: number }
+
+export interface FailoverStatus {
+  /** Whether a failover of this host's or another's containers can happen now. */
+  safe: boolean
+  /** Why not, when not safe. */
+  reason: string | null
+  /** Known members, this host counted; how many it reaches; how many make a majority. */
+  members: number
+  reachable: number
+  majority: number
+  replicas: number
+  snapshotIntervalS: number
+  containers: FailoverContainerRow[]
+  held: HeldSnapshotRow[]
+}
+
 /** The most entries a gossip list may carry: bounds a heartbeat. */
 export const MAX_GOSSIP_ENTRIES = 512
-
-function epochOf (v: unknown, what: string): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ProtocolError(`${what} must be a non-negative integer`)
-  return v
-}
 
 function list<T> (v: unknown, what: string, f: (x: Record<string, unknown>, what: string) => T): T[] {
   if (v === undefined) return []
@@ -49,9 +80,9 @@ export function parseFailoverGossip (v: unknown): FailoverGossip | undefined {
   if (v === undefined || v === null) return undefined
   const o = obj(v, 'failover gossip')
   return {
-    owned: list(o.owned, 'owned', (x, w) => ({ name: str(x.name, `${w}.name`, 256), epoch: epochOf(x.epoch, `${w}.epoch`) })),
+    owned: list(o.owned, 'owned', (x, w) => ({ name: str(x.name, `${w}.name`, 256), epoch: count(x.epoch, `${w}.epoch`) })),
     held: list(o.held, 'held', (x, w) => ({
-      name: str(x.name, `${w}.name`, 256), owner: str(x.owner, `${w}.owner`, 256), epoch: epochOf(x.epoch, `${w}.epoch`), seq: epochOf(x.seq, `${w}.seq`)
+      name: str(x.name, `${w}.name`, 256), owner: str(x.owner, `${w}.owner`, 256), epoch: count(x.epoch, `${w}.epoch`), seq: count(x.seq, `${w}.seq`)
     }))
   }
 }
@@ -60,7 +91,7 @@ export function parseFailoverRequest (v: unknown): FailoverRequest {
   const o = obj(v, 'failover request')
   switch (o.op) {
     case 'claim':
-      return { op: 'claim', name: str(o.name, 'name', 256), epoch: epochOf(o.epoch, 'epoch'), previousOwner: str(o.previousOwner, 'previousOwner', 256), previousEpoch: epochOf(o.previousEpoch, 'previousEpoch') }
+      return { op: 'claim', name: str(o.name, 'name', 256), epoch: count(o.epoch, 'epoch'), previousOwner: str(o.previousOwner, 'previousOwner', 256), previousEpoch: count(o.previousEpoch, 'previousEpoch') }
     case 'protect':
     case 'unprotect':
       return { op: o.op, container: str(o.container, 'container', 256) }
@@ -71,12 +102,12 @@ export function parseFailoverRequest (v: unknown): FailoverRequest {
 
 export function parseClaimReply (v: unknown): ClaimReply {
   const o = obj(v, 'claim reply')
-  return { granted: o.granted === true, epoch: epochOf(o.epoch, 'epoch') }
+  return { granted: o.granted === true, epoch: count(o.epoch, 'epoch') }
 }
 
 export function parseProtectReply (v: unknown): ProtectReply {
   const o = obj(v, 'protect reply')
-  return { container: str(o.container, 'container', 256), protected: o.protected === true, epoch: epochOf(o.epoch, 'epoch') }
+  return { container: str(o.container, 'container', 256), protected: o.protected === true, epoch: count(o.epoch, 'epoch') }
 }
 
 /** The failover section of a status reply, checked enough that printing it cannot fail. */

@@ -5,7 +5,12 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { ProtocolError } from './errors.js'
-import { parseFailoverGossip, parseFailoverStatus, type FailoverGossip } from './failover-messages.js'
+import { parseFailoverGossip, parseFailoverStatus, type FailoverGossip, type FailoverStatus } from './failover-messages.js'
+import { obj, str } from './parse.js'
+
+// The failover section of a status reply is defined with the other failover messages; re-exported
+// because it is part of the status reply.
+export type { FailoverContainerRow, FailoverStatus, HeldSnapshotRow } from './failover-messages.js'
 
 export type Role = 'agent' | 'operator'
 export type PeerState = 'alive' | 'suspect' | 'dead'
@@ -57,42 +62,6 @@ export interface StatusRequest { name?: string }
 
 export interface ContainerRow { name: string, id: string, image: string, state: string, status: string, labels?: Record<string, string> }
 
-/** One container in `goto status`'s failover section. */
-export interface FailoverContainerRow {
-  name: string
-  protected: boolean
-  /** This host's name when it owns the container (protected and running here), else null. */
-  owner: string | null
-  epoch: number | null
-  /** Stopped because this host lost the majority. */
-  fenced: boolean
-  lastSnapshotAt: string | null
-  snapshotAgeS: number | null
-  snapshotSeq: number | null
-  /** Names of the members holding the last snapshot. */
-  holders: string[]
-  freezeMs: number | null
-  snapshotBytes: number | null
-}
-
-/** A snapshot this host holds for another member. */
-export interface HeldSnapshotRow { name: string, owner: string, epoch: number, seq: number, takenAt: string, ageS: number }
-
-export interface FailoverStatus {
-  /** Whether a failover of this host's or another's containers can happen now. */
-  safe: boolean
-  /** Why not, when not safe. */
-  reason: string | null
-  /** Known members, this host counted; how many it reaches; how many make a majority. */
-  members: number
-  reachable: number
-  majority: number
-  replicas: number
-  snapshotIntervalS: number
-  containers: FailoverContainerRow[]
-  held: HeldSnapshotRow[]
-}
-
 export interface AgentStatus {
   name: string
   peerId: string
@@ -106,17 +75,6 @@ export interface AgentStatus {
 }
 
 // --- checks -----------------------------------------------------------------------------
-
-/** Shape checks shared by every message module: untrusted JSON in, typed values or ProtocolError out. */
-export function obj (v: unknown, what: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ProtocolError(`${what} must be an object`)
-  return v as Record<string, unknown>
-}
-
-export function str (v: unknown, what: string, max = 4096): string {
-  if (typeof v !== 'string' || v.length > max) throw new ProtocolError(`${what} must be a string of at most ${max} characters`)
-  return v
-}
 
 function strArray (v: unknown, what: string, maxItems = 64): string[] {
   if (!Array.isArray(v) || v.length > maxItems) throw new ProtocolError(`${what} must be an array of at most ${maxItems} strings`)

@@ -3,8 +3,8 @@
  * source-to-destination steps (/goto/transfer). Checks turn untrusted JSON into these types.
  */
 import { ProtocolError } from './errors.js'
-import { obj, str } from './messages.js'
-import type { ContainerSpec, ImageInfo } from '../agent/docker/types.js'
+import { count, obj, str } from './parse.js'
+import type { ContainerSpec, ImageInfo, MountSpec, RestartPolicyName } from './container.js'
 
 export interface MoveOrder {
   container: string
@@ -13,7 +13,7 @@ export interface MoveOrder {
   allowBindMounts: boolean
 }
 
-export type MoveStep = 'plan' | 'pre-copy' | 'freeze' | 'hand-over' | 'restore' | 'commit' | 'rollback'
+export type MoveStep = 'plan' | 'pre-copy' | 'freeze' | 'hand-over' | 'restore' | 'commit'
 
 export interface MovePlan {
   moveId: string
@@ -117,10 +117,6 @@ export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | Re
 
 // --- checks -----------------------------------------------------------------------------
 
-function count (v: unknown, what: string): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ProtocolError(`${what} must be a non-negative integer`)
-  return v
-}
 const DIGEST = /^sha256:[0-9a-f]{64}$/
 function digest (v: unknown, what: string): string {
   const s = str(v, what, 80)
@@ -168,7 +164,7 @@ export function parseSpec (v: unknown): ContainerSpec {
   const rpName = str(rp.name ?? '', 'restartPolicy.name', 32)
   if (!['', 'no', 'always', 'unless-stopped', 'on-failure'].includes(rpName)) throw new ProtocolError(`restartPolicy.name '${rpName}' is unknown`)
   if (!Array.isArray(o.mounts) || o.mounts.length > 256) throw new ProtocolError('mounts must be a list')
-  const mounts = o.mounts.map((m, i): ContainerSpec['mounts'][number] => {
+  const mounts = o.mounts.map((m, i): MountSpec => {
     const mo = obj(m, `mounts[${i}]`)
     const destination = str(mo.destination, `mounts[${i}].destination`, 4096)
     if (mo.type === 'volume') return { type: 'volume', name: str(mo.name, `mounts[${i}].name`, 256), destination, readOnly: mo.readOnly === true, driver: str(mo.driver ?? 'local', `mounts[${i}].driver`, 256) }
@@ -188,7 +184,7 @@ export function parseSpec (v: unknown): ContainerSpec {
     hostname: str(o.hostname ?? '', 'hostname', 256),
     exposedPorts: strings(o.exposedPorts ?? [], 'exposedPorts'),
     portBindings,
-    restartPolicy: { name: rpName as ContainerSpec['restartPolicy']['name'], maximumRetryCount: count(rp.maximumRetryCount ?? 0, 'maximumRetryCount') },
+    restartPolicy: { name: rpName as RestartPolicyName, maximumRetryCount: count(rp.maximumRetryCount ?? 0, 'maximumRetryCount') },
     mounts
   }
 }

@@ -10,6 +10,9 @@
  * byte count, then raw frames of at most BLOB_FRAME_BYTES until that count is reached. `sendBlob`
  * honours backpressure (each frame waits for the stream to drain); `receiveBlob` yields the bytes as
  * they arrive and fails the moment a sender goes past what it announced.
+ *
+ * The libp2p stream stays inside: callers see its life through `isOpen`, `onClose` and `abort`, so
+ * no other module depends on the libp2p stream API.
  */
 import type { Stream } from '@libp2p/interface'
 import { Uint8ArrayList } from 'uint8arraylist'
@@ -34,8 +37,12 @@ export class JsonStream {
   private ended = false
   private failure: Error | undefined
   private wake: (() => void) | undefined
+  /** Both ends closed, or the stream was reset or aborted: it carries nothing more either way. */
+  private closed: boolean
+  private readonly closeListeners = new Set<(error: Error | undefined) => void>()
 
-  constructor (readonly stream: Stream) {
+  constructor (private readonly stream: Stream) {
+    this.closed = stream.status === 'closed' || stream.status === 'aborted' || stream.status === 'reset'
     stream.addEventListener('message', evt => {
       this.buffer.append(evt.data)
       // Pause after this dispatch, not inside it: libp2p's resume() dispatches buffered data and only
@@ -46,9 +53,40 @@ export class JsonStream {
     stream.addEventListener('remoteCloseWrite', () => { this.ended = true; this.notify() })
     stream.addEventListener('close', evt => {
       this.ended = true
+      this.closed = true
       if (evt.error !== undefined) this.failure = evt.error
       this.notify()
+      const listeners = [...this.closeListeners]
+      this.closeListeners.clear()
+      for (const cb of listeners) cb(evt.error)
     })
+  }
+
+  /** Whether the stream is open both ways (not closing, closed, reset or aborted). */
+  get isOpen (): boolean {
+    return this.stream.status === 'open'
+  }
+
+  /**
+   * Calls `cb` once when the stream has closed: both ends closed, the remote reset it, or it was
+   * aborted (`error` then says why). A stream already closed calls `cb` at once. Returns a function
+   * that takes `cb` back (a caller done with the stream before it closes).
+   */
+  onClose (cb: (error: Error | undefined) => void): () => void {
+    if (this.closed) {
+      cb(this.failure)
+      return () => {}
+    }
+    this.closeListeners.add(cb)
+    return () => { this.closeListeners.delete(cb) }
+  }
+
+  /**
+   * Ends the stream at once both ways, dropping what is unsent or unread; the remote sees a reset.
+   * Pending reads and writes here fail with a ProtocolError that carries `err`.
+   */
+  abort (err: Error): void {
+    this.stream.abort(err)
   }
 
   private maybePause (): void {

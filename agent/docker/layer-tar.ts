@@ -18,6 +18,7 @@
  * other exotic entry types are refused (the engine does not write them). Format errors are
  * TarFormatError; the caller decides what they mean.
  */
+import { GotoError } from '../../protocol/errors.js'
 
 export const TAR_BLOCK = 512
 /** Two zero blocks end an archive. */
@@ -43,9 +44,8 @@ export const TarType = {
   file: '0', link: '1', symlink: '2', char: '3', block: '4', directory: '5', fifo: '6', contiguous: '7'
 } as const
 
-export class TarFormatError extends Error {
-  override name = 'TarFormatError'
-}
+/** A tar stream that is not a well-formed archive (or uses what this reader does not support). */
+export class TarFormatError extends GotoError {}
 
 /** One PAX record, `key=value`; the value is bytes (it may be binary). */
 export interface PaxRecord { key: string, value: Buffer }

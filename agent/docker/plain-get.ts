@@ -18,6 +18,7 @@
  * an aborted `signal` destroys the socket.
  */
 import { connect, type Socket } from 'node:net'
+import { GotoError } from '../../protocol/errors.js'
 import { addAbortSignal } from 'node:stream'
 import type { DockerEndpoint } from '../config.js'
 
@@ -33,11 +34,13 @@ export interface PlainResponse {
   body: AsyncIterable<Uint8Array>
 }
 
-/** What a non-2xx answer rejects with: the fields the modem's errors carry. */
-export class EngineStatusError extends Error {
-  constructor (readonly statusCode: number, readonly json: { message?: unknown } | null, text: string) {
-    super(`(HTTP code ${statusCode}) unexpected - ${text}`) // the modem's wording
-    this.name = 'EngineStatusError'
+/**
+ * What a non-2xx answer rejects with: the fields the modem's errors carry. Internal to the driver:
+ * agent/docker/host.ts turns it into a DockerEngineError (by `statusCode`, as a modem error).
+ */
+export class EngineStatusError extends GotoError {
+  constructor (readonly statusCode: number, readonly json: { message?: unknown } | null, text: string, options?: { cause?: unknown }) {
+    super(`(HTTP code ${statusCode}) unexpected - ${text}`, options) // the modem's wording
   }
 }
 

@@ -4,33 +4,11 @@
  * API.
  */
 
-/** A named volume or a bind mount of the container. tmpfs mounts hold nothing to move. */
-export type MountSpec =
-  | { type: 'volume', name: string, destination: string, readOnly: boolean, driver: string }
-  | { type: 'bind', source: string, destination: string, readOnly: boolean }
-  | { type: 'tmpfs', destination: string }
+import type { ContainerSpec } from '../../protocol/container.js'
 
-export interface PortBinding { hostIp: string, hostPort: string }
-
-/** Everything needed to create the same container on another engine. */
-export interface ContainerSpec {
-  name: string
-  /** Image ID (sha256:<config digest>) the container runs. */
-  image: string
-  env: string[]
-  cmd: string[] | null
-  entrypoint: string[] | null
-  workingDir: string
-  user: string
-  labels: Record<string, string>
-  hostname: string
-  /** e.g. ['80/tcp', '53/udp'] */
-  exposedPorts: string[]
-  /** e.g. { '80/tcp': [{ hostIp: '', hostPort: '8080' }] } */
-  portBindings: Record<string, PortBinding[]>
-  restartPolicy: { name: '' | 'no' | 'always' | 'unless-stopped' | 'on-failure', maximumRetryCount: number }
-  mounts: MountSpec[]
-}
+// The shapes that travel on the wire live in protocol/container.ts; re-exported so that driver code
+// keeps importing its types from one place.
+export type { ContainerSpec, ImageInfo, MountSpec, PortBinding, RestartPolicy, RestartPolicyName } from '../../protocol/container.js'
 
 export interface ContainerInfo {
   id: string
@@ -38,18 +16,6 @@ export interface ContainerInfo {
   /** `execs`: how many `docker exec` processes run in it now. */
   state: { status: string, running: boolean, paused: boolean, execs: number }
   spec: ContainerSpec
-}
-
-export interface ImageInfo {
-  /** sha256:<digest of the config JSON>. */
-  id: string
-  /** The layers' diff IDs (sha256 of each uncompressed layer tar), base first. */
-  diffIds: string[]
-  os: string
-  architecture: string
-  /** Bytes of all layers, as the engine reports it. */
-  size: number
-  repoTags: string[]
 }
 
 /** What `docker save` produced, read entry by entry (classic or OCI layout). */

@@ -75,7 +75,7 @@ export class MembershipService {
     this.stopped = true
     this.unsubscribe?.()
     clearInterval(this.timer)
-    for (const { js } of this.channels.values()) js.stream.abort(new ProtocolError('agent stopping'))
+    for (const { js } of this.channels.values()) js.abort(new ProtocolError('agent stopping'))
     this.channels.clear()
   }
 
@@ -173,8 +173,8 @@ export class MembershipService {
   private async exchange (connection: Connection, peer: VerifiedPeer, signal: AbortSignal): Promise<void> {
     const started = performance.now()
     let channel = this.channels.get(peer.peerId)
-    if (channel === undefined || channel.connection !== connection || channel.js.stream.status !== 'open') {
-      channel?.js.stream.abort(new ProtocolError('heartbeat stream replaced'))
+    if (channel === undefined || channel.connection !== connection || !channel.js.isOpen) {
+      channel?.js.abort(new ProtocolError('heartbeat stream replaced'))
       channel = { connection, js: new JsonStream(await connection.newStream(HEARTBEAT_PROTOCOL, { signal })) }
       this.channels.set(peer.peerId, channel)
     }
@@ -187,7 +187,7 @@ export class MembershipService {
       reply = parseHeartbeatReply(await readResult(js, signal))
     } catch (err) {
       this.channels.delete(peer.peerId)
-      js.stream.abort(err as Error)
+      js.abort(err as Error)
       throw err
     }
     if (reply.crl !== undefined) this.deps.auth.offerCrl(reply.crl)
@@ -214,7 +214,7 @@ export class MembershipService {
       const result = { self: this.deps.self(), members: this.deps.table.summaries(), ...this.crlFor(req.from.crlNumber) }
       await js.write({ ok: true, result }, AbortSignal.timeout(timings.heartbeatTimeoutMs))
     }
-    js.stream.abort(new ProtocolError('heartbeat stream ended'))
+    js.abort(new ProtocolError('heartbeat stream ended'))
   }
 
   /** Revocation lists spread with heartbeats: a peer that reports an older one gets ours. */
@@ -225,7 +225,7 @@ export class MembershipService {
 
   /** Forgets what we keep per peer (its certificate was revoked). */
   forget (peerId: string): void {
-    this.channels.get(peerId)?.js.stream.abort(new ProtocolError('peer revoked'))
+    this.channels.get(peerId)?.js.abort(new ProtocolError('peer revoked'))
     this.channels.delete(peerId)
     this.lastRequest.delete(peerId)
     this.lastAttempt.delete(peerId)

@@ -129,7 +129,7 @@ export class DestinationService {
     // A step lasts as long as its stream: if the source dies or gives up, the stream closes and
     // whatever the step was doing (a layer half-received, a load) is aborted and cleaned up.
     const ac = new AbortController()
-    js.stream.addEventListener('close', () => { ac.abort(new UnknownMoveError(`the source closed the ${req.op} stream`)) }, { once: true })
+    js.onClose(() => { ac.abort(new UnknownMoveError(`the source closed the ${req.op} stream`)) })
     const signal = ac.signal
     let reply: unknown
     const running = this.moves.get(req.moveId)

@@ -71,7 +71,7 @@ export class MoveService {
       // The move goes on as long as the operator's stream is open; closing it (Ctrl-C) aborts it,
       // and an aborted move rolls back like a failed one.
       const ac = new AbortController()
-      js.stream.addEventListener('close', () => { ac.abort(new DestinationUnavailableError('the operator closed the move stream')) }, { once: true })
+      js.onClose(() => { ac.abort(new DestinationUnavailableError('the operator closed the move stream')) })
       this.deps.log.info('move ordered', { by: peer.name, container: order.container, to: order.to, dryRun: order.dryRun })
       await this.move(order, async ev => { await js.write(ev, ac.signal).catch(() => {}) }, ac.signal)
       await js.close().catch(() => {})

@@ -40,7 +40,7 @@ export class TransferLink {
       await js.close(signal)
       return result
     } catch (err) {
-      js.stream.abort(err as Error)
+      js.abort(err as Error)
       throw err
     }
   }

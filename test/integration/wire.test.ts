@@ -129,13 +129,13 @@ describe('bulk data over libp2p (loopback)', function () {
     let err: unknown
     try { await sendBlob(js, repeat(new Uint8Array(8), 2), 10) } catch (e) { err = e }
     expect(err).to.be.instanceOf(ProtocolError)
-    js.stream.abort(new Error('test'))
+    js.abort(new Error('test'))
     const js2 = new JsonStream(await b.dialProtocol(a.getMultiaddrs()[0], PROTO))
     await js2.write({ size: 10 })
     err = undefined
     try { await sendBlob(js2, repeat(new Uint8Array(4), 2), 10) } catch (e) { err = e }
     expect(err).to.be.instanceOf(ProtocolError)
-    js2.stream.abort(new Error('test'))
+    js2.abort(new Error('test'))
   })
 
   it('the receiver refuses bytes past the size it was told', async () => {

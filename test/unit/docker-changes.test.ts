@@ -20,7 +20,7 @@ import {
   TAR_END, TarFormatError, TarType, encodePax, newHeader, readTar, rewrittenHeader, tarPadding, ustarSplit
 } from '../../agent/docker/layer-tar.js'
 import type { ContainerChange, ContainerInfo, MountSpec, PathStat } from '../../agent/docker/types.js'
-import { ContainerPathNotFoundError, DockerEngineError } from '../../protocol/errors.js'
+import { ContainerPathNotFoundError, DockerEngineError, GotoError } from '../../protocol/errors.js'
 
 const GO_DIR = 2 ** 31
 const GO_SYMLINK = 2 ** 27
@@ -240,7 +240,8 @@ describe('docker changes: tar rewriting', () => {
     bad[10] = 0x41
     let err: unknown
     try { await list(bad) } catch (e) { err = e }
-    expect(err).to.be.instanceOf(TarFormatError)
+    expect(err).to.be.instanceOf(TarFormatError).and.instanceOf(GotoError)
+    expect((err as Error).name).to.equal('TarFormatError')
     for (const cut of [1200, 2560]) { // inside the data; after it, without the end-of-archive blocks
       err = undefined
       try { await list(good.subarray(0, cut)) } catch (e) { err = e }

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { EngineStatusError, plainGet } from '../../agent/docker/plain-get.js'
 import type { DockerEndpoint } from '../../agent/config.js'
+import { GotoError } from '../../protocol/errors.js'
 
 /** A fake engine on a unix socket: answers every connection with `answer` (raw bytes), then closes. */
 async function fakeEngine (path: string, answer: (req: string, socket: Socket) => void): Promise<Server> {
@@ -79,7 +80,8 @@ describe('docker: plainGet (a streamed GET over HTTP/1.0)', () => {
     })
     let err: unknown
     try { await plainGet(endpoint, '/images/missing/get') } catch (e) { err = e }
-    expect(err).to.be.instanceOf(EngineStatusError)
+    expect(err).to.be.instanceOf(EngineStatusError).and.instanceOf(GotoError)
+    expect((err as Error).name).to.equal('EngineStatusError')
     expect((err as EngineStatusError).statusCode).to.equal(404)
     expect((err as EngineStatusError).json).to.deep.equal({ message: 'reference does not exist' })
     err = undefined
