@@ -12,7 +12,7 @@ import { loadConfig, AGENT_USAGE, HelpRequested, VersionRequested, type AgentCon
 import { createRootLogger } from './log.js'
 import { DockerodeHost } from './docker/host.js'
 import { DockerMonitor } from './docker/monitor.js'
-import { AuthService } from './net/auth-service.js'
+import { createGatedNode } from './net/gated-node.js'
 import { PeerTable } from './membership/peer-table.js'
 import { MembershipService } from './membership/service.js'
 import { StatusService } from './status/service.js'
@@ -35,7 +35,6 @@ import { Snapshotter } from './failover/snapshotter.js'
 import { advertisedAddrs, hostAddresses } from './addresses.js'
 import { NO_METRICS, type Metrics } from './metrics/sink.js'
 import { RelayReservations } from './net/relay-reservations.js'
-import { createMeshNode } from '../protocol/node.js'
 import { GOTO_VERSION } from '../protocol/version.js'
 import { ConfigError, GotoError } from '../protocol/errors.js'
 import type { MemberInfo } from '../protocol/messages.js'
@@ -81,13 +80,22 @@ async function run (config: AgentConfig): Promise<void> {
     process.once('uncaughtException', err => { resolve(err) })
   })
   const startedAt = Date.now()
-  const node = await createMeshNode({
-    privateKey: bundle.privateKey,
-    listen: config.listen.map(a => a.toString()),
-    announce: config.announce.map(a => a.toString()),
-    isRefused: peerId => trust.isRevoked(peerId.toString()),
-    // Reachable agents relay for members behind NAT; a NAT'd agent dials and listens through them.
-    relay: { serve: !config.noInbound, isMember: async (peerId, roles) => await auth.isMember(peerId, roles) }
+  const { node, auth } = await createGatedNode({
+    node: {
+      privateKey: bundle.privateKey,
+      listen: config.listen.map(a => a.toString()),
+      announce: config.announce.map(a => a.toString()),
+      isRefused: peerId => trust.isRevoked(peerId.toString()),
+      // Reachable agents relay for members behind NAT; a NAT'd agent dials and listens through them.
+      relayServe: !config.noInbound
+    },
+    auth: {
+      identity: { certPem: bundle.certPem, trust },
+      authTimeoutMs: config.timings.authTimeoutMs,
+      log: log.child({ component: 'auth' }),
+      // The state directory keeps the newest list under the same name a bundle does.
+      saveCrl: async crl => { await writeCrl(config.stateDir, crl) }
+    }
   })
   const docker = new DockerodeHost(config.docker, { layerFiles: !config.dockerSaveOnly })
   const monitor = new DockerMonitor(docker, config.timings.dockerRefreshMs, log.child({ component: 'docker' }))
@@ -104,14 +112,6 @@ async function run (config: AgentConfig): Promise<void> {
   const relays = config.noInbound
     ? new RelayReservations({ node, table, checkMs: config.timings.redialDeadMs, log: log.child({ component: 'relay' }) })
     : undefined
-  const auth = new AuthService({
-    node,
-    identity: { certPem: bundle.certPem, trust },
-    authTimeoutMs: config.timings.authTimeoutMs,
-    log: log.child({ component: 'auth' }),
-    // The state directory keeps the newest list under the same name a bundle does.
-    saveCrl: async crl => { await writeCrl(config.stateDir, crl) }
-  })
   // Staged layers only bridge a move's retries: valid for this boot, never fsynced (layer-store.ts).
   const store = await LayerStore.open(join(config.stateDir, 'layers'), { durability: 'boot' })
   const snapshots = await SnapshotStore.open(join(config.stateDir, 'snapshots'))
