@@ -3,7 +3,7 @@
  * never waits on Docker. Refreshes every `dockerRefreshMs`; an engine that stops answering reads as
  * null (the peer table then shows no version) and is logged once per outage.
  */
-import type { DockerHost, EngineVersion } from './host.js'
+import type { DockerHost, EngineVersion } from './docker-host.js'
 import type { Logger } from '../log.js'
 
 export class DockerMonitor {

@@ -46,8 +46,17 @@ type EntryIterator = AsyncIterator<Chunk>
 interface ManifestDescriptor { digest?: unknown, mediaType?: unknown }
 interface JsonBlob { path: string, value: unknown }
 
+export interface ReadSavedOptions {
+  /**
+   * Accept a manifest naming layers the archive does not hold (a thin load tarball, transfer/load.ts:
+   * the engine takes those from its own chain). The manifest then names their paths as written;
+   * the caller tells them from the layers it was given. Default false: a SavedImageFormatError.
+   */
+  absentLayers?: boolean
+}
+
 /** Parses a save stream; see the module comment. */
-export async function * readSavedImage (source: AsyncIterable<Uint8Array> | Readable): AsyncGenerator<SavedEntry> {
+export async function * readSavedImage (source: AsyncIterable<Uint8Array> | Readable, opts: ReadSavedOptions = {}): AsyncGenerator<SavedEntry> {
   const extract = tarStream.extract()
   const feeder = new Feeder(source, extract)
   const fail = (err: unknown): unknown => feeder.error ?? (err instanceof GotoError ? err : new SavedImageFormatError(`not a readable image archive: ${(err as Error).message}`, { cause: err }))
@@ -142,7 +151,7 @@ export async function * readSavedImage (source: AsyncIterable<Uint8Array> | Read
     if (manifest === undefined) throw new SavedImageFormatError('the archive has neither manifest.json nor index.json')
     const layers = manifest.layers.map(p => {
       const real = resolveLink(p, links)
-      if (!layerPaths.has(real)) throw new SavedImageFormatError(`the manifest names layer ${p}, which the archive does not hold`)
+      if (!layerPaths.has(real) && opts.absentLayers !== true) throw new SavedImageFormatError(`the manifest names layer ${p}, which the archive does not hold`)
       return real
     })
     yield { kind: 'manifest', config: config.path, layers }

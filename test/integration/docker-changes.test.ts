@@ -197,7 +197,7 @@ describe('docker host driver: a container\'s changes as a layer (lab engine)', f
     // docker commit's own top layer: the same files with the same headers and contents. (Its
     // directories are those overlay copied up, a superset of ours; its deletions may be an opaque
     // marker where ours are whiteouts.)
-    const committed = await docker.commit(id, { comment: 'reference' })
+    const { Id: committed } = await raw.getContainer(id).commit({ pause: false, comment: 'reference' }) as { Id: string }
     const chain = (await docker.inspectImage(committed)).diffIds
     let commitTop: LayerEntry[] = []
     const layers = new Map<string, LayerEntry[]>()
@@ -278,7 +278,7 @@ describe('docker host driver: a container\'s changes as a layer (lab engine)', f
       if (name === 'big') {
         // The freeze as it was: commit, then save the committed image to get its top layer.
         const started = performance.now()
-        const committed = await docker.commit(id, {})
+        const { Id: committed } = await raw.getContainer(id).commit({ pause: false }) as { Id: string }
         let saved = 0
         for await (const e of docker.saveImage(committed)) if (e.kind === 'layer') for await (const c of e.stream) saved += c.byteLength
         timings['commit+save (big)'] = performance.now() - started

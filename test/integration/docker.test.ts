@@ -1,7 +1,7 @@
 /**
  * The Docker host driver (agent/docker/) against a real engine: one lab host (engine only, its own
  * prefix and subnet so other labs are left alone). Covers spec fidelity of inspect and create,
- * pause/unpause/commit, the save stream (classic from the engine, OCI from skopeo, plain and gzip),
+ * pause/unpause (with a commit by the test's own client), the save stream (classic from the engine, OCI from skopeo, plain and gzip),
  * load (full, thin, corrupted, truncated), the archive endpoints into a named volume, and the typed
  * errors. Needs root, dockerd, busybox-static, iproute2, iptables and skopeo (.ci/setup installs them).
  */
@@ -254,7 +254,7 @@ describe('docker host driver (DockerodeHost on a lab engine)', function () {
 
     await docker.pause(id)
     expect((await docker.inspectContainer(id)).state.paused).to.equal(true)
-    const imageId = await docker.commit(id, { comment: 'freeze' })
+    const { Id: imageId } = await raw.getContainer(id).commit({ pause: false, comment: 'freeze' }) as { Id: string }
     expect(imageId).to.match(/^sha256:[0-9a-f]{64}$/)
     const committed = await docker.inspectImage(imageId)
     expect(committed.repoTags).to.deep.equal([])
