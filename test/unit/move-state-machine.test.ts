@@ -1,0 +1,287 @@
+/**
+ * The move and snapshot state machines (agent/move/session.ts and its two scripts, source.ts and
+ * failover/snapshotter.ts), driven end to end in this process: two agents' transfer parts over real
+ * libp2p on loopback with real certificates, each on an in-memory engine (MemoryDockerHost, held to
+ * the real engine's behaviour by the DockerHost conformance suite). No root, no lab: a failure is
+ * injected at every step, and each must leave the source running and unpaused and nothing at the
+ * destination. The lab tests (move.test.ts, failover.test.ts) run the same paths on real engines.
+ */
+import '../../protocol/polyfill.js'
+import { expect } from 'chai'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { initCa } from '../../certs/index.js'
+import type { ContainerSpec } from '../../agent/docker/types.js'
+import { TransferSession } from '../../agent/move/session.js'
+import { layersToSend } from '../../agent/transfer/plan.js'
+import { DockerEngineError, MoveInProgressError } from '../../protocol/errors.js'
+import type { MoveEvent, MoveStep } from '../../protocol/move-messages.js'
+import { MemoryDockerHost, type DockerHostMethod } from '../fixtures/memory-docker-host.js'
+import { introduce, runMove, startMiniAgent, stopAll, type MiniAgent } from '../fixtures/mini-agent.js'
+import { waitFor } from '../lab/wait.js'
+
+const BASE = { '/bin/sh': 'a shell', '/etc/os-release': 'ID=test\n' }
+const APP = { '/app/run': 'version 1\n' }
+
+function webSpec (image: string): ContainerSpec {
+  return {
+    name: 'web', image, env: ['MODE=test'], cmd: ['/app/run'], entrypoint: null, workingDir: '/app', user: '', labels: { app: 'web' }, hostname: 'web',
+    exposedPorts: ['80/tcp'], portBindings: {}, restartPolicy: { name: 'unless-stopped', maximumRetryCount: 0 },
+    mounts: [{ type: 'volume', name: 'web-data', destination: '/data', readOnly: false, driver: 'local' }]
+  }
+}
+
+interface World { a: MiniAgent, b: MiniAgent, A: MemoryDockerHost, B: MemoryDockerHost, web: string, imagesB: string[] }
+
+/** The last event of a move (its outcome). */
+function outcome (events: MoveEvent[]): MoveEvent {
+  const last = events.at(-1)
+  if (last === undefined) throw new Error('the move reported nothing')
+  return last
+}
+
+describe('move and snapshot state machines (in-memory engines, libp2p on loopback)', function () {
+  this.timeout(60_000)
+  let dir: string
+  let caDir: string
+  let run = 0
+  const started: MiniAgent[] = []
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'goto-sm-'))
+    caDir = join(dir, 'ca')
+    await initCa(caDir)
+  })
+
+  afterEach(async () => {
+    await stopAll(started.splice(0))
+  })
+
+  after(async () => {
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  async function agent (name: string, docker: MemoryDockerHost, opts: { state?: string, timings?: Parameters<typeof startMiniAgent>[0]['timings'] } = {}): Promise<MiniAgent> {
+    const a = await startMiniAgent({ dir, caDir, name, docker, state: opts.state ?? `state-${run}`, timings: opts.timings })
+    started.push(a)
+    return a
+  }
+
+  /** A with a running `web` (changed files, volume data); B with only the base layer. */
+  async function world (timingsB?: Parameters<typeof startMiniAgent>[0]['timings']): Promise<World> {
+    run++
+    const A = new MemoryDockerHost({ name: 'A' })
+    const B = new MemoryDockerHost({ name: 'B' })
+    const image = await A.addImage([BASE, APP], { config: { Env: ['PATH=/bin'], Cmd: ['/app/run'] } })
+    await B.addImage([BASE])
+    const web = await A.create(webSpec(image))
+    await A.start(web)
+    A.writeFile(web, '/app/state', 'changed while running\n')
+    A.writeVolumeFile('web-data', '/rows', 'row 1\n')
+    const a = await agent('a', A)
+    const b = await agent('b', B, { timings: timingsB })
+    introduce(a, b)
+    return { a, b, A, B, web, imagesB: B.imageIds().sort() }
+  }
+
+  /** Nothing lost at the source, nothing left at the destination, no journal record anywhere. */
+  async function expectRolledBack (w: World): Promise<void> {
+    const info = await w.A.inspectContainer('web')
+    expect(info.state.running, 'source running').to.equal(true)
+    expect(info.state.paused, 'source paused').to.equal(false)
+    expect(w.A.readFile(w.web, '/app/state')?.toString()).to.equal('changed while running\n')
+    expect(w.A.readVolumeFile('web-data', '/rows')?.toString()).to.equal('row 1\n')
+    expect(w.B.containerIds(), 'containers at the destination').to.deep.equal([])
+    expect(w.B.volumeNames(), 'volumes at the destination').to.deep.equal([])
+    expect(w.B.imageIds().sort(), 'images at the destination').to.deep.equal(w.imagesB)
+    expect((await w.a.freezeJournal.list()).records, 'freeze records').to.deep.equal([])
+    expect((await w.b.incomingJournal.list()).records, 'incoming records').to.deep.equal([])
+  }
+
+  /** The container runs at B with its spec, files and volume data, and is gone from A. */
+  async function expectMoved (w: World): Promise<void> {
+    const moved = await w.B.inspectContainer('web')
+    expect(moved.state.running).to.equal(true)
+    expect(moved.spec.env).to.include('MODE=test')
+    expect(moved.spec.labels).to.include({ app: 'web' })
+    expect(w.B.readFile(moved.id, '/app/state')?.toString()).to.equal('changed while running\n')
+    expect(w.B.readVolumeFile('web-data', '/rows')?.toString()).to.equal('row 1\n')
+    expect(w.A.containerIds()).to.deep.equal([])
+    expect(w.A.volumeNames()).to.deep.equal([])
+    expect((await w.a.freezeJournal.list()).records).to.deep.equal([])
+    expect((await w.b.incomingJournal.list()).records).to.deep.equal([])
+  }
+
+  it('moves a running container with its changes and volume data, sending only the layers the destination lacks', async () => {
+    const w = await world()
+    const image = await w.A.inspectImage((await w.A.inspectContainer(w.web)).spec.image)
+    const { present } = layersToSend(image.diffIds, await w.B.imageChains())
+    const events = await runMove(w.a, { container: 'web', to: 'b' })
+    const done = outcome(events)
+    expect(done.event, JSON.stringify(done)).to.equal('done')
+    const plan = events.find(e => e.event === 'plan')
+    expect(plan?.event === 'plan' && plan.plan.layersPresent).to.equal(present)
+    expect(plan?.event === 'plan' && plan.plan.layersToSend).to.equal(image.diffIds.length - present)
+    expect(events.filter(e => e.event === 'step').map(e => e.event === 'step' && e.step)).to.deep.equal(['plan', 'pre-copy', 'freeze', 'hand-over', 'restore', 'commit'])
+    await expectMoved(w)
+  })
+
+  it('a dry run prepares, reports the plan and changes nothing', async () => {
+    const w = await world()
+    const done = outcome(await runMove(w.a, { container: 'web', to: 'b', dryRun: true }))
+    expect(done.event).to.equal('done')
+    await expectRolledBack(w)
+  })
+
+  // Each case: when the source reports `at`, the next call of `method` on that engine fails, and
+  // the move fails with `error` (default: the engine's DockerEngineError, passed on as it is).
+  const cases: Array<{ at: MoveStep, engine: 'A' | 'B', method: DockerHostMethod, always?: boolean, rollback: 'none-needed' | 'done', error?: string }> = [
+    { at: 'plan', engine: 'A', method: 'inspectImage', rollback: 'none-needed' },
+    { at: 'plan', engine: 'B', method: 'info', rollback: 'none-needed' },
+    { at: 'plan', engine: 'B', method: 'imageChains', rollback: 'none-needed' },
+    { at: 'pre-copy', engine: 'A', method: 'saveImage', rollback: 'done' },
+    // The live load and the preload's fallback both fail: the preload fails.
+    { at: 'pre-copy', engine: 'B', method: 'loadImage', always: true, rollback: 'done', error: 'ImageLoadError' },
+    { at: 'freeze', engine: 'A', method: 'pause', rollback: 'done' },
+    { at: 'freeze', engine: 'A', method: 'exportChanges', rollback: 'done' },
+    { at: 'freeze', engine: 'A', method: 'inspectImageConfig', rollback: 'done' },
+    { at: 'hand-over', engine: 'A', method: 'getArchive', rollback: 'done' },
+    { at: 'restore', engine: 'B', method: 'createVolume', rollback: 'done' },
+    { at: 'restore', engine: 'B', method: 'create', rollback: 'done' },
+    { at: 'restore', engine: 'B', method: 'putArchive', rollback: 'done' },
+    { at: 'restore', engine: 'B', method: 'start', rollback: 'done' }
+  ]
+  for (const c of cases) {
+    it(`a failure of ${c.engine}'s ${c.method} at ${c.at} leaves the source running and nothing at the destination; a retry moves it`, async () => {
+      const w = await world()
+      const engine = c.engine === 'A' ? w.A : w.B
+      const injected = new DockerEngineError(`injected: ${c.method} fails`)
+      const events: MoveEvent[] = []
+      await w.a.moves.move({ container: 'web', to: 'b', dryRun: false, allowBindMounts: false }, async ev => {
+        events.push(ev)
+        if (ev.event === 'step' && ev.step === c.at) {
+          if (c.always === true) engine.failAlways(c.method, injected)
+          else engine.failNext(c.method, injected)
+        }
+      }, AbortSignal.timeout(30_000))
+      const failed = outcome(events)
+      expect(failed.event, JSON.stringify(failed)).to.equal('failed')
+      if (failed.event !== 'failed') return
+      expect(failed.error.name).to.equal(c.error ?? 'DockerEngineError')
+      expect(failed.error.message).to.contain('injected')
+      expect(failed.rollback).to.equal(c.rollback)
+      expect(engine.callsOf(c.method).some(call => call.state === 'error' && call.error === injected), 'the fault was hit').to.equal(true)
+      await expectRolledBack(w)
+      engine.clearFaults()
+      expect(outcome(await runMove(w.a, { container: 'web', to: 'b' })).event).to.equal('done')
+      await expectMoved(w)
+    })
+  }
+
+  it('a second move, or a snapshot, of a container being moved is refused and touches nothing', async () => {
+    const w = await world()
+    w.A.hangNext('pause')
+    const first = runMove(w.a, { container: 'web', to: 'b' })
+    await waitFor(() => w.A.callsOf('pause').length === 1, { timeoutMs: 10_000, intervalMs: 10, what: 'the first move to pause' })
+    const second = outcome(await runMove(w.a, { container: 'web', to: 'b' }))
+    expect(second.event === 'failed' && second.error.name).to.equal('MoveInProgressError')
+    expect(second.event === 'failed' && second.rollback).to.equal('none-needed')
+    let snapshotError: unknown
+    await w.a.snapshotter.snapshot('web', 'b', { epoch: 1, seq: 1 }, AbortSignal.timeout(10_000)).catch(err => { snapshotError = err })
+    expect(snapshotError).to.be.instanceOf(MoveInProgressError)
+    w.A.releaseHung()
+    expect(outcome(await first).event).to.equal('done')
+    await expectMoved(w)
+  })
+
+  it('a commit lost midway (the destination restarts, the source cannot remove its copy) is finished by freeze recovery', async () => {
+    const w = await world()
+    const events: MoveEvent[] = []
+    await w.a.moves.move({ container: 'web', to: 'b', dryRun: false, allowBindMounts: false }, async ev => {
+      events.push(ev)
+      if (ev.event === 'step' && ev.step === 'commit') {
+        // The destination runs the container; now its agent goes away (the commit is lost) and
+        // the source's removal of its own copy fails.
+        await w.b.stop()
+        w.A.failNext('remove', new DockerEngineError('injected: remove fails'))
+      }
+    }, AbortSignal.timeout(30_000))
+    expect(outcome(events).event, 'the move is done: the destination runs it').to.equal('done')
+    expect((await w.a.freezeJournal.list()).records.map(r => r.stage)).to.deep.equal(['committing'])
+    expect((await w.A.inspectContainer('web')).state.paused, 'never unpaused once committing').to.equal(true)
+    // The destination agent starts again on its state: the move is pending there, waiting for the source.
+    const b2 = await agent('b', w.B, { state: `state-${run}` })
+    introduce(w.a, b2)
+    expect((await b2.incomingJournal.list()).records.map(r => r.stage)).to.deep.equal(['restored'])
+    await w.a.recovery.settleNow()
+    expect((await w.a.freezeJournal.list()).records).to.deep.equal([])
+    expect((await b2.incomingJournal.list()).records).to.deep.equal([])
+    await expectMoved(w)
+  })
+
+  it('a destination rolls back a transfer whose source went silent', async () => {
+    const w = await world({ moveIdleTimeoutMs: 300, moveExpireCheckMs: 50 })
+    const session = new TransferSession(w.a.sessions, 'move', await w.A.inspectContainer('web'))
+    await session.connect('b', AbortSignal.timeout(10_000))
+    await session.prepare((await w.A.inspectContainer('web')).spec, AbortSignal.timeout(10_000))
+    await session.precopy(() => {}, AbortSignal.timeout(10_000))
+    expect(w.B.imageIds().length, 'preloaded at the destination').to.equal(w.imagesB.length + 1)
+    expect((await w.b.incomingJournal.list()).records).to.have.length(1)
+    // The source says nothing more: the destination undoes the preload and forgets the move.
+    await waitFor(async () => (await w.b.incomingJournal.list()).records.length === 0, { timeoutMs: 10_000, intervalMs: 20, what: 'the destination to expire the move' })
+    expect(w.B.imageIds().sort()).to.deep.equal(w.imagesB)
+    // A source that speaks again hears that the move is unknown; its rollback then needs nothing more.
+    expect(await session.abort()).to.equal('done')
+    await session.close()
+    await expectRolledBack(w)
+  })
+
+  it('a snapshot stores the frozen state at the holder and leaves the container running here', async () => {
+    const w = await world()
+    const r = await w.a.snapshotter.snapshot('web', 'b', { epoch: 1, seq: 1 }, AbortSignal.timeout(30_000))
+    expect(r.bytes).to.be.greaterThan(0)
+    const info = await w.A.inspectContainer('web')
+    expect(info.state.running && !info.state.paused).to.equal(true)
+    const held = w.b.snapshots.get('web')
+    expect(held?.manifest.epoch).to.equal(1)
+    expect(held?.manifest.seq).to.equal(1)
+    expect(held?.manifest.owner).to.equal(w.a.peerId)
+    expect(w.B.containerIds()).to.deep.equal([])
+    expect((await w.a.freezeJournal.list()).records).to.deep.equal([])
+  })
+
+  // `times`: how many calls fail (Infinity: until cleared). Two failed unpauses: the thaw's and the rollback's.
+  const snapshotCases: Array<{ engine: 'A' | 'B', method: DockerHostMethod, times: number, error?: string }> = [
+    { engine: 'A', method: 'saveImage', times: 1 },
+    { engine: 'B', method: 'loadImage', times: Infinity, error: 'ImageLoadError' },
+    { engine: 'A', method: 'pause', times: 1 },
+    { engine: 'A', method: 'exportChanges', times: 1 },
+    { engine: 'A', method: 'getArchive', times: 1 },
+    { engine: 'A', method: 'unpause', times: 1 },
+    { engine: 'A', method: 'unpause', times: 2 }
+  ]
+  for (const c of snapshotCases) {
+    it(`a snapshot whose ${c.engine} ${c.method} fails (${c.times} time(s)) leaves the container running here and nothing held there`, async () => {
+      const w = await world()
+      const engine = c.engine === 'A' ? w.A : w.B
+      const injected = new DockerEngineError(`injected: ${c.method} fails`)
+      engine.failNext(c.method, injected, c.times)
+      let error: Error | undefined
+      await w.a.snapshotter.snapshot('web', 'b', { epoch: 1, seq: 1 }, AbortSignal.timeout(30_000)).catch(err => { error = err })
+      expect(error?.name).to.equal(c.error ?? 'DockerEngineError')
+      expect(error?.message).to.contain('injected')
+      engine.clearFaults()
+      if (c.method === 'unpause' && c.times > 1) {
+        // The rollback's unpause failed too: the record stays for recovery, which unpauses it.
+        expect((await w.a.freezeJournal.list()).records.map(r => r.stage)).to.deep.equal(['frozen'])
+        expect((await w.A.inspectContainer('web')).state.paused).to.equal(true)
+        await w.a.recovery.settleNow()
+      }
+      expect(w.b.snapshots.get('web')).to.equal(undefined)
+      await expectRolledBack(w)
+      await w.a.snapshotter.snapshot('web', 'b', { epoch: 1, seq: 2 }, AbortSignal.timeout(30_000))
+      expect(w.b.snapshots.get('web')?.manifest.seq).to.equal(2)
+    })
+  }
+})
