@@ -11,7 +11,7 @@
  *   store     the holder keeps the frozen state (snapshot-store.ts) for a takeover
  * Any failure: the holder drops what it has of this snapshot, the container runs on here.
  */
-import type { DockerHost } from '../docker/host.js'
+import type { DockerHost } from '../docker/docker-host.js'
 import type { ContainerInfo } from '../docker/types.js'
 import type { ContainerLocks } from '../move/locks.js'
 import { TransferSession, type SessionDeps } from '../move/session.js'

@@ -2,7 +2,7 @@
  * The source's last act of a move: remove its copy of the container, with the named volumes that
  * went with it. A container already gone is fine (a retry after a crash finds it removed).
  */
-import type { DockerHost } from '../docker/host.js'
+import type { DockerHost } from '../docker/docker-host.js'
 import type { Logger } from '../log.js'
 import type { FrozenRecord } from './freeze-journal.js'
 import { ContainerNotFoundError, VolumeNotFoundError } from '../../protocol/errors.js'

@@ -11,7 +11,7 @@
  */
 import type { AuthService } from '../net/auth-service.js'
 import { connectTo } from '../net/dial.js'
-import type { DockerHost } from '../docker/host.js'
+import type { DockerHost } from '../docker/docker-host.js'
 import type { PeerTable } from '../membership/peer-table.js'
 import { TransferLink } from '../transfer/link.js'
 import type { Timings } from '../timings.js'

@@ -10,7 +10,7 @@
  *   catch (err) { await undoRestore(docker, made, log); throw err }
  */
 import { posix } from 'node:path'
-import type { DockerHost } from '../docker/host.js'
+import type { DockerHost } from '../docker/docker-host.js'
 import type { ContainerSpec } from '../docker/types.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import type { Logger } from '../log.js'

@@ -17,7 +17,7 @@
  * the destination. If this agent dies meanwhile, freeze recovery (recovery.ts) finishes the job.
  */
 import type { AuthService } from '../net/auth-service.js'
-import type { DockerHost } from '../docker/host.js'
+import type { DockerHost } from '../docker/docker-host.js'
 import type { ContainerInfo, ContainerSpec } from '../docker/types.js'
 import type { Logger } from '../log.js'
 import type { Timings } from '../timings.js'

@@ -4,7 +4,7 @@
  */
 import type { AuthService } from '../net/auth-service.js'
 import { openStream } from '../net/dial.js'
-import type { DockerHost } from '../docker/host.js'
+import type { DockerHost } from '../docker/docker-host.js'
 import type { PeerTable } from '../membership/peer-table.js'
 import type { Timings } from '../timings.js'
 import { LOCATE_PROTOCOL, STATUS_PROTOCOL } from '../../protocol/ids.js'
