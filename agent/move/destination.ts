@@ -107,6 +107,7 @@ export class DestinationService {
   private timer: NodeJS.Timeout | undefined
   private readonly metrics: Metrics
   private readonly now: () => number
+  private expiring?: Promise<void>
 
   constructor (private readonly deps: DestinationDeps) {
     this.metrics = deps.metrics ?? NO_METRICS
@@ -430,11 +431,18 @@ export class DestinationService {
     }
   }
 
-  /** Rolls back every transfer with no step running that has been silent for moveIdleTimeoutMs. */
+  /**
+   * Rolls back every transfer with no step running that has been silent for moveIdleTimeoutMs.
+   * One pass at a time: a slow rollback must not let the next pass roll the same transfer back again.
+   */
   async expire (): Promise<void> {
-    const now = this.now()
-    for (const p of [...this.moves.values()]) {
-      if (p.active === 0 && now - p.touched > this.deps.timings.moveIdleTimeoutMs) await this.rollback(p, 'the source went silent')
-    }
+    this.expiring ??= (async () => {
+      const now = this.now()
+      for (const p of [...this.moves.values()]) {
+        if (this.moves.get(p.moveId) !== p) continue
+        if (p.active === 0 && now - p.touched > this.deps.timings.moveIdleTimeoutMs) await this.rollback(p, 'the source went silent')
+      }
+    })().finally(() => { this.expiring = undefined })
+    await this.expiring
   }
 }

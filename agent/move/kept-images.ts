@@ -3,6 +3,8 @@
  * container back later sends only what changed since). A destination asks `settled()` before it
  * says which layers it has, so that a move straight back does not resend what is still loading.
  */
+import type { Logger } from '../log.js'
+
 export class KeptImages {
   private readonly loading = new Set<Promise<void>>()
 
@@ -13,10 +15,11 @@ export class KeptImages {
     await this.settled()
   }
 
-  /** Tracks `work` (which must not reject) until it ends. */
-  track (work: Promise<void>): void {
-    this.loading.add(work)
-    void work.finally(() => { this.loading.delete(work) })
+  /** Tracks `work` until it ends; a failure is logged, never left unhandled. */
+  track (work: Promise<void>, log: Logger): void {
+    const tracked = work.catch(err => { log.warn('could not keep the moved image here', { error: (err as Error).message }) })
+    this.loading.add(tracked)
+    void tracked.finally(() => { this.loading.delete(tracked) })
   }
 
   /** Resolves once every image being kept now is in the engine (or has failed to load). */

@@ -7,7 +7,7 @@
  * (telling the destination waits for the mesh); then every settleIntervalMs the journal is read
  * again and the remote halves retried, until the destination answers or the transfer would have
  * expired there by itself (2 × moveIdleTimeoutMs). Records of containers whose lock is held belong
- * to the transfer running now and are left alone.
+ * to the transfer running now and are left alone; recovery takes the lock of the one it works on.
  */
 import type { AuthService } from '../net/auth-service.js'
 import { connectTo } from '../net/dial.js'
@@ -74,11 +74,15 @@ export class FreezeRecovery {
     }
     for (const r of records) {
       if (this.stopping.signal.aborted) return
-      if (this.deps.locks.isHeld(r.containerId)) continue
+      // A transfer running now holds the lock and owns its record; while recovery works on a
+      // container, it holds the lock itself, so no move or snapshot starts on it meanwhile.
+      if (!this.deps.locks.take(r.containerId)) continue
       try {
         await this.settleOne(r)
       } catch (err) {
         this.deps.log.warn('container left by an interrupted transfer not settled yet; trying again', { container: r.name, moveId: r.moveId, stage: r.stage, error: (err as Error).message })
+      } finally {
+        this.deps.locks.release(r.containerId)
       }
     }
   }

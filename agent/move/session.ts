@@ -88,6 +88,8 @@ export class TransferSession {
   private prepared = false
   /** The container is paused here by this session. */
   private paused = false
+  /** The pause call failed: the container may be paused or not (the rollback looks). */
+  private pauseUnsure = false
   /** This transfer's freeze record, from the pause until both ends agree on the outcome. */
   private record?: FrozenRecord
   private plan?: PreparedTransfer & { spec: ContainerSpec }
@@ -178,7 +180,14 @@ export class TransferSession {
     this.record = record
     const at = performance.now()
     const takenAt = new Date().toISOString()
-    await deps.docker.pause(info.id, signal)
+    try {
+      await deps.docker.pause(info.id, signal)
+    } catch (err) {
+      // The engine may have paused it all the same (an answer lost to a timeout or an abort):
+      // the rollback asks the engine instead of trusting this call.
+      this.pauseUnsure = true
+      throw err
+    }
     this.paused = true
     const topPath = join(this.spool, 'top.tar')
     const [top, imageConfig] = await Promise.all([
@@ -255,11 +264,15 @@ export class TransferSession {
    * (move) The destination runs the container: from here on its fate here is removal, never an
    * unpause, even if this agent dies (the record moves to `committing` first). Telling the
    * destination and removing the copy here do not depend on each other; what fails of either is
-   * left to freeze recovery. Never throws once the record is updated.
+   * left to freeze recovery. Runs on its own timeout, not the caller's signal. Never throws once
+   * the record is updated.
    */
-  async commit (signal: AbortSignal): Promise<void> {
+  async commit (): Promise<void> {
     const record = this.record
     if (record === undefined || this.frozen === undefined) throw new TransferStateError(`transfer ${this.moveId} cannot commit before freeze`)
+    // The outcome is settled: neither the operator's Ctrl-C nor its stream closing cuts this short,
+    // and a hung engine or peer cannot hold the container's lock for more than a control step.
+    const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
     await this.deps.journal.update(record, { stage: 'committing' })
     this.prepared = false
     this.paused = false
@@ -285,7 +298,7 @@ export class TransferSession {
    * done now stays in the freeze journal for recovery to retry.
    */
   async abort (): Promise<'none-needed' | 'done' | 'incomplete'> {
-    if (!this.prepared && !this.paused) return 'none-needed'
+    if (!this.prepared && !this.paused && !this.pauseUnsure) return 'none-needed'
     const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
     let ok = true
     let told = true
@@ -293,10 +306,11 @@ export class TransferSession {
       told = await this.link.call({ op: 'abort', moveId: this.moveId }, [], signal).then(() => true, err => err instanceof UnknownMoveError)
       this.prepared = false
     }
-    if (this.paused) {
+    if (this.paused || this.pauseUnsure) {
       try {
-        await this.deps.docker.unpause(this.info.id, signal)
+        if (this.paused || (await this.deps.docker.inspectContainer(this.info.id, signal)).state.paused) await this.deps.docker.unpause(this.info.id, signal)
         this.paused = false
+        this.pauseUnsure = false
       } catch (err) {
         ok = false
         this.deps.log.error('rollback: could not unpause the source container; trying again later', { container: this.info.name, moveId: this.moveId, error: (err as Error).message })

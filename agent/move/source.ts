@@ -95,7 +95,7 @@ export class MoveService {
     const startedAt = performance.now()
     if (!order.dryRun) this.metrics.moveStarted()
     try {
-      await this.steps(order, info, session, emit, signal)
+      await this.steps(order, info, session, startedAt, emit, signal)
     } catch (err) {
       const rollback = await session.abort()
       if (!order.dryRun) this.metrics.moveEnded('failed', { seconds: secondsSince(startedAt), reason: toWireError(err).name })
@@ -113,12 +113,11 @@ export class MoveService {
   }
 
   /** The six steps; throws on failure (the caller rolls back). */
-  private async steps (order: MoveOrder, info: ContainerInfo, session: TransferSession, emit: Emit, signal: AbortSignal): Promise<void> {
+  private async steps (order: MoveOrder, info: ContainerInfo, session: TransferSession, startedAt: number, emit: Emit, signal: AbortSignal): Promise<void> {
     const { moveId } = session
     const from = this.deps.sessions.selfName
     const log = this.deps.log.child({ moveId, container: info.name, to: order.to })
     const step = async (s: MoveStep): Promise<void> => { log.info('move step', { step: s }); await emit({ event: 'step', moveId, step: s }) }
-    const startedAt = performance.now()
 
     await step('plan')
     const spec = this.planSpec(info, order)
@@ -151,10 +150,10 @@ export class MoveService {
     const downtimeMs = await session.restore(signal)
 
     await step('commit')
-    await session.commit(signal)
+    await session.commit()
     // The move is over without the image kept here (reported done meanwhile); this host, as a
     // destination, waits for it before it says which layers it has (KeptImages.settled).
-    this.deps.kept.track(session.keepImage())
+    this.deps.kept.track(session.keepImage(), log)
     const bytesSent = session.bytesSent
     log.info('move done', { bytesSent, downtimeMs })
     this.metrics.moveEnded('succeeded', { seconds: secondsSince(startedAt), downtimeSeconds: downtimeMs / 1000 })

@@ -179,6 +179,18 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
     })
   }
 
+  it('a pause whose answer is lost (the engine paused it, the call failed) is undone all the same', async () => {
+    const w = await world()
+    w.A.beforeCall('pause', async args => {
+      w.A.clearFaults('pause')
+      await w.A.pause(args[0] as string)
+      throw new DockerEngineError('injected: the answer to pause was lost')
+    }, 1)
+    const failed = outcome(await runMove(w.a, { container: 'web', to: 'b' }))
+    expect(failed.event === 'failed' && failed.rollback).to.equal('done')
+    await expectRolledBack(w)
+  })
+
   it('a second move, or a snapshot, of a container being moved is refused and touches nothing', async () => {
     const w = await world()
     w.A.hangNext('pause')
