@@ -135,7 +135,7 @@ async function run (config: AgentConfig): Promise<void> {
     log: log.child({ component: 'move' })
   })
   const failover = new FailoverService({
-    auth, docker, table, moves, snapshots, state: await FailoverState.open(config.stateDir), selfId: bundle.peerId, selfName: bundle.name,
+    auth, docker, table, snapshotter: moves, snapshots, state: await FailoverState.open(config.stateDir), selfId: bundle.peerId, selfName: bundle.name,
     timings: config.timings, replicas: config.replicas, metrics, log: log.child({ component: 'failover' })
   })
   const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
