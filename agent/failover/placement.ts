@@ -2,7 +2,7 @@
  * The pure rules of failover, with no I/O so they are unit-tested directly: where a container's
  * replicas go (rendezvous hashing), what a majority is, how snapshots and epochs compare, and which
  * survivor restores which orphan. Every member computes the same answer from the same view, so
- * nobody has to coordinate to agree on a placement; the claim round (service.ts) makes a differing
+ * nobody has to coordinate to agree on a placement; the claim round (consensus.ts) makes a differing
  * view safe anyway.
  */
 import { createHash } from 'node:crypto'

@@ -5,7 +5,7 @@
  * depending on the failover service.
  */
 import type { FailoverState } from './state.js'
-import { EPOCH_LABEL, PROTECT_LABEL } from './service.js'
+import { EPOCH_LABEL, PROTECT_LABEL } from './labels.js'
 
 export class OwnershipStamps {
   constructor (private readonly state: Pick<FailoverState, 'peek'>) {}

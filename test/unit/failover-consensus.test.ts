@@ -1,0 +1,207 @@
+/**
+ * The claim round (agent/failover/consensus.ts) with fake peers: each member is a real ClaimRound
+ * over a real FailoverState in a temp dir, and the fake transport hands a claim straight to the
+ * asked member's decide(), with an optional delay, silence or failure per member.
+ */
+import { expect } from 'chai'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import { ClaimRound, type ClaimPeers, type MeshView } from '../../agent/failover/consensus.js'
+import { FailoverState } from '../../agent/failover/state.js'
+import type { PeerEntry } from '../../agent/membership/peer-table.js'
+import { createRootLogger } from '../../agent/log.js'
+import type { ClaimReply, ClaimRequest } from '../../protocol/failover-messages.js'
+import { TakeoverRefusedError } from '../../protocol/errors.js'
+
+const log = createRootLogger('error', {})
+/** The dead owner every claim takes over from. */
+const OWNER = 'o'
+
+type Behaviour = 'answer' | 'silent' | 'fail'
+
+interface Member {
+  id: string
+  dir: string
+  state: FailoverState
+  /** Peers this member sees alive; any other one it sees dead. */
+  alive: Set<string>
+  round: ClaimRound
+  behaviour: Behaviour
+  /** Most ms an answer waits before being given (random), 0 for none. */
+  jitterMs: number
+}
+
+function entry (id: string): PeerEntry {
+  return { peerId: id, name: id, addrs: [], labels: {}, agentVersion: null, dockerVersion: null, containers: null, lastSeen: 0, since: 0, rttMs: null, state: 'alive', crlNumber: 0 }
+}
+
+/** The fake transport of claimant `from`: a claim reaches the asked member's decide(). */
+class FakePeers implements ClaimPeers {
+  /** Each reply given, with the grant the answering member had on disk at that moment. */
+  readonly replies: Array<{ peer: string, reply: ClaimReply, onDisk: unknown }> = []
+
+  constructor (private readonly from: string, private readonly members: Map<string, Member>) {}
+
+  async ask (peer: PeerEntry, req: ClaimRequest, signal: AbortSignal): Promise<ClaimReply> {
+    const m = this.members.get(peer.peerId)
+    if (m === undefined) throw new Error(`no member ${peer.peerId}`)
+    if (m.jitterMs > 0) await delay(Math.random() * m.jitterMs, undefined, { signal })
+    if (m.behaviour === 'silent') return await new Promise<never>(() => {}) // ignores the signal, too
+    if (m.behaviour === 'fail') throw new Error('connection refused')
+    const reply = await m.round.decide(req, this.from)
+    const onDisk = (await FailoverState.open(m.dir)).grant(req.name)
+    this.replies.push({ peer: m.id, reply, onDisk })
+    return reply
+  }
+}
+
+describe('failover claim round (consensus) with fake peers', () => {
+  let root: string
+  let members: Map<string, Member>
+  const transports = new Map<string, FakePeers>()
+
+  /** Members `ids`, each seeing every other one alive and the owner dead. */
+  async function mesh (ids: string[], opts: { claimTimeoutMs?: number } = {}): Promise<void> {
+    members = new Map()
+    for (const id of ids) {
+      const dir = await mkdtemp(join(root, `${id}-`))
+      const state = await FailoverState.open(dir)
+      const alive = new Set(ids.filter(x => x !== id))
+      const peers = new FakePeers(id, members)
+      transports.set(id, peers)
+      const table = { get: (peerId: string) => alive.has(peerId) ? entry(peerId) : undefined }
+      const round = new ClaimRound({ state, table, selfId: id, peers, log, claimTimeoutMs: opts.claimTimeoutMs })
+      members.set(id, { id, dir, state, alive, round, behaviour: 'answer', jitterMs: 0 })
+    }
+  }
+
+  function m (id: string): Member { return members.get(id) as Member }
+
+  /** `id`'s view: the members it sees alive, out of `known` members (the dead owner counted). */
+  function view (id: string, known: number, alive = [...m(id).alive]): Pick<MeshView, 'members' | 'alive'> {
+    return { members: known, alive: alive.map(entry) }
+  }
+
+  async function claim (id: string, name: string, epoch: number, v: Pick<MeshView, 'members' | 'alive'>): Promise<number | Error> {
+    try {
+      return await m(id).round.claim(name, epoch, { peerId: OWNER, epoch: 1 }, v)
+    } catch (err) {
+      return err as Error
+    }
+  }
+
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'goto-claims-'))
+    transports.clear()
+  })
+
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true })
+  })
+
+  it('wins with a majority of the known members, its own grant counted', async () => {
+    await mesh(['a', 'b', 'c', 'd']) // and the dead owner: 5 members, majority 3
+    m('c').behaviour = 'fail'
+    m('d').behaviour = 'fail'
+    m('b').alive.add(OWNER) // b does not see the owner dead yet
+    expect(await claim('a', 'web', 2, view('a', 5))).to.be.instanceOf(TakeoverRefusedError)
+    m('b').alive.delete(OWNER)
+    expect(await claim('a', 'web', 2, view('a', 5))).to.be.instanceOf(TakeoverRefusedError) // 2 of 3: still short
+    m('c').behaviour = 'answer'
+    expect(await claim('a', 'web', 2, view('a', 5))).to.equal(2)
+    for (const id of ['a', 'b', 'c']) expect(m(id).state.grant('web')).to.deep.equal({ epoch: 2, claimant: 'a' })
+  })
+
+  it('loses a split vote, and says how many votes it won', async () => {
+    await mesh(['a', 'b', 'c', 'd', 'e']) // 6 members with the owner, majority 4
+    m('d').alive.add(OWNER)
+    m('e').alive.add(OWNER)
+    const r = await claim('a', 'web', 2, view('a', 6))
+    expect(r).to.be.instanceOf(TakeoverRefusedError)
+    expect((r as Error).message).to.contain('won 3 of the 4 votes')
+    // Refusals below the claimed epoch (they only see the owner alive) do not raise the floor.
+    expect(m('a').round.nextEpoch('web')).to.equal(2)
+  })
+
+  it('never lets two claimants both win the same epoch, whatever the views and the order of answers', async function () {
+    this.timeout(20_000)
+    const ids = ['a', 'b', 'c', 'd', 'e'] // 6 members with the owner, majority 4
+    await mesh(ids)
+    for (const x of ids) m(x).jitterMs = 3
+    let decided = 0
+    for (let trial = 0; trial < 60; trial++) {
+      const name = `web-${trial}`
+      // Each claimant sees a random subset of the others alive (a partition, a slow heartbeat).
+      const seen = (id: string): string[] => ids.filter(x => x !== id && Math.random() < 0.8)
+      const claimants = trial % 3 === 0 ? ['a', 'b', 'c'] : ['a', 'b']
+      const results = await Promise.all(claimants.map(async id => await claim(id, name, 2, view(id, 6, seen(id)))))
+      const winners = results.filter(r => r === 2)
+      expect(winners.length, `trial ${trial}: ${JSON.stringify(results.map(String))}`).to.be.at.most(1)
+      decided += winners.length
+      // A winner's majority is on disk: no member recorded another claimant at that epoch.
+      const winner = claimants[results.indexOf(2)]
+      if (winner !== undefined) {
+        const grants = ids.map(x => m(x).state.grant(name)).filter(g => g?.epoch === 2)
+        expect(grants.filter(g => g?.claimant === winner).length).to.be.at.least(4)
+      }
+    }
+    expect(decided, 'some trials must have a winner, or the test proves nothing').to.be.greaterThan(0)
+  })
+
+  it('raises the floor past a higher epoch a member reports, so the next claim can win', async () => {
+    await mesh(['a', 'b', 'c', 'd'])
+    // b, c and d granted epoch 4 to x, a claimant nobody sees alive any more.
+    for (const id of ['b', 'c', 'd']) m(id).state.setGrant('web', { epoch: 4, claimant: 'x' })
+    expect(m('a').round.nextEpoch('web')).to.equal(0)
+    expect(await claim('a', 'web', 2, view('a', 5))).to.be.instanceOf(TakeoverRefusedError)
+    expect(m('a').round.nextEpoch('web')).to.equal(5)
+    expect(await claim('a', 'web', m('a').round.nextEpoch('web'), view('a', 5))).to.equal(5)
+  })
+
+  it('raises the floor when it has itself granted the epoch to another claimant', async () => {
+    await mesh(['a', 'b', 'c', 'd'])
+    m('a').state.setGrant('web', { epoch: 3, claimant: 'b' })
+    expect(m('a').round.nextEpoch('web')).to.equal(4) // past b's grant already
+    const r = await claim('a', 'web', 3, view('a', 5))
+    expect(r).to.be.instanceOf(TakeoverRefusedError)
+    expect((r as Error).message).to.contain('already granted epoch 3')
+    expect(transports.get('a')?.replies, 'nobody is asked after our own refusal').to.deep.equal([])
+    expect(m('a').round.nextEpoch('web')).to.equal(4)
+  })
+
+  it('persists every grant before it replies (our own before we ask anyone)', async () => {
+    await mesh(['a', 'b', 'c'])
+    // Our own grant is on disk by the time the first peer is asked.
+    const asked: unknown[] = []
+    const real = transports.get('a') as FakePeers
+    const peers: ClaimPeers = {
+      ask: async (peer, req, signal) => {
+        asked.push((await FailoverState.open(m('a').dir)).grant(req.name))
+        return await real.ask(peer, req, signal)
+      }
+    }
+    const round = new ClaimRound({ state: m('a').state, table: { get: id => m('a').alive.has(id) ? entry(id) : undefined }, selfId: 'a', peers, log })
+    expect(await round.claim('web', 2, { peerId: OWNER, epoch: 1 }, view('a', 4))).to.equal(2)
+    expect(asked).to.deep.equal([{ epoch: 2, claimant: 'a' }, { epoch: 2, claimant: 'a' }])
+    expect(real.replies.map(r => [r.peer, r.reply, r.onDisk])).to.have.deep.members([
+      ['b', { granted: true, epoch: 2 }, { epoch: 2, claimant: 'a' }],
+      ['c', { granted: true, epoch: 2 }, { epoch: 2, claimant: 'a' }]
+    ])
+  })
+
+  it('counts a peer that does not answer in time as no vote, and does not wait for it longer', async () => {
+    await mesh(['a', 'b', 'c', 'd'], { claimTimeoutMs: 100 }) // 5 members with the owner, majority 3
+    m('d').behaviour = 'silent'
+    let started = Date.now()
+    expect(await claim('a', 'web', 2, view('a', 5))).to.equal(2) // a, b, c
+    expect(Date.now() - started).to.be.below(2000)
+    m('c').behaviour = 'silent'
+    started = Date.now()
+    const r = await claim('a', 'db', 2, view('a', 5))
+    expect(r).to.be.instanceOf(TakeoverRefusedError)
+    expect((r as Error).message).to.contain('won 2 of the 3')
+    expect(Date.now() - started).to.be.at.least(90).and.below(2000)
+  })
+})

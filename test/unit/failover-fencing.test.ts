@@ -1,0 +1,204 @@
+/**
+ * Fencing and stale copies (agent/failover/fencing.ts) with a fake clock, a real PeerTable and
+ * FailoverState, and a minimal fake engine that only records the calls it gets.
+ */
+import { expect } from 'chai'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Fencing, highestAliveOwner } from '../../agent/failover/fencing.js'
+import { FailoverState } from '../../agent/failover/state.js'
+import { meshView, type ClaimRound } from '../../agent/failover/consensus.js'
+import { PeerTable } from '../../agent/membership/peer-table.js'
+import { PROFILES } from '../../agent/timings.js'
+import { createRootLogger } from '../../agent/log.js'
+import type { MemberInfo } from '../../protocol/messages.js'
+import type { FailoverGossip } from '../../protocol/failover-messages.js'
+import { ContainerNotFoundError, TakeoverRefusedError } from '../../protocol/errors.js'
+
+const timings = PROFILES.test
+const log = createRootLogger('error', {})
+
+function member (peerId: string, failover?: FailoverGossip): MemberInfo {
+  return { peerId, name: peerId, addrs: [], labels: {}, agentVersion: '0.1.0', dockerVersion: null, containers: 0, crlNumber: 0, failover }
+}
+
+/** Just the engine calls fencing makes, recorded; `missing` containers answer ContainerNotFoundError. */
+class FakeDocker {
+  readonly calls: string[] = []
+  readonly missing = new Set<string>()
+
+  async stop (id: string, opts: { timeoutS: number }): Promise<void> {
+    this.calls.push(`stop ${id} ${opts.timeoutS}`)
+    if (this.missing.has(id)) throw new ContainerNotFoundError(`no container ${id}`)
+  }
+
+  async rename (id: string, name: string): Promise<void> {
+    this.calls.push(`rename ${id} ${name}`)
+  }
+
+  async start (id: string): Promise<void> {
+    this.calls.push(`start ${id}`)
+  }
+}
+
+describe('failover fencing and stale copies (fake clock, fake engine)', () => {
+  let dir: string
+  let now: number
+  let table: PeerTable
+  let state: FailoverState
+  let docker: FakeDocker
+  let busy: Set<string>
+  let forgotten: string[]
+  let claims: Array<{ name: string, epoch: number }>
+  let claimResult: (epoch: number) => Promise<number>
+  let fencing: Fencing
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'goto-fencing-'))
+    now = 1_000_000
+    table = new PeerTable('self', timings, () => now)
+    state = await FailoverState.open(dir)
+    docker = new FakeDocker()
+    busy = new Set()
+    forgotten = []
+    claims = []
+    claimResult = async epoch => epoch
+    const fakeClaims: Pick<ClaimRound, 'claim' | 'nextEpoch'> = {
+      claim: async (name, epoch) => { claims.push({ name, epoch }); return await claimResult(epoch) },
+      nextEpoch: () => 0
+    }
+    fencing = new Fencing({
+      docker, table, state, claims: fakeClaims, selfId: 'self', timings, now: () => now, busy, metrics: { snapshotForgotten: name => { forgotten.push(name) } }, log
+    })
+    fencing.armAt(now)
+    state.container('web').epoch = 1
+    await state.save()
+  })
+
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  /** Hears `ids` now; the table's states are re-derived from the clock first. */
+  function hear (...ids: string[]): void {
+    for (const id of ids) table.heard(member(id), 1)
+    table.tick()
+  }
+
+  it('fences once fenceAfterMs has passed without a majority heard, not a millisecond before', async () => {
+    hear('b', 'c')
+    now += timings.fenceAfterMs - 1
+    expect(fencing.fence(now).names).to.deep.equal([])
+    expect(docker.calls).to.deep.equal([])
+    now += 1
+    const fenced = fencing.fence(now)
+    expect(fenced.names).to.deep.equal(['web'])
+    await fenced.settled
+    expect(docker.calls).to.deep.equal([`stop web ${timings.fenceStopS}`])
+    // Persisted before the engine was asked, so a restarted agent remembers it is fenced.
+    expect((await FailoverState.open(dir)).peek('web')).to.deep.include({ epoch: 1, fenced: true })
+    // Fenced once: the next tick does not stop it again.
+    expect(fencing.fence(now + 1000).names).to.deep.equal([])
+    expect(docker.calls).to.have.length(1)
+  })
+
+  it('does not fence while a majority is heard within fenceAfterMs', async () => {
+    hear('b', 'c', 'd', 'e') // 5 members, majority 3
+    now += timings.fenceAfterMs - 1
+    hear('b') // self and b: 2, and c heard just in time
+    now += 1
+    hear('c')
+    expect(fencing.fence(now).names, 'self, b and c: 3 of 5').to.deep.equal([])
+    now += timings.fenceAfterMs - 2
+    expect(fencing.fence(now).names, 'b and c still heard within fenceAfterMs').to.deep.equal([])
+    now += 1
+    const fenced = fencing.fence(now)
+    expect(fenced.names, 'b fell out of the window: 2 of 5').to.deep.equal(['web'])
+    await fenced.settled
+  })
+
+  it('does not fence before fenceAfterMs has passed since the agent started, heard or not', async () => {
+    now += 60_000
+    table.learn([{ peerId: 'b', name: 'b', addrs: [] }, { peerId: 'c', name: 'c', addrs: [] }]) // never heard
+    fencing.armAt(now)
+    now += timings.fenceAfterMs - 1
+    expect(fencing.fence(now).names).to.deep.equal([])
+    now += 1
+    const fenced = fencing.fence(now)
+    expect(fenced.names).to.deep.equal(['web'])
+    await fenced.settled
+  })
+
+  it('never fences with fewer than three members', async () => {
+    hear('b')
+    now += 10 * timings.fenceAfterMs
+    table.tick()
+    expect(fencing.fence(now).names, 'two members, the other unheard').to.deep.equal([])
+    hear('c')
+    now += 10 * timings.fenceAfterMs
+    const fenced = fencing.fence(now)
+    expect(fenced.names, 'three members, neither heard').to.deep.equal(['web'])
+    await fenced.settled
+  })
+
+  it('retires a stale copy when an alive member owns the container at a higher epoch', async () => {
+    table.heard(member('b', { owned: [{ name: 'web', epoch: 2 }], held: [] }), 1)
+    hear('c')
+    const view = meshView(table)
+    expect(highestAliveOwner('web', view)).to.deep.equal({ name: 'b', peerId: 'b', epoch: 2 })
+    const retiring = fencing.dropStale(view)
+    expect(busy.has('web'), 'busy while it is being retired').to.equal(true)
+    await retiring
+    expect(busy.size).to.equal(0)
+    expect(docker.calls).to.deep.equal([`stop web ${timings.fenceStopS}`, `rename web web.stale-e1-${now.toString(36)}`])
+    expect(state.peek('web')?.epoch).to.equal(undefined)
+    expect((await FailoverState.open(dir)).peek('web')?.epoch).to.equal(undefined)
+    expect(forgotten).to.deep.equal(['web'])
+  })
+
+  it('keeps its copy when the other owner is at the same or a lower epoch, or is not alive', async () => {
+    state.container('web').epoch = 2
+    table.heard(member('b', { owned: [{ name: 'web', epoch: 2 }], held: [] }), 1)
+    table.heard(member('c', { owned: [{ name: 'web', epoch: 1 }], held: [] }), 1)
+    await fencing.dropStale(meshView(table))
+    table.heard(member('d', { owned: [{ name: 'web', epoch: 3 }], held: [] }), 1)
+    now += timings.deadAfterMs
+    table.heard(member('b'), 1)
+    table.tick() // d is dead now: its word does not count
+    await fencing.dropStale(meshView(table))
+    expect(docker.calls).to.deep.equal([])
+    expect(state.peek('web')?.epoch).to.equal(2)
+  })
+
+  it('retires a stale copy even if it is gone from the engine already', async () => {
+    docker.missing.add('web')
+    table.heard(member('b', { owned: [{ name: 'web', epoch: 5 }], held: [] }), 1)
+    await fencing.dropStale(meshView(table))
+    expect(state.peek('web')?.epoch).to.equal(undefined)
+  })
+
+  it('unfences with a won claim at the next epoch and starts the container again', async () => {
+    state.container('web').fenced = true
+    hear('b', 'c')
+    await fencing.unfence(meshView(table))
+    expect(claims).to.deep.equal([{ name: 'web', epoch: 2 }])
+    expect(docker.calls).to.deep.equal(['start web'])
+    const rec = (await FailoverState.open(dir)).peek('web')
+    expect(rec?.epoch).to.equal(2)
+    expect(rec?.fenced).to.equal(undefined)
+  })
+
+  it('stays fenced when the claim is refused, and leaves a container owned higher to dropStale', async () => {
+    state.container('web').fenced = true
+    claimResult = async () => { throw new TakeoverRefusedError('no majority') }
+    hear('b', 'c')
+    await fencing.unfence(meshView(table))
+    expect(docker.calls).to.deep.equal([])
+    expect(state.peek('web')).to.deep.include({ epoch: 1, fenced: true })
+    table.heard(member('b', { owned: [{ name: 'web', epoch: 1 }], held: [] }), 1)
+    claims = []
+    await fencing.unfence(meshView(table))
+    expect(claims).to.deep.equal([])
+  })
+})
