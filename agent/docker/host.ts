@@ -46,9 +46,6 @@ export { readSavedImage } from './saved-image.js'
 
 import type { ByteSource, DockerHost, EngineInfo, EngineVersion } from './docker-host.js'
 
-// Kept while importers outside agent/docker move to docker-host.ts.
-export type { DockerHost, EngineVersion, EngineInfo, ByteSource } from './docker-host.js'
-
 /** A syncfs of the data root taking longer than this is left to finish by itself. */
 const FLUSH_TIMEOUT_MS = 30_000
 
