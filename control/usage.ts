@@ -34,9 +34,9 @@ Commands:
   cloud-init --name NAME --ca-dir DIR --release-url URL
                         print cloud-init user-data that makes a fresh EC2/Azure VM a mesh member
 
-Options for peers, status, move, drain, protect and unprotect (before or after the command:
-'goto --bundle B --agent A peers' is 'goto peers --bundle B --agent A'; install takes --bundle and
---agent before it too, 'goto ca list' --json; each option once):
+GLOBAL OPTIONS, of peers, status, move, drain, protect and unprotect; before or after the command
+('goto --bundle B --agent A peers' is 'goto peers --bundle B --agent A'), each once. Before the
+command, install takes --bundle and --agent, 'goto ca list' takes --json:
   --bundle DIR          operator bundle from 'goto ca issue --role operator' (env GOTO_BUNDLE)
   --agent MULTIADDR     agent to ask, e.g. /ip4/10.0.0.5/tcp/4001 (env GOTO_AGENT); /p2p/<id> optional.
                         An agent behind NAT through a relay: <relay address>/p2p/<relay id>/p2p-circuit/p2p/<id>
