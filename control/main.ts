@@ -61,6 +61,6 @@ async function main (): Promise<number> {
   }
 }
 
-const code = await main()
-// libp2p may hold sockets a moment after stop(); the CLI is done, so leave now.
-process.exit(code)
+// libp2p may hold sockets a moment after stop(); the CLI is done, so leave now. (No top-level
+// await: the bundle that `goto` runs is a script, see launcher.ts.)
+void main().then(code => process.exit(code))

@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 /**
- * Bundles the operator CLI (dist/control/main.js, as tsc wrote it) with esbuild into dist/bin/:
- * goto.js and the chunks it imports when a command needs them. Loading a few large files costs a
- * fraction of loading the thousand small modules of libp2p one by one, and each command still loads
- * only its own chunks (the import() calls in control/main.ts and certs/ are kept as split points).
+ * Bundles the operator CLI with esbuild into dist/bin/, from what tsc wrote to dist/:
+ * - goto-cli.cjs: control/main.ts and every module it may load, as one script. Loading one file
+ *   costs a fraction of loading libp2p's thousand small modules one by one, and a module that a
+ *   command reaches only through import() (libp2p, node-forge, the installer) still runs only when
+ *   that command needs it: esbuild initialises such modules lazily.
+ * - goto.js: the launcher (control/launcher.ts) that runs goto-cli.cjs with a V8 code cache.
  * `npm run build` runs this after tsc; package.json's "bin" and the release point at dist/bin/goto.js.
  *
  * dist/bin/ sits at the same depth as dist/control/, so the paths the code resolves against
@@ -23,22 +25,32 @@ try {
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const outdir = `${root}dist/bin`
-await rm(outdir, { recursive: true, force: true })
-await esbuild.build({
+const common = {
   absWorkingDir: root,
-  entryPoints: { goto: 'dist/control/main.js' },
-  outdir,
-  chunkNames: 'goto-[hash]',
   bundle: true,
-  splitting: true,
-  format: 'esm',
   platform: 'node',
   target: 'node20',
   // Smaller files parse faster; names stay so error stacks remain readable.
   minifyWhitespace: true,
   minifySyntax: true,
-  external: ['ssh2'],
-  // Some dependencies are CommonJS and call require(); an ES module has none of its own.
-  banner: { js: "import { createRequire as __gotoCreateRequire } from 'node:module'; const require = __gotoCreateRequire(import.meta.url);" },
   logLevel: 'warning'
+}
+await rm(outdir, { recursive: true, force: true })
+await esbuild.build({
+  ...common,
+  entryPoints: ['dist/control/main.js'],
+  outfile: `${outdir}/goto-cli.cjs`,
+  format: 'cjs',
+  external: ['ssh2'],
+  // A script has no import.meta: the bundle's own URL stands in for it (see above).
+  define: { 'import.meta.url': '__gotoImportMetaUrl' },
+  banner: { js: "const __gotoImportMetaUrl = require('node:url').pathToFileURL(__filename).href;" },
+  // import() of a bundled module becomes its lazy initialisation; of ssh2, a require().
+  supported: { 'dynamic-import': false }
+})
+await esbuild.build({
+  ...common,
+  entryPoints: ['dist/control/launcher.js'],
+  outfile: `${outdir}/goto.js`,
+  format: 'esm'
 })
