@@ -10,7 +10,11 @@ import { isIP } from 'node:net'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { parseTcpMultiaddr } from '../protocol/multiaddr.js'
 import { ConfigError } from '../protocol/errors.js'
+import { DEFAULT_DOCKER, DEFAULT_LISTEN, parseDockerEndpoint, parseLabels, type DockerEndpoint } from '../protocol/options.js'
 import { PROFILES, type ProfileName, type Timings } from './timings.js'
+
+// Shared with the CLI (protocol/options.ts); still exported from here for the agent's modules.
+export { DEFAULT_DOCKER, DEFAULT_LISTEN, parseDockerEndpoint, parseLabels, type DockerEndpoint }
 
 export interface AgentConfig {
   bundleDir: string
@@ -43,10 +47,6 @@ export interface AgentConfig {
 /** A TCP address for the metrics endpoint. `host` is an IP literal (IPv6 without brackets). */
 export interface MetricsListen { host: string, port: number }
 
-export type DockerEndpoint = { kind: 'unix', socketPath: string, url: string } | { kind: 'tcp', host: string, port: number, url: string }
-
-export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/4001'
-export const DEFAULT_DOCKER = 'unix:///var/run/docker.sock'
 export const DEFAULT_STATE_DIR = '/var/lib/goto-agent'
 /**
  * The host a bare `--metrics-listen PORT` binds to. The endpoint has no authentication, so it
@@ -138,25 +138,6 @@ function flag (name: string, v: string | undefined): boolean | undefined {
   throw new ConfigError(name, `'${v}' is not 1/true/yes or 0/false/no`)
 }
 
-export function parseDockerEndpoint (option: string, value: string): DockerEndpoint {
-  let url: URL
-  try {
-    url = new URL(value.startsWith('/') ? `unix://${value}` : value)
-  } catch {
-    throw new ConfigError(option, `'${value}' is not unix:///path/docker.sock or tcp://host:port`)
-  }
-  if (url.protocol === 'unix:') {
-    if (url.pathname === '' || url.pathname === '/') throw new ConfigError(option, `'${value}' names no socket path`)
-    return { kind: 'unix', socketPath: decodeURIComponent(url.pathname), url: `unix://${url.pathname}` }
-  }
-  if (url.protocol === 'tcp:' || url.protocol === 'http:') {
-    const port = url.port === '' ? 2375 : Number(url.port)
-    if (url.hostname === '') throw new ConfigError(option, `'${value}' names no host`)
-    return { kind: 'tcp', host: url.hostname.replace(/^\[|\]$/g, ''), port, url: `tcp://${url.host}` }
-  }
-  throw new ConfigError(option, `'${value}' uses ${url.protocol}, expected unix:// or tcp://`)
-}
-
 /**
  * `--metrics-listen`: PORT (loopback), IPv4:PORT, [IPv6]:PORT or localhost:PORT. Only IP literals
  * (and localhost) are taken, so what the endpoint binds to never depends on name resolution.
@@ -179,23 +160,6 @@ export function parseMetricsListen (option: string, value: string | number): Met
     throw new ConfigError(option, `'${host}' is not an IPv4 address or a bracketed IPv6 address (${shape})`)
   }
   return { host, port: port(m[3]) }
-}
-
-export function parseLabels (option: string, values: string[] | Record<string, string>): Record<string, string> {
-  const pairs = Array.isArray(values)
-    ? values.map(v => {
-      const i = v.indexOf('=')
-      if (i <= 0) throw new ConfigError(option, `'${v}' must be KEY=VALUE`)
-      return [v.slice(0, i), v.slice(i + 1)] as const
-    })
-    : Object.entries(values)
-  const out: Record<string, string> = {}
-  for (const [k, v] of pairs) {
-    if (!/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/.test(k)) throw new ConfigError(option, `label key '${k}' must be 1-63 letters, digits, '.', '_', '-' or '/'`)
-    if (typeof v !== 'string' || v.length > 255) throw new ConfigError(option, `label '${k}' must have a string value of at most 255 characters`)
-    out[k] = v
-  }
-  return out
 }
 
 function readConfigFile (path: string, readFile: (p: string) => string): RawConfig {

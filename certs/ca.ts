@@ -1,7 +1,9 @@
 /**
  * The mesh CA: create it, issue agent and operator certificates with their libp2p identities, revoke
  * them, list them. Certificates are built with node-forge; everything is signed and checked with
- * node:crypto. Used by `goto ca ...` (certs/cli.ts) and by tests and the lab.
+ * node:crypto. Used by `goto ca ...` (certs/cli.ts) and by tests and the lab. node-forge is loaded
+ * only to issue (initCa, issueCertificate): listing and revoking do not need it, and it is a large
+ * part of the CLI's start-up time.
  *
  * A leaf certificate's public key is the peer's own libp2p Ed25519 key, so holding the certificate's
  * key and being the peer ID are the same thing. node-forge cannot encode Ed25519 keys, so the
@@ -18,7 +20,7 @@ import { chmod, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/p
 import { basename, dirname, join, resolve } from 'node:path'
 import { generateKeyPair, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import forge from 'node-forge'
+import type forge from 'node-forge'
 import { BundleError, CertificateMalformedError, ConfigError } from '../protocol/errors.js'
 import { assertPrivateFile, pathExists, readOptional, readRequired, writeFileAtomic } from './files.js'
 import {
@@ -145,7 +147,8 @@ export async function initCa (dir: string, options: InitCaOptions = {}): Promise
   await mkdir(dir, { recursive: true, mode: 0o700 })
   await chmod(dir, 0o700)
 
-  const keys = await generateRsaKeyPair()
+  const forge = await loadForge()
+  const keys = await generateRsaKeyPair(forge)
   const keyPem = forge.pki.privateKeyInfoToPem(forge.pki.wrapRsaPrivateKey(forge.pki.privateKeyToAsn1(keys.privateKey)))
   const key = createPrivateKey(keyPem)
 
@@ -164,7 +167,7 @@ export async function initCa (dir: string, options: InitCaOptions = {}): Promise
     { name: 'subjectKeyIdentifier' },
     { name: 'authorityKeyIdentifier', keyIdentifier: true }
   ])
-  const certPem = signCertificate(cert, key)
+  const certPem = signCertificate(forge, cert, key)
   const x = new X509Certificate(certPem)
 
   const crl = signCrl(key, { issuer: x.fingerprint256, number: 1, issuedAt: new Date(now).toISOString(), revoked: [] })
@@ -206,6 +209,7 @@ export async function issueCertificate (dir: string, options: IssueOptions): Pro
   await assertBundleDirFree(out)
 
   const ca = await loadCa(dir)
+  const forge = await loadForge()
   const caForge = forge.pki.certificateFromPem(ca.certPem)
 
   const identity = await generateKeyPair('Ed25519')
@@ -238,7 +242,7 @@ export async function issueCertificate (dir: string, options: IssueOptions): Pro
     { name: 'subjectAltName', altNames: [{ type: 6, value: `${PEER_URI_PREFIX}${peerId}` }] },
     { name: 'authorityKeyIdentifier', keyIdentifier: caForge.generateSubjectKeyIdentifier().getBytes() }
   ])
-  const certPem = signCertificate(cert, ca.key, ed25519Spki(identity.publicKey.raw))
+  const certPem = signCertificate(forge, cert, ca.key, ed25519Spki(forge, identity.publicKey.raw))
 
   const x = new X509Certificate(certPem)
   if (x.publicKey.asymmetricKeyType !== 'ed25519' || !x.verify(ca.cert.publicKey)) {
@@ -325,11 +329,17 @@ export async function readCaCrl (dir: string): Promise<SignedCrl> {
 
 // --- internals ---------------------------------------------------------------------------
 
+type Forge = typeof forge
+
 /** Parts of node-forge that @types/node-forge does not declare. */
-const forgeExtra = forge as unknown as {
+type ForgeExtra = {
   util: { isNodejs?: unknown } // the node version string, or false
   options: { usePureJavaScript?: boolean }
   pki: { getTBSCertificate: (cert: forge.pki.Certificate) => forge.asn1.Asn1 }
+}
+
+async function loadForge (): Promise<Forge> {
+  return (await import('node-forge')).default
 }
 
 function checkDays (days: number): void {
@@ -340,7 +350,8 @@ function checkDays (days: number): void {
 
 /** forge generates natively (node's crypto.generateKeyPair) when given a callback and no custom PRNG;
  * its pure-JavaScript fallback takes many seconds, so refuse to run where it would be chosen. */
-async function generateRsaKeyPair (): Promise<forge.pki.rsa.KeyPair> {
+async function generateRsaKeyPair (forge: Forge): Promise<forge.pki.rsa.KeyPair> {
+  const forgeExtra = forge as unknown as ForgeExtra
   if (forgeExtra.util.isNodejs === false || forgeExtra.util.isNodejs === undefined || forgeExtra.options.usePureJavaScript === true) {
     throw new Error('node-forge would use its slow pure-JavaScript RSA key generation')
   }
@@ -365,7 +376,7 @@ function wholeSeconds (ms: number): Date {
 }
 
 /** DER SubjectPublicKeyInfo of a raw 32-byte Ed25519 public key, as a forge ASN.1 node. */
-function ed25519Spki (raw: Uint8Array): forge.asn1.Asn1 {
+function ed25519Spki (forge: Forge, raw: Uint8Array): forge.asn1.Asn1 {
   const der = createPublicKey({
     key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(raw).toString('base64url') },
     format: 'jwk'
@@ -380,7 +391,8 @@ const TBS_SPKI_INDEX = 6
  * Signs `cert` with the CA key (sha256WithRSAEncryption) using node:crypto and returns its PEM.
  * With `spki`, the TBSCertificate's subjectPublicKeyInfo is replaced by it before signing.
  */
-function signCertificate (cert: forge.pki.Certificate, caKey: KeyObject, spki?: forge.asn1.Asn1): string {
+function signCertificate (forge: Forge, cert: forge.pki.Certificate, caKey: KeyObject, spki?: forge.asn1.Asn1): string {
+  const forgeExtra = forge as unknown as ForgeExtra
   const oid = forge.pki.oids.sha256WithRSAEncryption
   cert.siginfo.algorithmOid = oid
   cert.signatureOid = oid

@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { ConfigError } from '../protocol/errors.js'
+import { ConfigError, UsageError } from '../protocol/errors.js'
 import { DEFAULT_CA_DAYS, DEFAULT_CA_NAME, DEFAULT_LEAF_DAYS, initCa, issueCertificate, listIssued, revoke } from './ca.js'
 import type { IssuedCertificate } from './ca.js'
 import { CA_FILES, isRole, validatePeerName } from './format.js'
@@ -93,9 +93,6 @@ options:
 } as const
 
 type Command = keyof typeof HELP
-
-/** A mistake on the command line; reported with exit status 2 before anything is done. */
-class UsageError extends Error {}
 
 /** Runs `goto ca <argv...>` and returns the exit status. Never throws. */
 export async function runCaCommand (argv: string[], out: CommandOutput): Promise<number> {

@@ -1,283 +1,51 @@
 #!/usr/bin/env node
 /**
  * goto: the operator CLI and its composition root (the only place that reads argv and env).
- * `goto ca ...` manages the mesh CA (certs/cli.ts); `goto peers` and `goto status` ask one agent
- * over an authenticated libp2p connection (client.ts) and print a table or, with --json, JSON.
+ * `goto ca ...` manages the mesh CA (certs/cli.ts); `goto peers`, `status`, `move`, `drain`,
+ * `protect` and `unprotect` ask one agent over an authenticated libp2p connection (mesh.ts);
+ * `goto install`, `uninstall` and `cloud-init` set up hosts (install-cli.ts). Options may come
+ * before the command as well as after it (args.ts).
+ *
+ * Start-up time is most of what a command costs, so each command loads only its own modules:
+ * libp2p only for the commands that talk to the mesh, ssh2 only for install, node-forge only where
+ * a certificate is issued. Static imports here stay small; everything else is an import() below.
  */
 import '../protocol/polyfill.js'
-import { parseArgs } from 'node:util'
-import type { Multiaddr } from '@multiformats/multiaddr'
-import { readBundle, type Bundle } from '../certs/index.js'
-import { multiaddr } from '@multiformats/multiaddr'
-import { MoveRenderer } from './move.js'
-import { moveError, planDrain, renderDrain, type DrainAssignment, type DrainEvent } from './drain.js'
-import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
-import { runCaCommand } from '../certs/cli.js'
-import { AgentClient } from './client.js'
-import { formatPeers, formatStatus } from './format.js'
-import { circuitRelayOf, parseAgentMultiaddr, peerAddr } from '../protocol/multiaddr.js'
+import { parseCommandLine } from './args.js'
+import { USAGE } from './usage.js'
 import { GOTO_VERSION } from '../protocol/version.js'
-import { AgentUnreachableError, BundleError, ConfigError, GotoError, ProtocolError } from '../protocol/errors.js'
+import { ConfigError, GotoError, UsageError } from '../protocol/errors.js'
+import type { Io, MeshCommand } from './mesh.js'
 
-const USAGE = `Usage: goto COMMAND [options]
-
-Operator CLI of the Go-To mesh.
-
-Commands:
-  peers                 list the mesh as the agent sees it (name, state, address, engine, labels)
-  status [NAME]         status of the agent (or of the member NAME): version, uptime, engine, containers,
-                        failover (safe or not, and per container: protected, owner, epoch, snapshot age,
-                        replica holders)
-  move CONTAINER --to NAME
-                        move a running container to the member NAME: only the image layers it lacks
-                        travel; the container is paused only for the last step; on any failure it
-                        keeps running where it was
-      --dry-run         print the plan (layers to send, layers already there, bytes) and stop
-      --allow-bind-mounts
-                        move a container that bind-mounts host paths, without that data
-  drain NAME            planned maintenance: move every running container of the member NAME to
-                        the other alive members (fewest containers first), one move after another;
-                        a container whose move fails keeps running on NAME and the drain goes on;
-                        containers that are not running stay (listed). Takes --dry-run and
-                        --allow-bind-mounts as move does
-  protect CONTAINER     protect a container: it is snapshotted to replica holders, and if its host
-                        dies it runs again on one survivor from its latest snapshot (the label
-                        goto.protect=true does the same)
-  unprotect CONTAINER   stop protecting it (overrides the label; held snapshots are left as they are)
-  ca ...                the mesh CA: init, issue, revoke, list (see 'goto ca --help')
-  install USER@HOST --ca-dir DIR --name NAME
-                        install (or upgrade) the agent on a host over SSH and wait until it is
-                        alive in the mesh (see 'goto install --help')
-  uninstall USER@HOST   stop the agent on a host and remove it; --revoke also revokes its certificate
-  cloud-init --name NAME --ca-dir DIR --release-url URL
-                        print cloud-init user-data that makes a fresh EC2/Azure VM a mesh member
-
-Options for peers, status, move, drain, protect and unprotect:
-  --bundle DIR          operator bundle from 'goto ca issue --role operator' (env GOTO_BUNDLE)
-  --agent MULTIADDR     agent to ask, e.g. /ip4/10.0.0.5/tcp/4001 (env GOTO_AGENT); /p2p/<id> optional.
-                        An agent behind NAT through a relay: <relay address>/p2p/<relay id>/p2p-circuit/p2p/<id>
-                        (its ADDRESS in 'goto peers --json'); other agents relay its status and moves anyway
-  --json                machine-readable output (move: one JSON event per line, the last one
-                        {"event":"done",...} or {"event":"failed",...}; drain: its own events
-                        drain-plan, drain-move, and last drained, around each move's events)
-  --timeout SECONDS     give up after this long (default 10; for move, on reaching the agent)
-  -h, --help            show this help
-  --version             print the version
-
-Exit status: 0 success, 1 failure (agent unreachable, certificate rejected, unknown peer, a move
-that failed), 2 usage.`
-
-/** One day: longer than any command should take, and within what setTimeout can count. */
-const MAX_TIMEOUT_S = 86_400
-
-interface Io { stdout: (s: string) => void, stderr: (s: string) => void }
-
-interface CommonOptions { bundleDir: string, agent: Multiaddr, json: boolean, timeoutMs: number }
-
-function common (values: Record<string, unknown>, env: NodeJS.ProcessEnv): CommonOptions {
-  const bundleDir = (values.bundle as string | undefined) ?? env.GOTO_BUNDLE
-  if (bundleDir === undefined || bundleDir === '') throw new ConfigError('--bundle', 'required (or set GOTO_BUNDLE): the operator bundle from `goto ca issue --role operator`')
-  const agentRaw = (values.agent as string | undefined) ?? env.GOTO_AGENT
-  if (agentRaw === undefined || agentRaw === '') throw new ConfigError('--agent', 'required (or set GOTO_AGENT): the multiaddr of any agent, e.g. /ip4/10.0.0.5/tcp/4001')
-  const timeoutRaw = (values.timeout as string | undefined) ?? '10'
-  const timeoutS = Number(timeoutRaw)
-  if (!Number.isFinite(timeoutS) || timeoutS <= 0 || timeoutS > MAX_TIMEOUT_S) throw new ConfigError('--timeout', `'${timeoutRaw}' is not a number of seconds between 0 and ${MAX_TIMEOUT_S}`)
-  return { bundleDir, agent: parseAgentMultiaddr('--agent', agentRaw), json: values.json === true, timeoutMs: timeoutS * 1000 }
-}
-
-interface Session {
-  client: AgentClient
-  bundle: Bundle
-  signal: AbortSignal
-  /** Ends the --timeout for what follows (a move runs as long as it needs; Ctrl-C stops it). */
-  disarm: () => void
-}
-
-async function withClient<T> (opts: CommonOptions, fn: (s: Session) => Promise<T>): Promise<T> {
-  let bundle: Bundle
-  try {
-    bundle = await readBundle(opts.bundleDir)
-  } catch (err) {
-    // Our own certificate's troubles (expired, wrong key, missing file) are not the agent's.
-    throw new BundleError(`operator bundle ${(err as Error).message}`, { cause: err })
-  }
-  if (bundle.role !== 'operator') throw new ConfigError('--bundle', `${opts.bundleDir} holds an ${bundle.role} certificate; the CLI needs one issued with --role operator`)
-  // A ref'd timer, unlike AbortSignal.timeout, also keeps the process alive while libp2p waits.
-  const ac = new AbortController()
-  const timer = setTimeout(() => { ac.abort(new AgentUnreachableError(`no answer from ${opts.agent.toString()} within ${opts.timeoutMs / 1000}s`)) }, opts.timeoutMs)
-  const keepAlive = setInterval(() => {}, 60_000)
-  const onSigint = (): void => { ac.abort(new GotoError('interrupted')) }
-  process.once('SIGINT', onSigint)
-  try {
-    const client = await AgentClient.connect(bundle, opts.agent, ac.signal)
-    try {
-      return await fn({ client, bundle, signal: ac.signal, disarm: () => { clearTimeout(timer) } })
-    } finally {
-      await client.close()
-    }
-  } catch (err) {
-    throw ac.signal.aborted ? ac.signal.reason : err
-  } finally {
-    clearTimeout(timer)
-    clearInterval(keepAlive)
-    process.removeListener('SIGINT', onSigint)
-  }
-}
-
-/** goto move: locate the container's agent, order the move there, render its events. */
-async function move (opts: CommonOptions, order: MoveOrder, io: Io): Promise<number> {
-  return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
-    const where = await client.locate(order.container, signal)
-    const source = where.peerId === client.agent.peerId ? client : await AgentClient.connect(bundle, addressOf(where, client.agent.peerId), signal)
-    disarm()
-    try {
-      const last = await followMove(source, order, opts, io, signal)
-      if (last === undefined) throw new ProtocolError('the agent ended the move without a result')
-      return last.event === 'done' ? 0 : 1
-    } finally {
-      if (source !== client) await source.close()
-    }
-  })
-}
-
-/** Orders one move of the agent `source` and renders (or, with --json, prints) its events; returns the last. */
-async function followMove (source: AgentClient, order: MoveOrder, opts: CommonOptions, io: Io, signal: AbortSignal): Promise<MoveEvent | undefined> {
-  const renderer = new MoveRenderer(io.stdout, io.stderr, process.stdout.isTTY === true && !opts.json, order.dryRun)
-  let last: MoveEvent | undefined
-  for await (const ev of source.move(order, signal)) {
-    last = ev
-    if (opts.json) io.stdout(JSON.stringify(ev) + '\n')
-    else renderer.render(ev)
-  }
-  return last
-}
-
-/**
- * Where to dial a member we were told about (`asked`: the agent we are connected to). An agent
- * behind NAT has only relayed addresses: go through the agent we asked when it is one of its relays,
- * so no other agent needs to be reachable from here.
- */
-function addressOf (member: { name: string, peerId: string, addrs: string[] }, asked: string): Multiaddr {
-  const addrs = member.addrs.map(a => multiaddr(a))
-  const addr = addrs.find(a => circuitRelayOf(a) === asked) ?? addrs[0]
-  if (addr === undefined) throw new AgentUnreachableError(`${member.name} announces no address to reach it at`)
-  return peerAddr(addr.toString(), member.peerId)
-}
-
-/** goto drain: move every running container of `host` to the other members, one after another. */
-async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 'dryRun' | 'allowBindMounts'>, io: Io): Promise<number> {
-  return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
-    const emit = (ev: DrainEvent): void => { if (opts.json) io.stdout(JSON.stringify(ev) + '\n'); else renderDrain(ev, io.stdout, io.stderr) }
-    const [peers, status] = await Promise.all([client.peers(signal), client.status(host, signal)])
-    const plan = planDrain(host, peers, status.containers)
-    emit({ event: 'drain-plan', plan })
-    const member = peers.find(p => p.name === host)
-    const source = member === undefined || member.self ? client : await AgentClient.connect(bundle, addressOf(member, client.agent.peerId), signal)
-    disarm()
-    const moved: DrainAssignment[] = []
-    const failed: Array<DrainAssignment & { error: string }> = []
-    try {
-      for (const [i, a] of plan.assignments.entries()) {
-        emit({ event: 'drain-move', container: a.container, to: a.to, index: i + 1, of: plan.assignments.length })
-        const error = moveError(await followMove(source, { container: a.container, to: a.to, ...flags }, opts, io, signal))
-        if (error === undefined) moved.push(a)
-        else failed.push({ ...a, error })
-      }
-    } finally {
-      if (source !== client) await source.close()
-    }
-    emit({ event: 'drained', host, dryRun: flags.dryRun, moved, failed, left: plan.left })
-    return failed.length > 0 ? 1 : 0
-  })
-}
+const MESH_COMMANDS: readonly string[] = ['peers', 'status', 'move', 'drain', 'protect', 'unprotect'] satisfies readonly MeshCommand[]
 
 async function run (argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<number> {
-  const [command, ...rest] = argv
-  if (command === undefined || command === '-h' || command === '--help' || command === 'help') { io.stdout(USAGE + '\n'); return command === undefined ? 2 : 0 }
-  if (command === '--version') { io.stdout(GOTO_VERSION + '\n'); return 0 }
-  if (command === 'ca') return await runCaCommand(rest, io)
+  const line = parseCommandLine(argv)
+  if (line.kind === 'usage') { io.stdout(USAGE + '\n'); return 2 }
+  if (line.kind === 'help') { io.stdout(USAGE + '\n'); return 0 }
+  if (line.kind === 'version') { io.stdout(GOTO_VERSION + '\n'); return 0 }
+  const { command, args } = line
+  if (command === 'ca') {
+    const { runCaCommand } = await import('../certs/cli.js')
+    return await runCaCommand(args, io)
+  }
   if (command === 'install' || command === 'uninstall' || command === 'cloud-init') {
     const ac = new AbortController()
     const onSigint = (): void => { ac.abort(new GotoError('interrupted')) }
     process.once('SIGINT', onSigint)
     try {
-      // ssh2 and the installer load only for these commands: peers and status stay quick to start.
       const { runInstallCommand } = await import('./install-cli.js')
-      return await runInstallCommand(command, rest, env, io, ac.signal)
+      return await runInstallCommand(command, args, env, io, ac.signal)
     } finally {
       process.removeListener('SIGINT', onSigint)
     }
   }
-  if (command !== 'peers' && command !== 'status' && command !== 'move' && command !== 'drain' && command !== 'protect' && command !== 'unprotect') {
+  if (!MESH_COMMANDS.includes(command)) {
     io.stderr(`goto: error: unknown command '${command}' (try 'goto --help')\n`)
     return 2
   }
-  let parsed
-  try {
-    parsed = parseArgs({
-      args: rest,
-      strict: true,
-      allowPositionals: true,
-      options: {
-        bundle: { type: 'string' },
-        agent: { type: 'string' },
-        json: { type: 'boolean' },
-        timeout: { type: 'string' },
-        to: { type: 'string' },
-        'dry-run': { type: 'boolean' },
-        'allow-bind-mounts': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' }
-      }
-    })
-  } catch (err) {
-    io.stderr(`goto: error: ${(err as Error).message}\n`)
-    return 2
-  }
-  if (parsed.values.help === true) { io.stdout(USAGE + '\n'); return 0 }
-  const maxPositionals = command === 'peers' ? 0 : 1
-  for (const opt of ['to', 'dry-run', 'allow-bind-mounts'] as const) {
-    const allowed = opt === 'to' ? ['move'] : ['move', 'drain']
-    if (parsed.values[opt] !== undefined && !allowed.includes(command)) { io.stderr(`goto: error: --${opt} belongs to 'goto ${allowed.join("' and 'goto ")}' (try 'goto --help')\n`); return 2 }
-  }
-  if (parsed.positionals.length > maxPositionals) {
-    io.stderr(`goto: error: unexpected argument '${parsed.positionals[maxPositionals]}' (try 'goto --help')\n`)
-    return 2
-  }
-  // What the command itself lacks is said before what the connection lacks.
-  if (command === 'move' && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', "missing: 'goto move CONTAINER --to NAME'")
-  if (command === 'move' && (parsed.values.to === undefined || parsed.values.to === '')) throw new ConfigError('--to', "required: the name of the destination member (see 'goto peers')")
-  if (command === 'drain' && parsed.positionals[0] === undefined) throw new ConfigError('NAME', "missing: 'goto drain NAME' (the member to empty; see 'goto peers')")
-  if ((command === 'protect' || command === 'unprotect') && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', `missing: 'goto ${command} CONTAINER'`)
-  const opts = common(parsed.values, env)
-  if (command === 'move') {
-    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true }, io)
-  }
-  if (command === 'drain') {
-    return await drain(opts, parsed.positionals[0], { dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true }, io)
-  }
-  if (command === 'protect' || command === 'unprotect') {
-    const container = parsed.positionals[0]
-    const { reply, host } = await withClient(opts, async ({ client, bundle, signal }) => {
-      const where = await client.locate(container, signal)
-      if (where.peerId === client.agent.peerId) return { reply: await client.protect(command, container, signal), host: where.name }
-      const owner = await AgentClient.connect(bundle, addressOf(where, client.agent.peerId), signal)
-      try {
-        return { reply: await owner.protect(command, container, signal), host: where.name }
-      } finally {
-        await owner.close()
-      }
-    })
-    io.stdout((opts.json ? JSON.stringify({ ...reply, host }, null, 2) : `${reply.container} on ${host}: ${reply.protected ? `protected${reply.epoch > 0 ? ` (epoch ${reply.epoch})` : ''}` : 'not protected'}`) + '\n')
-    return 0
-  }
-  if (command === 'peers') {
-    const rows = await withClient(opts, async ({ client, signal }) => await client.peers(signal))
-    io.stdout((opts.json ? JSON.stringify(rows, null, 2) : formatPeers(rows)) + '\n')
-  } else {
-    const status = await withClient(opts, async ({ client, signal }) => await client.status(parsed.positionals[0], signal))
-    io.stdout((opts.json ? JSON.stringify(status, null, 2) : formatStatus(status)) + '\n')
-  }
-  return 0
+  const { runMeshCommand } = await import('./mesh.js')
+  return await runMeshCommand(command as MeshCommand, args, env, io)
 }
 
 async function main (): Promise<number> {
@@ -286,13 +54,13 @@ async function main (): Promise<number> {
     return await run(process.argv.slice(2), process.env, io)
   } catch (err) {
     const e = err as Error
-    if (err instanceof ConfigError) { io.stderr(`goto: error: ${e.message}\n`); return 2 }
+    if (err instanceof ConfigError || err instanceof UsageError) { io.stderr(`goto: error: ${e.message}\n`); return 2 }
     if (err instanceof GotoError) { io.stderr(`goto: error: ${e.message}\n`); return 1 }
     io.stderr(`goto: error: ${e.message}\n`)
     return 1
   }
 }
 
-const code = await main()
-// libp2p may hold sockets a moment after stop(); the CLI is done, so leave now.
-process.exit(code)
+// libp2p may hold sockets a moment after stop(); the CLI is done, so leave now. (No top-level
+// await: the bundle that `goto` runs is a script, see launcher.ts.)
+void main().then(code => process.exit(code))

@@ -49,6 +49,12 @@ export class ConfigError extends GotoError {
   }
 }
 
+/**
+ * A mistake on a command line that names no single option (a missing or extra word, two options
+ * that exclude each other): the CLIs report it with exit status 2 before doing anything.
+ */
+export class UsageError extends GotoError {}
+
 // --- docker ---------------------------------------------------------------------------
 /**
  * The Docker Engine could not be reached: no socket, connection refused, or the connection dropped
