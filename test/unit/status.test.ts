@@ -198,12 +198,12 @@ describe('status, peers and locate (two agents on in-memory engines, libp2p on l
       expect(err.message).to.match(/needs a container name/)
     })
 
-    // Pending fixes in agent/net/auth-service.ts (as above) and agent/status/locate.ts (a `null`
-    // request is destructured unchecked: TypeError).
-    it.skip('refuses a request that is not an object with a typed error, not a reset stream', async () => {
-      const err = await rejection(operator.request(LOCATE_PROTOCOL, null))
-      expect(err.name).to.equal('ProtocolError')
-      expect(err.message).to.not.match(/stream (failed|ended)/)
+    it('refuses a request that is not an object with a typed error, not a reset stream', async () => {
+      for (const body of [null, 'web', 7]) {
+        const err = await rejection(operator.request(LOCATE_PROTOCOL, body))
+        expect(err.name, JSON.stringify(body)).to.equal('UnknownContainerError')
+        expect(err.message).to.match(/needs a container name/)
+      }
     })
   })
 })
