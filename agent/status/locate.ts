@@ -28,7 +28,7 @@ export class LocateService {
   async start (): Promise<void> {
     await this.deps.auth.handle(LOCATE_PROTOCOL, ['agent', 'operator'], async js => {
       const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
-      const { container } = await js.read(signal) as { container?: unknown }
+      const { container } = (await js.read(signal) ?? {}) as { container?: unknown } // `null` is valid JSON: answered below, not a TypeError
       let reply
       try {
         if (typeof container !== 'string') throw new UnknownContainerError('locate needs a container name')
