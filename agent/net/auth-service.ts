@@ -190,8 +190,13 @@ export class AuthService {
       try {
         await handler(js, peer, connection)
       } catch (err) {
-        this.deps.log.warn('handler failed', { protocol, peer: peer.name, error: (err as Error).message })
-        stream.abort(err as Error)
+        // A request the handler could not take (malformed, refused before its own reply) gets a
+        // typed error, as any other refusal; only a stream that cannot carry one is reset.
+        this.deps.log.warn('handler failed', { protocol, peer: peer.name, error: (err as Error).message, reason: (err as Error).name })
+        if (!js.isOpen) { stream.abort(err as Error); return }
+        await js.write({ ok: false, error: toWireError(err) }, AbortSignal.timeout(1000))
+          .then(async () => { await js.close(AbortSignal.timeout(1000)) }, () => { js.abort(err as Error) })
+          .catch(() => { js.abort(err as Error) })
       }
     }, { maxInboundStreams: MAX_INBOUND_STREAMS })
     this.protocols.push(protocol)

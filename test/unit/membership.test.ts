@@ -197,9 +197,8 @@ describe('membership (heartbeats between agents in this process, libp2p on loopb
       expect(err.name).to.equal('RoleNotAllowedError')
     })
 
-    // Pending a fix in agent/net/auth-service.ts (handle(): a handler that throws has its stream
-    // reset, so a heartbeat it cannot parse gets no reply and the sender only sees "stream failed").
-    it.skip('refuses a malformed heartbeat with a ProtocolError naming the field', async () => {
+    // The auth gate answers a request its handler could not take with a typed error (not a reset stream).
+    it('refuses a malformed heartbeat with a ProtocolError naming the field', async () => {
       const a = await agent('a')
       const probe = await MeshClient.connect(await issuedBundle(caDir, join(dir, `run-${run}`), 'agent', 'probe'), addrOf(a))
       clients.push(probe)

@@ -86,9 +86,8 @@ describe('status, peers and locate (two agents on in-memory engines, libp2p on l
       expect(rows.map(r => r.name)).to.deep.equal(['a', 'b'])
     })
 
-    // Pending a fix in agent/net/auth-service.ts (handle(): a handler that throws has its stream
-    // reset, so a request it cannot parse gets no reply and the caller only sees "stream failed").
-    it.skip('refuses a request that is not JSON with a ProtocolError that says so', async () => {
+    // The auth gate answers a request its handler could not take with a typed error (not a reset stream).
+    it('refuses a request that is not JSON with a ProtocolError that says so', async () => {
       const js = await operator.open(PEERS_PROTOCOL)
       const signal = AbortSignal.timeout(10_000)
       await js.writeBytes(new TextEncoder().encode('{ not json'), signal)
@@ -156,17 +155,15 @@ describe('status, peers and locate (two agents on in-memory engines, libp2p on l
       }
     })
 
-    // Pending a fix in agent/net/auth-service.ts (handle(): a handler that throws has its stream
-    // reset, so a request it cannot parse gets no reply and the caller only sees "stream failed").
-    it.skip('refuses a name that is not a string with a ProtocolError naming the field', async () => {
+    // The auth gate answers a request its handler could not take with a typed error (not a reset stream).
+    it('refuses a name that is not a string with a ProtocolError naming the field', async () => {
       const err = await rejection(operator.request(STATUS_PROTOCOL, { name: 5 }))
       expect(err.name).to.equal('ProtocolError')
       expect(err.message).to.match(/status name must be a string/)
     })
 
-    // Pending a fix in agent/net/auth-service.ts (handle(): a handler that throws has its stream
-    // reset, so a request it cannot parse gets no reply and the caller only sees "stream failed").
-    it.skip('refuses a request that is not an object with a ProtocolError', async () => {
+    // The auth gate answers a request its handler could not take with a typed error (not a reset stream).
+    it('refuses a request that is not an object with a ProtocolError', async () => {
       const err = await rejection(probe.request(STATUS_PROTOCOL, ['a']))
       expect(err.name).to.equal('ProtocolError')
       expect(err.message).to.match(/status request must be an object/)
