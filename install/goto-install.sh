@@ -233,7 +233,7 @@ install_release () {
   node=$(node_bin)
   printf '#!/bin/sh\n# Written by goto-install.sh: the agent of the current release, on Node.js %s.\nexec %s %s/current/dist/agent/main.js "$@"\n' \
     "$("$node" -v)" "$node" "$OPT" | replace_if_changed $OPT/bin/goto-agent 755 >/dev/null
-  printf '#!/bin/sh\n# Written by goto-install.sh: the operator CLI of the current release.\nexec %s %s/current/dist/control/main.js "$@"\n' \
+  printf '#!/bin/sh\n# Written by goto-install.sh: the operator CLI of the current release.\nexec %s %s/current/dist/bin/goto.js "$@"\n' \
     "$node" "$OPT" | replace_if_changed $OPT/bin/goto 755 >/dev/null
 }
 
