@@ -33,7 +33,7 @@ import type { DockerEndpoint } from '../config.js'
 import type { ContainerRow } from '../../protocol/messages.js'
 import { containerInfoFromInspect, createBody, type EngineContainer } from './spec.js'
 import { readSavedImage } from './saved-image.js'
-import { plainGet, type PlainResponse } from './plain-get.js'
+import { EngineStatusError, plainGet, type PlainResponse } from './plain-get.js'
 import { LayerFiles } from './layer-files.js'
 import { messageError, readJsonMessages } from './json-messages.js'
 import { decodePathStat, exportContainerChanges, parseChanges } from './changes.js'
@@ -459,7 +459,8 @@ export class DockerodeHost implements DockerHost {
 
   private mapError (what: string, notFound: NotFound, err: unknown, signal?: AbortSignal): unknown {
     if (signal?.aborted === true) return signal.reason
-    if (err instanceof GotoError) return err
+    // A plain GET's status error is the engine's raw answer, mapped by its status below like the modem's.
+    if (err instanceof GotoError && !(err instanceof EngineStatusError)) return err
     const e = err as Error & { statusCode?: unknown, json?: { message?: unknown } | null }
     const status = typeof e.statusCode === 'number' ? e.statusCode : undefined
     if (status === undefined) {
