@@ -72,6 +72,9 @@ export interface ProtectOrderBody extends OrderCommon {
 
 export type OrderBody = MoveOrderBody | ProtectOrderBody
 
+/** The body of an order of kind K. */
+export type OrderOfKind<K extends OrderBody['kind']> = K extends 'move' ? MoveOrderBody : ProtectOrderBody
+
 /** An order as it travels: its body, the operator's certificate (PEM) and the signature (base64). */
 export interface SignedOrder { body: OrderBody, cert: string, signature: string }
 
@@ -195,7 +198,7 @@ export class OrderVerifier {
    * seen before (OrderReplayedError). Does not check what the order names: the caller does.
    * The order is remembered only by `accept`, once the caller agrees with what it names.
    */
-  async verify<K extends OrderBody['kind']> (order: SignedOrder, kinds: readonly K[]): Promise<Extract<OrderBody, { kind: K }>> {
+  async verify<K extends OrderBody['kind']> (order: SignedOrder, kinds: readonly K[]): Promise<OrderOfKind<K>> {
     const { body } = order
     const now = this.now()
     const peer = this.trust.verify(order.cert, body.operator, new Date(now))
@@ -213,7 +216,7 @@ export class OrderVerifier {
       throw new OrderExpiredError(`order ${body.id} of ${peer.name} is valid from ${new Date(body.issuedAt).toISOString()} to ${new Date(body.expiresAt).toISOString()}: not a short order made now`)
     }
     if (this.seen.has(key(body))) throw new OrderReplayedError(`order ${body.id} of ${peer.name} was already carried out here`)
-    return body as Extract<OrderBody, { kind: K }>
+    return body as OrderOfKind<K>
   }
 
   /** Remembers a verified order until it expires; refuses it if it was taken meanwhile or memory is full. */
