@@ -38,6 +38,7 @@ import { RelayReservations } from './net/relay-reservations.js'
 import { GOTO_VERSION } from '../protocol/version.js'
 import { ConfigError, GotoError } from '../protocol/errors.js'
 import type { MemberInfo } from '../protocol/messages.js'
+import { OrderVerifier } from '../protocol/orders.js'
 // The verifying half of certs/ only: the agent never issues, so it does not load node-forge.
 import { readBundle, writeCrl } from '../certs/bundle.js'
 import { TrustStore, type SignedCrl } from '../certs/verify.js'
@@ -125,8 +126,10 @@ async function run (config: AgentConfig): Promise<void> {
     layers: new LayerSender({ docker, paths: new SavePathCache(), log: log.child({ component: 'move' }) }),
     journal: freezeJournal, spoolDir: join(config.stateDir, 'spool'), log: log.child({ component: 'move' })
   }
+  // Operators' signed orders, verified here whatever the peer that forwards them (protocol/orders.ts).
+  const orders = new OrderVerifier(trust)
   const failover = new FailoverService({
-    auth, docker, table, snapshots, state: failoverState, selfId: bundle.peerId, selfName: bundle.name,
+    auth, docker, table, snapshots, state: failoverState, selfId: bundle.peerId, selfName: bundle.name, orders,
     snapshotter: new Snapshotter({ docker, sessions, locks, selfId: bundle.peerId, labels: stamps }),
     timings: config.timings, replicas: config.replicas, metrics, log: log.child({ component: 'failover' })
   })
@@ -145,11 +148,11 @@ async function run (config: AgentConfig): Promise<void> {
     failover: failover.gossip()
   })
   const destination = new DestinationService({
-    auth, docker, store, snapshots, metrics, kept, timings: config.timings,
+    auth, selfId: bundle.peerId, orders, docker, store, snapshots, metrics, kept, timings: config.timings,
     journal: await openIncomingJournal(join(config.stateDir, 'incoming')), log: log.child({ component: 'move-in' })
   })
   const recovery = new FreezeRecovery({ auth, docker, table, journal: freezeJournal, locks, timings: config.timings, log: log.child({ component: 'move' }) })
-  const moves = new MoveService({ auth, docker, sessions, locks, kept, labels: stamps, timings: config.timings, metrics, log: log.child({ component: 'move' }) })
+  const moves = new MoveService({ auth, selfId: bundle.peerId, docker, sessions, locks, kept, labels: stamps, timings: config.timings, metrics, log: log.child({ component: 'move' }) })
   const locate = new LocateService({ auth, docker, table, self, timings: config.timings })
   const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, alwaysSend: config.noInbound, log: log.child({ component: 'membership' }) })

@@ -1,6 +1,8 @@
 /**
  * The operator's connection to one agent: a short-lived libp2p peer that dials the agent, passes
  * /goto/auth with the operator certificate, checks the agent's certificate in turn, and then asks.
+ * Whatever changes a host is signed with the operator's key on the way (protocol/orders.ts): a
+ * move's `order` event is answered with the signed move order, a protect carries its own order.
  * Errors come out typed: AgentUnreachableError, PeerRejectedUsError (our certificate was refused),
  * Certificate*Error (the agent's certificate is not one we trust), UnknownPeerError.
  */
@@ -15,7 +17,9 @@ import { authenticateOutbound } from '../protocol/auth.js'
 import { JsonStream, readResult } from '../protocol/wire.js'
 import { FAILOVER_PROTOCOL, LOCATE_PROTOCOL, MOVE_PROTOCOL, PEERS_PROTOCOL, STATUS_PROTOCOL } from '../protocol/ids.js'
 import { parseProtectReply, type ProtectReply } from '../protocol/failover-messages.js'
-import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
+import { parseOrderRequest, type MoveEvent, type MoveOrder } from '../protocol/move-messages.js'
+import { newOrderId, signOrder, type OrderSigner, type ProtectOrderBody } from '../protocol/orders.js'
+import { signMoveOrder } from './move.js'
 import { AgentUnreachableError, GotoError, ProtocolError, fromWireError } from '../protocol/errors.js'
 import { parseAgentStatus, parsePeerRows, type AgentStatus, type PeerRow } from '../protocol/messages.js'
 
@@ -23,7 +27,9 @@ export class AgentClient {
   private constructor (
     private readonly node: Libp2p,
     private readonly connection: Connection,
-    readonly agent: VerifiedPeer
+    readonly agent: VerifiedPeer,
+    /** The operator's certificate and key, which sign its orders. */
+    private readonly signer: OrderSigner
   ) {}
 
   /**
@@ -47,7 +53,7 @@ export class AgentClient {
     try {
       if (relayAddr !== undefined) await dialAgent(node, relayAddr, bundle, trust, signal)
       const { connection, agent } = await dialAgent(node, addr, bundle, trust, signal)
-      return new AgentClient(node, connection, agent)
+      return new AgentClient(node, connection, agent, bundle)
     } catch (err) {
       await node.stop()
       throw err
@@ -89,7 +95,8 @@ export class AgentClient {
 
   /** Protects (or unprotects) a container this agent runs. */
   async protect (op: 'protect' | 'unprotect', container: string, signal: AbortSignal): Promise<ProtectReply> {
-    return parseProtectReply(await this.request(FAILOVER_PROTOCOL, { op, container }, signal))
+    const order = await signOrder<ProtectOrderBody>(this.signer, { kind: op, id: newOrderId(), container, host: this.agent.peerId })
+    return parseProtectReply(await this.request(FAILOVER_PROTOCOL, { op, container, order }, signal))
   }
 
   /** Orders a move of a container this agent runs; yields its events up to `done` or `failed`. */
@@ -104,6 +111,19 @@ export class AgentClient {
       }
       const ev = msg as MoveEvent
       if (typeof ev?.event !== 'string') throw new ProtocolError('move event is malformed')
+      if (ev.event === 'order') {
+        // The source asks us to sign what it will send: we check it is what we asked for, and sign
+        // the digest of the spec we were shown, computed here.
+        const request = parseOrderRequest(ev.request)
+        try {
+          await js.write({ order: await signMoveOrder(this.signer, request, order, this.agent.peerId) }, signal)
+        } catch (err) {
+          js.abort(err as Error)
+          throw err
+        }
+        yield { event: 'order', request }
+        continue
+      }
       yield ev
       if (ev.event === 'done' || ev.event === 'failed') break
     }

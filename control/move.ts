@@ -1,9 +1,34 @@
 /**
  * `goto move CONTAINER --to NAME`: finds the container's agent, orders the move there and shows it:
  * a progress bar on a terminal (step, bytes, rate, ETA), plain lines otherwise, or with --json the
- * events themselves, one JSON object per line, the last being `done` or `failed`.
+ * events themselves, one JSON object per line, the last being `done` or `failed`. Before anything
+ * reaches the destination the source sends the spec it will move (an `order` event): signMoveOrder
+ * signs the order the destination will insist on (protocol/orders.ts).
  */
-import type { MoveEvent, MoveStep } from '../protocol/move-messages.js'
+import { bindsOf, type MoveEvent, type MoveOrder, type MoveStep, type OrderRequest } from '../protocol/move-messages.js'
+import { signOrder, specDigest, type MoveOrderBody, type OrderSigner, type SignedOrder } from '../protocol/orders.js'
+import { OrderMismatchError } from '../protocol/errors.js'
+
+/**
+ * The operator's signed order for the move the source `sourceId` proposes in `request`, after
+ * checking that it is the move the operator asked for (`asked`): from that agent, to the member
+ * named, of the container named. The spec's digest is computed here from the spec shown; bind
+ * mounts are allowed only with --allow-bind-mounts, exactly those of that spec.
+ */
+export async function signMoveOrder (signer: OrderSigner, request: OrderRequest, asked: MoveOrder, sourceId: string): Promise<SignedOrder> {
+  if (request.from !== sourceId) throw new OrderMismatchError(`the agent proposes a move from ${request.fromName} (${request.from}), but it is ${sourceId}`)
+  if (request.toName !== asked.to) throw new OrderMismatchError(`the agent proposes a move to ${request.toName}, not to ${asked.to}`)
+  if (request.container !== request.spec.name) throw new OrderMismatchError(`the agent proposes to move '${request.container}' with the spec of '${request.spec.name}'`)
+  return await signOrder<MoveOrderBody>(signer, {
+    kind: 'move',
+    id: request.moveId,
+    container: request.spec.name,
+    from: request.from,
+    to: request.to,
+    specDigest: specDigest(request.spec),
+    allow: { binds: asked.allowBindMounts ? bindsOf(request.spec) : [] }
+  })
+}
 
 export type Output = (s: string) => void
 
@@ -31,6 +56,11 @@ export class MoveRenderer {
 
   render (ev: MoveEvent): void {
     switch (ev.event) {
+      case 'order': {
+        const r = ev.request
+        this.line(`order ${r.moveId}: signed: ${r.container} ${r.fromName} → ${r.toName}, spec ${specDigest(r.spec).slice(7, 19)}`)
+        break
+      }
       case 'plan': {
         const p = ev.plan
         this.line(`plan ${p.moveId}: ${p.container} ${p.from} → ${p.to}; image ${p.image.slice(7, 19)}: ${p.layersTotal} layer(s), ${p.layersPresent} already there, ${p.layersToSend} to send (up to ${mib(p.bytesToSend)}); volumes: ${p.volumes.join(', ') || 'none'}`)

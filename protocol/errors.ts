@@ -131,6 +131,24 @@ export class TransferIncompleteError extends GotoError {}
 /** A transfer session's steps were called out of order (a bug of the caller, never a network input). */
 export class TransferStateError extends GotoError {}
 
+// --- operator orders (protocol/orders.ts) -----------------------------------------------------
+/** A change on this host that only an operator may order came without a signed order. */
+export class OrderMissingError extends GotoError {}
+/** The order's signature does not verify with the key its certificate names, or it is not of the kind asked for. */
+export class OrderSignatureError extends GotoError {}
+/** The order is signed with a certificate that is not an operator's (an agent's key, say). */
+export class OrderSignerNotOperatorError extends GotoError {}
+/** The order's expiry passed, or its validity is not a short window around now. */
+export class OrderExpiredError extends GotoError {}
+/** An order with this ID was already carried out here. */
+export class OrderReplayedError extends GotoError {}
+/** The order names another change: another destination, source, move, container or spec. */
+export class OrderMismatchError extends GotoError {}
+/** The spec asks for a host-level power (a bind mount, privileges, devices, host namespaces...) the order does not allow. */
+export class HostPowerNotOrderedError extends GotoError {}
+/** A later step of a transfer carries another spec than the one accepted at prepare. */
+export class SpecMismatchError extends GotoError {}
+
 // --- installing agents on hosts (control/install.ts) ---------------------------------------
 /** No SSH connection to the host: unreachable, refused, timed out, or not an SSH server. */
 export class SshConnectError extends GotoError {}
@@ -183,6 +201,14 @@ const KNOWN: Record<string, new (message: string) => GotoError> = {
   SnapshotOutdatedError,
   ContainerBusyError,
   TakeoverRefusedError,
+  OrderMissingError,
+  OrderSignatureError,
+  OrderSignerNotOperatorError,
+  OrderExpiredError,
+  OrderReplayedError,
+  OrderMismatchError,
+  HostPowerNotOrderedError,
+  SpecMismatchError,
   CertificateUntrustedError,
   CertificateExpiredError,
   CertificateNotYetValidError,

@@ -5,6 +5,7 @@
  */
 import { ProtocolError } from './errors.js'
 import { count, obj, str } from './parse.js'
+import { parseSignedOrder, type SignedOrder } from './orders.js'
 
 /** A protected container this member owns, at its ownership epoch. */
 export interface OwnedEntry { name: string, epoch: number }
@@ -25,8 +26,11 @@ export interface ClaimRequest { op: 'claim', name: string, epoch: number, previo
 /** `epoch`: the highest epoch the member has granted for the name (after this claim). */
 export interface ClaimReply { granted: boolean, epoch: number }
 
-/** An operator's order to the agent running `container`. */
-export interface ProtectRequest { op: 'protect' | 'unprotect', container: string }
+/**
+ * An operator's order to the agent running `container`; `order` is its signature on it (a protect
+ * order naming that agent, protocol/orders.ts), without which the agent refuses.
+ */
+export interface ProtectRequest { op: 'protect' | 'unprotect', container: string, order?: SignedOrder }
 export interface ProtectReply { container: string, protected: boolean, epoch: number }
 
 export type FailoverRequest = ClaimRequest | ProtectRequest
@@ -94,7 +98,7 @@ export function parseFailoverRequest (v: unknown): FailoverRequest {
       return { op: 'claim', name: str(o.name, 'name', 256), epoch: count(o.epoch, 'epoch'), previousOwner: str(o.previousOwner, 'previousOwner', 256), previousEpoch: count(o.previousEpoch, 'previousEpoch') }
     case 'protect':
     case 'unprotect':
-      return { op: o.op, container: str(o.container, 'container', 256) }
+      return { op: o.op, container: str(o.container, 'container', 256), ...o.order === undefined || o.order === null ? {} : { order: parseSignedOrder(o.order) } }
     default:
       throw new ProtocolError(`unknown failover op '${String(o.op)}'`)
   }

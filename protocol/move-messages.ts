@@ -2,8 +2,9 @@
  * Messages of a move: the operator's order and the events it streams back (/goto/move), and the
  * source-to-destination steps (/goto/transfer). Checks turn untrusted JSON into these types.
  */
-import { ProtocolError } from './errors.js'
+import { HostPowerNotOrderedError, ProtocolError } from './errors.js'
 import { count, obj, str } from './parse.js'
+import { parseSignedOrder, type BindAllowance, type SignedOrder } from './orders.js'
 import type { ContainerSpec, ImageInfo, MountSpec, RestartPolicyName } from './container.js'
 
 export interface MoveOrder {
@@ -30,7 +31,27 @@ export interface MovePlan {
   volumes: string[]
 }
 
+/**
+ * What the source asks the operator to sign before the destination hears of the move: the spec the
+ * container will be created from (and its digest, which the CLI computes again itself), the move
+ * ID and the two members' peer IDs. The CLI answers on the same stream with an OrderReply.
+ */
+export interface OrderRequest {
+  moveId: string
+  container: string
+  from: string
+  fromName: string
+  to: string
+  toName: string
+  spec: ContainerSpec
+  specDigest: string
+}
+
+/** The operator's answer to an `order` event: the signed move order (protocol/orders.ts). */
+export interface OrderReply { order: SignedOrder }
+
 export type MoveEvent =
+  | { event: 'order', request: OrderRequest }
   | { event: 'plan', plan: MovePlan }
   | { event: 'step', moveId: string, step: MoveStep }
   | { event: 'progress', moveId: string, step: MoveStep, bytesSent: number, bytesTotal: number }
@@ -53,6 +74,8 @@ export interface PrepareRequest {
   spec: ContainerSpec
   image: Pick<ImageInfo, 'id' | 'diffIds' | 'os' | 'architecture' | 'size'>
   volumes: Array<{ name: string, driver: string }>
+  /** (purpose 'move') The operator's signed order naming this move, its destination and its spec's digest. */
+  order?: SignedOrder
 }
 
 export interface PrepareReply {
@@ -134,6 +157,39 @@ function moveId (v: unknown): string {
   return s
 }
 
+export function parseOrderReply (v: unknown): OrderReply {
+  return { order: parseSignedOrder(obj(v, 'order reply').order) }
+}
+
+export function parseOrderRequest (v: unknown): OrderRequest {
+  const o = obj(v, 'order request')
+  return {
+    moveId: moveId(o.moveId),
+    container: str(o.container, 'container', 256),
+    from: str(o.from, 'from', 128),
+    fromName: str(o.fromName, 'fromName', 256),
+    to: str(o.to, 'to', 128),
+    toName: str(o.toName, 'toName', 256),
+    spec: parseSpec(o.spec),
+    specDigest: digest(o.specDigest, 'specDigest')
+  }
+}
+
+/** The bind mounts of a spec, as an order allows them. */
+export function bindsOf (spec: ContainerSpec): BindAllowance[] {
+  return spec.mounts.flatMap(m => m.type === 'bind' ? [{ source: m.source, destination: m.destination, readOnly: m.readOnly }] : [])
+}
+
+/**
+ * Engine fields that give a container power over its host. ContainerSpec has none of them; a spec
+ * that carries one anyway is refused, not silently trimmed, so that no version of the agent that
+ * learns such a field can be fed it without an order that allows it.
+ */
+const HOST_POWER_FIELDS = [
+  'binds', 'privileged', 'devices', 'deviceRequests', 'deviceCgroupRules', 'capAdd', 'securityOpt', 'networkMode', 'pidMode', 'ipcMode',
+  'utsMode', 'usernsMode', 'cgroupnsMode', 'cgroupParent', 'sysctls', 'volumesFrom', 'runtime', 'hostConfig'
+]
+
 export function parseMoveOrder (v: unknown): MoveOrder {
   const o = obj(v, 'move order')
   return { container: str(o.container, 'container', 256), to: str(o.to, 'to', 256), dryRun: o.dryRun === true, allowBindMounts: o.allowBindMounts === true }
@@ -142,6 +198,9 @@ export function parseMoveOrder (v: unknown): MoveOrder {
 /** The spec is re-checked field by field: the destination creates a container from it. */
 export function parseSpec (v: unknown): ContainerSpec {
   const o = obj(v, 'spec')
+  for (const k of Object.keys(o)) {
+    if (HOST_POWER_FIELDS.includes(k.replace(/^[A-Z]/, c => c.toLowerCase()))) throw new HostPowerNotOrderedError(`the spec asks for host-level power '${k}', which no order can allow`)
+  }
   const strings = (x: unknown, what: string): string[] => {
     if (!Array.isArray(x) || x.length > 4096) throw new ProtocolError(`${what} must be a list`)
     return x.map((s, i) => str(s, `${what}[${i}]`, 65536))
@@ -201,7 +260,8 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         purpose: o.purpose === 'snapshot' ? 'snapshot' : 'move',
         spec: parseSpec(o.spec),
         image: { id: digest(img.id, 'image.id'), diffIds: digests(img.diffIds, 'image.diffIds'), os: str(img.os, 'image.os', 64), architecture: str(img.architecture, 'image.architecture', 64), size: count(img.size, 'image.size') },
-        volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), driver: str(vo.driver ?? 'local', 'volume driver', 256) } })
+        volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), driver: str(vo.driver ?? 'local', 'volume driver', 256) } }),
+        ...o.order === undefined || o.order === null ? {} : { order: parseSignedOrder(o.order) }
       }
     }
     case 'layer':

@@ -37,7 +37,8 @@ import type { JsonStream } from '../../protocol/wire.js'
 import type { VerifiedPeer } from '../../certs/verify.js'
 import { parseFailoverRequest, type FailoverGossip, type ProtectReply, type ProtectRequest } from '../../protocol/failover-messages.js'
 import type { ContainerRow, FailoverStatus } from '../../protocol/messages.js'
-import { ContainerNotFoundError, RoleNotAllowedError, TakeoverRefusedError, UnknownContainerError, toWireError } from '../../protocol/errors.js'
+import { ContainerNotFoundError, OrderMismatchError, OrderMissingError, RoleNotAllowedError, TakeoverRefusedError, UnknownContainerError, toWireError } from '../../protocol/errors.js'
+import type { OrderVerifier } from '../../protocol/orders.js'
 
 /** How long one engine listing or inspection, or answering one request on our stream, may take. */
 const REQUEST_TIMEOUT_MS = 5000
@@ -52,6 +53,8 @@ export interface FailoverDeps {
   snapshots: SnapshotStore
   selfId: string
   selfName: string
+  /** Verifies the operator's signed protect/unprotect orders (shared with the move destination). */
+  orders: OrderVerifier
   timings: Timings
   /** Replica holders per protected container (K). */
   replicas: number
@@ -196,14 +199,25 @@ export class FailoverService {
         reply = { ok: true, result: await this.protect(req, peer) }
       }
     } catch (err) {
+      this.deps.log.warn('failover request refused', { from: peer.name, reason: (err as Error).name, error: (err as Error).message })
       reply = { ok: false, error: toWireError(err) }
     }
     await js.write(reply, signal).catch(() => {})
     await js.close(signal).catch(() => {})
   }
 
+  /**
+   * Changes a container's protection here, on an operator's signed order naming this agent, this
+   * container and this change (protocol/orders.ts): the connection's operator role alone is not
+   * enough, so that the proof an operator asked travels with the request.
+   */
   private async protect (req: ProtectRequest, peer: VerifiedPeer): Promise<ProtectReply> {
     const { docker, state, log } = this.deps
+    if (req.order === undefined) throw new OrderMissingError(`${peer.name} asked to ${req.op} '${req.container}' without a signed order`)
+    const order = await this.deps.orders.verify(req.order, [req.op])
+    if (order.host !== this.deps.selfId) throw new OrderMismatchError(`the ${req.op} order is for another agent (${order.host})`)
+    if (order.container !== req.container) throw new OrderMismatchError(`the ${req.op} order is for '${order.container}', not '${req.container}'`)
+    this.deps.orders.accept(order)
     let info
     try {
       info = await docker.inspectContainer(req.container, AbortSignal.timeout(REQUEST_TIMEOUT_MS))

@@ -12,6 +12,11 @@
  * made the container removes it when it starts again, or, if the container already ran, still
  * takes the source's `commit` or `abort`.
  *
+ * A move is prepared only on an operator's signed order (protocol/orders.ts) that names this move,
+ * its source, this destination and the digest of its spec: the container is made from that spec
+ * and no other (restore refuses another one), with no host-level power the order does not allow,
+ * and with volumes that are new here (checked at prepare and again at restore).
+ *
  * A failover snapshot (agent/failover) is the same exchange prepared with purpose 'snapshot' and
  * ended by `store` instead of `restore`: the layers the image lacks here are loaded into the engine
  * (pre-copy, preload), and the frozen changes, spec and volume data are kept in the SnapshotStore
@@ -35,13 +40,14 @@ import { restoreContainer, undoRestore, type Made } from './restore.js'
 import type { IncomingJournal, IncomingRecord } from './incoming-journal.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, receiveBlob } from '../../protocol/wire.js'
+import { checkHostPowers, specDigest, type MoveOrderBody, type OrderVerifier } from '../../protocol/orders.js'
 import {
   parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest, type StoreRequest
 } from '../../protocol/move-messages.js'
 
 import {
-  ArchitectureMismatchError, ContainerNotFoundError, InsufficientDiskError, LayerTooLargeError, NameConflictError, PortConflictError,
-  UnknownMoveError, toWireError
+  ArchitectureMismatchError, ContainerNotFoundError, InsufficientDiskError, LayerTooLargeError, MoveInProgressError, NameConflictError,
+  OrderMismatchError, OrderMissingError, PortConflictError, SpecMismatchError, UnknownMoveError, toWireError
 } from '../../protocol/errors.js'
 
 /** While a preload runs, the engine's filesystem is flushed this often (flushingWhile). */
@@ -54,6 +60,8 @@ interface Pending {
   purpose: 'move' | 'snapshot'
   from: string
   spec: ContainerSpec
+  /** specDigest(spec): what a later step's spec must match. */
+  specDigest: string
   diffIds: string[]
   present: number
   wanted: Set<string>
@@ -83,6 +91,10 @@ export interface SnapshotSink {
 
 export interface DestinationDeps {
   auth: AuthService
+  /** This agent's peer ID: the destination a move order must name. */
+  selfId: string
+  /** Verifies operators' move orders and remembers them against replay (shared with failover's protect). */
+  orders: OrderVerifier
   docker: DockerHost
   store: LayerStore
   /** Blob bytes received and moves ended here (default: none kept). */
@@ -174,6 +186,11 @@ export class DestinationService {
 
   private async prepare (req: PrepareRequest, peer: VerifiedPeer, signal: AbortSignal): Promise<PrepareReply> {
     const { docker } = this.deps
+    // A snapshot is only kept here, never started by this exchange; a takeover later runs it, so
+    // it may carry no host-level power at all (the snapshotter leaves bind mounts behind).
+    const order = req.purpose === 'move' ? await this.checkOrder(req, peer) : undefined
+    if (order === undefined) checkHostPowers(req.spec, { binds: [] })
+    if (this.moves.has(req.moveId)) throw new MoveInProgressError(`transfer ${req.moveId} is already prepared here`)
     const info = await docker.info(signal)
     if (info.architecture !== req.image.architecture || info.os !== req.image.os) {
       throw new ArchitectureMismatchError(`the image is ${req.image.os}/${req.image.architecture}, this engine runs ${info.os}/${info.architecture}`)
@@ -187,11 +204,15 @@ export class DestinationService {
     const { present, missing } = layersToSend(req.image.diffIds, await docker.imageChains(signal))
     const staged: string[] = []
     for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)
+    if (this.moves.has(req.moveId)) throw new MoveInProgressError(`transfer ${req.moveId} is already prepared here`)
+    // From here the order is spent: the same order cannot prepare a second transfer.
+    if (order !== undefined) this.deps.orders.accept(order)
     this.moves.set(req.moveId, {
       moveId: req.moveId,
       purpose: req.purpose,
       from: peer.peerId,
       spec: req.spec,
+      specDigest: specDigest(req.spec),
       diffIds: req.image.diffIds,
       present,
       wanted: new Set(missing),
@@ -205,6 +226,28 @@ export class DestinationService {
     return { present, staged }
   }
 
+  /**
+   * The operator's order for this move, verified (protocol/orders.ts: certificate, role, signature,
+   * expiry, replay) and naming exactly it: this transfer's move ID, the source on the other end of
+   * this stream, this agent as destination, the container and the digest of the spec sent.
+   */
+  private async checkOrder (req: PrepareRequest, peer: VerifiedPeer): Promise<MoveOrderBody> {
+    if (req.order === undefined) throw new OrderMissingError(`${peer.name} asked to prepare move ${req.moveId} without an operator's order`)
+    const body = await this.deps.orders.verify(req.order, ['move'])
+    const wrong = body.to !== this.deps.selfId
+      ? `is for another destination (${body.to})`
+      : body.from !== peer.peerId
+        ? `names another source (${body.from}), not ${peer.name}`
+        : body.id !== req.moveId
+          ? `is for move ${body.id}, not ${req.moveId}`
+          : body.container !== req.spec.name
+            ? `is for container '${body.container}', not '${req.spec.name}'`
+            : body.specDigest !== specDigest(req.spec) ? `names spec ${body.specDigest}, not the one sent (${specDigest(req.spec)})` : undefined
+    if (wrong !== undefined) throw new OrderMismatchError(`the order ${wrong}`)
+    checkHostPowers(req.spec, body.allow)
+    return body
+  }
+
   /** A container of that name, one of its volumes' names, or one of its host ports already taken here. */
   private async checkConflicts (req: PrepareRequest, signal: AbortSignal): Promise<void> {
     const { docker } = this.deps
@@ -214,6 +257,7 @@ export class DestinationService {
     } catch (err) {
       if (!(err instanceof ContainerNotFoundError)) throw err
     }
+    await this.checkNewVolumes(req.spec, signal)
     for (const v of req.volumes) {
       if (await docker.volumeExists(v.name, signal)) throw new NameConflictError(`a volume named '${v.name}' already exists here`)
     }
@@ -226,6 +270,13 @@ export class DestinationService {
         const clash = wantedPorts.find(p => taken.includes(p))
         if (clash !== undefined) throw new PortConflictError(`host port ${clash} is already bound by container '${other.name}' here`)
       }
+    }
+  }
+
+  /** Every named volume of the spec must be new here: a move never mounts a volume it did not make. */
+  private async checkNewVolumes (spec: ContainerSpec, signal: AbortSignal): Promise<void> {
+    for (const m of spec.mounts) {
+      if (m.type === 'volume' && await this.deps.docker.volumeExists(m.name, signal)) throw new NameConflictError(`a volume named '${m.name}' already exists here`)
     }
   }
 
@@ -311,15 +362,22 @@ export class DestinationService {
     const p = this.own(req.moveId, peer)
     if (p.purpose !== 'move') throw new UnknownMoveError(`transfer ${req.moveId} was prepared as a snapshot, not a move`)
     try {
+      // The container is made from the spec the order named at prepare, and no other.
+      this.sameSpec(p, req.spec)
+      const wantedVolumes = p.spec.mounts.flatMap(m => m.type === 'volume' ? [`${m.name}:${m.destination}`] : [])
+      if (req.volumes.map(v => `${v.name}:${v.destination}`).join('\n') !== wantedVolumes.join('\n')) {
+        throw new SpecMismatchError(`the restore of ${req.moveId} sends volumes ${req.volumes.map(v => v.name).join(', ') || 'none'}, the prepared spec has ${wantedVolumes.join(', ') || 'none'}`)
+      }
+      await this.checkNewVolumes(p.spec, signal)
       const volumes = req.volumes.map(v => ({
         ...v,
         data: () => this.received(receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal))
       }))
       const config = Buffer.from(req.config, 'base64')
-      await this.journal(p, peer, { stage: 'restoring', spec: req.spec, image: configDigest(config) })
-      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: req.spec, store: this.deps.store, volumes }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
+      await this.journal(p, peer, { stage: 'restoring', spec: p.spec, image: configDigest(config) })
+      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: p.spec, store: this.deps.store, volumes }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
       await this.journal(p, peer, { stage: 'restored' })
-      this.deps.log.info('move restored', { moveId: req.moveId, container: req.spec.name, containerId })
+      this.deps.log.info('move restored', { moveId: req.moveId, container: p.spec.name, containerId })
       return { containerId }
     } catch (err) {
       await this.rollback(p, (err as Error).message)
@@ -332,6 +390,7 @@ export class DestinationService {
     const p = this.own(req.moveId, peer)
     if (p.purpose !== 'snapshot') throw new UnknownMoveError(`transfer ${req.moveId} was prepared as a move, not a snapshot`)
     if (req.owner !== peer.peerId) throw new UnknownMoveError(`${peer.name} sent a snapshot owned by ${req.owner}`)
+    this.sameSpec(p, req.spec)
     const blob = (size: number): AsyncIterable<Uint8Array> => this.received(receiveBlob(js, size, () => new LayerTooLargeError(`snapshot of ${req.spec.name}: a part is larger than announced`), signal))
     try {
       const { bytes } = await this.deps.snapshots.receive(req, peer.name, blob, signal)
@@ -341,6 +400,11 @@ export class DestinationService {
       // The image's layers are in the engine now (preload); the staged copies are not needed.
       await this.end(p)
     }
+  }
+
+  private sameSpec (p: Pending, spec: ContainerSpec): void {
+    const d = specDigest(spec)
+    if (d !== p.specDigest) throw new SpecMismatchError(`the ${p.purpose} ${p.moveId} was prepared with spec ${p.specDigest}, this step sends ${d}`)
   }
 
   private async commit (p: Pending): Promise<Record<string, never>> {
@@ -416,7 +480,7 @@ export class DestinationService {
         const made = { volumes, containerId, imageId: r.image, preloaded: r.preloaded }
         if (r.stage === 'restored') {
           this.moves.set(r.moveId, {
-            moveId: r.moveId, purpose: 'move', from: r.from.peerId, spec: r.spec, diffIds: [], present: 0, wanted: new Set(r.wanted),
+            moveId: r.moveId, purpose: 'move', from: r.from.peerId, spec: r.spec, specDigest: specDigest(r.spec), diffIds: [], present: 0, wanted: new Set(r.wanted),
             volumes, made, touched: this.now(), active: 0, sentData: true, record: r
           })
           log.warn('move restored here before this agent stopped: waiting for its source to commit or abort', { moveId: r.moveId, container: r.spec.name, from: r.from.name })

@@ -6,6 +6,7 @@
  *
  *   connect    an authenticated connection to the destination member (alive, not ourselves)
  *   prepare    the destination checks it can take the container and says which layers it has
+ *              (a move carries the operator's signed order, which the destination verifies)
  *   precopy    the layers it lacks stream to it while the container runs; it loads them (preload)
  *   freeze     a freeze record (freeze-journal.ts), the pause, the container's changes as one layer
  *   handOver   (move) that layer to the destination
@@ -41,6 +42,7 @@ import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
 import { letGo } from './let-go.js'
 import type { PrepareReply } from '../../protocol/move-messages.js'
+import type { SignedOrder } from '../../protocol/orders.js'
 import { DestinationUnavailableError, TransferStateError, UnknownMoveError } from '../../protocol/errors.js'
 
 export interface SessionDeps {
@@ -116,6 +118,11 @@ export class TransferSession {
     return this.frozen?.top.size ?? 0
   }
 
+  /** The destination's peer ID (after connect). */
+  get destinationId (): string {
+    return this.linkFor('destinationId').peerId
+  }
+
   /** An authenticated connection to the alive member named `to` (not this host). */
   async connect (to: string, signal: AbortSignal): Promise<void> {
     if (to === this.deps.selfName) throw new DestinationUnavailableError(`the container is already on ${to}`)
@@ -130,14 +137,17 @@ export class TransferSession {
     }
   }
 
-  /** Asks the destination to take a container of `spec` (its image inspected here); it says which layers it has. */
-  async prepare (spec: ContainerSpec, signal: AbortSignal): Promise<PreparedTransfer> {
+  /**
+   * Asks the destination to take a container of `spec` (its image inspected here); it says which
+   * layers it has. A move passes the operator's `order` naming this move and that spec.
+   */
+  async prepare (spec: ContainerSpec, signal: AbortSignal, order?: SignedOrder): Promise<PreparedTransfer> {
     const link = this.linkFor('prepare')
     const image = await this.deps.docker.inspectImage(this.info.spec.image, signal)
     const volumes = volumesOf(spec)
     const prep = await link.call({
       op: 'prepare', moveId: this.moveId, purpose: this.purpose, spec, image: { id: image.id, diffIds: image.diffIds, os: image.os, architecture: image.architecture, size: image.size },
-      volumes: volumes.map(v => ({ name: v.name, driver: v.driver }))
+      volumes: volumes.map(v => ({ name: v.name, driver: v.driver })), ...order === undefined ? {} : { order }
     }, [], signal) as PrepareReply
     // A prepare cut off before its reply is not aborted: the destination expires it when idle.
     this.prepared = true

@@ -5,8 +5,9 @@
  *
  *   plan      inspect the container; refuse a stopped one, bind mounts (unless allowed), a second
  *             move of the same container, a destination that is unknown, dead or ourselves; the
- *             destination checks architecture, disk, names and ports and says which layers it has.
- *             A dry run stops here.
+ *             operator is sent the spec to sign (an `order` event, answered with the signed order:
+ *             protocol/orders.ts); the destination verifies that order, checks architecture, disk,
+ *             names and ports and says which layers it has. A dry run stops here.
  *   pre-copy  the container keeps running while the image layers the destination lacks stream to it.
  *   freeze    pause; what the container changed becomes one layer (from the engine's change list).
  *   hand-over that layer and the volumes' data.
@@ -26,7 +27,8 @@ import type { ContainerLocks } from './locks.js'
 import type { KeptImages } from './kept-images.js'
 import { TransferSession, type SessionDeps } from './session.js'
 import { MOVE_PROTOCOL } from '../../protocol/ids.js'
-import { parseMoveOrder, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep } from '../../protocol/move-messages.js'
+import { parseMoveOrder, parseOrderReply, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest } from '../../protocol/move-messages.js'
+import { specDigest, type SignedOrder } from '../../protocol/orders.js'
 import {
   BindMountRefusedError, ContainerNotFoundError, ContainerNotRunningError, DestinationUnavailableError, MoveInProgressError, UnknownContainerError, toWireError
 } from '../../protocol/errors.js'
@@ -41,6 +43,8 @@ export interface TravelLabels {
 
 export interface MoveDeps {
   auth: AuthService
+  /** This agent's peer ID (the source a move order names). */
+  selfId: string
   docker: DockerHost
   /** What every transfer session of this agent is built with. */
   sessions: SessionDeps
@@ -58,6 +62,12 @@ export interface MoveDeps {
 
 type Emit = (event: MoveEvent) => Promise<void>
 
+/** The operator's signature on what a move will do (on /goto/move: an `order` event and its reply). */
+export type SignMove = (request: OrderRequest, signal: AbortSignal) => Promise<SignedOrder>
+
+/** How long the operator's CLI may take to answer an `order` event with the signed order. */
+const ORDER_REPLY_TIMEOUT_MS = 30_000
+
 export class MoveService {
   private readonly metrics: Pick<Metrics, 'moveStarted' | 'moveEnded'>
 
@@ -73,15 +83,22 @@ export class MoveService {
       const ac = new AbortController()
       js.onClose(() => { ac.abort(new DestinationUnavailableError('the operator closed the move stream')) })
       this.deps.log.info('move ordered', { by: peer.name, container: order.container, to: order.to, dryRun: order.dryRun })
-      await this.move(order, async ev => { await js.write(ev, ac.signal).catch(() => {}) }, ac.signal)
+      const sign: SignMove = async (request, signal) => {
+        await js.write({ event: 'order', request } satisfies MoveEvent, signal)
+        return parseOrderReply(await js.read(AbortSignal.any([signal, AbortSignal.timeout(ORDER_REPLY_TIMEOUT_MS)]))).order
+      }
+      await this.move(order, async ev => { await js.write(ev, ac.signal).catch(() => {}) }, ac.signal, sign)
       await js.close().catch(() => {})
     })
   }
 
   async stop (): Promise<void> {}
 
-  /** Runs one move to its end; reports through `emit`; never throws (failures are events). */
-  async move (order: MoveOrder, emit: Emit, signal: AbortSignal): Promise<void> {
+  /**
+   * Runs one move to its end; reports through `emit`; never throws (failures are events). `sign`
+   * gets the operator's signed order for the spec before the destination is asked to prepare.
+   */
+  async move (order: MoveOrder, emit: Emit, signal: AbortSignal, sign: SignMove): Promise<void> {
     let info: ContainerInfo
     try {
       info = await this.inspect(order.container, signal)
@@ -95,7 +112,7 @@ export class MoveService {
     const startedAt = performance.now()
     if (!order.dryRun) this.metrics.moveStarted()
     try {
-      await this.steps(order, info, session, startedAt, emit, signal)
+      await this.steps(order, info, session, startedAt, emit, sign, signal)
     } catch (err) {
       const rollback = await session.abort()
       if (!order.dryRun) this.metrics.moveEnded('failed', { seconds: secondsSince(startedAt), reason: toWireError(err).name })
@@ -113,7 +130,7 @@ export class MoveService {
   }
 
   /** The six steps; throws on failure (the caller rolls back). */
-  private async steps (order: MoveOrder, info: ContainerInfo, session: TransferSession, startedAt: number, emit: Emit, signal: AbortSignal): Promise<void> {
+  private async steps (order: MoveOrder, info: ContainerInfo, session: TransferSession, startedAt: number, emit: Emit, sign: SignMove, signal: AbortSignal): Promise<void> {
     const { moveId } = session
     const from = this.deps.sessions.selfName
     const log = this.deps.log.child({ moveId, container: info.name, to: order.to })
@@ -122,7 +139,10 @@ export class MoveService {
     await step('plan')
     const spec = this.planSpec(info, order)
     await session.connect(order.to, signal)
-    const prepared = await session.prepare(spec, signal)
+    const signed = await sign({
+      moveId, container: info.name, from: this.deps.selfId, fromName: from, to: session.destinationId, toName: order.to, spec, specDigest: specDigest(spec)
+    }, signal)
+    const prepared = await session.prepare(spec, signal, signed)
     const { image, toSend } = prepared
     const plan: MovePlan = {
       moveId, container: info.name, from, to: order.to, image: image.id,

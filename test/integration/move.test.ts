@@ -21,6 +21,8 @@ import { MOVE_PROTOCOL, TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { RoleNotAllowedError, LayerDigestMismatchError } from '../../protocol/errors.js'
 import type { MoveEvent } from '../../protocol/move-messages.js'
 import type { PeerRow } from '../../protocol/messages.js'
+import type { ContainerSpec } from '../../protocol/container.js'
+import { signOrder, specDigest, type MoveOrderBody } from '../../protocol/orders.js'
 
 const run = promisify(execFile)
 const STATE_TIMEOUT_MS = 30_000
@@ -272,11 +274,16 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
       const diffId = `sha256:${createHash('sha256').update(layer).digest('hex')}`
       const base = JSON.parse(await docker(B, 'image', 'inspect', 'gotolab/base:latest'))[0]
       const moveId = '00000000000000aa'
+      const spec: ContainerSpec = { name: 'faulty-c', image: base.Id, env: [], cmd: null, entrypoint: null, workingDir: '', user: '', labels: {}, hostname: '', exposedPorts: [], portBindings: {}, restartPolicy: { name: 'no', maximumRetryCount: 0 }, mounts: [] }
+      // An operator did order this move (the sender is faulty, not rogue).
+      const order = await signOrder<MoveOrderBody>(await readBundle(lab.operatorBundle), {
+        kind: 'move', id: moveId, container: spec.name, from: bundle.peerId, to: conn.remotePeer.toString(), specDigest: specDigest(spec), allow: { binds: [] }
+      })
       await call({
-        op: 'prepare', moveId,
-        spec: { name: 'faulty-c', image: base.Id, env: [], cmd: null, entrypoint: null, workingDir: '', user: '', labels: {}, hostname: '', exposedPorts: [], portBindings: {}, restartPolicy: { name: 'no', maximumRetryCount: 0 }, mounts: [] },
+        op: 'prepare', moveId, spec,
         image: { id: base.Id, diffIds: [...base.RootFS.Layers, diffId], os: 'linux', architecture: base.Architecture, size: 4096 },
-        volumes: []
+        volumes: [],
+        order
       })
       const corrupted = layer.slice()
       corrupted[100] ^= 0xff

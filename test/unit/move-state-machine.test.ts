@@ -17,8 +17,9 @@ import { TransferSession } from '../../agent/move/session.js'
 import { layersToSend } from '../../agent/transfer/plan.js'
 import { DockerEngineError, MoveInProgressError } from '../../protocol/errors.js'
 import type { MoveEvent, MoveStep } from '../../protocol/move-messages.js'
+import { specDigest } from '../../protocol/orders.js'
 import { MemoryDockerHost, type DockerHostMethod } from '../fixtures/memory-docker-host.js'
-import { introduce, runMove, startMiniAgent, stopAll, type MiniAgent } from '../fixtures/mini-agent.js'
+import { introduce, operatorSigner, runMove, startMiniAgent, stopAll, type MiniAgent } from '../fixtures/mini-agent.js'
 import { waitFor } from '../lab/wait.js'
 
 const BASE = { '/bin/sh': 'a shell', '/etc/os-release': 'ID=test\n' }
@@ -164,7 +165,7 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
           if (c.always === true) engine.failAlways(c.method, injected)
           else engine.failNext(c.method, injected)
         }
-      }, AbortSignal.timeout(30_000))
+      }, AbortSignal.timeout(30_000), await operatorSigner(dir, caDir))
       const failed = outcome(events)
       expect(failed.event, JSON.stringify(failed)).to.equal('failed')
       if (failed.event !== 'failed') return
@@ -218,7 +219,7 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
         await w.b.stop()
         w.A.failNext('remove', new DockerEngineError('injected: remove fails'))
       }
-    }, AbortSignal.timeout(30_000))
+    }, AbortSignal.timeout(30_000), await operatorSigner(dir, caDir))
     expect(outcome(events).event, 'the move is done: the destination runs it').to.equal('done')
     expect((await w.a.freezeJournal.list()).records.map(r => r.stage)).to.deep.equal(['committing'])
     expect((await w.A.inspectContainer('web')).state.paused, 'never unpaused once committing').to.equal(true)
@@ -236,7 +237,10 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
     const w = await world({ moveIdleTimeoutMs: 300, moveExpireCheckMs: 50 })
     const session = new TransferSession(w.a.sessions, 'move', await w.A.inspectContainer('web'))
     await session.connect('b', AbortSignal.timeout(10_000))
-    await session.prepare((await w.A.inspectContainer('web')).spec, AbortSignal.timeout(10_000))
+    const spec = (await w.A.inspectContainer('web')).spec
+    const sign = await operatorSigner(dir, caDir)
+    const order = await sign({ moveId: session.moveId, container: 'web', from: w.a.peerId, fromName: 'a', to: w.b.peerId, toName: 'b', spec, specDigest: specDigest(spec) }, AbortSignal.timeout(10_000))
+    await session.prepare(spec, AbortSignal.timeout(10_000), order)
     await session.precopy(() => {}, AbortSignal.timeout(10_000))
     expect(w.B.imageIds().length, 'preloaded at the destination').to.equal(w.imagesB.length + 1)
     expect((await w.b.incomingJournal.list()).records).to.have.length(1)
