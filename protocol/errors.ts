@@ -184,8 +184,12 @@ export class ContainerBusyError extends GotoError {}
 /** A takeover claim did not win a majority of the mesh (or lost to a higher epoch). */
 export class TakeoverRefusedError extends GotoError {}
 
-/** Known error classes by name, so an error that crossed the wire is rebuilt as its own class. */
-const KNOWN: Record<string, new (message: string) => GotoError> = {
+/**
+ * Known error classes by name, so an error that crossed the wire is rebuilt as its own class. A Map
+ * (built from the object below), so a peer's name is looked up among these and nothing else: on a
+ * plain object 'constructor' or '__proto__' would find Object's own.
+ */
+const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries({
   UnknownContainerError,
   DestinationUnavailableError,
   MoveInProgressError,
@@ -241,7 +245,7 @@ const KNOWN: Record<string, new (message: string) => GotoError> = {
   LayerMissingError,
   ImageLoadError,
   ImageIdMismatchError
-}
+}))
 
 export interface WireError { name: string, message: string }
 
@@ -250,10 +254,11 @@ export function toWireError (err: unknown): WireError {
   return { name: 'Error', message: String(err) }
 }
 
+/** The error a peer sent, as our class of that name, or a GotoError carrying the name it gave. */
 export function fromWireError (wire: WireError): GotoError {
-  const Ctor = KNOWN[wire.name]
-  if (Ctor !== undefined) return new Ctor(wire.message)
-  const err = new GotoError(wire.message)
+  const Ctor = typeof wire.name === 'string' ? KNOWN.get(wire.name) : undefined
+  if (Ctor !== undefined) return new Ctor(String(wire.message))
+  const err = new GotoError(String(wire.message))
   err.name = typeof wire.name === 'string' ? wire.name : 'GotoError'
   return err
 }
