@@ -15,13 +15,20 @@
  * any corrupted one; `open` answers undefined (use `docker save`) where this does not apply: another
  * storage driver, an engine on another host, a layer whose files cannot be read.
  *
+ * Nothing outside the layer is read, whatever the layer holds (its files came from whoever built the
+ * image: a `etc` that is a symlink to `/` must not make `etc/shadow` the host's): every path component
+ * below the engine's root is checked with lstat to be a directory of its own (no symlink), and each
+ * file is opened with O_NOFOLLOW and must be the regular file lstat saw. A layer whose storage fails
+ * this is "not here" (docker save, which reads inside the container's root, sends it); a file that
+ * fails it mid-stream fails the read with LayerFilesError.
+ *
  *   const files = await docker.layerFiles()            // undefined: not an overlay2 engine on this host
  *   const layer = await files?.open(chainId)           // undefined: fall back to docker save
  *   if (layer !== undefined) send(layer.size, layer.stream(signal))
  */
 import { createHash } from 'node:crypto'
-import { createReadStream } from 'node:fs'
-import { open, readFile } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { lstat, open, type FileHandle } from 'node:fs/promises'
 import { join, normalize, sep } from 'node:path'
 import { StringDecoder } from 'node:string_decoder'
 import { createGunzip } from 'node:zlib'
@@ -45,6 +52,11 @@ const READ_CHUNK_BYTES = 512 * 1024
 /** tar-split's entry types (storage/entry.go). */
 const FILE_TYPE = 1
 const SEGMENT_TYPE = 2
+/**
+ * How files are opened: never through a symlink (the last component; the ones above are checked
+ * with lstat), and without waiting on a FIFO (it is then refused as no regular file).
+ */
+const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
 
 export class LayerFiles {
   /** `root` is the engine's DockerRootDir, as this host sees it. */
@@ -58,7 +70,7 @@ export class LayerFiles {
     const hex = /^sha256:([0-9a-f]{64})$/.exec(imageId)?.[1]
     if (hex === undefined) return undefined
     try {
-      const bytes = await readFile(join(this.root, 'image', 'overlay2', 'imagedb', 'content', 'sha256', hex))
+      const bytes = await readStored(this.root, ['image', 'overlay2', 'imagedb', 'content', 'sha256', hex])
       return createHash('sha256').update(bytes).digest('hex') === hex ? bytes : undefined
     } catch {
       return undefined
@@ -69,13 +81,15 @@ export class LayerFiles {
   async open (chainId: string): Promise<LayerFile | undefined> {
     const hex = /^sha256:([0-9a-f]{64})$/.exec(chainId)?.[1]
     if (hex === undefined) return undefined
-    const meta = join(this.root, 'image', 'overlay2', 'layerdb', 'sha256', hex)
-    const record = join(meta, 'tar-split.json.gz')
+    const meta = ['image', 'overlay2', 'layerdb', 'sha256', hex]
+    const record = join(this.root, ...meta, 'tar-split.json.gz')
     let diff: string
     let size = 0
     try {
-      const cacheId = (await readFile(join(meta, 'cache-id'), 'utf8')).trim()
+      const cacheId = (await readStored(this.root, [...meta, 'cache-id'])).toString('utf8').trim()
       if (!/^[0-9a-f]{64}$/.test(cacheId)) return undefined
+      if (!await directoriesBelow(this.root, [...meta])) return undefined
+      if (!await directoriesBelow(this.root, ['overlay2', cacheId, 'diff'])) return undefined
       diff = join(this.root, 'overlay2', cacheId, 'diff')
       // A first pass for the size (the receiver is told it up front); the record is streamed both
       // times, so a layer of many files costs no memory for its list.
@@ -89,7 +103,13 @@ export class LayerFiles {
 
 /** The entries of a tar-split record (gzip, one JSON object per line). Throws LayerFilesError on anything else. */
 async function * tarSplitEntries (path: string, signal?: AbortSignal): AsyncGenerator<TarSplitEntry> {
-  const file = createReadStream(path, { signal })
+  let fh: FileHandle
+  try {
+    fh = await open(path, OPEN_FLAGS)
+  } catch (err) {
+    throw new LayerFilesError(`${path}: ${(err as Error).message}`, { cause: err })
+  }
+  const file = fh.createReadStream({ signal })
   const gunzip = createGunzip()
   file.on('error', err => { gunzip.destroy(err) })
   file.pipe(gunzip)
@@ -123,6 +143,9 @@ export function parseTarSplitLine (line: string): TarSplitEntry {
 
 /** The tar: segments as recorded, each file's `size` bytes from the diff directory. */
 async function * replay (diff: string, record: string, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+  // The directories of the layer already found to be its own, so a layer of many files in a few
+  // directories costs one lstat per directory.
+  const checked = new Set<string>()
   for await (const e of tarSplitEntries(record, signal)) {
     signal?.throwIfAborted()
     if (e.kind === 'segment') {
@@ -130,36 +153,91 @@ async function * replay (diff: string, record: string, signal?: AbortSignal): As
       continue
     }
     if (e.size === 0) continue
-    yield * readExactly(inside(diff, e.name), e.size, signal)
+    yield * readExactly(diff, inside(e.name), e.size, checked, signal)
   }
 }
 
-/** `name` under `dir` (as bytes for a name in bytes); a name that climbs out of it is refused. */
-function inside (dir: string, name: string | Buffer): string | Buffer {
+/**
+ * The path of `name` inside a layer, as bytes (a name given in bytes is kept as those bytes, a name
+ * in text as its UTF-8), its `.` and empty components gone; a name that climbs out is refused.
+ */
+function inside (name: string | Buffer): Buffer {
   // latin1 maps bytes to characters one to one: the checks see the bytes, and give them back.
   const text = typeof name === 'string' ? name : name.toString('latin1')
   const rel = normalize(text).replace(/^(\.\/)+/, '')
   if (rel === '..' || rel.startsWith(`..${sep}`) || rel.startsWith(sep)) throw new LayerFilesError(`tar-split: file ${text} lies outside the layer`)
-  return typeof name === 'string' ? join(dir, rel) : Buffer.concat([Buffer.from(dir + sep), Buffer.from(rel, 'latin1')])
+  return Buffer.from(rel, typeof name === 'string' ? 'utf8' : 'latin1')
 }
 
-/** Exactly `size` bytes of a file: a file shorter or longer than the record says is an error. */
-async function * readExactly (path: string | Buffer, size: number, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+/**
+ * Whether each of `parts` below `base` is a directory of its own (lstat: no symlink, nothing else),
+ * each checked before the next; `base` itself is the engine's root, which this host's root chose.
+ * `checked` holds the paths already found to be (as latin1 text of their bytes).
+ */
+async function directoriesBelow (base: string | Buffer, parts: ReadonlyArray<string | Buffer>, checked?: Set<string>): Promise<boolean> {
+  let path = Buffer.from(base)
+  for (const part of parts) {
+    path = Buffer.concat([path, Buffer.from(sep), Buffer.from(part)])
+    const key = path.toString('latin1')
+    if (checked?.has(key) === true) continue
+    try {
+      const st = await lstat(path)
+      if (!st.isDirectory()) return false
+    } catch {
+      return false
+    }
+    checked?.add(key)
+  }
+  return true
+}
+
+/** A whole small file of the engine's storage (a cache ID, an image config), every step to it checked. */
+async function readStored (root: string, parts: string[]): Promise<Buffer> {
+  if (!await directoriesBelow(root, parts.slice(0, -1))) throw new LayerFilesError(`${join(root, ...parts)}: not below the engine root by directories of its own`)
+  const fh = await open(join(root, ...parts), OPEN_FLAGS)
+  try {
+    if (!(await fh.stat()).isFile()) throw new LayerFilesError(`${join(root, ...parts)} is not a regular file`)
+    return await fh.readFile()
+  } finally {
+    await fh.close()
+  }
+}
+
+/**
+ * Exactly `size` bytes of the file `rel` below `dir`: every directory on the way a directory of the
+ * layer's own, the file itself a regular file reached by no symlink; a file shorter or longer than
+ * the record says is an error.
+ */
+async function * readExactly (dir: string, rel: Buffer, size: number, checked: Set<string>, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+  const parts: Buffer[] = []
+  for (let start = 0; ;) {
+    const slash = rel.indexOf(sep, start)
+    if (slash < 0) { parts.push(rel.subarray(start)); break }
+    parts.push(rel.subarray(start, slash))
+    start = slash + 1
+  }
+  const path = Buffer.concat([Buffer.from(dir + sep), rel])
+  const shown = path.toString()
+  if (!await directoriesBelow(dir, parts.slice(0, -1), checked)) throw new LayerFilesError(`${shown}: a directory on the way is a symlink or no directory: not read, it may lead out of the layer`)
   let fh
   try {
-    fh = await open(path, 'r')
+    // lstat first: a device node or FIFO is never opened (opening one can act on the host).
+    if (!(await lstat(path)).isFile()) throw new LayerFilesError(`${shown} is not a regular file`)
+    fh = await open(path, OPEN_FLAGS)
   } catch (err) {
-    throw new LayerFilesError(`${path.toString()}: ${(err as Error).message}`, { cause: err })
+    if (err instanceof LayerFilesError) throw err
+    throw new LayerFilesError(`${shown}: ${(err as Error).message}`, { cause: err })
   }
   try {
-    const { size: actual } = await fh.stat()
-    if (actual !== size) throw new LayerFilesError(`${path.toString()} has ${actual} bytes; the layer records ${size}`)
+    const st = await fh.stat()
+    if (!st.isFile()) throw new LayerFilesError(`${shown} is not a regular file`)
+    if (st.size !== size) throw new LayerFilesError(`${shown} has ${st.size} bytes; the layer records ${size}`)
     let read = 0
     for await (const chunk of fh.createReadStream({ autoClose: false, highWaterMark: READ_CHUNK_BYTES, signal }) as AsyncIterable<Buffer>) {
       read += chunk.length
       yield chunk
     }
-    if (read !== size) throw new LayerFilesError(`${path.toString()}: read ${read} bytes, the layer records ${size}`)
+    if (read !== size) throw new LayerFilesError(`${shown}: read ${read} bytes, the layer records ${size}`)
   } finally {
     await fh.close()
   }

@@ -2,10 +2,13 @@
  * LayerFiles against a made-up engine root (the real engine's layers are tested in docker.test):
  * the tar is replayed from the record and the diff directory; a record naming a path outside the
  * layer, or a file whose size differs from the record, fails the read; anything missing is "not here".
+ * Nothing outside the layer is read through a symlink: a symlinked directory on a file's way or a
+ * symlinked file fails the read, symlinked storage (the layer's directories) is "not here".
  */
 import { expect } from 'chai'
 import { createHash } from 'node:crypto'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { execFileSync } from 'node:child_process'
+import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
@@ -58,6 +61,61 @@ describe('docker: layers read from the engine\'s storage (LayerFiles)', () => {
       let err: unknown
       try { await collect(layer?.stream() ?? []) } catch (e) { err = e }
       expect(err, JSON.stringify(entry)).to.be.instanceOf(LayerFilesError)
+    }
+  })
+
+  it('reads nothing outside the layer through a symlinked directory, a symlinked file or a FIFO: the read fails', async () => {
+    // Outside the layer: a secret of the host, of the size the record claims.
+    const outside = await mkdtemp(join(tmpdir(), 'goto-layer-outside-'))
+    try {
+      await writeFile(join(outside, 'shadow'), 'SECRET')
+      const diff = join(root, 'overlay2', CACHE, 'diff')
+      await symlink(outside, join(diff, 'etc', 'up'))
+      await symlink('/', join(diff, 'root'))
+      await symlink(join(outside, 'shadow'), join(diff, 'etc', 'shadow'))
+      execFileSync('mkfifo', [join(diff, 'etc', 'fifo')])
+      for (const entry of [
+        { type: 1, name: 'etc/up/shadow', size: 6 },
+        { type: 1, name: './etc/./up//shadow', size: 6 },
+        { type: 1, name: 'etc/shadow', size: 6 },
+        { type: 1, name: 'root/' + outside.slice(1) + '/shadow', size: 6 },
+        { type: 1, name: 'etc/fifo', size: 6 }
+      ]) {
+        await record([segment('<header>'), entry])
+        const layer = await new LayerFiles(root).open(CHAIN)
+        expect(layer, entry.name).to.not.equal(undefined)
+        const chunks: Uint8Array[] = []
+        let err: unknown
+        try { for await (const c of layer?.stream() ?? []) chunks.push(c) } catch (e) { err = e }
+        expect(err, entry.name).to.be.instanceOf(LayerFilesError)
+        expect(Buffer.concat(chunks).toString(), entry.name).to.not.include('SECRET')
+      }
+    } finally {
+      await rm(outside, { recursive: true, force: true })
+    }
+  })
+
+  it('answers undefined (docker save) when the layer\'s storage is reached through a symlink', async () => {
+    const file = { type: 1, name: 'etc/app.conf', size: 5 }
+    await record([segment('<header>'), file])
+    expect(await new LayerFiles(root).open(CHAIN)).to.not.equal(undefined)
+    const elsewhere = await mkdtemp(join(tmpdir(), 'goto-layer-elsewhere-'))
+    try {
+      // The layer's directory, then its diff directory, then the layerdb entry moved out and linked back.
+      const layerDir = join(root, 'overlay2', CACHE)
+      await rename(layerDir, join(elsewhere, 'layer'))
+      await symlink(join(elsewhere, 'layer'), layerDir)
+      expect(await new LayerFiles(root).open(CHAIN), 'symlinked layer directory').to.equal(undefined)
+      await rm(layerDir)
+      await mkdir(layerDir)
+      await symlink(join(elsewhere, 'layer', 'diff'), join(layerDir, 'diff'))
+      expect(await new LayerFiles(root).open(CHAIN), 'symlinked diff directory').to.equal(undefined)
+      const meta = join(root, 'image', 'overlay2', 'layerdb', 'sha256', CHAIN.slice(7))
+      await rename(meta, join(elsewhere, 'meta'))
+      await symlink(join(elsewhere, 'meta'), meta)
+      expect(await new LayerFiles(root).open(CHAIN), 'symlinked layerdb entry').to.equal(undefined)
+    } finally {
+      await rm(elsewhere, { recursive: true, force: true })
     }
   })
 
