@@ -14,6 +14,7 @@
 import type { ContainerRow, PeerRow } from '../protocol/messages.js'
 import type { MoveEvent } from '../protocol/move-messages.js'
 import { DestinationUnavailableError, UnknownPeerError } from '../protocol/errors.js'
+import { printable } from './format.js'
 
 export interface DrainAssignment { container: string, to: string }
 
@@ -59,25 +60,28 @@ export function planDrain (host: string, peers: readonly PeerRow[], containers: 
 
 export type Output = (s: string) => void
 
-/** Plain lines for a person; the moves in between are rendered by the MoveRenderer. */
-export function renderDrain (ev: DrainEvent, out: Output, err: Output): void {
+/** Plain lines for a person; the moves in between are rendered by the MoveRenderer. What agents said is made printable. */
+export function renderDrain (ev: DrainEvent, toOut: Output, toErr: Output): void {
+  const out = (s: string): void => { toOut(printable(s) + '\n') }
+  const err = (s: string): void => { toErr(printable(s) + '\n') }
   switch (ev.event) {
     case 'drain-plan': {
       const { host, assignments, left } = ev.plan
-      out(`drain ${host}: ${assignments.length} running container(s) to move${assignments.length > 0 ? ': ' + assignments.map(a => `${a.container} → ${a.to}`).join(', ') : ''}\n`)
-      for (const l of left) out(`  ${l.container} is ${l.state}: only running containers move; it stays on ${host}\n`)
+      out(`drain ${host}: ${assignments.length} running container(s) to move${assignments.length > 0 ? ': ' + assignments.map(a => `${a.container} → ${a.to}`).join(', ') : ''}`)
+      for (const l of left) out(`  ${l.container} is ${l.state}: only running containers move; it stays on ${host}`)
       break
     }
     case 'drain-move':
-      out(`\n[${ev.index}/${ev.of}] ${ev.container} → ${ev.to}\n`)
+      toOut('\n')
+      out(`[${ev.index}/${ev.of}] ${ev.container} → ${ev.to}`)
       break
     case 'drained': {
       const line = ev.dryRun
-        ? `dry run: nothing changed; ${ev.moved.length} container(s) would move, ${ev.failed.length} would be refused, ${ev.left.length} not running\n`
-        : `drained ${ev.host}: ${ev.moved.length} moved, ${ev.failed.length} failed, ${ev.left.length} not running (left)\n`
+        ? `dry run: nothing changed; ${ev.moved.length} container(s) would move, ${ev.failed.length} would be refused, ${ev.left.length} not running`
+        : `drained ${ev.host}: ${ev.moved.length} moved, ${ev.failed.length} failed, ${ev.left.length} not running (left)`
       if (ev.failed.length > 0) {
         err(line)
-        for (const f of ev.failed) err(`  ${f.container} (to ${f.to}) still runs on ${ev.host}: ${f.error}\n`)
+        for (const f of ev.failed) err(`  ${f.container} (to ${f.to}) still runs on ${ev.host}: ${f.error}`)
       } else {
         out(line)
       }

@@ -13,6 +13,7 @@
 import '../protocol/polyfill.js'
 import { parseCommandLine } from './args.js'
 import { USAGE } from './usage.js'
+import { printable } from './format.js'
 import { GOTO_VERSION } from '../protocol/version.js'
 import { ConfigError, GotoError, UsageError } from '../protocol/errors.js'
 import type { Io, MeshCommand } from './mesh.js'
@@ -54,9 +55,9 @@ async function main (): Promise<number> {
     return await run(process.argv.slice(2), process.env, io)
   } catch (err) {
     const e = err as Error
-    if (err instanceof ConfigError || err instanceof UsageError) { io.stderr(`goto: error: ${e.message}\n`); return 2 }
-    if (err instanceof GotoError) { io.stderr(`goto: error: ${e.message}\n`); return 1 }
-    io.stderr(`goto: error: ${e.message}\n`)
+    if (err instanceof ConfigError || err instanceof UsageError) { io.stderr(`goto: error: ${printable(e.message)}\n`); return 2 }
+    if (err instanceof GotoError) { io.stderr(`goto: error: ${printable(e.message)}\n`); return 1 }
+    io.stderr(`goto: error: ${printable(e.message)}\n`)
     return 1
   }
 }

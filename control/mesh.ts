@@ -11,7 +11,7 @@ import { MoveRenderer } from './move.js'
 import { moveError, planDrain, renderDrain, type DrainAssignment, type DrainEvent } from './drain.js'
 import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
 import { AgentClient } from './client.js'
-import { formatPeers, formatStatus } from './format.js'
+import { formatPeers, formatStatus, jsonText, printable } from './format.js'
 import { circuitRelayOf, parseAgentMultiaddr, peerAddr } from '../protocol/multiaddr.js'
 import { AgentUnreachableError, BundleError, ConfigError, GotoError, ProtocolError } from '../protocol/errors.js'
 import { USAGE } from './usage.js'
@@ -97,7 +97,7 @@ async function followMove (source: AgentClient, order: MoveOrder, opts: CommonOp
   let last: MoveEvent | undefined
   for await (const ev of source.move(order, signal)) {
     last = ev
-    if (opts.json) io.stdout(JSON.stringify(ev) + '\n')
+    if (opts.json) io.stdout(jsonText(ev) + '\n')
     else renderer.render(ev)
   }
   return last
@@ -118,7 +118,7 @@ function addressOf (member: { name: string, peerId: string, addrs: string[] }, a
 /** goto drain: move every running container of `host` to the other members, one after another. */
 async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 'dryRun' | 'allowBindMounts'>, io: Io): Promise<number> {
   return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
-    const emit = (ev: DrainEvent): void => { if (opts.json) io.stdout(JSON.stringify(ev) + '\n'); else renderDrain(ev, io.stdout, io.stderr) }
+    const emit = (ev: DrainEvent): void => { if (opts.json) io.stdout(jsonText(ev) + '\n'); else renderDrain(ev, io.stdout, io.stderr) }
     const [peers, status] = await Promise.all([client.peers(signal), client.status(host, signal)])
     const plan = planDrain(host, peers, status.containers)
     emit({ event: 'drain-plan', plan })
@@ -199,15 +199,15 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
         await owner.close()
       }
     })
-    io.stdout((opts.json ? JSON.stringify({ ...reply, host }, null, 2) : `${reply.container} on ${host}: ${reply.protected ? `protected${reply.epoch > 0 ? ` (epoch ${reply.epoch})` : ''}` : 'not protected'}`) + '\n')
+    io.stdout((opts.json ? jsonText({ ...reply, host }, 2) : printable(`${reply.container} on ${host}: ${reply.protected ? `protected${reply.epoch > 0 ? ` (epoch ${reply.epoch})` : ''}` : 'not protected'}`)) + '\n')
     return 0
   }
   if (command === 'peers') {
     const rows = await withClient(opts, async ({ client, signal }) => await client.peers(signal))
-    io.stdout((opts.json ? JSON.stringify(rows, null, 2) : formatPeers(rows)) + '\n')
+    io.stdout((opts.json ? jsonText(rows, 2) : formatPeers(rows)) + '\n')
   } else {
     const status = await withClient(opts, async ({ client, signal }) => await client.status(parsed.positionals[0], signal))
-    io.stdout((opts.json ? JSON.stringify(status, null, 2) : formatStatus(status)) + '\n')
+    io.stdout((opts.json ? jsonText(status, 2) : formatStatus(status)) + '\n')
   }
   return 0
 }

@@ -8,6 +8,7 @@
 import { bindsOf, type MoveEvent, type MoveOrder, type MoveStep, type OrderRequest } from '../protocol/move-messages.js'
 import { signOrder, specDigest, type MoveOrderBody, type OrderSigner, type SignedOrder } from '../protocol/orders.js'
 import { OrderMismatchError } from '../protocol/errors.js'
+import { printable } from './format.js'
 
 /**
  * The operator's signed order for the move the source `sourceId` proposes in `request`, after
@@ -84,12 +85,14 @@ export class MoveRenderer {
     }
   }
 
+  /** One line of the agents' words (names, messages): made printable, the newline is ours. */
   private line (s: string, to: Output = this.out): void {
     if (this.barShown) { this.out('\r\x1b[2K'); this.barShown = false }
-    to(s + '\n')
+    to(printable(s) + '\n')
   }
 
   private progress (sent: number, total: number): void {
+    const step = printable(this.step)
     const elapsedS = Math.max(0.001, (Date.now() - this.stepStarted) / 1000)
     const rate = sent / elapsedS
     const frac = total > 0 ? Math.min(1, sent / total) : 0
@@ -97,14 +100,14 @@ export class MoveRenderer {
       const quarter = Math.floor(frac * 4)
       if (quarter > this.lastQuarter) {
         this.lastQuarter = quarter
-        this.out(`${this.step}: ${mib(sent)} of ${mib(total)} (${Math.round(frac * 100)}%), ${mib(rate)}/s\n`)
+        this.out(`${step}: ${mib(sent)} of ${mib(total)} (${Math.round(frac * 100)}%), ${mib(rate)}/s\n`)
       }
       return
     }
     const width = 30
     const filled = Math.round(frac * width)
     const eta = rate > 0 && total > sent ? `ETA ${Math.ceil((total - sent) / rate)}s` : ''
-    this.out(`\r\x1b[2K${this.step.padEnd(9)} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${String(Math.round(frac * 100)).padStart(3)}% ${mib(sent)}/${mib(total)} ${mib(rate)}/s ${eta}`)
+    this.out(`\r\x1b[2K${step.padEnd(9)} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${String(Math.round(frac * 100)).padStart(3)}% ${mib(sent)}/${mib(total)} ${mib(rate)}/s ${eta}`)
     this.barShown = true
   }
 }
