@@ -1,6 +1,7 @@
 /**
  * The command lines of `goto install`, `goto uninstall` and `goto cloud-init`: parses and checks
- * every option (a bad one is a ConfigError naming it, before any connection), then calls
+ * every option (a bad one, or one with a control character, is a ConfigError naming it, before any
+ * connection), then calls
  * install.ts / cloud-init.ts. control/main.ts hands in argv, the environment and the output.
  */
 import { createHash } from 'node:crypto'
@@ -15,6 +16,7 @@ import { DEFAULT_DOCKER, DEFAULT_LISTEN, parseDockerEndpoint, parseLabels } from
 import { parseTcpMultiaddr } from '../protocol/multiaddr.js'
 import { GOTO_VERSION } from '../protocol/version.js'
 import { BundleError, ConfigError, GotoError } from '../protocol/errors.js'
+import { printable } from './format.js'
 import { INSTALL_DIR, installAgent, uninstallAgent, type Out } from './install.js'
 import { cloudInitUserData, USER_DATA_LIMIT_BYTES } from './cloud-init.js'
 import { parseTarget, type SshTarget } from './ssh.js'
@@ -134,18 +136,25 @@ function sshOptions (v: Values, positionals: string[], env: NodeJS.ProcessEnv, c
   }
 }
 
-/** The agent options, checked here, as goto-install.sh / provision.sh arguments. */
+/**
+ * The agent options, checked here, as goto-install.sh / provision.sh arguments: the config the
+ * agent gets as one JSON object (--config-json; the script merges it into agent.json), then the
+ * supervisor. JSON, not words the host's shell sorts into lines: no value can add a config key.
+ */
 function agentArgs (v: Values): { args: string[], docker: string, listen: Multiaddr } {
-  const args: string[] = []
+  const config: { labels?: string[], bootstrap?: string[], announce?: string[], listen?: string } = {}
   const labels = (v.label as string[] | undefined) ?? []
   parseLabels('--label', labels)
-  for (const l of labels) args.push('--label', l)
+  if (labels.length > 0) config.labels = labels
   for (const key of ['bootstrap', 'announce'] as const) {
-    for (const a of (v[key] as string[] | undefined) ?? []) { parseTcpMultiaddr(`--${key}`, a); args.push(`--${key}`, a) }
+    const addrs = (v[key] as string[] | undefined) ?? []
+    for (const a of addrs) parseTcpMultiaddr(`--${key}`, a)
+    if (addrs.length > 0) config[key] = addrs
   }
   const listenRaw = str(v, 'listen')
   const listen = parseTcpMultiaddr('--listen', listenRaw ?? DEFAULT_LISTEN)
-  if (listenRaw !== undefined) args.push('--listen', listenRaw)
+  if (listenRaw !== undefined) config.listen = listenRaw
+  const args = Object.keys(config).length > 0 ? ['--config-json', JSON.stringify(config)] : []
   const docker = str(v, 'docker') ?? DEFAULT_DOCKER
   parseDockerEndpoint('--docker', docker)
   const sup = str(v, 'supervisor')
@@ -181,13 +190,26 @@ async function sha256File (file: string): Promise<string> {
 }
 
 function parse (argv: string[], options: Record<string, { type: 'string' | 'boolean', multiple?: boolean }>): { values: Values, positionals: string[] } {
+  let r
   try {
-    const r = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { ...options, help: { type: 'boolean', short: 'h' } } })
-    return { values: r.values as Values, positionals: r.positionals }
+    r = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { ...options, help: { type: 'boolean', short: 'h' } } })
   } catch (err) {
-    const msg = (err as Error).message
+    const msg = printable((err as Error).message)
     throw new ConfigError(/'(-[^' ]+)/.exec(msg)?.[1] ?? 'arguments', msg)
   }
+  for (const [key, value] of Object.entries(r.values)) {
+    for (const x of Array.isArray(value) ? value : [value]) if (typeof x === 'string') plainText(`--${key}`, x)
+  }
+  for (const p of r.positionals) plainText('USER@HOST', p)
+  return { values: r.values as Values, positionals: r.positionals }
+}
+
+/**
+ * Refuses a value with a control character (a newline, an escape, C1): names, labels and addresses
+ * end up in the host's config and in what the CLI prints, and none of them needs one.
+ */
+function plainText (option: string, value: string): void {
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(value)) throw new ConfigError(option, `'${printable(value)}' has a control character; refused before anything was changed`)
 }
 
 /** Runs `goto install|uninstall|cloud-init ...`; returns the exit status or throws a GotoError. */

@@ -8,7 +8,14 @@
 #   goto-install.sh check     [--docker ENDPOINT]
 #   goto-install.sh install   --release TARBALL --bundle DIR [--name NAME] [--listen MULTIADDR]
 #                             [--announce MULTIADDR]... [--bootstrap MULTIADDR]... [--label K=V]...
-#                             [--docker ENDPOINT] [--supervisor auto|systemd|background]
+#                             [--config-json JSON] [--docker ENDPOINT] [--supervisor auto|systemd|background]
+#   goto-install.sh print-config [install options]   (the agent.json install would write; changes nothing)
+#
+# --config-json is the agent's part of the config as one JSON object ({"labels": ["k=v"],
+# "bootstrap": [...], "announce": [...], "listen": "..."}: what `goto install` and `goto cloud-init`
+# pass); the single options add to it. A value with a control character is refused (exit 2) before
+# anything is changed, and the options reach agent.json as arguments of one Node.js call, never as
+# lines a newline could add keys to.
 #   goto-install.sh uninstall [--keep-state]
 #   goto-install.sh start | stop | status | logs | show-cert | print-unit
 #
@@ -260,16 +267,51 @@ install_bundle () {
   fi
 }
 
-# agent.json from "key value" pairs; list keys (announce, bootstrap, labels) may repeat.
-install_config () {
-  json=$("$(node_bin)" -e '
-    const a = process.argv.slice(1), c = {}
-    for (let i = 0; i < a.length; i += 2) {
-      if (["announce", "bootstrap", "labels"].includes(a[i])) (c[a[i]] ??= []).push(a[i + 1])
-      else c[a[i]] = a[i + 1]
+# agent.json on stdout from BUNDLE STATE_DIR and install options (--name --listen --docker
+# --announce --bootstrap --label --config-json): the bundle, the state directory and the engine
+# first, then the name, the listen address, and the lists in the order they first appear (the same
+# bytes earlier versions wrote for the same options, so an upgrade changes nothing). Exit 2 on a
+# value that is no text or holds a control character, or a key of --config-json it does not know.
+print_config () {
+  "$(node_bin)" -e '
+    const [bundle, stateDir, ...a] = process.argv.slice(1)
+    const LISTS = { "--announce": "announce", "--bootstrap": "bootstrap", "--label": "labels" }
+    const SCALARS = { "--name": "name", "--listen": "listen", "--docker": "docker" }
+    const KEYS = Object.fromEntries([...Object.entries(LISTS), ...Object.entries(SCALARS)].map(([o, k]) => [k, o]))
+    const fail = m => { process.stderr.write("goto-install: usage: " + m + "\n"); process.exit(2) }
+    const scalars = { bundle, stateDir }, lists = {}
+    const text = (opt, v) => {
+      if (typeof v !== "string") fail(opt + ": " + JSON.stringify(v) + " is not text")
+      if (/[\u0000-\u001f\u007f-\u009f]/.test(v)) fail(opt + ": " + JSON.stringify(v) + " has a control character; refused, nothing was changed")
+      return v
     }
-    process.stdout.write(JSON.stringify(c, null, 2) + "\n")' "$@")
-  r=$(printf '%s\n' "$json" | replace_if_changed $ETC/agent.json 644)
+    const put = (opt, v) => {
+      if (Object.hasOwn(LISTS, opt)) (lists[LISTS[opt]] ??= []).push(text(opt, v))
+      else scalars[SCALARS[opt]] = text(opt, v)
+    }
+    for (let i = 0; i < a.length; i += 2) {
+      if (a[i] === "--config-json") {
+        let c
+        try { c = JSON.parse(a[i + 1]) } catch { fail("--config-json is not JSON") }
+        if (c === null || typeof c !== "object" || Array.isArray(c)) fail("--config-json must be a JSON object")
+        for (const [k, v] of Object.entries(c)) {
+          if (!Object.hasOwn(KEYS, k)) fail("--config-json: unknown key " + JSON.stringify(k))
+          const opt = KEYS[k]
+          if (!Object.hasOwn(LISTS, opt)) put(opt, v)
+          else if (Array.isArray(v)) for (const x of v) put(opt, x)
+          else fail("--config-json: " + k + " must be a list")
+        }
+      } else if (Object.hasOwn(LISTS, a[i]) || Object.hasOwn(SCALARS, a[i])) put(a[i], a[i + 1])
+      else fail("unknown option " + a[i])
+    }
+    const c = {}
+    for (const k of ["bundle", "stateDir", "docker", "name", "listen"]) if (scalars[k] !== undefined && scalars[k] !== "") c[k] = scalars[k]
+    process.stdout.write(JSON.stringify({ ...c, ...lists }, null, 2) + "\n")' "$@"
+}
+
+# Writes agent.json ($1: its text) when it differs.
+install_config () {
+  r=$(printf '%s\n' "$1" | replace_if_changed $ETC/agent.json 644)
   if [ "$r" = changed ]; then CONFIG_CHANGED=1; say "config: written to $ETC/agent.json"; else CONFIG_CHANGED=; say "config: unchanged"; fi
 }
 
@@ -301,44 +343,39 @@ install_unit () {
 }
 
 do_install () {
-  need_root
-  tarball=; bundle=; docker=$DEFAULT_DOCKER; name=; listen=
-  set_args=
-  cfg_file=$(mktemp)
-  trap 'rm -f "$cfg_file"' EXIT
-  add () { printf '%s\n%s\n' "$1" "$2" >> "$cfg_file"; }
-  while [ $# -gt 0 ]; do
-    [ $# -ge 2 ] || usage "$1 needs a value"
-    case $1 in
-      --release) tarball=$2 ;;
-      --bundle) bundle=$2 ;;
-      --docker) docker=$2 ;;
-      --name) name=$2 ;;
-      --listen) listen=$2 ;;
-      --announce) add announce "$2" ;;
-      --bootstrap) add bootstrap "$2" ;;
-      --label) add labels "$2" ;;
-      --supervisor) case $2 in auto|systemd|background) SUPERVISOR=$2 ;; *) usage "--supervisor must be auto, systemd or background" ;; esac ;;
-      *) usage "install: unknown option $1" ;;
+  mode=$1; shift
+  tarball=; bundle=; docker=$DEFAULT_DOCKER
+  # Every option is checked before anything is done: the script's own are taken out, the agent's
+  # config options stay in "$@" (each moved to its end in turn) for print_config.
+  n=$#
+  while [ $n -gt 0 ]; do
+    [ $n -ge 2 ] || usage "$1 needs a value"
+    opt=$1; val=$2; shift 2; n=$((n - 2))
+    case $val in *[[:cntrl:]]*) usage "$opt: the value has a control character (a newline, an escape, ...); refused, nothing was changed" ;; esac
+    case $opt in
+      --release) tarball=$val ;;
+      --bundle) bundle=$val ;;
+      --docker) docker=$val; set -- "$@" "$opt" "$val" ;;
+      --name|--listen|--announce|--bootstrap|--label|--config-json) set -- "$@" "$opt" "$val" ;;
+      --supervisor) case $val in auto|systemd|background) SUPERVISOR=$val ;; *) usage "--supervisor must be auto, systemd or background" ;; esac ;;
+      *) usage "install: unknown option $opt" ;;
     esac
-    shift 2
   done
+  if [ "$mode" = print ]; then print_config $ETC/bundle $STATE --docker "$DEFAULT_DOCKER" "$@"; return; fi
+  need_root
   [ -n "$tarball" ] && [ -f "$tarball" ] || usage "install needs --release TARBALL (an existing file from npm run release)"
   [ -n "$bundle" ] && [ -d "$bundle" ] || usage "install needs --bundle DIR (a bundle directory from goto ca issue --role agent)"
   say "checking prerequisites"
   rc=0; out=$(check "$docker") || rc=$?
   printf '%s\n' "$out" | sed 's/^/  /'
   [ $rc = 0 ] || { echo "goto-install: a prerequisite is missing; nothing was changed" >&2; exit 3; }
+  # The config file: the bundle, the state directory, then what the operator gave.
+  config=$(print_config $ETC/bundle $STATE --docker "$DEFAULT_DOCKER" "$@") || exit 2
 
   mkdir -p $STATE && chmod 700 $STATE
   install_release "$tarball"
   install_bundle "$bundle"
-  # The config file: the bundle, the state directory, then what the operator gave.
-  set -- bundle $ETC/bundle stateDir $STATE docker "$docker"
-  [ -n "$name" ] && set -- "$@" name "$name"
-  [ -n "$listen" ] && set -- "$@" listen "$listen"
-  while IFS= read -r k && IFS= read -r v; do set -- "$@" "$k" "$v"; done < "$cfg_file"
-  install_config "$@"
+  install_config "$config"
 
   UNIT_CHANGED=
   kind=$(supervisor_kind)
@@ -414,7 +451,8 @@ case $cmd in
       shift
     done
     check "$docker" ;;
-  install) do_install "$@" ;;
+  install) do_install install "$@" ;;
+  print-config) do_install print "$@" ;;
   uninstall) do_uninstall "$@" ;;
   status) do_status ;;
   logs) do_logs ;;
@@ -423,5 +461,5 @@ case $cmd in
   show-cert) cat $ETC/bundle/cert.pem 2>/dev/null || exit 4 ;;
   print-unit) print_unit ;;
   supervise) supervise ;;
-  *) usage "goto-install.sh check|install|uninstall|start|stop|status|logs|show-cert|print-unit (see the comment at the top)" ;;
+  *) usage "goto-install.sh check|install|print-config|uninstall|start|stop|status|logs|show-cert|print-unit (see the comment at the top)" ;;
 esac

@@ -7,7 +7,8 @@
 #
 #   provision.sh --release PATH|file://PATH|https://URL [--sha256 HEX] --bundle DIR [--delete-bundle]
 #                [--no-packages] [goto-install.sh install options: --name --label --bootstrap
-#                --announce --listen --docker --supervisor]
+#                --announce --listen --docker --supervisor --config-json]; a value with a control
+#                character is refused before anything is done
 #
 # A URL needs --sha256 (the release must be the one the operator built). --delete-bundle removes
 # DIR after the install (cloud-init's copy). --no-packages never runs apt-get.
@@ -21,17 +22,25 @@ die () { echo "provision: error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
 
 release=; sha=; bundle=; delete_bundle=; packages=1
-pass=$(mktemp); trap 'rm -f "$pass"' EXIT
-while [ $# -gt 0 ]; do
-  case $1 in
-    --release) release=$2; shift 2 ;;
-    --sha256) sha=$2; shift 2 ;;
-    --bundle) bundle=$2; shift 2 ;;
-    --delete-bundle) delete_bundle=1; shift ;;
-    --no-packages) packages=; shift ;;
-    --name|--label|--bootstrap|--announce|--listen|--docker|--supervisor)
-      [ $# -ge 2 ] || die "$1 needs a value"; printf '%s\n%s\n' "$1" "$2" >> "$pass"; shift 2 ;;
-    *) die "unknown option $1" ;;
+# Every option is checked before anything is done; goto-install.sh's options stay in "$@" (each
+# moved to its end in turn), so they reach it as the words they were, whatever they hold.
+n=$#
+while [ $n -gt 0 ]; do
+  opt=$1; shift; n=$((n - 1))
+  case $opt in
+    --delete-bundle) delete_bundle=1; continue ;;
+    --no-packages) packages=; continue ;;
+    --release|--sha256|--bundle|--name|--label|--bootstrap|--announce|--listen|--docker|--supervisor|--config-json) ;;
+    *) die "unknown option $opt" ;;
+  esac
+  [ $n -ge 1 ] || die "$opt needs a value"
+  val=$1; shift; n=$((n - 1))
+  case $val in *[[:cntrl:]]*) die "$opt: the value has a control character (a newline, an escape, ...); refused, nothing was changed" ;; esac
+  case $opt in
+    --release) release=$val ;;
+    --sha256) sha=$val ;;
+    --bundle) bundle=$val ;;
+    *) set -- "$@" "$opt" "$val" ;;
   esac
 done
 [ -n "$release" ] || die "--release is required (a path, file:// or https:// URL of go-to-<version>.tar.gz)"
@@ -68,7 +77,7 @@ else
 fi
 
 work=$(mktemp -d)
-trap 'rm -f "$pass"; rm -rf "$work"' EXIT
+trap 'rm -rf "$work"' EXIT
 tarball=$work/go-to.tar.gz
 case $release in
   http://*|https://*)
@@ -86,7 +95,5 @@ if [ -n "$sha" ]; then
 fi
 tar -xzf "$tarball" -C "$work" go-to/install/goto-install.sh || die "$release is not a Go-To release"
 
-set -- install --release "$tarball" --bundle "$bundle"
-while IFS= read -r k && IFS= read -r v; do set -- "$@" "$k" "$v"; done < "$pass"
-sh "$work/go-to/install/goto-install.sh" "$@"
+sh "$work/go-to/install/goto-install.sh" install --release "$tarball" --bundle "$bundle" "$@"
 if [ -n "$delete_bundle" ]; then rm -rf "$bundle"; echo "provision: removed $bundle (installed in /etc/goto/bundle)"; fi
