@@ -116,6 +116,10 @@ export class BindMountRefusedError extends GotoError {}
 export class ArchitectureMismatchError extends GotoError {}
 /** Not enough free disk at the destination. */
 export class InsufficientDiskError extends GotoError {}
+/** The destination holds as many pending transfers as it takes (from that peer, or in all): try again later. */
+export class TooManyTransfersError extends GotoError {}
+/** A container spec larger than a destination accepts (MAX_SPEC_BYTES). */
+export class SpecTooLargeError extends GotoError {}
 /** A container or volume of that name already exists at the destination. */
 export class NameConflictError extends GotoError {}
 /** A host port the container binds is already bound at the destination. */

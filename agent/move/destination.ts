@@ -47,13 +47,38 @@ import {
 
 import {
   ArchitectureMismatchError, ContainerNotFoundError, InsufficientDiskError, LayerTooLargeError, MoveInProgressError, NameConflictError,
-  OrderMismatchError, OrderMissingError, PortConflictError, SpecMismatchError, UnknownMoveError, toWireError
+  OrderMismatchError, OrderMissingError, PortConflictError, SpecMismatchError, SpecTooLargeError, TooManyTransfersError, UnknownMoveError, toWireError
 } from '../../protocol/errors.js'
 
 /** While a preload runs, the engine's filesystem is flushed this often (flushingWhile). */
 const FLUSH_INTERVAL_MS = 250
 /** Staging copy, docker load's temporary copy, the final layers: ask for three times the image's size. */
 const DISK_HEADROOM_FACTOR = 3
+
+/**
+ * Pending transfers (prepared, not yet committed, aborted or expired) one source may hold here, and
+ * all sources together. An honest source runs one transfer per container it moves or snapshots
+ * here at a time (a drain moves a few at once); each pending one holds a spec and a set in memory
+ * until it ends or goes idle for moveIdleTimeoutMs, so a rogue member's prepares must stop somewhere.
+ */
+export const MAX_PENDING_PER_PEER = 16
+export const MAX_PENDING_TRANSFERS = 64
+
+/**
+ * Largest encoded container spec a prepare may carry. Real specs are a few KiB (env, labels,
+ * mounts); the frame limit (1 MiB) would let each pending transfer hold a megabyte.
+ */
+export const MAX_SPEC_BYTES = 64 * 1024
+
+/**
+ * Verified layers of a rolled-back or expired transfer stay staged this long (and at most
+ * RETAINED_LAYER_BYTES of them) so that a retry of the move does not resend them; after that, or
+ * beyond that size, they are pruned unless a pending transfer wants them. The trade-off: a retry
+ * later than this, or of a larger image, resends its layers; a source that rolls back on purpose
+ * can fill at most this much of the staging disk for at most this long.
+ */
+export const RETAINED_LAYER_MS = 15 * 60_000
+export const RETAINED_LAYER_BYTES = 4 * 1024 ** 3
 
 interface Pending {
   moveId: string
@@ -116,6 +141,8 @@ export interface DestinationDeps {
 
 export class DestinationService {
   private readonly moves = new Map<string, Pending>()
+  /** Staged layers of transfers rolled back here, kept for a retry until the epoch ms given (bounds). */
+  private readonly retained = new Map<string, { until: number, bytes: number }>()
   private timer: NodeJS.Timeout | undefined
   private readonly metrics: Metrics
   private readonly now: () => number
@@ -185,6 +212,7 @@ export class DestinationService {
   }
 
   private async prepare (req: PrepareRequest, peer: VerifiedPeer, signal: AbortSignal): Promise<PrepareReply> {
+    this.admit(req, peer)
     const { docker } = this.deps
     // A snapshot is only kept here, never started by this exchange; a takeover later runs it, so
     // it may carry no host-level power at all (the snapshotter leaves bind mounts behind).
@@ -246,6 +274,45 @@ export class DestinationService {
     if (wrong !== undefined) throw new OrderMismatchError(`the order ${wrong}`)
     checkHostPowers(req.spec, body.allow)
     return body
+  }
+
+  /** The bounds a prepare must be within: pending transfers per peer and in all, the spec's size. */
+  private admit (req: PrepareRequest, peer: VerifiedPeer): void {
+    if (this.moves.has(req.moveId)) return // a repeated prepare replaces its own entry
+    const pending = [...this.moves.values()]
+    const fromPeer = pending.filter(m => m.from === peer.peerId).length
+    if (fromPeer >= MAX_PENDING_PER_PEER) throw new TooManyTransfersError(`${peer.name} already has ${fromPeer} transfers pending here (at most ${MAX_PENDING_PER_PEER})`)
+    if (pending.length >= MAX_PENDING_TRANSFERS) throw new TooManyTransfersError(`${pending.length} transfers are pending here (at most ${MAX_PENDING_TRANSFERS})`)
+    const specBytes = Buffer.byteLength(JSON.stringify(req.spec))
+    if (specBytes > MAX_SPEC_BYTES) throw new SpecTooLargeError(`the container spec is ${specBytes} bytes encoded, at most ${MAX_SPEC_BYTES} are taken`)
+  }
+
+  /**
+   * After a rollback: the transfer's staged layers no pending transfer wants are kept for a retry
+   * (RETAINED_LAYER_MS, RETAINED_LAYER_BYTES in all), then pruned by `pruneRetained`.
+   */
+  private async retain (p: Pending): Promise<void> {
+    const until = this.now() + RETAINED_LAYER_MS
+    for (const d of p.wanted) {
+      const bytes = await this.deps.store.size(d).catch(() => undefined)
+      if (bytes !== undefined) this.retained.set(d, { until, bytes })
+    }
+    await this.pruneRetained()
+  }
+
+  /** Removes retained layers past their time or beyond the size bound (oldest first), unless a pending transfer wants them. */
+  private async pruneRetained (): Promise<void> {
+    const now = this.now()
+    const wanted = new Set([...this.moves.values()].flatMap(m => [...m.wanted]))
+    let total = 0
+    const newestFirst = [...this.retained.entries()].sort((a, b) => b[1].until - a[1].until)
+    for (const [d, r] of newestFirst) {
+      if (wanted.has(d)) { this.retained.delete(d); continue } // a pending transfer owns it again
+      total += r.bytes
+      if (r.until > now && total <= RETAINED_LAYER_BYTES) continue
+      this.retained.delete(d)
+      if (await this.deps.store.remove(d).catch(() => false)) this.deps.log.info('pruned staged layer of a rolled-back transfer', { digest: d, bytes: r.bytes })
+    }
   }
 
   /** A container of that name, one of its volumes' names, or one of its host ports already taken here. */
@@ -421,12 +488,13 @@ export class DestinationService {
     for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
   }
 
-  /** Removes what the move made here; verified layers stay staged so a retry does not resend them. */
+  /** Removes what the move made here; verified layers stay staged, for a bounded time, so a retry does not resend them. */
   private async rollback (p: Pending, why: string): Promise<void> {
     this.moves.delete(p.moveId)
     p.live?.abort(new UnknownMoveError(`${p.purpose} ${p.moveId} was rolled back: ${why}`))
     await undoRestore(this.deps.docker, p.made, this.deps.log)
     await this.forget(p)
+    await this.retain(p)
     this.deps.log.warn(`${p.purpose} rolled back here`, { moveId: p.moveId, container: p.spec.name, why })
     if (p.sentData && p.purpose === 'move') this.metrics.moveReceived('rolled_back')
   }
@@ -506,6 +574,7 @@ export class DestinationService {
         if (this.moves.get(p.moveId) !== p) continue
         if (p.active === 0 && now - p.touched > this.deps.timings.moveIdleTimeoutMs) await this.rollback(p, 'the source went silent')
       }
+      await this.pruneRetained()
     })().finally(() => { this.expiring = undefined })
     await this.expiring
   }

@@ -10,7 +10,8 @@
  * `receive` streams into a temp file under `<dir>/incoming/` while hashing; the writes run behind
  * the hashing, batched (at most 2 MiB held, whatever the layer's size; a slow disk slows the pull,
  * which is the backpressure). It refuses the layer the moment it
- * goes past its announced size, or at the end if its sha256 is not its diff ID; on any failure,
+ * goes past its announced size, when the disk would keep less than `minFreeBytes` free (checked
+ * before the first byte and as bytes arrive, against the filesystem's real free space), or at the end if its sha256 is not its diff ID; on any failure,
  * abort included, the temp file is removed. Only a verified layer is renamed into place, so
  * whatever `has` reports survives an agent restart and a retried transfer need not resend it. One
  * store (one agent) per directory: `open` discards temp files a crashed receive left behind.
@@ -26,11 +27,11 @@
  *           OS crash costs the retry a resend, nothing else.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, open, readFile, readdir, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, rename, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import {
-  GotoError, LayerDigestMismatchError, LayerMissingError, LayerTooLargeError, LayerTruncatedError, TransferError
+  GotoError, InsufficientDiskError, LayerDigestMismatchError, LayerMissingError, LayerTooLargeError, LayerTruncatedError, TransferError
 } from '../../protocol/errors.js'
 
 const DIFF_ID = /^sha256:([0-9a-f]{64})$/
@@ -41,6 +42,23 @@ const BOOT_FILE = 'boot-id'
 const BOOT_ID_PATH = '/proc/sys/kernel/random/boot_id'
 /** Received bytes queued for the disk at most: enough to batch several frames per write; more (8 MiB) pushed a 1 GiB receive near its 64 MiB memory budget. */
 const WRITE_BEHIND_BYTES = 2 * 1024 * 1024
+
+/**
+ * Free disk a store leaves on its filesystem by default: a receive stops (InsufficientDiskError) when
+ * its layer would take free space below this, so a sender cannot fill the disk the engine and the
+ * agent's state live on. Checked before the first byte (against the announced size) and again as
+ * bytes arrive, every DISK_CHECK_BYTES (concurrent receives, other writers, a size that lied).
+ */
+export const DEFAULT_MIN_FREE_BYTES = 256 * 1024 * 1024
+/** Bytes received between two looks at the filesystem's free space (a statfs costs microseconds). */
+export const DISK_CHECK_BYTES = 4 * 1024 * 1024
+
+export interface StoreLimits {
+  /** Free bytes to leave on the filesystem (default DEFAULT_MIN_FREE_BYTES; 0: no check). */
+  minFreeBytes?: number
+  /** Bytes between two checks of free space while receiving (default DISK_CHECK_BYTES). */
+  diskCheckBytes?: number
+}
 
 export interface ReceiveResult {
   /** Bytes received and kept (the announced size). */
@@ -63,18 +81,24 @@ export function diffIdHex (diffId: string): string {
 export type Durability = 'disk' | 'boot'
 
 export class LayerStore {
-  private constructor (readonly dir: string, readonly durability: Durability) {}
+  private readonly minFreeBytes: number
+  private readonly diskCheckBytes: number
+
+  private constructor (readonly dir: string, readonly durability: Durability, limits: StoreLimits) {
+    this.minFreeBytes = limits.minFreeBytes ?? DEFAULT_MIN_FREE_BYTES
+    this.diskCheckBytes = limits.diskCheckBytes ?? DISK_CHECK_BYTES
+  }
 
   /**
    * Opens (creating it if needed) the store in `dir`, dropping unverified leftovers of a crash and,
    * for a 'boot' store, every layer kept before the machine last booted.
    */
-  static async open (dir: string, opts: { durability?: Durability } = {}): Promise<LayerStore> {
+  static async open (dir: string, opts: { durability?: Durability } & StoreLimits = {}): Promise<LayerStore> {
     const durability = opts.durability ?? 'disk'
     await mkdir(dir, { recursive: true, mode: 0o700 })
     await rm(join(dir, INCOMING), { recursive: true, force: true })
     await mkdir(join(dir, INCOMING), { mode: 0o700 })
-    const store = new LayerStore(dir, durability)
+    const store = new LayerStore(dir, durability, opts)
     if (durability === 'boot') {
       const boot = (await readFile(BOOT_ID_PATH, 'utf8')).trim()
       const recorded = await readFile(join(dir, BOOT_FILE), 'utf8').then(s => s.trim(), () => undefined)
@@ -122,6 +146,7 @@ export class LayerStore {
       throw new TransferError(`layer ${diffId}: announced size ${announcedSize} is not a byte count`)
     }
     signal?.throwIfAborted()
+    await this.checkDisk(diffId, announcedSize)
     const tmp = join(this.dir, INCOMING, `${hex}.${randomBytes(6).toString('hex')}.partial`)
     const fh = await open(tmp, 'wx', 0o600)
     let closed = false
@@ -131,9 +156,15 @@ export class LayerStore {
     try {
       const hash = createHash('sha256')
       let bytes = 0
+      let unchecked = 0
       for await (const chunk of abortable(source, signal)) {
         if (bytes + chunk.byteLength > announcedSize) {
           throw new LayerTooLargeError(`layer ${diffId}: more than the announced ${announcedSize} bytes arrived`)
+        }
+        unchecked += chunk.byteLength
+        if (unchecked >= this.diskCheckBytes) {
+          unchecked = 0
+          await this.checkDisk(diffId, announcedSize - bytes, writer.queued)
         }
         hash.update(chunk)
         bytes += chunk.byteLength
@@ -163,6 +194,19 @@ export class LayerStore {
       await writer.settled()
       if (!closed) await fh.close().catch(() => {})
       if (!kept) await rm(tmp, { force: true }).catch(() => {})
+    }
+  }
+
+  /**
+   * InsufficientDiskError when writing `coming` more bytes (plus `queued` not yet written) would
+   * take the filesystem's free space below minFreeBytes.
+   */
+  private async checkDisk (diffId: string, coming: number, queued = 0): Promise<void> {
+    if (this.minFreeBytes <= 0) return
+    const fs = await statfs(this.dir)
+    const free = fs.bavail * fs.bsize - queued
+    if (free - coming < this.minFreeBytes) {
+      throw new InsufficientDiskError(`layer ${diffId}: ${Math.floor(free / 2 ** 20)} MiB free at ${this.dir}, ${Math.ceil(coming / 2 ** 20)} MiB still to come, ${Math.round(this.minFreeBytes / 2 ** 20)} MiB must stay free`)
     }
   }
 
@@ -249,6 +293,9 @@ class WriteBehind {
   private wakeUp: (() => void) | undefined
 
   constructor (private readonly fh: FileHandle, private readonly limit: number) {}
+
+  /** Bytes pushed and not yet written. */
+  get queued (): number { return this.pending }
 
   /** Queues the chunk (the caller must not change it afterwards); rejects with an earlier write's error. */
   async push (chunk: Uint8Array): Promise<void> {

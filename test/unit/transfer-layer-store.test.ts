@@ -5,11 +5,14 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LayerStore } from '../../agent/transfer/layer-store.js'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import {
-  LayerDigestMismatchError, LayerMissingError, LayerTooLargeError, LayerTruncatedError, ProtocolError, TransferError
+  InsufficientDiskError, LayerDigestMismatchError, LayerMissingError, LayerTooLargeError, LayerTruncatedError, ProtocolError, TransferError
 } from '../../protocol/errors.js'
 import { rejection } from '../fixtures/assert.js'
 
+const exec = promisify(execFile)
 const sha = (b: Uint8Array): string => 'sha256:' + createHash('sha256').update(b).digest('hex')
 
 async function * chunks (data: Uint8Array, size = 1000): AsyncGenerator<Uint8Array> {
@@ -192,5 +195,50 @@ describe('transfer: layer store', () => {
     const removed = await store.prune(new Set([diffId, 'sha256:' + 'f'.repeat(64)]))
     expect(removed.sort()).to.deep.equal([sha(others[1]), sha(others[2])].sort())
     expect(await store.list()).to.deep.equal([diffId])
+  })
+})
+
+/**
+ * The free-disk check as bytes arrive, against a real small filesystem: a tmpfs this test mounts
+ * (and unmounts) itself. Needs root, as the lab tests do.
+ */
+describe('transfer: layer store on a small disk (a 16 MiB tmpfs)', () => {
+  const MiB = 1024 * 1024
+  let dir: string
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'goto-small-disk-'))
+    await exec('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'goto-test-tmpfs', dir])
+  })
+  afterEach(async () => {
+    await exec('umount', [dir]).catch(() => {})
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('refuses a layer the disk cannot take before the first byte, with InsufficientDiskError', async () => {
+    const store = await LayerStore.open(join(dir, 'layers'), { minFreeBytes: 2 * MiB })
+    const data = randomBytes(15 * MiB)
+    const err = await rejection(store.receive(sha(data), data.byteLength, chunks(data, 64 * 1024)))
+    expect(err).to.be.instanceOf(InsufficientDiskError)
+    expect(await readdir(join(store.dir, 'incoming'))).to.deep.equal([])
+  })
+
+  it('stops a receive when free disk drops below the headroom while bytes arrive, and keeps nothing of it', async () => {
+    const store = await LayerStore.open(join(dir, 'layers'), { minFreeBytes: 2 * MiB, diskCheckBytes: MiB })
+    const data = randomBytes(8 * MiB)
+    // Passes the check before the first byte (16 - 8 >= 2 MiB free); then another writer takes 7 MiB.
+    async function * filling (): AsyncGenerator<Uint8Array> {
+      let off = 0
+      for (; off < 2 * MiB; off += 64 * 1024) yield data.subarray(off, off + 64 * 1024)
+      await writeFile(join(dir, 'filler'), randomBytes(7 * MiB))
+      for (; off < data.byteLength; off += 64 * 1024) yield data.subarray(off, off + 64 * 1024)
+    }
+    const err = await rejection(store.receive(sha(data), data.byteLength, filling()))
+    expect(err).to.be.instanceOf(InsufficientDiskError)
+    expect(await store.list()).to.deep.equal([])
+    expect(await readdir(join(store.dir, 'incoming'))).to.deep.equal([])
+    // With the filler gone the same layer fits.
+    await rm(join(dir, 'filler'))
+    expect(await store.receive(sha(data), data.byteLength, chunks(data, 64 * 1024))).to.deep.equal({ bytes: data.byteLength })
   })
 })
