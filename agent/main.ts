@@ -126,7 +126,8 @@ async function run (config: AgentConfig): Promise<void> {
     journal: freezeJournal, spoolDir: join(config.stateDir, 'spool'), log: log.child({ component: 'move' })
   }
   const failover = new FailoverService({
-    auth, docker, table, snapshots, state: failoverState, selfId: bundle.peerId, selfName: bundle.name,
+    auth, docker, table, snapshots, state: failoverState, selfId: bundle.peerId, selfName: bundle.name, trust,
+    signer: { certPem: bundle.certPem, sign: async data => await bundle.privateKey.sign(data) },
     snapshotter: new Snapshotter({ docker, sessions, locks, selfId: bundle.peerId, labels: stamps }),
     timings: config.timings, replicas: config.replicas, metrics, log: log.child({ component: 'failover' })
   })

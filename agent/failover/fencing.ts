@@ -5,8 +5,10 @@
  *             fenceAfterMs, stop every owned container (timings.ts shows why this ends before the
  *             majority may restore). With fewer than three members nothing is fenced: no majority
  *             survives a death there, so nobody takes over either.
- *   stale     a member alive now that owns one of our containers at a higher epoch: our copy is
- *             stopped and renamed `<name>.stale-e<epoch>-<time>`, and we no longer own it.
+ *   stale     a member alive now that owns one of our containers at a higher epoch, shown by a
+ *             certificate this agent verified (certificates.ts): our copy is stopped and renamed
+ *             `<name>.stale-e<epoch>-<time>`, and we no longer own it. A gossiped epoch without
+ *             one changes nothing.
  *   unfence   back in the majority with a fenced container nobody took over: claim epoch+1 for
  *             ourselves (ClaimRound) and start it again.
  *
@@ -21,6 +23,7 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics/sink.js'
 import type { ContainerRecord, FailoverState } from './state.js'
 import type { ClaimRound, MeshView } from './consensus.js'
+import type { EpochCertificates } from './certificates.js'
 import { failoverPossible, hasQuorum, isStale } from './placement.js'
 import { ContainerNotFoundError } from '../../protocol/errors.js'
 
@@ -37,6 +40,8 @@ export interface FencingDeps {
   table: Pick<PeerTable, 'entries'>
   state: FailoverState
   claims: Pick<ClaimRound, 'claim' | 'nextEpoch'>
+  /** Which gossiped epochs are shown by a verified certificate. */
+  certs: Pick<EpochCertificates, 'shows'>
   selfId: string
   timings: Pick<Timings, 'fenceAfterMs' | 'fenceStopS'>
   now: () => number
@@ -52,12 +57,13 @@ export interface Fenced { names: string[], settled: Promise<void> }
 /** An alive peer's claim to a container: who, at which epoch. */
 export interface AliveOwner { name: string, peerId: string, epoch: number }
 
-/** The highest epoch an alive peer of `view` says it owns `name` at (as gossiped). */
-export function highestAliveOwner (name: string, view: Pick<MeshView, 'alive'>): AliveOwner | undefined {
+/** The highest epoch an alive peer of `view` owns `name` at, as gossiped and shown (epoch 1 or certified). */
+export function highestAliveOwner (name: string, view: Pick<MeshView, 'alive'>, certs: Pick<EpochCertificates, 'shows'>): AliveOwner | undefined {
   let best: AliveOwner | undefined
   for (const e of view.alive) {
     const o = e.failover?.owned.find(x => x.name === name)
-    if (o !== undefined && (best === undefined || o.epoch > best.epoch)) best = { name: e.name, peerId: e.peerId, epoch: o.epoch }
+    if (o === undefined || (best !== undefined && o.epoch <= best.epoch)) continue
+    if (certs.shows(name, o.epoch, e.peerId, o.cert)) best = { name: e.name, peerId: e.peerId, epoch: o.epoch }
   }
   return best
 }
@@ -111,7 +117,7 @@ export class Fencing {
     const work: Array<Promise<void>> = []
     for (const { name, record } of this.deps.state.owned()) {
       if (busy.has(name)) continue
-      const theirs = highestAliveOwner(name, view)
+      const theirs = highestAliveOwner(name, view, this.deps.certs)
       if (theirs === undefined || !isStale(record.epoch, theirs.epoch)) continue
       busy.add(name)
       work.push(this.retire(name, record, theirs).finally(() => { busy.delete(name) }))
@@ -125,7 +131,7 @@ export class Fencing {
     const work: Array<Promise<void>> = []
     for (const { name, record } of this.deps.state.owned()) {
       if (record.fenced !== true || busy.has(name)) continue
-      const theirs = highestAliveOwner(name, view)
+      const theirs = highestAliveOwner(name, view, this.deps.certs)
       if (theirs !== undefined && theirs.epoch >= record.epoch) continue // dropStale's case
       busy.add(name)
       work.push(this.reclaim(name, record, view).finally(() => { busy.delete(name) }))
@@ -161,8 +167,8 @@ export class Fencing {
   private async reclaim (name: string, record: ContainerRecord & { epoch: number }, view: Pick<MeshView, 'members' | 'alive'>): Promise<void> {
     const { docker, state, claims, selfId, log } = this.deps
     try {
-      const epoch = await claims.claim(name, Math.max(record.epoch + 1, claims.nextEpoch(name)), { peerId: selfId, epoch: record.epoch }, view)
-      record.epoch = epoch
+      const { epoch, cert } = await claims.claim(name, Math.max(record.epoch + 1, claims.nextEpoch(name)), { peerId: selfId, epoch: record.epoch }, view)
+      state.own(name, epoch, cert)
       record.fenced = undefined
       await state.save()
       await docker.start(name, AbortSignal.timeout(ENGINE_STEP_TIMEOUT_MS))
