@@ -155,7 +155,8 @@ export class ClaimRound {
       grant: state.grant(req.name),
       ownEpoch: state.peek(req.name)?.epoch,
       owners: gossipedOwners(req.name, table, certs),
-      certified: Math.max(shown, certs.highest(req.name)?.epoch ?? 0, claimant === selfId ? floor - 1 : 0),
+      certified: Math.max(shown, certs.highest(req.name)?.epoch ?? 0),
+      passed: claimant === selfId ? floor - 1 : 0,
       isDead: peerId => (table.get(peerId)?.state ?? 'dead') === 'dead'
     })
     if (!verdict.granted) return { granted: false, epoch: verdict.epoch, why: verdict.why }

@@ -113,6 +113,8 @@ export interface ClaimContext {
   owners: readonly GossipedOwner[]
   /** The highest epoch of the name a verified certificate showed it (0 if none). */
   certified: number
+  /** For its own claim: the highest epoch the other members made it go past (consensus.ts floor). */
+  passed?: number
   /** Whether it sees that peer dead (a peer it does not know counts as dead: long gone). */
   isDead: (peerId: string) => boolean
 }
@@ -126,6 +128,7 @@ type Verdict = { granted: true, epoch: number } | { granted: false, epoch: numbe
  *   - `epoch` is the highest epoch it knows for the name + 1 (its grants, its own ownership, shown
  *     owners, verified certificates, the dead previous owner's last word) — or repeats its grant of
  *     that epoch to the same claimant;
+ *   - no verified certificate shows an epoch above `previousEpoch` (the claim names the latest owner);
  *   - no live member but the claimant owns the name at `previousEpoch` or higher (itself included);
  *   - a previous owner other than the claimant is a member it sees dead, whose last gossip owns the
  *     name at `previousEpoch`, above every shown owner; a claimant naming itself must be the highest
@@ -139,10 +142,11 @@ export function judgeClaim (req: { epoch: number, previousOwner: string, previou
   const shown = c.owners.filter(o => o.shown)
   const prev = c.owners.find(o => o.peerId === req.previousOwner)
   const prevDead = req.previousOwner !== claimant && req.previousOwner !== c.self && prev !== undefined && prev.dead && c.isDead(req.previousOwner)
-  const highest = Math.max(g?.epoch ?? 0, c.ownEpoch ?? 0, c.certified, ...shown.map(o => o.epoch), prevDead ? prev.epoch : 0)
+  const highest = Math.max(g?.epoch ?? 0, c.ownEpoch ?? 0, c.certified, c.passed ?? 0, ...shown.map(o => o.epoch), prevDead ? prev.epoch : 0)
   const refuse = (why: string): Verdict => ({ granted: false, epoch: highest, why })
   const repeat = g !== undefined && g.epoch === req.epoch && g.claimant === claimant
   if (!repeat && req.epoch !== highest + 1) return refuse(`epoch ${req.epoch} is not the highest known (${highest}) + 1`)
+  if (c.certified > req.previousEpoch) return refuse(`a certificate shows an owner at epoch ${c.certified}, after the previous epoch named`)
   if (c.ownEpoch !== undefined && claimant !== c.self && c.ownEpoch >= req.previousEpoch) return refuse('this member owns it')
   if (c.owners.some(o => o.peerId !== claimant && !o.dead && !c.isDead(o.peerId) && o.epoch >= req.previousEpoch)) return refuse('a live member owns it')
   const topShown = Math.max(0, ...shown.map(o => o.epoch), c.ownEpoch ?? 0)

@@ -234,4 +234,46 @@ describe('failover claim round (consensus) with fake peers', () => {
     expect((r as Error).message).to.contain('won 2 of the 3')
     expect(Date.now() - started).to.be.at.least(90).and.below(2000)
   })
+
+  it('counts no forged grant: a peer answering granted with a grant of another claim, or signed as another member', async () => {
+    await mesh(['a', 'b', 'c', 'd']) // 5 members with the owner, majority 3
+    const forge = (from: string, f: (r: ClaimReply) => ClaimReply): void => {
+      const real = m(from).round
+      const decide = real.decide.bind(real)
+      real.decide = async (req, claimant, floor) => f(await decide(req, claimant, floor))
+    }
+    m('d').behaviour = 'fail'
+    const cGrant = await m('c').round.decide({ op: 'claim', name: 'db', epoch: 2, previousOwner: pid(OWNER), previousEpoch: 1 }, pid('c'))
+    forge('b', r => ({ ...r, grant: cGrant.grant })) // c's grant of another claim, passed off by b
+    forge('c', r => ({ ...r, grant: r.grant === undefined ? undefined : { ...r.grant, grantor: pid('d') } })) // signed as d
+    const r = await claim('a', 'web', 2, view('a', 5))
+    expect(r).to.be.instanceOf(TakeoverRefusedError)
+    expect((r as Error).message).to.contain('won 1 of the 3 signed grants')
+  })
+
+  it("refuses a claimant naming itself as previous owner while the owner is alive, at any epoch, and records nothing", async () => {
+    await mesh(['a', 'b', 'c'])
+    m('a').alive.add(OWNER) // a hears the owner alive, gossiping web at epoch 1
+    for (const epoch of [2, 1e12]) {
+      const reply = await m('a').round.decide({ op: 'claim', name: 'web', epoch, previousOwner: pid('b'), previousEpoch: 1 }, pid('b'))
+      expect(reply).to.deep.include({ granted: false, epoch: 1 })
+      expect(reply.grant).to.equal(undefined)
+    }
+    expect(m('a').state.grant('web')).to.equal(undefined)
+    expect((await FailoverState.open(m('a').dir)).grant('web')).to.equal(undefined)
+  })
+
+  it('refuses an epoch that is not the highest known + 1, and learns the highest from a verified certificate a claim shows', async () => {
+    await mesh(['a', 'b', 'c', 'd'])
+    const req = { op: 'claim' as const, name: 'web', epoch: 7, previousOwner: pid(OWNER), previousEpoch: 1 }
+    expect(await m('b').round.decide(req, pid('c'))).to.deep.include({ granted: false, epoch: 1 })
+    // a wins epoch 2 with c and d; b misses the claim.
+    const won: WonClaim = await m('a').round.claim('web', 2, { peerId: pid(OWNER), epoch: 1 }, view('a', 5, ['c', 'd']))
+    // A certificate altered to a higher epoch teaches b nothing ...
+    expect(await m('b').round.decide({ ...req, previous: { ...won.cert, epoch: 6 } }, pid('c'))).to.deep.include({ granted: false, epoch: 1 })
+    // ... the real one does: b will not grant a takeover of the owner a took over from.
+    const r = await m('b').round.decide({ ...req, epoch: 3, previous: won.cert }, pid('c'))
+    expect(r).to.deep.include({ granted: false, epoch: 2 })
+    expect(m('b').state.grant('web')).to.equal(undefined)
+  })
 })

@@ -113,9 +113,12 @@ describe('takeover claims (the exactly-once rule)', () => {
   it('grants only the highest known epoch + 1: no epoch can be burnt far ahead', () => {
     expect(granted(judgeClaim({ ...takeover, epoch: 1e12 }, 'r1', ctx()))).to.equal(false)
     expect(judgeClaim({ ...takeover, epoch: 3 }, 'r1', ctx())).to.deep.include({ granted: false, epoch: 1 })
-    // A verified certificate of epoch 4 (shown by the claim or seen before): 5 it is.
-    expect(granted(judgeClaim({ ...takeover, epoch: 5 }, 'r1', ctx({ certified: 4 })))).to.equal(true)
-    expect(granted(judgeClaim(takeover, 'r1', ctx({ certified: 4 })))).to.equal(false)
+    // A verified certificate of epoch 4 (shown by the claim or seen before): 5 it is, from its owner.
+    const at4 = { owners: [{ ...owner, epoch: 4 }], certified: 4 }
+    expect(granted(judgeClaim({ ...takeover, epoch: 5, previousEpoch: 4 }, 'r1', ctx(at4)))).to.equal(true)
+    expect(granted(judgeClaim({ ...takeover, previousEpoch: 4 }, 'r1', ctx(at4)))).to.equal(false)
+    // ... and a takeover of an ownership older than a certificate shows is refused.
+    expect(granted(judgeClaim({ ...takeover, epoch: 5 }, 'r1', ctx({ certified: 4 })))).to.equal(false)
     // Unshown epochs (no valid certificate) of alive members raise nothing.
     const liar = { peerId: 'liar', epoch: 999999, shown: false, dead: false }
     expect(judgeClaim(takeover, 'r1', ctx({ owners: [owner, { ...liar, epoch: 0 }] })).granted).to.equal(true)
