@@ -5,7 +5,7 @@
  * then; the grantor's agent certificate (PEM, from the mesh CA) travels with the grant. A certificate
  * is the grants of one claim: valid when the grants come from distinct members holding valid,
  * non-revoked agent certificates, all sign the same claim, and number at least a majority of the
- * largest member count any of them stated. Anybody with the CA certificate verifies it offline.
+ * largest member count any of them stated (at least three: one member alone certifies nothing). Anybody with the CA certificate verifies it offline.
  *
  * Epoch 1 (a container adopted by the host that runs it when first protected) has no certificate;
  * an epoch above 1 without a valid certificate is "not shown" and must change nothing.
@@ -36,6 +36,8 @@ export interface EpochCertificate extends GrantClaim { grants: SignedGrant[] }
 
 /** The most grants a certificate may carry (a mesh of 127 members needs 64): bounds a heartbeat. */
 export const MAX_GRANTS = 64
+/** The fewest members a mesh that fails over has (agent/failover/placement.ts failoverPossible). */
+export const MIN_MEMBERS = 3
 /** A certificate PEM of ours is well under 1 KiB; anything far larger is not one. */
 const MAX_CERT_CHARS = 4096
 
@@ -76,7 +78,10 @@ export function verifyEpochCertificate (c: EpochCertificate, trust: GrantorTrust
     verifyGrant(c, g, trust, now)
     members = Math.max(members, g.members)
   }
-  if (members < 1 || c.grants.length < majorityOf(members)) {
+  // Failover needs three members (a majority survives one death): a grantor stating fewer (one
+  // member alone, signing for itself) certifies nothing.
+  if (members < MIN_MEMBERS) throw new EpochCertificateInvalidError(`${what}: the grantors knew ${members} member(s), fewer than ${MIN_MEMBERS}`)
+  if (c.grants.length < majorityOf(members)) {
     throw new EpochCertificateInvalidError(`${what}: ${c.grants.length} grant(s), fewer than a majority of the ${members} members the grantors knew`)
   }
 }

@@ -49,6 +49,9 @@ describe('epoch certificates', () => {
 
   it('refuses too few grants, counted against the largest member count any grantor stated', async () => {
     invalid(await certify(ids, claim, ['a'], 3), /fewer than a majority of the 3/)
+    // A member alone, stating it knew only itself (or one other), certifies nothing.
+    invalid(await certify(ids, claim, ['rogue'], 1), /fewer than 3/)
+    invalid(await certify(ids, claim, ['rogue', 'a'], 2), /fewer than 3/)
     const two = await certify(ids, claim, ['a', 'b'], 3)
     const big = await certify(ids, claim, ['c'], 5) // c knew 5 members: 3 grants are needed
     invalid({ ...two, grants: [two.grants[0], ...big.grants] }, /fewer than a majority of the 5/)
