@@ -68,8 +68,12 @@ export function highestAliveOwner (name: string, view: Pick<MeshView, 'alive'>, 
   return best
 }
 
+/** Unshown epochs logged per (peer, container, epoch), so a repeating heartbeat logs once; past it, starts over. */
+const MAX_IGNORED_LOGGED = 1024
+
 export class Fencing {
   private startedAt = 0
+  private readonly ignored = new Set<string>()
 
   constructor (private readonly deps: FencingDeps) {}
 
@@ -117,6 +121,7 @@ export class Fencing {
     const work: Array<Promise<void>> = []
     for (const { name, record } of this.deps.state.owned()) {
       if (busy.has(name)) continue
+      this.logUnshown(name, record.epoch, view)
       const theirs = highestAliveOwner(name, view, this.deps.certs)
       if (theirs === undefined || !isStale(record.epoch, theirs.epoch)) continue
       busy.add(name)
@@ -137,6 +142,19 @@ export class Fencing {
       work.push(this.reclaim(name, record, view).finally(() => { busy.delete(name) }))
     }
     await Promise.all(work)
+  }
+
+  /** Logs (once each) the alive members gossiping a higher epoch of `name` than ours that no valid certificate shows. */
+  private logUnshown (name: string, mine: number, view: Pick<MeshView, 'alive'>): void {
+    for (const e of view.alive) {
+      const o = e.failover?.owned.find(x => x.name === name)
+      if (o === undefined || o.epoch <= mine || this.deps.certs.shows(name, o.epoch, e.peerId, o.cert)) continue
+      const key = `${e.peerId} ${name} ${o.epoch}`
+      if (this.ignored.has(key)) continue
+      if (this.ignored.size >= MAX_IGNORED_LOGGED) this.ignored.clear()
+      this.ignored.add(key)
+      this.deps.log.warn('ignoring a higher epoch gossiped without a valid certificate', { container: name, epoch: mine, peer: e.name, peerEpoch: o.epoch, certified: o.cert !== undefined })
+    }
   }
 
   /** Stops a local container of that name (if any) and renames it out of the way, keeping its data. */

@@ -155,6 +155,10 @@ export function judgeClaim (req: { epoch: number, previousOwner: string, previou
     if (own === undefined || own !== req.previousEpoch || own < topShown) return refuse('the claimant is not its highest shown owner')
   } else {
     if (!prevDead) return refuse('the previous owner is not a dead member that owned it')
+    // A dead member's unshown epoch (a moved-in container's label) stands only while no live member shows it owns the name.
+    if (!prev.shown && (c.ownEpoch !== undefined || c.owners.some(o => o.shown && o.peerId !== claimant && !o.dead && !c.isDead(o.peerId)))) {
+      return refuse('a live member shows it owns it, the previous owner does not')
+    }
     if (prev.epoch !== req.previousEpoch || prev.epoch < topShown) return refuse(`the previous owner did not own it at epoch ${req.previousEpoch}, above every shown owner`)
   }
   if (g !== undefined && g.claimant !== claimant && g.epoch > req.previousEpoch && (g.claimant === c.self || !c.isDead(g.claimant))) return refuse('another live claimant took it over already')

@@ -60,13 +60,18 @@ export class Takeover {
     // The highest-epoch owner of every name, as last gossiped: shown epochs, and a dead member's
     // last word (a grant needs that member dead, so an alive member's unshown epoch is ignored).
     const owners = new Map<string, Owner & { dead: boolean }>()
+    const shownAlive = new Set(state.owned().map(o => o.name))
+    for (const e of table.entries()) {
+      if (e.state === 'dead') continue
+      for (const o of e.failover?.owned ?? []) if (certs.shows(o.name, o.epoch, e.peerId, o.cert)) shownAlive.add(o.name)
+    }
     for (const e of table.entries()) {
       const dead = e.state === 'dead'
       for (const o of e.failover?.owned ?? []) {
         const cur = owners.get(o.name)
         if (cur !== undefined && o.epoch <= cur.epoch) continue
         const shown = certs.shows(o.name, o.epoch, e.peerId, o.cert)
-        if (!shown && !dead) continue
+        if (!shown && (!dead || shownAlive.has(o.name))) continue
         const from = shown && o.cert !== undefined ? [e.peerId, o.cert.previousOwner] : [e.peerId]
         owners.set(o.name, { peerId: e.peerId, name: e.name, epoch: o.epoch, dead, from })
       }

@@ -123,6 +123,16 @@ describe('takeover claims (the exactly-once rule)', () => {
     const liar = { peerId: 'liar', epoch: 999999, shown: false, dead: false }
     expect(judgeClaim(takeover, 'r1', ctx({ owners: [owner, { ...liar, epoch: 0 }] })).granted).to.equal(true)
     expect(judgeClaim({ ...takeover, epoch: 1000000 }, 'r1', ctx({ owners: [owner, liar] })).granted).to.equal(false)
+    // A dead liar's unshown epoch does not beat a live owner that shows its own.
+    const live = { peerId: 'live', epoch: 1, shown: true, dead: false }
+    const deadLiar = { ...liar, dead: true }
+    dead.add('liar')
+    try {
+      expect(granted(judgeClaim({ epoch: 1000000, previousOwner: 'liar', previousEpoch: 999999 }, 'r1', ctx({ owners: [live, deadLiar] })))).to.equal(false)
+      expect(granted(judgeClaim({ epoch: 1000000, previousOwner: 'liar', previousEpoch: 999999 }, 'r1', ctx({ owners: [deadLiar] }))), 'alone, a dead member is taken over').to.equal(true)
+    } finally {
+      dead.delete('liar')
+    }
   })
 
   it('refuses a claimant naming itself as previous owner while the real owner is alive, at any epoch', () => {
