@@ -102,7 +102,10 @@ export class FailoverService {
       docker, table, state, snapshots, claims: this.claims, certs, fencing: this.fencing, selfId, selfName, timings, now, busy, log,
       onRestored: () => { void this.scan() }
     })
-    snapshots.setOwnershipShown((name, owner, epoch) => this.ownershipShown(name, owner, epoch))
+    snapshots.setOwnership({
+      shown: (name, owner, epoch) => this.ownershipShown(name, owner, epoch),
+      owners: name => this.deps.table.entries().filter(e => e.state !== 'dead' && e.failover?.owned.some(o => o.name === name) === true).map(e => e.peerId)
+    })
   }
 
   /** Whether `owner` shows (in its gossip, by a verified certificate) that it owns `name` at `epoch`. */

@@ -8,9 +8,10 @@
  *
  * (A directory of the old layout, `snapshots/<name>/`, is read by its manifest's owner, so it still
  * loads.) An owner's store never touches another owner's snapshot of the same name, so a member
- * cannot substitute its own for another's; once an epoch certificate shows that the store's owner
- * took the container over (`ownershipShown`), the older snapshots of that name from other owners
- * are dropped. At most MAX_HELD_PER_OWNER containers are held per owner.
+ * cannot substitute its own for another's: a store of a name held here for another owner that
+ * still owns it is refused (SnapshotOwnerMismatchError) unless an epoch certificate shows the
+ * store's owner took it over — and then the other owners' older snapshots of that name are
+ * dropped. At most MAX_HELD_PER_OWNER containers are held per owner.
  *
  * The image's other layers are loaded into the holder's engine when the snapshot is taken (the move's
  * pre-copy and preload), so a restore loads only the changes. A snapshot arrives into
@@ -28,15 +29,20 @@ import { randomBytes } from 'node:crypto'
 import { LayerStore } from '../transfer/layer-store.js'
 import { compareVersions } from './placement.js'
 import type { StoreRequest } from '../../protocol/move-messages.js'
-import { SnapshotLimitError, SnapshotOutdatedError, TransferError } from '../../protocol/errors.js'
+import { SnapshotLimitError, SnapshotOutdatedError, SnapshotOwnerMismatchError, TransferError } from '../../protocol/errors.js'
 
 const INCOMING = '.incoming'
 const MANIFEST = 'manifest.json'
 /** Containers held for one owner: a member protects far fewer; bounds what one member can make us keep. */
 export const MAX_HELD_PER_OWNER = 64
 
-/** Whether a certificate shows `owner` owns container `name` at `epoch` (above 1): certificates.ts. */
-export type OwnershipShown = (name: string, owner: string, epoch: number) => boolean
+/** What the store asks the failover service (certificates.ts, the peer table) about ownership. */
+export interface SnapshotOwnership {
+  /** Whether a verified certificate shows `owner` owns container `name` at `epoch` (above 1). */
+  shown: (name: string, owner: string, epoch: number) => boolean
+  /** The live members (peer IDs) that gossip owning container `name` now. */
+  owners: (name: string) => string[]
+}
 
 /** The key of a held snapshot: its owner, then its container. */
 function key (owner: string, name: string): string {
@@ -67,13 +73,13 @@ function ownerDir (owner: string, name: string): string {
 
 export class SnapshotStore {
   private readonly held = new Map<string, HeldSnapshot & { dir: string }>()
-  private ownershipShown: OwnershipShown = () => false
+  private ownership: SnapshotOwnership = { shown: () => false, owners: () => [] }
 
   private constructor (readonly dir: string) {}
 
-  /** How the store learns that an owner took a container over (the failover service's certificates). */
-  setOwnershipShown (f: OwnershipShown): void {
-    this.ownershipShown = f
+  /** How the store learns who owns a container (the failover service's table and certificates). */
+  setOwnership (o: SnapshotOwnership): void {
+    this.ownership = o
   }
 
   static async open (dir: string): Promise<SnapshotStore> {
@@ -110,6 +116,20 @@ export class SnapshotStore {
     }
   }
 
+  /**
+   * SnapshotOwnerMismatchError if a snapshot of `name` is held here for another owner that still
+   * owns it (a live member gossiping it), unless a verified certificate shows `owner` took it over
+   * at `epoch`. (A store never replaces another owner's snapshot anyway: this refuses the attempt.)
+   */
+  private checkOwner (name: string, owner: string, epoch: number): void {
+    const others = this.named(name).map(h => h.manifest.owner).filter(o => o !== owner)
+    if (others.length === 0) return
+    const live = new Set(this.ownership.owners(name))
+    const holder = others.find(o => live.has(o))
+    if (holder === undefined || (epoch > 1 && this.ownership.shown(name, owner, epoch))) return
+    throw new SnapshotOwnerMismatchError(`a snapshot of '${name}' is held here for its owner ${holder}, and no epoch certificate shows ${owner} took it over at epoch ${epoch}`)
+  }
+
   /** SnapshotLimitError if `owner` would hold more than MAX_HELD_PER_OWNER containers here. */
   private checkRoom (name: string, owner: string): void {
     if (this.held.has(key(owner, name))) return
@@ -125,6 +145,7 @@ export class SnapshotStore {
     const name = dirName(req.spec.name)
     const dirOf = ownerDir(req.owner, name)
     this.checkNewer(name, req.owner, req.epoch, req.seq)
+    this.checkOwner(name, req.owner, req.epoch)
     this.checkRoom(name, req.owner)
     const staging = join(this.dir, INCOMING, randomBytes(8).toString('hex'))
     try {
@@ -148,7 +169,7 @@ export class SnapshotStore {
       this.held.set(k, { manifest, dir: dirOf, layers: await LayerStore.open(join(target, 'layers')) })
       if (prior !== undefined) await rm(old, { recursive: true, force: true })
       // The owner took the container over from another: that one's older snapshots are history.
-      if (req.epoch > 1 && this.ownershipShown(name, req.owner, req.epoch)) {
+      if (req.epoch > 1 && this.ownership.shown(name, req.owner, req.epoch)) {
         for (const h of this.named(name)) if (h.manifest.owner !== req.owner && h.manifest.epoch < req.epoch) await this.remove(name, h.manifest.owner)
       }
       return { bytes }

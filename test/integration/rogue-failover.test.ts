@@ -1,21 +1,24 @@
 /**
  * A rogue member against failover, in the lab: three hosts with real engines and agents (test
  * timing profile), and in the test process a rogue holding an agent bundle the lab's CA issued,
- * speaking /goto/heartbeat and /goto/failover directly to the victims' lab addresses. Each attack
+ * speaking /goto/heartbeat, /goto/failover and /goto/transfer directly to the victims' lab addresses. Each attack
  * is refused or ignored, logged by the victim with the rogue's name, and changes nothing there:
  * the protected container keeps running at its owner at its epoch, no grant is recorded, the held
  * snapshots stay the owner's.
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { readFile } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
 import { dockerCli, runningNames } from '../fixtures/docker.js'
 import { MeshClient } from '../fixtures/mesh-client.js'
 import { readBundle, type Bundle } from '../../certs/index.js'
-import { FAILOVER_PROTOCOL, HEARTBEAT_PROTOCOL } from '../../protocol/ids.js'
+import { FAILOVER_PROTOCOL, HEARTBEAT_PROTOCOL, TRANSFER_PROTOCOL } from '../../protocol/ids.js'
+import { readResult, sendBlob } from '../../protocol/wire.js'
+import { SnapshotOwnerMismatchError } from '../../protocol/errors.js'
 import { GOTO_VERSION } from '../../protocol/version.js'
 import { grantBytes, type EpochCertificate } from '../../protocol/epoch-certs.js'
 import type { OwnedEntry } from '../../protocol/failover-messages.js'
@@ -175,6 +178,47 @@ describe('a rogue member against failover (3 hosts, real agents)', function () {
       }
       await waitFor(async () => await logged(h, 'takeover claim refused', { claimant: rogue.name, container: 'web', epoch: 1e12 }), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${h.name}'s log of the refused claim` })
     }
+    expect(await snapshotOfVictims()).to.deep.equal(before)
+  })
+
+  it("a store of a snapshot named like the owner's container, at a higher version, replaces nothing at its holder (attack 2)", async () => {
+    const [A] = hosts
+    const web = await row(A, 'web')
+    const H = hosts.find(h => h.name === web?.holders[0]) as LabHost
+    const owner = (await status(A))?.peerId as string
+    const dir = join(H.dir, 'state', 'snapshots')
+    const held = JSON.parse(await readFile(join(dir, `${owner}.web`, 'manifest.json'), 'utf8')) as { spec: unknown, config: string, diffIds: string[] }
+    const before = await snapshotOfVictims()
+    const entries = (await readdir(dir)).filter(d => !d.startsWith('.'))
+    // The rogue offers the owner's own image and spec, with its own changes, far newer.
+    const config = Buffer.from(held.config, 'base64')
+    const { os, architecture } = JSON.parse(config.toString('utf8')) as { os: string, architecture: string }
+    const client = await connect(H)
+    const moveId = randomBytes(8).toString('hex')
+    await client.request(TRANSFER_PROTOCOL, {
+      op: 'prepare', moveId, purpose: 'snapshot', spec: held.spec, volumes: [],
+      image: { id: `sha256:${createHash('sha256').update(config).digest('hex')}`, diffIds: held.diffIds, os, architecture, size: 0 }
+    })
+    const changes = Buffer.from('the rogue\'s files')
+    const js = await client.open(TRANSFER_PROTOCOL)
+    const signal = AbortSignal.timeout(STATE_TIMEOUT_MS)
+    let refused: unknown
+    try {
+      await js.write({
+        op: 'store', moveId, owner: rogue.peerId, epoch: 999999, seq: 999999, takenAt: new Date().toISOString(), config: held.config, diffIds: held.diffIds, spec: held.spec,
+        top: { diffId: `sha256:${createHash('sha256').update(changes).digest('hex')}`, size: changes.length }, volumes: []
+      }, signal)
+      await sendBlob(js, (async function * () { yield changes })(), changes.length, signal).catch(() => {})
+      await readResult(js, signal)
+    } catch (err) {
+      refused = err
+    } finally {
+      js.abort(new Error('done'))
+    }
+    expect(refused).to.be.instanceOf(SnapshotOwnerMismatchError)
+    expect(await logged(H, 'transfer step refused', { op: 'store', from: rogue.name, reason: 'SnapshotOwnerMismatchError' })).to.equal(true)
+    expect((await readdir(dir)).filter(d => !d.startsWith('.'))).to.deep.equal(entries)
+    expect(JSON.parse(await readFile(join(dir, `${owner}.web`, 'manifest.json'), 'utf8'))).to.deep.include({ owner, epoch: 1 })
     expect(await snapshotOfVictims()).to.deep.equal(before)
   })
 })

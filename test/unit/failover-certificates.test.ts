@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai'
 import { createHash } from 'node:crypto'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { EpochCertificates } from '../../agent/failover/certificates.js'
@@ -15,7 +15,7 @@ import { FailoverState } from '../../agent/failover/state.js'
 import { createRootLogger } from '../../agent/log.js'
 import { parseEpochCertificate, verifyEpochCertificate, type EpochCertificate, type GrantClaim } from '../../protocol/epoch-certs.js'
 import type { StoreRequest } from '../../protocol/move-messages.js'
-import { EpochCertificateInvalidError, SnapshotLimitError, SnapshotOutdatedError } from '../../protocol/errors.js'
+import { EpochCertificateInvalidError, SnapshotLimitError, SnapshotOutdatedError, SnapshotOwnerMismatchError } from '../../protocol/errors.js'
 import { certify, Identities } from '../fixtures/identities.js'
 
 const log = createRootLogger('error', {})
@@ -133,10 +133,21 @@ describe('held snapshots, keyed by owner', () => {
     await s.receive(req, owner.slice(-4), blob, AbortSignal.timeout(5000))
   }
 
-  it("never lets one owner's store replace another owner's snapshot of the same name, whatever its version", async () => {
+  it("refuses a store of a name held for another owner that still owns it, whatever its version, and changes nothing", async () => {
+    const s = await SnapshotStore.open(dir)
+    s.setOwnership({ shown: () => false, owners: name => name === 'web' ? [A] : [] })
+    await store(s, A, 'web', 1, 3, 'real')
+    let refused: unknown
+    try { await store(s, R, 'web', 999999, 999999, 'rogue') } catch (e) { refused = e }
+    expect(refused).to.be.instanceOf(SnapshotOwnerMismatchError)
+    expect(s.named('web').map(h => h.manifest.owner)).to.deep.equal([A])
+    expect((await readdir(dir)).filter(d => !d.startsWith('.'))).to.deep.equal([`${A}.web`])
+  })
+
+  it("never lets one owner's store replace another owner's snapshot of the same name, even once that one let it go", async () => {
     const s = await SnapshotStore.open(dir)
     await store(s, A, 'web', 1, 3, 'real')
-    await store(s, R, 'web', 999999, 999999, 'rogue')
+    await store(s, R, 'web', 999999, 999999, 'rogue') // A gossips no ownership of web (moved away, say)
     expect(s.get('web', A)?.manifest).to.deep.include({ owner: A, epoch: 1, seq: 3 })
     expect((s.get('web', A)?.manifest.spec as { image: string }).image).to.equal('real:latest')
     expect(s.named('web').map(h => h.manifest.owner)).to.have.members([A, R])
@@ -153,9 +164,9 @@ describe('held snapshots, keyed by owner', () => {
   it("drops another owner's older snapshot only once a certificate shows the store's owner took the container over", async () => {
     const s = await SnapshotStore.open(dir)
     await store(s, A, 'web', 1, 3, 'real')
-    await store(s, R, 'web', 2, 1, 'rogue') // no certificate: kept apart, A's untouched
+    await store(s, R, 'web', 2, 1, 'rogue') // no certificate (and nobody owns web now): kept apart, A's untouched
     expect(s.get('web', A)).to.not.equal(undefined)
-    s.setOwnershipShown((name, owner, epoch) => name === 'web' && owner === B && epoch === 2)
+    s.setOwnership({ shown: (name, owner, epoch) => name === 'web' && owner === B && epoch === 2, owners: () => [A, R] })
     await store(s, B, 'web', 2, 1, 'taken-over')
     expect(s.get('web', A), 'history once B shows epoch 2').to.equal(undefined)
     expect(s.get('web', R), 'a snapshot at the same epoch is not older').to.not.equal(undefined)
