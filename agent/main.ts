@@ -129,7 +129,8 @@ async function run (config: AgentConfig): Promise<void> {
   // Operators' signed orders, verified here whatever the peer that forwards them (protocol/orders.ts).
   const orders = new OrderVerifier(trust)
   const failover = new FailoverService({
-    auth, docker, table, snapshots, state: failoverState, selfId: bundle.peerId, selfName: bundle.name, orders,
+    auth, docker, table, snapshots, state: failoverState, selfId: bundle.peerId, selfName: bundle.name, orders, trust,
+    signer: { certPem: bundle.certPem, sign: async data => await bundle.privateKey.sign(data) },
     snapshotter: new Snapshotter({ docker, sessions, locks, selfId: bundle.peerId, labels: stamps }),
     timings: config.timings, replicas: config.replicas, metrics, log: log.child({ component: 'failover' })
   })

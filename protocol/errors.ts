@@ -187,6 +187,15 @@ export class SnapshotOutdatedError extends GotoError {}
 export class ContainerBusyError extends GotoError {}
 /** A takeover claim did not win a majority of the mesh (or lost to a higher epoch). */
 export class TakeoverRefusedError extends GotoError {}
+/**
+ * An epoch certificate (protocol/epoch-certs.ts) that does not prove its epoch: a forged or
+ * mismatched grant, a grantor without a valid agent certificate, or fewer grants than a majority.
+ */
+export class EpochCertificateInvalidError extends GotoError {}
+/** A store of a snapshot that would replace another owner's, with no epoch certificate that the ownership changed. */
+export class SnapshotOwnerMismatchError extends GotoError {}
+/** An owner already has as many snapshots held here as a holder keeps for one owner. */
+export class SnapshotLimitError extends GotoError {}
 
 /**
  * Known error classes by name, so an error that crossed the wire is rebuilt as its own class. A Map
@@ -217,6 +226,9 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   OrderMismatchError,
   HostPowerNotOrderedError,
   SpecMismatchError,
+  EpochCertificateInvalidError,
+  SnapshotOwnerMismatchError,
+  SnapshotLimitError,
   CertificateUntrustedError,
   CertificateExpiredError,
   CertificateNotYetValidError,

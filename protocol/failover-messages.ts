@@ -6,9 +6,13 @@
 import { ProtocolError } from './errors.js'
 import { count, obj, str } from './parse.js'
 import { parseSignedOrder, type SignedOrder } from './orders.js'
+import { parseEpochCertificate, parseSignedGrant, type EpochCertificate, type SignedGrant } from './epoch-certs.js'
 
-/** A protected container this member owns, at its ownership epoch. */
-export interface OwnedEntry { name: string, epoch: number }
+/**
+ * A protected container this member owns, at its ownership epoch, with the certificate of that
+ * epoch (epoch-certs.ts) when it is above 1. An epoch above 1 without a valid one is not shown.
+ */
+export interface OwnedEntry { name: string, epoch: number, cert?: EpochCertificate }
 /** A snapshot this member holds for `owner` (a peer ID), at (epoch, seq). */
 export interface HeldEntry { name: string, owner: string, epoch: number, seq: number }
 
@@ -17,14 +21,13 @@ export interface FailoverGossip { owned: OwnedEntry[], held: HeldEntry[] }
 
 /**
  * "Let me own `name` at `epoch`, taking over from `previousOwner`, who owned it at `previousEpoch`".
- * A member grants it only if it sees the previous owner dead itself (or the claimant is the previous
- * owner), has granted no higher epoch — and no other claimant the same one — for that name, and has
- * not granted an epoch above `previousEpoch` to another claimant it does not see dead (someone took
- * over already).
+ * The rules a member grants it by are judgeClaim's (agent/failover/placement.ts). `previous`: the
+ * highest epoch certificate of the name the claimant knows, so that a member that missed it learns
+ * the epoch to go past.
  */
-export interface ClaimRequest { op: 'claim', name: string, epoch: number, previousOwner: string, previousEpoch: number }
-/** `epoch`: the highest epoch the member has granted for the name (after this claim). */
-export interface ClaimReply { granted: boolean, epoch: number }
+export interface ClaimRequest { op: 'claim', name: string, epoch: number, previousOwner: string, previousEpoch: number, previous?: EpochCertificate }
+/** `epoch`: the highest epoch the member knows for the name (after this claim); `grant`: its signed grant, when granted. */
+export interface ClaimReply { granted: boolean, epoch: number, grant?: SignedGrant }
 
 /**
  * An operator's order to the agent running `container`; `order` is its signature on it (a protect
@@ -73,18 +76,29 @@ export interface FailoverStatus {
 
 /** The most entries a gossip list may carry: bounds a heartbeat. */
 export const MAX_GOSSIP_ENTRIES = 512
+/**
+ * The most owned entries a heartbeat carries: each may bring a certificate of a few KiB (a grant
+ * per member of a majority, each with its PEM), so 128 of them stay well under MAX_MESSAGE_BYTES.
+ */
+export const MAX_OWNED_GOSSIP = 128
 
-function list<T> (v: unknown, what: string, f: (x: Record<string, unknown>, what: string) => T): T[] {
+function list<T> (v: unknown, what: string, f: (x: Record<string, unknown>, what: string) => T, max = MAX_GOSSIP_ENTRIES): T[] {
   if (v === undefined) return []
-  if (!Array.isArray(v) || v.length > MAX_GOSSIP_ENTRIES) throw new ProtocolError(`${what} must be a list of at most ${MAX_GOSSIP_ENTRIES}`)
+  if (!Array.isArray(v) || v.length > max) throw new ProtocolError(`${what} must be a list of at most ${max}`)
   return v.map((x, i) => f(obj(x, `${what}[${i}]`), `${what}[${i}]`))
+}
+
+function ownedEntry (x: Record<string, unknown>, w: string): OwnedEntry {
+  const e: OwnedEntry = { name: str(x.name, `${w}.name`, 256), epoch: count(x.epoch, `${w}.epoch`) }
+  if (x.cert !== undefined && x.cert !== null) e.cert = parseEpochCertificate(x.cert, `${w}.cert`)
+  return e
 }
 
 export function parseFailoverGossip (v: unknown): FailoverGossip | undefined {
   if (v === undefined || v === null) return undefined
   const o = obj(v, 'failover gossip')
   return {
-    owned: list(o.owned, 'owned', (x, w) => ({ name: str(x.name, `${w}.name`, 256), epoch: count(x.epoch, `${w}.epoch`) })),
+    owned: list(o.owned, 'owned', ownedEntry, MAX_OWNED_GOSSIP),
     held: list(o.held, 'held', (x, w) => ({
       name: str(x.name, `${w}.name`, 256), owner: str(x.owner, `${w}.owner`, 256), epoch: count(x.epoch, `${w}.epoch`), seq: count(x.seq, `${w}.seq`)
     }))
@@ -95,7 +109,14 @@ export function parseFailoverRequest (v: unknown): FailoverRequest {
   const o = obj(v, 'failover request')
   switch (o.op) {
     case 'claim':
-      return { op: 'claim', name: str(o.name, 'name', 256), epoch: count(o.epoch, 'epoch'), previousOwner: str(o.previousOwner, 'previousOwner', 256), previousEpoch: count(o.previousEpoch, 'previousEpoch') }
+      return {
+        op: 'claim',
+        name: str(o.name, 'name', 256),
+        epoch: count(o.epoch, 'epoch'),
+        previousOwner: str(o.previousOwner, 'previousOwner', 256),
+        previousEpoch: count(o.previousEpoch, 'previousEpoch'),
+        ...(o.previous === undefined || o.previous === null ? {} : { previous: parseEpochCertificate(o.previous, 'previous') })
+      }
     case 'protect':
     case 'unprotect':
       return { op: o.op, container: str(o.container, 'container', 256), ...o.order === undefined || o.order === null ? {} : { order: parseSignedOrder(o.order) } }
@@ -106,7 +127,8 @@ export function parseFailoverRequest (v: unknown): FailoverRequest {
 
 export function parseClaimReply (v: unknown): ClaimReply {
   const o = obj(v, 'claim reply')
-  return { granted: o.granted === true, epoch: count(o.epoch, 'epoch') }
+  const granted = o.granted === true
+  return { granted, epoch: count(o.epoch, 'epoch'), ...(granted && o.grant !== undefined ? { grant: parseSignedGrant(o.grant) } : {}) }
 }
 
 export function parseProtectReply (v: unknown): ProtectReply {

@@ -5,8 +5,10 @@
  *             fenceAfterMs, stop every owned container (timings.ts shows why this ends before the
  *             majority may restore). With fewer than three members nothing is fenced: no majority
  *             survives a death there, so nobody takes over either.
- *   stale     a member alive now that owns one of our containers at a higher epoch: our copy is
- *             stopped and renamed `<name>.stale-e<epoch>-<time>`, and we no longer own it.
+ *   stale     a member alive now that owns one of our containers at a higher epoch, shown by a
+ *             certificate this agent verified (certificates.ts): our copy is stopped and renamed
+ *             `<name>.stale-e<epoch>-<time>`, and we no longer own it. A gossiped epoch without
+ *             one changes nothing.
  *   unfence   back in the majority with a fenced container nobody took over: claim epoch+1 for
  *             ourselves (ClaimRound) and start it again.
  *
@@ -21,6 +23,7 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics/sink.js'
 import type { ContainerRecord, FailoverState } from './state.js'
 import type { ClaimRound, MeshView } from './consensus.js'
+import type { EpochCertificates } from './certificates.js'
 import { failoverPossible, hasQuorum, isStale } from './placement.js'
 import { ContainerNotFoundError } from '../../protocol/errors.js'
 
@@ -37,6 +40,8 @@ export interface FencingDeps {
   table: Pick<PeerTable, 'entries'>
   state: FailoverState
   claims: Pick<ClaimRound, 'claim' | 'nextEpoch'>
+  /** Which gossiped epochs are shown by a verified certificate. */
+  certs: Pick<EpochCertificates, 'shows'>
   selfId: string
   timings: Pick<Timings, 'fenceAfterMs' | 'fenceStopS'>
   now: () => number
@@ -52,18 +57,23 @@ export interface Fenced { names: string[], settled: Promise<void> }
 /** An alive peer's claim to a container: who, at which epoch. */
 export interface AliveOwner { name: string, peerId: string, epoch: number }
 
-/** The highest epoch an alive peer of `view` says it owns `name` at (as gossiped). */
-export function highestAliveOwner (name: string, view: Pick<MeshView, 'alive'>): AliveOwner | undefined {
+/** The highest epoch an alive peer of `view` owns `name` at, as gossiped and shown (epoch 1 or certified). */
+export function highestAliveOwner (name: string, view: Pick<MeshView, 'alive'>, certs: Pick<EpochCertificates, 'shows'>): AliveOwner | undefined {
   let best: AliveOwner | undefined
   for (const e of view.alive) {
     const o = e.failover?.owned.find(x => x.name === name)
-    if (o !== undefined && (best === undefined || o.epoch > best.epoch)) best = { name: e.name, peerId: e.peerId, epoch: o.epoch }
+    if (o === undefined || (best !== undefined && o.epoch <= best.epoch)) continue
+    if (certs.shows(name, o.epoch, e.peerId, o.cert)) best = { name: e.name, peerId: e.peerId, epoch: o.epoch }
   }
   return best
 }
 
+/** Unshown epochs logged per (peer, container, epoch), so a repeating heartbeat logs once; past it, starts over. */
+const MAX_IGNORED_LOGGED = 1024
+
 export class Fencing {
   private startedAt = 0
+  private readonly ignored = new Set<string>()
 
   constructor (private readonly deps: FencingDeps) {}
 
@@ -111,7 +121,8 @@ export class Fencing {
     const work: Array<Promise<void>> = []
     for (const { name, record } of this.deps.state.owned()) {
       if (busy.has(name)) continue
-      const theirs = highestAliveOwner(name, view)
+      this.logUnshown(name, record.epoch, view)
+      const theirs = highestAliveOwner(name, view, this.deps.certs)
       if (theirs === undefined || !isStale(record.epoch, theirs.epoch)) continue
       busy.add(name)
       work.push(this.retire(name, record, theirs).finally(() => { busy.delete(name) }))
@@ -125,12 +136,25 @@ export class Fencing {
     const work: Array<Promise<void>> = []
     for (const { name, record } of this.deps.state.owned()) {
       if (record.fenced !== true || busy.has(name)) continue
-      const theirs = highestAliveOwner(name, view)
+      const theirs = highestAliveOwner(name, view, this.deps.certs)
       if (theirs !== undefined && theirs.epoch >= record.epoch) continue // dropStale's case
       busy.add(name)
       work.push(this.reclaim(name, record, view).finally(() => { busy.delete(name) }))
     }
     await Promise.all(work)
+  }
+
+  /** Logs (once each) the alive members gossiping a higher epoch of `name` than ours that no valid certificate shows. */
+  private logUnshown (name: string, mine: number, view: Pick<MeshView, 'alive'>): void {
+    for (const e of view.alive) {
+      const o = e.failover?.owned.find(x => x.name === name)
+      if (o === undefined || o.epoch <= mine || this.deps.certs.shows(name, o.epoch, e.peerId, o.cert)) continue
+      const key = `${e.peerId} ${name} ${o.epoch}`
+      if (this.ignored.has(key)) continue
+      if (this.ignored.size >= MAX_IGNORED_LOGGED) this.ignored.clear()
+      this.ignored.add(key)
+      this.deps.log.warn('ignoring a higher epoch gossiped without a valid certificate', { container: name, epoch: mine, peer: e.name, peerEpoch: o.epoch, certified: o.cert !== undefined })
+    }
   }
 
   /** Stops a local container of that name (if any) and renames it out of the way, keeping its data. */
@@ -161,8 +185,8 @@ export class Fencing {
   private async reclaim (name: string, record: ContainerRecord & { epoch: number }, view: Pick<MeshView, 'members' | 'alive'>): Promise<void> {
     const { docker, state, claims, selfId, log } = this.deps
     try {
-      const epoch = await claims.claim(name, Math.max(record.epoch + 1, claims.nextEpoch(name)), { peerId: selfId, epoch: record.epoch }, view)
-      record.epoch = epoch
+      const { epoch, cert } = await claims.claim(name, Math.max(record.epoch + 1, claims.nextEpoch(name)), { peerId: selfId, epoch: record.epoch }, view)
+      state.own(name, epoch, cert)
       record.fenced = undefined
       await state.save()
       await docker.start(name, AbortSignal.timeout(ENGINE_STEP_TIMEOUT_MS))

@@ -91,6 +91,16 @@ export function assignRestorers (orphans: readonly Orphan[]): Map<string, string
   return out
 }
 
+/** A member that gossips owning a container, as this member last heard it. */
+export interface GossipedOwner {
+  peerId: string
+  epoch: number
+  /** Epoch 1, or its certificate verified (certificates.ts). */
+  shown: boolean
+  /** Dead in this member's table. */
+  dead: boolean
+}
+
 /** What a member knows when it judges a takeover claim for one container name. */
 export interface ClaimContext {
   /** This member's peer ID. */
@@ -99,24 +109,58 @@ export interface ClaimContext {
   grant?: { epoch: number, claimant: string }
   /** The epoch at which it owns the container itself, if it does. */
   ownEpoch?: number
+  /** The other members it hears (or last heard) gossip owning the name. */
+  owners: readonly GossipedOwner[]
+  /** The highest epoch of the name a verified certificate showed it (0 if none). */
+  certified: number
+  /** For its own claim: the highest epoch the other members made it go past (consensus.ts floor). */
+  passed?: number
   /** Whether it sees that peer dead (a peer it does not know counts as dead: long gone). */
   isDead: (peerId: string) => boolean
 }
 
+type Verdict = { granted: true, epoch: number } | { granted: false, epoch: number, why: string }
+
 /**
  * The exactly-once rule: whether a member grants `claimant` the container at `epoch`, replacing
- * `previousOwner`'s ownership at `previousEpoch`. Granted only if the previous owner is dead in this
- * member's view (or reclaims its own copy), this member does not own it at that epoch or higher, has
- * granted no higher epoch and not this one to another claimant, and has granted nothing above
- * `previousEpoch` to another claimant still alive (someone took over already). `epoch` in the answer
- * is the highest this member knows for the name (the claimed one when granted).
+ * `previousOwner`'s ownership at `previousEpoch`. Every condition is judged in this member's own view:
+ *
+ *   - `epoch` is the highest epoch it knows for the name + 1 (its grants, its own ownership, shown
+ *     owners, verified certificates, the dead previous owner's last word) — or repeats its grant of
+ *     that epoch to the same claimant;
+ *   - no verified certificate shows an epoch above `previousEpoch` (the claim names the latest owner);
+ *   - no live member but the claimant owns the name at `previousEpoch` or higher (itself included);
+ *   - a previous owner other than the claimant is a member it sees dead, whose last gossip owns the
+ *     name at `previousEpoch`, above every shown owner; a claimant naming itself must be the highest
+ *     shown owner, at `previousEpoch` (a fenced owner reclaiming its own container);
+ *   - it has granted nothing above `previousEpoch` to another claimant still alive.
+ *
+ * `epoch` in the answer is the highest this member knows for the name (the claimed one when granted).
  */
-export function judgeClaim (req: { epoch: number, previousOwner: string, previousEpoch: number }, claimant: string, c: ClaimContext): { granted: boolean, epoch: number } {
+export function judgeClaim (req: { epoch: number, previousOwner: string, previousEpoch: number }, claimant: string, c: ClaimContext): Verdict {
   const g = c.grant
-  const refuse = { granted: false, epoch: Math.max(g?.epoch ?? 0, c.ownEpoch ?? 0) }
-  if (req.previousOwner !== claimant && (req.previousOwner === c.self || !c.isDead(req.previousOwner))) return refuse
-  if (c.ownEpoch !== undefined && claimant !== c.self && c.ownEpoch >= req.epoch) return refuse
-  if (g !== undefined && (g.epoch > req.epoch || (g.epoch === req.epoch && g.claimant !== claimant))) return refuse
-  if (g !== undefined && g.claimant !== claimant && g.epoch > req.previousEpoch && (g.claimant === c.self || !c.isDead(g.claimant))) return refuse
+  const shown = c.owners.filter(o => o.shown)
+  const prev = c.owners.find(o => o.peerId === req.previousOwner)
+  const prevDead = req.previousOwner !== claimant && req.previousOwner !== c.self && prev !== undefined && prev.dead && c.isDead(req.previousOwner)
+  const highest = Math.max(g?.epoch ?? 0, c.ownEpoch ?? 0, c.certified, c.passed ?? 0, ...shown.map(o => o.epoch), prevDead ? prev.epoch : 0)
+  const refuse = (why: string): Verdict => ({ granted: false, epoch: highest, why })
+  const repeat = g !== undefined && g.epoch === req.epoch && g.claimant === claimant
+  if (!repeat && req.epoch !== highest + 1) return refuse(`epoch ${req.epoch} is not the highest known (${highest}) + 1`)
+  if (c.certified > req.previousEpoch) return refuse(`a certificate shows an owner at epoch ${c.certified}, after the previous epoch named`)
+  if (c.ownEpoch !== undefined && claimant !== c.self && c.ownEpoch >= req.previousEpoch) return refuse('this member owns it')
+  if (c.owners.some(o => o.peerId !== claimant && !o.dead && !c.isDead(o.peerId) && o.epoch >= req.previousEpoch)) return refuse('a live member owns it')
+  const topShown = Math.max(0, ...shown.map(o => o.epoch), c.ownEpoch ?? 0)
+  if (req.previousOwner === claimant) {
+    const own = claimant === c.self ? c.ownEpoch : shown.find(o => o.peerId === claimant)?.epoch
+    if (own === undefined || own !== req.previousEpoch || own < topShown) return refuse('the claimant is not its highest shown owner')
+  } else {
+    if (!prevDead) return refuse('the previous owner is not a dead member that owned it')
+    // A dead member's unshown epoch (a moved-in container's label) stands only while no live member shows it owns the name.
+    if (!prev.shown && (c.ownEpoch !== undefined || c.owners.some(o => o.shown && o.peerId !== claimant && !o.dead && !c.isDead(o.peerId)))) {
+      return refuse('a live member shows it owns it, the previous owner does not')
+    }
+    if (prev.epoch !== req.previousEpoch || prev.epoch < topShown) return refuse(`the previous owner did not own it at epoch ${req.previousEpoch}, above every shown owner`)
+  }
+  if (g !== undefined && g.claimant !== claimant && g.epoch > req.previousEpoch && (g.claimant === c.self || !c.isDead(g.claimant))) return refuse('another live claimant took it over already')
   return { granted: true, epoch: req.epoch }
 }

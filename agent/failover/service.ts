@@ -14,7 +14,9 @@
  *
  * Claims (ours and our peers') are decided by the claim round, consensus.ts: a claim that wins a
  * majority of the known members owns the container at that epoch, so two claimants can never both
- * win, whatever their views of the mesh. With fewer than three members nothing is fenced or restored.
+ * win, whatever their views of the mesh. The signed grants of the majority are the epoch's
+ * certificate: kept with the ownership, shown in heartbeats, and verified (certificates.ts) by every
+ * member before a gossiped epoch changes anything there (stale copies, takeovers, grants, stores). With fewer than three members nothing is fenced or restored.
  * Every time decision reads the injected clock `now` (Date.now by default); the timers are real.
  */
 import type { AuthService } from '../net/auth-service.js'
@@ -25,7 +27,8 @@ import type { Logger } from '../log.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { FailoverState } from './state.js'
 import type { SnapshotStore } from './snapshot-store.js'
-import { ClaimRound, meshView, type ClaimPeers } from './consensus.js'
+import { ClaimRound, meshView, type ClaimPeers, type GrantSigner } from './consensus.js'
+import { EpochCertificates, type CertificateTrust } from './certificates.js'
 import { Libp2pClaimPeers } from './claim-peers.js'
 import { Fencing } from './fencing.js'
 import { SnapshotSchedule, type SnapshotTaker } from './snapshot-schedule.js'
@@ -35,7 +38,7 @@ import { failoverPossible, majority } from './placement.js'
 import { FAILOVER_PROTOCOL } from '../../protocol/ids.js'
 import type { JsonStream } from '../../protocol/wire.js'
 import type { VerifiedPeer } from '../../certs/verify.js'
-import { parseFailoverRequest, type FailoverGossip, type ProtectReply, type ProtectRequest } from '../../protocol/failover-messages.js'
+import { MAX_OWNED_GOSSIP, parseFailoverRequest, type FailoverGossip, type ProtectReply, type ProtectRequest } from '../../protocol/failover-messages.js'
 import type { ContainerRow, FailoverStatus } from '../../protocol/messages.js'
 import { ContainerNotFoundError, OrderMismatchError, OrderMissingError, RoleNotAllowedError, TakeoverRefusedError, UnknownContainerError, toWireError } from '../../protocol/errors.js'
 import type { OrderVerifier } from '../../protocol/orders.js'
@@ -55,6 +58,10 @@ export interface FailoverDeps {
   selfName: string
   /** Verifies the operator's signed protect/unprotect orders (shared with the move destination). */
   orders: OrderVerifier
+  /** Signs this host's grants (its identity key and agent certificate). */
+  signer: GrantSigner
+  /** The mesh CA and revocation list that epoch certificates are verified against. */
+  trust: CertificateTrust
   timings: Timings
   /** Replica holders per protected container (K). */
   replicas: number
@@ -79,6 +86,7 @@ export class FailoverService {
 
   private readonly now: () => number
   private readonly metrics: Pick<Metrics, 'snapshotTaken' | 'snapshotForgotten'>
+  private readonly certs: EpochCertificates
   private readonly claims: ClaimRound
   private readonly fencing: Fencing
   private readonly schedule: SnapshotSchedule
@@ -89,13 +97,24 @@ export class FailoverService {
     const now = this.now = deps.now ?? Date.now
     const metrics = this.metrics = deps.metrics ?? NO_METRICS
     const busy = this.busy
-    this.claims = new ClaimRound({ state, table, selfId, peers: deps.claimPeers ?? new Libp2pClaimPeers(auth), log })
-    this.fencing = new Fencing({ docker, table, state, claims: this.claims, selfId, timings, now, busy, metrics, log })
+    const certs = this.certs = new EpochCertificates(deps.trust, log)
+    this.claims = new ClaimRound({ state, table, selfId, signer: deps.signer, certs, peers: deps.claimPeers ?? new Libp2pClaimPeers(auth), log })
+    this.fencing = new Fencing({ docker, table, state, claims: this.claims, certs, selfId, timings, now, busy, metrics, log })
     this.schedule = new SnapshotSchedule({ snapshotter: deps.snapshotter, state, replicas, timings, now, busy, metrics, log })
     this.takeover = new Takeover({
-      docker, table, state, snapshots, claims: this.claims, fencing: this.fencing, selfId, selfName, timings, now, busy, log,
+      docker, table, state, snapshots, claims: this.claims, certs, fencing: this.fencing, selfId, selfName, timings, now, busy, log,
       onRestored: () => { void this.scan() }
     })
+    snapshots.setOwnership({
+      shown: (name, owner, epoch) => this.ownershipShown(name, owner, epoch),
+      owners: name => this.deps.table.entries().filter(e => e.state !== 'dead' && e.failover?.owned.some(o => o.name === name) === true).map(e => e.peerId)
+    })
+  }
+
+  /** Whether `owner` shows (in its gossip, by a verified certificate) that it owns `name` at `epoch`. */
+  private ownershipShown (name: string, owner: string, epoch: number): boolean {
+    const o = this.deps.table.get(owner)?.failover?.owned.find(x => x.name === name && x.epoch === epoch)
+    return o !== undefined && epoch > 1 && this.certs.shows(name, epoch, owner, o.cert)
   }
 
   async start (): Promise<void> {
@@ -114,10 +133,10 @@ export class FailoverService {
     clearInterval(this.timer)
   }
 
-  /** What this host says of itself in heartbeats. */
+  /** What this host says of itself in heartbeats: at most MAX_OWNED_GOSSIP owned containers, with their certificates. */
   gossip (): FailoverGossip {
     return {
-      owned: this.deps.state.owned().map(({ name, record }) => ({ name, epoch: record.epoch })),
+      owned: this.deps.state.owned().slice(0, MAX_OWNED_GOSSIP).map(({ name, record }) => ({ name, epoch: record.epoch, ...record.cert === undefined ? {} : { cert: record.cert } })),
       held: this.deps.snapshots.list().map(m => ({ name: m.name, owner: m.owner, epoch: m.epoch, seq: m.seq }))
     }
   }
@@ -157,7 +176,9 @@ export class FailoverService {
         if (!this.isProtected(row.name) || rec?.epoch !== undefined || row.state !== 'running' || this.busy.has(row.name)) continue
         const labelled = Number(row.labels?.[EPOCH_LABEL] ?? '0')
         const epoch = Math.max(Number.isSafeInteger(labelled) ? labelled : 0, state.grant(row.name)?.epoch ?? 0, 1)
-        state.container(row.name).epoch = epoch
+        // Adopted without a claim: epoch 1 needs none; a higher label (a move's) is not shown to
+        // others until a claim certifies it.
+        state.own(row.name, epoch)
         changed = true
         log.info('protecting container', { container: row.name, epoch })
       }
@@ -192,8 +213,8 @@ export class FailoverService {
       if (req.op === 'claim') {
         if (peer.role !== 'agent') throw new RoleNotAllowedError('only agents claim containers')
         const r = await this.claims.decide(req, peer.peerId)
-        this.deps.log.info(r.granted ? 'takeover claim granted' : 'takeover claim refused', { container: req.name, epoch: req.epoch, claimant: peer.name, highest: r.epoch })
-        reply = { ok: true, result: r }
+        this.deps.log.info(r.granted ? 'takeover claim granted' : 'takeover claim refused', { container: req.name, epoch: req.epoch, claimant: peer.name, highest: r.epoch, why: r.why })
+        reply = { ok: true, result: { granted: r.granted, epoch: r.epoch, ...r.grant === undefined ? {} : { grant: r.grant } } }
       } else {
         if (peer.role !== 'operator') throw new RoleNotAllowedError('only operators protect or unprotect containers')
         reply = { ok: true, result: await this.protect(req, peer) }

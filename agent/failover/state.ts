@@ -4,9 +4,13 @@
  * its snapshot sequence and last snapshot, and whether it is fenced; per container name, the highest
  * takeover epoch this host granted and to whom. Written atomically (temp file, fsync, rename) before
  * the agent acts on a change, so a restarted agent never grants twice or forgets it was fenced.
+ * An owned epoch above 1 is kept with its certificate (protocol/epoch-certs.ts), which the agent
+ * shows in its heartbeats. Format 2 adds `version` and the certificates; a format-1 file (no
+ * version) loads as it is, its epochs uncertified until the next claim.
  */
 import { readFile, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import type { EpochCertificate } from '../../protocol/epoch-certs.js'
 
 export interface LastSnapshot {
   /** ISO time of the freeze. */
@@ -23,6 +27,8 @@ export interface ContainerRecord {
   protect?: boolean
   /** The ownership epoch this host runs it at; unset when this host does not own it. */
   epoch?: number
+  /** The certificate of `epoch` (when won by a claim); unset for epoch 1 and for epochs from before format 2. */
+  cert?: EpochCertificate
   /** Snapshots taken so far (never reset, so a holder always sees a newer one as newer). */
   seq: number
   /** Stopped because this host lost the majority; started again only after winning a claim. */
@@ -32,9 +38,10 @@ export interface ContainerRecord {
 
 export interface Grant { epoch: number, claimant: string }
 
-interface StateFile { containers: Record<string, ContainerRecord>, grants: Record<string, Grant> }
+interface StateFile { version: number, containers: Record<string, ContainerRecord>, grants: Record<string, Grant> }
 
 const FILE = 'failover.json'
+const VERSION = 2
 
 export class FailoverState {
   private writing: Promise<void> = Promise.resolve()
@@ -43,10 +50,11 @@ export class FailoverState {
 
   static async open (stateDir: string): Promise<FailoverState> {
     const path = join(stateDir, FILE)
-    let data: StateFile = { containers: {}, grants: {} }
+    let data: StateFile = { version: VERSION, containers: {}, grants: {} }
     try {
+      // Format 1 had no version and no certificates: its records read as format 2 records without one.
       const raw = JSON.parse(await readFile(path, 'utf8')) as Partial<StateFile>
-      data = { containers: raw.containers ?? {}, grants: raw.grants ?? {} }
+      data = { version: VERSION, containers: raw.containers ?? {}, grants: raw.grants ?? {} }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
     }
@@ -60,6 +68,15 @@ export class FailoverState {
 
   peek (name: string): ContainerRecord | undefined { return this.data.containers[name] }
   names (): string[] { return Object.keys(this.data.containers) }
+  /** Owns `name` at `epoch`, with its certificate (none for epoch 1 or an adopted label). */
+  own (name: string, epoch: number, cert?: EpochCertificate): ContainerRecord {
+    const r = this.container(name)
+    r.epoch = epoch
+    if (cert === undefined) delete r.cert
+    else r.cert = cert
+    return r
+  }
+
   owned (): Array<{ name: string, record: ContainerRecord & { epoch: number } }> {
     return Object.entries(this.data.containers).flatMap(([name, record]) => record.epoch === undefined ? [] : [{ name, record: record as ContainerRecord & { epoch: number } }])
   }
@@ -69,6 +86,7 @@ export class FailoverState {
     const r = this.data.containers[name]
     if (r === undefined) return
     delete r.epoch
+    delete r.cert
     delete r.fenced
   }
 

@@ -1,9 +1,10 @@
 /**
  * Takeover: running the orphans of dead owners again here. A container is an orphan when its
- * highest-epoch owner (as gossiped, a dead member's last word included) is dead; among the alive
- * members that hold its newest snapshot, `assignRestorers` (placement.ts) picks one. If it is us,
- * we claim epoch+1 from the majority (ClaimRound) and restore the snapshot (move/restore.ts),
- * stamped with the new epoch. A restore that fails keeps the claim, fenced, so that nobody else
+ * highest-epoch owner (as gossiped and shown by a verified certificate, or the last word of a dead
+ * member) is dead; among the alive members that hold its newest snapshot — one sent by that owner,
+ * or by the owner its certificate took the container over from — `assignRestorers` (placement.ts)
+ * picks one. If it is us, we claim epoch+1 from the majority (ClaimRound) and restore the snapshot
+ * (move/restore.ts), stamped with the new epoch; the claim's certificate is kept with the ownership. A restore that fails keeps the claim, fenced, so that nobody else
  * restores a second copy; an operator decides (docs/operations.md).
  */
 import type { DockerHost } from '../docker/docker-host.js'
@@ -16,6 +17,7 @@ import type { FailoverState } from './state.js'
 import type { SnapshotStore } from './snapshot-store.js'
 import type { ClaimRound, MeshView, PreviousOwner } from './consensus.js'
 import type { Fencing } from './fencing.js'
+import type { EpochCertificates } from './certificates.js'
 import { assignRestorers, compareVersions, type Orphan, type SnapshotVersion } from './placement.js'
 import { EPOCH_LABEL, PROTECT_LABEL } from './labels.js'
 import type { ContainerRow } from '../../protocol/messages.js'
@@ -29,6 +31,7 @@ export interface TakeoverDeps {
   state: FailoverState
   snapshots: SnapshotStore
   claims: Pick<ClaimRound, 'claim' | 'nextEpoch'>
+  certs: Pick<EpochCertificates, 'shows'>
   fencing: Pick<Fencing, 'setAside'>
   selfId: string
   selfName: string
@@ -41,7 +44,8 @@ export interface TakeoverDeps {
   log: Logger
 }
 
-type Owner = PreviousOwner & { name: string }
+/** An owner as gossiped; `from`: the owners whose snapshots may restore it (itself, and whom its certificate took over from). */
+type Owner = PreviousOwner & { name: string, from: string[] }
 
 export class Takeover {
   constructor (private readonly deps: TakeoverDeps) {}
@@ -52,28 +56,39 @@ export class Takeover {
    * not wait).
    */
   async tick (view: Pick<MeshView, 'members' | 'alive'>, local: ReadonlyMap<string, ContainerRow>): Promise<void> {
-    const { table, state, selfId, selfName, snapshots, busy } = this.deps
-    // The highest-epoch owner of every name, as last gossiped (dead members' last word included).
+    const { table, state, selfId, selfName, snapshots, busy, certs } = this.deps
+    // The highest-epoch owner of every name, as last gossiped: shown epochs, and a dead member's
+    // last word (a grant needs that member dead, so an alive member's unshown epoch is ignored).
     const owners = new Map<string, Owner & { dead: boolean }>()
+    const shownAlive = new Set(state.owned().map(o => o.name))
     for (const e of table.entries()) {
+      if (e.state === 'dead') continue
+      for (const o of e.failover?.owned ?? []) if (certs.shows(o.name, o.epoch, e.peerId, o.cert)) shownAlive.add(o.name)
+    }
+    for (const e of table.entries()) {
+      const dead = e.state === 'dead'
       for (const o of e.failover?.owned ?? []) {
         const cur = owners.get(o.name)
-        if (cur === undefined || o.epoch > cur.epoch) owners.set(o.name, { peerId: e.peerId, name: e.name, epoch: o.epoch, dead: e.state === 'dead' })
+        if (cur !== undefined && o.epoch <= cur.epoch) continue
+        const shown = certs.shows(o.name, o.epoch, e.peerId, o.cert)
+        if (!shown && (!dead || shownAlive.has(o.name))) continue
+        const from = shown && o.cert !== undefined ? [e.peerId, o.cert.previousOwner] : [e.peerId]
+        owners.set(o.name, { peerId: e.peerId, name: e.name, epoch: o.epoch, dead, from })
       }
     }
     for (const { name, record } of state.owned()) {
       const cur = owners.get(name)
-      if (cur === undefined || record.epoch >= cur.epoch) owners.set(name, { peerId: selfId, name: selfName, epoch: record.epoch, dead: false })
+      if (cur === undefined || record.epoch >= cur.epoch) owners.set(name, { peerId: selfId, name: selfName, epoch: record.epoch, dead: false, from: [selfId] })
     }
     const orphans: Array<Orphan & { owner: Owner, newest: SnapshotVersion }> = []
     for (const [name, owner] of owners) {
       if (!owner.dead) continue
-      // Who holds its newest snapshot, among the members alive now (us included).
+      // Who holds its newest snapshot from its owner's line, among the members alive now (us included).
       const held: Array<{ peerId: string, v: SnapshotVersion }> = []
-      const mine = snapshots.get(name)?.manifest
+      const mine = newestOf(snapshots.named(name).map(h => h.manifest).filter(m => owner.from.includes(m.owner)))
       if (mine !== undefined) held.push({ peerId: selfId, v: mine })
       for (const e of view.alive) {
-        const h = e.failover?.held.find(x => x.name === name)
+        const h = newestOf(e.failover?.held.filter(x => x.name === name && owner.from.includes(x.owner)) ?? [])
         if (h !== undefined) held.push({ peerId: e.peerId, v: h })
       }
       if (held.length === 0) continue
@@ -94,14 +109,16 @@ export class Takeover {
 
   private async takeOver (name: string, previous: Owner, view: Pick<MeshView, 'members' | 'alive'>, localEpoch: number): Promise<void> {
     const { docker, state, snapshots, claims, fencing, now, log } = this.deps
-    const held = snapshots.get(name)
+    const newest = newestOf(snapshots.named(name).map(h => h.manifest).filter(m => previous.from.includes(m.owner)))
+    const held = newest === undefined ? undefined : snapshots.get(name, newest.owner)
     if (held === undefined) return
     const m = held.manifest
     const started = now()
-    const want = Math.max(previous.epoch + 1, m.epoch + 1, claims.nextEpoch(name))
+    const want = Math.max(previous.epoch + 1, claims.nextEpoch(name))
     let epoch: number
+    let cert
     try {
-      epoch = await claims.claim(name, want, previous, view)
+      ({ epoch, cert } = await claims.claim(name, want, previous, view))
     } catch (err) {
       log.info('takeover not granted', { container: name, from: previous.name, epoch: want, reason: (err as Error).message })
       return
@@ -114,14 +131,13 @@ export class Takeover {
       await fencing.setAside(name, localEpoch, signal)
       const spec = { ...m.spec, labels: { ...m.spec.labels, [PROTECT_LABEL]: 'true', [EPOCH_LABEL]: String(epoch) } }
       const volumes = m.volumes.map(v => ({ ...v, data: () => storedBytes(held.layers, v.digest) }))
-      const rec = state.container(name)
-      rec.epoch = epoch
+      const rec = state.own(name, epoch, cert)
       rec.fenced = undefined
       await state.save()
       await restoreContainer(docker, { config: Buffer.from(m.config, 'base64'), diffIds: m.diffIds, spec, store: held.layers, volumes }, made, signal, this.deps.timings.restoreStartTimeoutMs)
       // Lost the majority while restoring: fencing found nothing to stop yet, so stop it now.
       if (rec.fenced === true) await docker.stop(name, { timeoutS: this.deps.timings.fenceStopS }, signal)
-      await snapshots.remove(name)
+      for (const h of snapshots.named(name)) await snapshots.remove(name, h.manifest.owner)
       log.warn('container restored from its snapshot', { container: name, from: previous.name, epoch, ms: now() - started, snapshot: `${m.epoch}.${m.seq}` })
       this.deps.onRestored(name)
     } catch (err) {
@@ -134,6 +150,11 @@ export class Takeover {
       await state.save()
     }
   }
+}
+
+/** The newest of `vs` (epoch, then seq), if any. */
+function newestOf<T extends SnapshotVersion> (vs: readonly T[]): T | undefined {
+  return vs.reduce<T | undefined>((a, b) => a === undefined || compareVersions(b, a) > 0 ? b : a, undefined)
 }
 
 /** The bytes of a stored blob, opened when first read. */

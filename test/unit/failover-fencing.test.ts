@@ -1,6 +1,7 @@
 /**
  * Fencing and stale copies (agent/failover/fencing.ts) with a fake clock, a real PeerTable and
- * FailoverState, and a minimal fake engine that only records the calls it gets.
+ * FailoverState, and a minimal fake engine that only records the calls it gets. Epochs above 1 are
+ * shown by real certificates (signed by CA-issued identities) and verified as the agent does.
  */
 import { expect } from 'chai'
 import { mkdtemp, rm } from 'node:fs/promises'
@@ -9,6 +10,9 @@ import { join } from 'node:path'
 import { Fencing, highestAliveOwner } from '../../agent/failover/fencing.js'
 import { FailoverState } from '../../agent/failover/state.js'
 import { meshView, type ClaimRound } from '../../agent/failover/consensus.js'
+import { EpochCertificates } from '../../agent/failover/certificates.js'
+import type { EpochCertificate } from '../../protocol/epoch-certs.js'
+import { certify, Identities } from '../fixtures/identities.js'
 import { PeerTable } from '../../agent/membership/peer-table.js'
 import { PROFILES } from '../../agent/timings.js'
 import { createRootLogger } from '../../agent/log.js'
@@ -53,6 +57,15 @@ describe('failover fencing and stale copies (fake clock, fake engine)', () => {
   let claims: Array<{ name: string, epoch: number }>
   let claimResult: (epoch: number) => Promise<number>
   let fencing: Fencing
+  let ids: Identities
+  /** b's certificate of web at `epoch`, granted by g1 and g2 of a 3-member mesh. */
+  const certOfB = async (epoch: number, grantors = ['g1', 'g2']): Promise<EpochCertificate> =>
+    await certify(ids, { container: 'web', epoch, claimant: 'b', previousOwner: 'self', previousEpoch: epoch - 1 }, grantors, 3)
+
+  before(async function () {
+    this.timeout(30_000)
+    ids = await Identities.create(await mkdtemp(join(tmpdir(), 'goto-fencing-ids-')))
+  })
 
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'goto-fencing-'))
@@ -65,11 +78,15 @@ describe('failover fencing and stale copies (fake clock, fake engine)', () => {
     claims = []
     claimResult = async epoch => epoch
     const fakeClaims: Pick<ClaimRound, 'claim' | 'nextEpoch'> = {
-      claim: async (name, epoch) => { claims.push({ name, epoch }); return await claimResult(epoch) },
+      claim: async (name, epoch) => {
+        claims.push({ name, epoch })
+        const won = await claimResult(epoch)
+        return { epoch: won, cert: { container: name, epoch: won, claimant: 'self', previousOwner: 'self', previousEpoch: epoch - 1, grants: [] } }
+      },
       nextEpoch: () => 0
     }
     fencing = new Fencing({
-      docker, table, state, claims: fakeClaims, selfId: 'self', timings, now: () => now, busy, metrics: { snapshotForgotten: name => { forgotten.push(name) } }, log
+      docker, table, state, claims: fakeClaims, certs: new EpochCertificates(ids.trust, log), selfId: 'self', timings, now: () => now, busy, metrics: { snapshotForgotten: name => { forgotten.push(name) } }, log
     })
     fencing.armAt(now)
     state.container('web').epoch = 1
@@ -142,11 +159,31 @@ describe('failover fencing and stale copies (fake clock, fake engine)', () => {
     await fenced.settled
   })
 
-  it('retires a stale copy when an alive member owns the container at a higher epoch', async () => {
-    table.heard(member('b', { owned: [{ name: 'web', epoch: 2 }], held: [] }), 1)
+  it('changes nothing for a higher epoch gossiped without a valid certificate', async () => {
+    const forged = await certOfB(3)
+    forged.grants[1].sig = forged.grants[0].sig // g2's grant signed by nobody
+    const cases: FailoverGossip[] = [
+      { owned: [{ name: 'web', epoch: 999999 }], held: [] }, // no certificate at all
+      { owned: [{ name: 'web', epoch: 3, cert: forged }], held: [] },
+      { owned: [{ name: 'web', epoch: 3, cert: await certOfB(3, ['g1']) }], held: [] }, // 1 grant of 3 members
+      { owned: [{ name: 'web', epoch: 4, cert: await certOfB(3) }], held: [] }, // a certificate of another epoch
+      { owned: [{ name: 'web', epoch: 3, cert: { ...await certOfB(3), claimant: 'c' } }], held: [] } // of another claimant
+    ]
+    for (const gossip of cases) {
+      table.heard(member('b', gossip), 1)
+      hear('c')
+      expect(highestAliveOwner('web', meshView(table), new EpochCertificates(ids.trust, log))).to.deep.equal(undefined)
+      await fencing.dropStale(meshView(table))
+    }
+    expect(docker.calls).to.deep.equal([])
+    expect(state.peek('web')?.epoch).to.equal(1)
+  })
+
+  it('retires a stale copy when an alive member shows it owns the container at a higher epoch', async () => {
+    table.heard(member('b', { owned: [{ name: 'web', epoch: 2, cert: await certOfB(2) }], held: [] }), 1)
     hear('c')
     const view = meshView(table)
-    expect(highestAliveOwner('web', view)).to.deep.equal({ name: 'b', peerId: 'b', epoch: 2 })
+    expect(highestAliveOwner('web', view, new EpochCertificates(ids.trust, log))).to.deep.equal({ name: 'b', peerId: 'b', epoch: 2 })
     const retiring = fencing.dropStale(view)
     expect(busy.has('web'), 'busy while it is being retired').to.equal(true)
     await retiring
@@ -173,7 +210,7 @@ describe('failover fencing and stale copies (fake clock, fake engine)', () => {
 
   it('retires a stale copy even if it is gone from the engine already', async () => {
     docker.missing.add('web')
-    table.heard(member('b', { owned: [{ name: 'web', epoch: 5 }], held: [] }), 1)
+    table.heard(member('b', { owned: [{ name: 'web', epoch: 5, cert: await certOfB(5) }], held: [] }), 1)
     await fencing.dropStale(meshView(table))
     expect(state.peek('web')?.epoch).to.equal(undefined)
   })

@@ -93,39 +93,85 @@ describe('failover placement and quorum (pure rules)', () => {
 
 describe('takeover claims (the exactly-once rule)', () => {
   const dead = new Set(['owner'])
-  const ctx = (more: Partial<Parameters<typeof judgeClaim>[2]> = {}): Parameters<typeof judgeClaim>[2] => ({ self: 'me', isDead: p => dead.has(p), ...more })
+  /** The owner, dead, gossiped owning the container at epoch 1. */
+  const owner = { peerId: 'owner', epoch: 1, shown: true, dead: true }
+  const ctx = (more: Partial<Parameters<typeof judgeClaim>[2]> = {}): Parameters<typeof judgeClaim>[2] =>
+    ({ self: 'me', owners: [owner], certified: 0, isDead: p => dead.has(p), ...more })
   const takeover = { epoch: 2, previousOwner: 'owner', previousEpoch: 1 }
+  const granted = (v: { granted: boolean }): boolean => v.granted
 
   it('grants a takeover from an owner this member sees dead, and only then', () => {
     expect(judgeClaim(takeover, 'r1', ctx())).to.deep.equal({ granted: true, epoch: 2 })
-    expect(judgeClaim({ ...takeover, previousOwner: 'alive-owner' }, 'r1', ctx()).granted).to.equal(false)
-    expect(judgeClaim({ ...takeover, previousOwner: 'me' }, 'r1', ctx()).granted).to.equal(false)
-    // A peer it never heard of (forgotten long ago) counts as dead.
-    expect(judgeClaim({ ...takeover, previousOwner: 'unknown' }, 'r1', ctx({ isDead: () => true })).granted).to.equal(true)
+    expect(granted(judgeClaim(takeover, 'r1', ctx({ owners: [{ ...owner, dead: false }], isDead: () => false })))).to.equal(false)
+    expect(granted(judgeClaim({ ...takeover, previousOwner: 'me' }, 'r1', ctx()))).to.equal(false)
+    // A previous owner it never heard own the container: nothing shows there is anything to take over.
+    expect(granted(judgeClaim({ ...takeover, previousOwner: 'unknown' }, 'r1', ctx({ isDead: () => true })))).to.equal(false)
+    // ... nor one that owned it at another epoch than claimed.
+    expect(granted(judgeClaim({ ...takeover, epoch: 3, previousEpoch: 2 }, 'r1', ctx()))).to.equal(false)
+  })
+
+  it('grants only the highest known epoch + 1: no epoch can be burnt far ahead', () => {
+    expect(granted(judgeClaim({ ...takeover, epoch: 1e12 }, 'r1', ctx()))).to.equal(false)
+    expect(judgeClaim({ ...takeover, epoch: 3 }, 'r1', ctx())).to.deep.include({ granted: false, epoch: 1 })
+    // A verified certificate of epoch 4 (shown by the claim or seen before): 5 it is, from its owner.
+    const at4 = { owners: [{ ...owner, epoch: 4 }], certified: 4 }
+    expect(granted(judgeClaim({ ...takeover, epoch: 5, previousEpoch: 4 }, 'r1', ctx(at4)))).to.equal(true)
+    expect(granted(judgeClaim({ ...takeover, previousEpoch: 4 }, 'r1', ctx(at4)))).to.equal(false)
+    // ... and a takeover of an ownership older than a certificate shows is refused.
+    expect(granted(judgeClaim({ ...takeover, epoch: 5 }, 'r1', ctx({ certified: 4 })))).to.equal(false)
+    // Unshown epochs (no valid certificate) of alive members raise nothing.
+    const liar = { peerId: 'liar', epoch: 999999, shown: false, dead: false }
+    expect(judgeClaim(takeover, 'r1', ctx({ owners: [owner, { ...liar, epoch: 0 }] })).granted).to.equal(true)
+    expect(judgeClaim({ ...takeover, epoch: 1000000 }, 'r1', ctx({ owners: [owner, liar] })).granted).to.equal(false)
+    // A dead liar's unshown epoch does not beat a live owner that shows its own.
+    const live = { peerId: 'live', epoch: 1, shown: true, dead: false }
+    const deadLiar = { ...liar, dead: true }
+    dead.add('liar')
+    try {
+      expect(granted(judgeClaim({ epoch: 1000000, previousOwner: 'liar', previousEpoch: 999999 }, 'r1', ctx({ owners: [live, deadLiar] })))).to.equal(false)
+      expect(granted(judgeClaim({ epoch: 1000000, previousOwner: 'liar', previousEpoch: 999999 }, 'r1', ctx({ owners: [deadLiar] }))), 'alone, a dead member is taken over').to.equal(true)
+    } finally {
+      dead.delete('liar')
+    }
+  })
+
+  it('refuses a claimant naming itself as previous owner while the real owner is alive, at any epoch', () => {
+    const real = { peerId: 'real', epoch: 1, shown: true, dead: false }
+    for (const epoch of [2, 3, 1e12]) {
+      expect(granted(judgeClaim({ epoch, previousOwner: 'rogue', previousEpoch: 1 }, 'rogue', ctx({ owners: [real], isDead: () => false })))).to.equal(false)
+      expect(granted(judgeClaim({ epoch, previousOwner: 'rogue', previousEpoch: 0 }, 'rogue', ctx({ owners: [real], isDead: () => false })))).to.equal(false)
+    }
+    // Nor when nobody is known to own it: the claimant must be shown to be its owner.
+    expect(granted(judgeClaim({ epoch: 2, previousOwner: 'rogue', previousEpoch: 1 }, 'rogue', ctx({ owners: [] })))).to.equal(false)
+    // Even with the real owner dead, a self-named claim is no takeover.
+    expect(granted(judgeClaim({ epoch: 2, previousOwner: 'rogue', previousEpoch: 1 }, 'rogue', ctx()))).to.equal(false)
   })
 
   it('grants one epoch to one claimant: a second claimant of the same epoch is refused, the same one again is not', () => {
-    const granted = ctx({ grant: { epoch: 2, claimant: 'r1' } })
-    expect(judgeClaim(takeover, 'r2', granted)).to.deep.equal({ granted: false, epoch: 2 })
-    expect(judgeClaim(takeover, 'r1', granted).granted).to.equal(true)
-    expect(judgeClaim({ ...takeover, epoch: 1 }, 'r2', granted).granted).to.equal(false)
+    const g = ctx({ grant: { epoch: 2, claimant: 'r1' } })
+    expect(judgeClaim(takeover, 'r2', g)).to.deep.include({ granted: false, epoch: 2 })
+    expect(granted(judgeClaim(takeover, 'r1', g))).to.equal(true)
+    expect(granted(judgeClaim({ ...takeover, epoch: 1 }, 'r2', g))).to.equal(false)
   })
 
   it('refuses a later takeover of the same ownership while the first claimant lives, allows it once that one is dead', () => {
-    const granted = ctx({ grant: { epoch: 2, claimant: 'r1' } })
-    expect(judgeClaim({ ...takeover, epoch: 3 }, 'r2', granted).granted).to.equal(false)
-    expect(judgeClaim({ ...takeover, epoch: 3 }, 'r2', ctx({ grant: { epoch: 2, claimant: 'r1' }, isDead: p => p === 'owner' || p === 'r1' })).granted).to.equal(true)
+    const g = { grant: { epoch: 2, claimant: 'r1' } }
+    expect(granted(judgeClaim({ ...takeover, epoch: 3 }, 'r2', ctx(g)))).to.equal(false)
+    expect(granted(judgeClaim({ ...takeover, epoch: 3 }, 'r2', ctx({ ...g, isDead: p => p === 'owner' || p === 'r1' })))).to.equal(true)
   })
 
-  it('refuses a fenced owner reclaiming its copy once another member took over, grants it when nobody did', () => {
+  it('grants a fenced owner reclaiming its own shown ownership when nobody took over, refuses it once another did', () => {
+    const old = { peerId: 'old', epoch: 1, shown: true, dead: false }
     const reclaim = { epoch: 2, previousOwner: 'old', previousEpoch: 1 }
-    expect(judgeClaim(reclaim, 'old', ctx()).granted).to.equal(true)
-    expect(judgeClaim({ ...reclaim, epoch: 4 }, 'old', ctx({ grant: { epoch: 2, claimant: 'r1' } })).granted).to.equal(false)
-    expect(judgeClaim({ ...reclaim, epoch: 4 }, 'old', ctx({ grant: { epoch: 3, claimant: 'me' }, ownEpoch: 3 })).granted).to.equal(false)
+    expect(granted(judgeClaim(reclaim, 'old', ctx({ owners: [old] })))).to.equal(true)
+    expect(granted(judgeClaim({ ...reclaim, epoch: 3 }, 'old', ctx({ owners: [old], grant: { epoch: 2, claimant: 'r1' }, isDead: () => false })))).to.equal(false)
+    expect(granted(judgeClaim({ ...reclaim, epoch: 4 }, 'old', ctx({ owners: [old], grant: { epoch: 3, claimant: 'me' }, ownEpoch: 3 })))).to.equal(false)
+    // A shown owner above it (r1 at a certified 2, dead or not) means it was taken over.
+    expect(granted(judgeClaim({ ...reclaim, epoch: 3 }, 'old', ctx({ owners: [old, { peerId: 'r1', epoch: 2, shown: true, dead: true }] })))).to.equal(false)
   })
 
   it('never grants another member what this member owns at that epoch or higher', () => {
-    expect(judgeClaim({ epoch: 3, previousOwner: 'owner', previousEpoch: 2 }, 'r1', ctx({ ownEpoch: 3 })).granted).to.equal(false)
+    expect(granted(judgeClaim({ epoch: 4, previousOwner: 'owner', previousEpoch: 3 }, 'r1', ctx({ ownEpoch: 3, owners: [{ ...owner, epoch: 3 }] })))).to.equal(false)
   })
 })
 

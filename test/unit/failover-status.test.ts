@@ -32,8 +32,9 @@ describe('failover status: when is a failover safe', () => {
       selfName: 'self',
       timings: PROFILES.test,
       replicas: 1,
+      trust: { crlNumber: 0, verify: () => { throw new Error('no certificates here') } },
       log: createRootLogger('error', {})
-    } as unknown as FailoverDeps // status() needs no network or engine
+    } as unknown as FailoverDeps // status() needs no network, engine or identity
     service = new FailoverService(deps)
   })
 

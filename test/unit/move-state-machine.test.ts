@@ -259,7 +259,7 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
     expect(r.bytes).to.be.greaterThan(0)
     const info = await w.A.inspectContainer('web')
     expect(info.state.running && !info.state.paused).to.equal(true)
-    const held = w.b.snapshots.get('web')
+    const held = w.b.snapshots.get('web', w.a.peerId)
     expect(held?.manifest.epoch).to.equal(1)
     expect(held?.manifest.seq).to.equal(1)
     expect(held?.manifest.owner).to.equal(w.a.peerId)
@@ -294,10 +294,10 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
         expect((await w.A.inspectContainer('web')).state.paused).to.equal(true)
         await w.a.recovery.settleNow()
       }
-      expect(w.b.snapshots.get('web')).to.equal(undefined)
+      expect(w.b.snapshots.get('web', w.a.peerId)).to.equal(undefined)
       await expectRolledBack(w)
       await w.a.snapshotter.snapshot('web', 'b', { epoch: 1, seq: 2 }, AbortSignal.timeout(30_000))
-      expect(w.b.snapshots.get('web')?.manifest.seq).to.equal(2)
+      expect(w.b.snapshots.get('web', w.a.peerId)?.manifest.seq).to.equal(2)
     })
   }
 })
