@@ -12,11 +12,10 @@
  * Any failure: the holder drops what it has of this snapshot, the container runs on here.
  */
 import type { DockerHost } from '../docker/docker-host.js'
-import type { ContainerInfo } from '../docker/types.js'
 import type { ContainerLocks } from '../move/locks.js'
-import { TransferSession, type SessionDeps } from '../move/session.js'
+import { TransferSession, inspectSource, type SessionDeps } from '../move/session.js'
 import type { TravelLabels } from '../move/source.js'
-import { ContainerBusyError, ContainerNotFoundError, ContainerNotRunningError, MoveInProgressError, UnknownContainerError } from '../../protocol/errors.js'
+import { ContainerBusyError, ContainerNotRunningError, MoveInProgressError } from '../../protocol/errors.js'
 
 export interface SnapshotterDeps {
   docker: DockerHost
@@ -37,7 +36,7 @@ export class Snapshotter {
    */
   async snapshot (container: string, holder: string, meta: { epoch: number, seq: number }, signal: AbortSignal): Promise<{ bytes: number, freezeMs: number }> {
     const { docker, locks } = this.deps
-    const info = await this.inspect(container, signal)
+    const info = await inspectSource(this.deps.docker, container, this.deps.sessions.selfName, signal)
     if (!info.state.running || info.state.paused) throw new ContainerNotRunningError(`container '${info.name}' is ${info.state.status}; only a running container is snapshotted`)
     if (!locks.take(info.id)) throw new MoveInProgressError(`container '${info.name}' is being moved`)
     const session = new TransferSession(this.deps.sessions, 'snapshot', info)
@@ -62,15 +61,6 @@ export class Snapshotter {
     } finally {
       locks.release(info.id)
       await session.close()
-    }
-  }
-
-  private async inspect (container: string, signal: AbortSignal): Promise<ContainerInfo> {
-    try {
-      return await this.deps.docker.inspectContainer(container, signal)
-    } catch (err) {
-      if (err instanceof ContainerNotFoundError) throw new UnknownContainerError(`no container '${container}' on ${this.deps.sessions.selfName}`, { cause: err })
-      throw err
     }
   }
 }

@@ -43,7 +43,7 @@ import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
 import { letGo } from './let-go.js'
 import type { PrepareReply } from '../../protocol/move-messages.js'
 import type { SignedOrder } from '../../protocol/orders.js'
-import { DestinationUnavailableError, TransferStateError, UnknownMoveError } from '../../protocol/errors.js'
+import { ContainerNotFoundError, DestinationUnavailableError, TransferStateError, UnknownContainerError, UnknownMoveError } from '../../protocol/errors.js'
 
 export interface SessionDeps {
   auth: AuthService
@@ -393,6 +393,16 @@ export class TransferSession {
 
 function sum (archives: VolumeArchive[]): number {
   return archives.reduce((n, a) => n + a.size, 0)
+}
+
+/** The container a transfer starts from: UnknownContainerError (naming this host) when the engine has none of that name. */
+export async function inspectSource (docker: DockerHost, container: string, selfName: string, signal: AbortSignal): Promise<ContainerInfo> {
+  try {
+    return await docker.inspectContainer(container, signal)
+  } catch (err) {
+    if (err instanceof ContainerNotFoundError) throw new UnknownContainerError(`no container '${container}' on ${selfName}`, { cause: err })
+    throw err
+  }
 }
 
 /** The named volumes of a spec (their data travels; bind mounts and tmpfs do not). */

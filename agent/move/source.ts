@@ -25,12 +25,12 @@ import type { Timings } from '../timings.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { ContainerLocks } from './locks.js'
 import type { KeptImages } from './kept-images.js'
-import { TransferSession, type SessionDeps } from './session.js'
+import { TransferSession, inspectSource, type SessionDeps } from './session.js'
 import { MOVE_PROTOCOL } from '../../protocol/ids.js'
 import { parseMoveOrder, parseOrderReply, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest } from '../../protocol/move-messages.js'
 import { specDigest, type SignedOrder } from '../../protocol/orders.js'
 import {
-  BindMountRefusedError, ContainerNotFoundError, ContainerNotRunningError, DestinationUnavailableError, MoveInProgressError, UnknownContainerError, toWireError
+  BindMountRefusedError, ContainerNotRunningError, DestinationUnavailableError, MoveInProgressError, toWireError
 } from '../../protocol/errors.js'
 
 /** Progress events at most this often, so a fast transfer does not flood the operator's terminal. */
@@ -101,7 +101,7 @@ export class MoveService {
   async move (order: MoveOrder, emit: Emit, signal: AbortSignal, sign: SignMove): Promise<void> {
     let info: ContainerInfo
     try {
-      info = await this.inspect(order.container, signal)
+      info = await inspectSource(this.deps.docker, order.container, this.deps.sessions.selfName, signal)
       if (!this.deps.locks.take(info.id)) throw new MoveInProgressError(`container '${info.name}' is already being moved`)
     } catch (err) {
       await this.failed(order, emit, err, null, 'none-needed')
@@ -190,15 +190,6 @@ export class MoveService {
     const spec = order.allowBindMounts ? { ...info.spec, mounts: info.spec.mounts.filter(m => m.type !== 'bind') } : info.spec
     const extra = this.deps.labels?.travelLabels(spec.name)
     return extra === undefined ? spec : { ...spec, labels: { ...spec.labels, ...extra } }
-  }
-
-  private async inspect (container: string, signal: AbortSignal): Promise<ContainerInfo> {
-    try {
-      return await this.deps.docker.inspectContainer(container, signal)
-    } catch (err) {
-      if (err instanceof ContainerNotFoundError) throw new UnknownContainerError(`no container '${container}' on ${this.deps.sessions.selfName}`, { cause: err })
-      throw err
-    }
   }
 
   private progress (moveId: string, step: MoveStep, total: number, emit: Emit): (n: number) => void {
