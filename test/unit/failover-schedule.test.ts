@@ -2,6 +2,7 @@
  * Snapshot scheduling (agent/failover/snapshot-schedule.ts) with a fake clock and a fake
  * SnapshotTaker whose snapshots finish when the test says so.
  */
+import { waitFor } from '../lab/wait.js'
 import { expect } from 'chai'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -165,7 +166,5 @@ describe('failover snapshot scheduling (fake clock, fake snapshotter)', () => {
 
 /** Waits (up to 5 s: a state save fsyncs, on a loaded machine too) for a condition to hold. */
 async function until (cond: () => boolean): Promise<void> {
-  const deadline = Date.now() + 5000
-  while (!cond() && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
-  expect(cond(), 'condition not reached').to.equal(true)
+  await waitFor(() => cond(), { timeoutMs: 5000, intervalMs: 5, what: 'the schedule to reach the expected state' })
 }
