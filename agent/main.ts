@@ -156,7 +156,7 @@ async function run (config: AgentConfig): Promise<void> {
   const moves = new MoveService({ auth, selfId: bundle.peerId, docker, sessions, locks, kept, labels: stamps, timings: config.timings, metrics, log: log.child({ component: 'move' }) })
   const locate = new LocateService({ auth, docker, table, self, timings: config.timings })
   const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
-  const membership = new MembershipService({ node, auth, table, self, bootstrap: config.bootstrap, timings: config.timings, alwaysSend: config.noInbound, log: log.child({ component: 'membership' }) })
+  const membership = new MembershipService({ node, auth, trust, table, self, bootstrap: config.bootstrap, timings: config.timings, alwaysSend: config.noInbound, log: log.child({ component: 'membership' }) })
 
   const libp2pPart: Part = {
     start: async () => {

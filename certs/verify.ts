@@ -40,6 +40,8 @@ export interface VerifiedPeer {
   serial: string
   notBefore: Date
   notAfter: Date
+  /** The certificate itself (PEM), as verified: membership passes it on so others can count this peer. */
+  certPem: string
 }
 
 /** The Go-To fields read from a parsed certificate, before any of them is trusted. */
@@ -149,7 +151,7 @@ export class TrustStore {
     if (!isRole(f.ou)) {
       throw new CertificateMalformedError(`${who} has role "${f.ou}", expected agent or operator`)
     }
-    return { name: f.name, role: f.ou, peerId: f.sanPeerId, serial: f.serial, notBefore: f.notBefore, notAfter: f.notAfter }
+    return { name: f.name, role: f.ou, peerId: f.sanPeerId, serial: f.serial, notBefore: f.notBefore, notAfter: f.notAfter, certPem }
   }
 
   /** Throws RoleNotAllowedError unless the peer's role is one of `allowed`. */

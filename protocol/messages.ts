@@ -35,12 +35,26 @@ export interface MemberInfo {
   failover?: FailoverGossip
 }
 
-/** What an agent passes on of the members it knows (peer exchange). */
-export interface MemberSummary { peerId: string, name: string, addrs: string[] }
+/**
+ * What an agent passes on of the members it knows (peer exchange); `cert` (PEM) when the receiver
+ * asked for it, so the receiver can count that member without having reached it yet.
+ */
+export interface MemberSummary { peerId: string, name: string, addrs: string[], cert?: string }
 
-/** `rttMs`: the sender's last round-trip time to the receiver, so the quiet side of a pair knows it too. */
-export interface HeartbeatRequest { from: MemberInfo, members: MemberSummary[], rttMs?: number, crl?: SignedCrlWire }
-export interface HeartbeatReply { self: MemberInfo, members: MemberSummary[], crl?: SignedCrlWire }
+/** Most members one peer exchange may list. */
+export const MAX_EXCHANGED_MEMBERS = 1024
+/** Most certificates one heartbeat may ask for (`wantCerts`). */
+export const MAX_WANTED_CERTS = 32
+/** Longest certificate (PEM) a member summary may carry. */
+export const MAX_MEMBER_CERT_CHARS = 8192
+
+/**
+ * `rttMs`: the sender's last round-trip time to the receiver, so the quiet side of a pair knows it too.
+ * `wantCerts`: peer IDs the receiver listed without a certificate the sender can check; the answer
+ * (or the next request) carries them.
+ */
+export interface HeartbeatRequest { from: MemberInfo, members: MemberSummary[], rttMs?: number, crl?: SignedCrlWire, wantCerts?: string[] }
+export interface HeartbeatReply { self: MemberInfo, members: MemberSummary[], crl?: SignedCrlWire, wantCerts?: string[] }
 
 /** One row of `goto peers`. */
 export interface PeerRow {
@@ -148,22 +162,29 @@ function optionalCrl (v: unknown): { crl?: SignedCrlWire } {
 }
 
 export function parseMemberSummaries (v: unknown): MemberSummary[] {
-  if (!Array.isArray(v) || v.length > 1024) throw new ProtocolError('members must be an array of at most 1024 entries')
+  if (!Array.isArray(v) || v.length > MAX_EXCHANGED_MEMBERS) throw new ProtocolError(`members must be an array of at most ${MAX_EXCHANGED_MEMBERS} entries`)
   return v.map((m, i) => {
     const o = obj(m, `members[${i}]`)
-    return { peerId: peerIdStr(o.peerId, `members[${i}].peerId`), name: str(o.name, 'name', 256), addrs: multiaddrArray(o.addrs, `members[${i}].addrs`) }
+    const cert = o.cert === undefined || o.cert === null ? {} : { cert: str(o.cert, `members[${i}].cert`, MAX_MEMBER_CERT_CHARS) }
+    return { peerId: peerIdStr(o.peerId, `members[${i}].peerId`), name: str(o.name, 'name', 256), addrs: multiaddrArray(o.addrs, `members[${i}].addrs`), ...cert }
   })
+}
+
+function optionalWantCerts (v: unknown): { wantCerts?: string[] } {
+  if (v === undefined || v === null) return {}
+  if (!Array.isArray(v) || v.length > MAX_WANTED_CERTS) throw new ProtocolError(`wantCerts must be an array of at most ${MAX_WANTED_CERTS} peer IDs`)
+  return { wantCerts: v.map((x, i) => peerIdStr(x, `wantCerts[${i}]`)) }
 }
 
 export function parseHeartbeatRequest (v: unknown): HeartbeatRequest {
   const o = obj(v, 'heartbeat')
   const rtt = typeof o.rttMs === 'number' && Number.isFinite(o.rttMs) && o.rttMs >= 0 ? { rttMs: o.rttMs } : {}
-  return { from: parseMemberInfo(o.from), members: parseMemberSummaries(o.members), ...rtt, ...optionalCrl(o.crl) }
+  return { from: parseMemberInfo(o.from), members: parseMemberSummaries(o.members), ...rtt, ...optionalCrl(o.crl), ...optionalWantCerts(o.wantCerts) }
 }
 
 export function parseHeartbeatReply (v: unknown): HeartbeatReply {
   const o = obj(v, 'heartbeat reply')
-  return { self: parseMemberInfo(o.self), members: parseMemberSummaries(o.members), ...optionalCrl(o.crl) }
+  return { self: parseMemberInfo(o.self), members: parseMemberSummaries(o.members), ...optionalCrl(o.crl), ...optionalWantCerts(o.wantCerts) }
 }
 
 export function parseStatusRequest (v: unknown): StatusRequest {

@@ -34,7 +34,7 @@ export interface ClaimPeers {
 
 /** The mesh as this host sees it at one tick. */
 export interface MeshView {
-  /** Known members, this host counted. */
+  /** Verified members (PeerTable.verifiedMembers: heard from, or a certificate verified), this host counted. */
   members: number
   /** Alive peers. */
   alive: PeerEntry[]
@@ -42,11 +42,13 @@ export interface MeshView {
   quorum: boolean
 }
 
-/** The view of the mesh that the peer table gives now. */
-export function meshView (table: Pick<PeerTable, 'entries'>): MeshView {
-  const entries = table.entries()
-  const alive = entries.filter(e => e.state === 'alive')
-  const members = entries.length + 1
+/**
+ * The view of the mesh that the peer table gives now. Only verified members count: a peer ID
+ * learned second-hand without a certificate (possibly made up) cannot take a majority away.
+ */
+export function meshView (table: Pick<PeerTable, 'entries' | 'verifiedMembers'>): MeshView {
+  const alive = table.entries().filter(e => e.state === 'alive')
+  const members = table.verifiedMembers()
   return { members, alive, quorum: hasQuorum(alive.length + 1, members) }
 }
 
@@ -75,7 +77,7 @@ export function gossipedOwners (name: string, table: Pick<PeerTable, 'entries'>,
 export interface ClaimRoundDeps {
   state: FailoverState
   /** Whether a previous owner is dead, and who owns what, is judged in this member's own view. */
-  table: Pick<PeerTable, 'get' | 'entries'>
+  table: Pick<PeerTable, 'get' | 'entries' | 'verifiedMembers'>
   selfId: string
   signer: GrantSigner
   certs: EpochCertificates

@@ -37,7 +37,7 @@ const FENCE_STOP_SLACK_MS = 10_000
 
 export interface FencingDeps {
   docker: Pick<DockerHost, 'stop' | 'rename' | 'start'>
-  table: Pick<PeerTable, 'entries'>
+  table: Pick<PeerTable, 'entries' | 'verifiedMembers'>
   state: FailoverState
   claims: Pick<ClaimRound, 'claim' | 'nextEpoch'>
   /** Which gossiped epochs are shown by a verified certificate. */
@@ -92,7 +92,8 @@ export class Fencing {
     if (now - this.startedAt < timings.fenceAfterMs) return none
     const entries = table.entries()
     const heard = entries.filter(e => e.lastSeen !== null && now - e.lastSeen < timings.fenceAfterMs).length + 1
-    const members = entries.length + 1
+    // Verified members only: made-up peer IDs in a rogue's peer exchange must not take the majority away.
+    const members = table.verifiedMembers()
     if (!failoverPossible(members) || hasQuorum(heard, members)) return none
     const names: string[] = []
     const stops: Array<Promise<void>> = []

@@ -5,6 +5,12 @@
  * A peer is `alive` while heard from within suspectAfterMs, `suspect` after that, `dead` after
  * deadAfterMs. A peer learned second-hand (peer exchange) and never heard from directly starts as
  * `suspect` with no lastSeen: it is listed but not vouched for.
+ *
+ * Only a verified member counts toward the mesh's size (`isVerifiedMember`): one heard from directly
+ * (heartbeats run only on connections that passed /goto/auth) or one whose certificate a member
+ * relayed and this agent verified itself. An address learned second-hand without a certificate is
+ * dialled (that is how it gets verified) but a made-up peer ID in someone's peer exchange cannot
+ * raise the count a majority is computed from.
  */
 import type { MemberInfo, MemberSummary, PeerRow, PeerState } from '../../protocol/messages.js'
 import type { Timings } from '../timings.js'
@@ -26,6 +32,22 @@ export interface PeerEntry {
   crlNumber: number
   /** What it last said of the protected containers it owns and the snapshots it holds (kept once it dies). */
   failover?: MemberInfo['failover']
+  /** Its certificate as this agent verified it (at the handshake, or relayed by a member), and its expiry. */
+  cert?: MemberCert
+}
+
+/** A member's certificate (PEM) that this agent verified, and when it expires (epoch ms). */
+export interface MemberCert { pem: string, notAfter: number }
+
+/** A summary from peer exchange, with the certificate it carried if this agent verified one. */
+export type LearnedMember = MemberSummary & { verified?: MemberCert }
+
+/**
+ * True for a member this agent can vouch for: heard from directly, or holding a certificate of the
+ * mesh, verified here, that has not expired. Quorum and fencing count only these.
+ */
+export function isVerifiedMember (entry: Pick<PeerEntry, 'lastSeen' | 'cert'>, now: number): boolean {
+  return entry.lastSeen !== null || (entry.cert !== undefined && entry.cert.notAfter > now)
 }
 
 export interface StateChange { peerId: string, name: string, from: PeerState, to: PeerState }
@@ -58,19 +80,25 @@ export class PeerTable {
     return this.entries().filter(p => p.state === 'dead' && (p.lastSeen === null || now - p.lastSeen > forgetAfterMs))
   }
 
-  /** Adds peers learned second-hand; known peers only gain addresses they lacked. */
-  learn (members: MemberSummary[]): PeerEntry[] {
+  /**
+   * Adds peers learned second-hand, at most `max` new ones (the caller's per-sender cap); known
+   * peers only gain addresses they lacked, and a verified certificate if they had none.
+   */
+  learn (members: LearnedMember[], max = Infinity): PeerEntry[] {
     const added: PeerEntry[] = []
     for (const m of members) {
       if (m.peerId === this.selfPeerId) continue
       const known = this.peers.get(m.peerId)
       if (known !== undefined) {
         if (known.addrs.length === 0) known.addrs = [...m.addrs]
+        if (m.verified !== undefined && (known.cert === undefined || known.cert.notAfter < m.verified.notAfter)) known.cert = m.verified
         continue
       }
+      if (added.length >= max) continue
       const entry: PeerEntry = {
         peerId: m.peerId, name: m.name, addrs: [...m.addrs], labels: {}, agentVersion: null, dockerVersion: null,
-        containers: null, lastSeen: null, since: this.now(), rttMs: null, state: 'suspect', crlNumber: 0
+        containers: null, lastSeen: null, since: this.now(), rttMs: null, state: 'suspect', crlNumber: 0,
+        ...(m.verified === undefined ? {} : { cert: m.verified })
       }
       this.peers.set(m.peerId, entry)
       added.push(entry)
@@ -79,7 +107,7 @@ export class PeerTable {
   }
 
   /** Records direct contact: a heartbeat reply (with RTT) or a heartbeat received from the peer. */
-  heard (info: MemberInfo, rttMs: number | null): StateChange | undefined {
+  heard (info: MemberInfo, rttMs: number | null, cert?: MemberCert): StateChange | undefined {
     if (info.peerId === this.selfPeerId) return undefined
     let entry = this.peers.get(info.peerId)
     if (entry === undefined) {
@@ -97,6 +125,7 @@ export class PeerTable {
       failover: info.failover,
       lastSeen: this.now()
     })
+    if (cert !== undefined) entry.cert = cert
     if (rttMs !== null) entry.rttMs = rttMs
     return this.setState(entry, 'alive')
   }
@@ -117,13 +146,30 @@ export class PeerTable {
   }
 
   /**
-   * What we pass on in peer exchange: only peers we have heard from directly and not given up on,
-   * so a stale or never-verified entry does not travel around the mesh forever.
+   * What we pass on in peer exchange: only verified peers we have not given up on, so a stale or
+   * never-verified entry does not travel around the mesh forever; at most `max` of them (those heard
+   * from most recently first), each with its certificate when `withCert` asks for it.
    */
-  summaries (): MemberSummary[] {
-    return this.entries()
-      .filter(p => p.lastSeen !== null && p.state !== 'dead' && p.addrs.length > 0)
-      .map(p => ({ peerId: p.peerId, name: p.name, addrs: p.addrs }))
+  summaries (max = Infinity, withCert: (peerId: string) => boolean = () => false): MemberSummary[] {
+    const now = this.now()
+    let passed = this.entries().filter(p => isVerifiedMember(p, now) && p.state !== 'dead' && p.addrs.length > 0)
+    if (passed.length > max) passed = passed.sort((a, b) => (b.lastSeen ?? 0) - (a.lastSeen ?? 0)).slice(0, max)
+    return passed.map(p => ({
+      peerId: p.peerId, name: p.name, addrs: p.addrs,
+      ...(p.cert !== undefined && withCert(p.peerId) ? { cert: p.cert.pem } : {})
+    }))
+  }
+
+  /** Members this agent can vouch for (isVerifiedMember), itself included: what quorum is computed over. */
+  verifiedMembers (): number {
+    const now = this.now()
+    return this.entries().filter(p => isVerifiedMember(p, now)).length + 1
+  }
+
+  /** Entries learned second-hand that this agent cannot vouch for (no contact, no verified certificate). */
+  unverified (): PeerEntry[] {
+    const now = this.now()
+    return this.entries().filter(p => !isVerifiedMember(p, now))
   }
 
   /** Forgets a peer (e.g. its certificate was revoked). */

@@ -8,24 +8,33 @@
  * silence drives it to suspect and dead (see PeerTable). A peer that misses a heartbeat has its
  * connections closed, so the next attempt dials afresh — that is how a partition heals and how a
  * restarted host is found again. Dead peers are redialled every redialDeadMs.
+ *
+ * Peer exchange is bounded and proves what it counts: a message lists at most
+ * PEER_EXCHANGE_MAX_MEMBERS; one sender makes us learn at most LEARN_PER_SENDER new peers per
+ * LEARN_WINDOW_MS, and at most MAX_UNVERIFIED_PEERS are held unverified in all. A member learned
+ * without a certificate is asked for it (`wantCerts`) in our next message to the sender, which
+ * answers with the certificate it verified itself; we verify it again (mesh CA, agent role, in date,
+ * not revoked, for that peer ID) before the member counts toward quorum (PeerTable.isVerifiedMember).
  */
 import type { Libp2p } from 'libp2p'
 import type { Connection, PeerId } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Multiaddr } from '@multiformats/multiaddr'
-import type { VerifiedPeer, SignedCrl } from '../../certs/index.js'
+import type { VerifiedPeer, SignedCrl, TrustStore } from '../../certs/index.js'
 import type { AuthService } from '../net/auth-service.js'
-import type { PeerTable, PeerEntry } from './peer-table.js'
+import type { PeerTable, PeerEntry, LearnedMember, MemberCert } from './peer-table.js'
 import type { Timings } from '../timings.js'
 import type { Logger } from '../log.js'
 import { HEARTBEAT_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, readResult } from '../../protocol/wire.js'
-import { parseHeartbeatReply, parseHeartbeatRequest, type MemberInfo } from '../../protocol/messages.js'
+import { MAX_WANTED_CERTS, parseHeartbeatReply, parseHeartbeatRequest, type MemberInfo, type MemberSummary } from '../../protocol/messages.js'
 import { ProtocolError } from '../../protocol/errors.js'
 
 export interface MembershipDeps {
   node: Libp2p
   auth: AuthService
+  /** Checks the certificates members relay in peer exchange (the agent's own TrustStore: its CA and revocation list). */
+  trust: Pick<TrustStore, 'verify'>
   table: PeerTable
   self: () => MemberInfo
   bootstrap: Multiaddr[]
@@ -45,7 +54,37 @@ export interface MembershipDeps {
  */
 const QUIET_SLACK = 1.5
 
+/**
+ * Most members one heartbeat passes on or takes from a peer's exchange. A mesh of more agents than
+ * this still converges (each round passes on those heard from most recently); the cap bounds what
+ * one message can make us store, verify and dial.
+ */
+export const PEER_EXCHANGE_MAX_MEMBERS = 256
+
+/**
+ * New (never seen) peers taken from one sender per LEARN_WINDOW_MS, and relayed certificates it
+ * makes us verify in that window (twice as many: a known peer's may be verified too). Joining a mesh
+ * learns a few dozen peers a minute from each verified member, and every peer verified then tells of
+ * more; a rogue member's made-up peer IDs cost us at most this many entries and dials per window.
+ */
+export const LEARN_PER_SENDER = 16
+export const LEARN_WINDOW_MS = 10_000
+
+/**
+ * Most learned-but-unverified entries held at once, whoever sent them: the table (and the dials it
+ * drives) stays bounded even with several senders. Unverified entries are forgotten once dead.
+ */
+export const MAX_UNVERIFIED_PEERS = 256
+
+/** What one sender made us learn and verify in its current window. */
+interface SenderQuota { since: number, learned: number, verified: number, warned: boolean }
+
 export class MembershipService {
+  private readonly quotas = new Map<string, SenderQuota>()
+  /** Per sender: the unverified peers its last message listed (we ask it for their certificates). */
+  private readonly offered = new Map<string, Set<string>>()
+  /** Per sender: the certificates its last message asked us for. */
+  private readonly wanted = new Map<string, Set<string>>()
   private timer: NodeJS.Timeout | undefined
   private readonly inFlight = new Set<string>()
   /** When each peer last sent us a heartbeat request. */
@@ -183,7 +222,7 @@ export class MembershipService {
     try {
       const theirCrl = this.deps.table.get(peer.peerId)?.crlNumber ?? 0
       const rttMs = this.deps.table.get(peer.peerId)?.rttMs ?? undefined
-      await js.write({ from: this.deps.self(), members: this.deps.table.summaries(), rttMs, ...this.crlFor(theirCrl) }, signal)
+      await js.write({ from: this.deps.self(), ...this.exchangeFor(peer.peerId), rttMs, ...this.crlFor(theirCrl) }, signal)
       reply = parseHeartbeatReply(await readResult(js, signal))
     } catch (err) {
       this.channels.delete(peer.peerId)
@@ -193,7 +232,7 @@ export class MembershipService {
     if (reply.crl !== undefined) this.deps.auth.offerCrl(reply.crl)
     const rttMs = Math.round((performance.now() - started) * 10) / 10
     this.record(peer, reply.self, rttMs)
-    this.learn(reply.members)
+    this.learn(peer, reply.members, reply.wantCerts)
   }
 
   /** Serves a peer's heartbeat stream: a reply to every request, until the stream ends or goes quiet. */
@@ -210,8 +249,8 @@ export class MembershipService {
       if (req.crl !== undefined) this.deps.auth.offerCrl(req.crl)
       this.lastRequest.set(peer.peerId, Date.now())
       this.record(peer, req.from, req.rttMs ?? null)
-      this.learn(req.members)
-      const result = { self: this.deps.self(), members: this.deps.table.summaries(), ...this.crlFor(req.from.crlNumber) }
+      this.learn(peer, req.members, req.wantCerts)
+      const result = { self: this.deps.self(), ...this.exchangeFor(peer.peerId), ...this.crlFor(req.from.crlNumber) }
       await js.write({ ok: true, result }, AbortSignal.timeout(timings.heartbeatTimeoutMs))
     }
     js.abort(new ProtocolError('heartbeat stream ended'))
@@ -229,6 +268,9 @@ export class MembershipService {
     this.channels.delete(peerId)
     this.lastRequest.delete(peerId)
     this.lastAttempt.delete(peerId)
+    this.quotas.delete(peerId)
+    this.offered.delete(peerId)
+    this.wanted.delete(peerId)
     this.deps.table.remove(peerId)
   }
 
@@ -246,14 +288,86 @@ export class MembershipService {
         this.forget(other.peerId)
       }
     }
-    const change = this.deps.table.heard({ ...info, name: peer.name }, rttMs)
+    const change = this.deps.table.heard({ ...info, name: peer.name }, rttMs, { pem: peer.certPem, notAfter: peer.notAfter.getTime() })
     if (change !== undefined) this.deps.log.info('peer state changed', { peer: change.peerId, name: change.name, from: change.from, to: change.to })
   }
 
-  private learn (members: ReturnType<PeerTable['summaries']>): void {
-    const fresh = members.filter(m => !this.deps.auth.isRevoked(m.peerId))
-    for (const entry of this.deps.table.learn(fresh)) {
-      this.deps.log.info('learned peer', { peer: entry.peerId, name: entry.name, addrs: entry.addrs })
+  /**
+   * The peer-exchange part of a message to `peerId`: the members we vouch for (with the
+   * certificates it asked for) and the certificates we ask it for, of members it listed unverified.
+   */
+  private exchangeFor (peerId: string): { members: MemberSummary[], wantCerts?: string[] } {
+    const { table } = this.deps
+    const asked = this.wanted.get(peerId)
+    const members = table.summaries(PEER_EXCHANGE_MAX_MEMBERS, id => asked?.has(id) === true)
+    const offered = this.offered.get(peerId)
+    if (offered === undefined) return { members }
+    const want = table.unverified().map(e => e.peerId).filter(id => offered.has(id)).slice(0, MAX_WANTED_CERTS)
+    return want.length === 0 ? { members } : { members, wantCerts: want }
+  }
+
+  /**
+   * Takes the peers a verified member passed on, within the caps: PEER_EXCHANGE_MAX_MEMBERS per
+   * message, LEARN_PER_SENDER new ones and twice as many certificate checks per sender and window,
+   * MAX_UNVERIFIED_PEERS unverified in all. A member without a verified certificate is only dialled;
+   * it counts once it answers, or once its certificate arrives and verifies here.
+   */
+  private learn (from: VerifiedPeer, members: MemberSummary[], wantCerts: string[] | undefined): void {
+    const { table, log, auth } = this.deps
+    const selfId = this.deps.self().peerId
+    const now = Date.now()
+    let quota = this.quotas.get(from.peerId)
+    if (quota === undefined || now - quota.since >= LEARN_WINDOW_MS) {
+      quota = { since: now, learned: 0, verified: 0, warned: false }
+      this.quotas.set(from.peerId, quota)
+    }
+    this.wanted.set(from.peerId, new Set(wantCerts ?? []))
+    const taken: LearnedMember[] = []
+    let refused = 0
+    for (const m of members.slice(0, PEER_EXCHANGE_MAX_MEMBERS)) {
+      if (m.peerId === selfId || auth.isRevoked(m.peerId)) continue
+      const verified = m.cert === undefined ? undefined : this.vouch(m.peerId, m.cert, quota, now)
+      if (m.cert !== undefined && verified === undefined) refused++
+      // A verified certificate names the member; otherwise the sender's word does, until it answers.
+      taken.push({ peerId: m.peerId, name: verified?.name ?? m.name, addrs: m.addrs, ...(verified === undefined ? {} : { verified: verified.cert }) })
+    }
+    this.offered.set(from.peerId, new Set(taken.map(m => m.peerId)))
+    // Known peers only gain addresses and certificates; verified newcomers are limited by the
+    // sender's quota, unverified ones by the room left for unverified entries too.
+    let room = MAX_UNVERIFIED_PEERS - table.unverified().length
+    const fresh = taken.filter(m => table.get(m.peerId) === undefined).length
+    const admissible = taken.filter(m => table.get(m.peerId) !== undefined || m.verified !== undefined || room-- > 0)
+    const added = table.learn(admissible, Math.max(0, LEARN_PER_SENDER - quota.learned))
+    quota.learned += added.length
+    for (const entry of added) log.info('learned peer', { peer: entry.peerId, name: entry.name, addrs: entry.addrs, from: from.name, verified: entry.cert !== undefined })
+    if (quota.warned) return // once per window: the log must not become the flood
+    const details = { peer: from.peerId, name: from.name, offered: members.length, taken: added.length, badCerts: refused, perSender: LEARN_PER_SENDER, windowMs: LEARN_WINDOW_MS }
+    if (members.length > PEER_EXCHANGE_MAX_MEMBERS || refused > 0) {
+      quota.warned = true
+      log.warn('peer exchange over its limits or with certificates that do not verify: entries ignored', details)
+    } else if (fresh > added.length) {
+      quota.warned = true
+      log.info('peer exchange: more new peers than one sender may add per window; the rest on later rounds', details)
+    }
+  }
+
+  /**
+   * A relayed certificate of `peerId`, verified here: issued by the mesh CA to an agent with that
+   * peer ID, in date and not revoked. The same certificate already held is not verified again.
+   * Undefined when it fails or the sender's verification quota for this window is spent.
+   */
+  private vouch (peerId: string, pem: string, quota: SenderQuota, now: number): { cert: MemberCert, name: string } | undefined {
+    const known = this.deps.table.get(peerId)
+    if (known?.cert?.pem === pem && known.cert.notAfter > now) return { cert: known.cert, name: known.name }
+    if (quota.verified >= 2 * LEARN_PER_SENDER) return undefined
+    quota.verified++
+    try {
+      const p = this.deps.trust.verify(pem, peerId, new Date(now))
+      if (p.role !== 'agent') return undefined
+      return { cert: { pem, notAfter: p.notAfter.getTime() }, name: p.name }
+    } catch (err) {
+      this.deps.log.debug('relayed certificate refused', { member: peerId, error: (err as Error).message })
+      return undefined
     }
   }
 }

@@ -12,6 +12,8 @@ import { createHash, randomBytes } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
 import { dockerCli, runningNames } from '../fixtures/docker.js'
 import { MeshClient } from '../fixtures/mesh-client.js'
@@ -56,14 +58,18 @@ describe('a rogue member against failover (3 hosts, real agents)', function () {
     return (JSON.parse(text) as { grants?: unknown }).grants ?? {}
   }
 
-  /** The agent's log lines (JSON) with `message` whose fields include every one of `fields`. */
+  /** Whether the agent logged a line (JSON) with `message` whose fields include every one of `fields`. */
   async function logged (h: LabHost, message: string, fields: Record<string, unknown>): Promise<boolean> {
+    return await loggedWhere(h, message, o => Object.entries(fields).every(([k, v]) => o[k] === v))
+  }
+
+  async function loggedWhere (h: LabHost, message: string, test: (o: Record<string, unknown>) => boolean): Promise<boolean> {
     const text = await readFile(h.agentLog, 'utf8').catch(() => '')
     return text.split('\n').some(line => {
       if (!line.includes(message)) return false
       try {
         const o = JSON.parse(line) as Record<string, unknown>
-        return o.message === message && Object.entries(fields).every(([k, v]) => o[k] === v)
+        return o.message === message && test(o)
       } catch {
         return false
       }
@@ -156,6 +162,38 @@ describe('a rogue member against failover (3 hosts, real agents)', function () {
       }
     }
     // Long after the rogue went silent (dead in every table, its last word a huge epoch), nothing moved.
+    await waitFor(async () => (await peers(A)).some(p => p.name === rogue.name && p.state === 'dead'), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: 'the rogue dead at A' })
+    expect(await snapshotOfVictims()).to.deep.equal(before)
+  })
+
+  it('a peer exchange of 40 made-up members (with certificates that are not theirs) makes no victim fence (attack 4)', async () => {
+    const [A] = hosts
+    const before = await snapshotOfVictims()
+    const client = await connect(A)
+    // Made-up peer IDs: real Ed25519 keys nobody in the mesh holds, at an address nobody answers on;
+    // half of them "vouched for" with the rogue's own certificate.
+    const ghosts = await Promise.all(Array.from({ length: 40 }, async (_, i) => ({
+      peerId: peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString(), name: `ghost-${i}`, addrs: ['/ip4/10.213.230.250/tcp/9'],
+      ...(i % 2 === 0 ? { cert: rogue.certPem } : {})
+    })))
+    let stop = false
+    const beat = (async () => {
+      while (!stop) {
+        await client.request(HEARTBEAT_PROTOCOL, { ...heartbeat([]) as object, members: ghosts })
+        await new Promise(resolve => setTimeout(resolve, ROGUE_HEARTBEAT_MS))
+      }
+    })()
+    try {
+      await waitFor(async () => await logged(A, 'peer exchange over its limits or with certificates that do not verify: entries ignored', { name: rogue.name, offered: 40 }), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: "A's log of the rogue's peer exchange" })
+      // The ghosts A took (at most LEARN_PER_SENDER per window) go dead there and are forgotten: by
+      // then A had ticked through far more than fenceAfterMs with every one of them in its table, unheard.
+      const ghost = (o: Record<string, unknown>): boolean => typeof o.name === 'string' && o.name.startsWith('ghost-')
+      expect(await loggedWhere(A, 'learned peer', o => ghost(o) && o.from === rogue.name && o.verified === false)).to.equal(true)
+      await waitFor(async () => await loggedWhere(A, 'forgot peer', ghost), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: 'A to forget a ghost' })
+    } finally {
+      stop = true
+      await beat
+    }
     await waitFor(async () => (await peers(A)).some(p => p.name === rogue.name && p.state === 'dead'), { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: 'the rogue dead at A' })
     expect(await snapshotOfVictims()).to.deep.equal(before)
   })

@@ -80,9 +80,9 @@ describe('failover claim round (consensus) with fake peers', () => {
   const transports = new Map<string, FakePeers>()
 
   /** The table of member `id`: the others, alive or dead as it sees them, the owner gossiping its names. */
-  function tableOf (id: string, all: string[]): { get: (peerId: string) => PeerEntry | undefined, entries: () => PeerEntry[] } {
+  function tableOf (id: string, all: string[]): { get: (peerId: string) => PeerEntry | undefined, entries: () => PeerEntry[], verifiedMembers: () => number } {
     const entries = (): PeerEntry[] => [...all.filter(x => x !== id), OWNER].map(x => entry(x, m(id).alive.has(x) ? 'alive' : 'dead', x === OWNER ? ownerOwns.map(n => ({ name: n, epoch: 1 })) : []))
-    return { entries, get: peerId => entries().find(e => e.peerId === peerId) }
+    return { entries, get: peerId => entries().find(e => e.peerId === peerId), verifiedMembers: () => entries().length + 1 }
   }
 
   /** Members `names`, each seeing every other one alive and the owner dead. */

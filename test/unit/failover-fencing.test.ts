@@ -137,7 +137,9 @@ describe('failover fencing and stale copies (fake clock, fake engine)', () => {
 
   it('does not fence before fenceAfterMs has passed since the agent started, heard or not', async () => {
     now += 60_000
-    table.learn([{ peerId: 'b', name: 'b', addrs: [] }, { peerId: 'c', name: 'c', addrs: [] }]) // never heard
+    // Never heard, but with certificates a member relayed and this agent verified: they count.
+    const verified = { pem: 'relayed', notAfter: now + 3_600_000 }
+    table.learn([{ peerId: 'b', name: 'b', addrs: [], verified }, { peerId: 'c', name: 'c', addrs: [], verified }])
     fencing.armAt(now)
     now += timings.fenceAfterMs - 1
     expect(fencing.fence(now).names).to.deep.equal([])
@@ -145,6 +147,16 @@ describe('failover fencing and stale copies (fake clock, fake engine)', () => {
     const fenced = fencing.fence(now)
     expect(fenced.names).to.deep.equal(['web'])
     await fenced.settled
+  })
+
+  it('counts only verified members: made-up peers learned second-hand never make it fence', async () => {
+    hear('b', 'c')
+    table.learn(Array.from({ length: 40 }, (_, i) => ({ peerId: `ghost-${i}`, name: `ghost-${i}`, addrs: ['/ip4/10.0.0.9/tcp/4001'] })))
+    now += timings.fenceAfterMs - 1
+    hear('b', 'c')
+    now += timings.fenceAfterMs - 1
+    expect(fencing.fence(now).names, 'self, b and c of three verified members').to.deep.equal([])
+    expect(docker.calls).to.deep.equal([])
   })
 
   it('never fences with fewer than three members', async () => {

@@ -20,6 +20,10 @@ import { startMiniAgent, stopAll, testTimings, type MiniAgent } from '../fixture
 import { issuedBundle, MeshClient } from '../fixtures/mesh-client.js'
 import { rejection } from '../fixtures/assert.js'
 import { waitFor } from '../lab/wait.js'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { LEARN_PER_SENDER } from '../../agent/membership/service.js'
+import { meshView } from '../../agent/failover/consensus.js'
 
 const T = testTimings()
 
@@ -195,6 +199,66 @@ describe('membership (heartbeats between agents in this process, libp2p on loopb
       clients.push(probe)
       const err = await rejection(probe.request(HEARTBEAT_PROTOCOL, { from: infoOf('ops', probe.agent.peerId), members: [] }))
       expect(err.name).to.equal('RoleNotAllowedError')
+    })
+
+    it('a member passing on made-up peers: at most LEARN_PER_SENDER are taken, none counts as a member', async () => {
+      const a = await agent('a')
+      const b = await agent('b', [a])
+      const c = await agent('c', [a])
+      await meshed([a, b, c])
+      const bundle = await issuedBundle(caDir, join(dir, `run-${run}`), 'agent', 'rogue')
+      const rogue = await MeshClient.connect(bundle, addrOf(a))
+      clients.push(rogue)
+      const madeUp = await Promise.all(Array.from({ length: 40 }, async (_, i) => ({
+        peerId: peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString(), name: `ghost-${i}`, addrs: ['/ip4/127.0.0.1/tcp/9']
+      })))
+      const js = await rogue.open(HEARTBEAT_PROTOCOL)
+      const signal = AbortSignal.timeout(5000)
+      await js.write({ from: infoOf('rogue', bundle.peerId), members: madeUp }, signal)
+      const first = parseHeartbeatReply(await readResult(js, signal))
+      const ghosts = (): number => a.table.entries().filter(e => e.name.startsWith('ghost-')).length
+      expect(ghosts()).to.equal(LEARN_PER_SENDER)
+      expect(first.wantCerts, 'a asks for the certificates of what it took unverified').to.have.length(LEARN_PER_SENDER)
+      // Again within the window, now with "certificates" that are not the mesh's: nothing more, none verified.
+      await js.write({ from: infoOf('rogue', bundle.peerId), members: madeUp.slice().reverse().map(m => ({ ...m, cert: bundle.certPem })) }, signal)
+      await readResult(js, signal)
+      expect(ghosts()).to.equal(LEARN_PER_SENDER)
+      // a, b, c and the rogue (it did answer with a certificate): four members, three of them alive.
+      expect(meshView(a.table)).to.deep.include({ members: 4, quorum: true })
+      js.abort(new Error('rogue done'))
+    })
+
+    it('a member never reached counts once a member relays its certificate, asked for with wantCerts', async () => {
+      const a = await agent('a')
+      const relay = await issuedBundle(caDir, join(dir, `run-${run}`), 'agent', 'relay')
+      const far = await issuedBundle(caDir, join(dir, `run-${run}`), 'agent', 'far') // never started: a cannot reach it
+      const ops = await issuedBundle(caDir, join(dir, `run-${run}`), 'operator', 'ops')
+      const probe = await MeshClient.connect(relay, addrOf(a))
+      clients.push(probe)
+      const js = await probe.open(HEARTBEAT_PROTOCOL)
+      const signal = AbortSignal.timeout(5000)
+      const farSummary = { peerId: far.peerId, name: 'far', addrs: ['/ip4/127.0.0.1/tcp/9'] }
+      const opsSummary = { peerId: ops.peerId, name: 'ops', addrs: ['/ip4/127.0.0.1/tcp/9'] }
+      await js.write({ from: infoOf('relay', relay.peerId), members: [farSummary, opsSummary] }, signal)
+      const first = parseHeartbeatReply(await readResult(js, signal))
+      expect(first.wantCerts).to.have.members([far.peerId, ops.peerId])
+      expect(meshView(a.table).members, 'a and the relay: far is only a rumour yet').to.equal(2)
+      // A certificate under another peer ID, and an operator's: neither makes a member.
+      await js.write({ from: infoOf('relay', relay.peerId), members: [{ ...farSummary, cert: relay.certPem }, { ...opsSummary, cert: ops.certPem }] }, signal)
+      await readResult(js, signal)
+      expect(meshView(a.table).members).to.equal(2)
+      await js.write({ from: infoOf('relay', relay.peerId), members: [{ ...farSummary, name: 'liar', cert: far.certPem }] }, signal)
+      const last = parseHeartbeatReply(await readResult(js, signal))
+      expect(meshView(a.table).members, 'far counts: its certificate verified at a').to.equal(3)
+      expect(a.table.get(far.peerId)?.name, 'named by its certificate, not by the relay').to.equal('far')
+      expect(a.table.get(far.peerId)?.lastSeen).to.equal(null)
+      expect(last.wantCerts ?? []).to.not.include(far.peerId)
+      // a passes far on, with its certificate to whoever asks for it.
+      await js.write({ from: infoOf('relay', relay.peerId), members: [], wantCerts: [far.peerId] }, signal)
+      expect(parseHeartbeatReply(await readResult(js, signal)).members.find(m => m.peerId === far.peerId)?.cert).to.equal(far.certPem)
+      await js.write({ from: infoOf('relay', relay.peerId), members: [] }, signal)
+      expect(parseHeartbeatReply(await readResult(js, signal)).members.find(m => m.peerId === far.peerId)?.cert).to.equal(undefined)
+      js.abort(new Error('probe done'))
     })
 
     // The auth gate answers a request its handler could not take with a typed error (not a reset stream).

@@ -1,5 +1,6 @@
 import { expect } from 'chai'
-import { PeerTable } from '../../agent/membership/peer-table.js'
+import { PeerTable, isVerifiedMember } from '../../agent/membership/peer-table.js'
+import { meshView } from '../../agent/failover/consensus.js'
 import type { MemberInfo } from '../../protocol/messages.js'
 
 const timings = { suspectAfterMs: 1000, deadAfterMs: 3000 }
@@ -84,5 +85,39 @@ describe('peer table', () => {
     expect(table.expired(60_000).map(e => e.peerId)).to.deep.equal(['rumour'])
     now += 60_000
     expect(table.expired(60_000).map(e => e.peerId).sort()).to.deep.equal(['a', 'rumour'])
+  })
+
+  it('learns at most `max` new peers from one exchange (known ones still gain addresses)', () => {
+    table.learn([{ peerId: 'k', name: 'k', addrs: [] }])
+    const added = table.learn([{ peerId: 'k', name: 'k', addrs: ['/ip4/10.0.0.1/tcp/4001'] }, ...['x', 'y', 'z'].map(p => ({ peerId: p, name: p, addrs: [] }))], 2)
+    expect(added.map(e => e.peerId)).to.deep.equal(['x', 'y'])
+    expect(table.get('k')?.addrs).to.deep.equal(['/ip4/10.0.0.1/tcp/4001'])
+    expect(table.unverified().map(e => e.peerId)).to.deep.equal(['k', 'x', 'y'])
+  })
+
+  it('counts only verified members: heard from, or with a relayed certificate verified and in date', () => {
+    table.heard(info('a'), 1)
+    table.heard(info('b'), 1)
+    table.learn(Array.from({ length: 40 }, (_, i) => ({ peerId: `ghost-${i}`, name: `ghost-${i}`, addrs: ['/ip4/10.0.0.9/tcp/4001'] })))
+    expect(meshView(table)).to.deep.include({ members: 3, quorum: true })
+    expect(isVerifiedMember(table.get('ghost-0')!, now)).to.equal(false)
+    expect(isVerifiedMember(table.get('a')!, now)).to.equal(true)
+    // A certificate relayed for a known rumour and for a new peer: both count until it expires.
+    table.learn([{ peerId: 'ghost-0', name: 'ghost-0', addrs: [], verified: { pem: 'pem-0', notAfter: now + 1000 } }, { peerId: 'far', name: 'far', addrs: [], verified: { pem: 'pem-far', notAfter: now + 5000 } }])
+    expect(table.verifiedMembers()).to.equal(5)
+    now += 1000
+    expect(table.verifiedMembers(), 'ghost-0\'s certificate expired').to.equal(4)
+  })
+
+  it('passes on at most `max` verified peers, those heard most recently, with certificates only where asked', () => {
+    table.heard(info('a'), 1, { pem: 'pem-a', notAfter: now + 60_000 })
+    now += 10
+    table.heard(info('bb'), 1, { pem: 'pem-bb', notAfter: now + 60_000 })
+    now += 10
+    table.heard(info('ccc'), 1)
+    table.learn([{ peerId: 'rumour', name: 'rumour', addrs: ['/ip4/10.0.0.9/tcp/4001'] }])
+    expect(table.summaries(2).map(s => s.peerId)).to.deep.equal(['ccc', 'bb'])
+    expect(table.summaries().map(s => s.peerId)).to.deep.equal(['a', 'bb', 'ccc'])
+    expect(table.summaries(Infinity, id => id !== 'bb').map(s => s.cert)).to.deep.equal(['pem-a', undefined, undefined])
   })
 })
