@@ -39,6 +39,7 @@ import { GOTO_VERSION } from '../protocol/version.js'
 import { ConfigError, GotoError } from '../protocol/errors.js'
 import type { MemberInfo } from '../protocol/messages.js'
 import { OrderVerifier } from '../protocol/orders.js'
+import { openSpentOrders } from './orders/spent-orders.js'
 // The verifying half of certs/ only: the agent never issues, so it does not load node-forge.
 import { readBundle, writeCrl } from '../certs/bundle.js'
 import { TrustStore, type SignedCrl } from '../certs/verify.js'
@@ -127,7 +128,8 @@ async function run (config: AgentConfig): Promise<void> {
     journal: freezeJournal, spoolDir: join(config.stateDir, 'spool'), log: log.child({ component: 'move' })
   }
   // Operators' signed orders, verified here whatever the peer that forwards them (protocol/orders.ts).
-  const orders = new OrderVerifier(trust)
+  const spentOrders = await openSpentOrders(join(config.stateDir, 'orders'), log.child({ component: 'orders' }))
+  const orders = new OrderVerifier(trust, Date.now, spentOrders.memory, spentOrders.spent)
   const failover = new FailoverService({
     auth, docker, table, snapshots, state: failoverState, selfId: bundle.peerId, selfName: bundle.name, orders, trust,
     signer: { certPem: bundle.certPem, sign: async data => await bundle.privateKey.sign(data) },

@@ -146,6 +146,8 @@ export class OrderSignerNotOperatorError extends GotoError {}
 export class OrderExpiredError extends GotoError {}
 /** An order with this ID was already carried out here. */
 export class OrderReplayedError extends GotoError {}
+/** The agent could not write down that it accepted an order, so it refuses to carry it out (a restart could not refuse its replay). */
+export class OrderNotRecordedError extends GotoError {}
 /** The order names another change: another destination, source, move, container or spec. */
 export class OrderMismatchError extends GotoError {}
 /** The spec asks for a host-level power (a bind mount, privileges, devices, host namespaces...) the order does not allow. */
@@ -223,6 +225,7 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   OrderSignerNotOperatorError,
   OrderExpiredError,
   OrderReplayedError,
+  OrderNotRecordedError,
   OrderMismatchError,
   HostPowerNotOrderedError,
   SpecMismatchError,

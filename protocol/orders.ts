@@ -19,7 +19,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import type { TrustStore } from '../certs/verify.js'
 import type { ContainerSpec } from './container.js'
 import {
-  HostPowerNotOrderedError, OrderExpiredError, OrderReplayedError, OrderSignatureError, OrderSignerNotOperatorError, ProtocolError
+  HostPowerNotOrderedError, OrderExpiredError, OrderNotRecordedError, OrderReplayedError, OrderSignatureError, OrderSignerNotOperatorError, ProtocolError
 } from './errors.js'
 import { count, obj, str } from './parse.js'
 
@@ -181,15 +181,36 @@ export function parseSignedOrder (v: unknown): SignedOrder {
   return { body, cert: str(o.cert, 'order cert', 16384), signature: str(o.signature, 'order signature', 256) }
 }
 
+/** An order this host accepted, remembered until it expires. */
+export interface SpentOrder { kind: 'move' | 'protect', id: string, expiresAt: number }
+
+/**
+ * Where a verifier writes down the orders it accepts, so that a restarted agent still refuses their
+ * replay (agent/orders/spent-orders.ts keeps them on disk). `remember` resolves once it is durable.
+ */
+export interface SpentOrderMemory {
+  remember: (order: SpentOrder) => Promise<void>
+  forget: (order: SpentOrder) => Promise<void>
+}
+
 /**
  * Verifies orders for one host and remembers the IDs it accepted until they expire (replay). Built
- * with the agent's TrustStore, so a revocation list adopted from any peer applies at once.
+ * with the agent's TrustStore, so a revocation list adopted from any peer applies at once; with a
+ * SpentOrderMemory (and the orders it held, `spent`), the memory outlives a restart.
  */
 export class OrderVerifier {
   /** `${kind}:${id}` → expiresAt. */
   private readonly seen = new Map<string, number>()
 
-  constructor (private readonly trust: TrustStore, private readonly now: () => number = Date.now) {}
+  constructor (
+    private readonly trust: TrustStore,
+    private readonly now: () => number = Date.now,
+    private readonly memory?: SpentOrderMemory,
+    spent: readonly SpentOrder[] = []
+  ) {
+    const at = now()
+    for (const o of spent) if (o.expiresAt > at) this.seen.set(`${o.kind}:${o.id}`, o.expiresAt)
+  }
 
   /**
    * The order's body, if it holds: the certificate is an operator's from this CA (in date, not
@@ -219,18 +240,46 @@ export class OrderVerifier {
     return body as OrderOfKind<K>
   }
 
-  /** Remembers a verified order until it expires; refuses it if it was taken meanwhile or memory is full. */
-  accept (body: OrderBody): void {
+  /**
+   * Remembers a verified order until it expires — durably, when the verifier has a memory, before
+   * this resolves; refuses it if it was taken meanwhile, if memory is full, or if it could not be
+   * written down (OrderNotRecordedError: carrying it out would let a restart accept its replay).
+   */
+  async accept (body: OrderBody): Promise<void> {
     const now = this.now()
-    if (this.seen.has(key(body))) throw new OrderReplayedError(`order ${body.id} was already carried out here`)
-    if (this.seen.size >= MAX_REMEMBERED_ORDERS) {
-      for (const [k, until] of this.seen) if (until <= now) this.seen.delete(k)
-    }
+    const k = key(body)
+    if (this.seen.has(k)) throw new OrderReplayedError(`order ${body.id} was already carried out here`)
+    if (this.seen.size >= MAX_REMEMBERED_ORDERS) this.prune(now)
     if (this.seen.size >= MAX_REMEMBERED_ORDERS) throw new OrderReplayedError(`${MAX_REMEMBERED_ORDERS} orders are pending expiry here; try again in a minute`)
-    this.seen.set(key(body), body.expiresAt)
+    this.seen.set(k, body.expiresAt) // taken now: a second accept of it while this one writes is a replay
+    if (this.memory === undefined) return
+    try {
+      await this.memory.remember(spent(body))
+    } catch (err) {
+      this.seen.delete(k)
+      throw new OrderNotRecordedError(`order ${body.id} could not be written down here: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  /** Forgets the orders past their expiry (in memory and in the durable memory). */
+  prune (now = this.now()): void {
+    for (const [k, until] of this.seen) {
+      if (until > now) continue
+      this.seen.delete(k)
+      const [kind, id] = k.split(':') as ['move' | 'protect', string]
+      this.memory?.forget({ kind, id, expiresAt: until }).catch(() => {}) // a leftover file is forgotten at the next start
+    }
   }
 }
 
+function kindOf (body: OrderBody): SpentOrder['kind'] {
+  return body.kind === 'move' ? 'move' : 'protect'
+}
+
+function spent (body: OrderBody): SpentOrder {
+  return { kind: kindOf(body), id: body.id, expiresAt: body.expiresAt }
+}
+
 function key (body: OrderBody): string {
-  return `${body.kind === 'move' ? 'move' : 'protect'}:${body.id}`
+  return `${kindOf(body)}:${body.id}`
 }

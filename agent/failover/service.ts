@@ -238,7 +238,7 @@ export class FailoverService {
     const order = await this.deps.orders.verify(req.order, [req.op])
     if (order.host !== this.deps.selfId) throw new OrderMismatchError(`the ${req.op} order is for another agent (${order.host})`)
     if (order.container !== req.container) throw new OrderMismatchError(`the ${req.op} order is for '${order.container}', not '${req.container}'`)
-    this.deps.orders.accept(order)
+    await this.deps.orders.accept(order)
     let info
     try {
       info = await docker.inspectContainer(req.container, AbortSignal.timeout(REQUEST_TIMEOUT_MS))

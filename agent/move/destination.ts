@@ -234,7 +234,7 @@ export class DestinationService {
     for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)
     if (this.moves.has(req.moveId)) throw new MoveInProgressError(`transfer ${req.moveId} is already prepared here`)
     // From here the order is spent: the same order cannot prepare a second transfer.
-    if (order !== undefined) this.deps.orders.accept(order)
+    if (order !== undefined) await this.deps.orders.accept(order)
     this.moves.set(req.moveId, {
       moveId: req.moveId,
       purpose: req.purpose,

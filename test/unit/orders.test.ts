@@ -7,7 +7,7 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { initCa, readCaCrl, revoke, TrustStore, type Bundle } from '../../certs/index.js'
@@ -18,6 +18,8 @@ import {
 import { parseSpec } from '../../protocol/move-messages.js'
 import type { ContainerSpec } from '../../protocol/container.js'
 import { issuedBundle } from '../fixtures/mesh-client.js'
+import { openSpentOrders } from '../../agent/orders/spent-orders.js'
+import winston from 'winston'
 import { rejection } from '../fixtures/assert.js'
 
 const SPEC: ContainerSpec = {
@@ -68,9 +70,9 @@ describe('operator orders (protocol/orders.ts)', function () {
     const body = await v.verify(signed, ['move'])
     expect(body.kind).to.equal('move')
     expect(body.operator).to.equal(ops.peerId)
-    v.accept(body)
+    await v.accept(body)
     expect((await rejection(v.verify(signed, ['move']))).name).to.equal('OrderReplayedError')
-    expect(() => { v.accept(body) }).to.throw().with.property('name', 'OrderReplayedError')
+    expect((await rejection(v.accept(body))).name).to.equal('OrderReplayedError')
   })
 
   it('refuses an order whose body was changed after signing (each field)', async () => {
@@ -133,9 +135,34 @@ describe('operator orders (protocol/orders.ts)', function () {
   it('forgets accepted orders only after they expired', async () => {
     const v = verifier()
     const signed = await signOrder(ops, moveBody(), now)
-    v.accept(await v.verify(signed, ['move']))
+    await v.accept(await v.verify(signed, ['move']))
     now += 10 * 60_000
     expect((await rejection(v.verify(signed, ['move']))).name, 'expired by then').to.equal('OrderExpiredError')
+  })
+
+  it('remembers accepted orders across a restart (on disk until they expire), and refuses one it could not write down', async () => {
+    const log = winston.createLogger({ silent: true })
+    const store = join(dir, `spent-${now}`)
+    const signed = await signOrder(ops, moveBody(), now)
+    const protect = await signOrder(ops, { kind: 'protect', id: newOrderId(), host: 'dst', container: 'web' } as Omit<ProtectOrderBody, 'operator' | 'issuedAt' | 'expiresAt'>, now)
+    const first = await openSpentOrders(store, log, now)
+    const v = new OrderVerifier(trust, () => now, first.memory, first.spent)
+    await v.accept(await v.verify(signed, ['move']))
+    // The agent restarts: a new verifier from what is on disk refuses the replay.
+    const again = await openSpentOrders(store, log, now)
+    expect(again.spent.map(o => o.id)).to.deep.equal([signed.body.id])
+    const restarted = new OrderVerifier(trust, () => now, again.memory, again.spent)
+    expect((await rejection(restarted.verify(signed, ['move']))).name).to.equal('OrderReplayedError')
+    // A protect order with the same memory, and one that cannot be written down (refused, not remembered).
+    await restarted.accept(await restarted.verify(protect, ['protect']))
+    const failing = new OrderVerifier(trust, () => now, { remember: async () => { throw new Error('disk full') }, forget: async () => {} })
+    const other = await signOrder(ops, moveBody(), now)
+    expect((await rejection(failing.accept(await failing.verify(other, ['move'])))).name).to.equal('OrderNotRecordedError')
+    expect((await failing.verify(other, ['move'])).id, 'not taken: it may be tried again').to.equal(other.body.id)
+    // Past their expiry, the next start removes them from disk.
+    const later = await openSpentOrders(store, log, now + MAX_ORDER_TTL_MS + 1)
+    expect(later.spent).to.deep.equal([])
+    expect(await readdir(store)).to.deep.equal([])
   })
 
   it('allows a bind mount only if the order lists it exactly', () => {
