@@ -197,7 +197,8 @@ export class AuthService {
         const refusal = err instanceof RoleNotAllowedError
           ? err
           : new PeerNotAuthenticatedError(`${protocol} requires a connection that passed ${AUTH_PROTOCOL}`)
-        this.deps.log.warn('refused stream', { protocol, peer: connection.remotePeer.toString(), reason: refusal.name })
+        const name = this.peerOf(connection)?.name
+        this.deps.log.warn('refused stream', { protocol, peer: connection.remotePeer.toString(), ...name === undefined ? {} : { name }, reason: refusal.name })
         await js.write({ ok: false, error: toWireError(refusal) }, AbortSignal.timeout(1000)).catch(() => {})
         await js.close(AbortSignal.timeout(1000))
         return
@@ -311,9 +312,11 @@ export class AuthService {
     this.deps.saveCrl(crl).catch(err => { this.deps.log.error('could not persist revocation list', { error: (err as Error).message }) })
     for (const listener of this.revocationListeners) listener()
     for (const connection of this.deps.node.getConnections()) {
-      if (this.deps.identity.trust.isRevoked(connection.remotePeer.toString())) {
-        this.deps.log.warn('closing connection of revoked peer', { peer: connection.remotePeer.toString() })
-        connection.abort(new PeerNotAuthenticatedError('peer certificate revoked'))
+      const peerId = connection.remotePeer.toString()
+      if (this.deps.identity.trust.isRevoked(peerId)) {
+        const name = this.peerOf(connection)?.name
+        this.deps.log.warn('closing connection of revoked peer', { peer: peerId, ...name === undefined ? {} : { name }, reason: 'CertificateRevokedError' })
+        connection.abort(new CertificateRevokedError(`certificate of ${name ?? peerId} revoked`))
       }
     }
   }
