@@ -30,7 +30,8 @@ import type { SyncResult } from './source.js'
 import { blockCount, blockLength, hashFile, isZeroHash, openSame, readAt, sha256, walkTree, type HashCache } from './tree.js'
 import {
   BLOCK_CHANGED, BLOCK_GONE, BLOCK_HEADER_BYTES, FRAME_BLOCK, FRAME_HASHES, FRAME_WANT, FrameReader, MAX_SYNC_BLOCKS, MAX_SYNC_ENTRIES,
-  MAX_WANTS_PER_FRAME, Outbox, SYNC_BLOCK_BYTES, SYNC_WIRE_VERSION, frame, jsonFrame, parseJson, type ByteDuplex
+  MAX_WANTS_PER_FRAME, Outbox, SYNC_BLOCK_BYTES, SYNC_WIRE_VERSION, frame, jsonFrame, parseJson, type ByteDuplex,
+  MTIME_SLACK_NS
 } from './wire.js'
 import { NO_XATTRS, type XattrAccess } from './xattrs.js'
 
@@ -406,12 +407,6 @@ function sameMetadata (e: SyncEntry, st: BigIntStats): boolean {
   return Number(st.mode & 0o7777n) === e.mode && Number(st.uid) === e.uid && Number(st.gid) === e.gid &&
     Number(st.size) === e.size && absDiff(st.mtimeNs, BigInt(e.mtimeNs)) < MTIME_SLACK_NS
 }
-
-/**
- * Node sets times as a double of seconds (libuv), which at today's dates keeps about 0.25 µs: a
- * mtime we set reads back within this of the source's, and a base file that close counts as unchanged.
- */
-const MTIME_SLACK_NS = 1000n
 
 function absDiff (a: bigint, b: bigint): bigint { return a > b ? a - b : b - a }
 

@@ -6,7 +6,7 @@
  * `sameListing`). Reads without following symlinks, as a sync does.
  */
 import { createHash } from 'node:crypto'
-import { SYNC_BLOCK_BYTES } from './wire.js'
+import { MTIME_SLACK_NS, SYNC_BLOCK_BYTES } from './wire.js'
 import { openSame, readAt, walkTree, type EntryType } from './tree.js'
 import { splitRdev } from './entry.js'
 import { NO_XATTRS, type XattrAccess } from './xattrs.js'
@@ -80,7 +80,7 @@ export async function listTree (root: string, options: { signal: AbortSignal, xa
   return out.sort((a, b) => a.path < b.path ? -1 : a.path > b.path ? 1 : 0)
 }
 
-/** Differences between two listings (empty when the trees hold the same), mtimes compared within 1 µs. */
+/** Differences between two listings (empty when the trees hold the same), mtimes compared within MTIME_SLACK_NS. */
 export function listingDifferences (a: ListedEntry[], b: ListedEntry[]): string[] {
   const diffs: string[] = []
   const bm = new Map(b.map(e => [e.path, e]))
@@ -93,7 +93,7 @@ export function listingDifferences (a: ListedEntry[], b: ListedEntry[]): string[
     if (JSON.stringify(ra) !== JSON.stringify(rb)) diffs.push(`${ea.path}: ${JSON.stringify(ra)} != ${JSON.stringify(rb)}`)
     const d = BigInt(ma) - BigInt(mb)
     // Symlinks' and directories' mtimes are set as files' are; all within the libuv double's precision.
-    if (d > 1000n || d < -1000n) diffs.push(`${ea.path}: mtime ${ma} != ${mb}`)
+    if (d > MTIME_SLACK_NS || d < -MTIME_SLACK_NS) diffs.push(`${ea.path}: mtime ${ma} != ${mb}`)
   }
   for (const p of bm.keys()) diffs.push(`${p}: only in the second`)
   return diffs

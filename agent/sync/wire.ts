@@ -221,3 +221,10 @@ export class Outbox {
     }
   }
 }
+
+/**
+ * Node sets times as a double of seconds (libuv), which at today's dates keeps about 0.25 µs, and
+ * libuv's split into seconds and nanoseconds loses a little more (up to ~1.1 µs seen here): a mtime
+ * we set reads back within this of the source's, and a base file that close counts as unchanged.
+ */
+export const MTIME_SLACK_NS = 4000n
