@@ -199,6 +199,20 @@ export class SnapshotOwnerMismatchError extends GotoError {}
 /** An owner already has as many snapshots held here as a holder keeps for one owner. */
 export class SnapshotLimitError extends GotoError {}
 
+// --- directory tree sync (agent/sync/) -------------------------------------------------
+/** A path from the sync wire that is absolute, empty, has a `.`/`..`/empty component, a NUL or is too long. */
+export class SyncPathRefusedError extends GotoError {}
+/** A sync entry whose parent is not a directory of the tree already listed: it would escape the root (through a symlink or a file). */
+export class SyncPathEscapeError extends GotoError {}
+/** A sync entry that is malformed for its kind: unknown type, bad mode or device, duplicate path, a hard-link group or xattr it may not carry. */
+export class SyncEntryRefusedError extends GotoError {}
+/** The sync wire went past one of its bounds (entries, blocks, name, link target, xattr sizes). */
+export class SyncLimitError extends GotoError {}
+/** A block's bytes do not hash to what the source announced: the file is not kept. */
+export class SyncBlockMismatchError extends GotoError {}
+/** A tree sync needs a tool the host lacks (getfattr/setfattr of Debian's `attr`, mknod). */
+export class SyncToolMissingError extends GotoError {}
+
 /**
  * Known error classes by name, so an error that crossed the wire is rebuilt as its own class. A Map
  * (built from the object below), so a peer's name is looked up among these and nothing else: on a
@@ -263,7 +277,13 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   LayerTruncatedError,
   LayerMissingError,
   ImageLoadError,
-  ImageIdMismatchError
+  ImageIdMismatchError,
+  SyncPathRefusedError,
+  SyncPathEscapeError,
+  SyncEntryRefusedError,
+  SyncLimitError,
+  SyncBlockMismatchError,
+  SyncToolMissingError
 }))
 
 export interface WireError { name: string, message: string }

@@ -5,8 +5,10 @@
  * stream on a connection that never authenticates is aborted with PeerNotAuthenticatedError.
  *
  * Outbound connections authenticate as soon as they open (we start the handshake); inbound ones wait
- * for the dialer's hello. When a newer revocation list arrives, connections of newly revoked peers
- * are closed at once.
+ * for the dialer's hello. On an inbound connection, a stream of any other protocol that arrives
+ * before the dialer passed auth is refused at once. When a newer revocation list arrives,
+ * connections of newly revoked peers are closed at once, and every CERT_RECHECK_MS the open
+ * connections' certificates are checked again: expired or revoked ones are closed.
  */
 import type { Libp2p } from 'libp2p'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
@@ -17,7 +19,7 @@ import { AUTH_PROTOCOL } from '../../protocol/ids.js'
 import { peerAddr } from '../../protocol/multiaddr.js'
 import { authenticateInbound, authenticateOutbound, type AuthIdentity } from '../../protocol/auth.js'
 import { JsonStream } from '../../protocol/wire.js'
-import { PeerNotAuthenticatedError, RoleNotAllowedError, toWireError } from '../../protocol/errors.js'
+import { CertificateExpiredError, CertificateRevokedError, PeerNotAuthenticatedError, RoleNotAllowedError, toWireError } from '../../protocol/errors.js'
 
 interface Session {
   promise: Promise<VerifiedPeer>
@@ -38,7 +40,16 @@ export interface AuthServiceDeps {
   saveCrl: (crl: SignedCrl) => Promise<void>
   /** Told about every peer that passed auth. */
   onAuthenticated?: (peer: VerifiedPeer, connection: Connection) => void
+  /** How often open connections' certificates are checked again (default CERT_RECHECK_MS). */
+  certRecheckMs?: number
 }
+
+/**
+ * How often the certificates of open connections are checked again for expiry and revocation. A
+ * certificate that ends while its connection is open serves at most this much longer; the check
+ * reads no file and sends nothing (a walk over the open connections).
+ */
+export const CERT_RECHECK_MS = 5_000
 
 /**
  * After a direct dial to a member failed while a relayed connection to it was open, use the relayed
@@ -57,6 +68,7 @@ export class AuthService {
   private readonly protocols: string[] = []
   private readonly revocationListeners = new Set<() => void>()
   private readonly identity: AuthIdentity
+  private recheckTimer: NodeJS.Timeout | undefined
   private readonly onOpen = (evt: CustomEvent<Connection>): void => { this.opened(evt.detail) }
 
   constructor (private readonly deps: AuthServiceDeps) {
@@ -73,9 +85,12 @@ export class AuthService {
     await this.deps.node.handle(AUTH_PROTOCOL, async (stream, connection) => { await this.inbound(stream, connection) }, { maxInboundStreams: 2 })
     this.protocols.push(AUTH_PROTOCOL)
     this.deps.node.addEventListener('connection:open', this.onOpen)
+    this.recheckTimer = setInterval(() => { this.recheck() }, this.deps.certRecheckMs ?? CERT_RECHECK_MS)
+    this.recheckTimer.unref()
   }
 
   async stop (): Promise<void> {
+    clearInterval(this.recheckTimer)
     this.deps.node.removeEventListener('connection:open', this.onOpen)
     for (const p of this.protocols.splice(0)) await this.deps.node.unhandle(p)
   }
@@ -176,13 +191,14 @@ export class AuthService {
       const signal = AbortSignal.timeout(this.deps.authTimeoutMs / 2)
       let peer: VerifiedPeer
       try {
-        peer = await this.ensure(connection, signal)
+        peer = await this.ensure(connection, this.preAuthRefused(connection) ?? signal)
         this.deps.identity.trust.requireRole(peer, roles, protocol)
       } catch (err) {
         const refusal = err instanceof RoleNotAllowedError
           ? err
           : new PeerNotAuthenticatedError(`${protocol} requires a connection that passed ${AUTH_PROTOCOL}`)
-        this.deps.log.warn('refused stream', { protocol, peer: connection.remotePeer.toString(), reason: refusal.name })
+        const name = this.peerOf(connection)?.name
+        this.deps.log.warn('refused stream', { protocol, peer: connection.remotePeer.toString(), ...name === undefined ? {} : { name }, reason: refusal.name })
         await js.write({ ok: false, error: toWireError(refusal) }, AbortSignal.timeout(1000)).catch(() => {})
         await js.close(AbortSignal.timeout(1000))
         return
@@ -200,6 +216,36 @@ export class AuthService {
       }
     }, { maxInboundStreams: MAX_INBOUND_STREAMS })
     this.protocols.push(protocol)
+  }
+
+  /**
+   * An already aborted signal for a stream that arrives on an inbound connection before its dialer
+   * passed /goto/auth: refused at once, not held until the auth timeout (a peer without a
+   * certificate could otherwise hold every protocol's stream limit on each connection). Nothing
+   * honest does it: the listener counts the dialer authenticated before its reply goes out
+   * (protocol/auth.ts). On outbound connections our own handshake may still be reading the reply
+   * when the listener's first stream arrives, so those streams wait for it.
+   */
+  private preAuthRefused (connection: Connection): AbortSignal | undefined {
+    if (connection.direction !== 'inbound' || this.sessions.get(connection)?.peer !== undefined) return undefined
+    return AbortSignal.abort(new PeerNotAuthenticatedError('stream opened before /goto/auth completed'))
+  }
+
+  /**
+   * Closes open connections whose peer's certificate has expired or been revoked since its
+   * handshake (validity is otherwise checked only then). Runs every certRecheckMs.
+   */
+  recheck (now = Date.now()): void {
+    for (const connection of this.deps.node.getConnections()) {
+      const peer = this.peerOf(connection)
+      if (peer === undefined) continue
+      const reason = peer.notAfter.getTime() <= now
+        ? new CertificateExpiredError(`certificate of ${peer.name} expired at ${peer.notAfter.toISOString()}`)
+        : this.isRevoked(peer.peerId) ? new CertificateRevokedError(`certificate of ${peer.name} revoked`) : undefined
+      if (reason === undefined) continue
+      this.deps.log.warn('closing connection of a peer whose certificate is no longer valid', { peer: peer.peerId, name: peer.name, reason: reason.name })
+      connection.abort(reason)
+    }
   }
 
   private session (connection: Connection): Session {
@@ -266,9 +312,11 @@ export class AuthService {
     this.deps.saveCrl(crl).catch(err => { this.deps.log.error('could not persist revocation list', { error: (err as Error).message }) })
     for (const listener of this.revocationListeners) listener()
     for (const connection of this.deps.node.getConnections()) {
-      if (this.deps.identity.trust.isRevoked(connection.remotePeer.toString())) {
-        this.deps.log.warn('closing connection of revoked peer', { peer: connection.remotePeer.toString() })
-        connection.abort(new PeerNotAuthenticatedError('peer certificate revoked'))
+      const peerId = connection.remotePeer.toString()
+      if (this.deps.identity.trust.isRevoked(peerId)) {
+        const name = this.peerOf(connection)?.name
+        this.deps.log.warn('closing connection of revoked peer', { peer: peerId, ...name === undefined ? {} : { name }, reason: 'CertificateRevokedError' })
+        connection.abort(new CertificateRevokedError(`certificate of ${name ?? peerId} revoked`))
       }
     }
   }

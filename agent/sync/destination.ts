@@ -1,0 +1,424 @@
+/**
+ * The destination half of a tree sync. It never writes into the live tree: it builds a staging
+ * copy beside it (`.<name>.sync-XXXXXX`), from three sources per regular file —
+ *   - the whole file hard-linked from the base tree (the live tree or a previous staging copy the
+ *     caller names) when its content and all its metadata are unchanged: O(1) and no data copied,
+ *     which is what rounds and versions want (the data is shared, and never written again: a file
+ *     that differs in anything is built anew);
+ *   - blocks found anywhere in the base by hash (unchanged parts of a changed file, a renamed
+ *     file), read and verified again as they are copied;
+ *   - blocks it asked the source for (WANT), verified against the announced hash as they arrive;
+ * and all-zero blocks left as holes (ftruncate, then positioned writes), so sparse files stay sparse.
+ * Then owners, modes, xattrs and mtimes, and only when all of it is complete the staging copy
+ * replaces the live tree by rename. Any failure removes the staging copy; the live tree is untouched.
+ *
+ * Wire paths are hostile: each is checked (entry.ts) and its parent must be a directory this tree
+ * listed before, which in the staging copy is a directory we made, so nothing reaches through a
+ * symlink. Files are created with O_EXCL|O_NOFOLLOW. One sync per live tree at a time (the caller's lock).
+ */
+import { randomBytes } from 'node:crypto'
+import { constants, type BigIntStats } from 'node:fs'
+import { chmod, lchown, link, lstat, lutimes, mkdir, mkdtemp, open, readdir, rename, rm, symlink, type FileHandle } from 'node:fs/promises'
+import { execFile } from 'node:child_process'
+import { basename, dirname, join } from 'node:path'
+import { promisify } from 'node:util'
+import {
+  ProtocolError, SyncBlockMismatchError, SyncEntryRefusedError, SyncLimitError, SyncPathEscapeError, SyncToolMissingError, toWireError
+} from '../../protocol/errors.js'
+import { entryFromWire, parentOf, sameXattrs, type SyncEntry } from './entry.js'
+import type { SyncResult } from './source.js'
+import { blockCount, blockLength, hashFile, isZeroHash, openSame, readAt, sha256, walkTree, type HashCache } from './tree.js'
+import {
+  BLOCK_CHANGED, BLOCK_GONE, BLOCK_HEADER_BYTES, FRAME_BLOCK, FRAME_HASHES, FRAME_WANT, FrameReader, MAX_SYNC_BLOCKS, MAX_SYNC_ENTRIES,
+  MAX_WANTS_PER_FRAME, Outbox, SYNC_BLOCK_BYTES, SYNC_WIRE_VERSION, frame, jsonFrame, parseJson, type ByteDuplex,
+  MTIME_SLACK_NS
+} from './wire.js'
+import { NO_XATTRS, type XattrAccess } from './xattrs.js'
+
+const execFileP = promisify(execFile)
+
+export interface SyncDestinationOptions {
+  signal: AbortSignal
+  xattrs?: XattrAccess
+  /** The tree to compare against and reuse from (a previous staging copy or version); default the live tree. */
+  base?: string
+  /** Kept by the caller between rounds: base files not changed since are not hashed again. */
+  hashCache?: HashCache
+}
+
+interface BaseFile { path: string, stat: BigIntStats }
+interface LocalBlock { file: BaseFile, offset: number }
+type Plan = { kind: 'link', from: BaseFile } | { kind: 'build', local: Array<LocalBlock | undefined>, wants: number[] }
+
+/** Prefixes of the names a sync leaves beside a live tree `name` while it runs. */
+function stagingPrefix (live: string): string { return `.${basename(live)}.sync-` }
+function oldPrefix (live: string): string { return `.${basename(live)}.sync-old-` }
+
+async function exists (path: string): Promise<boolean> {
+  try { await lstat(path); return true } catch { return false }
+}
+
+/**
+ * Repairs what a sync cut off by a crash left: a live tree renamed away but not replaced is put
+ * back, and staging copies are removed.
+ */
+export async function recoverSyncLeftovers (live: string): Promise<void> {
+  const parent = dirname(live)
+  let names: string[]
+  try { names = await readdir(parent) } catch { return }
+  const olds = names.filter(n => n.startsWith(oldPrefix(live)))
+  if (!await exists(live) && olds.length > 0) await rename(join(parent, olds[0]), live)
+  for (const n of await readdir(parent)) {
+    if (n.startsWith(stagingPrefix(live))) await rm(join(parent, n), { recursive: true, force: true })
+  }
+}
+
+export async function syncDestination (live: string, duplex: ByteDuplex, options: SyncDestinationOptions): Promise<SyncResult> {
+  const { signal } = options
+  const out = new Outbox()
+  const sinkDone = duplex.sink(out.frames())
+  sinkDone.catch(() => {})
+  const reader = new FrameReader(duplex.source)
+  let staging: string | undefined
+  try {
+    const hello = parseJson(await reader.expect(signal))
+    if (hello.t !== 'hello' || hello.version !== SYNC_WIRE_VERSION || hello.blockSize !== SYNC_BLOCK_BYTES) {
+      throw new ProtocolError(`sync hello of version ${String(hello.version)} / block ${String(hello.blockSize)}; this agent speaks ${SYNC_WIRE_VERSION} / ${SYNC_BLOCK_BYTES}`)
+    }
+    await recoverSyncLeftovers(live)
+    await mkdir(dirname(live), { recursive: true })
+    staging = await mkdtemp(join(dirname(live), stagingPrefix(live)))
+    const build = new StagingBuild(staging, options.xattrs ?? NO_XATTRS, reader, out, signal)
+    await build.receiveManifest()
+    const base = options.base ?? live
+    await build.plan(base, options.hashCache)
+    await build.sendWants()
+    await build.buildFiles()
+    await build.applyMetadata()
+    // Complete and verified: swap it in.
+    const old = join(dirname(live), oldPrefix(live) + randomBytes(6).toString('hex'))
+    const hadLive = await exists(live)
+    if (hadLive) await rename(live, old)
+    await rename(staging, live)
+    staging = undefined
+    if (hadLive) await rm(old, { recursive: true, force: true })
+    const stats = build.stats
+    await out.send(jsonFrame({ t: 'result', ok: true, stats }), signal)
+    out.close()
+    await sinkDone
+    return stats
+  } catch (err) {
+    if (staging !== undefined) await rm(staging, { recursive: true, force: true }).catch(() => {})
+    if (!signal.aborted) {
+      await out.send(jsonFrame({ t: 'result', ok: false, error: toWireError(err) }), AbortSignal.timeout(5000)).catch(() => {})
+    }
+    out.close()
+    throw err
+  } finally {
+    await reader.close().catch(() => {})
+  }
+}
+
+class StagingBuild {
+  readonly entries: SyncEntry[] = []
+  private readonly hashes = new Map<number, Buffer>()
+  private readonly dirs = new Set<string>()
+  private readonly paths = new Set<string>()
+  private readonly groupFirst = new Map<number, number>()
+  private readonly plans = new Map<number, Plan>()
+  private readonly gone = new Set<number>()
+  private readonly changed = new Set<number>()
+  private totalBlocks = 0
+  private mknodPath: string | undefined
+  readonly stats: SyncResult = { entries: 0, filesLinked: 0, filesBuilt: 0, blocksReceived: 0, blocksLocal: 0, bytesReceived: 0, changed: [], gone: [] }
+
+  constructor (
+    private readonly staging: string,
+    private readonly xattrs: XattrAccess,
+    private readonly reader: FrameReader,
+    private readonly out: Outbox,
+    private readonly signal: AbortSignal
+  ) {}
+
+  private at (path: string): string {
+    return path === '.' ? this.staging : join(this.staging, path)
+  }
+
+  async receiveManifest (): Promise<void> {
+    while (true) {
+      const m = parseJson(await this.reader.expect(this.signal))
+      if (m.t === 'end') {
+        if (m.entries !== this.entries.length) throw new ProtocolError(`sync manifest announced ${String(m.entries)} entries and sent ${this.entries.length}`)
+        if (this.entries.length === 0) throw new SyncEntryRefusedError('sync manifest without a root entry')
+        this.stats.entries = this.entries.length
+        return
+      }
+      if (m.t !== 'entry') throw new ProtocolError(`unexpected sync message ${String(m.t)} in the manifest`)
+      if (this.entries.length >= MAX_SYNC_ENTRIES) throw new SyncLimitError(`tree has more than ${MAX_SYNC_ENTRIES} entries`)
+      const e = entryFromWire(m)
+      const index = this.entries.length
+      if (index === 0 && e.path !== '.') throw new SyncEntryRefusedError('the first sync entry is not the root')
+      if (index > 0 && e.path === '.') throw new SyncEntryRefusedError('a second root entry')
+      if (this.paths.has(e.path)) throw new SyncEntryRefusedError(`entry ${e.path} listed twice`)
+      if (index > 0 && !this.dirs.has(parentOf(e.path))) {
+        throw new SyncPathEscapeError(`entry ${e.path}: its parent is not a directory of the tree listed before it`)
+      }
+      this.paths.add(e.path)
+      this.entries.push(e)
+      if (e.type === 'dir') this.dirs.add(e.path)
+      if (e.type === 'file') {
+        const member = e.group !== undefined && this.groupFirst.has(e.group)
+        if (e.group !== undefined && !member) this.groupFirst.set(e.group, index)
+        if (member) {
+          const first = this.entries[this.groupFirst.get(e.group as number) as number]
+          if (first.size !== e.size) throw new SyncEntryRefusedError(`hard link ${e.path} differs in size from ${first.path}`)
+        } else {
+          await this.receiveHashes(index, e)
+        }
+      }
+      await this.create(e)
+    }
+  }
+
+  private async receiveHashes (index: number, e: SyncEntry): Promise<void> {
+    const n = blockCount(e.size)
+    this.totalBlocks += n
+    if (this.totalBlocks > MAX_SYNC_BLOCKS) throw new SyncLimitError(`tree has more than ${MAX_SYNC_BLOCKS} blocks`)
+    const hashes = Buffer.alloc(n * 32)
+    let got = 0
+    while (got < hashes.byteLength) {
+      const f = await this.reader.expect(this.signal)
+      if (f.kind !== FRAME_HASHES || f.payload.byteLength % 32 !== 0 || got + f.payload.byteLength > hashes.byteLength) {
+        throw new ProtocolError(`entry ${e.path}: expected ${n} block hashes`)
+      }
+      hashes.set(f.payload, got)
+      got += f.payload.byteLength
+    }
+    this.hashes.set(index, hashes)
+  }
+
+  /** Everything but regular files is made as its entry arrives (regular files after the plan). */
+  private async create (e: SyncEntry): Promise<void> {
+    const p = this.at(e.path)
+    switch (e.type) {
+      case 'dir': if (e.path !== '.') await mkdir(p, { mode: 0o700 }); break
+      case 'symlink': await symlink(e.link as string, p); break
+      case 'fifo': await this.mknod([p, 'p']); break
+      case 'char': await this.mknod([p, 'c', String(e.major), String(e.minor)]); break
+      case 'block': await this.mknod([p, 'b', String(e.major), String(e.minor)]); break
+      case 'file': break
+    }
+  }
+
+  private async mknod (args: string[]): Promise<void> {
+    this.mknodPath ??= await findMknod()
+    await execFileP(this.mknodPath, ['-m', '0600', ...args], { signal: this.signal })
+  }
+
+  /** Decides for each file: link it whole from the base, or build it from local blocks and wanted ones. */
+  async plan (base: string, cache?: HashCache): Promise<void> {
+    const baseFiles = new Map<string, BaseFile>()
+    try {
+      const st = await lstat(base)
+      if (st.isDirectory()) {
+        for await (const batch of walkTree(base, this.signal)) {
+          for (const w of batch) if (w.type === 'file') baseFiles.set(w.path, { path: join(base, w.path), stat: w.stat })
+        }
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+    const byHash = new Map<string, LocalBlock>()
+    const hashed = new Map<BaseFile, Buffer>()
+    const addBlocks = async (file: BaseFile): Promise<Buffer | undefined> => {
+      if (hashed.has(file)) return hashed.get(file)
+      const h = await hashFile(file.path, file.stat, this.signal, cache)
+      if (h === undefined) return undefined
+      hashed.set(file, h)
+      for (let b = 0; b * 32 < h.byteLength; b++) {
+        const key = h.subarray(b * 32, b * 32 + 32).toString('hex')
+        if (!byHash.has(key)) byHash.set(key, { file, offset: b * SYNC_BLOCK_BYTES })
+      }
+      return h
+    }
+    const sameSize = new Map<number, BaseFile[]>()
+    for (const f of baseFiles.values()) {
+      const list = sameSize.get(Number(f.stat.size)) ?? []
+      list.push(f)
+      sameSize.set(Number(f.stat.size), list)
+    }
+    // Same path first; then, for files that have none, base files of the same size (a rename).
+    const candidates = new Map<number, BaseFile>()
+    for (const [index] of this.hashes) {
+      const cand = baseFiles.get(this.entries[index].path)
+      if (cand !== undefined) { candidates.set(index, cand); await addBlocks(cand) }
+    }
+    for (const [index] of this.hashes) {
+      if (candidates.has(index)) continue
+      for (const f of sameSize.get(this.entries[index].size) ?? []) await addBlocks(f)
+    }
+    const usedInodes = new Set<string>()
+    const candidateXattrs = await this.xattrs.read([...candidates.values()].map(f => f.path), this.signal)
+    for (const [index, hashes] of this.hashes) {
+      const e = this.entries[index]
+      const cand = candidates.get(index)
+      const candHashes = cand !== undefined ? hashed.get(cand) : undefined
+      if (cand !== undefined && candHashes !== undefined && candHashes.equals(hashes) && sameMetadata(e, cand.stat) &&
+          sameXattrs(e.xattrs, candidateXattrs.get(cand.path) ?? {}) && !usedInodes.has(`${cand.stat.dev}:${cand.stat.ino}`)) {
+        usedInodes.add(`${cand.stat.dev}:${cand.stat.ino}`)
+        this.plans.set(index, { kind: 'link', from: cand })
+        continue
+      }
+      const local: Array<LocalBlock | undefined> = []
+      const wants: number[] = []
+      for (let b = 0; b * 32 < hashes.byteLength; b++) {
+        const h = hashes.subarray(b * 32, b * 32 + 32)
+        if (isZeroHash(h, blockLength(e.size, b))) { local.push(undefined); continue }
+        const found = byHash.get(h.toString('hex'))
+        local.push(found)
+        if (found === undefined) wants.push(b)
+      }
+      this.plans.set(index, { kind: 'build', local, wants })
+    }
+  }
+
+  async sendWants (): Promise<void> {
+    for (const [index, plan] of this.plans) {
+      if (plan.kind !== 'build') continue
+      for (let off = 0; off < plan.wants.length; off += MAX_WANTS_PER_FRAME) {
+        const part = plan.wants.slice(off, off + MAX_WANTS_PER_FRAME)
+        const payload = Buffer.alloc(4 + part.length * 4)
+        payload.writeUInt32BE(index, 0)
+        part.forEach((b, i) => payload.writeUInt32BE(b, 4 + i * 4))
+        await this.out.send(frame(FRAME_WANT, payload), this.signal)
+      }
+    }
+    await this.out.send(jsonFrame({ t: 'wantEnd' }), this.signal)
+  }
+
+  /** Regular files in manifest order (the order of the wants, so blocks arrive in the order they are needed). */
+  async buildFiles (): Promise<void> {
+    for (const [index, plan] of this.plans) {
+      const e = this.entries[index]
+      if (plan.kind === 'link') {
+        await link(plan.from.path, this.at(e.path))
+        this.stats.filesLinked++
+        continue
+      }
+      await this.buildFile(index, e, plan)
+    }
+    for (let index = 0; index < this.entries.length; index++) {
+      const e = this.entries[index]
+      if (e.type !== 'file' || e.group === undefined) continue
+      const first = this.groupFirst.get(e.group) as number
+      if (first === index || this.gone.has(first)) continue
+      await link(this.at(this.entries[first].path), this.at(e.path))
+    }
+    if (this.stats.filesBuilt + this.stats.filesLinked + this.gone.size !== this.plans.size) throw new ProtocolError('sync build incomplete')
+  }
+
+  private async buildFile (index: number, e: SyncEntry, plan: Extract<Plan, { kind: 'build' }>): Promise<void> {
+    const hashes = this.hashes.get(index) as Buffer
+    const fh = await open(this.at(e.path), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)
+    const buf = Buffer.allocUnsafe(SYNC_BLOCK_BYTES)
+    const opened = new Map<BaseFile, FileHandle>()
+    const wanted = new Set(plan.wants)
+    let wantsLeft = wanted.size
+    try {
+      await fh.truncate(e.size)
+      for (let b = 0; b < plan.local.length; b++) {
+        this.signal.throwIfAborted()
+        const expected = hashes.subarray(b * 32, b * 32 + 32)
+        const len = blockLength(e.size, b)
+        const local = plan.local[b]
+        if (local !== undefined) {
+          let src = opened.get(local.file)
+          if (src === undefined) {
+            src = await openSame(local.file.path, local.file.stat)
+            if (src === undefined) throw new SyncBlockMismatchError(`base file ${local.file.path} changed while the sync ran`)
+            opened.set(local.file, src)
+          }
+          const got = await readAt(src, buf, len, local.offset)
+          if (got !== len || !sha256(buf.subarray(0, len)).equals(expected)) throw new SyncBlockMismatchError(`${e.path} block ${b}: the base's copy no longer matches`)
+          await writeAll(fh, buf.subarray(0, len), b * SYNC_BLOCK_BYTES)
+          this.stats.blocksLocal++
+          continue
+        }
+        if (!wanted.has(b)) continue // zeros: a hole
+        const f = await this.reader.expect(this.signal)
+        wantsLeft--
+        if (f.kind !== FRAME_BLOCK || f.payload.byteLength < BLOCK_HEADER_BYTES) throw new ProtocolError(`expected block ${b} of ${e.path}`)
+        const p = Buffer.from(f.payload.buffer, f.payload.byteOffset, f.payload.byteLength)
+        if (p.readUInt32BE(0) !== index || p.readUInt32BE(4) !== b) throw new ProtocolError(`expected block ${b} of entry ${index}, got ${p.readUInt32BE(4)} of ${p.readUInt32BE(0)}`)
+        const flags = p[8]
+        if ((flags & BLOCK_GONE) !== 0) {
+          this.gone.add(index)
+          this.stats.gone.push(e.path)
+          await fh.close()
+          await rm(this.at(e.path), { force: true })
+          return
+        }
+        let want = expected
+        let data = p.subarray(BLOCK_HEADER_BYTES)
+        if ((flags & BLOCK_CHANGED) !== 0) {
+          want = data.subarray(0, 32)
+          data = data.subarray(32)
+          if (!this.changed.has(index)) { this.changed.add(index); this.stats.changed.push(e.path) }
+        }
+        if (data.byteLength !== len) throw new ProtocolError(`block ${b} of ${e.path} has ${data.byteLength} bytes, not ${len}`)
+        if (!sha256(data).equals(want)) throw new SyncBlockMismatchError(`${e.path} block ${b} does not match its sha256`)
+        await writeAll(fh, data, b * SYNC_BLOCK_BYTES)
+        this.stats.blocksReceived++
+        this.stats.bytesReceived += len
+      }
+      if (wantsLeft !== 0) throw new ProtocolError(`${e.path}: ${wantsLeft} wanted blocks never arrived`)
+      this.stats.filesBuilt++
+    } finally {
+      await fh.close().catch(() => {})
+      for (const src of opened.values()) await src.close().catch(() => {})
+    }
+  }
+
+  /** Owners before modes (chown clears setuid bits), xattrs after owners (chown clears capabilities), mtimes last, directories deepest first. */
+  async applyMetadata (): Promise<void> {
+    const keep = this.entries.filter((e, i) => !this.skipsMetadata(e, i))
+    for (const e of keep) {
+      const p = this.at(e.path)
+      await lchown(p, e.uid, e.gid)
+      if (e.type !== 'symlink') await chmod(p, e.mode)
+    }
+    await this.xattrs.write(keep.filter(e => Object.keys(e.xattrs).length > 0).map(e => ({ path: this.at(e.path), xattrs: e.xattrs })), this.signal)
+    for (const e of [...keep].reverse()) {
+      const t = Number(BigInt(e.mtimeNs)) / 1e9
+      await lutimes(this.at(e.path), t, t)
+    }
+  }
+
+  /** Hard links take their first member's metadata; a file linked from the base already has it (and the base's inode must not change). */
+  private skipsMetadata (e: SyncEntry, index: number): boolean {
+    if (e.type !== 'file') return false
+    if (e.group !== undefined && this.groupFirst.get(e.group) !== index) return true
+    if (this.gone.has(index)) return true
+    return this.plans.get(index)?.kind === 'link'
+  }
+}
+
+function sameMetadata (e: SyncEntry, st: BigIntStats): boolean {
+  return Number(st.mode & 0o7777n) === e.mode && Number(st.uid) === e.uid && Number(st.gid) === e.gid &&
+    Number(st.size) === e.size && absDiff(st.mtimeNs, BigInt(e.mtimeNs)) < MTIME_SLACK_NS
+}
+
+function absDiff (a: bigint, b: bigint): bigint { return a > b ? a - b : b - a }
+
+async function writeAll (fh: FileHandle, data: Uint8Array, position: number): Promise<void> {
+  let done = 0
+  while (done < data.byteLength) {
+    const { bytesWritten } = await fh.write(data, done, data.byteLength - done, position + done)
+    done += bytesWritten
+  }
+}
+
+async function findMknod (): Promise<string> {
+  for (const p of ['/usr/bin/mknod', '/bin/mknod']) if (await exists(p)) return p
+  throw new SyncToolMissingError('mknod not found (coreutils)')
+}

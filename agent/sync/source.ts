@@ -1,0 +1,210 @@
+/**
+ * The source half of a tree sync: describes the tree at `root` (each entry, then for regular files
+ * their block hashes), then answers the destination's WANT frames with the blocks it lacks, and
+ * returns the destination's result. A block read again for sending that no longer hashes to what
+ * the manifest said (a running container wrote it meanwhile) goes with its new hash (CHANGED); a
+ * file that is gone or replaced by another inode goes as GONE and the destination leaves it out.
+ * Either way every byte the destination keeps matches a hash the source sent for it.
+ */
+import type { BigIntStats } from 'node:fs'
+import { join } from 'node:path'
+import { ProtocolError, SyncLimitError, fromWireError, type WireError } from '../../protocol/errors.js'
+import { entryToWire, splitRdev, type SyncEntry } from './entry.js'
+import { blockLength, hashFile, openSame, readAt, sha256, walkTree, type HashCache } from './tree.js'
+import {
+  BLOCK_CHANGED, BLOCK_GONE, BLOCK_HEADER_BYTES, FRAME_BLOCK, FRAME_HASHES, FRAME_JSON, FRAME_WANT, FrameReader, MAX_HASHES_PER_FRAME, MAX_SYNC_ENTRIES,
+  Outbox, SYNC_BLOCK_BYTES, SYNC_WIRE_VERSION, frame, jsonFrame, parseJson, raceAbort, type ByteDuplex, type Frame
+} from './wire.js'
+import { NO_XATTRS, type XattrAccess } from './xattrs.js'
+
+export interface SyncSourceOptions {
+  signal: AbortSignal
+  xattrs?: XattrAccess
+  /** Kept by the caller between rounds of one tree: unchanged files are not hashed again. */
+  hashCache?: HashCache
+}
+
+/** What the destination reported after it swapped the new tree in. */
+export interface SyncResult {
+  entries: number
+  /** Regular files hard-linked unchanged from the destination's previous tree. */
+  filesLinked: number
+  /** Regular files written anew (from local blocks and blocks that travelled). */
+  filesBuilt: number
+  blocksReceived: number
+  blocksLocal: number
+  bytesReceived: number
+  /** Files that changed at the source while they were sent (their newest blocks arrived). */
+  changed: string[]
+  /** Files gone from the source before their blocks were sent: not in the new tree. */
+  gone: string[]
+}
+
+interface SourceFile { path: string, stat: BigIntStats, hashes: Buffer }
+
+export async function syncSource (root: string, duplex: ByteDuplex, options: SyncSourceOptions): Promise<SyncResult> {
+  const xattrs = options.xattrs ?? NO_XATTRS
+  // The destination may refuse the tree at any point (a result with an error) while we write:
+  // a reader of our own takes every frame as it comes and stops our writing at once.
+  const local = new AbortController()
+  const stop = (): void => { local.abort(options.signal.reason) }
+  options.signal.addEventListener('abort', stop, { once: true })
+  if (options.signal.aborted) stop()
+  const signal = local.signal
+  const out = new Outbox()
+  const sinkDone = duplex.sink(out.frames())
+  sinkDone.catch(() => {})
+  const reader = new FrameReader(duplex.source)
+  const inbox = new Inbox()
+  void (async () => {
+    try {
+      while (true) {
+        const f = await reader.next(signal)
+        if (f === undefined) break
+        if (f.kind === FRAME_JSON) {
+          const m = parseJson(f)
+          if (m.t === 'result' && m.ok !== true) { local.abort(fromWireError(m.error as WireError)); break }
+        }
+        inbox.push(f)
+      }
+      inbox.end()
+    } catch (err) { inbox.end(err) }
+  })()
+  try {
+    await out.send(jsonFrame({ t: 'hello', version: SYNC_WIRE_VERSION, blockSize: SYNC_BLOCK_BYTES }), signal)
+    const files = await sendManifest(root, out, xattrs, signal, options.hashCache)
+    await serveWants(files, inbox, out, signal)
+    const result = parseJson(await inbox.next(signal))
+    if (result.t !== 'result') throw new ProtocolError(`expected the sync result, got ${String(result.t)}`)
+    out.close()
+    await sinkDone
+    return result.stats as SyncResult
+  } catch (err) {
+    out.close(err)
+    if (signal.aborted && !options.signal.aborted) throw signal.reason
+    throw err
+  } finally {
+    options.signal.removeEventListener('abort', stop)
+    local.abort()
+    await reader.close().catch(() => {})
+  }
+}
+
+/** Frames the reader took, for the writer's loop to handle in order. */
+class Inbox {
+  private readonly frames: Frame[] = []
+  private ended = false
+  private failure: unknown
+  private wake: (() => void) | undefined
+
+  push (f: Frame): void { this.frames.push(f); this.wake?.() }
+  end (error?: unknown): void { this.ended = true; this.failure = error; this.wake?.() }
+
+  async next (signal: AbortSignal): Promise<Frame> {
+    while (true) {
+      signal.throwIfAborted()
+      const f = this.frames.shift()
+      if (f !== undefined) return f
+      if (this.ended) throw this.failure ?? new ProtocolError('sync stream ended early')
+      await raceAbort(new Promise<void>(resolve => { this.wake = resolve }), signal)
+      this.wake = undefined
+    }
+  }
+}
+
+async function sendManifest (root: string, out: Outbox, xattrs: XattrAccess, signal: AbortSignal, cache?: HashCache): Promise<Map<number, SourceFile>> {
+  const files = new Map<number, SourceFile>()
+  const groups = new Map<string, number>()
+  let index = 0
+  for await (const batch of walkTree(root, signal)) {
+    const attrs = await xattrs.read(batch.map(e => e.at), signal)
+    for (const w of batch) {
+      if (index >= MAX_SYNC_ENTRIES) throw new SyncLimitError(`tree has more than ${MAX_SYNC_ENTRIES} entries`)
+      const st = w.stat
+      const entry: SyncEntry = {
+        path: w.path,
+        type: w.type,
+        mode: Number(st.mode & 0o7777n),
+        uid: Number(st.uid),
+        gid: Number(st.gid),
+        size: w.type === 'file' ? Number(st.size) : 0,
+        mtimeNs: st.mtimeNs.toString(),
+        xattrs: attrs.get(w.at) ?? {}
+      }
+      if (w.link !== undefined) entry.link = w.link
+      if (w.type === 'char' || w.type === 'block') Object.assign(entry, splitRdev(st.rdev))
+      let hashes: Buffer | undefined
+      if (w.type === 'file') {
+        const key = `${st.dev}:${st.ino}`
+        const group = st.nlink > 1n ? groups.get(key) : undefined
+        if (group !== undefined) entry.group = group
+        else {
+          hashes = await hashFile(w.at, st, signal, cache)
+          if (hashes === undefined) continue // gone while we walked
+          files.set(index, { path: join(root, w.path), stat: st, hashes })
+          if (st.nlink > 1n) {
+            entry.group = groups.size
+            groups.set(key, entry.group)
+          }
+        }
+      }
+      await out.send(jsonFrame(entryToWire(entry)), signal)
+      if (hashes !== undefined) {
+        for (let off = 0; off < hashes.byteLength; off += MAX_HASHES_PER_FRAME * 32) {
+          await out.send(frame(FRAME_HASHES, hashes.subarray(off, off + MAX_HASHES_PER_FRAME * 32)), signal)
+        }
+      }
+      index++
+    }
+  }
+  await out.send(jsonFrame({ t: 'end', entries: index }), signal)
+  return files
+}
+
+async function serveWants (files: Map<number, SourceFile>, inbox: Inbox, out: Outbox, signal: AbortSignal): Promise<void> {
+  const buf = Buffer.allocUnsafe(SYNC_BLOCK_BYTES)
+  const gone = new Set<number>()
+  while (true) {
+    const f = await inbox.next(signal)
+    if (f.kind !== FRAME_WANT) {
+      const m = parseJson(f)
+      if (m.t === 'wantEnd') return
+      if (m.t === 'result') throw m.ok === true ? new ProtocolError('sync result before the wants ended') : fromWireError(m.error as WireError)
+      throw new ProtocolError(`unexpected sync message ${String(m.t)} among wants`)
+    }
+    if (f.payload.byteLength < 4 || f.payload.byteLength % 4 !== 0) throw new ProtocolError('malformed WANT frame')
+    const view = new DataView(f.payload.buffer, f.payload.byteOffset, f.payload.byteLength)
+    const fileIndex = view.getUint32(0)
+    const file = files.get(fileIndex)
+    if (file === undefined) throw new ProtocolError(`WANT of entry ${fileIndex}, which is not a regular file with data`)
+    if (gone.has(fileIndex)) continue
+    const size = Number(file.stat.size)
+    const fh = await openSame(file.path, file.stat)
+    try {
+      for (let off = 4; off < f.payload.byteLength; off += 4) {
+        signal.throwIfAborted()
+        const block = view.getUint32(off)
+        if (block * 32 >= file.hashes.byteLength) throw new ProtocolError(`WANT of block ${block} past the end of entry ${fileIndex}`)
+        const header = Buffer.alloc(BLOCK_HEADER_BYTES)
+        header.writeUInt32BE(fileIndex, 0)
+        header.writeUInt32BE(block, 4)
+        if (fh === undefined) {
+          header[8] = BLOCK_GONE
+          gone.add(fileIndex)
+          await out.send(frame(FRAME_BLOCK, header), signal)
+          break
+        }
+        const len = blockLength(size, block)
+        const got = await readAt(fh, buf, len, block * SYNC_BLOCK_BYTES)
+        buf.fill(0, got, len)
+        const data = buf.subarray(0, len)
+        const hash = sha256(data)
+        const changed = !hash.equals(file.hashes.subarray(block * 32, block * 32 + 32))
+        if (changed) header[8] = BLOCK_CHANGED
+        await out.send(frame(FRAME_BLOCK, Buffer.concat(changed ? [header, hash, data] : [header, data])), signal)
+      }
+    } finally {
+      await fh?.close()
+    }
+  }
+}
