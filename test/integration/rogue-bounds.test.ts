@@ -14,7 +14,7 @@ import { expect } from 'chai'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { mkdtemp, readdir, readFile, rm, statfs } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, statfs } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes, createHash } from 'node:crypto'
@@ -35,6 +35,8 @@ import { PROFILES } from '../../agent/timings.js'
 import type { ContainerSpec } from '../../protocol/container.js'
 
 const run = promisify(execFile)
+/** The small filesystem B stages layers on in the disk test: its floor (256 MiB) plus room for the test's layers. */
+const STAGING_FS_BYTES = 768 * 1024 * 1024
 const TIMINGS = PROFILES.test
 /** Slack for a loaded machine on top of a bound's own time. */
 const SLACK_MS = 4000
@@ -245,6 +247,11 @@ describe('bounds against a stranger and a rogue member (lab: 1 host, real agent)
   it('stops a layer whose bytes would take the disk below its floor, or pass its announced size, as they arrive', async () => {
     const rogue = rogue1 // its transfers of the flood are pending
     const layersDir = join(B.dir, 'state', 'layers')
+    // B's staging store on a small filesystem of its own for this test: its free space is then what
+    // this test leaves it, not what other work on the machine's disk does meanwhile.
+    await run('mount', ['-t', 'tmpfs', '-o', `size=${STAGING_FS_BYTES},mode=0700`, 'gotolabt-layers', layersDir])
+    stops.push(async () => { await run('umount', [layersDir]).catch(() => {}) })
+    await mkdir(join(layersDir, 'incoming'), { mode: 0o700 })
     // Announced beyond what the disk has: refused before a byte is kept (the prepare's size said 0).
     const fs = await statfs(layersDir)
     const free = fs.bavail * fs.bsize
@@ -273,6 +280,8 @@ describe('bounds against a stranger and a rogue member (lab: 1 host, real agent)
     expect(await logged(B, 'transfer step refused', { op: 'layer', from: 'rogue-1', reason: 'LayerTooLargeError' })).to.equal(true)
     // Nothing half-received stays: every temp file is gone once its step ended.
     await waitFor(async () => (await readdir(join(layersDir, 'incoming'))).length === 0, { timeoutMs: SLACK_MS, intervalMs: 100, what: 'B to remove the refused layers\' temp files' })
+    expect(await readdir(layersDir), 'nothing staged from the refused layers').to.deep.equal(['incoming'])
+    await run('umount', [layersDir])
   })
 
   it('expires the flood\'s pending transfers, then takes prepares again, and left B as it was', async () => {

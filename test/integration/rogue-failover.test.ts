@@ -97,6 +97,21 @@ describe('a rogue member against failover (3 hosts, real agents)', function () {
     return { ...claim, grants: [{ grantor: rogue.peerId, members: 4, sig: Buffer.from(sig).toString('base64'), cert: rogue.certPem }] }
   }
 
+  /**
+   * A certificate with a "majority" of grants: the rogue's own, and grants in the name of the
+   * victims B and C (and of a member that does not exist) that the rogue signed itself with its own
+   * certificate — grants forged for members that never granted.
+   */
+  async function forgedMajority (epoch: number, names: string[]): Promise<EpochCertificate> {
+    const claim = { container: 'web', epoch, claimant: rogue.peerId, previousOwner: rogue.peerId, previousEpoch: epoch - 1 }
+    const grants = []
+    for (const grantor of [rogue.peerId, ...names]) {
+      const sig = await rogue.privateKey.sign(grantBytes(claim, grantor, 4))
+      grants.push({ grantor, members: 4, sig: Buffer.from(sig).toString('base64'), cert: rogue.certPem })
+    }
+    return { ...claim, grants }
+  }
+
   /** What must not change on the victims: where web runs, its owner and epoch, grants, held snapshots. */
   async function snapshotOfVictims (): Promise<unknown> {
     const [A] = hosts
@@ -136,13 +151,15 @@ describe('a rogue member against failover (3 hosts, real agents)', function () {
     await lab.down()
   })
 
-  it("a heartbeat gossiping the owner's container at a huge or self-certified epoch stops and renames nothing (attack 3)", async () => {
+  it("a heartbeat gossiping the owner's container at a huge, self-certified or forged-majority epoch stops and renames nothing (attack 3)", async () => {
     const [A] = hosts
     const before = await snapshotOfVictims()
     expect(before).to.deep.include({ owner: A.name, epoch: 1, fenced: false, all: ['web'] })
     const client = await connect(A)
     const forged = await selfCertified(999998)
-    const gossip: OwnedEntry[][] = [[{ name: 'web', epoch: 999999 }], [{ name: 'web', epoch: 999998, cert: forged }]]
+    const absent = peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()
+    const majority = await forgedMajority(999997, [...hosts.slice(1).map(h => { if (h.peerId === undefined) throw new Error(`${h.name} has no peer ID yet`); return h.peerId }), absent])
+    const gossip: OwnedEntry[][] = [[{ name: 'web', epoch: 999999 }], [{ name: 'web', epoch: 999998, cert: forged }], [{ name: 'web', epoch: 999997, cert: majority }]]
     for (const owned of gossip) {
       let stop = false
       const beat = (async () => {
