@@ -4,6 +4,9 @@
  * spec, copy the volumes' data in, start it and wait until it runs. Shared by the destination of a
  * move (the state streams in from the source) and by a failover takeover (the state is a snapshot
  * this host holds). `made` records what was created, so a failure can be undone with `undoRestore`.
+ * The loaded image gets the source's image reference (spec.imageRef) when that tag is free here or
+ * names it already, and the container is created from that name, so `docker ps` shows it; a tag
+ * that names another image here is never moved (the container is then created from the image ID).
  *
  *   const made: Made = { volumes: [] }
  *   try { await restoreContainer(docker, { config, diffIds, spec, store, volumes }, made, signal, timings.restoreStartTimeoutMs) }
@@ -16,7 +19,7 @@ import type { LayerStore } from '../transfer/layer-store.js'
 import type { Logger } from '../log.js'
 import { loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
-import { RestoreFailedError } from '../../protocol/errors.js'
+import { ImageNotFoundError, RestoreFailedError } from '../../protocol/errors.js'
 
 /** How often its state is read meanwhile. */
 const START_POLL_MS = 100
@@ -48,7 +51,9 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
       made.volumes.push(m.name)
     }
   }
-  const spec = { ...input.spec, image: made.imageId }
+  const ref = input.spec.imageRef
+  const named = ref !== undefined && await tagIfFree(docker, made.imageId, ref, signal) !== 'taken'
+  const spec = { ...input.spec, image: named ? ref : made.imageId }
   const containerId = await docker.create(spec, signal)
   made.containerId = containerId
   for (const v of input.volumes) await docker.putArchive(containerId, posix.dirname(v.destination), v.data(), signal)
@@ -62,6 +67,23 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
     }
     await new Promise(resolve => setTimeout(resolve, START_POLL_MS))
   }
+}
+
+/** What the tag `ref` names here: nothing ('free'), the image `imageId` ('same'), or another image ('taken'). */
+export async function tagState (docker: DockerHost, ref: string, imageId: string | undefined, signal: AbortSignal): Promise<'free' | 'same' | 'taken'> {
+  try {
+    return (await docker.inspectImage(ref, signal)).id === imageId ? 'same' : 'taken'
+  } catch (err) {
+    if (err instanceof ImageNotFoundError) return 'free'
+    throw err
+  }
+}
+
+/** Tags image `imageId` as `ref` unless that tag names another image here; says which it was. */
+async function tagIfFree (docker: DockerHost, imageId: string, ref: string, signal: AbortSignal): Promise<'free' | 'same' | 'taken'> {
+  const state = await tagState(docker, ref, imageId, signal)
+  if (state === 'free') await docker.tagImage(imageId, ref, signal)
+  return state
 }
 
 /** Removes what a failed restore made (container, volumes; the image unless something uses it). */
