@@ -290,7 +290,8 @@ export function judgeContainer (c: InspectSections): Judgement {
       if (verdict === 'refuse' && !(field === 'NetworkMode' && networks.includes(mode))) refused.push({ field: name, why: whyRefused(section, field) })
     }
   }
-  const own = mode === '' || mode === 'default' ? 'bridge' : mode
+  // The one network a move carries: the one NetworkMode names, if it is not a user network.
+  const own = ['', 'default', 'bridge'].includes(mode) ? 'bridge' : mode === 'host' || mode === 'none' ? mode : undefined
   for (const n of networks) {
     if (n !== own) refused.push({ field: `NetworkSettings.Networks.${n}`, why: 'a user-defined network: networks are not carried yet (the container would land on the default bridge, without its aliases and peers)' })
   }
