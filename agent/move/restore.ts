@@ -36,7 +36,13 @@ export interface RestoreInput {
 }
 
 /** What a restore created here. */
-export interface Made { volumes: string[], containerId?: string, imageId?: string }
+export interface Made {
+  volumes: string[]
+  containerId?: string
+  imageId?: string
+  /** A helper container that fills volumes of a container with a read-only root (removed once done). */
+  helperId?: string
+}
 
 /**
  * Runs the restore; on failure `made` says what to undo. Resolves with the running container's ID
@@ -56,7 +62,7 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
   const spec = { ...input.spec, image: named ? ref : made.imageId }
   const containerId = await docker.create(spec, signal)
   made.containerId = containerId
-  for (const v of input.volumes) await docker.putArchive(containerId, posix.dirname(v.destination), v.data(), signal)
+  await putVolumes(docker, spec, containerId, input.volumes, made, signal)
   await docker.start(containerId, signal)
   const deadline = Date.now() + startTimeoutMs
   for (;;) {
@@ -66,6 +72,30 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
       throw new RestoreFailedError(`container '${spec.name}' did not stay running here (state ${state.status})`)
     }
     await new Promise(resolve => setTimeout(resolve, START_POLL_MS))
+  }
+}
+
+/**
+ * Copies the volumes' data in. Each archive holds the mount point's entry, so it is extracted into
+ * the mount point's parent — which the engine refuses in a container with a read-only root
+ * filesystem. Such a container's volumes are filled through a helper container (created, never
+ * started) that mounts only those volumes, removed right after.
+ */
+async function putVolumes (docker: DockerHost, spec: ContainerSpec, containerId: string, volumes: RestoreInput['volumes'], made: Made, signal: AbortSignal): Promise<void> {
+  if (volumes.length === 0) return
+  let target = containerId
+  if (spec.engine?.hostConfig.ReadonlyRootfs === true) {
+    const helper: ContainerSpec = {
+      name: `${spec.name}-goto-fill-${containerId.slice(0, 12)}`, image: spec.image, env: [], cmd: ['true'], entrypoint: null, workingDir: '', user: '', labels: {},
+      hostname: '', exposedPorts: [], portBindings: {}, restartPolicy: { name: '', maximumRetryCount: 0 }, mounts: spec.mounts.filter(m => m.type === 'volume')
+    }
+    target = await docker.create(helper, signal)
+    made.helperId = target
+  }
+  for (const v of volumes) await docker.putArchive(target, posix.dirname(v.destination), v.data(), signal)
+  if (made.helperId !== undefined) {
+    await docker.remove(made.helperId, { force: true, volumes: false }, signal)
+    made.helperId = undefined
   }
 }
 
@@ -89,7 +119,9 @@ async function tagIfFree (docker: DockerHost, imageId: string, ref: string, sign
 /** Removes what a failed restore made (container, volumes; the image unless something uses it). */
 export async function undoRestore (docker: DockerHost, made: Made & { preloaded?: string }, log: Logger): Promise<void> {
   const signal = AbortSignal.timeout(60_000)
-  if (made.containerId !== undefined) await docker.remove(made.containerId, { force: true, volumes: false }, signal).catch(err => { log.error('rollback: container not removed', { error: (err as Error).message }) })
+  for (const id of [made.helperId, made.containerId]) {
+    if (id !== undefined) await docker.remove(id, { force: true, volumes: false }, signal).catch(err => { log.error('rollback: container not removed', { error: (err as Error).message }) })
+  }
   for (const v of made.volumes) await docker.removeVolume(v, signal).catch(err => { log.error('rollback: volume not removed', { volume: v, error: (err as Error).message }) })
   for (const image of [made.imageId, made.preloaded]) {
     if (image !== undefined) await docker.removeImage(image, { force: false }, signal).catch(() => { /* used by another container or image: keep */ })
