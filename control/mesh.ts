@@ -116,7 +116,7 @@ function addressOf (member: { name: string, peerId: string, addrs: string[] }, a
 }
 
 /** goto drain: move every running container of `host` to the other members, one after another. */
-async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 'dryRun' | 'allowBindMounts'>, io: Io): Promise<number> {
+async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 'dryRun' | 'allowBindMounts' | 'allowHostAccess'>, io: Io): Promise<number> {
   return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
     const emit = (ev: DrainEvent): void => { if (opts.json) io.stdout(jsonText(ev) + '\n'); else renderDrain(ev, io.stdout, io.stderr) }
     const [peers, status] = await Promise.all([client.peers(signal), client.status(host, signal)])
@@ -158,6 +158,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
         to: { type: 'string' },
         'dry-run': { type: 'boolean' },
         'allow-bind-mounts': { type: 'boolean' },
+        'allow-host-access': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       }
     })
@@ -167,7 +168,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
   }
   if (parsed.values.help === true) { io.stdout(USAGE + '\n'); return 0 }
   const maxPositionals = command === 'peers' ? 0 : 1
-  for (const opt of ['to', 'dry-run', 'allow-bind-mounts'] as const) {
+  for (const opt of ['to', 'dry-run', 'allow-bind-mounts', 'allow-host-access'] as const) {
     const allowed = opt === 'to' ? ['move'] : ['move', 'drain']
     if (parsed.values[opt] !== undefined && !allowed.includes(command)) { io.stderr(`goto: error: --${opt} belongs to 'goto ${allowed.join("' and 'goto ")}' (try 'goto --help')\n`); return 2 }
   }
@@ -182,10 +183,10 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
   if ((command === 'protect' || command === 'unprotect') && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', `missing: 'goto ${command} CONTAINER'`)
   const opts = common(parsed.values, env)
   if (command === 'move') {
-    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true }, io)
+    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true }, io)
   }
   if (command === 'drain') {
-    return await drain(opts, parsed.positionals[0], { dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true }, io)
+    return await drain(opts, parsed.positionals[0], { dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true }, io)
   }
   if (command === 'protect' || command === 'unprotect') {
     const container = parsed.positionals[0]

@@ -8,13 +8,15 @@
 import { bindsOf, type MoveEvent, type MoveOrder, type MoveStep, type OrderRequest } from '../protocol/move-messages.js'
 import { signOrder, specDigest, type MoveOrderBody, type OrderSigner, type SignedOrder } from '../protocol/orders.js'
 import { OrderMismatchError } from '../protocol/errors.js'
+import { hostPowersOf } from '../protocol/fidelity.js'
 import { printable } from './format.js'
 
 /**
  * The operator's signed order for the move the source `sourceId` proposes in `request`, after
  * checking that it is the move the operator asked for (`asked`): from that agent, to the member
  * named, of the container named. The spec's digest is computed here from the spec shown; bind
- * mounts are allowed only with --allow-bind-mounts, exactly those of that spec.
+ * mounts are allowed only with --allow-bind-mounts, exactly those of that spec; the spec's host-level
+ * powers (protocol/fidelity.ts) only with --allow-host-access, and the order says so only then.
  */
 export async function signMoveOrder (signer: OrderSigner, request: OrderRequest, asked: MoveOrder, sourceId: string): Promise<SignedOrder> {
   if (request.from !== sourceId) throw new OrderMismatchError(`the agent proposes a move from ${request.fromName} (${request.from}), but it is ${sourceId}`)
@@ -27,7 +29,10 @@ export async function signMoveOrder (signer: OrderSigner, request: OrderRequest,
     from: request.from,
     to: request.to,
     specDigest: specDigest(request.spec),
-    allow: { binds: asked.allowBindMounts ? bindsOf(request.spec) : [] }
+    allow: {
+      binds: asked.allowBindMounts ? bindsOf(request.spec) : [],
+      ...asked.allowHostAccess === true && hostPowersOf(request.spec.engine).length > 0 ? { hostAccess: true } : {}
+    }
   })
 }
 
@@ -65,6 +70,8 @@ export class MoveRenderer {
       case 'plan': {
         const p = ev.plan
         this.line(`plan ${p.moveId}: ${p.container} ${p.from} → ${p.to}; image ${p.image.slice(7, 19)}: ${p.layersTotal} layer(s), ${p.layersPresent} already there, ${p.layersToSend} to send (up to ${mib(p.bytesToSend)}); volumes: ${p.volumes.join(', ') || 'none'}`)
+        if ((p.hostPowers ?? []).length > 0) this.line(`plan ${p.moveId}: host-level powers carried (--allow-host-access): ${(p.hostPowers ?? []).join(', ')}`)
+        for (const w of p.warnings ?? []) this.line(`plan ${p.moveId}: warning: ${w}`)
         break
       }
       case 'step':

@@ -17,11 +17,16 @@ Commands:
       --dry-run         print the plan (layers to send, layers already there, bytes) and stop
       --allow-bind-mounts
                         move a container that bind-mounts host paths, without that data
+      --allow-host-access
+                        move a container with host-level powers (added capabilities, privileged,
+                        devices, host namespaces, security options, sysctls) and keep them at the
+                        destination; the signed order names this allowance. Without it such a
+                        container is refused, each power named
   drain NAME            planned maintenance: move every running container of the member NAME to
                         the other alive members (fewest containers first), one move after another;
                         a container whose move fails keeps running on NAME and the drain goes on;
-                        containers that are not running stay (listed). Takes --dry-run and
-                        --allow-bind-mounts as move does
+                        containers that are not running stay (listed). Takes --dry-run,
+                        --allow-bind-mounts and --allow-host-access as move does
   protect CONTAINER     protect a container: it is snapshotted to replica holders, and if its host
                         dies it runs again on one survivor from its latest snapshot (the label
                         goto.protect=true does the same)

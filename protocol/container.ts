@@ -17,6 +17,12 @@ export type RestartPolicyName = '' | 'no' | 'always' | 'unless-stopped' | 'on-fa
 
 export interface RestartPolicy { name: RestartPolicyName, maximumRetryCount: number }
 
+/**
+ * Engine settings carried as is, under their Engine API names (`Config.StopSignal`,
+ * `HostConfig.Memory`, ...): protocol/fidelity.ts decides which fields may be here.
+ */
+export interface EngineSettings { config: Record<string, unknown>, hostConfig: Record<string, unknown> }
+
 /** Everything needed to create the same container on another engine. */
 export interface ContainerSpec {
   name: string
@@ -35,6 +41,14 @@ export interface ContainerSpec {
   portBindings: Record<string, PortBinding[]>
   restartPolicy: RestartPolicy
   mounts: MountSpec[]
+  /**
+   * The reference the container's image has at the source (`Config.Image`, e.g. 'app:v1'), when it
+   * still names that image there; the destination tags the image it makes with it when the tag is
+   * free there (or names that image already), so `docker ps` shows the name. Absent: none.
+   */
+  imageRef?: string
+  /** Every other setting the fidelity table carries (absent in specs of agents before it). */
+  engine?: EngineSettings
 }
 
 export interface ImageInfo {

@@ -154,6 +154,14 @@ export class OrderMismatchError extends GotoError {}
 export class HostPowerNotOrderedError extends GotoError {}
 /** A later step of a transfer carries another spec than the one accepted at prepare. */
 export class SpecMismatchError extends GotoError {}
+/**
+ * A setting of the container that cannot move (protocol/fidelity.ts: refused with its name, e.g.
+ * `HostConfig.NetworkMode` container:x, `NetworkSettings.Networks.appnet`), or one the table does not
+ * know yet: the message names every such field. Nothing is dropped silently instead.
+ */
+export class FieldRefusedError extends GotoError {}
+/** The container has host-level powers (added capabilities, privileged, devices, host namespaces...) and the operator did not pass --allow-host-access. */
+export class HostAccessRefusedError extends GotoError {}
 
 // --- installing agents on hosts (control/install.ts) ---------------------------------------
 /** No SSH connection to the host: unreachable, refused, timed out, or not an SSH server. */
@@ -243,6 +251,8 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   OrderMismatchError,
   HostPowerNotOrderedError,
   SpecMismatchError,
+  FieldRefusedError,
+  HostAccessRefusedError,
   EpochCertificateInvalidError,
   SnapshotOwnerMismatchError,
   SnapshotLimitError,

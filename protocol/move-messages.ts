@@ -6,12 +6,15 @@ import { HostPowerNotOrderedError, ProtocolError } from './errors.js'
 import { count, obj, str } from './parse.js'
 import { parseSignedOrder, type BindAllowance, type SignedOrder } from './orders.js'
 import type { ContainerSpec, ImageInfo, MountSpec, RestartPolicyName } from './container.js'
+import { parseEngineSettings } from './fidelity.js'
 
 export interface MoveOrder {
   container: string
   to: string
   dryRun: boolean
   allowBindMounts: boolean
+  /** --allow-host-access: carry the container's host-level powers (fidelity.ts `host` fields), named in the signed order. */
+  allowHostAccess?: boolean
 }
 
 export type MoveStep = 'plan' | 'pre-copy' | 'freeze' | 'hand-over' | 'restore' | 'commit'
@@ -29,6 +32,10 @@ export interface MovePlan {
   /** Bytes of the layers to send, as the engine counts them (the top layer is not known until freeze). */
   bytesToSend: number
   volumes: string[]
+  /** Host-level powers the container keeps at the destination (with --allow-host-access), e.g. 'HostConfig.CapAdd'. */
+  hostPowers?: string[]
+  /** What the move does not do as asked but goes on without, e.g. a tag at the destination that names another image. */
+  warnings?: string[]
 }
 
 /**
@@ -83,6 +90,11 @@ export interface PrepareReply {
   present: number
   /** Diff IDs after that prefix already verified in the staging store (a retry does not resend them). */
   staged: string[]
+  /**
+   * The spec's imageRef here: 'free' (it will be tagged), 'same' (it names the image already),
+   * 'taken' (it names another image, which keeps it). Absent: no imageRef, or an older agent.
+   */
+  imageRef?: 'free' | 'same' | 'taken'
 }
 
 /**
@@ -192,10 +204,23 @@ const HOST_POWER_FIELDS = [
 
 export function parseMoveOrder (v: unknown): MoveOrder {
   const o = obj(v, 'move order')
-  return { container: str(o.container, 'container', 256), to: str(o.to, 'to', 256), dryRun: o.dryRun === true, allowBindMounts: o.allowBindMounts === true }
+  return {
+    container: str(o.container, 'container', 256),
+    to: str(o.to, 'to', 256),
+    dryRun: o.dryRun === true,
+    allowBindMounts: o.allowBindMounts === true,
+    ...o.allowHostAccess === true ? { allowHostAccess: true } : {}
+  }
 }
 
-/** The spec is re-checked field by field: the destination creates a container from it. */
+/** Like a tag `docker tag` takes: [registry[:port]/]name[:tag], lower case path, no digest. */
+const IMAGE_REF = /^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/
+
+/**
+ * The spec is re-checked field by field: the destination creates a container from it. The settings
+ * carried as is (`engine`) are checked against the fidelity table (FieldRefusedError); whether its
+ * host powers are allowed is for the order to say (orders.ts checkHostPowers).
+ */
 export function parseSpec (v: unknown): ContainerSpec {
   const o = obj(v, 'spec')
   for (const k of Object.keys(o)) {
@@ -244,8 +269,16 @@ export function parseSpec (v: unknown): ContainerSpec {
     exposedPorts: strings(o.exposedPorts ?? [], 'exposedPorts'),
     portBindings,
     restartPolicy: { name: rpName as RestartPolicyName, maximumRetryCount: count(rp.maximumRetryCount ?? 0, 'maximumRetryCount') },
-    mounts
+    mounts,
+    ...o.imageRef === undefined ? {} : { imageRef: imageRef(o.imageRef) },
+    ...o.engine === undefined ? {} : { engine: parseEngineSettings(o.engine) }
   }
+}
+
+function imageRef (v: unknown): string {
+  const s = str(v, 'spec.imageRef', 512)
+  if (!IMAGE_REF.test(s)) throw new ProtocolError(`spec.imageRef '${s}' is not an image reference (repo:tag)`)
+  return s
 }
 
 export function parseTransferRequest (v: unknown): TransferRequest {

@@ -22,6 +22,7 @@ import {
   HostPowerNotOrderedError, OrderExpiredError, OrderNotRecordedError, OrderReplayedError, OrderSignatureError, OrderSignerNotOperatorError, ProtocolError
 } from './errors.js'
 import { count, obj, str } from './parse.js'
+import { hostPowersOf } from './fidelity.js'
 
 /** Prefix of the signed bytes: a signature over anything else never verifies as an order. */
 export const ORDER_DOMAIN = 'goto-order/1\n'
@@ -59,9 +60,16 @@ export interface MoveOrderBody extends OrderCommon {
   from: string
   to: string
   specDigest: string
-  /** Host-level powers the operator allows the spec (only bind mounts can be expressed). */
-  allow: { binds: BindAllowance[] }
+  /**
+   * Host-level powers the operator allows the spec: each bind mount, exactly, and with
+   * `hostAccess: true` (--allow-host-access) the fidelity table's host powers (added capabilities,
+   * privileged, devices, host namespaces, security options, sysctls...). `hostAccess` is absent,
+   * never false, in an order that does not allow them, so such orders are signed as before it existed.
+   */
+  allow: MoveAllowances
 }
+
+export interface MoveAllowances { binds: BindAllowance[], hostAccess?: true }
 
 /** Protect (or unprotect) the container `container` on the agent `host` (a peer ID). */
 export interface ProtectOrderBody extends OrderCommon {
@@ -114,12 +122,16 @@ export function newOrderId (): string {
 }
 
 /**
- * Refuses a spec with a host-level power the order does not allow. Of the powers a container can
- * have over its host (bind mounts, privileged, devices, host namespaces, added capabilities,
- * security options), a ContainerSpec can express only bind mounts — the wire parser (parseSpec)
- * refuses the others outright — so each bind mount must be listed in `allow.binds`, exactly.
+ * Refuses a spec with a host-level power the order does not allow: each bind mount must be listed in
+ * `allow.binds`, exactly; any host power among the settings carried as is (protocol/fidelity.ts:
+ * `HostConfig.CapAdd`, `Privileged`, `Devices`, `PidMode` host, ...) needs `allow.hostAccess`. The
+ * wire parser (parseSpec) has already refused any setting the fidelity table does not carry.
  */
-export function checkHostPowers (spec: ContainerSpec, allow: { binds: readonly BindAllowance[] }): void {
+export function checkHostPowers (spec: ContainerSpec, allow: { binds: readonly BindAllowance[], hostAccess?: boolean }): void {
+  const powers = hostPowersOf(spec.engine)
+  if (powers.length > 0 && allow.hostAccess !== true) {
+    throw new HostPowerNotOrderedError(`container '${spec.name}' asks for host-level power ${powers.join(', ')}, which no operator order allows here (--allow-host-access)`)
+  }
   for (const m of spec.mounts) {
     if (m.type !== 'bind') continue
     if (!allow.binds.some(b => b.source === m.source && b.destination === m.destination && b.readOnly === m.readOnly)) {
@@ -156,6 +168,8 @@ export function parseSignedOrder (v: unknown): SignedOrder {
   if (b.kind === 'move') {
     const allow = obj(b.allow, 'order allow')
     if (!Array.isArray(allow.binds) || allow.binds.length > 256) throw new ProtocolError('order allow.binds must be a list')
+    // Present only as true: an order's body must parse back to exactly what was signed.
+    if (allow.hostAccess !== undefined && allow.hostAccess !== true) throw new ProtocolError('order allow.hostAccess must be true or absent')
     const specDigest = str(b.specDigest, 'order specDigest', 80)
     if (!DIGEST.test(specDigest)) throw new ProtocolError('order specDigest must be sha256:<64 hex>')
     body = {
@@ -170,7 +184,8 @@ export function parseSignedOrder (v: unknown): SignedOrder {
           const bo = obj(x, `order allow.binds[${i}]`)
           if (typeof bo.readOnly !== 'boolean') throw new ProtocolError(`order allow.binds[${i}].readOnly must be a boolean`)
           return { source: str(bo.source, 'bind source'), destination: str(bo.destination, 'bind destination'), readOnly: bo.readOnly }
-        })
+        }),
+        ...allow.hostAccess === true ? { hostAccess: true as const } : {}
       }
     }
   } else if (b.kind === 'protect' || b.kind === 'unprotect') {

@@ -71,6 +71,8 @@ export interface DockerHost {
   /** Gives the container another name (DockerConflictError when the name is taken). */
   rename (id: string, name: string, signal?: AbortSignal): Promise<void>
   removeImage (id: string, opts: { force?: boolean }, signal?: AbortSignal): Promise<void>
+  /** Points the tag `ref` (repo:tag) at image `id`, taking it from any image it named (the caller checks first). */
+  tagImage (id: string, ref: string, signal?: AbortSignal): Promise<void>
   /** Creates (does not start) a container with exactly `spec`; returns its ID. */
   create (spec: ContainerSpec, signal?: AbortSignal): Promise<string>
 

@@ -245,6 +245,13 @@ export class DockerodeHost implements DockerHost {
     await this.request({ what: `remove image '${id}'`, notFound: 'image', method: 'DELETE', path: `/images/${enc(id)}`, query: { force: opts.force === true } }, signal)
   }
 
+  async tagImage (id: string, ref: string, signal?: AbortSignal): Promise<void> {
+    const colon = ref.lastIndexOf(':')
+    const slash = ref.lastIndexOf('/')
+    const [repo, tag] = colon > slash ? [ref.slice(0, colon), ref.slice(colon + 1)] : [ref, 'latest']
+    await this.request({ what: `tag image '${id}' as ${ref}`, notFound: 'image', method: 'POST', path: `/images/${enc(id)}/tag`, query: { repo, tag } }, signal)
+  }
+
   async create (spec: ContainerSpec, signal?: AbortSignal): Promise<string> {
     // The only thing create can miss is the image (404); a name in use is a 409.
     const name = spec.name.replace(/^\//, '')

@@ -9,7 +9,12 @@
  * a missing volume on create), bind mounts become `Binds` (`-v` semantics: a missing host directory
  * is created), tmpfs mounts become `Tmpfs` with default options. An anonymous volume is a volume
  * whose name is 64 hex digits; it moves like a named one.
+ *
+ * Every other field of `Config` and `HostConfig` goes through the fidelity table
+ * (protocol/fidelity.ts): what it carries as is lands in `spec.engine` and back in the create body
+ * unchanged; what it refuses is listed in `ContainerInfo.fidelity`, for the move to refuse by name.
  */
+import { judgeContainer } from '../../protocol/fidelity.js'
 import type { ContainerInfo, ContainerSpec, MountSpec, PortBinding } from './types.js'
 
 /** The parts of `GET /containers/{id}/json` we read (Engine API 1.41+). */
@@ -20,7 +25,8 @@ export interface EngineContainer {
   State?: { Status?: string, Running?: boolean, Paused?: boolean }
   /** IDs of the execs running in it (null when none). */
   ExecIDs?: string[] | null
-  Config?: {
+  Config?: Record<string, unknown> & {
+    Image?: string
     Hostname?: string
     User?: string
     Env?: string[] | null
@@ -30,36 +36,53 @@ export interface EngineContainer {
     Labels?: Record<string, string> | null
     ExposedPorts?: Record<string, unknown> | null
   }
-  HostConfig?: {
+  HostConfig?: Record<string, unknown> & {
     PortBindings?: Record<string, Array<{ HostIp?: string, HostPort?: string }> | null> | null
     RestartPolicy?: { Name?: string, MaximumRetryCount?: number }
     Tmpfs?: Record<string, string> | null
     Mounts?: Array<{ Type?: string, Target?: string }> | null
   }
   Mounts?: Array<{ Type?: string, Name?: string, Source?: string, Destination?: string, Driver?: string, RW?: boolean }> | null
+  NetworkSettings?: { Networks?: Record<string, unknown> | null } | null
 }
 
 const RESTART_POLICIES = new Set(['', 'no', 'always', 'unless-stopped', 'on-failure'])
 
 /** The spec and state of a container from its inspect JSON. */
 export function containerInfoFromInspect (c: EngineContainer): ContainerInfo {
+  const { refused, hostPowers } = judgeContainer(c)
   return {
     id: c.Id,
     name: c.Name.replace(/^\//, ''),
     state: { status: c.State?.Status ?? 'unknown', running: c.State?.Running === true, paused: c.State?.Paused === true, execs: c.ExecIDs?.length ?? 0 },
-    spec: specFromInspect(c)
+    spec: specFromInspect(c),
+    ...refused.length > 0 || hostPowers.length > 0 ? { fidelity: { refused, hostPowers } } : {}
   }
 }
 
+/**
+ * The reference `Config.Image` gives (what the operator ran it as), normalized to repo:tag, or
+ * undefined when it is an image ID (or a prefix of one) or a digest reference (which no tag can be).
+ */
+export function imageRefOf (configImage: string | undefined, imageId: string): string | undefined {
+  if (configImage === undefined || configImage === '' || configImage.includes('@')) return undefined
+  const hex = configImage.replace(/^sha256:/, '')
+  if (configImage.startsWith('sha256:') || (/^[0-9a-f]{6,64}$/.test(hex) && imageId.replace(/^sha256:/, '').startsWith(hex))) return undefined
+  const lastSlash = configImage.lastIndexOf('/')
+  return configImage.slice(lastSlash + 1).includes(':') ? configImage : `${configImage}:latest`
+}
+
 export function specFromInspect (c: EngineContainer): ContainerSpec {
-  const cfg = c.Config ?? {}
-  const host = c.HostConfig ?? {}
+  const cfg: NonNullable<EngineContainer['Config']> = c.Config ?? {}
+  const host: NonNullable<EngineContainer['HostConfig']> = c.HostConfig ?? {}
   const portBindings: Record<string, PortBinding[]> = {}
   for (const [port, list] of Object.entries(host.PortBindings ?? {})) {
     portBindings[port] = (list ?? []).map(b => ({ hostIp: b.HostIp ?? '', hostPort: b.HostPort ?? '' }))
   }
   // The engine knows no other policies; anything else reads as the default ('').
   const restartName = RESTART_POLICIES.has(host.RestartPolicy?.Name ?? '') ? host.RestartPolicy?.Name ?? '' : ''
+  const imageRef = imageRefOf(cfg.Image, c.Image)
+  const { engine } = judgeContainer(c)
   return {
     name: c.Name.replace(/^\//, ''),
     image: c.Image,
@@ -76,7 +99,10 @@ export function specFromInspect (c: EngineContainer): ContainerSpec {
       name: restartName as ContainerSpec['restartPolicy']['name'],
       maximumRetryCount: host.RestartPolicy?.MaximumRetryCount ?? 0
     },
-    mounts: mountsFromInspect(c)
+    mounts: mountsFromInspect(c),
+    ...imageRef === undefined ? {} : { imageRef },
+    // Absent when nothing is carried as is, so such a spec is the one agents before the table sent.
+    ...Object.keys(engine.config).length + Object.keys(engine.hostConfig).length === 0 ? {} : { engine }
   }
 }
 
@@ -131,7 +157,11 @@ export function createBody (spec: ContainerSpec): Record<string, unknown> {
   const exposed: Record<string, Record<string, never>> = {}
   // Exactly the exposed ports of the spec: the engine does not add bound ports (the CLI does).
   for (const p of spec.exposedPorts) exposed[p] = {}
+  const engine = spec.engine ?? { config: {}, hostConfig: {} }
   return {
+    // The settings the fidelity table carries as is, under their own names; the spec's own fields
+    // (which the table keeps out of spec.engine) are written after them.
+    ...engine.config,
     Image: spec.image,
     Hostname: spec.hostname,
     User: spec.user,
@@ -142,9 +172,11 @@ export function createBody (spec: ContainerSpec): Record<string, unknown> {
     Labels: spec.labels,
     ExposedPorts: exposed,
     HostConfig: {
+      ...engine.hostConfig,
       Binds: binds,
       Mounts: mounts,
-      Tmpfs: tmpfs,
+      // --tmpfs options travel in the carried HostConfig.Tmpfs; mounts of the spec add defaults.
+      Tmpfs: { ...tmpfs, ...(engine.hostConfig.Tmpfs as Record<string, string> | undefined ?? {}) },
       PortBindings: portBindings,
       RestartPolicy: { Name: spec.restartPolicy.name, MaximumRetryCount: spec.restartPolicy.maximumRetryCount }
     }

@@ -5,10 +5,11 @@
  */
 
 import type { ContainerSpec } from '../../protocol/container.js'
+import type { Refusal } from '../../protocol/fidelity.js'
 
 // The shapes that travel on the wire live in protocol/container.ts; re-exported so that driver code
 // keeps importing its types from one place.
-export type { ContainerSpec, ImageInfo, MountSpec, PortBinding, RestartPolicy, RestartPolicyName } from '../../protocol/container.js'
+export type { ContainerSpec, EngineSettings, ImageInfo, MountSpec, PortBinding, RestartPolicy, RestartPolicyName } from '../../protocol/container.js'
 
 export interface ContainerInfo {
   id: string
@@ -16,6 +17,11 @@ export interface ContainerInfo {
   /** `execs`: how many `docker exec` processes run in it now. */
   state: { status: string, running: boolean, paused: boolean, execs: number }
   spec: ContainerSpec
+  /**
+   * What of its inspect the spec does not carry (protocol/fidelity.ts): fields refused by name, and
+   * the host powers among the carried settings. Absent: nothing refused, no host powers.
+   */
+  fidelity?: { refused: Refusal[], hostPowers: string[] }
 }
 
 /** What `docker save` produced, read entry by entry (classic or OCI layout). */

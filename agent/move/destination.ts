@@ -36,7 +36,7 @@ import { LiveLoad } from '../transfer/live-load.js'
 import { configDigest, loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
 import type { Timings } from '../timings.js'
-import { restoreContainer, undoRestore, type Made } from './restore.js'
+import { restoreContainer, tagState, undoRestore, type Made } from './restore.js'
 import type { IncomingJournal, IncomingRecord } from './incoming-journal.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, receiveBlob } from '../../protocol/wire.js'
@@ -232,6 +232,8 @@ export class DestinationService {
     const { present, missing } = layersToSend(req.image.diffIds, await docker.imageChains(signal))
     const staged: string[] = []
     for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)
+    // Whether the image can be named as at the source (restore checks again, and tags only then).
+    const ref = req.purpose === 'move' && req.spec.imageRef !== undefined ? await tagState(docker, req.spec.imageRef, undefined, signal) : undefined
     if (this.moves.has(req.moveId)) throw new MoveInProgressError(`transfer ${req.moveId} is already prepared here`)
     // From here the order is spent: the same order cannot prepare a second transfer.
     if (order !== undefined) await this.deps.orders.accept(order)
@@ -250,8 +252,8 @@ export class DestinationService {
       active: 0,
       sentData: false
     })
-    this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length })
-    return { present, staged }
+    this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length, imageRef: ref })
+    return { present, staged, ...ref === undefined ? {} : { imageRef: ref } }
   }
 
   /**

@@ -4,6 +4,9 @@
  * spec, copy the volumes' data in, start it and wait until it runs. Shared by the destination of a
  * move (the state streams in from the source) and by a failover takeover (the state is a snapshot
  * this host holds). `made` records what was created, so a failure can be undone with `undoRestore`.
+ * The loaded image gets the source's image reference (spec.imageRef) when that tag is free here or
+ * names it already, and the container is created from that name, so `docker ps` shows it; a tag
+ * that names another image here is never moved (the container is then created from the image ID).
  *
  *   const made: Made = { volumes: [] }
  *   try { await restoreContainer(docker, { config, diffIds, spec, store, volumes }, made, signal, timings.restoreStartTimeoutMs) }
@@ -16,7 +19,7 @@ import type { LayerStore } from '../transfer/layer-store.js'
 import type { Logger } from '../log.js'
 import { loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
-import { RestoreFailedError } from '../../protocol/errors.js'
+import { ImageNotFoundError, RestoreFailedError } from '../../protocol/errors.js'
 
 /** How often its state is read meanwhile. */
 const START_POLL_MS = 100
@@ -33,7 +36,13 @@ export interface RestoreInput {
 }
 
 /** What a restore created here. */
-export interface Made { volumes: string[], containerId?: string, imageId?: string }
+export interface Made {
+  volumes: string[]
+  containerId?: string
+  imageId?: string
+  /** A helper container that fills volumes of a container with a read-only root (removed once done). */
+  helperId?: string
+}
 
 /**
  * Runs the restore; on failure `made` says what to undo. Resolves with the running container's ID
@@ -48,10 +57,12 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
       made.volumes.push(m.name)
     }
   }
-  const spec = { ...input.spec, image: made.imageId }
+  const ref = input.spec.imageRef
+  const named = ref !== undefined && await tagIfFree(docker, made.imageId, ref, signal) !== 'taken'
+  const spec = { ...input.spec, image: named ? ref : made.imageId }
   const containerId = await docker.create(spec, signal)
   made.containerId = containerId
-  for (const v of input.volumes) await docker.putArchive(containerId, posix.dirname(v.destination), v.data(), signal)
+  await putVolumes(docker, spec, containerId, input.volumes, made, signal)
   await docker.start(containerId, signal)
   const deadline = Date.now() + startTimeoutMs
   for (;;) {
@@ -64,10 +75,53 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
   }
 }
 
+/**
+ * Copies the volumes' data in. Each archive holds the mount point's entry, so it is extracted into
+ * the mount point's parent — which the engine refuses in a container with a read-only root
+ * filesystem. Such a container's volumes are filled through a helper container (created, never
+ * started) that mounts only those volumes, removed right after.
+ */
+async function putVolumes (docker: DockerHost, spec: ContainerSpec, containerId: string, volumes: RestoreInput['volumes'], made: Made, signal: AbortSignal): Promise<void> {
+  if (volumes.length === 0) return
+  let target = containerId
+  if (spec.engine?.hostConfig.ReadonlyRootfs === true) {
+    const helper: ContainerSpec = {
+      name: `${spec.name}-goto-fill-${containerId.slice(0, 12)}`, image: spec.image, env: [], cmd: ['true'], entrypoint: null, workingDir: '', user: '', labels: {},
+      hostname: '', exposedPorts: [], portBindings: {}, restartPolicy: { name: '', maximumRetryCount: 0 }, mounts: spec.mounts.filter(m => m.type === 'volume')
+    }
+    target = await docker.create(helper, signal)
+    made.helperId = target
+  }
+  for (const v of volumes) await docker.putArchive(target, posix.dirname(v.destination), v.data(), signal)
+  if (made.helperId !== undefined) {
+    await docker.remove(made.helperId, { force: true, volumes: false }, signal)
+    made.helperId = undefined
+  }
+}
+
+/** What the tag `ref` names here: nothing ('free'), the image `imageId` ('same'), or another image ('taken'). */
+export async function tagState (docker: DockerHost, ref: string, imageId: string | undefined, signal: AbortSignal): Promise<'free' | 'same' | 'taken'> {
+  try {
+    return (await docker.inspectImage(ref, signal)).id === imageId ? 'same' : 'taken'
+  } catch (err) {
+    if (err instanceof ImageNotFoundError) return 'free'
+    throw err
+  }
+}
+
+/** Tags image `imageId` as `ref` unless that tag names another image here; says which it was. */
+async function tagIfFree (docker: DockerHost, imageId: string, ref: string, signal: AbortSignal): Promise<'free' | 'same' | 'taken'> {
+  const state = await tagState(docker, ref, imageId, signal)
+  if (state === 'free') await docker.tagImage(imageId, ref, signal)
+  return state
+}
+
 /** Removes what a failed restore made (container, volumes; the image unless something uses it). */
 export async function undoRestore (docker: DockerHost, made: Made & { preloaded?: string }, log: Logger): Promise<void> {
   const signal = AbortSignal.timeout(60_000)
-  if (made.containerId !== undefined) await docker.remove(made.containerId, { force: true, volumes: false }, signal).catch(err => { log.error('rollback: container not removed', { error: (err as Error).message }) })
+  for (const id of [made.helperId, made.containerId]) {
+    if (id !== undefined) await docker.remove(id, { force: true, volumes: false }, signal).catch(err => { log.error('rollback: container not removed', { error: (err as Error).message }) })
+  }
   for (const v of made.volumes) await docker.removeVolume(v, signal).catch(err => { log.error('rollback: volume not removed', { volume: v, error: (err as Error).message }) })
   for (const image of [made.imageId, made.preloaded]) {
     if (image !== undefined) await docker.removeImage(image, { force: false }, signal).catch(() => { /* used by another container or image: keep */ })

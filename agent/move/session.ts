@@ -76,6 +76,8 @@ export interface PreparedTransfer {
   /** Diff IDs to send (not in the destination's engine, nor verified there from an earlier try). */
   toSend: string[]
   volumes: VolumeRef[]
+  /** What the spec's imageRef names at the destination (PrepareReply.imageRef). */
+  imageRef?: 'free' | 'same' | 'taken'
 }
 
 /** The frozen state: the container's changes as a layer, and the config of "image + that layer". */
@@ -153,7 +155,7 @@ export class TransferSession {
     this.prepared = true
     const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
     this.plan = { image, toSend, volumes, spec }
-    return { image, toSend, volumes }
+    return { image, toSend, volumes, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef } }
   }
 
   /** Sends the layers the destination lacks while the container runs, and has it load the image. */

@@ -3,7 +3,9 @@
  * container's lock, then the six steps of a move, each one call on a TransferSession (session.ts),
  * each logged with the move ID and reported to the operator as an event:
  *
- *   plan      inspect the container; refuse a stopped one, bind mounts (unless allowed), a second
+ *   plan      inspect the container; refuse a stopped one, any setting the fidelity table refuses
+ *             (protocol/fidelity.ts, each by its name), host-level powers (unless
+ *             --allow-host-access), bind mounts (unless allowed), a second
  *             move of the same container, a destination that is unknown, dead or ourselves; the
  *             operator is sent the spec to sign (an `order` event, answered with the signed order:
  *             protocol/orders.ts); the destination verifies that order, checks architecture, disk,
@@ -29,8 +31,10 @@ import { TransferSession, inspectSource, type SessionDeps } from './session.js'
 import { MOVE_PROTOCOL } from '../../protocol/ids.js'
 import { parseMoveOrder, parseOrderReply, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest } from '../../protocol/move-messages.js'
 import { specDigest, type SignedOrder } from '../../protocol/orders.js'
+import { describeRefusals } from '../../protocol/fidelity.js'
 import {
-  BindMountRefusedError, ContainerNotRunningError, DestinationUnavailableError, MoveInProgressError, toWireError
+  BindMountRefusedError, ContainerNotRunningError, DestinationUnavailableError, FieldRefusedError, HostAccessRefusedError, ImageNotFoundError,
+  MoveInProgressError, toWireError
 } from '../../protocol/errors.js'
 
 /** Progress events at most this often, so a fast transfer does not flood the operator's terminal. */
@@ -137,7 +141,8 @@ export class MoveService {
     const step = async (s: MoveStep): Promise<void> => { log.info('move step', { step: s }); await emit({ event: 'step', moveId, step: s }) }
 
     await step('plan')
-    const spec = this.planSpec(info, order)
+    const warnings: string[] = []
+    const spec = await this.planSpec(info, order, warnings, signal)
     await session.connect(order.to, signal)
     const signed = await sign({
       moveId, container: info.name, from: this.deps.selfId, fromName: from, to: session.destinationId, toName: order.to, spec, specDigest: specDigest(spec)
@@ -147,7 +152,15 @@ export class MoveService {
     const plan: MovePlan = {
       moveId, container: info.name, from, to: order.to, image: image.id,
       layersTotal: image.diffIds.length, layersPresent: image.diffIds.length - toSend.length, layersToSend: toSend.length,
-      bytesToSend: toSend.length === 0 ? 0 : image.size, volumes: prepared.volumes.map(v => v.name)
+      bytesToSend: toSend.length === 0 ? 0 : image.size, volumes: prepared.volumes.map(v => v.name),
+      ...info.fidelity !== undefined && info.fidelity.hostPowers.length > 0 ? { hostPowers: info.fidelity.hostPowers } : {}
+    }
+    if (prepared.imageRef === 'taken' && spec.imageRef !== undefined) {
+      warnings.push(`${order.to} has a tag ${spec.imageRef} on another image, which keeps it: the container runs there as image ${image.id.slice(7, 19)} with no name`)
+    }
+    if (warnings.length > 0) {
+      plan.warnings = warnings
+      for (const w of warnings) log.warn('move plan', { warning: w })
     }
     await emit({ event: 'plan', plan })
     if (order.dryRun) {
@@ -180,16 +193,41 @@ export class MoveService {
     await emit({ event: 'done', moveId, container: info.name, from, to: order.to, bytesSent, layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs })
   }
 
-  /** The spec that travels: a running container only, bind mounts refused or dropped, failover's labels added. */
-  private planSpec (info: ContainerInfo, order: MoveOrder): ContainerSpec {
+  /**
+   * The spec that travels: a running container only, none of its settings refused by the fidelity
+   * table, host powers only with --allow-host-access, bind mounts refused or dropped, the image's
+   * reference only if it still names the container's image here, failover's labels added.
+   */
+  private async planSpec (info: ContainerInfo, order: MoveOrder, warnings: string[], signal: AbortSignal): Promise<ContainerSpec> {
     if (!info.state.running) throw new ContainerNotRunningError(`container '${info.name}' is ${info.state.status}; only a running container moves`)
+    const refused = info.fidelity?.refused ?? []
+    if (refused.length > 0) throw new FieldRefusedError(`container '${info.name}' has settings a move cannot carry: ${describeRefusals(refused)}`)
+    const powers = info.fidelity?.hostPowers ?? []
+    if (powers.length > 0 && order.allowHostAccess !== true) {
+      throw new HostAccessRefusedError(`container '${info.name}' has host-level powers: ${powers.join(', ')}; pass --allow-host-access to move it with them (the signed order names that allowance)`)
+    }
+    const withRef = await this.checkImageRef(info, warnings, signal)
     const binds = info.spec.mounts.filter(m => m.type === 'bind')
     if (binds.length > 0 && !order.allowBindMounts) {
       throw new BindMountRefusedError(`container '${info.name}' bind-mounts ${binds.map(b => b.type === 'bind' ? b.source : '').join(', ')} from this host, which cannot follow it; pass --allow-bind-mounts to move it without that data`)
     }
-    const spec = order.allowBindMounts ? { ...info.spec, mounts: info.spec.mounts.filter(m => m.type !== 'bind') } : info.spec
+    const spec = order.allowBindMounts ? { ...withRef, mounts: withRef.mounts.filter(m => m.type !== 'bind') } : withRef
     const extra = this.deps.labels?.travelLabels(spec.name)
     return extra === undefined ? spec : { ...spec, labels: { ...spec.labels, ...extra } }
+  }
+
+  /** The spec without its imageRef when that tag names another image here now (the container's was retagged). */
+  private async checkImageRef (info: ContainerInfo, warnings: string[], signal: AbortSignal): Promise<ContainerSpec> {
+    const ref = info.spec.imageRef
+    if (ref === undefined) return info.spec
+    const { imageRef: _, ...without } = info.spec
+    try {
+      if ((await this.deps.docker.inspectImage(ref, signal)).id === info.spec.image) return info.spec
+    } catch (err) {
+      if (!(err instanceof ImageNotFoundError)) throw err
+    }
+    warnings.push(`${ref} no longer names the container's image here: the destination does not tag it`)
+    return without
   }
 
   private progress (moveId: string, step: MoveStep, total: number, emit: Emit): (n: number) => void {

@@ -169,6 +169,20 @@ export function describeDockerHost (label: string, setup: () => Promise<DockerHo
       await f.host.removeImage(id, {})
     })
 
+    it('tags an image (taking the tag from the image it named); a container created from the tag has its reference', async () => {
+      const { id } = await derive(f.host, f.baseImage, { '/srv/tagged.txt': 'tagged\n' })
+      await f.host.tagImage(f.baseImage, 'conformance/tagged:v1')
+      await f.host.tagImage(id, 'conformance/tagged:v1')
+      expect((await f.host.inspectImage('conformance/tagged:v1')).id).to.equal(id)
+      const c = await f.host.create(spec('named', 'conformance/tagged:v1'))
+      const got = await f.host.inspectContainer(c)
+      expect(got.spec.image).to.equal(id)
+      expect(got.spec.imageRef).to.equal('conformance/tagged:v1')
+      await f.host.remove(c, { force: true, volumes: false })
+      await f.host.removeImage('conformance/tagged:v1', {})
+      await expectReject(f.host.inspectImage(id), ImageNotFoundError)
+    })
+
     it('creates a container whose inspected spec creates the same container again', async () => {
       await expectReject(f.host.create(spec('no-image', `sha256:${'0'.repeat(64)}`)), ImageNotFoundError)
       const s = spec('fidelity', f.baseImage, { restartPolicy: { name: 'on-failure', maximumRetryCount: 3 } })

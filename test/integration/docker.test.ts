@@ -219,7 +219,11 @@ describe('docker host driver (DockerodeHost on a lab engine)', function () {
         { type: 'bind', source: bindDir, destination: '/bind', readOnly: true },
         { type: 'volume', name: 'gotolabd-data', destination: '/data', readOnly: false, driver: 'local' },
         { type: 'tmpfs', destination: '/scratch' }
-      ]
+      ],
+      // The tag it was created from, and what the fidelity table carries as is: here only the
+      // engine's own defaults (protocol/fidelity.ts; test/integration/fidelity.test.ts has the rest).
+      imageRef: THREE,
+      engine: { config: {}, hostConfig: { IpcMode: 'private', LogConfig: { Type: 'json-file', Config: {} }, ShmSize: 67108864 } }
     }
     expect(got.spec).to.deep.equal(want)
     expect(got.spec.env).to.include.members(['MODE=test', 'EMPTY='])
@@ -227,7 +231,9 @@ describe('docker host driver (DockerodeHost on a lab engine)', function () {
     const copyId = await docker.create({ ...got.spec, name: 'fidelity-copy' })
     const copy = await docker.inspectContainer(copyId)
     expect(copy.id).to.equal(copyId)
-    expect(copy.spec).to.deep.equal({ ...got.spec, name: 'fidelity-copy' })
+    // Created from the image ID, so without a reference (a move's restore names it: agent/move/restore.ts).
+    const { imageRef: _, ...unnamed } = got.spec
+    expect(copy.spec).to.deep.equal({ ...unnamed, name: 'fidelity-copy' })
     await docker.remove(copyId, { force: true, volumes: false })
     await docker.remove('fidelity', { force: true, volumes: false })
     expect(await docker.volumeExists('gotolabd-data')).to.equal(true)

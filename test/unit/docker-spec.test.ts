@@ -63,7 +63,9 @@ describe('docker driver: container spec translation', () => {
         { type: 'bind', source: '/etc/app', destination: '/config', readOnly: true },
         { type: 'volume', name: 'data', destination: '/data', readOnly: false, driver: 'local' },
         { type: 'tmpfs', destination: '/run' }
-      ]
+      ],
+      // --tmpfs options are carried as is (protocol/fidelity.ts).
+      engine: { config: {}, hostConfig: { Tmpfs: { '/run': 'size=1m' } } }
     })
   })
 
@@ -93,7 +95,7 @@ describe('docker driver: container spec translation', () => {
           { Type: 'volume', Source: ANON, Target: '/anon', ReadOnly: false, VolumeOptions: { DriverConfig: { Name: 'local' } } },
           { Type: 'volume', Source: 'data', Target: '/data', ReadOnly: false, VolumeOptions: { DriverConfig: { Name: 'local' } } }
         ],
-        Tmpfs: { '/cache': '', '/run': '' },
+        Tmpfs: { '/cache': '', '/run': 'size=1m' },
         PortBindings: { '80/tcp': [{ HostIp: '', HostPort: '8080' }], '53/udp': [] },
         RestartPolicy: { Name: 'unless-stopped', MaximumRetryCount: 0 }
       }

@@ -165,6 +165,33 @@ describe('operator orders (protocol/orders.ts)', function () {
     expect(await readdir(store)).to.deep.equal([])
   })
 
+  it('signs host access only when allowed, and an order without it is the order it was before (no hostAccess key)', async () => {
+    const plain = await signOrder(ops, moveBody(), now)
+    expect(canonicalJson(plain.body)).to.not.contain('hostAccess')
+    expect(parseSignedOrder(JSON.parse(JSON.stringify(plain))).body).to.deep.equal(plain.body)
+    const allowed = parseSignedOrder(JSON.parse(JSON.stringify(await signOrder(ops, moveBody({ allow: { binds: [], hostAccess: true } }), now))))
+    expect(((await verifier().verify(allowed, ['move'])).allow.hostAccess)).to.equal(true)
+    // Taking the allowance out (or putting it in) breaks the signature; false is not a value an order holds.
+    const stripped: SignedOrder = { ...allowed, body: { ...allowed.body, allow: { binds: [] } } as MoveOrderBody }
+    expect((await rejection(verifier().verify(stripped, ['move']))).name).to.equal('OrderSignatureError')
+    const added: SignedOrder = { ...plain, body: { ...plain.body, allow: { binds: [], hostAccess: true } } as MoveOrderBody }
+    expect((await rejection(verifier().verify(added, ['move']))).name).to.equal('OrderSignatureError')
+    const falsy = JSON.parse(JSON.stringify(plain))
+    falsy.body.allow.hostAccess = false
+    expect(() => parseSignedOrder(falsy)).to.throw().with.property('name', 'ProtocolError')
+  })
+
+  it('allows a host-level power of the carried settings only with allow.hostAccess', () => {
+    const capable: ContainerSpec = { ...SPEC, engine: { config: {}, hostConfig: { CapAdd: ['CAP_SYS_TIME'], Memory: 67108864 } } }
+    const limited: ContainerSpec = { ...SPEC, engine: { config: { StopSignal: 'SIGINT' }, hostConfig: { Memory: 67108864, NetworkMode: 'bridge' } } }
+    expect(() => { checkHostPowers(limited, { binds: [] }) }).to.not.throw()
+    expect(() => { checkHostPowers(capable, { binds: [] }) }).to.throw(/HostConfig\.CapAdd/).with.property('name', 'HostPowerNotOrderedError')
+    expect(() => { checkHostPowers(capable, { binds: [], hostAccess: true }) }).to.not.throw()
+    for (const hostConfig of [{ Privileged: true }, { PidMode: 'host' }, { NetworkMode: 'host' }, { Devices: [{ PathOnHost: '/dev/sda', PathInContainer: '/dev/sda', CgroupPermissions: 'rwm' }] }, { SecurityOpt: ['seccomp=unconfined'] }, { Sysctls: { 'kernel.x': '1' } }]) {
+      expect(() => { checkHostPowers({ ...SPEC, engine: { config: {}, hostConfig } }, { binds: [] }) }, JSON.stringify(hostConfig)).to.throw().with.property('name', 'HostPowerNotOrderedError')
+    }
+  })
+
   it('allows a bind mount only if the order lists it exactly', () => {
     const bound: ContainerSpec = { ...SPEC, mounts: [...SPEC.mounts, { type: 'bind', source: '/', destination: '/host', readOnly: false }] }
     expect(() => { checkHostPowers(SPEC, { binds: [] }) }).to.not.throw()
