@@ -33,7 +33,7 @@ import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import { counted } from '../transfer/counted.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { LiveLoad } from '../transfer/live-load.js'
-import { configDigest, loadVerified } from '../transfer/load.js'
+import { configDigest, loadBase, loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
 import type { Timings } from '../timings.js'
 import { restoreContainer, undoRestore, type Made } from './restore.js'
@@ -229,7 +229,8 @@ export class DestinationService {
     }
     if (req.purpose === 'move') await this.checkConflicts(req, signal)
     await this.deps.kept?.settled()
-    const { present, missing } = layersToSend(req.image.diffIds, await docker.imageChains(signal))
+    // The containerd image store reuses no layer in a load: it is sent every one (loadBase).
+    const { present, missing } = layersToSend(req.image.diffIds, (await loadBase(docker, signal)).chains)
     const staged: string[] = []
     for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)
     if (this.moves.has(req.moveId)) throw new MoveInProgressError(`transfer ${req.moveId} is already prepared here`)
@@ -390,8 +391,9 @@ export class DestinationService {
     const { docker } = this.deps
     const config = Buffer.from(req.config, 'base64')
     await this.journal(p, peer, { stage: 'loading', preloaded: configDigest(config) })
-    const { present } = layersToSend(req.diffIds, await docker.imageChains(signal))
-    const input = { config, diffIds: req.diffIds, present, store: this.deps.store }
+    const base = await loadBase(docker, signal)
+    const { present } = layersToSend(req.diffIds, base.chains)
+    const input = { config, diffIds: req.diffIds, present, store: this.deps.store, imageStore: base.imageStore }
     // Layers that arrived were streamed into the engine as they came; if that load was cut off (or
     // never began: everything was staged before), load from the verified store instead.
     const imageId = await this.flushingWhile(async () => await p.live?.finish(input, signal) ?? await loadVerified(docker, input, signal), signal)

@@ -14,7 +14,7 @@ import type { DockerHost } from '../docker/docker-host.js'
 import type { ContainerSpec } from '../docker/types.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import type { Logger } from '../log.js'
-import { loadVerified } from '../transfer/load.js'
+import { loadBase, loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
 import { RestoreFailedError } from '../../protocol/errors.js'
 
@@ -40,8 +40,9 @@ export interface Made { volumes: string[], containerId?: string, imageId?: strin
  * once the engine has seen it running (for up to `startTimeoutMs`: timings.restoreStartTimeoutMs).
  */
 export async function restoreContainer (docker: DockerHost, input: RestoreInput, made: Made, signal: AbortSignal, startTimeoutMs: number): Promise<string> {
-  const { present } = layersToSend(input.diffIds, await docker.imageChains(signal))
-  made.imageId = await loadVerified(docker, { config: input.config, diffIds: input.diffIds, present, store: input.store }, signal)
+  const base = await loadBase(docker, signal)
+  const { present } = layersToSend(input.diffIds, base.chains)
+  made.imageId = await loadVerified(docker, { config: input.config, diffIds: input.diffIds, present, store: input.store, imageStore: base.imageStore }, signal)
   for (const m of input.spec.mounts) {
     if (m.type === 'volume') {
       await docker.createVolume(m.name, m.driver, {}, signal)

@@ -136,7 +136,7 @@ export class LiveLoad {
       } finally {
         this.settled = true
       }
-      return await confirmLoaded(this.docker, expected, diffIds, loaded, signal)
+      return await confirmLoaded(this.docker, { expected, diffIds, loaded, imageStore: input.imageStore }, signal)
     } finally {
       signal?.removeEventListener('abort', onAbort)
     }

@@ -21,10 +21,20 @@
  * the config's diff IDs, a layer whose bytes do not hash to its diff ID, a missing file for a layer
  * whose chain it does not hold, and a path outside the tarball; a refused load keeps no image and
  * no layer. `RepoTags` naming a local tag would move that tag to the loaded image, hence `null`.
+ *
+ * The containerd image store (Docker 25+ with `containerd-snapshotter`, the default of Docker 29;
+ * agent/docker/engine-kind.ts) takes the same layout but no thin tarball: its load needs the file
+ * of every layer, whatever it holds (`failed to resolve layers: layer ".../layer.tar" not found`).
+ * And it names the loaded image by the digest of the manifest it writes for it, not by the config
+ * digest (an inspect by the config digest finds nothing). So `loadBase` gives no chains to leave
+ * out on that store, and the loaded image is confirmed by what the engine reports (one image,
+ * exactly `diffIds` as its rootfs), the config having been checked against those diff IDs before.
+ * A load whose result does not check out is removed again: nothing unexpected is left behind.
  */
 import { createHash } from 'node:crypto'
 import { Readable } from 'node:stream'
 import type { ImageInfo } from '../docker/types.js'
+import type { ImageStore } from '../docker/engine-kind.js'
 import {
   GotoError, ImageIdMismatchError, ImageLoadError, LayerMissingError, TransferError
 } from '../../protocol/errors.js'
@@ -38,6 +48,21 @@ export interface ImageLoader {
   loadImage: (tar: Readable, signal?: AbortSignal) => Promise<string[]>
   /** The image as the engine holds it; undefined or a rejection when it has no such image. */
   inspectImage: (ref: string, signal?: AbortSignal) => Promise<ImageInfo | undefined>
+  /** Removes an image that a load made but that did not check out. */
+  removeImage: (id: string, opts: { force?: boolean }, signal?: AbortSignal) => Promise<void>
+}
+
+/** What a load into an engine may build on: its image store, and the chains whose layer files the tarball may leave out. */
+export interface LoadBase {
+  imageStore: ImageStore
+  /** Diff-ID chains (base first) the engine holds and reuses in a load: none on the containerd store. */
+  chains: string[][]
+}
+
+/** The engine's LoadBase: its store from `/info`, and its image chains where its load reuses them. */
+export async function loadBase (docker: { info: (signal?: AbortSignal) => Promise<{ imageStore: ImageStore }>, imageChains: (signal?: AbortSignal) => Promise<string[][]> }, signal?: AbortSignal): Promise<LoadBase> {
+  const { imageStore } = await docker.info(signal)
+  return { imageStore, chains: imageStore === 'containerd' ? [] : await docker.imageChains(signal) }
 }
 
 export interface LoadInput {
@@ -51,6 +76,8 @@ export interface LoadInput {
   store: Pick<LayerStore, 'open' | 'has'>
   /** The image ID the source announced; when given, the config must hash to it. */
   imageId?: string
+  /** The engine's image store (default 'graphdriver'): on 'containerd', `present` must be 0. */
+  imageStore?: ImageStore
 }
 
 /** `sha256:<hex>` of the config bytes: the ID an engine gives the image. */
@@ -64,12 +91,12 @@ export function configDigest (config: Uint8Array): string {
  * Destroying the stream closes the layer being read. Errors (a layer gone from the store, or changed
  * size while read) come out as the stream's error.
  */
-export function buildLoadTarball (input: Omit<LoadInput, 'imageId'>): Readable {
+export function buildLoadTarball (input: Omit<LoadInput, 'imageId' | 'imageStore'>): Readable {
   checkPresent(input.present, input.diffIds.length)
   return Readable.from(nonEmpty(tarball(input)), { objectMode: false })
 }
 
-async function * tarball ({ config, diffIds, present, store }: Omit<LoadInput, 'imageId'>): AsyncGenerator<Uint8Array> {
+async function * tarball ({ config, diffIds, present, store }: Omit<LoadInput, 'imageId' | 'imageStore'>): AsyncGenerator<Uint8Array> {
   const paths = layerPaths(diffIds)
   for (let i = present; i < diffIds.length; i++) yield * storedLayerEntry(store, diffIds[i], paths[i])
   yield * closingEntries(config, paths)
@@ -154,8 +181,8 @@ function sameList (a: readonly string[], b: readonly string[]): boolean {
  * Loads the image into the engine and proves it arrived whole: checks the config (against
  * `imageId` when given, and its diff IDs against `diffIds`) and that the store holds every layer
  * after `present` before the engine sees anything, streams the tarball into `docker.loadImage`,
- * then requires the engine to hold `sha256:<config digest>` with exactly `diffIds`. Returns that
- * image ID.
+ * then requires the engine to hold `sha256:<config digest>` with exactly `diffIds` (on the
+ * containerd store: the one image it loaded, with exactly `diffIds`). Returns that image ID.
  *
  * Errors: ImageIdMismatchError (config does not match, or the engine holds something else after
  * the load), LayerMissingError (a layer to send is not in the store), ImageLoadError (the engine
@@ -186,7 +213,7 @@ export async function loadVerified (docker: ImageLoader, input: LoadInput, signa
     tar.destroy()
   }
   if (tarError !== undefined) throw tarError
-  return await confirmLoaded(docker, expected, diffIds, loaded, signal)
+  return await confirmLoaded(docker, { expected, diffIds, loaded, imageStore: input.imageStore }, signal)
 }
 
 /** ImageLoadError for an engine that refused a load of `expected` whose first `present` layers it was assumed to hold. */
@@ -200,7 +227,7 @@ export function loadRefused (err: unknown, expected: string, present: number): I
  * given, lists exactly `diffIds`, and `present` is a layer count. Returns the image ID
  * (`sha256:<config digest>`). ImageIdMismatchError or TransferError otherwise.
  */
-export function checkLoadInput ({ config, diffIds, present, imageId }: Omit<LoadInput, 'store'>): string {
+export function checkLoadInput ({ config, diffIds, present, imageId, imageStore }: Omit<LoadInput, 'store'>): string {
   const expected = configDigest(config)
   if (imageId !== undefined && imageId !== expected) {
     throw new ImageIdMismatchError(`the image config hashes to ${expected}, not to the announced ${imageId}`)
@@ -210,27 +237,56 @@ export function checkLoadInput ({ config, diffIds, present, imageId }: Omit<Load
     throw new ImageIdMismatchError(`the image config ${expected} lists ${fromConfig.length} layers (${fromConfig.join(', ')}), not the ${diffIds.length} given (${diffIds.join(', ')})`)
   }
   checkPresent(present, diffIds.length)
+  if (imageStore === 'containerd' && present !== 0) {
+    throw new TransferError(`a load into the containerd image store needs every layer file; present must be 0, not ${present}`)
+  }
   return expected
 }
 
+/** What a load reported, to confirm against what was meant. */
+export interface LoadResult {
+  /** `sha256:<config digest>`: the image ID a graph-driver engine gives it. */
+  expected: string
+  diffIds: readonly string[]
+  /** The image IDs the engine said it loaded. */
+  loaded: readonly string[]
+  imageStore?: ImageStore
+}
+
 /**
- * After the engine answered a load: it loaded nothing but `expected`, and now holds exactly that
- * image with exactly `diffIds`. Returns `expected`; ImageIdMismatchError otherwise.
+ * After the engine answered a load: it loaded nothing but `expected` (containerd store: exactly one
+ * image, whatever its manifest digest), and now holds that image with exactly `diffIds`. Returns
+ * the image's ID; ImageIdMismatchError otherwise, after removing what the load made (an image in
+ * use elsewhere stays: removal without force).
  */
-export async function confirmLoaded (docker: ImageLoader, expected: string, diffIds: readonly string[], loaded: readonly string[], signal?: AbortSignal): Promise<string> {
-  const other = loaded.filter(id => id !== expected)
+export async function confirmLoaded (docker: ImageLoader, r: LoadResult, signal?: AbortSignal): Promise<string> {
+  try {
+    return await checkLoaded(docker, r, signal)
+  } catch (err) {
+    if (signal?.aborted !== true) {
+      for (const id of new Set(r.loaded)) await docker.removeImage(id, { force: false }, signal).catch(() => { /* in use, or gone: keep */ })
+    }
+    throw err
+  }
+}
+
+async function checkLoaded (docker: ImageLoader, { expected, diffIds, loaded, imageStore }: LoadResult, signal?: AbortSignal): Promise<string> {
+  const byManifest = imageStore === 'containerd'
+  if (byManifest && loaded.length !== 1) throw new ImageIdMismatchError(`loading image ${expected} made the engine load ${loaded.length} images (${loaded.join(', ')}), not one`)
+  const other = byManifest ? [] : loaded.filter(id => id !== expected)
   if (other.length > 0) throw new ImageIdMismatchError(`loading image ${expected} made the engine load ${other.join(', ')}`)
+  const id = byManifest ? loaded[0] : expected
   let info: ImageInfo | undefined
   try {
-    info = await docker.inspectImage(expected, signal)
+    info = await docker.inspectImage(id, signal)
   } catch (err) {
     if (signal?.aborted === true) throw signal.reason
-    throw new ImageIdMismatchError(`after the load the engine has no image ${expected}: ${(err as Error).message}`, { cause: err })
+    throw new ImageIdMismatchError(`after the load the engine has no image ${id}: ${(err as Error).message}`, { cause: err })
   }
-  if (info === undefined) throw new ImageIdMismatchError(`after the load the engine has no image ${expected}`)
-  if (info.id !== expected) throw new ImageIdMismatchError(`after the load the engine's image is ${info.id}, not ${expected}`)
+  if (info === undefined) throw new ImageIdMismatchError(`after the load the engine has no image ${id}`)
+  if (info.id !== id) throw new ImageIdMismatchError(`after the load the engine's image is ${info.id}, not ${id}`)
   if (!sameList(info.diffIds, diffIds)) {
-    throw new ImageIdMismatchError(`after the load image ${expected} has layers ${info.diffIds.join(', ')}, not ${diffIds.join(', ')}`)
+    throw new ImageIdMismatchError(`after the load image ${id} (config ${expected}) has layers ${info.diffIds.join(', ')}, not ${diffIds.join(', ')}`)
   }
-  return expected
+  return id
 }

@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import { promisify } from 'node:util'
 import { LayerStore } from '../../agent/transfer/layer-store.js'
-import { buildLoadTarball, configDigest, loadVerified, type ImageLoader } from '../../agent/transfer/load.js'
+import { buildLoadTarball, configDigest, loadBase, loadVerified, type ImageLoader } from '../../agent/transfer/load.js'
 import { LiveLoad } from '../../agent/transfer/live-load.js'
 import { chainIds } from '../../agent/transfer/plan.js'
 import { tarHeader, tarPadding } from '../../agent/transfer/tar.js'
@@ -107,9 +107,11 @@ describe('transfer: load tarball and verified load', () => {
   })
 
   /** An engine stand-in: drains the tarball (checking it is one) and answers as told. */
-  function fakeEngine (answer: { loaded?: string[], fail?: Error, info?: ImageInfo | undefined }): ImageLoader & { loads: number } {
+  function fakeEngine (answer: { loaded?: string[], fail?: Error, info?: ImageInfo | undefined }): ImageLoader & { loads: number, removed: string[] } {
     const fake = {
       loads: 0,
+      removed: [] as string[],
+      async removeImage (id: string): Promise<void> { fake.removed.push(id) },
       async loadImage (tar: Readable): Promise<string[]> {
         fake.loads++
         await untar(tar, dir)
@@ -128,6 +130,45 @@ describe('transfer: load tarball and verified load', () => {
     const engine = fakeEngine({})
     expect(await loadVerified(engine, { config, diffIds, present: 1, store, imageId }, AbortSignal.timeout(10_000))).to.equal(imageId)
     expect(engine.loads).to.equal(1)
+  })
+
+  describe('into the containerd image store', () => {
+    const manifestDigest = 'sha256:' + 'c'.repeat(64)
+
+    it('confirms the one image the engine loaded, named by its manifest digest, by its diff IDs', async () => {
+      const engine = fakeEngine({ loaded: [manifestDigest] })
+      expect(await loadVerified(engine, { config, diffIds, present: 0, store, imageId, imageStore: 'containerd' }, AbortSignal.timeout(10_000))).to.equal(manifestDigest)
+      expect(engine.removed).to.deep.equal([])
+    })
+
+    it('removes a loaded image whose layers are not the ones sent, and says so', async () => {
+      const engine = fakeEngine({ loaded: [manifestDigest], info: { id: manifestDigest, diffIds: [diffIds[0]], os: 'linux', architecture: 'amd64', size: 0, repoTags: [] } })
+      const err = await loadVerified(engine, { config, diffIds, present: 0, store, imageId, imageStore: 'containerd' }).catch(e => e)
+      expect(err).to.be.instanceOf(ImageIdMismatchError)
+      expect(engine.removed).to.deep.equal([manifestDigest])
+    })
+
+    it('needs every layer file: a load that counts on layers present is refused before the engine sees it', async () => {
+      const engine = fakeEngine({ loaded: [manifestDigest] })
+      const err = await loadVerified(engine, { config, diffIds, present: 1, store, imageId, imageStore: 'containerd' }).catch(e => e)
+      expect(err).to.be.instanceOf(TransferError)
+      expect(engine.loads).to.equal(0)
+    })
+
+    it('plans no reused chain on that store (loadBase), and the engine\'s chains on a graph driver', async () => {
+      const chains = [[diffIds[0]]]
+      const engine = (imageStore: 'containerd' | 'graphdriver'): Parameters<typeof loadBase>[0] => ({ info: async () => ({ imageStore }), imageChains: async () => chains })
+      expect(await loadBase(engine('containerd'))).to.deep.equal({ imageStore: 'containerd', chains: [] })
+      expect(await loadBase(engine('graphdriver'))).to.deep.equal({ imageStore: 'graphdriver', chains })
+    })
+  })
+
+  it('removes an image loaded under an unexpected ID (graph driver)', async () => {
+    const other = 'sha256:' + 'd'.repeat(64)
+    const engine = fakeEngine({ loaded: [other] })
+    const err = await loadVerified(engine, { config, diffIds, present: 1, store, imageId }).catch(e => e)
+    expect(err).to.be.instanceOf(ImageIdMismatchError)
+    expect(engine.removed).to.deep.equal([other])
   })
 
   it('refuses a config that does not match the image ID or the layers, before the engine sees anything', async () => {
@@ -195,6 +236,7 @@ describe('transfer: load tarball and verified load', () => {
           settle(signal?.aborted === true ? 'cut' : 'ended')
           return [imageId]
         },
+        async removeImage (): Promise<void> {},
         async inspectImage (ref: string): Promise<ImageInfo | undefined> {
           return { id: ref, diffIds: [...diffIds], os: 'linux', architecture: 'amd64', size: 0, repoTags: [] }
         }
