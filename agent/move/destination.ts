@@ -34,6 +34,7 @@ import { counted } from '../transfer/counted.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { LiveLoad } from '../transfer/live-load.js'
 import { configDigest, loadBase, loadVerified } from '../transfer/load.js'
+import type { ImageStore } from '../docker/engine-kind.js'
 import { layersToSend } from '../transfer/plan.js'
 import type { Timings } from '../timings.js'
 import { restoreContainer, undoRestore, type Made } from './restore.js'
@@ -94,6 +95,10 @@ interface Pending {
   extraLayer?: string
   volumes: string[]
   made: Made & { preloaded?: string }
+  /** The engine's image store, from prepare: the containerd store gets no live load (load.ts). */
+  imageStore: ImageStore
+  /** The chain the preload loaded (a base the restore's load may build on, on the containerd store too). */
+  preloadedChain?: string[]
   /** The engine's load of the prepared chain, fed as its layers arrive (until preload finishes it). */
   live?: LiveLoad
   touched: number
@@ -230,7 +235,8 @@ export class DestinationService {
     if (req.purpose === 'move') await this.checkConflicts(req, signal)
     await this.deps.kept?.settled()
     // The containerd image store reuses no layer in a load: it is sent every one (loadBase).
-    const { present, missing } = layersToSend(req.image.diffIds, (await loadBase(docker, signal)).chains)
+    const base = await loadBase(docker, signal)
+    const { present, missing } = layersToSend(req.image.diffIds, base.chains)
     const staged: string[] = []
     for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)
     if (this.moves.has(req.moveId)) throw new MoveInProgressError(`transfer ${req.moveId} is already prepared here`)
@@ -247,6 +253,7 @@ export class DestinationService {
       wanted: new Set(missing),
       volumes: req.volumes.map(v => v.name),
       made: { volumes: [] },
+      imageStore: base.imageStore,
       touched: this.now(),
       active: 0,
       sentData: false
@@ -355,7 +362,7 @@ export class DestinationService {
     const { store, log } = this.deps
     // A layer of the prepared chain also streams into the engine's load, until preload finished it.
     const stage = async <T extends { diffId: string }>(keep: (s: AsyncIterable<Uint8Array>) => Promise<T>, ofChain: boolean): Promise<T> =>
-      ofChain && p.made.preloaded === undefined ? await this.liveLoad(p).layer(req.size, data, keep) : await keep(data)
+      ofChain && p.made.preloaded === undefined && p.imageStore !== 'containerd' ? await this.liveLoad(p).layer(req.size, data, keep) : await keep(data)
     if (req.diffId === null) {
       // Named only by its content: one of the layers this move needs, or one of the chain we
       // already have (the sender could not tell before hashing it), nothing else.
@@ -398,6 +405,7 @@ export class DestinationService {
     // never began: everything was staged before), load from the verified store instead.
     const imageId = await this.flushingWhile(async () => await p.live?.finish(input, signal) ?? await loadVerified(docker, input, signal), signal)
     p.made.preloaded = imageId
+    p.preloadedChain = req.diffIds
     p.touched = this.now()
     this.deps.log.info('image preloaded', { moveId: req.moveId, image: imageId })
     return { imageId }
@@ -444,7 +452,7 @@ export class DestinationService {
       }))
       const config = Buffer.from(req.config, 'base64')
       await this.journal(p, peer, { stage: 'restoring', spec: p.spec, image: configDigest(config) })
-      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: p.spec, store: this.deps.store, volumes }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
+      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: p.spec, store: this.deps.store, volumes, ownLoads: p.preloadedChain === undefined ? [] : [p.preloadedChain] }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
       await this.journal(p, peer, { stage: 'restored' })
       this.deps.log.info('move restored', { moveId: req.moveId, container: p.spec.name, containerId })
       return { containerId }
@@ -551,7 +559,8 @@ export class DestinationService {
         if (r.stage === 'restored') {
           this.moves.set(r.moveId, {
             moveId: r.moveId, purpose: 'move', from: r.from.peerId, spec: r.spec, specDigest: specDigest(r.spec), diffIds: [], present: 0, wanted: new Set(r.wanted),
-            volumes, made, touched: this.now(), active: 0, sentData: true, record: r
+            // Restored already: no layer or load comes any more, so the store kind plays no part.
+            volumes, made, imageStore: 'graphdriver', touched: this.now(), active: 0, sentData: true, record: r
           })
           log.warn('move restored here before this agent stopped: waiting for its source to commit or abort', { moveId: r.moveId, container: r.spec.name, from: r.from.name })
           continue

@@ -26,8 +26,10 @@ export interface RestoreInput {
   config: Uint8Array
   diffIds: string[]
   spec: ContainerSpec
-  /** Holds every layer the engine lacks. */
-  store: Pick<LayerStore, 'open' | 'has'>
+  /** Holds every layer the engine lacks (on the containerd store: every layer, for their sizes). */
+  store: Pick<LayerStore, 'open' | 'has' | 'size'>
+  /** Chains this agent loaded into the engine itself for this transfer (its preload): see load.ts loadBase. */
+  ownLoads?: string[][]
   /** Each named volume's archive (a tar of the mount point's parent entry), read in this order. */
   volumes: Array<{ name: string, destination: string, data: () => AsyncIterable<Uint8Array> }>
 }
@@ -40,7 +42,7 @@ export interface Made { volumes: string[], containerId?: string, imageId?: strin
  * once the engine has seen it running (for up to `startTimeoutMs`: timings.restoreStartTimeoutMs).
  */
 export async function restoreContainer (docker: DockerHost, input: RestoreInput, made: Made, signal: AbortSignal, startTimeoutMs: number): Promise<string> {
-  const base = await loadBase(docker, signal)
+  const base = await loadBase(docker, signal, input.ownLoads)
   const { present } = layersToSend(input.diffIds, base.chains)
   made.imageId = await loadVerified(docker, { config: input.config, diffIds: input.diffIds, present, store: input.store, imageStore: base.imageStore }, signal)
   for (const m of input.spec.mounts) {

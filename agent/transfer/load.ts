@@ -25,11 +25,18 @@
  * The containerd image store (Docker 25+ with `containerd-snapshotter`, the default of Docker 29;
  * agent/docker/engine-kind.ts) takes the same layout but no thin tarball: its load needs the file
  * of every layer, whatever it holds (`failed to resolve layers: layer ".../layer.tar" not found`).
- * And it names the loaded image by the digest of the manifest it writes for it, not by the config
- * digest (an inspect by the config digest finds nothing). So `loadBase` gives no chains to leave
- * out on that store, and the loaded image is confirmed by what the engine reports (one image,
- * exactly `diffIds` as its rootfs), the config having been checked against those diff IDs before.
- * A load whose result does not check out is removed again: nothing unexpected is left behind.
+ * And it names the loaded image by the digest of its manifest, not by the config digest (an
+ * inspect by the config digest finds nothing). So into that store the load is an OCI layout
+ * (`buildOciLoadTarball`): `oci-layout`, `index.json` naming one manifest without a ref name (no
+ * tag moves), the config and manifest blobs, and each layer as an uncompressed blob
+ * `blobs/sha256/<diff id>`. The engine stores those blobs as they are, so a later load of ours may
+ * reference them without sending them (tried on dockerd 28.5.2 + containerd 2.1.9: a manifest
+ * whose blobs are in the content store loads without them; the chain's snapshots are reused). Only
+ * this agent's own earlier loads are known to be stored that way, so `loadBase` gives as chains
+ * on that store just the ones the caller loaded itself (a move's preload, for its restore); layers
+ * the engine holds from elsewhere are sent again. The loaded image's ID must be the manifest's
+ * digest, and the engine must report exactly `diffIds` as its rootfs. A load whose result does not
+ * check out is removed again: nothing unexpected is left behind.
  */
 import { createHash } from 'node:crypto'
 import { Readable } from 'node:stream'
@@ -59,10 +66,84 @@ export interface LoadBase {
   chains: string[][]
 }
 
-/** The engine's LoadBase: its store from `/info`, and its image chains where its load reuses them. */
-export async function loadBase (docker: { info: (signal?: AbortSignal) => Promise<{ imageStore: ImageStore }>, imageChains: (signal?: AbortSignal) => Promise<string[][]> }, signal?: AbortSignal): Promise<LoadBase> {
+/**
+ * The engine's LoadBase: its store from `/info`, and the chains a load may build on — the engine's
+ * image chains on a graph driver; on the containerd store only `ownLoads`, chains this agent loaded
+ * there itself as an OCI layout (their layers stored as uncompressed blobs named by diff ID).
+ */
+export async function loadBase (
+  docker: { info: (signal?: AbortSignal) => Promise<{ imageStore: ImageStore }>, imageChains: (signal?: AbortSignal) => Promise<string[][]> },
+  signal?: AbortSignal,
+  ownLoads: ReadonlyArray<readonly string[]> = []
+): Promise<LoadBase> {
   const { imageStore } = await docker.info(signal)
-  return { imageStore, chains: imageStore === 'containerd' ? [] : await docker.imageChains(signal) }
+  return { imageStore, chains: imageStore === 'containerd' ? ownLoads.map(c => [...c]) : await docker.imageChains(signal) }
+}
+
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json'
+const OCI_LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar'
+
+/** The OCI manifest of the image with uncompressed layer blobs named by their diff IDs. */
+export function ociManifest (config: Uint8Array, diffIds: readonly string[], sizes: readonly number[]): Buffer {
+  return Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: { mediaType: OCI_CONFIG, digest: configDigest(config), size: config.byteLength },
+    layers: diffIds.map((d, i) => ({ mediaType: OCI_LAYER_TAR, digest: d, size: sizes[i] }))
+  }))
+}
+
+/**
+ * An OCI-layout tarball of the image for the containerd image store: the blobs of the layers from
+ * `present` on (streamed from the store), the config, the manifest (`ociManifest`, referencing
+ * every layer; the engine holds the first `present` as blobs from an earlier load of ours) and an
+ * index naming it without a ref name. `sizes` are the layers' sizes, base first.
+ */
+export function buildOciLoadTarball (input: Omit<LoadInput, 'imageId' | 'imageStore'>, sizes: readonly number[]): Readable {
+  checkPresent(input.present, input.diffIds.length)
+  return Readable.from(nonEmpty(ociTarball(input, sizes)), { objectMode: false })
+}
+
+function blobPath (digest: string): string {
+  return `blobs/sha256/${digest.slice('sha256:'.length)}`
+}
+
+async function * ociTarball ({ config, diffIds, present, store }: Omit<LoadInput, 'imageId' | 'imageStore'>, sizes: readonly number[]): AsyncGenerator<Uint8Array> {
+  const sent = new Set<string>()
+  for (let i = present; i < diffIds.length; i++) {
+    if (sent.has(diffIds[i])) continue // one blob serves every position of a repeated layer
+    sent.add(diffIds[i])
+    yield * storedLayerEntry(store, diffIds[i], blobPath(diffIds[i]))
+  }
+  const manifest = ociManifest(config, diffIds, sizes)
+  const index = Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.index.v1+json',
+    manifests: [{ mediaType: OCI_MANIFEST, digest: digestOf(manifest), size: manifest.byteLength }]
+  }))
+  for (const [name, bytes] of [[blobPath(configDigest(config)), config], [blobPath(digestOf(manifest)), manifest],
+    ['oci-layout', Buffer.from('{"imageLayoutVersion":"1.0.0"}')], ['index.json', index]] as const) {
+    yield tarHeader({ name, size: bytes.byteLength })
+    yield bytes
+    yield tarPadding(bytes.byteLength)
+  }
+  yield TAR_END
+}
+
+function digestOf (bytes: Uint8Array): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+}
+
+/** Every layer's size from the store (the containerd path keeps every layer of a transfer there). */
+async function storedSizes (store: Pick<LayerStore, 'size'>, diffIds: readonly string[], expected: string): Promise<number[]> {
+  const sizes: number[] = []
+  for (const d of diffIds) {
+    const size = await store.size(d)
+    if (size === undefined) throw new LayerMissingError(`layer ${d} of image ${expected} is not in the store; a load into the containerd store names every layer's size`)
+    sizes.push(size)
+  }
+  return sizes
 }
 
 export interface LoadInput {
@@ -72,11 +153,11 @@ export interface LoadInput {
   diffIds: readonly string[]
   /** How many layers, from the base, the engine already holds as a chain (layersToSend's `present`). */
   present: number
-  /** Holds every layer after `present`. */
-  store: Pick<LayerStore, 'open' | 'has'>
+  /** Holds every layer after `present` (for the containerd store: every layer, for their sizes). */
+  store: Pick<LayerStore, 'open' | 'has' | 'size'>
   /** The image ID the source announced; when given, the config must hash to it. */
   imageId?: string
-  /** The engine's image store (default 'graphdriver'): on 'containerd', `present` must be 0. */
+  /** The engine's image store (default 'graphdriver'): 'containerd' loads an OCI layout (buildOciLoadTarball). */
   imageStore?: ImageStore
 }
 
@@ -196,8 +277,11 @@ export async function loadVerified (docker: ImageLoader, input: LoadInput, signa
     if (!await store.has(d)) throw new LayerMissingError(`layer ${d} of image ${expected} is not in the store; it must be received before the load`)
   }
   signal?.throwIfAborted()
+  // The containerd store names the image by the manifest we write for it.
+  const sizes = input.imageStore === 'containerd' ? await storedSizes(store, diffIds, expected) : undefined
+  const manifestId = sizes === undefined ? undefined : digestOf(ociManifest(config, diffIds, sizes))
 
-  const tar = buildLoadTarball({ config, diffIds, present, store })
+  const tar = sizes === undefined ? buildLoadTarball({ config, diffIds, present, store }) : buildOciLoadTarball({ config, diffIds, present, store }, sizes)
   // A failure of our own tarball (a layer gone from the store) is the real cause of whatever
   // error the engine request then ends with.
   let tarError: unknown
@@ -213,7 +297,7 @@ export async function loadVerified (docker: ImageLoader, input: LoadInput, signa
     tar.destroy()
   }
   if (tarError !== undefined) throw tarError
-  return await confirmLoaded(docker, { expected, diffIds, loaded, imageStore: input.imageStore }, signal)
+  return await confirmLoaded(docker, { expected: manifestId ?? expected, diffIds, loaded }, signal)
 }
 
 /** ImageLoadError for an engine that refused a load of `expected` whose first `present` layers it was assumed to hold. */
@@ -227,7 +311,7 @@ export function loadRefused (err: unknown, expected: string, present: number): I
  * given, lists exactly `diffIds`, and `present` is a layer count. Returns the image ID
  * (`sha256:<config digest>`). ImageIdMismatchError or TransferError otherwise.
  */
-export function checkLoadInput ({ config, diffIds, present, imageId, imageStore }: Omit<LoadInput, 'store'>): string {
+export function checkLoadInput ({ config, diffIds, present, imageId }: Omit<LoadInput, 'store'>): string {
   const expected = configDigest(config)
   if (imageId !== undefined && imageId !== expected) {
     throw new ImageIdMismatchError(`the image config hashes to ${expected}, not to the announced ${imageId}`)
@@ -237,27 +321,22 @@ export function checkLoadInput ({ config, diffIds, present, imageId, imageStore 
     throw new ImageIdMismatchError(`the image config ${expected} lists ${fromConfig.length} layers (${fromConfig.join(', ')}), not the ${diffIds.length} given (${diffIds.join(', ')})`)
   }
   checkPresent(present, diffIds.length)
-  if (imageStore === 'containerd' && present !== 0) {
-    throw new TransferError(`a load into the containerd image store needs every layer file; present must be 0, not ${present}`)
-  }
   return expected
 }
 
 /** What a load reported, to confirm against what was meant. */
 export interface LoadResult {
-  /** `sha256:<config digest>`: the image ID a graph-driver engine gives it. */
+  /** The ID the engine gives the image: the config digest (graph driver) or the manifest digest (containerd store). */
   expected: string
   diffIds: readonly string[]
   /** The image IDs the engine said it loaded. */
   loaded: readonly string[]
-  imageStore?: ImageStore
 }
 
 /**
- * After the engine answered a load: it loaded nothing but `expected` (containerd store: exactly one
- * image, whatever its manifest digest), and now holds that image with exactly `diffIds`. Returns
- * the image's ID; ImageIdMismatchError otherwise, after removing what the load made (an image in
- * use elsewhere stays: removal without force).
+ * After the engine answered a load: it loaded nothing but `expected`, and now holds that image with
+ * exactly `diffIds`. Returns `expected`; ImageIdMismatchError otherwise, after removing what the
+ * load made (an image in use elsewhere stays: removal without force).
  */
 export async function confirmLoaded (docker: ImageLoader, r: LoadResult, signal?: AbortSignal): Promise<string> {
   try {
@@ -270,12 +349,10 @@ export async function confirmLoaded (docker: ImageLoader, r: LoadResult, signal?
   }
 }
 
-async function checkLoaded (docker: ImageLoader, { expected, diffIds, loaded, imageStore }: LoadResult, signal?: AbortSignal): Promise<string> {
-  const byManifest = imageStore === 'containerd'
-  if (byManifest && loaded.length !== 1) throw new ImageIdMismatchError(`loading image ${expected} made the engine load ${loaded.length} images (${loaded.join(', ')}), not one`)
-  const other = byManifest ? [] : loaded.filter(id => id !== expected)
+async function checkLoaded (docker: ImageLoader, { expected, diffIds, loaded }: LoadResult, signal?: AbortSignal): Promise<string> {
+  const other = loaded.filter(id => id !== expected)
   if (other.length > 0) throw new ImageIdMismatchError(`loading image ${expected} made the engine load ${other.join(', ')}`)
-  const id = byManifest ? loaded[0] : expected
+  const id = expected
   let info: ImageInfo | undefined
   try {
     info = await docker.inspectImage(id, signal)
@@ -286,7 +363,7 @@ async function checkLoaded (docker: ImageLoader, { expected, diffIds, loaded, im
   if (info === undefined) throw new ImageIdMismatchError(`after the load the engine has no image ${id}`)
   if (info.id !== id) throw new ImageIdMismatchError(`after the load the engine's image is ${info.id}, not ${id}`)
   if (!sameList(info.diffIds, diffIds)) {
-    throw new ImageIdMismatchError(`after the load image ${id} (config ${expected}) has layers ${info.diffIds.join(', ')}, not ${diffIds.join(', ')}`)
+    throw new ImageIdMismatchError(`after the load image ${id} has layers ${info.diffIds.join(', ')}, not ${diffIds.join(', ')}`)
   }
   return id
 }
