@@ -33,7 +33,7 @@ import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import { counted } from '../transfer/counted.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { LiveLoad } from '../transfer/live-load.js'
-import { configDigest, loadBase, loadVerified } from '../transfer/load.js'
+import { loadBase, loadedImageId, loadVerified } from '../transfer/load.js'
 import type { ImageStore } from '../docker/engine-kind.js'
 import { layersToSend } from '../transfer/plan.js'
 import type { Timings } from '../timings.js'
@@ -397,10 +397,10 @@ export class DestinationService {
     const p = this.own(req.moveId, peer)
     const { docker } = this.deps
     const config = Buffer.from(req.config, 'base64')
-    await this.journal(p, peer, { stage: 'loading', preloaded: configDigest(config) })
     const base = await loadBase(docker, signal)
     const { present } = layersToSend(req.diffIds, base.chains)
     const input = { config, diffIds: req.diffIds, present, store: this.deps.store, imageStore: base.imageStore }
+    await this.journal(p, peer, { stage: 'loading', preloaded: await loadedImageId(input) })
     // Layers that arrived were streamed into the engine as they came; if that load was cut off (or
     // never began: everything was staged before), load from the verified store instead.
     const imageId = await this.flushingWhile(async () => await p.live?.finish(input, signal) ?? await loadVerified(docker, input, signal), signal)
@@ -451,7 +451,9 @@ export class DestinationService {
         data: () => this.received(receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal))
       }))
       const config = Buffer.from(req.config, 'base64')
-      await this.journal(p, peer, { stage: 'restoring', spec: p.spec, image: configDigest(config) })
+      // The ID the restore's load will give the image (the containerd store: its manifest's digest).
+      const image = await loadedImageId({ config, diffIds: req.diffIds, store: this.deps.store, imageStore: p.imageStore })
+      await this.journal(p, peer, { stage: 'restoring', spec: p.spec, image })
       const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: p.spec, store: this.deps.store, volumes, ownLoads: p.preloadedChain === undefined ? [] : [p.preloadedChain] }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
       await this.journal(p, peer, { stage: 'restored' })
       this.deps.log.info('move restored', { moveId: req.moveId, container: p.spec.name, containerId })

@@ -135,6 +135,17 @@ function digestOf (bytes: Uint8Array): string {
   return `sha256:${createHash('sha256').update(bytes).digest('hex')}`
 }
 
+/**
+ * The ID the engine will give the image once loaded: the config digest on a graph driver, the
+ * digest of the OCI manifest we write for it on the containerd store (every layer must then be in
+ * the store, for its size). What a journal records, so that a recovery finds what a load made.
+ */
+export async function loadedImageId (input: Pick<LoadInput, 'config' | 'diffIds' | 'store' | 'imageStore'>): Promise<string> {
+  const expected = configDigest(input.config)
+  if (input.imageStore !== 'containerd') return expected
+  return digestOf(ociManifest(input.config, input.diffIds, await storedSizes(input.store, input.diffIds, expected)))
+}
+
 /** Every layer's size from the store (the containerd path keeps every layer of a transfer there). */
 async function storedSizes (store: Pick<LayerStore, 'size'>, diffIds: readonly string[], expected: string): Promise<number[]> {
   const sizes: number[] = []
