@@ -145,7 +145,8 @@ async function run (config: AgentConfig): Promise<void> {
     addrs: relays?.circuitAddrs() ?? (direct ??= advertisedAddrs(node.getMultiaddrs(), config.announce, hostAddresses())),
     labels: config.labels,
     agentVersion: GOTO_VERSION,
-    dockerVersion: monitor.version?.version ?? null,
+    // The engine's kind line (`docker 28.5.2 containerd-store`), bounded to the field's 64 characters.
+    dockerVersion: monitor.kind,
     containers: monitor.containers,
     crlNumber: trust.crlNumber,
     failover: failover.gossip()

@@ -64,7 +64,7 @@ function hostOf (addrs: string[]): string {
 
 export function formatPeers (rows: PeerRow[], now = Date.now()): string {
   return table(
-    ['NAME', 'STATE', 'ADDRESS', 'DOCKER', 'CONTAINERS', 'RTT', 'LAST SEEN', 'LABELS'],
+    ['NAME', 'STATE', 'ADDRESS', 'ENGINE', 'CONTAINERS', 'RTT', 'LAST SEEN', 'LABELS'],
     rows.map(r => [
       r.self ? `${r.name} *` : r.name,
       r.state,
@@ -79,7 +79,7 @@ export function formatPeers (rows: PeerRow[], now = Date.now()): string {
 }
 
 export function formatStatus (s: AgentStatus): string {
-  const docker = 'error' in s.docker ? `unavailable (${s.docker.error})` : `${s.docker.version} (API ${s.docker.apiVersion}, ${s.docker.os}/${s.docker.arch})`
+  const docker = 'error' in s.docker ? `unavailable (${s.docker.error})` : `${s.docker.kind ?? s.docker.version} (API ${s.docker.apiVersion}, ${s.docker.os}/${s.docker.arch})`
   const lines = [
     `name:       ${s.name}`,
     `peer id:    ${s.peerId}`,

@@ -82,7 +82,8 @@ export interface AgentStatus {
   version: string
   uptimeS: number
   labels: Record<string, string>
-  docker: { version: string, apiVersion: string, os: string, arch: string } | { error: string }
+  /** `kind`: product, version and image store, e.g. `docker 28.5.2 containerd-store` (absent from older agents). */
+  docker: { version: string, apiVersion: string, os: string, arch: string, kind?: string } | { error: string }
   containers: ContainerRow[]
   peers: Record<PeerState, number>
   failover?: FailoverStatus
@@ -226,7 +227,13 @@ export function parseAgentStatus (v: unknown): AgentStatus {
   const d = obj(o.docker, 'status docker')
   const docker: AgentStatus['docker'] = typeof d.error === 'string'
     ? { error: d.error }
-    : { version: str(d.version, 'docker version', 64), apiVersion: str(d.apiVersion, 'docker apiVersion', 64), os: str(d.os, 'docker os', 64), arch: str(d.arch, 'docker arch', 64) }
+    : {
+        version: str(d.version, 'docker version', 64),
+        apiVersion: str(d.apiVersion, 'docker apiVersion', 64),
+        os: str(d.os, 'docker os', 64),
+        arch: str(d.arch, 'docker arch', 64),
+        ...d.kind === undefined ? {} : { kind: str(d.kind, 'docker kind', 64) }
+      }
   if (!Array.isArray(o.containers)) throw new ProtocolError('status containers must be a list')
   const p = obj(o.peers, 'status peers')
   const count = (x: unknown): number => typeof x === 'number' && Number.isInteger(x) && x >= 0 ? x : 0

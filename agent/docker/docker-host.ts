@@ -15,11 +15,19 @@
 import type { Readable } from 'node:stream'
 import type { ContainerRow } from '../../protocol/messages.js'
 import type { LayerFiles } from './layer-files.js'
+import type { EngineProduct, ImageStore } from './engine-kind.js'
 import type {
   ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, SavedEntry
 } from './types.js'
 
-export interface EngineVersion { version: string, apiVersion: string, os: string, arch: string }
+export interface EngineVersion {
+  version: string
+  apiVersion: string
+  os: string
+  arch: string
+  /** Docker Engine or Podman (engine-kind.ts). */
+  product: EngineProduct
+}
 
 export interface EngineInfo {
   /** GOARCH style: amd64, arm64, arm, 386, ... (the engine says x86_64, aarch64). */
@@ -29,6 +37,8 @@ export interface EngineInfo {
   /** Where the engine keeps images and volumes (its data root). */
   dockerRootDir: string
   storageDriver: string
+  /** The containerd image store or the graph driver's (engine-kind.ts): it decides how a load is shaped. */
+  imageStore: ImageStore
   serverVersion: string
   /** The engine host's name. */
   name: string

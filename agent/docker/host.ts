@@ -38,6 +38,7 @@ import { LayerFiles } from './layer-files.js'
 import { messageError, readJsonMessages } from './json-messages.js'
 import { decodePathStat, exportContainerChanges, parseChanges } from './changes.js'
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
+import { imageStoreOf, productOf } from './engine-kind.js'
 import type {
   ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, SavedEntry
 } from './types.js'
@@ -87,20 +88,21 @@ export class DockerodeHost implements DockerHost {
   // --- engine ---------------------------------------------------------------------------------
 
   async version (signal?: AbortSignal): Promise<EngineVersion> {
-    const v = await this.request<{ Version: string, ApiVersion: string, Os: string, Arch: string }>({ what: 'version', notFound: 'none', method: 'GET', path: '/version' }, signal)
-    return { version: v.Version, apiVersion: v.ApiVersion, os: v.Os, arch: v.Arch }
+    const v = await this.request<{ Version: string, ApiVersion: string, Os: string, Arch: string, Components?: unknown }>({ what: 'version', notFound: 'none', method: 'GET', path: '/version' }, signal)
+    return { version: v.Version, apiVersion: v.ApiVersion, os: v.Os, arch: v.Arch, product: productOf(v.Components) }
   }
 
   async info (signal?: AbortSignal): Promise<EngineInfo> {
     const i = await this.request<{
       Architecture?: string, OSType?: string, DockerRootDir?: string, Driver?: string, ServerVersion?: string,
-      Name?: string, NCPU?: number, MemTotal?: number
+      Name?: string, NCPU?: number, MemTotal?: number, DriverStatus?: unknown
     }>({ what: 'info', notFound: 'none', method: 'GET', path: '/info' }, signal)
     return {
       architecture: normalizeArch(i.Architecture ?? ''),
       os: i.OSType ?? '',
       dockerRootDir: i.DockerRootDir ?? '',
       storageDriver: i.Driver ?? '',
+      imageStore: imageStoreOf(i.DriverStatus),
       serverVersion: i.ServerVersion ?? '',
       name: i.Name ?? '',
       cpus: i.NCPU ?? 0,

@@ -1,13 +1,16 @@
 /**
- * Keeps a recent reading of the engine's version and container count for heartbeats, so a heartbeat
- * never waits on Docker. Refreshes every `dockerRefreshMs`; an engine that stops answering reads as
+ * Keeps a recent reading of the engine's version, kind (`describeEngine`: product, version, image
+ * store) and container count for heartbeats, so a heartbeat never waits on Docker. Refreshes every `dockerRefreshMs`; an engine that stops answering reads as
  * null (the peer table then shows no version) and is logged once per outage.
  */
 import type { DockerHost, EngineVersion } from './docker-host.js'
 import type { Logger } from '../log.js'
+import { describeEngine } from './engine-kind.js'
 
 export class DockerMonitor {
   version: EngineVersion | null = null
+  /** `docker 28.5.2 containerd-store`, `podman 4.3.1`: what peers show of this engine. */
+  kind: string | null = null
   containers: number | null = null
   private timer: NodeJS.Timeout | undefined
   private failing = false
@@ -28,6 +31,7 @@ export class DockerMonitor {
     const signal = AbortSignal.timeout(this.refreshMs * 2)
     try {
       this.version ??= await this.docker.version(signal)
+      this.kind ??= describeEngine(this.version, await this.docker.info(signal))
       this.containers = (await this.docker.listContainers(signal)).length
       if (this.failing) this.log.info('docker engine answers again')
       this.failing = false
@@ -35,6 +39,7 @@ export class DockerMonitor {
       if (!this.failing) this.log.warn('docker engine not answering', { error: (err as Error).message })
       this.failing = true
       this.version = null
+      this.kind = null
       this.containers = null
     }
   }

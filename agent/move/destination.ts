@@ -33,7 +33,8 @@ import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import { counted } from '../transfer/counted.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { LiveLoad } from '../transfer/live-load.js'
-import { configDigest, loadVerified } from '../transfer/load.js'
+import { loadBase, loadedImageId, loadVerified } from '../transfer/load.js'
+import type { ImageStore } from '../docker/engine-kind.js'
 import { layersToSend } from '../transfer/plan.js'
 import type { Timings } from '../timings.js'
 import { restoreContainer, tagState, undoRestore, type Made } from './restore.js'
@@ -94,6 +95,10 @@ interface Pending {
   extraLayer?: string
   volumes: string[]
   made: Made & { preloaded?: string }
+  /** The engine's image store, from prepare: the containerd store gets no live load (load.ts). */
+  imageStore: ImageStore
+  /** The chain the preload loaded (a base the restore's load may build on, on the containerd store too). */
+  preloadedChain?: string[]
   /** The engine's load of the prepared chain, fed as its layers arrive (until preload finishes it). */
   live?: LiveLoad
   touched: number
@@ -229,7 +234,9 @@ export class DestinationService {
     }
     if (req.purpose === 'move') await this.checkConflicts(req, signal)
     await this.deps.kept?.settled()
-    const { present, missing } = layersToSend(req.image.diffIds, await docker.imageChains(signal))
+    // The containerd image store reuses no layer in a load: it is sent every one (loadBase).
+    const base = await loadBase(docker, signal)
+    const { present, missing } = layersToSend(req.image.diffIds, base.chains)
     const staged: string[] = []
     for (const d of missing) if (await this.deps.store.has(d)) staged.push(d)
     // Whether the image can be named as at the source (restore checks again, and tags only then).
@@ -248,6 +255,7 @@ export class DestinationService {
       wanted: new Set(missing),
       volumes: req.volumes.map(v => v.name),
       made: { volumes: [] },
+      imageStore: base.imageStore,
       touched: this.now(),
       active: 0,
       sentData: false
@@ -356,7 +364,7 @@ export class DestinationService {
     const { store, log } = this.deps
     // A layer of the prepared chain also streams into the engine's load, until preload finished it.
     const stage = async <T extends { diffId: string }>(keep: (s: AsyncIterable<Uint8Array>) => Promise<T>, ofChain: boolean): Promise<T> =>
-      ofChain && p.made.preloaded === undefined ? await this.liveLoad(p).layer(req.size, data, keep) : await keep(data)
+      ofChain && p.made.preloaded === undefined && p.imageStore !== 'containerd' ? await this.liveLoad(p).layer(req.size, data, keep) : await keep(data)
     if (req.diffId === null) {
       // Named only by its content: one of the layers this move needs, or one of the chain we
       // already have (the sender could not tell before hashing it), nothing else.
@@ -391,13 +399,15 @@ export class DestinationService {
     const p = this.own(req.moveId, peer)
     const { docker } = this.deps
     const config = Buffer.from(req.config, 'base64')
-    await this.journal(p, peer, { stage: 'loading', preloaded: configDigest(config) })
-    const { present } = layersToSend(req.diffIds, await docker.imageChains(signal))
-    const input = { config, diffIds: req.diffIds, present, store: this.deps.store }
+    const base = await loadBase(docker, signal)
+    const { present } = layersToSend(req.diffIds, base.chains)
+    const input = { config, diffIds: req.diffIds, present, store: this.deps.store, imageStore: base.imageStore }
+    await this.journal(p, peer, { stage: 'loading', preloaded: await loadedImageId(input) })
     // Layers that arrived were streamed into the engine as they came; if that load was cut off (or
     // never began: everything was staged before), load from the verified store instead.
     const imageId = await this.flushingWhile(async () => await p.live?.finish(input, signal) ?? await loadVerified(docker, input, signal), signal)
     p.made.preloaded = imageId
+    p.preloadedChain = req.diffIds
     p.touched = this.now()
     this.deps.log.info('image preloaded', { moveId: req.moveId, image: imageId })
     return { imageId }
@@ -443,8 +453,10 @@ export class DestinationService {
         data: () => this.received(receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal))
       }))
       const config = Buffer.from(req.config, 'base64')
-      await this.journal(p, peer, { stage: 'restoring', spec: p.spec, image: configDigest(config) })
-      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: p.spec, store: this.deps.store, volumes }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
+      // The ID the restore's load will give the image (the containerd store: its manifest's digest).
+      const image = await loadedImageId({ config, diffIds: req.diffIds, store: this.deps.store, imageStore: p.imageStore })
+      await this.journal(p, peer, { stage: 'restoring', spec: p.spec, image })
+      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: p.spec, store: this.deps.store, volumes, ownLoads: p.preloadedChain === undefined ? [] : [p.preloadedChain] }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
       await this.journal(p, peer, { stage: 'restored' })
       this.deps.log.info('move restored', { moveId: req.moveId, container: p.spec.name, containerId })
       return { containerId }
@@ -551,7 +563,8 @@ export class DestinationService {
         if (r.stage === 'restored') {
           this.moves.set(r.moveId, {
             moveId: r.moveId, purpose: 'move', from: r.from.peerId, spec: r.spec, specDigest: specDigest(r.spec), diffIds: [], present: 0, wanted: new Set(r.wanted),
-            volumes, made, touched: this.now(), active: 0, sentData: true, record: r
+            // Restored already: no layer or load comes any more, so the store kind plays no part.
+            volumes, made, imageStore: 'graphdriver', touched: this.now(), active: 0, sentData: true, record: r
           })
           log.warn('move restored here before this agent stopped: waiting for its source to commit or abort', { moveId: r.moveId, container: r.spec.name, from: r.from.name })
           continue

@@ -17,7 +17,7 @@ import type { DockerHost } from '../docker/docker-host.js'
 import type { ContainerSpec } from '../docker/types.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import type { Logger } from '../log.js'
-import { loadVerified } from '../transfer/load.js'
+import { loadBase, loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
 import { ImageNotFoundError, RestoreFailedError } from '../../protocol/errors.js'
 
@@ -29,8 +29,10 @@ export interface RestoreInput {
   config: Uint8Array
   diffIds: string[]
   spec: ContainerSpec
-  /** Holds every layer the engine lacks. */
-  store: Pick<LayerStore, 'open' | 'has'>
+  /** Holds every layer the engine lacks (on the containerd store: every layer, for their sizes). */
+  store: Pick<LayerStore, 'open' | 'has' | 'size'>
+  /** Chains this agent loaded into the engine itself for this transfer (its preload): see load.ts loadBase. */
+  ownLoads?: string[][]
   /** Each named volume's archive (a tar of the mount point's parent entry), read in this order. */
   volumes: Array<{ name: string, destination: string, data: () => AsyncIterable<Uint8Array> }>
 }
@@ -49,8 +51,9 @@ export interface Made {
  * once the engine has seen it running (for up to `startTimeoutMs`: timings.restoreStartTimeoutMs).
  */
 export async function restoreContainer (docker: DockerHost, input: RestoreInput, made: Made, signal: AbortSignal, startTimeoutMs: number): Promise<string> {
-  const { present } = layersToSend(input.diffIds, await docker.imageChains(signal))
-  made.imageId = await loadVerified(docker, { config: input.config, diffIds: input.diffIds, present, store: input.store }, signal)
+  const base = await loadBase(docker, signal, input.ownLoads)
+  const { present } = layersToSend(input.diffIds, base.chains)
+  made.imageId = await loadVerified(docker, { config: input.config, diffIds: input.diffIds, present, store: input.store, imageStore: base.imageStore }, signal)
   for (const m of input.spec.mounts) {
     if (m.type === 'volume') {
       await docker.createVolume(m.name, m.driver, {}, signal)

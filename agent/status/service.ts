@@ -7,6 +7,7 @@ import type { AuthService } from '../net/auth-service.js'
 import { openStream } from '../net/dial.js'
 import type { PeerTable } from '../membership/peer-table.js'
 import type { DockerHost } from '../docker/docker-host.js'
+import { describeEngine } from '../docker/engine-kind.js'
 import type { Logger } from '../log.js'
 import type { Timings } from '../timings.js'
 import { PEERS_PROTOCOL, STATUS_PROTOCOL } from '../../protocol/ids.js'
@@ -96,7 +97,9 @@ export class StatusService {
     let docker: AgentStatus['docker']
     let containers: AgentStatus['containers'] = []
     try {
-      docker = await this.deps.docker.version(signal)
+      const v = await this.deps.docker.version(signal)
+      const kind = describeEngine(v, await this.deps.docker.info(signal))
+      docker = { version: v.version, apiVersion: v.apiVersion, os: v.os, arch: v.arch, kind }
       containers = await this.deps.docker.listContainers(signal)
     } catch (err) {
       docker = { error: (err as Error).message }

@@ -109,6 +109,9 @@ export class LiveLoad {
   async finish (input: LoadInput, signal?: AbortSignal): Promise<string | undefined> {
     await this.queue
     if (this.isAbandoned) return undefined
+    // The containerd store takes an OCI layout, whose blob names are known only once verified:
+    // the destination never starts a live load there; any other caller gets the store's load.
+    if (input.imageStore === 'containerd') { this.abort(new TransferError('a live load cannot feed the containerd image store')); return undefined }
     const { config, diffIds, present, store } = input
     const expected = checkLoadInput(input)
     const paths = layerPaths(diffIds)
@@ -136,7 +139,7 @@ export class LiveLoad {
       } finally {
         this.settled = true
       }
-      return await confirmLoaded(this.docker, expected, diffIds, loaded, signal)
+      return await confirmLoaded(this.docker, { expected, diffIds, loaded }, signal)
     } finally {
       signal?.removeEventListener('abort', onAbort)
     }

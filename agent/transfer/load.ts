@@ -21,10 +21,27 @@
  * the config's diff IDs, a layer whose bytes do not hash to its diff ID, a missing file for a layer
  * whose chain it does not hold, and a path outside the tarball; a refused load keeps no image and
  * no layer. `RepoTags` naming a local tag would move that tag to the loaded image, hence `null`.
+ *
+ * The containerd image store (Docker 25+ with `containerd-snapshotter`, the default of Docker 29;
+ * agent/docker/engine-kind.ts) takes the same layout but no thin tarball: its load needs the file
+ * of every layer, whatever it holds (`failed to resolve layers: layer ".../layer.tar" not found`).
+ * And it names the loaded image by the digest of its manifest, not by the config digest (an
+ * inspect by the config digest finds nothing). So into that store the load is an OCI layout
+ * (`buildOciLoadTarball`): `oci-layout`, `index.json` naming one manifest without a ref name (no
+ * tag moves), the config and manifest blobs, and each layer as an uncompressed blob
+ * `blobs/sha256/<diff id>`. The engine stores those blobs as they are, so a later load of ours may
+ * reference them without sending them (tried on dockerd 28.5.2 + containerd 2.1.9: a manifest
+ * whose blobs are in the content store loads without them; the chain's snapshots are reused). Only
+ * this agent's own earlier loads are known to be stored that way, so `loadBase` gives as chains
+ * on that store just the ones the caller loaded itself (a move's preload, for its restore); layers
+ * the engine holds from elsewhere are sent again. The loaded image's ID must be the manifest's
+ * digest, and the engine must report exactly `diffIds` as its rootfs. A load whose result does not
+ * check out is removed again: nothing unexpected is left behind.
  */
 import { createHash } from 'node:crypto'
 import { Readable } from 'node:stream'
 import type { ImageInfo } from '../docker/types.js'
+import type { ImageStore } from '../docker/engine-kind.js'
 import {
   GotoError, ImageIdMismatchError, ImageLoadError, LayerMissingError, TransferError
 } from '../../protocol/errors.js'
@@ -38,6 +55,106 @@ export interface ImageLoader {
   loadImage: (tar: Readable, signal?: AbortSignal) => Promise<string[]>
   /** The image as the engine holds it; undefined or a rejection when it has no such image. */
   inspectImage: (ref: string, signal?: AbortSignal) => Promise<ImageInfo | undefined>
+  /** Removes an image that a load made but that did not check out. */
+  removeImage: (id: string, opts: { force?: boolean }, signal?: AbortSignal) => Promise<void>
+}
+
+/** What a load into an engine may build on: its image store, and the chains whose layer files the tarball may leave out. */
+export interface LoadBase {
+  imageStore: ImageStore
+  /** Diff-ID chains (base first) the engine holds and reuses in a load: none on the containerd store. */
+  chains: string[][]
+}
+
+/**
+ * The engine's LoadBase: its store from `/info`, and the chains a load may build on — the engine's
+ * image chains on a graph driver; on the containerd store only `ownLoads`, chains this agent loaded
+ * there itself as an OCI layout (their layers stored as uncompressed blobs named by diff ID).
+ */
+export async function loadBase (
+  docker: { info: (signal?: AbortSignal) => Promise<{ imageStore: ImageStore }>, imageChains: (signal?: AbortSignal) => Promise<string[][]> },
+  signal?: AbortSignal,
+  ownLoads: ReadonlyArray<readonly string[]> = []
+): Promise<LoadBase> {
+  const { imageStore } = await docker.info(signal)
+  return { imageStore, chains: imageStore === 'containerd' ? ownLoads.map(c => [...c]) : await docker.imageChains(signal) }
+}
+
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json'
+const OCI_LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar'
+
+/** The OCI manifest of the image with uncompressed layer blobs named by their diff IDs. */
+export function ociManifest (config: Uint8Array, diffIds: readonly string[], sizes: readonly number[]): Buffer {
+  return Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: { mediaType: OCI_CONFIG, digest: configDigest(config), size: config.byteLength },
+    layers: diffIds.map((d, i) => ({ mediaType: OCI_LAYER_TAR, digest: d, size: sizes[i] }))
+  }))
+}
+
+/**
+ * An OCI-layout tarball of the image for the containerd image store: the blobs of the layers from
+ * `present` on (streamed from the store), the config, the manifest (`ociManifest`, referencing
+ * every layer; the engine holds the first `present` as blobs from an earlier load of ours) and an
+ * index naming it without a ref name. `sizes` are the layers' sizes, base first.
+ */
+export function buildOciLoadTarball (input: Omit<LoadInput, 'imageId' | 'imageStore'>, sizes: readonly number[]): Readable {
+  checkPresent(input.present, input.diffIds.length)
+  return Readable.from(nonEmpty(ociTarball(input, sizes)), { objectMode: false })
+}
+
+function blobPath (digest: string): string {
+  return `blobs/sha256/${digest.slice('sha256:'.length)}`
+}
+
+async function * ociTarball ({ config, diffIds, present, store }: Omit<LoadInput, 'imageId' | 'imageStore'>, sizes: readonly number[]): AsyncGenerator<Uint8Array> {
+  const sent = new Set<string>()
+  for (let i = present; i < diffIds.length; i++) {
+    if (sent.has(diffIds[i])) continue // one blob serves every position of a repeated layer
+    sent.add(diffIds[i])
+    yield * storedLayerEntry(store, diffIds[i], blobPath(diffIds[i]))
+  }
+  const manifest = ociManifest(config, diffIds, sizes)
+  const index = Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.index.v1+json',
+    manifests: [{ mediaType: OCI_MANIFEST, digest: digestOf(manifest), size: manifest.byteLength }]
+  }))
+  for (const [name, bytes] of [[blobPath(configDigest(config)), config], [blobPath(digestOf(manifest)), manifest],
+    ['oci-layout', Buffer.from('{"imageLayoutVersion":"1.0.0"}')], ['index.json', index]] as const) {
+    yield tarHeader({ name, size: bytes.byteLength })
+    yield bytes
+    yield tarPadding(bytes.byteLength)
+  }
+  yield TAR_END
+}
+
+function digestOf (bytes: Uint8Array): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+}
+
+/**
+ * The ID the engine will give the image once loaded: the config digest on a graph driver, the
+ * digest of the OCI manifest we write for it on the containerd store (every layer must then be in
+ * the store, for its size). What a journal records, so that a recovery finds what a load made.
+ */
+export async function loadedImageId (input: Pick<LoadInput, 'config' | 'diffIds' | 'store' | 'imageStore'>): Promise<string> {
+  const expected = configDigest(input.config)
+  if (input.imageStore !== 'containerd') return expected
+  return digestOf(ociManifest(input.config, input.diffIds, await storedSizes(input.store, input.diffIds, expected)))
+}
+
+/** Every layer's size from the store (the containerd path keeps every layer of a transfer there). */
+async function storedSizes (store: Pick<LayerStore, 'size'>, diffIds: readonly string[], expected: string): Promise<number[]> {
+  const sizes: number[] = []
+  for (const d of diffIds) {
+    const size = await store.size(d)
+    if (size === undefined) throw new LayerMissingError(`layer ${d} of image ${expected} is not in the store; a load into the containerd store names every layer's size`)
+    sizes.push(size)
+  }
+  return sizes
 }
 
 export interface LoadInput {
@@ -47,10 +164,12 @@ export interface LoadInput {
   diffIds: readonly string[]
   /** How many layers, from the base, the engine already holds as a chain (layersToSend's `present`). */
   present: number
-  /** Holds every layer after `present`. */
-  store: Pick<LayerStore, 'open' | 'has'>
+  /** Holds every layer after `present` (for the containerd store: every layer, for their sizes). */
+  store: Pick<LayerStore, 'open' | 'has' | 'size'>
   /** The image ID the source announced; when given, the config must hash to it. */
   imageId?: string
+  /** The engine's image store (default 'graphdriver'): 'containerd' loads an OCI layout (buildOciLoadTarball). */
+  imageStore?: ImageStore
 }
 
 /** `sha256:<hex>` of the config bytes: the ID an engine gives the image. */
@@ -64,12 +183,12 @@ export function configDigest (config: Uint8Array): string {
  * Destroying the stream closes the layer being read. Errors (a layer gone from the store, or changed
  * size while read) come out as the stream's error.
  */
-export function buildLoadTarball (input: Omit<LoadInput, 'imageId'>): Readable {
+export function buildLoadTarball (input: Omit<LoadInput, 'imageId' | 'imageStore'>): Readable {
   checkPresent(input.present, input.diffIds.length)
   return Readable.from(nonEmpty(tarball(input)), { objectMode: false })
 }
 
-async function * tarball ({ config, diffIds, present, store }: Omit<LoadInput, 'imageId'>): AsyncGenerator<Uint8Array> {
+async function * tarball ({ config, diffIds, present, store }: Omit<LoadInput, 'imageId' | 'imageStore'>): AsyncGenerator<Uint8Array> {
   const paths = layerPaths(diffIds)
   for (let i = present; i < diffIds.length; i++) yield * storedLayerEntry(store, diffIds[i], paths[i])
   yield * closingEntries(config, paths)
@@ -154,8 +273,8 @@ function sameList (a: readonly string[], b: readonly string[]): boolean {
  * Loads the image into the engine and proves it arrived whole: checks the config (against
  * `imageId` when given, and its diff IDs against `diffIds`) and that the store holds every layer
  * after `present` before the engine sees anything, streams the tarball into `docker.loadImage`,
- * then requires the engine to hold `sha256:<config digest>` with exactly `diffIds`. Returns that
- * image ID.
+ * then requires the engine to hold `sha256:<config digest>` with exactly `diffIds` (on the
+ * containerd store: the one image it loaded, with exactly `diffIds`). Returns that image ID.
  *
  * Errors: ImageIdMismatchError (config does not match, or the engine holds something else after
  * the load), LayerMissingError (a layer to send is not in the store), ImageLoadError (the engine
@@ -169,8 +288,11 @@ export async function loadVerified (docker: ImageLoader, input: LoadInput, signa
     if (!await store.has(d)) throw new LayerMissingError(`layer ${d} of image ${expected} is not in the store; it must be received before the load`)
   }
   signal?.throwIfAborted()
+  // The containerd store names the image by the manifest we write for it.
+  const sizes = input.imageStore === 'containerd' ? await storedSizes(store, diffIds, expected) : undefined
+  const manifestId = sizes === undefined ? undefined : digestOf(ociManifest(config, diffIds, sizes))
 
-  const tar = buildLoadTarball({ config, diffIds, present, store })
+  const tar = sizes === undefined ? buildLoadTarball({ config, diffIds, present, store }) : buildOciLoadTarball({ config, diffIds, present, store }, sizes)
   // A failure of our own tarball (a layer gone from the store) is the real cause of whatever
   // error the engine request then ends with.
   let tarError: unknown
@@ -186,7 +308,7 @@ export async function loadVerified (docker: ImageLoader, input: LoadInput, signa
     tar.destroy()
   }
   if (tarError !== undefined) throw tarError
-  return await confirmLoaded(docker, expected, diffIds, loaded, signal)
+  return await confirmLoaded(docker, { expected: manifestId ?? expected, diffIds, loaded }, signal)
 }
 
 /** ImageLoadError for an engine that refused a load of `expected` whose first `present` layers it was assumed to hold. */
@@ -213,24 +335,46 @@ export function checkLoadInput ({ config, diffIds, present, imageId }: Omit<Load
   return expected
 }
 
+/** What a load reported, to confirm against what was meant. */
+export interface LoadResult {
+  /** The ID the engine gives the image: the config digest (graph driver) or the manifest digest (containerd store). */
+  expected: string
+  diffIds: readonly string[]
+  /** The image IDs the engine said it loaded. */
+  loaded: readonly string[]
+}
+
 /**
- * After the engine answered a load: it loaded nothing but `expected`, and now holds exactly that
- * image with exactly `diffIds`. Returns `expected`; ImageIdMismatchError otherwise.
+ * After the engine answered a load: it loaded nothing but `expected`, and now holds that image with
+ * exactly `diffIds`. Returns `expected`; ImageIdMismatchError otherwise, after removing what the
+ * load made (an image in use elsewhere stays: removal without force).
  */
-export async function confirmLoaded (docker: ImageLoader, expected: string, diffIds: readonly string[], loaded: readonly string[], signal?: AbortSignal): Promise<string> {
+export async function confirmLoaded (docker: ImageLoader, r: LoadResult, signal?: AbortSignal): Promise<string> {
+  try {
+    return await checkLoaded(docker, r, signal)
+  } catch (err) {
+    if (signal?.aborted !== true) {
+      for (const id of new Set(r.loaded)) await docker.removeImage(id, { force: false }, signal).catch(() => { /* in use, or gone: keep */ })
+    }
+    throw err
+  }
+}
+
+async function checkLoaded (docker: ImageLoader, { expected, diffIds, loaded }: LoadResult, signal?: AbortSignal): Promise<string> {
   const other = loaded.filter(id => id !== expected)
   if (other.length > 0) throw new ImageIdMismatchError(`loading image ${expected} made the engine load ${other.join(', ')}`)
+  const id = expected
   let info: ImageInfo | undefined
   try {
-    info = await docker.inspectImage(expected, signal)
+    info = await docker.inspectImage(id, signal)
   } catch (err) {
     if (signal?.aborted === true) throw signal.reason
-    throw new ImageIdMismatchError(`after the load the engine has no image ${expected}: ${(err as Error).message}`, { cause: err })
+    throw new ImageIdMismatchError(`after the load the engine has no image ${id}: ${(err as Error).message}`, { cause: err })
   }
-  if (info === undefined) throw new ImageIdMismatchError(`after the load the engine has no image ${expected}`)
-  if (info.id !== expected) throw new ImageIdMismatchError(`after the load the engine's image is ${info.id}, not ${expected}`)
+  if (info === undefined) throw new ImageIdMismatchError(`after the load the engine has no image ${id}`)
+  if (info.id !== id) throw new ImageIdMismatchError(`after the load the engine's image is ${info.id}, not ${id}`)
   if (!sameList(info.diffIds, diffIds)) {
-    throw new ImageIdMismatchError(`after the load image ${expected} has layers ${info.diffIds.join(', ')}, not ${diffIds.join(', ')}`)
+    throw new ImageIdMismatchError(`after the load image ${id} has layers ${info.diffIds.join(', ')}, not ${diffIds.join(', ')}`)
   }
-  return expected
+  return id
 }

@@ -84,7 +84,8 @@ describe('mesh in the lab (3 hosts, real engines and agents)', function () {
         expect(row?.addrs).to.include(`/ip4/${other.ip}/tcp/4001`)
         expect(row?.labels).to.deep.include({ provider: other.provider })
         const engine = await lab.docker(other.name).version()
-        expect(row?.dockerVersion).to.equal(engine.Version)
+        // The engine's kind line: product, version, store (Debian 12's engine: overlay2).
+        expect(row?.dockerVersion).to.equal(`docker ${engine.Version} overlay2`)
         if (!(row?.self ?? false)) expect(row?.rttMs).to.be.a('number')
       }
     }

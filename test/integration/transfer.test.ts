@@ -99,6 +99,9 @@ function engineOf (docker: Docker): ImageLoader & { loads: number, lastTarBytes:
       }
       return ids
     },
+    async removeImage (id: string): Promise<void> {
+      await docker.getImage(id).remove()
+    },
     async inspectImage (ref: string): Promise<ImageInfo | undefined> {
       try {
         const i = await docker.getImage(ref).inspect()

@@ -6,6 +6,7 @@
  */
 import { parseArgs } from 'node:util'
 import { Lab, defaultHosts, type LabHost, type LabOptions } from './lab.js'
+import { ENGINE_KINDS, isEngineKind, type EngineKind } from './engine.js'
 import { LabAlreadyUpError, LabConfigError, LabError, LabNotRootError } from './errors.js'
 import { GotoError } from '../../protocol/errors.js'
 
@@ -27,6 +28,8 @@ Options:
   --no-agents        up: start engines only
   --nat K            up: put the last K hosts behind NAT (a masquerading router each, no inbound;
                      their agents run with --no-inbound and are reached through relays)
+  --engines K,K,...  up: the engine kind of each host in order (default docker-20 for every host;
+                     kinds: ${ENGINE_KINDS.join(', ')}; the newer ones need .ci/engines)
   --root DIR         data root (default /var/lib/gotolab)
   --run-root DIR     exec roots and sockets (default /run/gotolab)
   --prefix NAME      names of namespaces, bridge and veths (default gotolab)
@@ -45,8 +48,8 @@ function table (rows: string[][]): string {
 
 function hostTable (hosts: LabHost[], agents: boolean): string {
   return table([
-    ['NAME', 'PROVIDER', 'IP', 'AGENT', 'DOCKER_HOST'],
-    ...hosts.map(h => [h.name, h.provider, h.nat === undefined ? h.ip : `${h.ip} (NAT ${h.nat.publicIp})`, agents && h.agentPid !== undefined ? h.agentAddr : '-', h.dockerHost])
+    ['NAME', 'PROVIDER', 'ENGINE', 'IP', 'AGENT', 'DOCKER_HOST'],
+    ...hosts.map(h => [h.name, h.provider, h.engine, h.nat === undefined ? h.ip : `${h.ip} (NAT ${h.nat.publicIp})`, agents && h.agentPid !== undefined ? h.agentAddr : '-', h.dockerHost])
   ])
 }
 
@@ -57,6 +60,7 @@ async function main (argv: string[]): Promise<number> {
     options: {
       'no-agents': { type: 'boolean', default: false },
       nat: { type: 'string' },
+      engines: { type: 'string' },
       root: { type: 'string' },
       'run-root': { type: 'string' },
       prefix: { type: 'string' },
@@ -91,9 +95,13 @@ async function main (argv: string[]): Promise<number> {
       if (!Number.isInteger(n) || n < 1 || n > 200 || rest.length > 1) throw new UsageError(`up takes one number of hosts (1-200), got '${rest.join(' ')}'`)
       const natCount = values.nat === undefined ? 0 : Number(values.nat)
       if (!Number.isInteger(natCount) || natCount < 0 || natCount >= n) throw new UsageError(`--nat takes a number of hosts from 0 to ${n - 1} (the first host must be reachable), got '${values.nat ?? ''}'`)
+      const kinds = (values.engines ?? '').split(',').filter(k => k !== '')
+      if (kinds.length > n) throw new UsageError(`--engines names ${kinds.length} kinds for ${n} hosts`)
+      const bad = kinds.find(k => !isEngineKind(k))
+      if (bad !== undefined) throw new UsageError(`--engines: unknown kind '${bad}' (kinds: ${ENGINE_KINDS.join(', ')})`)
       console.log(`lab: up ${n} hosts under ${lab.config.root} (prefix ${lab.config.prefix})`)
       try {
-        const hosts = await lab.up(defaultHosts(n).map((h, i) => ({ ...h, nat: i >= n - natCount })))
+        const hosts = await lab.up(defaultHosts(n).map((h, i) => ({ ...h, nat: i >= n - natCount, engine: kinds[i] as EngineKind | undefined })))
         console.log(hostTable(hosts, lab.config.agents))
         console.log(`operator: GOTO_BUNDLE=${lab.operatorBundle} GOTO_AGENT=${hosts[0].agentAddr}`)
       } catch (err) {

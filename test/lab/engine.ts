@@ -2,9 +2,16 @@
  * One Docker Engine per simulated host: dockerd started inside the host's network namespace with
  * its own data root, exec root, socket and pidfile; and the offline base image `gotolab/base:latest`
  * (Debian's static busybox and its applet links) imported into every engine from one tarball.
+ *
+ * Engine kinds (ENGINE_KINDS): Debian 12's dockerd 20.10 (which starts its own containerd), and the
+ * newer engines that `.ci/engines` extracts from Debian 13's and unstable's packages into
+ * `<enginesDir>/docker-26` and `docker-28`. Those run with Debian 12's runc (theirs needs a newer
+ * glibc) and a containerd of their own package that the lab starts itself, in the host's namespace,
+ * with its root under the data root and its state and socket under the exec root, where dockerd
+ * 20.10 would put its own: `<execRoot>/containerd/containerd.sock`.
  */
-import { copyFile, mkdir, readFile, symlink, writeFile } from 'node:fs/promises'
-import { createReadStream } from 'node:fs'
+import { copyFile, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { createReadStream, existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import Docker from 'dockerode'
 import { run, inNetns, spawnDetached, labPath } from './sys.js'
@@ -16,28 +23,118 @@ export const BASE_IMAGE = 'gotolab/base:latest'
 /** dockerd here is ready in well under a second; allow for a loaded 2-core CI machine. */
 export const ENGINE_READY_TIMEOUT_MS = 30_000
 
+/** The engines a lab host can run; the default is Debian 12's. */
+export const ENGINE_KINDS = ['docker-20', 'docker-26', 'docker-28', 'docker-28-containerd'] as const
+export type EngineKind = typeof ENGINE_KINDS[number]
+export const DEFAULT_ENGINE_KIND: EngineKind = 'docker-20'
+/** Where `.ci/engines` extracts the newer engines. */
+export const DEFAULT_ENGINES_DIR = '/var/cache/goto-lab/engines'
+
+export function isEngineKind (s: string): s is EngineKind {
+  return (ENGINE_KINDS as readonly string[]).includes(s)
+}
+
+/** The extracted package directory of a kind (undefined: the system's own engine). */
+function packageDir (kind: EngineKind, enginesDir: string): string | undefined {
+  switch (kind) {
+    case 'docker-20': return undefined
+    case 'docker-26': return join(enginesDir, 'docker-26')
+    case 'docker-28':
+    case 'docker-28-containerd': return join(enginesDir, 'docker-28')
+  }
+}
+
 export interface EngineSpec {
+  kind: EngineKind
+  /** Where `.ci/engines` put the newer engines (DEFAULT_ENGINES_DIR). */
+  enginesDir: string
   netns: string
   dataRoot: string
   execRoot: string
   socket: string
   pidfile: string
   logFile: string
-  /** Path of the dockerd binary (Debian's engine 20.10). */
+  /** Path of the dockerd binary of kind 'docker-20' (Debian's engine 20.10). */
   dockerd: string
 }
 
-export function dockerdArgv (e: EngineSpec): string[] {
-  return [e.dockerd, '--data-root', e.dataRoot, '--exec-root', e.execRoot, '-H', `unix://${e.socket}`, '--pidfile', e.pidfile]
+/** The processes of one engine: dockerd, and the containerd the lab started for it (newer kinds). */
+export interface EngineProcs {
+  dockerd: ProcRecord
+  containerd?: ProcRecord
 }
 
-export async function startEngine (e: EngineSpec): Promise<ProcRecord> {
+/** containerd's socket for dockerd: where dockerd 20.10 puts the one it starts itself. */
+export function containerdSocket (e: EngineSpec): string {
+  return join(e.execRoot, 'containerd', 'containerd.sock')
+}
+
+function containerdConfig (e: EngineSpec): string {
+  // version 2 is read by containerd 1.7 and 2.1 alike.
+  return [
+    'version = 2',
+    `root = "${join(e.dataRoot, 'containerd', 'daemon')}"`,
+    `state = "${join(e.execRoot, 'containerd', 'daemon')}"`,
+    // No CRI (no Kubernetes here; 2.x splits it into several plugins), no /opt/containerd, and no
+    // NRI, whose socket would be the machine's shared /var/run/nri/nri.sock.
+    'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime",',
+    '  "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri"]',
+    '[grpc]',
+    `  address = "${containerdSocket(e)}"`,
+    '[ttrpc]',
+    `  address = "${containerdSocket(e)}.ttrpc"`,
+    '[debug]',
+    '  address = ""',
+    ''
+  ].join('\n')
+}
+
+export function dockerdArgv (e: EngineSpec): string[] {
+  const dir = packageDir(e.kind, e.enginesDir)
+  const dockerd = dir === undefined ? e.dockerd : join(dir, 'usr/sbin/dockerd')
+  return [
+    dockerd, '--data-root', e.dataRoot, '--exec-root', e.execRoot, '-H', `unix://${e.socket}`, '--pidfile', e.pidfile,
+    '--config-file', join(dirname(e.logFile), 'daemon.json'),
+    ...dir === undefined ? [] : ['--containerd', containerdSocket(e)]
+  ]
+}
+
+/**
+ * PATH of an engine: its own package's binaries (containerd, its shim, docker-proxy, docker-init)
+ * first, then the system's, whose runc (Debian 12's) every kind runs with.
+ */
+function enginePath (e: EngineSpec): string {
+  const dir = packageDir(e.kind, e.enginesDir)
+  return dir === undefined ? labPath() : labPath(`${join(dir, 'usr/sbin')}:${join(dir, 'usr/bin')}:${process.env.PATH ?? ''}`)
+}
+
+/** Starts the engine (and for the newer kinds its containerd first, waiting for its socket). */
+export async function startEngine (e: EngineSpec, signal?: AbortSignal): Promise<EngineProcs> {
   await mkdir(e.dataRoot, { recursive: true })
   await mkdir(e.execRoot, { recursive: true })
   await mkdir(dirname(e.logFile), { recursive: true })
-  const env: NodeJS.ProcessEnv = { ...process.env, PATH: labPath() }
+  const env: NodeJS.ProcessEnv = { ...process.env, PATH: enginePath(e) }
   delete env.DOCKER_HOST
-  return await spawnDetached(inNetns(e.netns, []), dockerdArgv(e), e.logFile, env)
+  const features = e.kind === 'docker-28-containerd' ? { 'containerd-snapshotter': true } : {}
+  await writeFile(join(dirname(e.logFile), 'daemon.json'), JSON.stringify({ features }) + '\n')
+  const dir = packageDir(e.kind, e.enginesDir)
+  let containerd: ProcRecord | undefined
+  if (dir !== undefined) {
+    const bin = join(dir, 'usr/bin/containerd')
+    if (!existsSync(bin)) throw new LabError(`${bin} does not exist: run .ci/engines (or .ci/setup) to fetch the engine of kind ${e.kind}`)
+    const config = join(dirname(e.logFile), 'containerd.toml')
+    await writeFile(config, containerdConfig(e))
+    await rm(containerdSocket(e), { force: true })
+    const log = join(dirname(e.logFile), 'containerd.log')
+    const proc = await spawnDetached(inNetns(e.netns, []), [bin, '--config', config], log, env)
+    containerd = proc
+    await waitFor(async () => {
+      if (!await isAlive(proc.pid)) throw new LabProcessExitedError(`containerd of ${e.netns} exited while starting; last lines of ${log}:\n${await logTail(log)}`)
+      return existsSync(containerdSocket(e))
+    }, { timeoutMs: ENGINE_READY_TIMEOUT_MS, intervalMs: 20, what: `containerd of ${e.netns} to listen on ${containerdSocket(e)}`, signal })
+  }
+  const dockerd = await spawnDetached(inNetns(e.netns, []), dockerdArgv(e), e.logFile, env)
+  return { dockerd, containerd }
 }
 
 /** A dockerode client for an engine's socket; `timeoutMs` bounds each request (for pings). */

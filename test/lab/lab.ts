@@ -34,13 +34,16 @@ import {
   containerIdsOf, isAlive, isOurs, killAndWait, mountsUnder, pidsInContainers, pidsInNetns, signalIfOurs,
   unmountAllUnder, type ProcRecord
 } from './procs.js'
-import { BASE_IMAGE, buildBaseTar, engineClient, importBase, logTail, startEngine, waitEngineReady, type EngineSpec } from './engine.js'
+import {
+  BASE_IMAGE, DEFAULT_ENGINES_DIR, DEFAULT_ENGINE_KIND, buildBaseTar, engineClient, importBase, isEngineKind, logTail, startEngine, waitEngineReady,
+  type EngineKind, type EngineSpec
+} from './engine.js'
 import { readState, writeState, STATE_VERSION, type AgentRecord, type HostState, type LabState } from './state.js'
 import { inNetns, labPath, run, spawnDetached, type RunResult } from './sys.js'
 import { HOST_PRIVATE_PATHS, SSHD_PRIVSEP_DIR, SSH_PORT, backingDir, prepareSshd, prepareUsers, sshdCommand, type LabUser } from './sshd.js'
 import { waitFor } from './wait.js'
 
-export { BASE_IMAGE }
+export { BASE_IMAGE, type EngineKind }
 
 export const DEFAULT_PREFIX = 'gotolab'
 export const DEFAULT_SUBNET = '10.213.0.0/24'
@@ -86,8 +89,10 @@ export interface LabOptions {
    * restart from another process (the lab CLI) starts the agent without them.
    */
   agentArgs?: (host: LabHost) => string[]
-  /** dockerd binary (default Debian's /usr/sbin/dockerd). */
+  /** dockerd binary of kind 'docker-20' (default Debian's /usr/sbin/dockerd). */
   dockerd?: string
+  /** Where `.ci/engines` extracted the newer engine kinds (default /var/cache/goto-lab/engines). */
+  enginesDir?: string
   /** Static busybox for the base image (default Debian's /bin/busybox from busybox-static). */
   busybox?: string
   /** Progress lines ("engine of aws-1 ready in 420 ms"); default silent. */
@@ -105,6 +110,8 @@ export interface HostSpec {
    * `--no-inbound`. The router takes the host's place on the bridge.
    */
   nat?: boolean
+  /** The host's engine (default 'docker-20', Debian 12's); engines of a lab start in parallel. */
+  engine?: EngineKind
 }
 
 export interface SshdOptions {
@@ -155,6 +162,7 @@ export interface LabHost {
   dockerLog: string
   dockerdPid?: number
   agentPid?: number
+  engine: EngineKind
 }
 
 export interface ExtraAgentOptions {
@@ -230,6 +238,7 @@ interface Config {
   agentProfile: 'test' | 'lan' | 'default'
   agentArgs: (host: LabHost) => string[]
   dockerd: string
+  enginesDir: string
   busybox: string
   log: (line: string) => void
 }
@@ -275,6 +284,7 @@ function resolveConfig (o: LabOptions): Config {
     agentProfile: o.agentProfile ?? 'test',
     agentArgs: o.agentArgs ?? (() => []),
     dockerd: o.dockerd ?? '/usr/sbin/dockerd',
+    enginesDir: o.enginesDir ?? DEFAULT_ENGINES_DIR,
     busybox: o.busybox ?? '/bin/busybox',
     log: o.log ?? (() => {})
   }
@@ -468,6 +478,7 @@ export class Lab {
     for (const s of specs) {
       if (!HOST_NAME.test(s.name)) throw new LabConfigError(`host name '${s.name}' must be 1-24 lowercase letters, digits or '-', starting with a letter`)
       if (seen.has(s.name)) throw new LabConfigError(`host name '${s.name}' is given twice`)
+      if (s.engine !== undefined && !isEngineKind(s.engine)) throw new LabConfigError(`engine '${String(s.engine)}' of ${s.name} is not one of the lab's kinds`)
       if (RESERVED_DIRS.includes(s.name)) throw new LabConfigError(`host name '${s.name}' is taken by the lab's own ${s.name}/ directory`)
       seen.add(s.name)
     }
@@ -495,7 +506,8 @@ export class Lab {
       dockerPidfile: join(execRoot, 'docker.pid'),
       dockerLog: join(dir, 'dockerd.log'),
       bundleDir: join(dir, 'bundle'),
-      extraAgents: []
+      extraAgents: [],
+      engine: s.engine ?? DEFAULT_ENGINE_KIND
     }
   }
 
@@ -520,6 +532,8 @@ export class Lab {
 
   private engineSpec (h: HostState): EngineSpec {
     return {
+      kind: h.engine ?? DEFAULT_ENGINE_KIND,
+      enginesDir: this.config.enginesDir,
       netns: h.netns,
       dataRoot: h.dataRoot,
       execRoot: h.execRoot,
@@ -532,7 +546,11 @@ export class Lab {
 
   private async startEngineOf (h: HostState, signal?: AbortSignal): Promise<void> {
     const spec = this.engineSpec(h)
-    h.dockerd = await startEngine(spec)
+    // A containerd left running by a dockerd that died alone would hold the socket.
+    if (h.containerd !== undefined && await isOurs(h.containerd)) await killAndWait([h.containerd.pid])
+    const procs = await startEngine(spec, signal)
+    h.dockerd = procs.dockerd
+    h.containerd = procs.containerd
     await this.save()
     await waitEngineReady(h.name, spec, h.dockerd, signal)
   }
@@ -778,7 +796,7 @@ export class Lab {
     await this.load()
     const h = this.hostState(name)
     const t0 = Date.now()
-    const recorded = [h.agent, ...h.extraAgents, h.dockerd, h.sshd]
+    const recorded = [h.agent, ...h.extraAgents, h.dockerd, h.containerd, h.sshd]
     const ids = await containerIdsOf([h.dataRoot])
     const n = await this.killRounds(async () => {
       const pids: number[] = []
@@ -792,6 +810,7 @@ export class Lab {
       await rm(f, { force: true })
     }
     h.dockerd = undefined
+    h.containerd = undefined
     h.agent = undefined
     h.extraAgents = []
     await this.save()
@@ -979,7 +998,7 @@ export class Lab {
     const dataRoots = hostDirs.map(d => join(root, d, 'docker'))
     const ids = await containerIdsOf(dataRoots)
     const recorded: ProcRecord[] = []
-    for (const h of s?.hosts ?? []) for (const r of [h.agent, ...h.extraAgents, h.dockerd, h.sshd]) if (r !== undefined) recorded.push(r)
+    for (const h of s?.hosts ?? []) for (const r of [h.agent, ...h.extraAgents, h.dockerd, h.containerd, h.sshd]) if (r !== undefined) recorded.push(r)
     report.killed = await this.killRounds(async () => {
       const pids: number[] = []
       for (const r of recorded) if (await isOurs(r)) pids.push(r.pid)
@@ -1096,7 +1115,8 @@ export class Lab {
       agentLog: join(h.dir, 'agent.log'),
       dockerLog: h.dockerLog,
       dockerdPid: h.dockerd?.pid,
-      agentPid: h.agent?.pid
+      agentPid: h.agent?.pid,
+      engine: h.engine ?? DEFAULT_ENGINE_KIND
     }
   }
 

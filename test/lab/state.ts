@@ -7,6 +7,7 @@ import { readFile, rename, writeFile } from 'node:fs/promises'
 import type { ProcRecord } from './procs.js'
 import type { IptablesRule } from './net.js'
 import type { SshdRecord } from './sshd.js'
+import type { EngineKind } from './engine.js'
 
 export const STATE_VERSION = 1
 
@@ -42,6 +43,10 @@ export interface HostState {
   /** Peer ID of the agent bundle, once issued. */
   peerId?: string
   dockerd?: ProcRecord
+  /** The containerd the lab started for a newer engine kind (dockerd 20.10 starts its own). */
+  containerd?: ProcRecord
+  /** The host's engine kind (absent in a lab.json of before the kinds: 'docker-20'). */
+  engine?: EngineKind
   agent?: AgentRecord
   /** Agents started with startAgent(host, {...}) besides the main one. */
   extraAgents: AgentRecord[]

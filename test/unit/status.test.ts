@@ -106,7 +106,7 @@ describe('status, peers and locate (two agents on in-memory engines, libp2p on l
       expect(status.name).to.equal('a')
       expect(status.peerId).to.equal(a.peerId)
       expect(status.version).to.equal(GOTO_VERSION)
-      expect(status.docker).to.deep.equal({ version: version.version, apiVersion: version.apiVersion, os: version.os, arch: version.arch })
+      expect(status.docker).to.deep.equal({ version: version.version, apiVersion: version.apiVersion, os: version.os, arch: version.arch, kind: `docker ${version.version} memory` })
       expect(status.containers).to.deep.equal([{ name: 'web', id: web?.id, image: web?.image, state: 'running', status: web?.status }])
       expect(status.peers).to.deep.equal({ alive: 1, suspect: 0, dead: 0 })
       expect(status.failover).to.deep.equal(NO_FAILOVER)

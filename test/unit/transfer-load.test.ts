@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import { promisify } from 'node:util'
 import { LayerStore } from '../../agent/transfer/layer-store.js'
-import { buildLoadTarball, configDigest, loadVerified, type ImageLoader } from '../../agent/transfer/load.js'
+import { buildLoadTarball, configDigest, loadBase, loadVerified, ociManifest, type ImageLoader } from '../../agent/transfer/load.js'
 import { LiveLoad } from '../../agent/transfer/live-load.js'
 import { chainIds } from '../../agent/transfer/plan.js'
 import { tarHeader, tarPadding } from '../../agent/transfer/tar.js'
@@ -107,9 +107,11 @@ describe('transfer: load tarball and verified load', () => {
   })
 
   /** An engine stand-in: drains the tarball (checking it is one) and answers as told. */
-  function fakeEngine (answer: { loaded?: string[], fail?: Error, info?: ImageInfo | undefined }): ImageLoader & { loads: number } {
+  function fakeEngine (answer: { loaded?: string[], fail?: Error, info?: ImageInfo | undefined }): ImageLoader & { loads: number, removed: string[] } {
     const fake = {
       loads: 0,
+      removed: [] as string[],
+      async removeImage (id: string): Promise<void> { fake.removed.push(id) },
       async loadImage (tar: Readable): Promise<string[]> {
         fake.loads++
         await untar(tar, dir)
@@ -128,6 +130,58 @@ describe('transfer: load tarball and verified load', () => {
     const engine = fakeEngine({})
     expect(await loadVerified(engine, { config, diffIds, present: 1, store, imageId }, AbortSignal.timeout(10_000))).to.equal(imageId)
     expect(engine.loads).to.equal(1)
+  })
+
+  describe('into the containerd image store', () => {
+    const manifestId = (): string => sha(ociManifest(config, diffIds, layers.map(l => l.byteLength)))
+
+    it('loads an OCI layout with uncompressed blobs named by diff ID, and confirms the image by its manifest digest and diff IDs', async () => {
+      let entries: string[] = []
+      const engine = fakeEngine({ loaded: [manifestId()] })
+      engine.loadImage = async (tar: Readable): Promise<string[]> => { entries = await untar(tar, dir); return [manifestId()] }
+      expect(await loadVerified(engine, { config, diffIds, present: 0, store, imageId, imageStore: 'containerd' }, AbortSignal.timeout(10_000))).to.equal(manifestId())
+      // The repeated layer is one blob.
+      expect(entries).to.have.members([...new Set(diffIds)].map(d => `blobs/sha256/${hex(d)}`).concat(
+        `blobs/sha256/${hex(imageId)}`, `blobs/sha256/${hex(manifestId())}`, 'oci-layout', 'index.json'))
+      const index = JSON.parse(await readFile(join(dir, 'out', 'index.json'), 'utf8'))
+      expect(index.manifests).to.have.length(1)
+      expect(index.manifests[0].digest).to.equal(manifestId())
+      expect(index.manifests[0].annotations, 'no ref name: no tag moves').to.equal(undefined)
+      expect(engine.removed).to.deep.equal([])
+    })
+
+    it('leaves out the blobs of a chain it loaded there itself (present), referencing them in the manifest', async () => {
+      let entries: string[] = []
+      const engine = fakeEngine({})
+      engine.loadImage = async (tar: Readable): Promise<string[]> => { entries = await untar(tar, dir); return [manifestId()] }
+      await loadVerified(engine, { config, diffIds, present: 3, store, imageId, imageStore: 'containerd' })
+      expect(entries.filter(e => e.startsWith('blobs/')).length).to.equal(3) // layer 4 (same as 2), config, manifest
+      const manifest = JSON.parse(await readFile(join(dir, 'out', 'blobs/sha256', hex(manifestId())), 'utf8'))
+      expect(manifest.layers.map((l: { digest: string }) => l.digest)).to.deep.equal(diffIds)
+    })
+
+    it('removes a loaded image whose layers are not the ones sent, and says so', async () => {
+      const engine = fakeEngine({ loaded: [manifestId()], info: { id: manifestId(), diffIds: [diffIds[0]], os: 'linux', architecture: 'amd64', size: 0, repoTags: [] } })
+      const err = await loadVerified(engine, { config, diffIds, present: 0, store, imageId, imageStore: 'containerd' }).catch(e => e)
+      expect(err).to.be.instanceOf(ImageIdMismatchError)
+      expect(engine.removed).to.deep.equal([manifestId()])
+    })
+
+    it('plans on that store only the chains the caller loaded itself (loadBase), and the engine\'s chains on a graph driver', async () => {
+      const chains = [[diffIds[0]]]
+      const engine = (imageStore: 'containerd' | 'graphdriver'): Parameters<typeof loadBase>[0] => ({ info: async () => ({ imageStore }), imageChains: async () => chains })
+      expect(await loadBase(engine('containerd'))).to.deep.equal({ imageStore: 'containerd', chains: [] })
+      expect(await loadBase(engine('containerd'), undefined, [diffIds.slice(0, 2)])).to.deep.equal({ imageStore: 'containerd', chains: [diffIds.slice(0, 2)] })
+      expect(await loadBase(engine('graphdriver'))).to.deep.equal({ imageStore: 'graphdriver', chains })
+    })
+  })
+
+  it('removes an image loaded under an unexpected ID (graph driver)', async () => {
+    const other = 'sha256:' + 'd'.repeat(64)
+    const engine = fakeEngine({ loaded: [other] })
+    const err = await loadVerified(engine, { config, diffIds, present: 1, store, imageId }).catch(e => e)
+    expect(err).to.be.instanceOf(ImageIdMismatchError)
+    expect(engine.removed).to.deep.equal([other])
   })
 
   it('refuses a config that does not match the image ID or the layers, before the engine sees anything', async () => {
@@ -195,6 +249,7 @@ describe('transfer: load tarball and verified load', () => {
           settle(signal?.aborted === true ? 'cut' : 'ended')
           return [imageId]
         },
+        async removeImage (): Promise<void> {},
         async inspectImage (ref: string): Promise<ImageInfo | undefined> {
           return { id: ref, diffIds: [...diffIds], os: 'linux', architecture: 'amd64', size: 0, repoTags: [] }
         }

@@ -1,0 +1,138 @@
+/**
+ * Moves between engines of different kinds in one lab: Debian 12's dockerd 20.10 (overlay2),
+ * Debian 13's dockerd 26.1.5 (overlay2) and Debian unstable's dockerd 28.5.2 with containerd 2.1.9
+ * and the containerd image store (the store Docker 29 makes the default). Needs `.ci/engines`.
+ * One lab for the file, engines started in parallel; one container travels 20.10 → 28-containerd
+ * → 26 → 20.10 with a named volume, a file written after start and a published port, and arrives
+ * running with its data each time; `goto peers` shows each host's engine kind and store.
+ *
+ * GOTO_ENGINES_BENCH=1 adds a measurement: the first move of a 200 MiB image from the 26 host to
+ * the containerd-store host and to the 20.10 host, in the same run.
+ */
+import '../../protocol/polyfill.js'
+import { expect } from 'chai'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { Lab, waitFor, type LabHost } from '../lab/index.js'
+import type { MoveEvent } from '../../protocol/move-messages.js'
+import type { AgentStatus, PeerRow } from '../../protocol/messages.js'
+
+const run = promisify(execFile)
+const MOVE_TIMEOUT_MS = 180_000
+type Done = Extract<MoveEvent, { event: 'done' }>
+
+describe('moves between engine kinds (20.10, 26 overlay2, 28 containerd store)', function () {
+  this.timeout(240_000)
+  const lab = new Lab({ prefix: 'gotolabx', subnet: '10.213.190.0/24' })
+  let D20: LabHost
+  let D26: LabHost
+  let D28C: LabHost
+
+  async function docker (h: LabHost, ...args: string[]): Promise<string> {
+    const { stdout } = await run('/usr/bin/docker', ['-H', h.dockerHost, ...args], { maxBuffer: 16 * 1024 * 1024 })
+    return stdout.trim()
+  }
+
+  async function names (h: LabHost): Promise<string[]> {
+    return (await docker(h, 'ps', '-a', '--format', '{{.Names}}')).split('\n').filter(n => n !== '')
+  }
+
+  async function move (container: string, to: LabHost): Promise<Done> {
+    const r = await lab.cli(['move', container, '--to', to.name, '--json'], { timeoutMs: MOVE_TIMEOUT_MS })
+    const events = r.stdout.split('\n').filter(l => l.trim() !== '').map(l => JSON.parse(l) as MoveEvent)
+    const last = events.at(-1)
+    expect(last?.event, `${JSON.stringify(last)} ${r.stderr}`).to.equal('done')
+    expect(r.code).to.equal(0)
+    return last as Done
+  }
+
+  /** The container runs on `h` with the volume's data and every file written so far, and serves on its published port. */
+  async function arrived (h: LabHost, files: string): Promise<void> {
+    const state = JSON.parse(await docker(h, 'inspect', 'web'))[0].State
+    expect(state.Running, `web running on ${h.name}`).to.equal(true)
+    expect(await docker(h, 'exec', 'web', 'sh', '-c', 'cat /data/v.txt /srv/*.txt')).to.equal(files)
+    const { stdout } = await run('ip', ['netns', 'exec', D20.netns, 'wget', '-qO-', `http://${h.ip}:18080/index.html`])
+    expect(stdout.trim()).to.equal('v1')
+  }
+
+  async function aliveAt (from: LabHost, name: string): Promise<boolean> {
+    const r = await lab.cli(['peers', '--json'], { agent: from.agentAddr })
+    return r.code === 0 && (JSON.parse(r.stdout) as PeerRow[]).some(p => p.name === name && p.state === 'alive')
+  }
+
+  before(async function () {
+    this.timeout(300_000)
+    await lab.down()
+    ;[D20, D26, D28C] = await lab.up([
+      { name: 'd20', provider: 'vagrant' },
+      { name: 'd26', provider: 'aws', engine: 'docker-26' },
+      { name: 'd28c', provider: 'azure', engine: 'docker-28-containerd' }
+    ])
+    for (const h of [D20, D26, D28C]) {
+      for (const other of [D20, D26, D28C]) await waitFor(async () => await aliveAt(h, other.name), { timeoutMs: 60_000, intervalMs: 250, what: `${other.name} alive at ${h.name}` })
+    }
+    // A two-layer image: the base and one commit.
+    await docker(D20, 'run', '--name', 'build1', 'gotolab/base:latest', 'sh', '-c', 'mkdir -p /srv /www && echo v1 > /www/index.html')
+    await docker(D20, 'commit', 'build1', 'app:v1')
+    await docker(D20, 'rm', 'build1')
+  })
+
+  after(async function () {
+    this.timeout(120_000)
+    await lab.down()
+  })
+
+  it('goto peers and goto status show each host\'s engine kind and image store', async () => {
+    const r = await lab.cli(['peers', '--json'])
+    expect(r.code, r.stderr).to.equal(0)
+    const rows = JSON.parse(r.stdout) as PeerRow[]
+    const kind = (h: LabHost): string | null | undefined => rows.find(p => p.name === h.name)?.dockerVersion
+    expect(kind(D20)).to.match(/^docker 20\.10\.\S+ overlay2$/)
+    expect(kind(D26)).to.match(/^docker 26\.1\.5\S* overlay2$/)
+    expect(kind(D28C)).to.match(/^docker 28\.5\.2\S* containerd-store$/)
+    const human = await lab.cli(['peers'])
+    expect(human.stdout).to.contain('ENGINE').and.to.match(/docker 28\.5\.2\S* containerd-store/)
+    const s = await lab.cli(['status', D28C.name, '--json'])
+    expect(s.code, s.stderr).to.equal(0)
+    expect((JSON.parse(s.stdout) as AgentStatus).docker).to.deep.include({ kind: kind(D28C) })
+  })
+
+  it('moves a container 20.10 → 28 containerd store: every layer sent, it runs there with its data', async () => {
+    await docker(D20, 'run', '-d', '--name', 'web', '-p', '18080:8080', '-v', 'webdata:/data', 'app:v1', 'httpd', '-f', '-p', '8080', '-h', '/www')
+    await docker(D20, 'exec', 'web', 'sh', '-c', 'echo vol > /data/v.txt && echo one > /srv/1.txt')
+    const ev = await move('web', D28C)
+    expect(ev.layersSkipped, 'the containerd store reuses no layer in a load').to.equal(0)
+    await arrived(D28C, 'vol\none')
+    expect(await names(D20)).to.not.include('web')
+    expect(await docker(D20, 'volume', 'ls', '-q')).to.not.contain('webdata')
+  })
+
+  it('moves it on 28 containerd store → 26 overlay2 (through docker save)', async () => {
+    await docker(D28C, 'exec', 'web', 'sh', '-c', 'echo two > /srv/2.txt')
+    await move('web', D26)
+    await arrived(D26, 'vol\none\ntwo')
+    expect(await names(D28C)).to.not.include('web')
+  })
+
+  it('moves it back 26 → 20.10', async () => {
+    await docker(D26, 'exec', 'web', 'sh', '-c', 'echo three > /srv/3.txt')
+    await move('web', D20)
+    await arrived(D20, 'vol\none\ntwo\nthree')
+    expect(await names(D26)).to.not.include('web')
+  })
+
+  it('measures the first move of a 200 MiB image from 26 to the containerd store and to 20.10 (GOTO_ENGINES_BENCH=1)', async function () {
+    if (process.env.GOTO_ENGINES_BENCH !== '1') this.skip()
+    await docker(D26, 'run', '--name', 'bigbuild', 'gotolab/base:latest', 'sh', '-c', 'head -c 209715200 /dev/urandom > /big.bin')
+    await docker(D26, 'commit', 'bigbuild', 'big:v1')
+    await docker(D26, 'rm', 'bigbuild')
+    const times: Record<string, number> = {}
+    for (const [to, name] of [[D20, 'big20'], [D28C, 'big28c']] as const) {
+      await docker(D26, 'run', '-d', '--name', name, 'big:v1', 'sleep', '100000')
+      const t0 = Date.now()
+      const ev = await move(name, to)
+      times[to.name] = Date.now() - t0
+      console.log(`      ${name}: 26 → ${to.name}: ${times[to.name]} ms (downtime ${ev.downtimeMs} ms, ${ev.bytesSent} bytes sent)`)
+    }
+  })
+})
