@@ -42,6 +42,7 @@ import { MAX_OWNED_GOSSIP, parseFailoverRequest, type FailoverGossip, type Prote
 import type { ContainerRow, FailoverStatus } from '../../protocol/messages.js'
 import { ContainerNotFoundError, OrderMismatchError, OrderMissingError, RoleNotAllowedError, TakeoverRefusedError, UnknownContainerError, toWireError } from '../../protocol/errors.js'
 import type { OrderVerifier } from '../../protocol/orders.js'
+import { unprotectable } from './snapshotter.js'
 
 /** How long one engine listing or inspection, or answering one request on our stream, may take. */
 const REQUEST_TIMEOUT_MS = 5000
@@ -238,7 +239,6 @@ export class FailoverService {
     const order = await this.deps.orders.verify(req.order, [req.op])
     if (order.host !== this.deps.selfId) throw new OrderMismatchError(`the ${req.op} order is for another agent (${order.host})`)
     if (order.container !== req.container) throw new OrderMismatchError(`the ${req.op} order is for '${order.container}', not '${req.container}'`)
-    await this.deps.orders.accept(order)
     let info
     try {
       info = await docker.inspectContainer(req.container, AbortSignal.timeout(REQUEST_TIMEOUT_MS))
@@ -246,6 +246,9 @@ export class FailoverService {
       if (err instanceof ContainerNotFoundError) throw new UnknownContainerError(`no container '${req.container}' on ${this.deps.selfName}`, { cause: err })
       throw err
     }
+    const refusal = req.op === 'protect' ? unprotectable(info) : undefined
+    if (refusal !== undefined) throw refusal
+    await this.deps.orders.accept(order)
     const rec = state.container(info.name)
     rec.protect = req.op === 'protect'
     await state.save()

@@ -9,13 +9,30 @@
  *   freeze    pause; the changes as one layer; each named volume's data spooled
  *   thaw      unpause: the container ran frozen only for the export and the spooling
  *   store     the holder keeps the frozen state (snapshot-store.ts) for a takeover
- * Any failure: the holder drops what it has of this snapshot, the container runs on here.
+ * Any failure: the holder drops what it has of this snapshot, the container runs on here. A
+ * container with a setting a takeover could not restore is not snapshotted at all (unprotectable).
  */
 import type { DockerHost } from '../docker/docker-host.js'
+import type { ContainerInfo } from '../docker/types.js'
 import type { ContainerLocks } from '../move/locks.js'
 import { TransferSession, inspectSource, type SessionDeps } from '../move/session.js'
 import type { TravelLabels } from '../move/source.js'
-import { ContainerBusyError, ContainerNotRunningError, MoveInProgressError } from '../../protocol/errors.js'
+import { ContainerBusyError, ContainerNotRunningError, FieldRefusedError, HostAccessRefusedError, MoveInProgressError } from '../../protocol/errors.js'
+import { describeRefusals } from '../../protocol/fidelity.js'
+
+/**
+ * Why a container cannot be protected, if it cannot: a takeover restores it from its snapshot on
+ * another host with no operator's order, so it must carry every setting (none the fidelity table
+ * refuses, protocol/fidelity.ts) and no host-level power (no order allows one there). Checked by
+ * `goto protect` before anything changes, and by every snapshot, so that nothing is dropped silently.
+ */
+export function unprotectable (info: Pick<ContainerInfo, 'name'> & { fidelity?: ContainerInfo['fidelity'] }): FieldRefusedError | HostAccessRefusedError | undefined {
+  const refused = info.fidelity?.refused ?? []
+  if (refused.length > 0) return new FieldRefusedError(`container '${info.name}' has settings a takeover could not restore: ${describeRefusals(refused)}`)
+  const powers = info.fidelity?.hostPowers ?? []
+  if (powers.length > 0) return new HostAccessRefusedError(`container '${info.name}' has host-level powers, which a takeover restores with no operator's order: ${powers.join(', ')}`)
+  return undefined
+}
 
 export interface SnapshotterDeps {
   docker: DockerHost
@@ -38,6 +55,8 @@ export class Snapshotter {
     const { docker, locks } = this.deps
     const info = await inspectSource(this.deps.docker, container, this.deps.sessions.selfName, signal)
     if (!info.state.running || info.state.paused) throw new ContainerNotRunningError(`container '${info.name}' is ${info.state.status}; only a running container is snapshotted`)
+    const refusal = unprotectable(info)
+    if (refusal !== undefined) throw refusal
     if (!locks.take(info.id)) throw new MoveInProgressError(`container '${info.name}' is being moved`)
     const session = new TransferSession(this.deps.sessions, 'snapshot', info)
     try {

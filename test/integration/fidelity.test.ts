@@ -171,6 +171,14 @@ describe('fidelity: every setting moves or the move says why (2 hosts, real engi
     expect(await holdings()).to.deep.equal(before)
   })
 
+  it('refuses to protect a container a takeover could not restore (its user network), by the field\'s name, and changes nothing', async () => {
+    const r = await lab.cli(['protect', 'netted'], { agent: A.agentAddr })
+    expect(r.code, r.stdout).to.not.equal(0)
+    expect(r.stderr).to.contain('NetworkSettings.Networks.appnet')
+    const status = JSON.parse((await lab.cli(['status', '--json'], { agent: A.agentAddr })).stdout) as { failover?: { containers: Array<{ name: string, protected: boolean }> } }
+    expect(status.failover?.containers.find(c => c.name === 'netted')?.protected ?? false).to.equal(false)
+  })
+
   it('leaves a tag at the destination that names another image alone, and says so in the plan', async () => {
     const victim = await docker(B, 'image', 'inspect', '--format', '{{.Id}}', 'fid/other:v1')
     await docker(A, 'run', '-d', '--name', 'tagged', 'fid/other:v1', 'sleep', '100000')

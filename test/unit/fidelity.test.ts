@@ -15,6 +15,7 @@ import { parseSpec } from '../../protocol/move-messages.js'
 import { specDigest } from '../../protocol/orders.js'
 import { containerInfoFromInspect, createBody, imageRefOf, specFromInspect, type EngineContainer } from '../../agent/docker/spec.js'
 import { INSPECT_FULL, INSPECT_PLAIN, INSPECT_POWERS, INSPECT_SIDECAR } from '../fixtures/inspect-20.10.js'
+import { unprotectable } from '../../agent/failover/snapshotter.js'
 
 const ALL = { plain: INSPECT_PLAIN, full: INSPECT_FULL, powers: INSPECT_POWERS, sidecar: INSPECT_SIDECAR }
 const DOCS = fileURLToPath(new URL('../../../docs/operations.md', import.meta.url))
@@ -141,5 +142,17 @@ describe('fidelity table (protocol/fidelity.ts) on Engine 20.10 inspect output',
 
   it('docs/operations.md holds exactly the table the code has', () => {
     expect(readFileSync(DOCS, 'utf8')).to.contain(fidelityTableMarkdown())
+  })
+
+  it('a container with a refused setting or a host power cannot be protected: a takeover has no order to restore it by', () => {
+    expect(unprotectable(containerInfoFromInspect(INSPECT_PLAIN as unknown as EngineContainer))).to.equal(undefined)
+    const full = unprotectable(containerInfoFromInspect(INSPECT_FULL as unknown as EngineContainer)) // on appnet, and --cap-add SYS_TIME
+    expect(full?.name).to.equal('FieldRefusedError')
+    expect(full?.message).to.contain('NetworkSettings.Networks.appnet')
+    const powers = unprotectable({ name: 'capable', fidelity: { refused: [], hostPowers: ['HostConfig.CapAdd'] } })
+    expect(powers?.name).to.equal('HostAccessRefusedError')
+    expect(powers?.message).to.contain('HostConfig.CapAdd')
+    const sidecar = unprotectable(containerInfoFromInspect(INSPECT_SIDECAR as unknown as EngineContainer))
+    expect(sidecar?.message).to.contain('HostConfig.NetworkMode')
   })
 })
