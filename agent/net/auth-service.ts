@@ -63,6 +63,8 @@ const MAX_INBOUND_STREAMS = 32
 
 export class AuthService {
   private readonly sessions = new WeakMap<Connection, Session>()
+  /** Connections a refused stream was already logged for at warn level. */
+  private readonly warned = new WeakSet<Connection>()
   /** When a direct dial to a member last failed while a relayed connection was open. */
   private readonly directFailed = new Map<string, number>()
   private readonly protocols: string[] = []
@@ -198,7 +200,10 @@ export class AuthService {
           ? err
           : new PeerNotAuthenticatedError(`${protocol} requires a connection that passed ${AUTH_PROTOCOL}`)
         const name = this.peerOf(connection)?.name
-        this.deps.log.warn('refused stream', { protocol, peer: connection.remotePeer.toString(), ...name === undefined ? {} : { name }, reason: refusal.name })
+        // One warning per connection: a stranger opening stream after stream must not flood the log.
+        const level = this.warned.has(connection) ? 'debug' : 'warn'
+        this.warned.add(connection)
+        this.deps.log[level]('refused stream', { protocol, peer: connection.remotePeer.toString(), ...name === undefined ? {} : { name }, reason: refusal.name })
         await js.write({ ok: false, error: toWireError(refusal) }, AbortSignal.timeout(1000)).catch(() => {})
         await js.close(AbortSignal.timeout(1000))
         return
