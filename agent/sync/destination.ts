@@ -16,9 +16,9 @@
  * listed before, which in the staging copy is a directory we made, so nothing reaches through a
  * symlink. Files are created with O_EXCL|O_NOFOLLOW. One sync per live tree at a time (the caller's lock).
  */
-import { randomBytes } from 'node:crypto'
-import { constants, type BigIntStats } from 'node:fs'
-import { chmod, lchown, link, lstat, lutimes, mkdir, mkdtemp, open, readdir, rename, rm, symlink, type FileHandle } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { chmodSync, constants, lchownSync, linkSync, lstatSync, lutimesSync, type BigIntStats } from 'node:fs'
+import { link, lstat, mkdir, mkdtemp, open, readdir, rename, rm, symlink, type FileHandle } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { basename, dirname, join } from 'node:path'
 import { promisify } from 'node:util'
@@ -27,7 +27,8 @@ import {
 } from '../../protocol/errors.js'
 import { entryFromWire, parentOf, sameXattrs, type SyncEntry } from './entry.js'
 import type { SyncResult } from './source.js'
-import { blockCount, blockLength, hashFile, isZeroHash, openSame, readAt, sha256, walkTree, type HashCache } from './tree.js'
+import { blockCount, blockLength, hashFileSettled, isZeroHash, openSameStat, readAt, releaseBlockBuffer, sameStat, sha256, SYNC_CALLS_PER_SLICE, takeBlockBuffer, walkTree, yieldLoop, type HashCache } from './tree.js'
+import { TaskPool } from './pool.js'
 import {
   BLOCK_CHANGED, BLOCK_GONE, BLOCK_HEADER_BYTES, FRAME_BLOCK, FRAME_HASHES, FRAME_WANT, FrameReader, MAX_SYNC_BLOCKS, MAX_SYNC_ENTRIES,
   MAX_WANTS_PER_FRAME, Outbox, SYNC_BLOCK_BYTES, SYNC_WIRE_VERSION, frame, jsonFrame, parseJson, type ByteDuplex,
@@ -36,6 +37,13 @@ import {
 import { NO_XATTRS, type XattrAccess } from './xattrs.js'
 
 const execFileP = promisify(execFile)
+
+/**
+ * Tasks of the build at once (opens, block writes, local copies, closes) and bytes of blocks they
+ * hold: enough to keep libuv's four threads and the disk busy behind the stream, a few blocks of memory.
+ */
+const BUILD_TASKS = 16
+const BUILD_WINDOW_BYTES = 16 * 1024 * 1024
 
 export interface SyncDestinationOptions {
   signal: AbortSignal
@@ -46,7 +54,7 @@ export interface SyncDestinationOptions {
   hashCache?: HashCache
 }
 
-interface BaseFile { path: string, stat: BigIntStats }
+interface BaseFile { path: string, stat: BigIntStats, settled?: boolean }
 interface LocalBlock { file: BaseFile, offset: number }
 type Plan = { kind: 'link', from: BaseFile } | { kind: 'build', local: Array<LocalBlock | undefined>, wants: number[] }
 
@@ -102,6 +110,7 @@ export async function syncDestination (live: string, duplex: ByteDuplex, options
     await rename(staging, live)
     staging = undefined
     if (hadLive) await rm(old, { recursive: true, force: true })
+    if (options.hashCache !== undefined) await build.cacheHashes(live, options.hashCache)
     const stats = build.stats
     await out.send(jsonFrame({ t: 'result', ok: true, stats }), signal)
     out.close()
@@ -232,8 +241,10 @@ class StagingBuild {
     const hashed = new Map<BaseFile, Buffer>()
     const addBlocks = async (file: BaseFile): Promise<Buffer | undefined> => {
       if (hashed.has(file)) return hashed.get(file)
-      const h = await hashFile(file.path, file.stat, this.signal, cache)
-      if (h === undefined) return undefined
+      const r = await hashFileSettled(file.path, file.stat, this.signal, cache)
+      if (r === undefined) return undefined
+      const h = r.hashes
+      file.settled = r.settled
       hashed.set(file, h)
       for (let b = 0; b * 32 < h.byteLength; b++) {
         const key = h.subarray(b * 32, b * 32 + 32).toString('hex')
@@ -296,102 +307,161 @@ class StagingBuild {
     await this.out.send(jsonFrame({ t: 'wantEnd' }), this.signal)
   }
 
-  /** Regular files in manifest order (the order of the wants, so blocks arrive in the order they are needed). */
+  /**
+   * Regular files in manifest order (the order of the wants, so blocks arrive in the order they are
+   * needed). Frames are read and verified here, one after another; the opens, writes, local copies
+   * and closes run in a TaskPool meanwhile, bounded in files and in bytes held.
+   */
   async buildFiles (): Promise<void> {
-    for (const [index, plan] of this.plans) {
-      const e = this.entries[index]
-      if (plan.kind === 'link') {
-        await link(plan.from.path, this.at(e.path))
-        this.stats.filesLinked++
-        continue
+    const pool = new TaskPool(BUILD_TASKS, BUILD_WINDOW_BYTES)
+    try {
+      for (const [index, plan] of this.plans) {
+        const e = this.entries[index]
+        if (plan.kind === 'link') {
+          await pool.run(async () => { await link(plan.from.path, this.at(e.path)); this.stats.filesLinked++ }, this.signal)
+          continue
+        }
+        await this.buildFile(index, e, plan, pool)
       }
-      await this.buildFile(index, e, plan)
+      await pool.drain()
+    } finally {
+      await pool.settle()
     }
+    const members: Array<[string, string]> = []
     for (let index = 0; index < this.entries.length; index++) {
       const e = this.entries[index]
       if (e.type !== 'file' || e.group === undefined) continue
       const first = this.groupFirst.get(e.group) as number
       if (first === index || this.gone.has(first)) continue
-      await link(this.at(this.entries[first].path), this.at(e.path))
+      members.push([this.at(this.entries[first].path), this.at(e.path)])
     }
+    await inSlices(members, this.signal, ([from, to]) => { linkSync(from, to) })
     if (this.stats.filesBuilt + this.stats.filesLinked + this.gone.size !== this.plans.size) throw new ProtocolError('sync build incomplete')
   }
 
-  private async buildFile (index: number, e: SyncEntry, plan: Extract<Plan, { kind: 'build' }>): Promise<void> {
+  private async buildFile (index: number, e: SyncEntry, plan: Extract<Plan, { kind: 'build' }>, pool: TaskPool): Promise<void> {
     const hashes = this.hashes.get(index) as Buffer
-    const fh = await open(this.at(e.path), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)
-    const buf = Buffer.allocUnsafe(SYNC_BLOCK_BYTES)
-    const opened = new Map<BaseFile, FileHandle>()
+    const path = this.at(e.path)
+    let fh: FileHandle | undefined
+    const last = blockCount(e.size) - 1
     const wanted = new Set(plan.wants)
+    const bases = new Map<BaseFile, Promise<OpenBase | undefined>>()
+    const closeAll = async (): Promise<void> => {
+      const handles = await Promise.allSettled(bases.values())
+      bases.clear()
+      for (const h of handles) if (h.status === 'fulfilled') await h.value?.fh.close().catch(() => {})
+      const f = fh
+      fh = undefined
+      await f?.close()
+    }
+    const opened = (await pool.run(async () => {
+      fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)
+      // The size comes with the last block's write, unless that block is a hole.
+      if (plan.local[last] === undefined && !wanted.has(last)) await fh.truncate(e.size)
+    }, this.signal)).done
+    const writes: Array<Promise<void>> = [opened]
+    let closing = false
     let wantsLeft = wanted.size
     try {
-      await fh.truncate(e.size)
       for (let b = 0; b < plan.local.length; b++) {
         this.signal.throwIfAborted()
         const expected = hashes.subarray(b * 32, b * 32 + 32)
         const len = blockLength(e.size, b)
         const local = plan.local[b]
         if (local !== undefined) {
-          let src = opened.get(local.file)
-          if (src === undefined) {
-            src = await openSame(local.file.path, local.file.stat)
-            if (src === undefined) throw new SyncBlockMismatchError(`base file ${local.file.path} changed while the sync ran`)
-            opened.set(local.file, src)
-          }
-          const got = await readAt(src, buf, len, local.offset)
-          if (got !== len || !sha256(buf.subarray(0, len)).equals(expected)) throw new SyncBlockMismatchError(`${e.path} block ${b}: the base's copy no longer matches`)
-          await writeAll(fh, buf.subarray(0, len), b * SYNC_BLOCK_BYTES)
-          this.stats.blocksLocal++
+          writes.push((await pool.run(async () => {
+            await opened
+            if (fh === undefined) return
+            let base = bases.get(local.file)
+            if (base === undefined) { base = openBase(local.file); bases.set(local.file, base) }
+            await copyLocal(fh, await base, local, expected, len, b, e.path)
+            this.stats.blocksLocal++
+          }, this.signal, len)).done)
           continue
         }
         if (!wanted.has(b)) continue // zeros: a hole
         const f = await this.reader.expect(this.signal)
         wantsLeft--
-        if (f.kind !== FRAME_BLOCK || f.payload.byteLength < BLOCK_HEADER_BYTES) throw new ProtocolError(`expected block ${b} of ${e.path}`)
+        if (f.kind !== FRAME_BLOCK || f.body === undefined || f.payload.byteLength < BLOCK_HEADER_BYTES) throw new ProtocolError(`expected block ${b} of ${e.path}`)
         const p = Buffer.from(f.payload.buffer, f.payload.byteOffset, f.payload.byteLength)
         if (p.readUInt32BE(0) !== index || p.readUInt32BE(4) !== b) throw new ProtocolError(`expected block ${b} of entry ${index}, got ${p.readUInt32BE(4)} of ${p.readUInt32BE(0)}`)
         const flags = p[8]
         if ((flags & BLOCK_GONE) !== 0) {
           this.gone.add(index)
           this.stats.gone.push(e.path)
-          await fh.close()
-          await rm(this.at(e.path), { force: true })
+          await pool.run(async () => {
+            await Promise.all(writes)
+            await closeAll()
+            await rm(path, { force: true })
+          }, this.signal)
+          closing = true
           return
         }
         let want = expected
-        let data = p.subarray(BLOCK_HEADER_BYTES)
+        let dataAt = BLOCK_HEADER_BYTES
         if ((flags & BLOCK_CHANGED) !== 0) {
-          want = data.subarray(0, 32)
-          data = data.subarray(32)
+          if (p.byteLength < BLOCK_HEADER_BYTES + 32) throw new ProtocolError(`block ${b} of ${e.path} has no new hash`)
+          want = p.subarray(BLOCK_HEADER_BYTES, BLOCK_HEADER_BYTES + 32)
+          dataAt += 32
           if (!this.changed.has(index)) { this.changed.add(index); this.stats.changed.push(e.path) }
         }
+        const data = f.body.sublist(dataAt)
         if (data.byteLength !== len) throw new ProtocolError(`block ${b} of ${e.path} has ${data.byteLength} bytes, not ${len}`)
-        if (!sha256(data).equals(want)) throw new SyncBlockMismatchError(`${e.path} block ${b} does not match its sha256`)
-        await writeAll(fh, data, b * SYNC_BLOCK_BYTES)
+        const h = createHash('sha256')
+        for (const chunk of data) h.update(chunk)
+        if (!h.digest().equals(want)) throw new SyncBlockMismatchError(`${e.path} block ${b} does not match its sha256`)
+        const chunks = [...data]
+        writes.push((await pool.run(async () => {
+          await opened
+          if (fh !== undefined) await writevAll(fh, chunks, b * SYNC_BLOCK_BYTES)
+        }, this.signal, len)).done)
         this.stats.blocksReceived++
         this.stats.bytesReceived += len
       }
       if (wantsLeft !== 0) throw new ProtocolError(`${e.path}: ${wantsLeft} wanted blocks never arrived`)
-      this.stats.filesBuilt++
+      await pool.run(async () => {
+        await Promise.all(writes)
+        if (fh === undefined) return // its open failed: the pool holds that failure
+        await closeAll()
+        this.stats.filesBuilt++
+      }, this.signal)
+      closing = true
     } finally {
-      await fh.close().catch(() => {})
-      for (const src of opened.values()) await src.close().catch(() => {})
+      if (!closing) {
+        await Promise.all(writes)
+        await closeAll().catch(() => {})
+      }
     }
   }
 
-  /** Owners before modes (chown clears setuid bits), xattrs after owners (chown clears capabilities), mtimes last, directories deepest first. */
+  /**
+   * Owners before modes (chown clears setuid bits), xattrs after owners (chown clears capabilities),
+   * mtimes last, directories deepest first. Inode calls only, made synchronously in slices.
+   */
   async applyMetadata (): Promise<void> {
     const keep = this.entries.filter((e, i) => !this.skipsMetadata(e, i))
-    for (const e of keep) {
+    await inSlices(keep, this.signal, e => {
       const p = this.at(e.path)
-      await lchown(p, e.uid, e.gid)
-      if (e.type !== 'symlink') await chmod(p, e.mode)
-    }
+      lchownSync(p, e.uid, e.gid)
+      if (e.type !== 'symlink') chmodSync(p, e.mode)
+    })
     await this.xattrs.write(keep.filter(e => Object.keys(e.xattrs).length > 0).map(e => ({ path: this.at(e.path), xattrs: e.xattrs })), this.signal)
-    for (const e of [...keep].reverse()) {
+    await inSlices([...keep].reverse(), this.signal, e => {
       const t = Number(BigInt(e.mtimeNs)) / 1e9
-      await lutimes(this.at(e.path), t, t)
-    }
+      lutimesSync(this.at(e.path), t, t)
+    })
+  }
+
+  /**
+   * After the swap: the block hashes of every regular file now in `live`, under its final stat (a
+   * link or the old tree's removal moved its ctime), so the next round hashes none of them again.
+   * The tree is written by syncs only (it is never the volume a container runs on).
+   */
+  async cacheHashes (live: string, cache: HashCache): Promise<void> {
+    await inSlices([...this.hashes].filter(([index]) => !this.gone.has(index)), this.signal, ([index, hashes]) => {
+      const st = lstatSync(join(live, this.entries[index].path), { bigint: true })
+      if (st.isFile()) cache.set(st, hashes)
+    })
   }
 
   /** Hard links take their first member's metadata; a file linked from the base already has it (and the base's inode must not change). */
@@ -415,6 +485,48 @@ async function writeAll (fh: FileHandle, data: Uint8Array, position: number): Pr
   while (done < data.byteLength) {
     const { bytesWritten } = await fh.write(data, done, data.byteLength - done, position + done)
     done += bytesWritten
+  }
+}
+
+/** Writes the chunks at `position` with as few pwritev calls as the kernel allows. */
+async function writevAll (fh: FileHandle, chunks: Uint8Array[], position: number): Promise<void> {
+  let rest = chunks
+  while (rest.length > 0) {
+    let { bytesWritten } = await fh.writev(rest, position)
+    position += bytesWritten
+    while (rest.length > 0 && bytesWritten >= rest[0].byteLength) { bytesWritten -= rest[0].byteLength; rest = rest.slice(1) }
+    if (bytesWritten > 0) rest = [rest[0].subarray(bytesWritten), ...rest.slice(1)]
+  }
+}
+
+interface OpenBase { fh: FileHandle, trusted: boolean }
+
+/** A base file opened for its blocks; trusted (not hashed again) while it is as it was when hashed and settled. */
+async function openBase (file: BaseFile): Promise<OpenBase | undefined> {
+  const opened = await openSameStat(file.path, file.stat)
+  if (opened === undefined) return undefined
+  return { fh: opened.fh, trusted: file.settled === true && sameStat(opened.now, file.stat) }
+}
+
+/** Copies one block of the base into `fh`, verified against `expected` unless the base is trusted. */
+async function copyLocal (fh: FileHandle, base: OpenBase | undefined, local: LocalBlock, expected: Buffer, len: number, b: number, path: string): Promise<void> {
+  if (base === undefined) throw new SyncBlockMismatchError(`base file ${local.file.path} changed while the sync ran`)
+  const buf = takeBlockBuffer()
+  try {
+    const got = await readAt(base.fh, buf, len, local.offset)
+    const data = buf.subarray(0, len)
+    if (got !== len || (!base.trusted && !sha256(data).equals(expected))) throw new SyncBlockMismatchError(`${path} block ${b}: the base's copy no longer matches`)
+    await writeAll(fh, data, b * SYNC_BLOCK_BYTES)
+  } finally {
+    releaseBlockBuffer(buf)
+  }
+}
+
+/** `fn` for each item, synchronously, the event loop running between slices of SYNC_CALLS_PER_SLICE. */
+async function inSlices<T> (items: T[], signal: AbortSignal, fn: (item: T) => void): Promise<void> {
+  for (let i = 0; i < items.length; i++) {
+    if (i % SYNC_CALLS_PER_SLICE === 0) await yieldLoop(signal)
+    fn(items[i])
   }
 }
 

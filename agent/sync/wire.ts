@@ -58,6 +58,8 @@ export const FRAME_BLOCK = 4
 /** BLOCK frame flags: the block changed at the source since it was hashed (a new hash follows), or the file is gone. */
 export const BLOCK_CHANGED = 1
 export const BLOCK_GONE = 2
+/** Frame header: kind (u8), payload length (u32). */
+export const FRAME_HEADER_BYTES = 5
 /** BLOCK header: file index (u32), block index (u32), flags (u8). */
 export const BLOCK_HEADER_BYTES = 9
 
@@ -80,7 +82,7 @@ export interface ByteDuplex {
   sink: (source: AsyncIterable<Uint8Array>) => Promise<void>
 }
 
-export interface Frame { kind: number, payload: Uint8Array }
+export interface Frame { kind: number, payload: Uint8Array, body?: Uint8ArrayList }
 
 export function frame (kind: number, payload: Uint8Array): Uint8Array {
   const out = new Uint8Array(5 + payload.byteLength)
@@ -131,7 +133,11 @@ export class FrameReader {
     return true
   }
 
-  /** The next frame, or undefined when the stream ended cleanly between frames. */
+  /**
+   * The next frame, or undefined when the stream ended cleanly between frames. A BLOCK frame's
+   * payload is only its first bytes (header and hash, at most BLOCK_HEADER_BYTES + 32); all of it
+   * is in `body`, the chunks as they arrived (a block is never copied into one buffer).
+   */
   async next (signal: AbortSignal): Promise<Frame | undefined> {
     if (!await this.fill(5, signal)) {
       if (this.buffer.byteLength === 0) return undefined
@@ -143,6 +149,12 @@ export class FrameReader {
     if (max === undefined) throw new ProtocolError(`unknown sync frame kind ${kind}`)
     if (length > max) throw new SyncLimitError(`sync frame of kind ${kind} announces ${length} bytes, more than ${max}`)
     if (!await this.fill(5 + length, signal)) throw new ProtocolError('sync stream ended inside a frame')
+    if (kind === FRAME_BLOCK) {
+      const body = this.buffer.sublist(5, 5 + length)
+      const payload = body.subarray(0, Math.min(length, BLOCK_HEADER_BYTES + 32))
+      this.buffer.consume(5 + length)
+      return { kind, payload, body }
+    }
     const payload = this.buffer.subarray(5, 5 + length)
     this.buffer.consume(5 + length)
     return { kind, payload }
