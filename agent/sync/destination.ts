@@ -17,8 +17,8 @@
  * symlink. Files are created with O_EXCL|O_NOFOLLOW. One sync per live tree at a time (the caller's lock).
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { chmodSync, constants, lchownSync, linkSync, lstatSync, lutimesSync, type BigIntStats } from 'node:fs'
-import { link, lstat, mkdir, mkdtemp, open, readdir, rename, rm, symlink, type FileHandle } from 'node:fs/promises'
+import { chmodSync, constants, lchownSync, linkSync, lstatSync, lutimesSync, readdirSync, rmdirSync, unlinkSync, type BigIntStats } from 'node:fs'
+import { lstat, mkdir, mkdtemp, open, readdir, rename, rm, symlink, type FileHandle } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { basename, dirname, join } from 'node:path'
 import { promisify } from 'node:util'
@@ -27,7 +27,7 @@ import {
 } from '../../protocol/errors.js'
 import { entryFromWire, parentOf, sameXattrs, type SyncEntry } from './entry.js'
 import type { SyncResult } from './source.js'
-import { blockCount, blockLength, hashFileSettled, isZeroHash, openSameStat, readAt, releaseBlockBuffer, sameStat, sha256, SYNC_CALLS_PER_SLICE, takeBlockBuffer, walkTree, yieldLoop, type HashCache } from './tree.js'
+import { blockCount, blockLength, hashFileSettled, isZeroHash, openSameStat, readAt, readXattrs, releaseBlockBuffer, sameStat, sha256, SYNC_CALLS_PER_SLICE, takeBlockBuffer, walkTree, yieldLoop, type HashCache } from './tree.js'
 import { TaskPool } from './pool.js'
 import {
   BLOCK_CHANGED, BLOCK_GONE, BLOCK_HEADER_BYTES, FRAME_BLOCK, FRAME_HASHES, FRAME_WANT, FrameReader, MAX_SYNC_BLOCKS, MAX_SYNC_ENTRIES,
@@ -43,7 +43,7 @@ const execFileP = promisify(execFile)
  * hold: enough to keep libuv's four threads and the disk busy behind the stream, a few blocks of memory.
  */
 const BUILD_TASKS = 16
-const BUILD_WINDOW_BYTES = 16 * 1024 * 1024
+const BUILD_WINDOW_BYTES = 8 * 1024 * 1024
 
 export interface SyncDestinationOptions {
   signal: AbortSignal
@@ -109,7 +109,7 @@ export async function syncDestination (live: string, duplex: ByteDuplex, options
     if (hadLive) await rename(live, old)
     await rename(staging, live)
     staging = undefined
-    if (hadLive) await rm(old, { recursive: true, force: true })
+    if (hadLive) await removeTree(old)
     if (options.hashCache !== undefined) await build.cacheHashes(live, options.hashCache)
     const stats = build.stats
     await out.send(jsonFrame({ t: 'result', ok: true, stats }), signal)
@@ -269,13 +269,14 @@ class StagingBuild {
       for (const f of sameSize.get(this.entries[index].size) ?? []) await addBlocks(f)
     }
     const usedInodes = new Set<string>()
-    const candidateXattrs = await this.xattrs.read([...candidates.values()].map(f => f.path), this.signal)
+    const candidateXattrs = await readXattrs([...candidates.values()].map(f => ({ at: f.path, stat: f.stat, file: f })), this.xattrs, this.signal, cache)
+    const xattrsOf = new Map([...candidateXattrs].map(([c, x]) => [c.file, x]))
     for (const [index, hashes] of this.hashes) {
       const e = this.entries[index]
       const cand = candidates.get(index)
       const candHashes = cand !== undefined ? hashed.get(cand) : undefined
       if (cand !== undefined && candHashes !== undefined && candHashes.equals(hashes) && sameMetadata(e, cand.stat) &&
-          sameXattrs(e.xattrs, candidateXattrs.get(cand.path) ?? {}) && !usedInodes.has(`${cand.stat.dev}:${cand.stat.ino}`)) {
+          sameXattrs(e.xattrs, xattrsOf.get(cand) ?? {}) && !usedInodes.has(`${cand.stat.dev}:${cand.stat.ino}`)) {
         usedInodes.add(`${cand.stat.dev}:${cand.stat.ino}`)
         this.plans.set(index, { kind: 'link', from: cand })
         continue
@@ -314,11 +315,15 @@ class StagingBuild {
    */
   async buildFiles (): Promise<void> {
     const pool = new TaskPool(BUILD_TASKS, BUILD_WINDOW_BYTES)
+    let linkedHere = 0
     try {
       for (const [index, plan] of this.plans) {
         const e = this.entries[index]
         if (plan.kind === 'link') {
-          await pool.run(async () => { await link(plan.from.path, this.at(e.path)); this.stats.filesLinked++ }, this.signal)
+          // An inode call: made here, the event loop let run every SYNC_CALLS_PER_SLICE of them.
+          if (++linkedHere % SYNC_CALLS_PER_SLICE === 0) await yieldLoop(this.signal)
+          linkSync(plan.from.path, this.at(e.path))
+          this.stats.filesLinked++
           continue
         }
         await this.buildFile(index, e, plan, pool)
@@ -460,7 +465,7 @@ class StagingBuild {
   async cacheHashes (live: string, cache: HashCache): Promise<void> {
     await inSlices([...this.hashes].filter(([index]) => !this.gone.has(index)), this.signal, ([index, hashes]) => {
       const st = lstatSync(join(live, this.entries[index].path), { bigint: true })
-      if (st.isFile()) cache.set(st, hashes)
+      if (st.isFile()) { cache.set(st, hashes); cache.setXattrs(st, this.entries[index].xattrs) }
     })
   }
 
@@ -520,6 +525,25 @@ async function copyLocal (fh: FileHandle, base: OpenBase | undefined, local: Loc
   } finally {
     releaseBlockBuffer(buf)
   }
+}
+
+/**
+ * Removes the old tree after the swap, by inode calls in slices between event-loop turns (fs.rm
+ * awaited a libuv round trip per entry). Not abortable: the new tree is in place by then. Falls
+ * back to fs.rm on any error (it retries and reports).
+ */
+async function removeTree (path: string): Promise<void> {
+  let calls = 0
+  const walk = async (dir: string): Promise<void> => {
+    for (const d of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, d.name)
+      if (d.isDirectory()) await walk(p)
+      else unlinkSync(p)
+      if (++calls % SYNC_CALLS_PER_SLICE === 0) await new Promise<void>(resolve => { setImmediate(resolve) })
+    }
+    rmdirSync(dir)
+  }
+  try { await walk(path) } catch { await rm(path, { recursive: true, force: true }) }
 }
 
 /** `fn` for each item, synchronously, the event loop running between slices of SYNC_CALLS_PER_SLICE. */

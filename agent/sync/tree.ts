@@ -10,6 +10,7 @@ import { constants, lstatSync, readlinkSync, type BigIntStats } from 'node:fs'
 import { open, readdir, type FileHandle } from 'node:fs/promises'
 import { SyncLimitError } from '../../protocol/errors.js'
 import { MAX_SYNC_DEPTH, SYNC_BLOCK_BYTES } from './wire.js'
+import type { XattrAccess, Xattrs } from './xattrs.js'
 
 export type EntryType = 'dir' | 'file' | 'symlink' | 'fifo' | 'char' | 'block'
 
@@ -171,7 +172,7 @@ export async function readAt (fh: FileHandle, buf: Buffer, length: number, posit
 export const RACY_CTIME_NS = 1_000_000_000n
 
 /** Block buffers kept for reuse: allocating 1 MiB per file or block had the GC run most of the time. */
-const POOL_KEEP = 16
+const POOL_KEEP = 8
 const pool: Buffer[] = []
 
 /** A SYNC_BLOCK_BYTES buffer from the pool; give it back with `releaseBlockBuffer` when done. */
@@ -186,12 +187,14 @@ export function releaseBlockBuffer (buf: Buffer): void {
 interface Cached { size: bigint, mtimeNs: bigint, ctimeNs: bigint, hashes: Buffer }
 
 /**
- * Block hashes of files by inode, kept by a caller between rounds of syncs of one tree. An entry
- * holds only while the inode's size, mtime and ctime are those it was hashed at (a write moves the
- * ctime even when it restores the mtime); only settled files (RACY_CTIME_NS) are kept.
+ * Block hashes of files, and extended attributes of any entry, by inode, kept by a caller between
+ * rounds of syncs of one tree. An entry holds only while the inode's size, mtime and ctime are
+ * those it was read at (a write moves the ctime even when it restores the mtime, and so does
+ * setting an attribute); only settled inodes (RACY_CTIME_NS) are kept.
  */
 export class HashCache {
   private readonly byInode = new Map<string, Cached>()
+  private readonly xattrsByInode = new Map<string, { ctimeNs: bigint, xattrs: Xattrs }>()
 
   get (st: BigIntStats): Buffer | undefined {
     const c = this.byInode.get(`${st.dev}:${st.ino}`)
@@ -202,6 +205,46 @@ export class HashCache {
   set (st: BigIntStats, hashes: Buffer): void {
     this.byInode.set(`${st.dev}:${st.ino}`, { size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hashes })
   }
+
+  /** Extended attributes of any inode read or set before at this ctime (setting one moves the ctime). */
+  getXattrs (st: BigIntStats): Xattrs | undefined {
+    const c = this.xattrsByInode.get(`${st.dev}:${st.ino}`)
+    return c !== undefined && c.ctimeNs === st.ctimeNs ? c.xattrs : undefined
+  }
+
+  setXattrs (st: BigIntStats, xattrs: Xattrs): void {
+    this.xattrsByInode.set(`${st.dev}:${st.ino}`, { ctimeNs: st.ctimeNs, xattrs })
+  }
+
+  /**
+   * The attributes of each entry: from the cache where it holds, the rest read with one `xattrs.read`
+   * (one getfattr per call: the cost of a round of an unchanged tree was mostly those), cached
+   * when settled.
+   */
+  async readXattrs<T extends { at: string, stat: BigIntStats }> (entries: T[], xattrs: XattrAccess, signal: AbortSignal): Promise<Map<T, Xattrs>> {
+    const out = new Map<T, Xattrs>()
+    const missing = entries.filter(e => {
+      const c = this.getXattrs(e.stat)
+      if (c !== undefined) out.set(e, c)
+      return c === undefined
+    })
+    if (missing.length === 0) return out
+    const startNs = nowNs()
+    const read = await xattrs.read(missing.map(e => e.at), signal)
+    for (const e of missing) {
+      const x = read.get(e.at) ?? {}
+      out.set(e, x)
+      if (settledSince(e.stat, startNs)) this.setXattrs(e.stat, x)
+    }
+    return out
+  }
+}
+
+/** `cache.readXattrs`, or a plain read of all of them without a cache. */
+export async function readXattrs<T extends { at: string, stat: BigIntStats }> (entries: T[], xattrs: XattrAccess, signal: AbortSignal, cache?: HashCache): Promise<Map<T, Xattrs>> {
+  if (cache !== undefined) return await cache.readXattrs(entries, xattrs, signal)
+  const read = await xattrs.read(entries.map(e => e.at), signal)
+  return new Map(entries.map(e => [e, read.get(e.at) ?? {}]))
 }
 
 /** Wall clock in nanoseconds, the clock file times are stamped with. */
