@@ -29,12 +29,13 @@ import { entryFromWire, parentOf, sameXattrs, type SyncEntry } from './entry.js'
 import type { SyncResult } from './source.js'
 import { blockCount, blockLength, hashFileSettled, isZeroHash, openSameStat, readAt, readXattrs, releaseBlockBuffer, sameStat, sha256, SYNC_CALLS_PER_SLICE, takeBlockBuffer, walkTree, yieldLoop, type HashCache } from './tree.js'
 import { TaskPool } from './pool.js'
+import { Demux, HandOff } from './demux.js'
 import {
   BLOCK_CHANGED, BLOCK_GONE, BLOCK_HEADER_BYTES, FRAME_BLOCK, FRAME_HASHES, FRAME_WANT, FrameReader, MAX_SYNC_BLOCKS, MAX_SYNC_ENTRIES,
   MAX_WANTS_PER_FRAME, Outbox, SYNC_BLOCK_BYTES, SYNC_WIRE_VERSION, frame, jsonFrame, parseJson, type ByteDuplex,
   MTIME_SLACK_NS
 } from './wire.js'
-import { NO_XATTRS, type XattrAccess } from './xattrs.js'
+import { NO_XATTRS, type XattrAccess, type Xattrs } from './xattrs.js'
 
 const execFileP = promisify(execFile)
 
@@ -96,12 +97,9 @@ export async function syncDestination (live: string, duplex: ByteDuplex, options
     await recoverSyncLeftovers(live)
     await mkdir(dirname(live), { recursive: true })
     staging = await mkdtemp(join(dirname(live), stagingPrefix(live)))
-    const build = new StagingBuild(staging, options.xattrs ?? NO_XATTRS, reader, out, signal)
-    await build.receiveManifest()
-    const base = options.base ?? live
-    await build.plan(base, options.hashCache)
-    await build.sendWants()
-    await build.buildFiles()
+    const build = new StagingBuild(staging, options.xattrs ?? NO_XATTRS, new Demux(reader), out, signal, options.hashCache)
+    await build.indexBase(options.base ?? live)
+    await build.receiveAndBuild()
     await build.applyMetadata()
     // Complete and verified: swap it in.
     const old = join(dirname(live), oldPrefix(live) + randomBytes(6).toString('hex'))
@@ -141,13 +139,51 @@ class StagingBuild {
   private mknodPath: string | undefined
   readonly stats: SyncResult = { entries: 0, filesLinked: 0, filesBuilt: 0, blocksReceived: 0, blocksLocal: 0, bytesReceived: 0, changed: [], gone: [] }
 
+  private readonly baseFiles = new Map<string, BaseFile>()
+  private readonly sameSize = new Map<number, BaseFile[]>()
+  private readonly baseXattrs = new Map<BaseFile, Xattrs>()
+  private readonly byHash = new Map<string, LocalBlock>()
+  private readonly hashed = new Map<BaseFile, Buffer | undefined>()
+  private readonly usedInodes = new Set<string>()
+  /** Files planned (and their wants sent), in manifest order, for the builder. */
+  private readonly ready = new HandOff<number>()
+  private signal: AbortSignal
+
   constructor (
     private readonly staging: string,
     private readonly xattrs: XattrAccess,
-    private readonly reader: FrameReader,
+    private readonly demux: Demux,
     private readonly out: Outbox,
-    private readonly signal: AbortSignal
-  ) {}
+    signal: AbortSignal,
+    private readonly cache: HashCache | undefined
+  ) {
+    this.signal = signal
+  }
+
+  /**
+   * The manifest, the plan of each file as soon as its hashes are in (its wants sent at once), and
+   * the build, all at the same time: the source answers wants while it still hashes the rest of
+   * its tree (wire version 2). The first failure of any of the three stops the others.
+   */
+  async receiveAndBuild (): Promise<void> {
+    const outer = this.signal
+    const local = new AbortController()
+    const stop = (): void => { local.abort(outer.reason) }
+    outer.addEventListener('abort', stop, { once: true })
+    if (outer.aborted) stop()
+    this.signal = local.signal
+    let failure: { error: unknown } | undefined
+    const fail = (error: unknown): void => { failure ??= { error }; local.abort(error) }
+    try {
+      const building = this.buildFiles().catch(fail)
+      await this.receiveManifest().then(() => { this.ready.end() }, fail)
+      await building
+      if (failure !== undefined) throw failure.error
+    } finally {
+      outer.removeEventListener('abort', stop)
+      this.signal = outer
+    }
+  }
 
   private at (path: string): string {
     return path === '.' ? this.staging : join(this.staging, path)
@@ -155,11 +191,12 @@ class StagingBuild {
 
   async receiveManifest (): Promise<void> {
     while (true) {
-      const m = parseJson(await this.reader.expect(this.signal))
+      const m = parseJson(await this.demux.nextManifest(this.signal))
       if (m.t === 'end') {
         if (m.entries !== this.entries.length) throw new ProtocolError(`sync manifest announced ${String(m.entries)} entries and sent ${this.entries.length}`)
         if (this.entries.length === 0) throw new SyncEntryRefusedError('sync manifest without a root entry')
         this.stats.entries = this.entries.length
+        await this.out.send(jsonFrame({ t: 'wantEnd' }), this.signal)
         return
       }
       if (m.t !== 'entry') throw new ProtocolError(`unexpected sync message ${String(m.t)} in the manifest`)
@@ -186,6 +223,10 @@ class StagingBuild {
         }
       }
       await this.create(e)
+      if (this.hashes.has(index)) {
+        await this.planFile(index)
+        this.ready.push(index)
+      }
     }
   }
 
@@ -196,7 +237,7 @@ class StagingBuild {
     const hashes = Buffer.alloc(n * 32)
     let got = 0
     while (got < hashes.byteLength) {
-      const f = await this.reader.expect(this.signal)
+      const f = await this.demux.nextManifest(this.signal)
       if (f.kind !== FRAME_HASHES || f.payload.byteLength % 32 !== 0 || got + f.payload.byteLength > hashes.byteLength) {
         throw new ProtocolError(`entry ${e.path}: expected ${n} block hashes`)
       }
@@ -224,88 +265,79 @@ class StagingBuild {
     await execFileP(this.mknodPath, ['-m', '0600', ...args], { signal: this.signal })
   }
 
-  /** Decides for each file: link it whole from the base, or build it from local blocks and wanted ones. */
-  async plan (base: string, cache?: HashCache): Promise<void> {
-    const baseFiles = new Map<string, BaseFile>()
+  /** Lists the base tree (the live tree or a previous staging copy), with its files' xattrs; hashed as files ask. */
+  async indexBase (base: string): Promise<void> {
     try {
       const st = await lstat(base)
-      if (st.isDirectory()) {
-        for await (const batch of walkTree(base, this.signal)) {
-          for (const w of batch) if (w.type === 'file') baseFiles.set(w.path, { path: join(base, w.path), stat: w.stat })
-        }
-      }
+      if (!st.isDirectory()) return
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+      throw err
     }
-    const byHash = new Map<string, LocalBlock>()
-    const hashed = new Map<BaseFile, Buffer>()
-    const addBlocks = async (file: BaseFile): Promise<Buffer | undefined> => {
-      if (hashed.has(file)) return hashed.get(file)
-      const r = await hashFileSettled(file.path, file.stat, this.signal, cache)
-      if (r === undefined) return undefined
-      const h = r.hashes
-      file.settled = r.settled
-      hashed.set(file, h)
-      for (let b = 0; b * 32 < h.byteLength; b++) {
-        const key = h.subarray(b * 32, b * 32 + 32).toString('hex')
-        if (!byHash.has(key)) byHash.set(key, { file, offset: b * SYNC_BLOCK_BYTES })
+    for await (const batch of walkTree(base, this.signal)) {
+      const files = batch.filter(w => w.type === 'file').map(w => ({ at: w.at, stat: w.stat, rel: w.path, file: { path: join(base, w.path), stat: w.stat } as BaseFile }))
+      const attrs = await readXattrs(files, this.xattrs, this.signal, this.cache)
+      for (const f of files) {
+        this.baseFiles.set(f.rel, f.file)
+        this.baseXattrs.set(f.file, attrs.get(f) ?? {})
+        const size = Number(f.stat.size)
+        const list = this.sameSize.get(size) ?? []
+        list.push(f.file)
+        this.sameSize.set(size, list)
       }
-      return h
-    }
-    const sameSize = new Map<number, BaseFile[]>()
-    for (const f of baseFiles.values()) {
-      const list = sameSize.get(Number(f.stat.size)) ?? []
-      list.push(f)
-      sameSize.set(Number(f.stat.size), list)
-    }
-    // Same path first; then, for files that have none, base files of the same size (a rename).
-    const candidates = new Map<number, BaseFile>()
-    for (const [index] of this.hashes) {
-      const cand = baseFiles.get(this.entries[index].path)
-      if (cand !== undefined) { candidates.set(index, cand); await addBlocks(cand) }
-    }
-    for (const [index] of this.hashes) {
-      if (candidates.has(index)) continue
-      for (const f of sameSize.get(this.entries[index].size) ?? []) await addBlocks(f)
-    }
-    const usedInodes = new Set<string>()
-    const candidateXattrs = await readXattrs([...candidates.values()].map(f => ({ at: f.path, stat: f.stat, file: f })), this.xattrs, this.signal, cache)
-    const xattrsOf = new Map([...candidateXattrs].map(([c, x]) => [c.file, x]))
-    for (const [index, hashes] of this.hashes) {
-      const e = this.entries[index]
-      const cand = candidates.get(index)
-      const candHashes = cand !== undefined ? hashed.get(cand) : undefined
-      if (cand !== undefined && candHashes !== undefined && candHashes.equals(hashes) && sameMetadata(e, cand.stat) &&
-          sameXattrs(e.xattrs, xattrsOf.get(cand) ?? {}) && !usedInodes.has(`${cand.stat.dev}:${cand.stat.ino}`)) {
-        usedInodes.add(`${cand.stat.dev}:${cand.stat.ino}`)
-        this.plans.set(index, { kind: 'link', from: cand })
-        continue
-      }
-      const local: Array<LocalBlock | undefined> = []
-      const wants: number[] = []
-      for (let b = 0; b * 32 < hashes.byteLength; b++) {
-        const h = hashes.subarray(b * 32, b * 32 + 32)
-        if (isZeroHash(h, blockLength(e.size, b))) { local.push(undefined); continue }
-        const found = byHash.get(h.toString('hex'))
-        local.push(found)
-        if (found === undefined) wants.push(b)
-      }
-      this.plans.set(index, { kind: 'build', local, wants })
     }
   }
 
-  async sendWants (): Promise<void> {
-    for (const [index, plan] of this.plans) {
-      if (plan.kind !== 'build') continue
-      for (let off = 0; off < plan.wants.length; off += MAX_WANTS_PER_FRAME) {
-        const part = plan.wants.slice(off, off + MAX_WANTS_PER_FRAME)
-        const payload = Buffer.alloc(4 + part.length * 4)
-        payload.writeUInt32BE(index, 0)
-        part.forEach((b, i) => payload.writeUInt32BE(b, 4 + i * 4))
-        await this.out.send(frame(FRAME_WANT, payload), this.signal)
-      }
+  /** A base file's block hashes, its blocks then found by hash for every file planned after. */
+  private async addBlocks (file: BaseFile): Promise<Buffer | undefined> {
+    if (this.hashed.has(file)) return this.hashed.get(file)
+    const r = await hashFileSettled(file.path, file.stat, this.signal, this.cache)
+    this.hashed.set(file, r?.hashes)
+    if (r === undefined) return undefined
+    file.settled = r.settled
+    const h = r.hashes
+    for (let b = 0; b * 32 < h.byteLength; b++) {
+      const key = h.subarray(b * 32, b * 32 + 32).toString('hex')
+      if (!this.byHash.has(key)) this.byHash.set(key, { file, offset: b * SYNC_BLOCK_BYTES })
     }
-    await this.out.send(jsonFrame({ t: 'wantEnd' }), this.signal)
+    return h
+  }
+
+  /**
+   * Decides for one file, as soon as its hashes are in: link it whole from the base, or build it
+   * from local blocks and wanted ones (its WANT frames sent now). The base file of the same path
+   * is its candidate; a file with none looks among base files of the same size (a rename).
+   */
+  private async planFile (index: number): Promise<void> {
+    const e = this.entries[index]
+    const hashes = this.hashes.get(index) as Buffer
+    const cand = this.baseFiles.get(e.path)
+    if (cand !== undefined) await this.addBlocks(cand)
+    else for (const f of this.sameSize.get(e.size) ?? []) await this.addBlocks(f)
+    const candHashes = cand !== undefined ? this.hashed.get(cand) : undefined
+    if (cand !== undefined && candHashes !== undefined && candHashes.equals(hashes) && sameMetadata(e, cand.stat) &&
+        sameXattrs(e.xattrs, this.baseXattrs.get(cand) ?? {}) && !this.usedInodes.has(`${cand.stat.dev}:${cand.stat.ino}`)) {
+      this.usedInodes.add(`${cand.stat.dev}:${cand.stat.ino}`)
+      this.plans.set(index, { kind: 'link', from: cand })
+      return
+    }
+    const local: Array<LocalBlock | undefined> = []
+    const wants: number[] = []
+    for (let b = 0; b * 32 < hashes.byteLength; b++) {
+      const h = hashes.subarray(b * 32, b * 32 + 32)
+      if (isZeroHash(h, blockLength(e.size, b))) { local.push(undefined); continue }
+      const found = this.byHash.get(h.toString('hex'))
+      local.push(found)
+      if (found === undefined) wants.push(b)
+    }
+    this.plans.set(index, { kind: 'build', local, wants })
+    for (let off = 0; off < wants.length; off += MAX_WANTS_PER_FRAME) {
+      const part = wants.slice(off, off + MAX_WANTS_PER_FRAME)
+      const payload = Buffer.alloc(4 + part.length * 4)
+      payload.writeUInt32BE(index, 0)
+      part.forEach((b, i) => payload.writeUInt32BE(b, 4 + i * 4))
+      await this.out.send(frame(FRAME_WANT, payload), this.signal)
+    }
   }
 
   /**
@@ -317,8 +349,11 @@ class StagingBuild {
     const pool = new TaskPool(BUILD_TASKS, BUILD_WINDOW_BYTES)
     let linkedHere = 0
     try {
-      for (const [index, plan] of this.plans) {
+      while (true) {
+        const index = await this.ready.next(this.signal)
+        if (index === undefined) break
         const e = this.entries[index]
+        const plan = this.plans.get(index) as Plan
         if (plan.kind === 'link') {
           // An inode call: made here, the event loop let run every SYNC_CALLS_PER_SLICE of them.
           if (++linkedHere % SYNC_CALLS_PER_SLICE === 0) await yieldLoop(this.signal)
@@ -385,7 +420,7 @@ class StagingBuild {
           continue
         }
         if (!wanted.has(b)) continue // zeros: a hole
-        const f = await this.reader.expect(this.signal)
+        const f = await this.demux.nextBlock(this.signal)
         wantsLeft--
         if (f.kind !== FRAME_BLOCK || f.body === undefined || f.payload.byteLength < BLOCK_HEADER_BYTES) throw new ProtocolError(`expected block ${b} of ${e.path}`)
         const p = Buffer.from(f.payload.buffer, f.payload.byteOffset, f.payload.byteLength)

@@ -95,8 +95,17 @@ export async function syncSource (root: string, duplex: ByteDuplex, options: Syn
   })()
   try {
     await out.send(jsonFrame({ t: 'hello', version: SYNC_WIRE_VERSION, blockSize: SYNC_BLOCK_BYTES }), signal)
-    const files = await sendManifest(root, out, xattrs, signal, options.hashCache)
-    await serveWants(files, inbox, out, signal)
+    // Wire version 2: wants are answered while the manifest is still being sent.
+    const files = new Map<number, SourceFile>()
+    const serving = serveWants(files, inbox, out, signal)
+    serving.catch((err: unknown) => { local.abort(err) })
+    try {
+      await sendManifest(root, out, xattrs, signal, files, options.hashCache)
+    } catch (err) {
+      await serving.catch(() => {})
+      throw err
+    }
+    await serving
     const result = parseJson(await inbox.next(signal))
     if (result.t !== 'result') throw new ProtocolError(`expected the sync result, got ${String(result.t)}`)
     out.close()
@@ -135,8 +144,8 @@ class Inbox {
   }
 }
 
-async function sendManifest (root: string, out: Outbox, xattrs: XattrAccess, signal: AbortSignal, cache?: HashCache): Promise<Map<number, SourceFile>> {
-  const files = new Map<number, SourceFile>()
+/** Sends the manifest; each regular file that carries data goes into `files` before its entry is sent. */
+async function sendManifest (root: string, out: Outbox, xattrs: XattrAccess, signal: AbortSignal, files: Map<number, SourceFile>, cache?: HashCache): Promise<void> {
   const groups = new Map<string, number>()
   let index = 0
   for await (const batch of walkTree(root, signal)) {
@@ -195,7 +204,6 @@ async function sendManifest (root: string, out: Outbox, xattrs: XattrAccess, sig
     }
   }
   await out.send(jsonFrame({ t: 'end', entries: index }), signal)
-  return files
 }
 
 /**

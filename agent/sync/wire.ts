@@ -22,8 +22,12 @@ import { ProtocolError, SyncLimitError } from '../../protocol/errors.js'
  * Smaller blocks would send less around a small write but grow every manifest and round.
  */
 export const SYNC_BLOCK_BYTES = 1024 * 1024
-/** Wire format version; the destination refuses another. */
-export const SYNC_WIRE_VERSION = 1
+/**
+ * Wire format version; the destination refuses another. 2: the destination sends each file's
+ * wants as soon as its hashes are in, and the source answers them while it sends the rest of the
+ * manifest (BLOCK frames among the manifest's); 1 waited for the whole manifest.
+ */
+export const SYNC_WIRE_VERSION = 2
 
 /** Bound of one JSON frame: an entry with a 4 KiB path, a 4 KiB link target and 64 KiB of xattrs in base64 fits. */
 export const MAX_SYNC_JSON_BYTES = 256 * 1024
