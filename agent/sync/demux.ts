@@ -12,7 +12,7 @@ import { ProtocolError } from '../../protocol/errors.js'
 import { FRAME_BLOCK, raceAbort, type Frame, type FrameReader } from './wire.js'
 
 /** Blocks queued for the builder before the manifest's reader waits: a few blocks. */
-export const DEMUX_BLOCK_BYTES = 8 * 1024 * 1024
+export const DEMUX_BLOCK_BYTES = 4 * 1024 * 1024
 
 export class Demux {
   private readonly manifest: Frame[] = []
