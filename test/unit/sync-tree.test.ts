@@ -175,6 +175,38 @@ describe('sync: trees by difference', function () {
     await rm(next, { recursive: true })
   })
 
+  it('sends blocks while the manifest is still going (wire v2); the destination\'s cache spares the next round all hashing', async () => {
+    const tree = join(dir, 'pipelined')
+    await mkdir(tree)
+    await writeFile(join(tree, 'a.txt'), randomBytes(5000))
+    await writeFile(join(tree, 'z.bin'), randomBytes(64 * MiB)) // hashed after a.txt is announced
+    const next = join(dir, 'dst', 'pipelined')
+    const order: string[] = []
+    const tap = (chunk: Uint8Array): Uint8Array => {
+      if (chunk[0] === FRAME_BLOCK && !order.includes('block')) order.push('block')
+      if (chunk[0] === 1 && Buffer.from(chunk.subarray(5)).toString().includes('"t":"end"')) order.push('end')
+      return chunk
+    }
+    class CountingCache extends HashCache {
+      misses = 0
+      get (st: Parameters<HashCache['get']>[0]): Buffer | undefined {
+        const h = super.get(st)
+        if (h === undefined) this.misses++
+        return h
+      }
+    }
+    const caches: [HashCache, CountingCache] = [new HashCache(), new CountingCache()]
+    await sync(tree, next, { tap, caches })
+    expect(order).to.deep.equal(['block', 'end'])
+    await expectSame(tree, next)
+    caches[1].misses = 0
+    const second = await sync(tree, next, { caches })
+    expect(second.result.filesLinked).to.equal(2)
+    expect(caches[1].misses).to.equal(0)
+    await rm(next, { recursive: true })
+    await rm(tree, { recursive: true })
+  })
+
   it('a file truncated at the source while the sync runs arrives with its newest content', async () => {
     // CHANGED frames: the manifest said one thing, the block read for sending another. The file is
     // truncated as the destination's first WANT (for it, the only new file) crosses to the source,
