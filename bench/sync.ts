@@ -148,7 +148,7 @@ export async function syncBench (): Promise<Record<string, unknown>> {
   const fs = await statfs(tmpdir())
   const freeGiB = fs.bavail * fs.bsize / 2 ** 30
   const needGiB = SYNC_BENCH_MIN_FREE_GIB * totalMiB / 2048
-  console.log(`\n== tree sync: first full copy of a ${totalMiB} MiB tree, source and destination in two processes, (${LARGE_FILES} large files, ${SMALL_FILES} × ${SMALL_BYTES / 1024} KiB) over loopback TCP vs tar c | tar x; an incremental round after 1 MiB changed`)
+  console.log(`\n== tree sync: first full copy of a ${totalMiB} MiB tree (${LARGE_FILES} large files, ${SMALL_FILES} × ${SMALL_BYTES / 1024} KiB), source and destination in two processes over loopback TCP, vs tar c | tar x; an incremental round after 1 MiB changed`)
   if (freeGiB < needGiB) {
     console.log(`   SKIPPED: ${fmt(freeGiB)} GiB free under ${tmpdir()}, the section needs ${fmt(needGiB)} GiB`)
     return { skipped: `${fmt(freeGiB)} GiB free, ${fmt(needGiB)} GiB needed` }
