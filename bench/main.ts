@@ -13,8 +13,10 @@
  *   dist/control/main.js — medians of runs; baseline: `node -e 0`, the cost of starting Node alone,
  *   measured interleaved in the same runs. Targets: status ≤ 3x, ca list ≤ 2x. In-process: connect +
  *   auth + status with the client library; baseline: a plain TCP connect to the same agent.
+ * - Tree sync (bench/sync.ts, no lab): first full copy of a ~2 GiB tree vs `tar c | tar x`, an
+ *   incremental round after a 1 MiB change, and RSS growth.
  *
- * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover) runs only those sections; the
+ * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync) runs only those sections; the
  * results file then holds only them. GOTO_BENCH_PREFIX and GOTO_BENCH_SUBNET give the labs another
  * prefix and subnet (default gotolabb, 10.213.60.0/24).
  */
@@ -30,6 +32,7 @@ import { readBundle } from '../certs/index.js'
 import { AgentClient } from '../control/client.js'
 import { moveBench } from './move.js'
 import { failoverBench } from './failover.js'
+import { syncBench } from './sync.js'
 
 const IDLE_SECONDS = 30
 /** Start-up (module loading, JIT warm-up, the first exchanges) is not idle: let it pass first. */
@@ -102,7 +105,7 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
-/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover); all by default. */
+/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync); all by default. */
 const ONLY = new Set((process.env.GOTO_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== ''))
 const runs = (section: string): boolean => ONLY.size === 0 || ONLY.has(section)
 
@@ -111,6 +114,8 @@ async function main (): Promise<void> {
   const prefix = process.env.GOTO_BENCH_PREFIX ?? 'gotolabb'
   const subnet = process.env.GOTO_BENCH_SUBNET ?? '10.213.60.0/24'
   const results: Record<string, unknown> = { date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, kernel: release() } }
+  // No lab: both halves in this process over loopback, before the labs load the machine.
+  if (runs('sync')) results.sync = await syncBench()
   if (runs('idle') || runs('cli') || runs('move')) await meshBench(prefix, subnet, results)
   // A lab of its own, on the same prefix once the first is down: other agents, the lan profile.
   if (runs('failover')) results.failover = await failoverBench(prefix, subnet)

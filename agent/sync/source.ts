@@ -10,9 +10,9 @@ import type { BigIntStats } from 'node:fs'
 import { join } from 'node:path'
 import { ProtocolError, SyncLimitError, fromWireError, type WireError } from '../../protocol/errors.js'
 import { entryToWire, splitRdev, type SyncEntry } from './entry.js'
-import { blockLength, hashFile, openSame, readAt, sha256, walkTree, type HashCache } from './tree.js'
+import { blockLength, hashFileSettled, openSameStat, readAt, sameStat, sha256, walkTree, type Hashed, type HashCache, type WalkEntry } from './tree.js'
 import {
-  BLOCK_CHANGED, BLOCK_GONE, BLOCK_HEADER_BYTES, FRAME_BLOCK, FRAME_HASHES, FRAME_JSON, FRAME_WANT, FrameReader, MAX_HASHES_PER_FRAME, MAX_SYNC_ENTRIES,
+  BLOCK_CHANGED, BLOCK_GONE, BLOCK_HEADER_BYTES, FRAME_BLOCK, FRAME_HASHES, FRAME_JSON, FRAME_WANT, FRAME_HEADER_BYTES, FrameReader, MAX_HASHES_PER_FRAME, MAX_SYNC_ENTRIES,
   Outbox, SYNC_BLOCK_BYTES, SYNC_WIRE_VERSION, frame, jsonFrame, parseJson, raceAbort, type ByteDuplex, type Frame
 } from './wire.js'
 import { NO_XATTRS, type XattrAccess } from './xattrs.js'
@@ -40,7 +40,30 @@ export interface SyncResult {
   gone: string[]
 }
 
-interface SourceFile { path: string, stat: BigIntStats, hashes: Buffer }
+interface SourceFile { path: string, stat: BigIntStats, hashes: Buffer, settled: boolean }
+
+/**
+ * Files of one directory hashed at once: their opens, reads and closes overlap (a tree of small
+ * files is mostly such round trips), and a few 1 MiB buffers each is all it holds.
+ */
+const HASH_CONCURRENCY = 4
+
+/** `fn` over `items` with at most `limit` running, results in order. */
+async function * ordered<T, R> (items: T[], limit: number, fn: (item: T) => Promise<R>): AsyncGenerator<R> {
+  const running: Array<Promise<R>> = []
+  let next = 0
+  while (next < items.length && running.length < limit) running.push(fn(items[next++]))
+  try {
+    while (running.length > 0) {
+      const r = await (running.shift() as Promise<R>)
+      if (next < items.length) running.push(fn(items[next++]))
+      yield r
+    }
+  } finally {
+    // Left early (an error): let what still runs finish, its failures already superseded.
+    await Promise.allSettled(running)
+  }
+}
 
 export async function syncSource (root: string, duplex: ByteDuplex, options: SyncSourceOptions): Promise<SyncResult> {
   const xattrs = options.xattrs ?? NO_XATTRS
@@ -72,8 +95,17 @@ export async function syncSource (root: string, duplex: ByteDuplex, options: Syn
   })()
   try {
     await out.send(jsonFrame({ t: 'hello', version: SYNC_WIRE_VERSION, blockSize: SYNC_BLOCK_BYTES }), signal)
-    const files = await sendManifest(root, out, xattrs, signal, options.hashCache)
-    await serveWants(files, inbox, out, signal)
+    // Wire version 2: wants are answered while the manifest is still being sent.
+    const files = new Map<number, SourceFile>()
+    const serving = serveWants(files, inbox, out, signal)
+    serving.catch((err: unknown) => { local.abort(err) })
+    try {
+      await sendManifest(root, out, xattrs, signal, files, options.hashCache)
+    } catch (err) {
+      await serving.catch(() => {})
+      throw err
+    }
+    await serving
     const result = parseJson(await inbox.next(signal))
     if (result.t !== 'result') throw new ProtocolError(`expected the sync result, got ${String(result.t)}`)
     out.close()
@@ -112,13 +144,25 @@ class Inbox {
   }
 }
 
-async function sendManifest (root: string, out: Outbox, xattrs: XattrAccess, signal: AbortSignal, cache?: HashCache): Promise<Map<number, SourceFile>> {
-  const files = new Map<number, SourceFile>()
+/** Sends the manifest; each regular file that carries data goes into `files` before its entry is sent. */
+async function sendManifest (root: string, out: Outbox, xattrs: XattrAccess, signal: AbortSignal, files: Map<number, SourceFile>, cache?: HashCache): Promise<void> {
   const groups = new Map<string, number>()
   let index = 0
   for await (const batch of walkTree(root, signal)) {
     const attrs = await xattrs.read(batch.map(e => e.at), signal)
-    for (const w of batch) {
+    // The first name of each inode carries the data; later names (hard links) are members of its group.
+    const seen = new Set<string>()
+    const carries = (w: WalkEntry): boolean => {
+      if (w.type !== 'file') return false
+      const key = `${w.stat.dev}:${w.stat.ino}`
+      if (w.stat.nlink > 1n && (groups.has(key) || seen.has(key))) return false
+      seen.add(key)
+      return true
+    }
+    const hash = async (w: WalkEntry): Promise<Hashed | undefined> => carries(w) ? await hashFileSettled(w.at, w.stat, signal, cache) : undefined
+    let i = 0
+    for await (let hashed of ordered(batch, HASH_CONCURRENCY, hash)) {
+      const w = batch[i++]
       if (index >= MAX_SYNC_ENTRIES) throw new SyncLimitError(`tree has more than ${MAX_SYNC_ENTRIES} entries`)
       const st = w.stat
       const entry: SyncEntry = {
@@ -139,9 +183,11 @@ async function sendManifest (root: string, out: Outbox, xattrs: XattrAccess, sig
         const group = st.nlink > 1n ? groups.get(key) : undefined
         if (group !== undefined) entry.group = group
         else {
-          hashes = await hashFile(w.at, st, signal, cache)
-          if (hashes === undefined) continue // gone while we walked
-          files.set(index, { path: join(root, w.path), stat: st, hashes })
+          // A name left to another of its inode's whose file was gone: this one carries the data.
+          if (hashed === undefined && st.nlink > 1n) hashed = await hashFileSettled(w.at, st, signal, cache)
+          if (hashed === undefined) continue // gone while we walked
+          hashes = hashed.hashes
+          files.set(index, { path: join(root, w.path), stat: st, hashes, settled: hashed.settled })
           if (st.nlink > 1n) {
             entry.group = groups.size
             groups.set(key, entry.group)
@@ -158,11 +204,15 @@ async function sendManifest (root: string, out: Outbox, xattrs: XattrAccess, sig
     }
   }
   await out.send(jsonFrame({ t: 'end', entries: index }), signal)
-  return files
 }
 
+/**
+ * Answers WANT frames in order. Each BLOCK frame is one buffer the block is read into in place
+ * (header and, if it changed, its new hash before it): no copy between the disk and the stream.
+ * A block of a file settled at hashing whose stat is still the same is sent without hashing it
+ * again; the destination verifies every block against the manifest in any case.
+ */
 async function serveWants (files: Map<number, SourceFile>, inbox: Inbox, out: Outbox, signal: AbortSignal): Promise<void> {
-  const buf = Buffer.allocUnsafe(SYNC_BLOCK_BYTES)
   const gone = new Set<number>()
   while (true) {
     const f = await inbox.next(signal)
@@ -179,29 +229,41 @@ async function serveWants (files: Map<number, SourceFile>, inbox: Inbox, out: Ou
     if (file === undefined) throw new ProtocolError(`WANT of entry ${fileIndex}, which is not a regular file with data`)
     if (gone.has(fileIndex)) continue
     const size = Number(file.stat.size)
-    const fh = await openSame(file.path, file.stat)
+    const opened = await openSameStat(file.path, file.stat)
+    const fh = opened?.fh
     try {
+      const trusted = opened !== undefined && file.settled && sameStat(opened.now, file.stat)
       for (let off = 4; off < f.payload.byteLength; off += 4) {
         signal.throwIfAborted()
         const block = view.getUint32(off)
         if (block * 32 >= file.hashes.byteLength) throw new ProtocolError(`WANT of block ${block} past the end of entry ${fileIndex}`)
-        const header = Buffer.alloc(BLOCK_HEADER_BYTES)
-        header.writeUInt32BE(fileIndex, 0)
-        header.writeUInt32BE(block, 4)
         if (fh === undefined) {
+          const header = Buffer.alloc(BLOCK_HEADER_BYTES)
+          header.writeUInt32BE(fileIndex, 0)
+          header.writeUInt32BE(block, 4)
           header[8] = BLOCK_GONE
           gone.add(fileIndex)
           await out.send(frame(FRAME_BLOCK, header), signal)
           break
         }
+        // [room for the header if unchanged | frame header, block header, new hash if changed | data]
         const len = blockLength(size, block)
-        const got = await readAt(fh, buf, len, block * SYNC_BLOCK_BYTES)
-        buf.fill(0, got, len)
-        const data = buf.subarray(0, len)
-        const hash = sha256(data)
-        const changed = !hash.equals(file.hashes.subarray(block * 32, block * 32 + 32))
-        if (changed) header[8] = BLOCK_CHANGED
-        await out.send(frame(FRAME_BLOCK, Buffer.concat(changed ? [header, hash, data] : [header, data])), signal)
+        const buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + BLOCK_HEADER_BYTES + 32 + len)
+        const dataAt = FRAME_HEADER_BYTES + BLOCK_HEADER_BYTES + 32
+        const got = await readAt(fh, buf.subarray(dataAt), len, block * SYNC_BLOCK_BYTES)
+        buf.fill(0, dataAt + got, dataAt + len)
+        const data = buf.subarray(dataAt)
+        const expected = file.hashes.subarray(block * 32, block * 32 + 32)
+        const hash = trusted ? expected : sha256(data)
+        const changed = !hash.equals(expected)
+        const start = changed ? 0 : 32
+        buf[start] = FRAME_BLOCK
+        buf.writeUInt32BE(buf.byteLength - start - FRAME_HEADER_BYTES, start + 1)
+        buf.writeUInt32BE(fileIndex, start + FRAME_HEADER_BYTES)
+        buf.writeUInt32BE(block, start + FRAME_HEADER_BYTES + 4)
+        buf[start + FRAME_HEADER_BYTES + 8] = changed ? BLOCK_CHANGED : 0
+        if (changed) hash.copy(buf, FRAME_HEADER_BYTES + BLOCK_HEADER_BYTES)
+        await out.send(buf.subarray(start), signal)
       }
     } finally {
       await fh?.close()

@@ -22,8 +22,12 @@ import { ProtocolError, SyncLimitError } from '../../protocol/errors.js'
  * Smaller blocks would send less around a small write but grow every manifest and round.
  */
 export const SYNC_BLOCK_BYTES = 1024 * 1024
-/** Wire format version; the destination refuses another. */
-export const SYNC_WIRE_VERSION = 1
+/**
+ * Wire format version; the destination refuses another. 2: the destination sends each file's
+ * wants as soon as its hashes are in, and the source answers them while it sends the rest of the
+ * manifest (BLOCK frames among the manifest's); 1 waited for the whole manifest.
+ */
+export const SYNC_WIRE_VERSION = 2
 
 /** Bound of one JSON frame: an entry with a 4 KiB path, a 4 KiB link target and 64 KiB of xattrs in base64 fits. */
 export const MAX_SYNC_JSON_BYTES = 256 * 1024
@@ -58,6 +62,8 @@ export const FRAME_BLOCK = 4
 /** BLOCK frame flags: the block changed at the source since it was hashed (a new hash follows), or the file is gone. */
 export const BLOCK_CHANGED = 1
 export const BLOCK_GONE = 2
+/** Frame header: kind (u8), payload length (u32). */
+export const FRAME_HEADER_BYTES = 5
 /** BLOCK header: file index (u32), block index (u32), flags (u8). */
 export const BLOCK_HEADER_BYTES = 9
 
@@ -80,7 +86,7 @@ export interface ByteDuplex {
   sink: (source: AsyncIterable<Uint8Array>) => Promise<void>
 }
 
-export interface Frame { kind: number, payload: Uint8Array }
+export interface Frame { kind: number, payload: Uint8Array, body?: Uint8ArrayList }
 
 export function frame (kind: number, payload: Uint8Array): Uint8Array {
   const out = new Uint8Array(5 + payload.byteLength)
@@ -131,7 +137,11 @@ export class FrameReader {
     return true
   }
 
-  /** The next frame, or undefined when the stream ended cleanly between frames. */
+  /**
+   * The next frame, or undefined when the stream ended cleanly between frames. A BLOCK frame's
+   * payload is only its first bytes (header and hash, at most BLOCK_HEADER_BYTES + 32); all of it
+   * is in `body`, the chunks as they arrived (a block is never copied into one buffer).
+   */
   async next (signal: AbortSignal): Promise<Frame | undefined> {
     if (!await this.fill(5, signal)) {
       if (this.buffer.byteLength === 0) return undefined
@@ -143,6 +153,12 @@ export class FrameReader {
     if (max === undefined) throw new ProtocolError(`unknown sync frame kind ${kind}`)
     if (length > max) throw new SyncLimitError(`sync frame of kind ${kind} announces ${length} bytes, more than ${max}`)
     if (!await this.fill(5 + length, signal)) throw new ProtocolError('sync stream ended inside a frame')
+    if (kind === FRAME_BLOCK) {
+      const body = this.buffer.sublist(5, 5 + length)
+      const payload = body.subarray(0, Math.min(length, BLOCK_HEADER_BYTES + 32))
+      this.buffer.consume(5 + length)
+      return { kind, payload, body }
+    }
     const payload = this.buffer.subarray(5, 5 + length)
     this.buffer.consume(5 + length)
     return { kind, payload }

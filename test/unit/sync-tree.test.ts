@@ -1,14 +1,15 @@
 import { expect } from 'chai'
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { appendFile, chmod, chown, link, lstat, mkdir, mkdtemp, open, readdir, rename, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { appendFile, chmod, chown, link, lstat, mkdir, mkdtemp, open, readdir, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { truncateSync } from 'node:fs'
 import {
   attrTools, HashCache, listingDifferences, listTree, memoryDuplexPair, NO_XATTRS, syncDestination, syncSource, type SyncResult, type XattrAccess
 } from '../../agent/sync/index.js'
-import { FRAME_BLOCK } from '../../agent/sync/wire.js'
+import { FRAME_BLOCK, FRAME_WANT } from '../../agent/sync/wire.js'
 import { SyncBlockMismatchError } from '../../protocol/errors.js'
 
 const exec = promisify(execFile)
@@ -50,10 +51,11 @@ export async function makeTree (root: string): Promise<void> {
   await exec('touch', ['-h', '-d', '2001-02-03 04:05:06.123456789', join(root, 'a/rel-link')])
 }
 
-async function sync (src: string, live: string, opts: { tap?: (chunk: Uint8Array) => Uint8Array, xattrs?: XattrAccess, base?: string, caches?: [HashCache, HashCache] } = {}): Promise<{ result: SyncResult, sourceBytes: number }> {
+async function sync (src: string, live: string, opts: { tap?: (chunk: Uint8Array) => Uint8Array, tapBack?: (chunk: Uint8Array) => void, xattrs?: XattrAccess, base?: string, caches?: [HashCache, HashCache] } = {}): Promise<{ result: SyncResult, sourceBytes: number }> {
   let sourceBytes = 0
   const [a, b] = memoryDuplexPair((direction, chunk) => {
     if (direction === 'a→b') { sourceBytes += chunk.byteLength; return opts.tap?.(chunk) ?? chunk }
+    opts.tapBack?.(chunk)
     return chunk
   })
   const signal = AbortSignal.timeout(60_000)
@@ -173,18 +175,52 @@ describe('sync: trees by difference', function () {
     await rm(next, { recursive: true })
   })
 
+  it('sends blocks while the manifest is still going (wire v2); the destination\'s cache spares the next round all hashing', async () => {
+    const tree = join(dir, 'pipelined')
+    await mkdir(tree)
+    await writeFile(join(tree, 'a.txt'), randomBytes(5000))
+    await writeFile(join(tree, 'z.bin'), randomBytes(64 * MiB)) // hashed after a.txt is announced
+    const next = join(dir, 'dst', 'pipelined')
+    const order: string[] = []
+    const tap = (chunk: Uint8Array): Uint8Array => {
+      if (chunk[0] === FRAME_BLOCK && !order.includes('block')) order.push('block')
+      if (chunk[0] === 1 && Buffer.from(chunk.subarray(5)).toString().includes('"t":"end"')) order.push('end')
+      return chunk
+    }
+    class CountingCache extends HashCache {
+      misses = 0
+      get (st: Parameters<HashCache['get']>[0]): Buffer | undefined {
+        const h = super.get(st)
+        if (h === undefined) this.misses++
+        return h
+      }
+    }
+    const caches: [HashCache, CountingCache] = [new HashCache(), new CountingCache()]
+    await sync(tree, next, { tap, caches })
+    expect(order).to.deep.equal(['block', 'end'])
+    await expectSame(tree, next)
+    caches[1].misses = 0
+    const second = await sync(tree, next, { caches })
+    expect(second.result.filesLinked).to.equal(2)
+    expect(caches[1].misses).to.equal(0)
+    await rm(next, { recursive: true })
+    await rm(tree, { recursive: true })
+  })
+
   it('a file truncated at the source while the sync runs arrives with its newest content', async () => {
-    // CHANGED frames: the manifest said one thing, the block read for sending another.
+    // CHANGED frames: the manifest said one thing, the block read for sending another. The file is
+    // truncated as the destination's first WANT (for it, the only new file) crosses to the source,
+    // before the source can read any block for it (the source answers wants while it still sends
+    // the manifest, wire version 2).
     const f = join(src, 'changing.bin')
     await writeFile(f, randomBytes(3 * MiB))
     let done = false
     const { result } = await sync(src, live, {
-      tap: chunk => {
-        if (!done && chunk[0] === 1 && Buffer.from(chunk.subarray(5)).toString().includes('"t":"end"')) {
+      tapBack: chunk => {
+        if (!done && chunk[0] === FRAME_WANT) {
           done = true
-          void truncate(f, 2 * MiB + 5)
+          truncateSync(f, 2 * MiB + 5)
         }
-        return chunk
       }
     })
     expect(done).to.equal(true)
