@@ -154,7 +154,6 @@ async function run (config: AgentConfig): Promise<void> {
   })
   const destination = new DestinationService({
     auth, selfId: bundle.peerId, orders, docker, store, snapshots, metrics, kept, timings: config.timings, xattrs, volumeRounds,
-    retainDir: join(config.stateDir, 'volume-sync'),
     journal: await openIncomingJournal(join(config.stateDir, 'incoming')), log: log.child({ component: 'move-in' })
   })
   const recovery = new FreezeRecovery({ auth, docker, table, journal: freezeJournal, locks, timings: config.timings, log: log.child({ component: 'move' }) })

@@ -23,8 +23,9 @@
  * syncs the source's tree into its directory by difference (agent/sync: a staging copy beside it,
  * verified, renamed in); the final round runs inside the source's freeze, and restore mounts the
  * volume as it stands. A rolled-back transfer's synced trees are kept (RETAINED_LAYER_MS, at most
- * RETAINED_VOLUME_BYTES) under `retainDir`, so that a retry's first round syncs against them and
- * sends only what they lack.
+ * RETAINED_VOLUME_BYTES) in `<engine data root>/goto-volume-sync/` — the volumes' filesystem, so
+ * keeping is a rename and the retry's sync hard-links unchanged files from it — so that a retry's
+ * first round syncs against them and sends only what they lack.
  *
  * A failover snapshot (agent/failover) is the same exchange prepared with purpose 'snapshot' and
  * ended by `store` instead of `restore`: the layers the image lacks here are loaded into the engine
@@ -50,7 +51,7 @@ import { layersToSend } from '../transfer/plan.js'
 import type { Timings } from '../timings.js'
 import { restoreContainer, undoRestore, type Made } from './restore.js'
 import { treeBytes } from './rounds.js'
-import { HashCache, NO_XATTRS, syncDestination, type SyncResult, type XattrAccess } from '../sync/index.js'
+import { HashCache, NO_XATTRS, recoverSyncLeftovers, syncDestination, type SyncResult, type XattrAccess } from '../sync/index.js'
 import { syncDuplex } from '../transfer/sync-stream.js'
 import type { IncomingJournal, IncomingRecord } from './incoming-journal.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
@@ -182,12 +183,8 @@ export interface DestinationDeps {
   xattrs?: XattrAccess
   /** False: offer no volume rounds (every volume arrives as an archive inside the freeze; default true). */
   volumeRounds?: boolean
-  /**
-   * Where synced trees of rolled-back transfers are kept for a retry: on the filesystem of the
-   * engine's volumes (a rename, and the retry's sync hard-links unchanged files from it); a tree
-   * that cannot be renamed there goes with its volume. Absent: none kept.
-   */
-  retainDir?: string
+  /** False: synced trees of rolled-back transfers are not kept for a retry (default true). */
+  retainVolumeTrees?: boolean
   log: Logger
 }
 
@@ -197,6 +194,8 @@ export class DestinationService {
   private readonly retained = new Map<string, { until: number, bytes: number }>()
   /** Synced volume trees of rolled-back transfers (paths under retainDir), kept until the epoch ms given. */
   private readonly retainedTrees = new Map<string, { until: number, bytes: number }>()
+  /** `<engine data root>/goto-volume-sync` when this agent reads the engine's volumes (found at start). */
+  private retainDir: string | undefined
   private timer: NodeJS.Timeout | undefined
   private readonly metrics: Metrics
   private readonly now: () => number
@@ -584,8 +583,8 @@ export class DestinationService {
 
   /** Where the tree of volume `name` from source `from` is kept: one per (source, volume). */
   private retainedPath (from: string, name: string): string | undefined {
-    if (this.deps.retainDir === undefined) return undefined
-    return join(this.deps.retainDir, createHash('sha256').update(`${from}\n${name}`).digest('hex').slice(0, 32))
+    if (this.retainDir === undefined) return undefined
+    return join(this.retainDir, createHash('sha256').update(`${from}\n${name}`).digest('hex').slice(0, 32))
   }
 
   private async retainedTreeFor (from: string, name: string): Promise<string | undefined> {
@@ -599,12 +598,12 @@ export class DestinationService {
     const path = this.retainedPath(from, name)
     if (path === undefined) return
     try {
-      await mkdir(this.deps.retainDir as string, { recursive: true, mode: 0o700 })
+      await mkdir(this.retainDir as string, { recursive: true, mode: 0o700 })
       await rm(path, { recursive: true, force: true })
       await rename(dir, path)
       await mkdir(dir).catch(() => {})
       this.retainedTrees.set(path, { until: this.now() + RETAINED_LAYER_MS, bytes: await treeBytes(path, AbortSignal.timeout(60_000)).catch(() => 0) })
-      this.deps.log.info('kept the synced tree of a rolled-back volume for a retry', { volume: name })
+      this.deps.log.info('kept the synced tree of a rolled-back volume for a retry', { volume: name, path })
       await this.pruneRetainedTrees()
     } catch (err) {
       this.deps.log.warn('synced tree of a rolled-back volume not kept', { volume: name, error: (err as Error).message })
@@ -632,8 +631,13 @@ export class DestinationService {
 
   /** After a restart: trees kept before it, each for RETAINED_LAYER_MS after it was kept. */
   private async findRetainedTrees (): Promise<void> {
-    const dir = this.deps.retainDir
-    if (dir === undefined) return
+    if (this.deps.retainVolumeTrees === false || this.deps.volumeRounds === false) return
+    const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
+    const { docker } = this.deps
+    const root = await docker.readsVolumes(signal).then(async ok => ok ? (await docker.info(signal)).dockerRootDir : undefined).catch(() => undefined)
+    if (root === undefined || root === '') return
+    const dir = join(root, 'goto-volume-sync')
+    this.retainDir = dir
     for (const n of await readdir(dir).catch(() => [] as string[])) {
       if (!/^[0-9a-f]{32}$/.test(n)) continue
       const path = join(dir, n)
@@ -683,7 +687,11 @@ export class DestinationService {
   private async rollback (p: Pending, why: string): Promise<void> {
     this.moves.delete(p.moveId)
     p.live?.abort(new UnknownMoveError(`${p.purpose} ${p.moveId} was rolled back: ${why}`))
-    for (const [name, v] of p.synced) await this.retainTree(p.from, name, v.dir)
+    if (p.synced.size > 0) {
+      // The container (if the restore made one) goes first: a mounted directory cannot be renamed away.
+      await undoRestore(this.deps.docker, { ...p.made, volumes: [] }, this.deps.log)
+      for (const [name, v] of p.synced) await this.retainTree(p.from, name, v.dir)
+    }
     await undoRestore(this.deps.docker, p.made, this.deps.log)
     await this.forget(p)
     await this.retain(p)
@@ -746,9 +754,13 @@ export class DestinationService {
           log.warn('move restored here before this agent stopped: waiting for its source to commit or abort', { moveId: r.moveId, container: r.spec.name, from: r.from.name })
           continue
         }
+        if ((r.volumes ?? []).length > 0) await undoRestore(docker, { ...made, volumes: [] }, log)
         for (const name of r.volumes ?? []) {
           const dir = await docker.volumeDirectory(name, signal).catch(() => undefined)
-          if (dir !== undefined) await this.retainTree(r.from.peerId, name, dir)
+          if (dir === undefined) continue
+          // A round cut off between its renames left the last complete tree beside the directory.
+          await recoverSyncLeftovers(dir).catch(() => {})
+          await this.retainTree(r.from.peerId, name, dir)
         }
         await undoRestore(docker, made, log)
         await journal.remove(r.moveId)
