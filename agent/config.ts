@@ -33,6 +33,8 @@ export interface AgentConfig {
   noInbound: boolean
   /** Read image layers only through `docker save`, never from the engine's storage directory. */
   dockerSaveOnly: boolean
+  /** Send every named volume of a move as an archive inside the freeze (no volume rounds), and offer no rounds to sources. */
+  volumeSpoolOnly: boolean
   stateDir: string
   profile: ProfileName
   /** The profile's timings, with the snapshot interval overridden when given. */
@@ -84,6 +86,9 @@ Options (flag / environment / config-file key; flags win over environment, envir
                         them from an overlay2 engine's storage on this host, which starts at once;
                         'docker save' first copies the whole image to disk)
                                                                             GOTO_DOCKER_SAVE_ONLY=1  dockerSaveOnly
+  --volume-spool-only   copy a moved container's named volumes whole inside the freeze (default:
+                        local volumes are synced in rounds while it runs, only the last difference
+                        inside the freeze)                    GOTO_VOLUME_SPOOL_ONLY=1  volumeSpoolOnly
   --state-dir DIR       where the agent keeps state (default ${DEFAULT_STATE_DIR})  GOTO_STATE_DIR  stateDir
   --profile NAME        timing profile: default (WAN), lan or test (default: default)
                                                                             GOTO_PROFILE    profile
@@ -117,6 +122,7 @@ interface RawConfig {
   labels?: string[] | Record<string, string>
   noInbound?: boolean
   dockerSaveOnly?: boolean
+  volumeSpoolOnly?: boolean
   stateDir?: string
   profile?: string
   replicas?: number | string
@@ -176,7 +182,7 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
     throw new ConfigError('--config', `${path} is not valid JSON: ${(err as Error).message}`)
   }
   if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new ConfigError('--config', `${path} must hold a JSON object`)
-  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'noInbound', 'dockerSaveOnly', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen'])
+  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'noInbound', 'dockerSaveOnly', 'volumeSpoolOnly', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen'])
   for (const key of Object.keys(data)) {
     if (!known.has(key)) throw new ConfigError('--config', `${path}: unknown key '${key}' (known: ${[...known].join(', ')})`)
   }
@@ -190,7 +196,7 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
   for (const key of ['replicas', 'snapshotInterval']) {
     if (d[key] !== undefined && typeof d[key] !== 'number' && typeof d[key] !== 'string') throw new ConfigError('--config', `${path}: '${key}' must be a number`)
   }
-  for (const key of ['noInbound', 'dockerSaveOnly']) {
+  for (const key of ['noInbound', 'dockerSaveOnly', 'volumeSpoolOnly']) {
     if (d[key] !== undefined && typeof d[key] !== 'boolean') throw new ConfigError('--config', `${path}: '${key}' must be true or false`)
   }
   const lbl = d.labels
@@ -231,6 +237,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
         label: { type: 'string', multiple: true },
         'no-inbound': { type: 'boolean' },
         'docker-save-only': { type: 'boolean' },
+        'volume-spool-only': { type: 'boolean' },
         'state-dir': { type: 'string' },
         profile: { type: 'string' },
         replicas: { type: 'string' },
@@ -289,6 +296,8 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
 
   const saveOnlyRaw = pick('--docker-save-only', 'GOTO_DOCKER_SAVE_ONLY', 'dockerSaveOnly', f['docker-save-only'], flag('GOTO_DOCKER_SAVE_ONLY', env.GOTO_DOCKER_SAVE_ONLY), file.dockerSaveOnly)
   const dockerSaveOnly = saveOnlyRaw.value ?? false
+  const spoolOnlyRaw = pick('--volume-spool-only', 'GOTO_VOLUME_SPOOL_ONLY', 'volumeSpoolOnly', f['volume-spool-only'], flag('GOTO_VOLUME_SPOOL_ONLY', env.GOTO_VOLUME_SPOOL_ONLY), file.volumeSpoolOnly)
+  const volumeSpoolOnly = spoolOnlyRaw.value ?? false
 
   const profileRaw = pick('--profile', 'GOTO_PROFILE', 'profile', f.profile, env.GOTO_PROFILE, file.profile)
   const profile = profileRaw.value ?? 'default'
@@ -323,6 +332,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
     labels,
     noInbound,
     dockerSaveOnly,
+    volumeSpoolOnly,
     stateDir,
     profile: profile as ProfileName,
     timings: intervalS === undefined ? PROFILES[profile as ProfileName] : { ...PROFILES[profile as ProfileName], snapshotIntervalMs: intervalS * 1000 },

@@ -20,6 +20,7 @@ import { LocateService } from './status/locate.js'
 import { DestinationService } from './move/destination.js'
 import { openFreezeJournal } from './move/freeze-journal.js'
 import { openIncomingJournal } from './move/incoming-journal.js'
+import { attrTools, NO_XATTRS } from './sync/index.js'
 import { ContainerLocks } from './move/locks.js'
 import { KeptImages } from './move/kept-images.js'
 import { FreezeRecovery } from './move/recovery.js'
@@ -122,8 +123,11 @@ async function run (config: AgentConfig): Promise<void> {
   const locks = new ContainerLocks()
   const kept = new KeptImages()
   const freezeJournal = await openFreezeJournal(join(config.stateDir, 'frozen'))
+  // Extended attributes of synced volumes travel when getfattr/setfattr are installed.
+  const xattrs = await attrTools().catch(err => { log.warn('volume rounds copy no extended attributes', { error: (err as Error).message }); return NO_XATTRS })
+  const volumeRounds = !config.volumeSpoolOnly
   const sessions: SessionDeps = {
-    auth, docker, table, selfName: bundle.name, store, metrics, timings: config.timings,
+    auth, docker, table, selfName: bundle.name, store, metrics, timings: config.timings, xattrs, volumeRounds,
     layers: new LayerSender({ docker, paths: new SavePathCache(), log: log.child({ component: 'move' }) }),
     journal: freezeJournal, spoolDir: join(config.stateDir, 'spool'), log: log.child({ component: 'move' })
   }
@@ -152,7 +156,7 @@ async function run (config: AgentConfig): Promise<void> {
     failover: failover.gossip()
   })
   const destination = new DestinationService({
-    auth, selfId: bundle.peerId, orders, docker, store, snapshots, metrics, kept, timings: config.timings,
+    auth, selfId: bundle.peerId, orders, docker, store, snapshots, metrics, kept, timings: config.timings, xattrs, volumeRounds,
     journal: await openIncomingJournal(join(config.stateDir, 'incoming')), log: log.child({ component: 'move-in' })
   })
   const recovery = new FreezeRecovery({ auth, docker, table, journal: freezeJournal, locks, timings: config.timings, log: log.child({ component: 'move' }) })

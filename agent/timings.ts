@@ -68,6 +68,20 @@ export interface Timings {
   restoreStartTimeoutMs: number
   /** How often containers left frozen by an interrupted move or snapshot are looked at again. */
   settleIntervalMs: number
+  /**
+   * A move copies its named volumes in rounds while the container runs (agent/move/rounds.ts) and
+   * freezes after the first round whose difference (bytes of blocks that travelled, all volumes)
+   * is at most this: the freeze then carries about that much more. Smaller: shorter downtime,
+   * more rounds.
+   */
+  volumeFreezeBytes: number
+  /**
+   * ... or whose difference is not below this fraction of the previous round's: the container
+   * writes about as fast as the link carries, more rounds would not shrink the freeze.
+   */
+  volumeShrinkRatio: number
+  /** ... or after this many rounds before the freeze, whatever they carried (a bound on a move's length). */
+  volumeRoundsMax: number
 }
 
 /** Transfer timings of the default and lan profiles: engines, not links, set them. */
@@ -79,7 +93,15 @@ const TRANSFER_DEFAULTS = {
   transferControlTimeoutMs: 30_000,
   // An entrypoint that takes half a minute to stay up is slow, not broken.
   restoreStartTimeoutMs: 30_000,
-  settleIntervalMs: 5000
+  settleIntervalMs: 5000,
+  // 8 MiB crosses a 1 Gbit/s link in about 70 ms and a 100 Mbit/s one in under a second; inside the
+  // freeze only files changed since the last round are hashed again: the freeze stays short.
+  volumeFreezeBytes: 8 * 1024 ** 2,
+  // A round that shrank by less than a fifth: the writer keeps pace with the link.
+  volumeShrinkRatio: 0.8,
+  // Five rounds before the freeze: a volume written faster than it can be sent freezes anyway,
+  // having sent its bulk while it ran.
+  volumeRoundsMax: 5
 }
 
 export const PROFILES: Record<'default' | 'lan' | 'test', Timings> = {
@@ -143,7 +165,12 @@ export const PROFILES: Record<'default' | 'lan' | 'test', Timings> = {
     moveExpireCheckMs: 1000,
     transferControlTimeoutMs: 15_000,
     restoreStartTimeoutMs: 15_000,
-    settleIntervalMs: 1000
+    settleIntervalMs: 1000,
+    // Lab hosts share one disk: 1 MiB makes a test's second round (a few KiB written meanwhile)
+    // the last before the freeze, and a test that writes more sees several rounds.
+    volumeFreezeBytes: 1024 ** 2,
+    volumeShrinkRatio: 0.8,
+    volumeRoundsMax: 4
   }
 }
 

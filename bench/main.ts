@@ -6,6 +6,8 @@
  * - Idle agents: RSS and CPU of each of the three agents (default timing profile, two peers each) over
  *   30 s; baseline: an idle bare Node.js process. Targets for the worst agent: RSS < 100 MiB, CPU < 1 %.
  * - Moves (bench/move.ts): first move, re-move, downtime and memory, each against a baseline.
+ * - Volumes (bench/volumes.ts, its own two-host lab): move downtime with a 16 MiB and a 512 MiB named
+ *   volume and 1 MiB written during the move, ratio 512/16, with volume rounds and with the spool path.
  * - Failover (bench/failover.ts, its own lab with the lan profile once the first is down): failover
  *   time over five kills, and the freeze time and bytes of a snapshot of a container changing 1 MiB.
  * - CLI round trip: `goto status --json` as a process (spawn, connect, Noise, auth, ask) and `goto ca
@@ -16,7 +18,7 @@
  * - Tree sync (bench/sync.ts, no lab): first full copy of a ~2 GiB tree vs `tar c | tar x`, an
  *   incremental round after a 1 MiB change, and RSS growth.
  *
- * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync) runs only those sections; the
+ * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes) runs only those sections; the
  * results file then holds only them. GOTO_BENCH_PREFIX and GOTO_BENCH_SUBNET give the labs another
  * prefix and subnet (default gotolabb, 10.213.60.0/24).
  */
@@ -33,6 +35,7 @@ import { AgentClient } from '../control/client.js'
 import { moveBench } from './move.js'
 import { failoverBench } from './failover.js'
 import { syncBench } from './sync.js'
+import { volumesBench } from './volumes.js'
 
 const IDLE_SECONDS = 30
 /** Start-up (module loading, JIT warm-up, the first exchanges) is not idle: let it pass first. */
@@ -105,7 +108,7 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
-/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync); all by default. */
+/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes); all by default. */
 const ONLY = new Set((process.env.GOTO_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== ''))
 const runs = (section: string): boolean => ONLY.size === 0 || ONLY.has(section)
 
@@ -119,6 +122,8 @@ async function main (): Promise<void> {
   if (runs('idle') || runs('cli') || runs('move')) await meshBench(prefix, subnet, results)
   // A lab of its own, on the same prefix once the first is down: other agents, the lan profile.
   if (runs('failover')) results.failover = await failoverBench(prefix, subnet)
+  // Two hosts of its own (agents restarted with --volume-spool-only midway), the default profile.
+  if (runs('volumes')) results.volumes = await volumesBench(prefix, subnet)
   await writeFile('bench-results.json', JSON.stringify(results, null, 2) + '\n')
   console.log('\nwrote bench-results.json')
 }

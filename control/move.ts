@@ -72,8 +72,14 @@ export class MoveRenderer {
         this.line(`plan ${p.moveId}: ${p.container} ${p.from} → ${p.to}; image ${p.image.slice(7, 19)}: ${p.layersTotal} layer(s), ${p.layersPresent} already there, ${p.layersToSend} to send (up to ${mib(p.bytesToSend)}); volumes: ${p.volumes.join(', ') || 'none'}`)
         if ((p.hostPowers ?? []).length > 0) this.line(`plan ${p.moveId}: host-level powers carried (--allow-host-access): ${(p.hostPowers ?? []).join(', ')}`)
         for (const w of p.warnings ?? []) this.line(`plan ${p.moveId}: warning: ${w}`)
+        for (const v of p.volumeData ?? []) {
+          this.line(`volume ${v.name}: ${v.bytes === null ? 'size unknown' : mib(v.bytes)} to send, ${v.copy === 'rounds' ? 'in rounds while it runs (only the last difference in the freeze)' : 'whole, inside the freeze'}`)
+        }
         break
       }
+      case 'round':
+        this.line(`${ev.final ? 'final round (frozen)' : `pre-copy round ${ev.round}`}: ${mib(ev.bytes)} changed, ${ev.files} file(s)`)
+        break
       case 'step':
         this.step = ev.step
         this.stepStarted = Date.now()

@@ -220,6 +220,16 @@ export class SyncLimitError extends GotoError {}
 export class SyncBlockMismatchError extends GotoError {}
 /** A tree sync needs a tool the host lacks (getfattr/setfattr of Debian's `attr`, mknod). */
 export class SyncToolMissingError extends GotoError {}
+/**
+ * A volume round (/goto/transfer `volume`) the destination will not take: no prepared move of that
+ * source, a volume that is not one of the prepared spec's named volumes or was not offered for
+ * rounds, a round after the restore began, a second round of one volume at a time, too many rounds.
+ */
+export class VolumeSyncRefusedError extends GotoError {}
+/** The volume's directory cannot be read or written by the agent on its host (not a local-driver volume of a local engine). */
+export class VolumeSyncUnavailableError extends GotoError {}
+/** A volume round carried more bytes than the destination's disk (or the round bound) takes. */
+export class VolumeSyncTooLargeError extends GotoError {}
 
 /**
  * Known error classes by name, so an error that crossed the wire is rebuilt as its own class. A Map
@@ -293,7 +303,10 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   SyncEntryRefusedError,
   SyncLimitError,
   SyncBlockMismatchError,
-  SyncToolMissingError
+  SyncToolMissingError,
+  VolumeSyncRefusedError,
+  VolumeSyncUnavailableError,
+  VolumeSyncTooLargeError
 }))
 
 export interface WireError { name: string, message: string }

@@ -36,6 +36,12 @@ export interface MovePlan {
   hostPowers?: string[]
   /** What the move does not do as asked but goes on without, e.g. a tag at the destination that names another image. */
   warnings?: string[]
+  /**
+   * Each named volume's data and how it travels: `rounds` (synced by difference while the container
+   * runs, only the last difference inside the freeze) or `spool` (a tar inside the freeze). `bytes`:
+   * the data on disk (holes not counted), null when this agent cannot read the volume directly.
+   */
+  volumeData?: Array<{ name: string, copy: 'rounds' | 'spool', bytes: number | null }>
 }
 
 /**
@@ -62,6 +68,12 @@ export type MoveEvent =
   | { event: 'plan', plan: MovePlan }
   | { event: 'step', moveId: string, step: MoveStep }
   | { event: 'progress', moveId: string, step: MoveStep, bytesSent: number, bytesTotal: number }
+  /**
+   * One round of the volumes' sync: `round` counts from 1; `bytes` of blocks that travelled and
+   * `files` built anew at the destination (what changed since the previous round); `final`: the
+   * round inside the freeze.
+   */
+  | { event: 'round', moveId: string, round: number, bytes: number, files: number, final: boolean }
   | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, layersSent: number, layersSkipped: number, downtimeMs: number }
   /**
    * `rollback`: 'none-needed' (refused before anything changed), 'done' (the source container runs
@@ -95,7 +107,23 @@ export interface PrepareReply {
    * 'taken' (it names another image, which keeps it). Absent: no imageRef, or an older agent.
    */
   imageRef?: 'free' | 'same' | 'taken'
+  /**
+   * (move) The named volumes this destination takes in rounds (`volume` steps) instead of as an
+   * archive inside the freeze. Absent from agents that do not offer the step: everything spools.
+   */
+  volumeSync?: string[]
 }
+
+/**
+ * One round of a named volume's tree sync (agent/sync): after its JSON request the destination
+ * answers `{ ready: true }` (or an error envelope), then the sync's own frames travel both ways as
+ * raw frames of at most BLOB_FRAME_BYTES, each direction ended by an empty frame, then the envelope
+ * with the sync's result. `final`: the round inside the freeze, after which only `restore` follows.
+ */
+export interface VolumeRoundRequest { op: 'volume', moveId: string, name: string, round: number, final: boolean }
+
+/** At most this many rounds of one volume in one transfer (the source's bound is the timing profile's volumeRoundsMax + 1). */
+export const MAX_VOLUME_ROUNDS = 32
 
 /**
  * `diffId` null: the sender streams a layer straight from `docker save`, which names layers by path,
@@ -115,6 +143,8 @@ export interface RestoreRequest {
   spec: ContainerSpec
   /** Each volume's archive follows as a blob, in this order. */
   volumes: Array<{ name: string, destination: string, size: number }>
+  /** Volumes whose data arrived by `volume` rounds (their final round done): nothing follows for them. */
+  synced?: Array<{ name: string, destination: string }>
 }
 
 export interface RestoreReply { containerId: string }
@@ -148,7 +178,7 @@ export interface StoreRequest {
   volumes: Array<{ name: string, destination: string, digest: string, size: number }>
 }
 
-export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest
+export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest | VolumeRoundRequest
 
 // --- checks -----------------------------------------------------------------------------
 
@@ -281,6 +311,11 @@ function imageRef (v: unknown): string {
   return s
 }
 
+function syncedVolumes (v: unknown): Array<{ name: string, destination: string }> {
+  if (!Array.isArray(v) || v.length > 256) throw new ProtocolError('synced must be a list')
+  return v.map((x, i) => { const vo = obj(x, `synced[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination') } })
+}
+
 export function parseTransferRequest (v: unknown): TransferRequest {
   const o = obj(v, 'transfer request')
   switch (o.op) {
@@ -307,8 +342,14 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         config: str(o.config, 'config', 4 * 1024 * 1024),
         diffIds: digests(o.diffIds, 'diffIds'),
         spec: parseSpec(o.spec),
-        volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), size: count(vo.size, 'volume size') } })
+        volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), size: count(vo.size, 'volume size') } }),
+        ...o.synced === undefined || o.synced === null ? {} : { synced: syncedVolumes(o.synced) }
       }
+    }
+    case 'volume': {
+      const round = count(o.round, 'round')
+      if (round < 1 || round > MAX_VOLUME_ROUNDS) throw new ProtocolError(`round must be 1..${MAX_VOLUME_ROUNDS}`)
+      return { op: 'volume', moveId: moveId(o.moveId), name: str(o.name, 'volume name', 256), round, final: o.final === true }
     }
     case 'store': {
       if (!Array.isArray(o.volumes) || o.volumes.length > 256) throw new ProtocolError('volumes must be a list')

@@ -90,6 +90,18 @@ export interface DockerHost {
   createVolume (name: string, driver: string, labels: Record<string, string>, signal?: AbortSignal): Promise<void>
   removeVolume (name: string, signal?: AbortSignal): Promise<void>
   volumeExists (name: string, signal?: AbortSignal): Promise<boolean>
+  /**
+   * Whether this agent can read and write the engine's local-driver volumes directly (the engine
+   * runs on this host and its data root's `volumes` directory is one here): what a move's volume
+   * rounds need at either end. False for an engine on another host.
+   */
+  readsVolumes (signal?: AbortSignal): Promise<boolean>
+  /**
+   * The directory holding a volume's data (its Mountpoint) when it is a plain local-driver volume
+   * (no mount options: not an NFS or device mount) of an engine on this host, and that directory
+   * is one here; undefined otherwise. VolumeNotFoundError when there is no such volume.
+   */
+  volumeDirectory (name: string, signal?: AbortSignal): Promise<string | undefined>
 
   /**
    * Streams `docker save` of one image: the config, each layer as a stream (read or leave it before

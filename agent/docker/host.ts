@@ -19,7 +19,8 @@
  * DockerUnavailableError. An aborted `signal` throws its reason. Every method takes `signal` last.
  */
 import { execFile } from 'node:child_process'
-import { statfs } from 'node:fs/promises'
+import { stat, statfs } from 'node:fs/promises'
+import { join } from 'node:path'
 import type { IncomingMessage } from 'node:http'
 import { Readable, addAbortSignal } from 'node:stream'
 // dockerode's own transport, used directly: the agent needs only its requests, and dockerode's
@@ -279,6 +280,23 @@ export class DockerodeHost implements DockerHost {
       if (err instanceof VolumeNotFoundError) return false
       throw err
     }
+  }
+
+  async readsVolumes (signal?: AbortSignal): Promise<boolean> {
+    const local = await this.localStorage(signal)
+    if (local === null || local.root === '') return false
+    return await stat(join(local.root, 'volumes')).then(st => st.isDirectory(), () => false)
+  }
+
+  async volumeDirectory (name: string, signal?: AbortSignal): Promise<string | undefined> {
+    const local = await this.localStorage(signal)
+    if (local === null || local.root === '') return undefined
+    const v = await this.request<{ Driver?: string, Mountpoint?: string, Options?: Record<string, string> | null }>(
+      { what: `inspect volume '${name}'`, notFound: 'volume', method: 'GET', path: `/volumes/${enc(name)}` }, signal)
+    if (v.Driver !== 'local' || Object.keys(v.Options ?? {}).length > 0 || typeof v.Mountpoint !== 'string') return undefined
+    const root = join(local.root, 'volumes') + '/'
+    if (!v.Mountpoint.startsWith(root)) return undefined
+    return await stat(v.Mountpoint).then(st => st.isDirectory() ? v.Mountpoint : undefined, () => undefined)
   }
 
   // --- images as streams ----------------------------------------------------------------------

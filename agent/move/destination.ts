@@ -17,11 +17,24 @@
  * and no other (restore refuses another one), with no host-level power the order does not allow,
  * and with volumes that are new here (checked at prepare and again at restore).
  *
+ * Volume rounds: for a move whose named volumes are local-driver volumes of an engine on this host,
+ * prepare's reply offers `volumeSync`; the source then sends `volume` rounds while its container
+ * runs. The first round of a volume creates it here (new, unused until restore) and each round
+ * syncs the source's tree into its directory by difference (agent/sync: a staging copy beside it,
+ * verified, renamed in); the final round runs inside the source's freeze, and restore mounts the
+ * volume as it stands. A rolled-back transfer's synced trees are kept (RETAINED_LAYER_MS, at most
+ * RETAINED_VOLUME_BYTES) in `<engine data root>/goto-volume-sync/` — the volumes' filesystem, so
+ * keeping is a rename and the retry's sync hard-links unchanged files from it — so that a retry's
+ * first round syncs against them and sends only what they lack.
+ *
  * A failover snapshot (agent/failover) is the same exchange prepared with purpose 'snapshot' and
  * ended by `store` instead of `restore`: the layers the image lacks here are loaded into the engine
  * (pre-copy, preload), and the frozen changes, spec and volume data are kept in the SnapshotStore
  * for a takeover, not started.
  */
+import { createHash } from 'node:crypto'
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Connection } from '@libp2p/interface'
 import type { VerifiedPeer } from '../../certs/verify.js'
@@ -38,17 +51,22 @@ import type { ImageStore } from '../docker/engine-kind.js'
 import { layersToSend } from '../transfer/plan.js'
 import type { Timings } from '../timings.js'
 import { restoreContainer, tagState, undoRestore, type Made } from './restore.js'
+import { treeBytes } from './rounds.js'
+import { HashCache, NO_XATTRS, recoverSyncLeftovers, syncDestination, type SyncResult, type XattrAccess } from '../sync/index.js'
+import { syncDuplex } from '../transfer/sync-stream.js'
 import type { IncomingJournal, IncomingRecord } from './incoming-journal.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, receiveBlob } from '../../protocol/wire.js'
 import { checkHostPowers, specDigest, type MoveOrderBody, type OrderVerifier } from '../../protocol/orders.js'
 import {
-  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest, type StoreRequest
+  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest, type StoreRequest,
+  type VolumeRoundRequest
 } from '../../protocol/move-messages.js'
 
 import {
   ArchitectureMismatchError, ContainerNotFoundError, InsufficientDiskError, LayerTooLargeError, MoveInProgressError, NameConflictError,
-  OrderMismatchError, OrderMissingError, PortConflictError, SpecMismatchError, SpecTooLargeError, TooManyTransfersError, UnknownMoveError, toWireError
+  OrderMismatchError, OrderMissingError, PortConflictError, SpecMismatchError, SpecTooLargeError, TooManyTransfersError, UnknownMoveError, toWireError,
+  VolumeSyncRefusedError, VolumeSyncTooLargeError, VolumeSyncUnavailableError
 } from '../../protocol/errors.js'
 
 /** While a preload runs, the engine's filesystem is flushed this often (flushingWhile). */
@@ -81,6 +99,23 @@ export const MAX_SPEC_BYTES = 64 * 1024
 export const RETAINED_LAYER_MS = 15 * 60_000
 export const RETAINED_LAYER_BYTES = 4 * 1024 ** 3
 
+/**
+ * Synced volume trees of rolled-back transfers are kept as long as staged layers (RETAINED_LAYER_MS)
+ * and at most this much of them in all, for the same reason and trade-off: a retry's rounds send
+ * only what they lack.
+ */
+export const RETAINED_VOLUME_BYTES = 8 * 1024 ** 3
+
+/**
+ * Most bytes one volume round may carry (never more than the engine's free disk either): a round
+ * carries at most the volume's data plus its manifest; this bounds what a rogue source can make
+ * this host write in one step.
+ */
+export const MAX_VOLUME_ROUND_BYTES = 1024 ** 4
+
+/** How long a refused round's last frames may take to go out before its reply is written. */
+const ROUND_END_TIMEOUT_MS = 5000
+
 interface Pending {
   moveId: string
   purpose: 'move' | 'snapshot'
@@ -108,6 +143,14 @@ interface Pending {
   sentData: boolean
   /** Its incoming-journal record, from the preload (or restore) of a move on. */
   record?: IncomingRecord
+  /** Named volumes offered for rounds at prepare. */
+  syncable: string[]
+  /** Volumes made here by rounds: their directory, the sync's hash cache, whether the final round arrived. */
+  synced: Map<string, { dir: string, cache: HashCache, rounds: number, final: boolean }>
+  /** Volumes with a round running now (one at a time each). */
+  syncing: Set<string>
+  /** The restore began: no more rounds. */
+  restoring?: boolean
 }
 
 /**
@@ -141,6 +184,12 @@ export interface DestinationDeps {
    * images kept after moves out of here: KeptImages); asked before saying which layers we have.
    */
   kept?: { settled: () => Promise<void> }
+  /** Extended attributes of synced volumes (agent/sync attrTools; default: none). */
+  xattrs?: XattrAccess
+  /** False: offer no volume rounds (every volume arrives as an archive inside the freeze; default true). */
+  volumeRounds?: boolean
+  /** False: synced trees of rolled-back transfers are not kept for a retry (default true). */
+  retainVolumeTrees?: boolean
   log: Logger
 }
 
@@ -148,6 +197,10 @@ export class DestinationService {
   private readonly moves = new Map<string, Pending>()
   /** Staged layers of transfers rolled back here, kept for a retry until the epoch ms given (bounds). */
   private readonly retained = new Map<string, { until: number, bytes: number }>()
+  /** Synced volume trees of rolled-back transfers (paths under retainDir), kept until the epoch ms given. */
+  private readonly retainedTrees = new Map<string, { until: number, bytes: number }>()
+  /** `<engine data root>/goto-volume-sync` when this agent reads the engine's volumes (found at start). */
+  private retainDir: string | undefined
   private timer: NodeJS.Timeout | undefined
   private readonly metrics: Metrics
   private readonly now: () => number
@@ -159,6 +212,7 @@ export class DestinationService {
   }
 
   async start (): Promise<void> {
+    await this.findRetainedTrees()
     await this.recover()
     await this.deps.auth.handle(TRANSFER_PROTOCOL, ['agent'], async (js, peer, connection) => { await this.serve(js, peer, connection) })
     this.timer = setInterval(() => { void this.expire() }, this.deps.timings.moveExpireCheckMs)
@@ -186,6 +240,7 @@ export class DestinationService {
         case 'preload': reply = await this.preload(req, peer, signal); break
         case 'restore': reply = await this.restore(req, js, peer, signal); break
         case 'store': reply = await this.store(req, js, peer, signal); break
+        case 'volume': reply = await this.volumeRound(req, js, peer, signal); break
         case 'abort': await this.rollback(this.own(req.moveId, peer), 'aborted by the source'); reply = {}; break
         case 'commit': reply = await this.commit(this.own(req.moveId, peer)); break
       }
@@ -244,6 +299,9 @@ export class DestinationService {
     if (this.moves.has(req.moveId)) throw new MoveInProgressError(`transfer ${req.moveId} is already prepared here`)
     // From here the order is spent: the same order cannot prepare a second transfer.
     if (order !== undefined) await this.deps.orders.accept(order)
+    const syncable = req.purpose === 'move' && this.deps.volumeRounds !== false && await docker.readsVolumes(signal)
+      ? req.volumes.filter(v => v.driver === 'local').map(v => v.name)
+      : []
     this.moves.set(req.moveId, {
       moveId: req.moveId,
       purpose: req.purpose,
@@ -258,10 +316,13 @@ export class DestinationService {
       imageStore: base.imageStore,
       touched: this.now(),
       active: 0,
-      sentData: false
+      sentData: false,
+      syncable,
+      synced: new Map(),
+      syncing: new Set()
     })
-    this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length, imageRef: ref })
-    return { present, staged, ...ref === undefined ? {} : { imageRef: ref } }
+    this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length, imageRef: ref, volumeSync: syncable.length })
+    return { present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {} }
   }
 
   /**
@@ -350,10 +411,10 @@ export class DestinationService {
     }
   }
 
-  /** Every named volume of the spec must be new here: a move never mounts a volume it did not make. */
-  private async checkNewVolumes (spec: ContainerSpec, signal: AbortSignal): Promise<void> {
+  /** Every named volume of the spec must be new here (or made by this transfer): a move never mounts a volume it did not make. */
+  private async checkNewVolumes (spec: ContainerSpec, signal: AbortSignal, ours: string[] = []): Promise<void> {
     for (const m of spec.mounts) {
-      if (m.type === 'volume' && await this.deps.docker.volumeExists(m.name, signal)) throw new NameConflictError(`a volume named '${m.name}' already exists here`)
+      if (m.type === 'volume' && !ours.includes(m.name) && await this.deps.docker.volumeExists(m.name, signal)) throw new NameConflictError(`a volume named '${m.name}' already exists here`)
     }
   }
 
@@ -443,11 +504,21 @@ export class DestinationService {
     try {
       // The container is made from the spec the order named at prepare, and no other.
       this.sameSpec(p, req.spec)
+      p.restoring = true
       const wantedVolumes = p.spec.mounts.flatMap(m => m.type === 'volume' ? [`${m.name}:${m.destination}`] : [])
-      if (req.volumes.map(v => `${v.name}:${v.destination}`).join('\n') !== wantedVolumes.join('\n')) {
-        throw new SpecMismatchError(`the restore of ${req.moveId} sends volumes ${req.volumes.map(v => v.name).join(', ') || 'none'}, the prepared spec has ${wantedVolumes.join(', ') || 'none'}`)
+      const synced = req.synced ?? []
+      const sent = [...req.volumes, ...synced].map(v => `${v.name}:${v.destination}`)
+      if ([...sent].sort().join('\n') !== [...wantedVolumes].sort().join('\n')) {
+        throw new SpecMismatchError(`the restore of ${req.moveId} sends volumes ${sent.join(', ') || 'none'}, the prepared spec has ${wantedVolumes.join(', ') || 'none'}`)
       }
-      await this.checkNewVolumes(p.spec, signal)
+      // Volumes synced in rounds are ours (made by this transfer) and complete; all others must be new.
+      for (const v of synced) {
+        if (p.synced.get(v.name)?.final !== true) throw new VolumeSyncRefusedError(`volume ${v.name} of ${req.moveId} has had no final round here`)
+      }
+      for (const v of req.volumes) {
+        if (p.synced.has(v.name)) throw new VolumeSyncRefusedError(`volume ${v.name} of ${req.moveId} was synced in rounds; it cannot also arrive as an archive`)
+      }
+      await this.checkNewVolumes(p.spec, signal, p.made.volumes)
       const volumes = req.volumes.map(v => ({
         ...v,
         data: () => this.received(receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal))
@@ -463,6 +534,130 @@ export class DestinationService {
     } catch (err) {
       await this.rollback(p, (err as Error).message)
       throw err
+    }
+  }
+
+  /**
+   * One round of a named volume's sync (VolumeRoundRequest): the first creates the volume (journaled
+   * first, so a restart removes it) and syncs against a retained tree of an earlier try if there is
+   * one; every round replaces the volume's directory with the source's tree as it was read, each
+   * file verified. Refused (typed errors; the source rolls back): a volume not offered at prepare,
+   * a round after the final one or once the restore began, two rounds of one volume at once, a
+   * round larger than the free disk.
+   */
+  private async volumeRound (req: VolumeRoundRequest, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<SyncResult> {
+    const p = this.own(req.moveId, peer)
+    const { docker, log } = this.deps
+    if (p.purpose !== 'move') throw new VolumeSyncRefusedError(`transfer ${p.moveId} is a snapshot: its volumes arrive with it`)
+    const mount = p.spec.mounts.find(m => m.type === 'volume' && m.name === req.name)
+    if (mount === undefined || mount.type !== 'volume' || !p.syncable.includes(req.name)) {
+      throw new VolumeSyncRefusedError(`volume '${req.name}' is not one of move ${p.moveId}'s named volumes offered for rounds (${p.syncable.join(', ') || 'none'})`)
+    }
+    if (p.restoring === true) throw new VolumeSyncRefusedError(`move ${p.moveId} is restoring: no more volume rounds`)
+    if (p.syncing.has(req.name)) throw new VolumeSyncRefusedError(`a round of volume '${req.name}' is running already`)
+    if (p.synced.get(req.name)?.final === true) throw new VolumeSyncRefusedError(`volume '${req.name}' had its final round`)
+    p.syncing.add(req.name)
+    try {
+      let v = p.synced.get(req.name)
+      if (v === undefined) {
+        if (await docker.volumeExists(req.name, signal)) throw new NameConflictError(`a volume named '${req.name}' already exists here`)
+        await this.journal(p, peer, { volumes: [...p.made.volumes, req.name] })
+        p.made.volumes.push(req.name)
+        await docker.createVolume(req.name, mount.driver, {}, signal)
+        const dir = await docker.volumeDirectory(req.name, signal)
+        if (dir === undefined) throw new VolumeSyncUnavailableError(`volume '${req.name}' has no directory this agent can write`)
+        v = { dir, cache: new HashCache(), rounds: 0, final: false }
+        p.synced.set(req.name, v)
+      }
+      const kept = v.rounds === 0 ? await this.retainedTreeFor(p.from, req.name) : undefined
+      const free = await docker.freeDiskBytes(signal)
+      const max = Math.min(MAX_VOLUME_ROUND_BYTES, free ?? MAX_VOLUME_ROUND_BYTES)
+      await js.write({ ready: true }, signal)
+      const duplex = syncDuplex(js, signal, max, () => new VolumeSyncTooLargeError(`round ${req.round} of volume '${req.name}' carries more than ${max} bytes`))
+      p.sentData = true
+      let result: SyncResult
+      try {
+        result = await syncDestination(v.dir, { source: this.received(duplex.source as AsyncIterable<Uint8Array>), sink: duplex.sink },
+          { signal, xattrs: this.deps.xattrs ?? NO_XATTRS, hashCache: v.cache, ...kept === undefined ? {} : { base: kept } })
+      } finally {
+        await Promise.race([duplex.ended, sleep(ROUND_END_TIMEOUT_MS, undefined, { ref: false })])
+      }
+      v.rounds++
+      if (req.final) v.final = true
+      if (kept !== undefined) await this.dropRetainedTree(kept)
+      p.touched = this.now()
+      log.info('volume round synced', { moveId: p.moveId, volume: req.name, round: req.round, final: req.final, bytes: result.bytesReceived, built: result.filesBuilt, linked: result.filesLinked, base: kept === undefined ? 'volume' : 'retained' })
+      return result
+    } finally {
+      p.syncing.delete(req.name)
+    }
+  }
+
+  // --- synced trees kept for a retry ---------------------------------------------------------
+
+  /** Where the tree of volume `name` from source `from` is kept: one per (source, volume). */
+  private retainedPath (from: string, name: string): string | undefined {
+    if (this.retainDir === undefined) return undefined
+    return join(this.retainDir, createHash('sha256').update(`${from}\n${name}`).digest('hex').slice(0, 32))
+  }
+
+  private async retainedTreeFor (from: string, name: string): Promise<string | undefined> {
+    const path = this.retainedPath(from, name)
+    if (path === undefined || !this.retainedTrees.has(path)) return undefined
+    return await stat(path).then(st => st.isDirectory() ? path : undefined, () => undefined)
+  }
+
+  /** Moves a synced volume's tree out of the volume (which is about to be removed) into retainDir. */
+  private async retainTree (from: string, name: string, dir: string): Promise<void> {
+    const path = this.retainedPath(from, name)
+    if (path === undefined) return
+    try {
+      await mkdir(this.retainDir as string, { recursive: true, mode: 0o700 })
+      await rm(path, { recursive: true, force: true })
+      await rename(dir, path)
+      await mkdir(dir).catch(() => {})
+      this.retainedTrees.set(path, { until: this.now() + RETAINED_LAYER_MS, bytes: await treeBytes(path, AbortSignal.timeout(60_000)).catch(() => 0) })
+      this.deps.log.info('kept the synced tree of a rolled-back volume for a retry', { volume: name, path })
+      await this.pruneRetainedTrees()
+    } catch (err) {
+      this.deps.log.warn('synced tree of a rolled-back volume not kept', { volume: name, error: (err as Error).message })
+    }
+  }
+
+  private async dropRetainedTree (path: string): Promise<void> {
+    this.retainedTrees.delete(path)
+    await rm(path, { recursive: true, force: true }).catch(() => {})
+  }
+
+  /** Removes kept trees past their time or beyond RETAINED_VOLUME_BYTES (oldest first), unless a pending transfer may sync against it. */
+  private async pruneRetainedTrees (): Promise<void> {
+    const now = this.now()
+    const inUse = new Set([...this.moves.values()].flatMap(m => m.syncable.map(n => this.retainedPath(m.from, n))))
+    let total = 0
+    for (const [path, r] of [...this.retainedTrees.entries()].sort((a, b) => b[1].until - a[1].until)) {
+      if (inUse.has(path)) continue
+      total += r.bytes
+      if (r.until > now && total <= RETAINED_VOLUME_BYTES) continue
+      await this.dropRetainedTree(path)
+      this.deps.log.info('pruned the kept tree of a rolled-back volume', { bytes: r.bytes })
+    }
+  }
+
+  /** After a restart: trees kept before it, each for RETAINED_LAYER_MS after it was kept. */
+  private async findRetainedTrees (): Promise<void> {
+    if (this.deps.retainVolumeTrees === false || this.deps.volumeRounds === false) return
+    const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
+    const { docker } = this.deps
+    const root = await docker.readsVolumes(signal).then(async ok => ok ? (await docker.info(signal)).dockerRootDir : undefined).catch(() => undefined)
+    if (root === undefined || root === '') return
+    const dir = join(root, 'goto-volume-sync')
+    this.retainDir = dir
+    for (const n of await readdir(dir).catch(() => [] as string[])) {
+      if (!/^[0-9a-f]{32}$/.test(n)) continue
+      const path = join(dir, n)
+      const st = await stat(path).catch(() => undefined)
+      if (st?.isDirectory() !== true) continue
+      this.retainedTrees.set(path, { until: st.ctimeMs + RETAINED_LAYER_MS, bytes: await treeBytes(path, AbortSignal.timeout(60_000)).catch(() => 0) })
     }
   }
 
@@ -506,6 +701,11 @@ export class DestinationService {
   private async rollback (p: Pending, why: string): Promise<void> {
     this.moves.delete(p.moveId)
     p.live?.abort(new UnknownMoveError(`${p.purpose} ${p.moveId} was rolled back: ${why}`))
+    if (p.synced.size > 0) {
+      // The container (if the restore made one) goes first: a mounted directory cannot be renamed away.
+      await undoRestore(this.deps.docker, { ...p.made, volumes: [] }, this.deps.log)
+      for (const [name, v] of p.synced) await this.retainTree(p.from, name, v.dir)
+    }
     await undoRestore(this.deps.docker, p.made, this.deps.log)
     await this.forget(p)
     await this.retain(p)
@@ -558,16 +758,24 @@ export class DestinationService {
         } catch (err) {
           if (!(err instanceof ContainerNotFoundError)) throw err
         }
-        const volumes = r.stage === 'loading' ? [] : r.spec.mounts.flatMap(m => m.type === 'volume' ? [m.name] : [])
+        const volumes = r.stage === 'loading' ? r.volumes ?? [] : r.spec.mounts.flatMap(m => m.type === 'volume' ? [m.name] : [])
         const made = { volumes, containerId, imageId: r.image, preloaded: r.preloaded }
         if (r.stage === 'restored') {
           this.moves.set(r.moveId, {
             moveId: r.moveId, purpose: 'move', from: r.from.peerId, spec: r.spec, specDigest: specDigest(r.spec), diffIds: [], present: 0, wanted: new Set(r.wanted),
             // Restored already: no layer or load comes any more, so the store kind plays no part.
-            volumes, made, imageStore: 'graphdriver', touched: this.now(), active: 0, sentData: true, record: r
+            volumes, made, imageStore: 'graphdriver', touched: this.now(), active: 0, sentData: true, record: r, syncable: [], synced: new Map(), syncing: new Set(), restoring: true
           })
           log.warn('move restored here before this agent stopped: waiting for its source to commit or abort', { moveId: r.moveId, container: r.spec.name, from: r.from.name })
           continue
+        }
+        if ((r.volumes ?? []).length > 0) await undoRestore(docker, { ...made, volumes: [] }, log)
+        for (const name of r.volumes ?? []) {
+          const dir = await docker.volumeDirectory(name, signal).catch(() => undefined)
+          if (dir === undefined) continue
+          // A round cut off between its renames left the last complete tree beside the directory.
+          await recoverSyncLeftovers(dir).catch(() => {})
+          await this.retainTree(r.from.peerId, name, dir)
         }
         await undoRestore(docker, made, log)
         await journal.remove(r.moveId)
@@ -590,6 +798,7 @@ export class DestinationService {
         if (p.active === 0 && now - p.touched > this.deps.timings.moveIdleTimeoutMs) await this.rollback(p, 'the source went silent')
       }
       await this.pruneRetained()
+      await this.pruneRetainedTrees()
     })().finally(() => { this.expiring = undefined })
     await this.expiring
   }

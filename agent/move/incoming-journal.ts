@@ -3,7 +3,8 @@
  * per move, `<stateDir>/incoming/<move ID>.json`, written before the engine is asked to make
  * anything for it, and moved on as the move goes:
  *
- *   loading     the moved image is being loaded (preload).
+ *   loading     the moved image is being loaded (preload), or volumes synced in rounds (`volumes`
+ *               lists those made here so far).
  *   restoring   the container and its volumes are being made and started.
  *               After a crash in either: remove what the move made (the source has not heard that
  *               the container runs here, so it runs it there again, and any `abort` finds nothing).
@@ -31,6 +32,8 @@ export interface IncomingRecord {
   image?: string
   /** Layers staged for this move, dropped at commit. */
   wanted: string[]
+  /** Volumes made here for volume rounds before the restore (removed, their data kept for a retry, after a crash). */
+  volumes?: string[]
   /** ISO time the record was first written. */
   at: string
 }
@@ -54,6 +57,7 @@ function parseIncoming (v: unknown, moveId: string): IncomingRecord {
     (r.preloaded === undefined || IMAGE_ID.test(r.preloaded)) &&
     (r.image === undefined || IMAGE_ID.test(r.image)) &&
     Array.isArray(r.wanted) && r.wanted.every(x => typeof x === 'string') &&
+    (r.volumes === undefined || (Array.isArray(r.volumes) && r.volumes.every(x => typeof x === 'string'))) &&
     typeof r.at === 'string' && !Number.isNaN(Date.parse(r.at))
   if (!ok) throw new TypeError('not an incoming-move record')
   return r as IncomingRecord

@@ -55,7 +55,8 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
   const { present } = layersToSend(input.diffIds, base.chains)
   made.imageId = await loadVerified(docker, { config: input.config, diffIds: input.diffIds, present, store: input.store, imageStore: base.imageStore }, signal)
   for (const m of input.spec.mounts) {
-    if (m.type === 'volume') {
+    // A volume made before (a move's volume rounds synced its data into it) is not made again.
+    if (m.type === 'volume' && !made.volumes.includes(m.name)) {
       await docker.createVolume(m.name, m.driver, {}, signal)
       made.volumes.push(m.name)
     }

@@ -8,9 +8,13 @@
  *   prepare    the destination checks it can take the container and says which layers it has
  *              (a move carries the operator's signed order, which the destination verifies)
  *   precopy    the layers it lacks stream to it while the container runs; it loads them (preload)
+ *   volumeRound (move) named volumes both ends can read directly (local driver, engine on the
+ *              agent's host; the destination offered it in prepare's reply) are synced by
+ *              difference (agent/sync) while the container runs, one round at a time (rounds.ts
+ *              decides how many); the final round runs inside the freeze
  *   freeze     a freeze record (freeze-journal.ts), the pause, the container's changes as one layer
  *   handOver   (move) that layer to the destination
- *   volumes    each named volume's data spooled while the container is frozen
+ *   volumes    each other named volume's data spooled while the container is frozen
  *   thaw       (snapshot) the container runs again here, its frozen state spooled
  *   restore    (move) the destination makes and starts the container and confirms it runs
  *   store      (snapshot) the holder keeps the frozen state for a takeover
@@ -36,6 +40,8 @@ import { loadVerified } from '../transfer/load.js'
 import { TransferLink, type Blob } from '../transfer/link.js'
 import type { LayerSender } from '../transfer/layer-sender.js'
 import { spoolToFile } from '../transfer/spool.js'
+import { HashCache, NO_XATTRS, syncSource, type XattrAccess } from '../sync/index.js'
+import type { RoundTally } from './rounds.js'
 import type { Timings } from '../timings.js'
 import type { Logger } from '../log.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
@@ -61,11 +67,18 @@ export interface SessionDeps {
   timings: Pick<Timings, 'transferControlTimeoutMs'>
   /** Blob bytes sent (default: none kept). */
   metrics?: Pick<Metrics, 'bytesSent'>
+  /** Extended attributes of synced volumes (agent/sync attrTools; default: none travel). */
+  xattrs?: XattrAccess
+  /** False: every volume spools inside the freeze, as before volume rounds (default true). */
+  volumeRounds?: boolean
   log: Logger
 }
 
 /** A named volume of the container: its data travels (bind mounts and tmpfs do not). */
 export interface VolumeRef { name: string, driver: string, destination: string }
+
+/** A volume copied in rounds: its directory here, and what the sync keeps between rounds. */
+export interface SyncedVolume extends VolumeRef { dir: string, cache: HashCache }
 
 /** A volume's data, spooled while the container was frozen. */
 export interface VolumeArchive extends VolumeRef { path: string, size: number, digest: string }
@@ -78,6 +91,8 @@ export interface PreparedTransfer {
   volumes: VolumeRef[]
   /** What the spec's imageRef names at the destination (PrepareReply.imageRef). */
   imageRef?: 'free' | 'same' | 'taken'
+  /** The volumes that go in rounds (the others spool inside the freeze). */
+  synced: SyncedVolume[]
 }
 
 /** The frozen state: the container's changes as a layer, and the config of "image + that layer". */
@@ -99,6 +114,8 @@ export class TransferSession {
   private plan?: PreparedTransfer & { spec: ContainerSpec }
   private frozen?: Frozen
   private archives: VolumeArchive[] = []
+  private rounds = 0
+  private finalRoundDone = false
   private readonly spool: string
   private spoolMade = false
   /** The spool stays for keepImage, which removes it. */
@@ -154,8 +171,47 @@ export class TransferSession {
     // A prepare cut off before its reply is not aborted: the destination expires it when idle.
     this.prepared = true
     const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
-    this.plan = { image, toSend, volumes, spec }
-    return { image, toSend, volumes, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef } }
+    const synced = await this.syncable(volumes, prep, signal)
+    this.plan = { image, toSend, volumes, synced, spec }
+    return { image, toSend, volumes, synced, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef } }
+  }
+
+  /** The volumes both ends can sync directly (a destination without the step offers none). */
+  private async syncable (volumes: VolumeRef[], prep: PrepareReply, signal: AbortSignal): Promise<SyncedVolume[]> {
+    const offered = Array.isArray(prep.volumeSync) ? prep.volumeSync.filter(n => typeof n === 'string') : []
+    if (this.purpose !== 'move' || this.deps.volumeRounds === false || offered.length === 0) return []
+    const synced: SyncedVolume[] = []
+    for (const v of volumes) {
+      if (v.driver !== 'local' || !offered.includes(v.name)) continue
+      const dir = await this.deps.docker.volumeDirectory(v.name, signal).catch(() => undefined)
+      if (dir !== undefined) synced.push({ ...v, dir, cache: new HashCache() })
+    }
+    return synced
+  }
+
+  /**
+   * One round of every synced volume: each is synced by difference into the destination's copy
+   * (the HashCache of each volume kept between rounds, so unchanged files are not hashed again).
+   * `final`: the round inside the freeze, after which restore takes the destination's copies as
+   * they are. Returns what travelled, all volumes together.
+   */
+  async volumeRound (final: boolean, signal: AbortSignal): Promise<RoundTally> {
+    const link = this.linkFor('volumeRound')
+    const plan = this.planFor('volumeRound')
+    if (final) this.frozenFor('the final volume round')
+    else if (this.frozen !== undefined || this.paused) throw new TransferStateError(`transfer ${this.moveId}: a volume round before the final one after freeze`)
+    if (this.finalRoundDone) throw new TransferStateError(`transfer ${this.moveId}: a volume round after the final one`)
+    const round = ++this.rounds
+    const tally: RoundTally = { round, bytes: 0, files: 0 }
+    for (const v of plan.synced) {
+      const result = await link.sync({ op: 'volume', moveId: this.moveId, name: v.name, round, final },
+        async duplex => await syncSource(v.dir, duplex, { signal, xattrs: this.deps.xattrs ?? NO_XATTRS, hashCache: v.cache }), signal)
+      tally.bytes += result.bytesReceived
+      tally.files += result.filesBuilt
+    }
+    this.bytes += tally.bytes
+    if (final) this.finalRoundDone = true
+    return tally
   }
 
   /** Sends the layers the destination lacks while the container runs, and has it load the image. */
@@ -218,12 +274,14 @@ export class TransferSession {
     return { bytes: f.top.size, layers: 1 }
   }
 
-  /** Each named volume's data as a tar spooled to disk (the container is frozen: a consistent copy). */
+  /** Each named volume's data not synced in rounds as a tar spooled to disk (the container is frozen: a consistent copy). */
   async spoolVolumes (signal: AbortSignal): Promise<VolumeArchive[]> {
     this.frozenFor('spoolVolumes')
     const plan = this.planFor('spoolVolumes')
     const archives: VolumeArchive[] = []
+    const synced = new Set(plan.synced.map(v => v.name))
     for (const v of plan.volumes) {
+      if (synced.has(v.name)) continue
       const path = join(this.spool, `volume-${archives.length}.tar`)
       const { digest, size } = await spoolToFile(await this.deps.docker.getArchive(this.info.id, v.destination, signal), path, signal)
       archives.push({ ...v, path, size, digest })
@@ -251,9 +309,11 @@ export class TransferSession {
   async restore (signal: AbortSignal): Promise<number> {
     const f = this.frozenFor('restore')
     const plan = this.planFor('restore')
+    if (plan.synced.length > 0 && !this.finalRoundDone) throw new TransferStateError(`transfer ${this.moveId}: restore before the final volume round`)
     await this.linkFor('restore').call({
       op: 'restore', moveId: this.moveId, config: Buffer.from(f.config).toString('base64'), diffIds: f.diffIds, spec: plan.spec,
-      volumes: this.archives.map(a => ({ name: a.name, destination: a.destination, size: a.size }))
+      volumes: this.archives.map(a => ({ name: a.name, destination: a.destination, size: a.size })),
+      ...plan.synced.length === 0 ? {} : { synced: plan.synced.map(v => ({ name: v.name, destination: v.destination })) }
     }, this.blobs(this.archives), signal)
     this.bytes += sum(this.archives)
     return Math.round(performance.now() - f.at)
@@ -386,6 +446,11 @@ export class TransferSession {
   private linkFor (step: string): TransferLink {
     if (this.link === undefined) throw new TransferStateError(`transfer ${this.moveId}: ${step} before connect`)
     return this.link
+  }
+
+  /** The volumes that go in rounds (after prepare; empty before). */
+  get syncedVolumes (): SyncedVolume[] {
+    return this.plan?.synced ?? []
   }
 
   private planFor (step: string): PreparedTransfer & { spec: ContainerSpec } {

@@ -10,9 +10,12 @@
  *             operator is sent the spec to sign (an `order` event, answered with the signed order:
  *             protocol/orders.ts); the destination verifies that order, checks architecture, disk,
  *             names and ports and says which layers it has. A dry run stops here.
- *   pre-copy  the container keeps running while the image layers the destination lacks stream to it.
+ *   pre-copy  the container keeps running while the image layers the destination lacks stream to it;
+ *             then named volumes both ends can read directly are synced in rounds (rounds.ts: each
+ *             round sends what changed since the previous one, a `round` event each), until a
+ *             round's difference is small enough or stops shrinking.
  *   freeze    pause; what the container changed becomes one layer (from the engine's change list).
- *   hand-over that layer and the volumes' data.
+ *   hand-over that layer, the final volume round (only the last difference), the other volumes' data.
  *   restore   the destination loads, creates, copies the volume data, starts and confirms `running`.
  *   commit    only then is the source container removed (with its moved volumes).
  * Any failure before the destination confirmed: the session rolls back — the destination removes
@@ -28,6 +31,7 @@ import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { ContainerLocks } from './locks.js'
 import type { KeptImages } from './kept-images.js'
 import { TransferSession, inspectSource, type SessionDeps } from './session.js'
+import { nextAfterRound, treeBytes, type RoundTally, type RoundTimings } from './rounds.js'
 import { MOVE_PROTOCOL } from '../../protocol/ids.js'
 import { parseMoveOrder, parseOrderReply, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest } from '../../protocol/move-messages.js'
 import { specDigest, type SignedOrder } from '../../protocol/orders.js'
@@ -58,7 +62,7 @@ export interface MoveDeps {
   kept: KeptImages
   /** Labels to add to the spec of a container that leaves (default: none). */
   labels?: TravelLabels
-  timings: Pick<Timings, 'transferControlTimeoutMs'>
+  timings: Pick<Timings, 'transferControlTimeoutMs'> & RoundTimings
   /** Moves started, ended and their durations (default: none kept). */
   metrics?: Pick<Metrics, 'moveStarted' | 'moveEnded'>
   log: Logger
@@ -153,7 +157,12 @@ export class MoveService {
       moveId, container: info.name, from, to: order.to, image: image.id,
       layersTotal: image.diffIds.length, layersPresent: image.diffIds.length - toSend.length, layersToSend: toSend.length,
       bytesToSend: toSend.length === 0 ? 0 : image.size, volumes: prepared.volumes.map(v => v.name),
-      ...info.fidelity !== undefined && info.fidelity.hostPowers.length > 0 ? { hostPowers: info.fidelity.hostPowers } : {}
+      ...info.fidelity !== undefined && info.fidelity.hostPowers.length > 0 ? { hostPowers: info.fidelity.hostPowers } : {},
+      volumeData: await Promise.all(prepared.volumes.map(async v => {
+        const synced = prepared.synced.find(s => s.name === v.name)
+        const bytes = synced === undefined ? null : await treeBytes(synced.dir, signal).catch(() => null)
+        return { name: v.name, copy: synced === undefined ? 'spool' as const : 'rounds' as const, bytes }
+      }))
     }
     if (prepared.imageRef === 'taken' && spec.imageRef !== undefined) {
       warnings.push(`${order.to} has a tag ${spec.imageRef} on another image, which keeps it: the container runs there as image ${image.id.slice(7, 19)} with no name`)
@@ -171,12 +180,23 @@ export class MoveService {
 
     await step('pre-copy')
     const pre = await session.precopy(this.progress(moveId, 'pre-copy', plan.bytesToSend, emit), signal)
+    const round = async (final: boolean): Promise<RoundTally> => {
+      const r = await session.volumeRound(final, signal)
+      log.info('volume round', { round: r.round, bytes: r.bytes, files: r.files, final })
+      await emit({ event: 'round', moveId, round: r.round, bytes: r.bytes, files: r.files, final })
+      return r
+    }
+    const rounds: RoundTally[] = []
+    if (session.syncedVolumes.length > 0) {
+      do rounds.push(await round(false)); while (nextAfterRound(rounds, this.deps.timings) === 'again')
+    }
 
     await step('freeze')
     await session.freeze(`go-to move ${moveId}`, signal)
 
     await step('hand-over')
     const hand = await session.handOver(this.progress(moveId, 'hand-over', session.changesBytes, emit), signal)
+    if (session.syncedVolumes.length > 0) await round(true)
     await session.spoolVolumes(signal)
 
     await step('restore')

@@ -6,6 +6,7 @@
  *
  *   const link = new TransferLink(connection, metrics)
  *   const reply = await link.call({ op: 'layer', moveId, diffId, size }, [{ size, path }], signal, onBytes)
+ *   const stats = await link.sync({ op: 'volume', moveId, name, round, final }, d => syncSource(dir, d, { signal }), signal)
  */
 import { createReadStream } from 'node:fs'
 import type { Connection } from '@libp2p/interface'
@@ -13,7 +14,9 @@ import { counted } from './counted.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, readResult, sendBlob } from '../../protocol/wire.js'
-import type { TransferRequest } from '../../protocol/move-messages.js'
+import type { TransferRequest, VolumeRoundRequest } from '../../protocol/move-messages.js'
+import { ProtocolError, fromWireError } from '../../protocol/errors.js'
+import { syncDuplex, type SyncDuplex } from './sync-stream.js'
 
 /** What follows a request on its stream: `size` bytes from a file at `path` or from `source`. */
 export interface Blob { size: number, path?: string, source?: AsyncIterable<Uint8Array> }
@@ -44,4 +47,35 @@ export class TransferLink {
       throw err
     }
   }
+
+  /**
+   * One step that carries a tree sync (`volume`): the request, the destination's `{ ready }` (or
+   * its refusal, thrown as its typed error), then `run` drives the sync over the stream, then the
+   * reply's result. Bytes of the sync we send count as sent.
+   */
+  async sync<T> (req: VolumeRoundRequest, run: (duplex: SyncDuplex) => Promise<T>, signal: AbortSignal): Promise<T> {
+    const js = new JsonStream(await this.connection.newStream(TRANSFER_PROTOCOL, { signal }))
+    try {
+      await js.write(req, signal)
+      const first = await js.read(signal) as { ok?: unknown, ready?: unknown } | null
+      if (first !== null && typeof first === 'object' && first.ok === false) throw fromEnvelope(first)
+      if (first === null || typeof first !== 'object' || first.ready !== true) throw new ProtocolError('the destination did not answer a volume round with ready')
+      const duplex = syncDuplex(js, signal)
+      const sink = duplex.sink
+      duplex.sink = async s => { await sink(counted(s, n => { this.metrics.bytesSent(n) })) }
+      const result = await run(duplex)
+      await readResult(js, signal)
+      await js.close(signal)
+      return result
+    } catch (err) {
+      js.abort(err as Error)
+      throw err
+    }
+  }
+}
+
+function fromEnvelope (env: { ok?: unknown }): Error {
+  const e = (env as { error?: { name?: unknown, message?: unknown } }).error
+  if (typeof e?.name !== 'string' || typeof e?.message !== 'string') return new ProtocolError('reply carries a malformed error')
+  return fromWireError({ name: e.name, message: e.message })
 }
