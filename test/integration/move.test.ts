@@ -5,7 +5,8 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { spawn, execFile } from 'node:child_process'
+import { execFile } from 'node:child_process'
+import { moveJson, type MoveRun } from '../fixtures/move-cli.js'
 import { promisify } from 'node:util'
 import { createHash } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
@@ -53,29 +54,8 @@ describe('goto move in the lab (3 hosts, real engines and agents)', function () 
   }
 
   /** Runs `goto move ... --json` and returns its events (the last is done or failed) and exit code. */
-  async function move (container: string, to: string, extra: string[] = [], onEvent?: (ev: MoveEvent) => void): Promise<{ code: number | null, events: MoveEvent[], stderr: string }> {
-    const p = spawn(process.execPath, [lab.controlMain, 'move', container, '--to', to, '--json', ...extra], {
-      env: { ...process.env, GOTO_BUNDLE: lab.operatorBundle, GOTO_AGENT: A.agentAddr },
-      stdio: ['ignore', 'pipe', 'pipe']
-    })
-    const events: MoveEvent[] = []
-    let buf = ''
-    let stderr = ''
-    p.stdout.on('data', (d: Buffer) => {
-      buf += d.toString()
-      let i
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        if (line.trim() === '') continue
-        const ev = JSON.parse(line) as MoveEvent
-        events.push(ev)
-        onEvent?.(ev)
-      }
-    })
-    p.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    const code = await new Promise<number | null>(resolve => { p.on('exit', resolve) })
-    return { code, events, stderr }
+  async function move (container: string, to: string, extra: string[] = [], onEvent?: (ev: MoveEvent) => void): Promise<MoveRun> {
+    return await moveJson(container, to, { controlMain: lab.controlMain, bundle: lab.operatorBundle, agent: A.agentAddr, extra, onEvent })
   }
 
   /** Runs `goto move` and kills the agent of `victim` the moment its engine reports `event` for the container. */

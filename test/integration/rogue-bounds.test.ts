@@ -22,6 +22,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
 import { MeshClient } from '../fixtures/mesh-client.js'
+import { logged as agentLogged } from '../fixtures/agent-log.js'
 import { rejection } from '../fixtures/assert.js'
 import { issueCertificate, readBundle, revoke, type Bundle } from '../../certs/index.js'
 import { createMeshNode } from '../../protocol/node.js'
@@ -71,16 +72,7 @@ describe('bounds against a stranger and a rogue member (lab: 1 host, real agent)
   }
 
   async function logged (h: LabHost, message: string, fields: Record<string, unknown>): Promise<boolean> {
-    const text = await readFile(h.agentLog, 'utf8').catch(() => '')
-    return text.split('\n').some(line => {
-      if (!line.includes(message)) return false
-      try {
-        const o = JSON.parse(line) as Record<string, unknown>
-        return o.message === message && Object.entries(fields).every(([k, v]) => o[k] === v)
-      } catch {
-        return false
-      }
-    })
+    return await agentLogged(h.agentLog, message, fields)
   }
 
   async function connect (bundle: Bundle): Promise<MeshClient> {

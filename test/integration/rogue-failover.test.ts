@@ -17,6 +17,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
 import { dockerCli, runningNames } from '../fixtures/docker.js'
 import { MeshClient } from '../fixtures/mesh-client.js'
+import { logged as agentLogged, loggedWhere as agentLoggedWhere } from '../fixtures/agent-log.js'
 import { readBundle, type Bundle } from '../../certs/index.js'
 import { FAILOVER_PROTOCOL, HEARTBEAT_PROTOCOL, TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { readResult, sendBlob } from '../../protocol/wire.js'
@@ -58,22 +59,12 @@ describe('a rogue member against failover (3 hosts, real agents)', function () {
     return (JSON.parse(text) as { grants?: unknown }).grants ?? {}
   }
 
-  /** Whether the agent logged a line (JSON) with `message` whose fields include every one of `fields`. */
   async function logged (h: LabHost, message: string, fields: Record<string, unknown>): Promise<boolean> {
-    return await loggedWhere(h, message, o => Object.entries(fields).every(([k, v]) => o[k] === v))
+    return await agentLogged(h.agentLog, message, fields)
   }
 
   async function loggedWhere (h: LabHost, message: string, test: (o: Record<string, unknown>) => boolean): Promise<boolean> {
-    const text = await readFile(h.agentLog, 'utf8').catch(() => '')
-    return text.split('\n').some(line => {
-      if (!line.includes(message)) return false
-      try {
-        const o = JSON.parse(line) as Record<string, unknown>
-        return o.message === message && test(o)
-      } catch {
-        return false
-      }
-    })
+    return await agentLoggedWhere(h.agentLog, message, test)
   }
 
   async function connect (h: LabHost): Promise<MeshClient> {

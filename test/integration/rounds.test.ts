@@ -5,7 +5,8 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { spawn, execFile } from 'node:child_process'
+import { execFile } from 'node:child_process'
+import { moveJson, type MoveRun } from '../fixtures/move-cli.js'
 import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -35,29 +36,8 @@ describe('moves copy volumes in rounds while the container runs (2 hosts, real e
     return await docker(h, 'volume', 'inspect', '-f', '{{.Mountpoint}}', volume)
   }
 
-  async function move (container: string, from: LabHost, to: LabHost, onEvent?: (ev: MoveEvent) => void, extra: string[] = []): Promise<{ code: number | null, events: MoveEvent[], stderr: string }> {
-    const p = spawn(process.execPath, [lab.controlMain, 'move', container, '--to', to.name, '--json', ...extra], {
-      env: { ...process.env, GOTO_BUNDLE: lab.operatorBundle, GOTO_AGENT: from.agentAddr },
-      stdio: ['ignore', 'pipe', 'pipe']
-    })
-    const events: MoveEvent[] = []
-    let buf = ''
-    let stderr = ''
-    p.stdout.on('data', (d: Buffer) => {
-      buf += d.toString()
-      let i
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        if (line.trim() === '') continue
-        const ev = JSON.parse(line) as MoveEvent
-        events.push(ev)
-        onEvent?.(ev)
-      }
-    })
-    p.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    const code = await new Promise<number | null>(resolve => { p.on('exit', resolve) })
-    return { code, events, stderr }
+  async function move (container: string, from: LabHost, to: LabHost, onEvent?: (ev: MoveEvent) => void, extra: string[] = []): Promise<MoveRun> {
+    return await moveJson(container, to.name, { controlMain: lab.controlMain, bundle: lab.operatorBundle, agent: from.agentAddr, extra, onEvent })
   }
 
   function done (r: { code: number | null, events: MoveEvent[], stderr: string }): Done {
