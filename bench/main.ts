@@ -15,10 +15,12 @@
  *   dist/control/main.js — medians of runs; baseline: `node -e 0`, the cost of starting Node alone,
  *   measured interleaved in the same runs. Targets: status ≤ 3x, ca list ≤ 2x. In-process: connect +
  *   auth + status with the client library; baseline: a plain TCP connect to the same agent.
+ * - Engines (bench/engines.ts, its own three-host lab: Docker 20.10, 26, 28 with the containerd
+ *   store): the first move of a 200 MiB image into the containerd store vs into 20.10.
  * - Tree sync (bench/sync.ts, no lab): first full copy of a ~2 GiB tree vs `tar c | tar x`, an
  *   incremental round after a 1 MiB change, and RSS growth.
  *
- * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes) runs only those sections; the
+ * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes, engines) runs only those sections; the
  * results file then holds only them. GOTO_BENCH_PREFIX and GOTO_BENCH_SUBNET give the labs another
  * prefix and subnet (default gotolabb, 10.213.60.0/24).
  */
@@ -36,6 +38,7 @@ import { moveBench } from './move.js'
 import { failoverBench } from './failover.js'
 import { syncBench } from './sync.js'
 import { volumesBench } from './volumes.js'
+import { enginesBench } from './engines.js'
 
 const IDLE_SECONDS = 30
 /** Start-up (module loading, JIT warm-up, the first exchanges) is not idle: let it pass first. */
@@ -108,7 +111,7 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
-/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes); all by default. */
+/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes, engines); all by default. */
 const ONLY = new Set((process.env.GOTO_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== ''))
 const runs = (section: string): boolean => ONLY.size === 0 || ONLY.has(section)
 
@@ -124,6 +127,7 @@ async function main (): Promise<void> {
   if (runs('failover')) results.failover = await failoverBench(prefix, subnet)
   // Two hosts of its own (agents restarted with --volume-spool-only midway), the default profile.
   if (runs('volumes')) results.volumes = await volumesBench(prefix, subnet)
+  if (runs('engines')) results.engines = await enginesBench(prefix, subnet)
   await writeFile('bench-results.json', JSON.stringify(results, null, 2) + '\n')
   console.log('\nwrote bench-results.json')
 }
