@@ -14,7 +14,11 @@
  *   measured interleaved in the same runs. Targets: status ≤ 3x, ca list ≤ 2x. In-process: connect +
  *   auth + status with the client library; baseline: a plain TCP connect to the same agent.
  *
- * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover) runs only those sections; the
+ * - Membership simulation (bench/membership-sim.ts, no lab): the scalable membership protocol at
+ *   1,000 simulated nodes, bytes/s per node and the time until a death is known everywhere, against
+ *   today's full-table heartbeats at 100 nodes. Targets: ≤ 2 KiB/s per node, ≤ 3 × lan deadAfterMs.
+ *
+ * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, membership-sim) runs only those sections; the
  * results file then holds only them. GOTO_BENCH_PREFIX and GOTO_BENCH_SUBNET give the labs another
  * prefix and subnet (default gotolabb, 10.213.60.0/24).
  */
@@ -30,6 +34,7 @@ import { readBundle } from '../certs/index.js'
 import { AgentClient } from '../control/client.js'
 import { moveBench } from './move.js'
 import { failoverBench } from './failover.js'
+import { membershipSimBench } from './membership-sim.js'
 
 const IDLE_SECONDS = 30
 /** Start-up (module loading, JIT warm-up, the first exchanges) is not idle: let it pass first. */
@@ -102,7 +107,7 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
-/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover); all by default. */
+/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, membership-sim); all by default. */
 const ONLY = new Set((process.env.GOTO_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== ''))
 const runs = (section: string): boolean => ONLY.size === 0 || ONLY.has(section)
 
@@ -114,6 +119,7 @@ async function main (): Promise<void> {
   if (runs('idle') || runs('cli') || runs('move')) await meshBench(prefix, subnet, results)
   // A lab of its own, on the same prefix once the first is down: other agents, the lan profile.
   if (runs('failover')) results.failover = await failoverBench(prefix, subnet)
+  if (runs('membership-sim')) results.membershipSim = await membershipSimBench()
   await writeFile('bench-results.json', JSON.stringify(results, null, 2) + '\n')
   console.log('\nwrote bench-results.json')
 }

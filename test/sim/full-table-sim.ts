@@ -26,6 +26,7 @@ export class FullTableSim {
   private readonly n: number
   private readonly ids: string[]
   private readonly addrs: string[][]
+  private readonly summaryLengths: Uint32Array
   /** lastSeen[i * n + j]: when i last exchanged with j (ms); NaN if i does not list j. */
   private readonly lastSeen: Float64Array
   private readonly dead = new Set<number>()
@@ -45,6 +46,7 @@ export class FullTableSim {
     this.random = seeded(opts.seed ?? 1)
     this.ids = Array.from({ length: this.n }, (_, i) => fakePeerId(i))
     this.addrs = this.ids.map((id, i) => memberInfo(id, i).addrs)
+    this.summaryLengths = new Uint32Array(this.n)
     this.lastSeen = new Float64Array(this.n * this.n).fill(0)
     this.deadIn = new Uint8Array(this.n * this.n)
     for (let i = 0; i < this.n; i++) this.lastSeen[i * this.n + i] = NaN
@@ -68,12 +70,38 @@ export class FullTableSim {
   private lists (i: number, j: number): boolean { return !Number.isNaN(this.lastSeen[i * this.n + j]) }
   private isDead (i: number, j: number): boolean { return this.now - this.lastSeen[i * this.n + j] >= this.timings.deadAfterMs }
 
-  /** What node i passes on: the members it lists and does not hold dead, heard from most recently first. */
-  private summaries (i: number): Array<MemberSummary & { index: number }> {
+  /**
+   * What node i passes on: the members it lists and does not hold dead, heard from most recently
+   * first (ties in random order, as millisecond clocks make them), at most PEER_EXCHANGE_MAX_MEMBERS.
+   */
+  private summaries (i: number): number[] {
     const list: Array<{ j: number, seen: number }> = []
-    for (let j = 0; j < this.n; j++) if (j !== i && this.lists(i, j) && !this.isDead(i, j)) list.push({ j, seen: this.lastSeen[i * this.n + j] })
+    for (let j = 0; j < this.n; j++) if (j !== i && this.lists(i, j) && !this.isDead(i, j)) list.push({ j, seen: this.lastSeen[i * this.n + j] + this.random() })
     if (list.length > PEER_EXCHANGE_MAX_MEMBERS) list.sort((a, b) => b.seen - a.seen).length = PEER_EXCHANGE_MAX_MEMBERS
-    return list.map(({ j }) => ({ index: j, peerId: this.ids[j], name: `host-${String(j).padStart(4, '0')}`, addrs: this.addrs[j] }))
+    return list.map(({ j }) => j)
+  }
+
+  /**
+   * The encoded length of node i's request and reply listing `members`: the message without its
+   * members, plus each member's summary as JSON.stringify writes it (the sum is exact, and saves
+   * encoding the same summaries once per node and round).
+   */
+  private sizes (i: number, members: number[]): { req: number, rep: number } {
+    const from = memberInfo(this.ids[i], i)
+    const req: HeartbeatRequest = { from, members: [], rttMs: 0.4 }
+    const rep: HeartbeatReply = { self: from, members: [] }
+    let list = Math.max(0, members.length - 1)
+    for (const j of members) list += this.summaryLength(j)
+    return { req: JSON.stringify(req).length + list + FRAME_OVERHEAD_BYTES, rep: JSON.stringify({ ok: true, result: rep }).length + list + FRAME_OVERHEAD_BYTES }
+  }
+
+  private summaryLength (j: number): number {
+    let l = this.summaryLengths[j]
+    if (l === 0) {
+      const m: MemberSummary = { peerId: this.ids[j], name: `host-${String(j).padStart(4, '0')}`, addrs: this.addrs[j] }
+      l = this.summaryLengths[j] = JSON.stringify(m).length
+    }
+    return l
   }
 
   /** One heartbeat interval: every pair that lists each other (either way) exchanges once. */
@@ -85,14 +113,10 @@ export class FullTableSim {
     const exchange: number[][] = Array.from({ length: n }, () => [])
     for (let i = 0; i < n; i++) {
       if (!this.up(i)) continue
-      const from = memberInfo(this.ids[i], i)
-      const members = this.summaries(i)
-      exchange[i] = members.map(m => m.index)
-      const wire = members.map(({ index, ...m }) => m)
-      const req: HeartbeatRequest = { from, members: wire, rttMs: 0.4 }
-      const rep: HeartbeatReply = { self: from, members: wire }
-      reqBytes[i] = JSON.stringify(req).length + FRAME_OVERHEAD_BYTES
-      repBytes[i] = JSON.stringify({ ok: true, result: rep }).length + FRAME_OVERHEAD_BYTES
+      exchange[i] = this.summaries(i)
+      const { req, rep } = this.sizes(i, exchange[i])
+      reqBytes[i] = req
+      repBytes[i] = rep
     }
     const learned: Array<[number, number]> = []
     for (let i = 0; i < n; i++) {

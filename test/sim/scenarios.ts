@@ -18,13 +18,13 @@ export interface SwimFigures {
   bytesPerNodeS: number
   msgsPerNodeS: number
   /** With `loss` of every message lost. */
-  lossBytesPerNodeS: number
-  lossMsgsPerNodeS: number
+  lossBytesPerNodeS?: number
+  lossMsgsPerNodeS?: number
   loss: number
   /** Suspicion episodes of live members (one member at one incarnation), and how many nodes' tables showed one (events). */
-  falseSuspicionsUnderLoss: number
-  falseSuspicionEventsUnderLoss: number
-  falseDeathsUnderLoss: number
+  falseSuspicionsUnderLoss?: number
+  falseSuspicionEventsUnderLoss?: number
+  falseDeathsUnderLoss?: number
   /** A node killed: when first suspected, when every live node holds it dead (ms, undefined if not within the run). */
   deathFirstSuspectMs?: number
   deathEverywhereMs?: number
@@ -33,9 +33,9 @@ export interface SwimFigures {
   joinVerifiedEverywhereMs?: number
   joinerCompleteMs?: number
   /** A node paused for pauseMs (under `loss`): suspicion episodes of it, and deaths of it in any table (must be 0). */
-  pauseMs: number
-  pauseSuspicions: number
-  pauseFalseDeaths: number
+  pauseMs?: number
+  pauseSuspicions?: number
+  pauseFalseDeaths?: number
   suspicionMinMs: number
   wallMs: number
 }
@@ -44,7 +44,7 @@ const STEADY_MS = 20_000
 const WARMUP_MS = 2000
 
 /** All SWIM scenarios at mesh size n (three simulations: idle + death + join, loss, pause). */
-export async function swimFigures (n: number, profile: ProfileName = 'lan', opts: { loss?: number, seed?: number } = {}): Promise<SwimFigures> {
+export async function swimFigures (n: number, profile: ProfileName = 'lan', opts: { loss?: number, seed?: number, /** idle cost, death and join only */ core?: boolean } = {}): Promise<SwimFigures> {
   const started = performance.now()
   const timings: SwimTimings = SWIM_PROFILES[profile]
   const loss = opts.loss ?? 0.05
@@ -79,6 +79,22 @@ export async function swimFigures (n: number, profile: ProfileName = 'lan', opts
     return joinEverywhereMs !== undefined && joinVerifiedEverywhereMs !== undefined && joinerCompleteMs !== undefined
   }, bound)
 
+  const base = {
+    design: 'swim' as const,
+    n,
+    profile,
+    bytesPerNodeS: idle.bytesPerNodeS,
+    msgsPerNodeS: idle.msgsPerNodeS,
+    loss,
+    ...(firstSuspect === undefined ? {} : { deathFirstSuspectMs: firstSuspect.at - t0 }),
+    ...(deathEverywhereMs === undefined ? {} : { deathEverywhereMs }),
+    ...(joinEverywhereMs === undefined ? {} : { joinEverywhereMs }),
+    ...(joinVerifiedEverywhereMs === undefined ? {} : { joinVerifiedEverywhereMs }),
+    ...(joinerCompleteMs === undefined ? {} : { joinerCompleteMs }),
+    suspicionMinMs: min
+  }
+  if (opts.core === true) return { ...base, wallMs: performance.now() - started }
+
   // Steady cost under loss: false suspicions and deaths.
   const lossy = await SwimSim.create({ n, timings, seed: seed + 1, loss, keys: sim.keys })
   lossy.run(WARMUP_MS)
@@ -100,26 +116,15 @@ export async function swimFigures (n: number, profile: ProfileName = 'lan', opts
   const pauseEvents = paused.events.filter(e => e.id === sleeper)
 
   return {
-    design: 'swim',
-    n,
-    profile,
-    bytesPerNodeS: idle.bytesPerNodeS,
-    msgsPerNodeS: idle.msgsPerNodeS,
+    ...base,
     lossBytesPerNodeS: lossRates.bytesPerNodeS,
     lossMsgsPerNodeS: lossRates.msgsPerNodeS,
-    loss,
     falseSuspicionsUnderLoss: lossReports.episodes,
     falseSuspicionEventsUnderLoss: lossReports.suspicions,
     falseDeathsUnderLoss: lossReports.deaths,
-    ...(firstSuspect === undefined ? {} : { deathFirstSuspectMs: firstSuspect.at - t0 }),
-    ...(deathEverywhereMs === undefined ? {} : { deathEverywhereMs }),
-    ...(joinEverywhereMs === undefined ? {} : { joinEverywhereMs }),
-    ...(joinVerifiedEverywhereMs === undefined ? {} : { joinVerifiedEverywhereMs }),
-    ...(joinerCompleteMs === undefined ? {} : { joinerCompleteMs }),
     pauseMs,
     pauseSuspicions: new Set(pauseEvents.filter(e => e.to === 'suspect').map(e => e.inc)).size,
     pauseFalseDeaths: pauseEvents.filter(e => e.to === 'dead').length,
-    suspicionMinMs: min,
     wallMs: performance.now() - started
   }
 }
