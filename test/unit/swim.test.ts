@@ -1,5 +1,5 @@
 import { expect } from 'chai'
-import { SwimNode, LEARN_PER_SENDER, MAX_RELAYS } from '../../agent/membership/swim/node.js'
+import { SwimNode, LEARN_PER_SENDER, MAX_RELAYS, SIG_CHECKS_PER_SENDER } from '../../agent/membership/swim/node.js'
 import { SWIM_PROFILES, suspicionBoundsMs, suspicionTimeoutMs, retransmitLimit, pushPullIntervalMs } from '../../agent/membership/swim/timings.js'
 import { MAX_DELTAS, MAX_SYNC_ENTRIES, SYNC_BUCKETS, parseSwimMessage, recordBytes, type MemberRecord, type SwimMessage } from '../../protocol/swim-messages.js'
 import { ProtocolError } from '../../protocol/errors.js'
@@ -186,5 +186,16 @@ describe('swim protocol against hostile members', () => {
     sent = []
     for (let i = 0; i < MAX_RELAYS * 3; i++) a.receive(X, { t: 'ping-req', seq: i, target: M })
     expect(sent.filter(s => s.msg.t === 'ping').length).to.equal(MAX_RELAYS)
+  })
+
+  it('a flood of forged records costs at most SIG_CHECKS_PER_SENDER signature checks per sender and window', () => {
+    let checks = 0
+    const crypto = keys.crypto(A)
+    const b = new SwimNode({ self: memberInfo(A, 0), timings: lan, crypto: { ...crypto, verify: (...args) => { checks++; return crypto.verify(...args) } }, now: () => now, random: seeded(4), send: () => {} })
+    b.restore([M, X].map(id => ({ record: rec(id, 0), state: 'alive' as const, direct: true, cert: keys.cert(id) })))
+    const forged = rec(M, 5, X)
+    for (let i = 0; i < 40; i++) b.receive(X, { t: 'gossip', d: Array(MAX_DELTAS).fill({ k: 'alive', r: { ...forged, inc: 5 + i } }) })
+    expect(checks).to.equal(SIG_CHECKS_PER_SENDER)
+    expect(b.get(M)?.record.inc).to.equal(0)
   })
 })

@@ -79,13 +79,18 @@ export const LEARN_PER_SENDER = 16
 export const LEARN_WINDOW_MS = 10_000
 /** Relayed certificates of unsolicited messages one sender may make us check per window. */
 export const CERT_CHECKS_PER_SENDER = 2 * LEARN_PER_SENDER
+/**
+ * Record signatures one sender's unsolicited messages may make us check per window: far more than
+ * the changes a mesh of thousands makes in ten seconds, far fewer than a flood of forged records.
+ */
+export const SIG_CHECKS_PER_SENDER = 1024
 /** Most unverified members listed at once, whoever told of them. */
 export const MAX_UNVERIFIED = 256
 /** Most indirect probes this member runs for others at once (a flood of ping-reqs is dropped). */
 export const MAX_RELAYS = 64
 
 interface Probe { target: string, seq: number, indirectAt: number, endAt: number, acked: boolean, indirect: boolean, nacksExpected: number, nacks: number }
-interface Quota { since: number, learned: number, certChecks: number }
+interface Quota { since: number, learned: number, certChecks: number, sigChecks: number }
 
 const verified = (m: SwimMember, now: number): boolean => m.direct || (m.cert !== undefined && m.cert.notAfter > now)
 
@@ -367,6 +372,12 @@ export class SwimNode {
     const known = this.members.get(id)
     if (known !== undefined && this.unverified.has(id) && certPem === undefined) this.toAsk.push(id)
     if (known !== undefined && r.inc <= known.record.inc) return
+    // Cheap refusals before the signature check: a newcomer without a certificate when there is no
+    // room for it, a sender whose checks for this window are spent.
+    const hasCert = this.handshakeCerts.has(id) || certPem !== undefined
+    if (known === undefined && !hasCert && !this.roomForUnverified(from, now)) return
+    const q = this.quota(from, now)
+    if (!solicited && ++q.sigChecks > SIG_CHECKS_PER_SENDER) return
     if (!this.deps.crypto.verify(id, recordBytes(r), r.sig)) return
     if (known === undefined) {
       const cert = this.certFor(id, certPem, from, solicited, now)
@@ -571,6 +582,10 @@ export class SwimNode {
     return this.deps.crypto.verifyCert(id, pem, now)
   }
 
+  private roomForUnverified (from: string, now: number): boolean {
+    return this.quota(from, now).learned < LEARN_PER_SENDER && this.unverified.size < MAX_UNVERIFIED
+  }
+
   private mayLearnUnverified (from: string, now: number): boolean {
     const q = this.quota(from, now)
     if (q.learned >= LEARN_PER_SENDER || this.unverified.size >= MAX_UNVERIFIED) return false
@@ -581,7 +596,7 @@ export class SwimNode {
   private quota (from: string, now: number): Quota {
     let q = this.quotas.get(from)
     if (q === undefined || now - q.since >= LEARN_WINDOW_MS) {
-      q = { since: now, learned: 0, certChecks: 0 }
+      q = { since: now, learned: 0, certChecks: 0, sigChecks: 0 }
       this.quotas.set(from, q)
     }
     return q
