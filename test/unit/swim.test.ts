@@ -3,6 +3,7 @@ import { SwimNode, LEARN_PER_SENDER, MAX_RELAYS, SIG_CHECKS_PER_SENDER } from '.
 import { SWIM_PROFILES, suspicionBoundsMs, suspicionTimeoutMs, retransmitLimit, pushPullIntervalMs } from '../../agent/membership/swim/timings.js'
 import { MAX_DELTAS, MAX_SYNC_ENTRIES, SYNC_BUCKETS, parseSwimMessage, recordBytes, type MemberRecord, type SwimMessage } from '../../protocol/swim-messages.js'
 import { ProtocolError } from '../../protocol/errors.js'
+import { MAX_MESSAGE_BYTES } from '../../protocol/ids.js'
 import { SwimSim, memberInfo } from '../sim/swim-sim.js'
 import { SimKeys, seeded } from '../sim/keys.js'
 
@@ -90,6 +91,21 @@ describe('swim protocol (in-memory mesh, fake clock)', function () {
     const took = sim.runUntil(() => sim.ids.every(id => sim.nodes.get(id)?.isVerified(joiner) === true), 10_000)
     expect(took).to.be.below(3000)
     expect(node.verifiedMembers()).to.equal(21)
+  })
+
+  it('a joiner\'s whole table with certificates comes in messages under the wire\'s 1 MiB limit', async () => {
+    const big = await SwimSim.create({ n: 400, timings: lan, spare: 1 })
+    let largest = 0
+    let states = 0
+    big.onSend = (_f, to, m) => {
+      largest = Math.max(largest, JSON.stringify(m).length)
+      if (m.t === 'state' && to === big.spare[0]) states++
+    }
+    const node = big.join(big.spare[0], big.ids[0])
+    big.runUntil(() => node.verifiedMembers() === 401, 2000)
+    expect(node.verifiedMembers()).to.equal(401)
+    expect(states).to.be.greaterThan(1)
+    expect(largest).to.be.below(MAX_MESSAGE_BYTES)
   })
 
   it('a change (labels) reaches every member of a small mesh under 5 % loss', async () => {

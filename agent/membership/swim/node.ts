@@ -86,6 +86,11 @@ export const CERT_CHECKS_PER_SENDER = 2 * LEARN_PER_SENDER
 export const SIG_CHECKS_PER_SENDER = 1024
 /** Most unverified members listed at once, whoever told of them. */
 export const MAX_UNVERIFIED = 256
+/**
+ * Bytes of entries one `state` message carries (JSON): a joiner's whole table with certificates
+ * (~1.7 KB a member) goes in several, each well under the wire's MAX_MESSAGE_BYTES (1 MiB).
+ */
+export const STATE_CHUNK_BYTES = 512 * 1024
 /** Most indirect probes this member runs for others at once (a flood of ping-reqs is dropped). */
 export const MAX_RELAYS = 64
 
@@ -479,7 +484,22 @@ export class SwimNode {
     for (let b = 0; b < SYNC_BUCKETS; b++) if (ours[b] !== theirs[b]) differ.add(b)
     if (differ.size === 0) return
     this.syncIn.set(from, this.deps.now())
-    this.deps.send(from, { t: 'state', h: ours, e: this.entriesOf(differ, certs), back: true })
+    const chunks = this.chunked(this.entriesOf(differ, certs))
+    // Our digest rides on the last chunk: the initiator answers with what still differs once it has all.
+    chunks.forEach((e, i) => { this.deps.send(from, { t: 'state', ...(i === chunks.length - 1 ? { h: ours } : {}), e, back: true }) })
+  }
+
+  /** Entries in messages of at most STATE_CHUNK_BYTES (at least one message, maybe empty). */
+  private chunked (entries: SyncEntry[]): SyncEntry[][] {
+    const out: SyncEntry[][] = [[]]
+    let bytes = 0
+    for (const e of entries) {
+      const size = JSON.stringify(e).length + 1
+      if (bytes + size > STATE_CHUNK_BYTES && out[out.length - 1].length > 0) { out.push([]); bytes = 0 }
+      out[out.length - 1].push(e)
+      bytes += size
+    }
+    return out
   }
 
   private onState (from: string, msg: Extract<SwimMessage, { t: 'state' }>): void {
@@ -487,8 +507,9 @@ export class SwimNode {
     // Solicited: the answer to our sync (we asked for these entries, and maybe their certificates),
     // or the entries back after we answered one. Anything else is taken like gossip (with its quotas).
     const solicited = (msg.back === true && out !== undefined) || (msg.back !== true && this.syncIn.has(from))
-    if (msg.back === true) this.syncOut.delete(from)
-    else this.syncIn.delete(from)
+    // The answer to our sync may come in chunks: it is over with the one that carries the digest.
+    if (msg.back === true && msg.h !== undefined) this.syncOut.delete(from)
+    else if (msg.back !== true) this.syncIn.delete(from)
     for (const e of msg.e) {
       this.alive(e.r, from, solicited, e.c)
       // As memberlist does: a remote `dead` is only a suspicion here, so a false death does not
@@ -499,7 +520,7 @@ export class SwimNode {
       const ours = this.hashes()
       const differ = new Set<number>()
       for (let b = 0; b < SYNC_BUCKETS; b++) if (ours[b] !== msg.h[b]) differ.add(b)
-      if (differ.size > 0) this.deps.send(from, { t: 'state', e: this.entriesOf(differ, false) })
+      if (differ.size > 0) for (const e of this.chunked(this.entriesOf(differ, false))) this.deps.send(from, { t: 'state', e })
     }
   }
 
