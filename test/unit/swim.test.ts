@@ -204,6 +204,20 @@ describe('swim protocol against hostile members', () => {
     expect(sent.filter(s => s.msg.t === 'ping').length).to.equal(MAX_RELAYS)
   })
 
+  it('only the target, or a member asked to probe it, can answer a probe', () => {
+    now += 1000
+    a.tick() // probes M or X
+    const ping = sent.find(s => s.msg.t === 'ping')
+    expect(ping).to.not.equal(undefined)
+    const target = ping?.to as string
+    const other = target === M ? X : M
+    const seq = (ping?.msg as { seq: number }).seq
+    a.receive(other, { t: 'ack', seq }) // not asked: ignored
+    now += lan.probeIntervalMs
+    a.tick()
+    expect(a.get(target)?.state).to.equal('suspect')
+  })
+
   it('a flood of forged records costs at most SIG_CHECKS_PER_SENDER signature checks per sender and window', () => {
     let checks = 0
     const crypto = keys.crypto(A)

@@ -94,7 +94,7 @@ export const STATE_CHUNK_BYTES = 512 * 1024
 /** Most indirect probes this member runs for others at once (a flood of ping-reqs is dropped). */
 export const MAX_RELAYS = 64
 
-interface Probe { target: string, seq: number, indirectAt: number, endAt: number, acked: boolean, indirect: boolean, nacksExpected: number, nacks: number }
+interface Probe { target: string, seq: number, indirectAt: number, endAt: number, acked: boolean, indirect: boolean, helpers: Set<string>, nacksExpected: number, nacks: number }
 interface Quota { since: number, learned: number, certChecks: number, sigChecks: number }
 
 const verified = (m: SwimMember, now: number): boolean => m.direct || (m.cert !== undefined && m.cert.notAfter > now)
@@ -224,7 +224,7 @@ export class SwimNode {
         break
       case 'ack': this.onAck(from, msg.seq, msg.d); break
       case 'nack':
-        if (this.probe?.seq === msg.seq) this.probe.nacks++
+        if (this.probe?.seq === msg.seq && this.probe.helpers.has(from)) this.probe.nacks++
         break
       case 'ping-req': this.onPingReq(from, msg.seq, msg.target, msg.d); break
       case 'gossip': this.apply(from, msg.d); break
@@ -301,7 +301,7 @@ export class SwimNode {
     }
     if (target === undefined) return
     const seq = ++this.seq
-    this.probe = { target: target.id, seq, indirectAt: now + t.probeTimeoutMs * scale, endAt: now + t.probeIntervalMs * scale, acked: false, indirect: false, nacksExpected: 0, nacks: 0 }
+    this.probe = { target: target.id, seq, indirectAt: now + t.probeTimeoutMs * scale, endAt: now + t.probeIntervalMs * scale, acked: false, indirect: false, helpers: new Set(), nacksExpected: 0, nacks: 0 }
     this.deps.send(target.id, { t: 'ping', seq, ...this.piggyback() })
   }
 
@@ -309,6 +309,7 @@ export class SwimNode {
     p.indirect = true
     const helpers = this.pick(this.deps.timings.indirectChecks, m => m.state === 'alive' && m.id !== p.target)
     p.nacksExpected = helpers.length
+    p.helpers = new Set(helpers)
     // A second direct ping with the indirect ones (memberlist sends its fallback over TCP): one
     // lost message then no longer makes a suspicion.
     this.deps.send(p.target, { t: 'ping', seq: p.seq })
@@ -318,7 +319,8 @@ export class SwimNode {
   private onAck (from: string, seq: number, d: Delta[] | undefined): void {
     this.apply(from, d)
     const p = this.probe
-    if (p !== undefined && p.seq === seq && !p.acked && (from === p.target || p.indirect)) {
+    // The target's own ack, or one forwarded by a member we asked: no one else can answer for it.
+    if (p !== undefined && p.seq === seq && !p.acked && (from === p.target || p.helpers.has(from))) {
       p.acked = true
       this.health(-1)
       return
