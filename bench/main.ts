@@ -19,8 +19,11 @@
  *   store): the first move of a 200 MiB image into the containerd store vs into 20.10.
  * - Tree sync (bench/sync.ts, no lab): first full copy of a ~2 GiB tree vs `tar c | tar x`, an
  *   incremental round after a 1 MiB change, and RSS growth.
+ * - Membership simulation (bench/membership-sim.ts, no lab): the scalable membership protocol at
+ *   1,000 simulated nodes, bytes/s per node and the time until a death is known everywhere, against
+ *   today's full-table heartbeats at 100 nodes. Targets: ≤ 2 KiB/s per node, ≤ 3 × lan deadAfterMs.
  *
- * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes, engines) runs only those sections; the
+ * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes, engines, membership-sim) runs only those sections; the
  * results file then holds only them. GOTO_BENCH_PREFIX and GOTO_BENCH_SUBNET give the labs another
  * prefix and subnet (default gotolabb, 10.213.60.0/24).
  */
@@ -39,6 +42,7 @@ import { failoverBench } from './failover.js'
 import { syncBench } from './sync.js'
 import { volumesBench } from './volumes.js'
 import { enginesBench } from './engines.js'
+import { membershipSimBench } from './membership-sim.js'
 
 const IDLE_SECONDS = 30
 /** Start-up (module loading, JIT warm-up, the first exchanges) is not idle: let it pass first. */
@@ -111,7 +115,7 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
-/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes, engines); all by default. */
+/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes, engines, membership-sim); all by default. */
 const ONLY = new Set((process.env.GOTO_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== ''))
 const runs = (section: string): boolean => ONLY.size === 0 || ONLY.has(section)
 
@@ -128,6 +132,7 @@ async function main (): Promise<void> {
   // Two hosts of its own (agents restarted with --volume-spool-only midway), the default profile.
   if (runs('volumes')) results.volumes = await volumesBench(prefix, subnet)
   if (runs('engines')) results.engines = await enginesBench(prefix, subnet)
+  if (runs('membership-sim')) results.membershipSim = await membershipSimBench()
   await writeFile('bench-results.json', JSON.stringify(results, null, 2) + '\n')
   console.log('\nwrote bench-results.json')
 }
