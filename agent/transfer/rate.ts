@@ -30,22 +30,22 @@ export function mbitToBytesPerSecond (mbit: number): number {
   return mbit * 1_000_000 / 8
 }
 
+/**
+ * The bucket as a schedule: `due` is when the bytes passed so far would have gone at the rate, never
+ * further back than one burst before now (an idle spell earns one burst, no more). A timer that fires
+ * late delays only that piece: the schedule is absolute, so the rate over the transfer holds.
+ */
 export async function * rateLimited (source: AsyncIterable<Uint8Array>, bytesPerSecond: number, signal: AbortSignal, clock: RateClock = REAL_CLOCK, burst = RATE_BURST_BYTES): AsyncGenerator<Uint8Array> {
-  let tokens = burst
-  let last = clock.now()
+  const burstMs = burst / bytesPerSecond * 1000
+  let due = clock.now() - burstMs
   for await (const chunk of source) {
     for (let off = 0; off < chunk.byteLength;) {
       const piece = chunk.byteLength - off <= burst && off === 0 ? chunk : chunk.subarray(off, Math.min(chunk.byteLength, off + burst))
       const now = clock.now()
-      tokens = Math.min(burst, tokens + (now - last) / 1000 * bytesPerSecond)
-      last = now
-      if (tokens < piece.byteLength) {
-        await clock.sleep((piece.byteLength - tokens) / bytesPerSecond * 1000, signal)
-        const woke = clock.now()
-        tokens = Math.min(burst, tokens + (woke - last) / 1000 * bytesPerSecond)
-        last = woke
-      }
-      tokens -= piece.byteLength
+      due = Math.max(due, now - burstMs) + piece.byteLength / bytesPerSecond * 1000
+      // The piece may go once the schedule is at most one burst ahead of now.
+      const wait = due - burstMs - now
+      if (wait > 0) await clock.sleep(wait, signal)
       off += piece.byteLength
       yield piece
     }
