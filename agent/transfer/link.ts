@@ -56,12 +56,13 @@ export class TransferLink {
     try {
       const { encoding, rateMbit } = this.linkShape
       await js.write(blobs.length > 0 && encoding !== undefined ? { ...req, encoding } : req, signal)
-      // Blob bytes count as sent once handed to the stream, as they go on the wire (docs/operations.md, metrics).
+      // The rate cap and `wireBytes` see what goes on the wire (compressed where the link compresses).
       const wire = (bytes: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> =>
-        counted(rateMbit === undefined ? bytes : rateLimited(bytes, mbitToBytesPerSecond(rateMbit), signal), n => { this.wire += n; this.metrics.bytesSent(n) })
+        counted(rateMbit === undefined ? bytes : rateLimited(bytes, mbitToBytesPerSecond(rateMbit), signal), n => { this.wire += n })
       for (const b of blobs) {
         const source = b.source ?? createReadStream(b.path ?? '')
-        await sendEncoded(js, onBytes === undefined ? source : counted(source, onBytes), b.size, { encoding, wire }, signal)
+        // Blob payload (uncompressed) counts as sent once handed to the stream (docs/operations.md, metrics).
+        await sendEncoded(js, counted(source, n => { this.metrics.bytesSent(n); onBytes?.(n) }), b.size, { encoding, wire }, signal)
       }
       const result = await readResult(js, signal)
       await js.close(signal)
