@@ -26,6 +26,13 @@ export const ZSTD_BINARY = 'zstd'
  */
 export const DEFAULT_ZSTD_LEVEL = 1
 
+/**
+ * The decoder's memory bound: a sender could ask for a window of up to 2 GiB (`--long=31`), and the
+ * destination's zstd would allocate it. Level 1-19 streams use windows of 512 KiB to 8 MiB, so 16
+ * MiB refuses only a stream no Go-To sender makes (CompressedStreamError: "requires too much memory").
+ */
+export const ZSTD_DECODE_MEMORY = '16MB'
+
 /** What stderr of a failed child is kept for the error message. */
 const STDERR_KEEP_CHARS = 2048
 
@@ -45,7 +52,7 @@ export function zstdCompress (source: AsyncIterable<Uint8Array>, signal: AbortSi
 }
 
 export function zstdDecompress (source: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncGenerator<Uint8Array> {
-  return throughZstd(['-d', '-c', '-q'], source, signal)
+  return throughZstd(['-d', '-c', '-q', `--memory=${ZSTD_DECODE_MEMORY}`], source, signal)
 }
 
 async function * throughZstd (args: string[], source: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncGenerator<Uint8Array> {

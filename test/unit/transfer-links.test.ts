@@ -1,11 +1,15 @@
 import { expect } from 'chai'
 import { Readable } from 'node:stream'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { createHash, randomBytes } from 'node:crypto'
 import { LinkTable, locationOf, parseLinkRules, costOf } from '../../agent/transfer/links.js'
 import { rateLimited, type RateClock } from '../../agent/transfer/rate.js'
 import { zstdCompress, zstdDecompress, zstdAvailable } from '../../agent/transfer/zstd.js'
 import { loadConfig } from '../../agent/config.js'
 import { CompressedStreamError, ConfigError } from '../../protocol/errors.js'
+
+const run = promisify(execFile)
 
 function configError (fn: () => unknown): ConfigError {
   try { fn() } catch (err) { expect(err).to.be.instanceOf(ConfigError); return err as ConfigError }
@@ -152,6 +156,14 @@ describe('zstd stream (agent/transfer/zstd.ts)', function () {
     expect(await fails(bad)).to.be.instanceOf(CompressedStreamError)
     expect(await fails(packed.subarray(0, packed.length - 1000))).to.be.instanceOf(CompressedStreamError)
     expect(await fails(randomBytes(4096))).to.be.instanceOf(CompressedStreamError)
+  })
+
+  it('refuses a stream whose window would need more than its memory bound (a hostile sender)', async () => {
+    const { stdout } = await run('sh', ['-c', 'head -c 1048576 /dev/zero | zstd -3 --long=27 -c -q | base64 -w0'])
+    let failed: unknown
+    try { await collect(zstdDecompress(chunks(Buffer.from(stdout, 'base64'), 65536), AbortSignal.timeout(15_000))) } catch (err) { failed = err }
+    expect(failed).to.be.instanceOf(CompressedStreamError)
+    expect((failed as Error).message).to.match(/memory|window/i)
   })
 
   it('holds back its source while its consumer does not read (backpressure)', async () => {
