@@ -50,15 +50,20 @@ export class TransferLink {
     return this.wire
   }
 
+  /** `bytes` under the link's rate cap, if it has one. */
+  private capped (bytes: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncIterable<Uint8Array> {
+    const { rateMbit } = this.linkShape
+    return rateMbit === undefined ? bytes : rateLimited(bytes, mbitToBytesPerSecond(rateMbit), signal)
+  }
+
   /** One transfer step on its own stream: the request, then the blobs, then the reply's result. */
   async call (req: TransferRequest, blobs: Blob[], signal: AbortSignal, onBytes?: (n: number) => void): Promise<unknown> {
     const js = new JsonStream(await this.connection.newStream(TRANSFER_PROTOCOL, { signal }))
     try {
-      const { encoding, rateMbit } = this.linkShape
+      const { encoding } = this.linkShape
       await js.write(blobs.length > 0 && encoding !== undefined ? { ...req, encoding } : req, signal)
       // The rate cap and `wireBytes` see what goes on the wire (compressed where the link compresses).
-      const wire = (bytes: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> =>
-        counted(rateMbit === undefined ? bytes : rateLimited(bytes, mbitToBytesPerSecond(rateMbit), signal), n => { this.wire += n })
+      const wire = (bytes: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> => counted(this.capped(bytes, signal), n => { this.wire += n })
       for (const b of blobs) {
         const source = b.source ?? createReadStream(b.path ?? '')
         // Blob payload (uncompressed) counts as sent once handed to the stream (docs/operations.md, metrics).
@@ -87,7 +92,8 @@ export class TransferLink {
       if (first === null || typeof first !== 'object' || first.ready !== true) throw new ProtocolError('the destination did not answer a volume round with ready')
       const duplex = syncDuplex(js, signal)
       const sink = duplex.sink
-      duplex.sink = async s => { await sink(counted(s, n => { this.metrics.bytesSent(n) })) }
+      // The link's rate cap holds for a volume round's bytes too (zstd does not: the sync has its own framing).
+      duplex.sink = async s => { await sink(counted(this.capped(s, signal), n => { this.wire += n; this.metrics.bytesSent(n) })) }
       const result = await run(duplex)
       await readResult(js, signal)
       await js.close(signal)
