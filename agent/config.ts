@@ -12,6 +12,7 @@ import { parseTcpMultiaddr } from '../protocol/multiaddr.js'
 import { ConfigError } from '../protocol/errors.js'
 import { DEFAULT_DOCKER, DEFAULT_LISTEN, parseDockerEndpoint, parseLabels, type DockerEndpoint } from '../protocol/options.js'
 import { PROFILES, type ProfileName, type Timings } from './timings.js'
+import { parseLinkRules, type LinkRule } from './transfer/links.js'
 
 // Shared with the CLI (protocol/options.ts); still exported from here for the agent's modules.
 export { DEFAULT_DOCKER, DEFAULT_LISTEN, parseDockerEndpoint, parseLabels, type DockerEndpoint }
@@ -44,6 +45,8 @@ export interface AgentConfig {
   logLevel: string
   /** Where to serve Prometheus metrics; undefined (the default) serves none. */
   metricsListen: MetricsListen | undefined
+  /** The mesh's link table (agent/transfer/links.ts); empty: the defaults decide every link. */
+  links: LinkRule[]
 }
 
 /** A TCP address for the metrics endpoint. `host` is an IP literal (IPv6 without brackets). */
@@ -103,6 +106,11 @@ Options (flag / environment / config-file key; flags win over environment, envir
                         picks a free port (logged). No authentication: name a non-loopback
                         address only on a network you trust (docs/operations.md).
                                                                             GOTO_METRICS_LISTEN  metricsListen
+  --links-json JSON     the mesh's link table: a JSON array of rules {from: {provider?, region?},
+                        to: {...}, class: free|cheap|expensive, costPerGiB?, rateMbit?,
+                        compress?: none|zstd|auto}; first match wins (default: same provider and
+                        region free and uncompressed, anything else expensive with zstd;
+                        docs/operations.md)                                 GOTO_LINKS_JSON  links
   --config FILE         JSON file with the keys above                       GOTO_CONFIG
   -h, --help            show this help
   --version             print the agent version
@@ -129,6 +137,7 @@ interface RawConfig {
   snapshotInterval?: number | string
   logLevel?: string
   metricsListen?: string | number
+  links?: unknown
 }
 
 function list (v: string | undefined): string[] | undefined {
@@ -182,7 +191,7 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
     throw new ConfigError('--config', `${path} is not valid JSON: ${(err as Error).message}`)
   }
   if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new ConfigError('--config', `${path} must hold a JSON object`)
-  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'noInbound', 'dockerSaveOnly', 'volumeSpoolOnly', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen'])
+  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'noInbound', 'dockerSaveOnly', 'volumeSpoolOnly', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen', 'links'])
   for (const key of Object.keys(data)) {
     if (!known.has(key)) throw new ConfigError('--config', `${path}: unknown key '${key}' (known: ${[...known].join(', ')})`)
   }
@@ -244,6 +253,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
         'snapshot-interval': { type: 'string' },
         'log-level': { type: 'string' },
         'metrics-listen': { type: 'string' },
+        'links-json': { type: 'string' },
         config: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' }
@@ -320,6 +330,9 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
   const metricsRaw = pick<string | number>('--metrics-listen', 'GOTO_METRICS_LISTEN', 'metricsListen', f['metrics-listen'], env.GOTO_METRICS_LISTEN, file.metricsListen)
   const metricsListen = metricsRaw.value === undefined ? undefined : parseMetricsListen(metricsRaw.option, metricsRaw.value)
 
+  const linksRaw = pick<unknown>('--links-json', 'GOTO_LINKS_JSON', 'links', f['links-json'], env.GOTO_LINKS_JSON, file.links)
+  const links = linksRaw.value === undefined ? [] : parseLinkRules(linksRaw.option, linksRaw.value)
+
   const stateDir = pick('--state-dir', 'GOTO_STATE_DIR', 'stateDir', f['state-dir'], env.GOTO_STATE_DIR, file.stateDir).value ?? DEFAULT_STATE_DIR
 
   return {
@@ -338,6 +351,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
     timings: intervalS === undefined ? PROFILES[profile as ProfileName] : { ...PROFILES[profile as ProfileName], snapshotIntervalMs: intervalS * 1000 },
     replicas,
     logLevel,
-    metricsListen
+    metricsListen,
+    links
   }
 }

@@ -25,6 +25,7 @@ import { ContainerLocks } from './move/locks.js'
 import { KeptImages } from './move/kept-images.js'
 import { FreezeRecovery } from './move/recovery.js'
 import type { SessionDeps } from './move/session.js'
+import { LinkTable } from './transfer/links.js'
 import { MoveService } from './move/source.js'
 import { LayerStore } from './transfer/layer-store.js'
 import { LayerSender, SavePathCache } from './transfer/layer-sender.js'
@@ -129,7 +130,8 @@ async function run (config: AgentConfig): Promise<void> {
   const sessions: SessionDeps = {
     auth, docker, table, selfName: bundle.name, store, metrics, timings: config.timings, xattrs, volumeRounds,
     layers: new LayerSender({ docker, paths: new SavePathCache(), log: log.child({ component: 'move' }) }),
-    journal: freezeJournal, spoolDir: join(config.stateDir, 'spool'), log: log.child({ component: 'move' })
+    journal: freezeJournal, spoolDir: join(config.stateDir, 'spool'), log: log.child({ component: 'move' }),
+    links: { table: new LinkTable(config.links), selfLabels: config.labels }
   }
   // Operators' signed orders, verified here whatever the peer that forwards them (protocol/orders.ts).
   const spentOrders = await openSpentOrders(join(config.stateDir, 'orders'), log.child({ component: 'orders' }))

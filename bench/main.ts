@@ -10,6 +10,8 @@
  *   volume and 1 MiB written during the move, ratio 512/16, with volume rounds and with the spool path.
  * - Failover (bench/failover.ts, its own lab with the lan profile once the first is down): failover
  *   time over five kills, and the freeze time and bytes of a snapshot of a container changing 1 MiB.
+ * - Links (bench/links.ts, its own lab): a move of a compressible 128 MiB image over a 100 Mbit/s
+ *   tbf-shaped link, zstd against no compression: time and bytes-on-the-wire ratios.
  * - CLI round trip: `goto status --json` as a process (spawn, connect, Noise, auth, ask) and `goto ca
  *   list` (no network), both with the bundled CLI that `goto` runs, and status with the unbundled
  *   dist/control/main.js — medians of runs; baseline: `node -e 0`, the cost of starting Node alone,
@@ -23,7 +25,7 @@
  *   1,000 simulated nodes, bytes/s per node and the time until a death is known everywhere, against
  *   today's full-table heartbeats at 100 nodes. Targets: ≤ 2 KiB/s per node, ≤ 3 × lan deadAfterMs.
  *
- * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes, engines, membership-sim) runs only those sections; the
+ * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes, engines, membership-sim, links) runs only those sections; the
  * results file then holds only them. GOTO_BENCH_PREFIX and GOTO_BENCH_SUBNET give the labs another
  * prefix and subnet (default gotolabb, 10.213.60.0/24).
  */
@@ -43,6 +45,7 @@ import { syncBench } from './sync.js'
 import { volumesBench } from './volumes.js'
 import { enginesBench } from './engines.js'
 import { membershipSimBench } from './membership-sim.js'
+import { linksBench } from './links.js'
 
 const IDLE_SECONDS = 30
 /** Start-up (module loading, JIT warm-up, the first exchanges) is not idle: let it pass first. */
@@ -115,7 +118,7 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
-/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes, engines, membership-sim); all by default. */
+/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes, engines, membership-sim, links); all by default. */
 const ONLY = new Set((process.env.GOTO_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== ''))
 const runs = (section: string): boolean => ONLY.size === 0 || ONLY.has(section)
 
@@ -133,6 +136,7 @@ async function main (): Promise<void> {
   if (runs('volumes')) results.volumes = await volumesBench(prefix, subnet)
   if (runs('engines')) results.engines = await enginesBench(prefix, subnet)
   if (runs('membership-sim')) results.membershipSim = await membershipSimBench()
+  if (runs('links')) results.links = await linksBench(process.env.GOTO_BENCH_LINKS_PREFIX ?? prefix, process.env.GOTO_BENCH_LINKS_SUBNET ?? subnet)
   await writeFile('bench-results.json', JSON.stringify(results, null, 2) + '\n')
   console.log('\nwrote bench-results.json')
 }

@@ -45,6 +45,8 @@ const ROLLBACK = {
   incomplete: ' — ROLLBACK INCOMPLETE: see the source agent\'s log'
 }
 const mib = (n: number): string => `${(n / MiB).toFixed(1)} MiB`
+/** A cost in the link table's currency: 4 decimals (a few MiB at $0.09/GiB is a fraction of a cent). */
+const cost = (c: number): string => c.toFixed(4)
 
 function summary (ev: Extract<MoveEvent, { event: 'done' }>, dryRun: boolean): string {
   if (dryRun) return `dry run: nothing changed (${ev.layersSkipped} layer(s) already on ${ev.to})`
@@ -71,6 +73,14 @@ export class MoveRenderer {
         const p = ev.plan
         this.line(`plan ${p.moveId}: ${p.container} ${p.from} → ${p.to}; image ${p.image.slice(7, 19)}: ${p.layersTotal} layer(s), ${p.layersPresent} already there, ${p.layersToSend} to send (up to ${mib(p.bytesToSend)}); volumes: ${p.volumes.join(', ') || 'none'}`)
         if ((p.hostPowers ?? []).length > 0) this.line(`plan ${p.moveId}: host-level powers carried (--allow-host-access): ${(p.hostPowers ?? []).join(', ')}`)
+        if (p.link !== undefined) {
+          const l = p.link
+          this.line(`plan ${p.moveId}: link ${p.from} → ${p.to}: ${l.class}, ${l.costPerGiB}/GiB, ${l.compress === 'zstd' ? 'zstd' : 'uncompressed'}${l.rateMbit === undefined ? '' : `, capped at ${l.rateMbit} Mbit/s`}`)
+          for (const x of p.layers ?? []) {
+            this.line(`plan ${p.moveId}: layer ${x.diffId.slice(7, 19)} ${x.bytes === null ? 'size unknown' : mib(x.bytes)} ${x.send ? `sent over ${l.class} link, cost ${cost(x.cost)}` : 'already there'}`)
+          }
+          this.line(`plan ${p.moveId}: total ${mib(p.bytesToSend)} over the ${l.class} link, estimated cost ${cost(p.estimatedCost ?? 0)}`)
+        }
         for (const w of p.warnings ?? []) this.line(`plan ${p.moveId}: warning: ${w}`)
         for (const v of p.volumeData ?? []) {
           this.line(`volume ${v.name}: ${v.bytes === null ? 'size unknown' : mib(v.bytes)} to send, ${v.copy === 'rounds' ? 'in rounds while it runs (only the last difference in the freeze)' : 'whole, inside the freeze'}`)

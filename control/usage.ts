@@ -14,7 +14,8 @@ Commands:
                         move a running container to the member NAME: only the image layers it lacks
                         travel; the container is paused only for the last step; on any failure it
                         keeps running where it was
-      --dry-run         print the plan (layers to send, layers already there, bytes) and stop
+      --dry-run         print the plan (layers to send, layers already there, bytes; the link's
+                        class, each layer's bytes and the estimated cost) and stop
       --allow-bind-mounts
                         move a container that bind-mounts host paths, without that data
       --allow-host-access

@@ -98,6 +98,8 @@ export class LayerTooLargeError extends TransferError {}
 export class LayerTruncatedError extends TransferError {}
 /** A layer that should be in the staging store is not there. */
 export class LayerMissingError extends TransferError {}
+/** A compressed blob (agent/transfer/zstd.ts) is not a valid zstd stream: corrupt, cut, or the decoder failed. */
+export class CompressedStreamError extends TransferError {}
 /** The engine refused to load an image (e.g. a layer assumed present on it was not). */
 export class ImageLoadError extends TransferError {}
 /** The config does not match the image ID or layers it came with, or the engine holds another image than expected after a load. */
@@ -296,6 +298,7 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   LayerTooLargeError,
   LayerTruncatedError,
   LayerMissingError,
+  CompressedStreamError,
   ImageLoadError,
   ImageIdMismatchError,
   SyncPathRefusedError,

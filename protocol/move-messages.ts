@@ -34,6 +34,12 @@ export interface MovePlan {
   volumes: string[]
   /** Host-level powers the container keeps at the destination (with --allow-host-access), e.g. 'HostConfig.CapAdd'. */
   hostPowers?: string[]
+  /** The link to the destination as the source's link table decides it (agent/transfer/links.ts). */
+  link?: { class: 'free' | 'cheap' | 'expensive', costPerGiB: number, compress: 'none' | 'zstd', rateMbit?: number }
+  /** Each layer of the image, base first: its bytes (null: not known before it is read), whether it is sent, its estimated cost. */
+  layers?: Array<{ diffId: string, bytes: number | null, send: boolean, cost: number }>
+  /** The layers to send × the link's price per GiB (before compression: an upper bound). */
+  estimatedCost?: number
   /** What the move does not do as asked but goes on without, e.g. a tag at the destination that names another image. */
   warnings?: string[]
   /**
@@ -74,7 +80,8 @@ export type MoveEvent =
    * round inside the freeze.
    */
   | { event: 'round', moveId: string, round: number, bytes: number, files: number, final: boolean }
-  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, layersSent: number, layersSkipped: number, downtimeMs: number }
+  /** `bytesOnWire`: the blob bytes that crossed the link (compressed where it compresses); absent from an older agent. */
+  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, layersSent: number, layersSkipped: number, downtimeMs: number }
   /**
    * `rollback`: 'none-needed' (refused before anything changed), 'done' (the source container runs
    * again, the destination removed what it made), 'incomplete' (say what could not be undone).
@@ -112,6 +119,8 @@ export interface PrepareReply {
    * archive inside the freeze. Absent from agents that do not offer the step: everything spools.
    */
   volumeSync?: string[]
+  /** Blob encodings this destination decodes (agent/transfer/encoding.ts); absent: none (an older agent). */
+  decodes?: BlobEncoding[]
 }
 
 /**
@@ -126,11 +135,17 @@ export interface VolumeRoundRequest { op: 'volume', moveId: string, name: string
 export const MAX_VOLUME_ROUNDS = 32
 
 /**
+ * How the blobs after a request travel (agent/transfer/encoding.ts): absent, as they are; 'zstd',
+ * compressed, each blob ended by an empty frame. Only sent to a destination whose prepare named it.
+ */
+export type BlobEncoding = 'zstd'
+
+/**
  * `diffId` null: the sender streams a layer straight from `docker save`, which names layers by path,
  * before it could hash it; the destination then accepts it only if its sha256 is a layer of the
  * prepared move (and says which it was).
  */
-export interface LayerHeader { op: 'layer', moveId: string, diffId: string | null, size: number }
+export interface LayerHeader { op: 'layer', moveId: string, diffId: string | null, size: number, encoding?: BlobEncoding }
 
 export interface LayerReply { diffId: string, bytes: number, kept: boolean }
 
@@ -145,6 +160,7 @@ export interface RestoreRequest {
   volumes: Array<{ name: string, destination: string, size: number }>
   /** Volumes whose data arrived by `volume` rounds (their final round done): nothing follows for them. */
   synced?: Array<{ name: string, destination: string }>
+  encoding?: BlobEncoding
 }
 
 export interface RestoreReply { containerId: string }
@@ -176,6 +192,7 @@ export interface StoreRequest {
   spec: ContainerSpec
   top: { diffId: string, size: number }
   volumes: Array<{ name: string, destination: string, digest: string, size: number }>
+  encoding?: BlobEncoding
 }
 
 export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest | VolumeRoundRequest
@@ -316,6 +333,12 @@ function syncedVolumes (v: unknown): Array<{ name: string, destination: string }
   return v.map((x, i) => { const vo = obj(x, `synced[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination') } })
 }
 
+function encodingOf (o: Record<string, unknown>): { encoding?: BlobEncoding } {
+  if (o.encoding === undefined || o.encoding === null) return {}
+  if (o.encoding !== 'zstd') throw new ProtocolError(`unknown blob encoding '${String(o.encoding)}'`)
+  return { encoding: 'zstd' }
+}
+
 export function parseTransferRequest (v: unknown): TransferRequest {
   const o = obj(v, 'transfer request')
   switch (o.op) {
@@ -333,7 +356,7 @@ export function parseTransferRequest (v: unknown): TransferRequest {
       }
     }
     case 'layer':
-      return { op: 'layer', moveId: moveId(o.moveId), diffId: o.diffId === null ? null : digest(o.diffId, 'diffId'), size: count(o.size, 'size') }
+      return { op: 'layer', moveId: moveId(o.moveId), diffId: o.diffId === null ? null : digest(o.diffId, 'diffId'), size: count(o.size, 'size'), ...encodingOf(o) }
     case 'restore': {
       if (!Array.isArray(o.volumes) || o.volumes.length > 256) throw new ProtocolError('volumes must be a list')
       return {
@@ -343,7 +366,8 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         diffIds: digests(o.diffIds, 'diffIds'),
         spec: parseSpec(o.spec),
         volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), size: count(vo.size, 'volume size') } }),
-        ...o.synced === undefined || o.synced === null ? {} : { synced: syncedVolumes(o.synced) }
+        ...o.synced === undefined || o.synced === null ? {} : { synced: syncedVolumes(o.synced) },
+        ...encodingOf(o)
       }
     }
     case 'volume': {
@@ -368,7 +392,8 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         volumes: o.volumes.map((x, i) => {
           const vo = obj(x, `volumes[${i}]`)
           return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), digest: digest(vo.digest, 'volume digest'), size: count(vo.size, 'volume size') }
-        })
+        }),
+        ...encodingOf(o)
       }
     }
     case 'preload':

@@ -56,7 +56,8 @@ import { HashCache, NO_XATTRS, recoverSyncLeftovers, syncDestination, type SyncR
 import { syncDuplex } from '../transfer/sync-stream.js'
 import type { IncomingJournal, IncomingRecord } from './incoming-journal.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
-import { JsonStream, receiveBlob } from '../../protocol/wire.js'
+import type { JsonStream } from '../../protocol/wire.js'
+import { decodableEncodings, receiveEncoded } from '../transfer/encoding.js'
 import { checkHostPowers, specDigest, type MoveOrderBody, type OrderVerifier } from '../../protocol/orders.js'
 import {
   parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest, type StoreRequest,
@@ -322,7 +323,7 @@ export class DestinationService {
       syncing: new Set()
     })
     this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length, imageRef: ref, volumeSync: syncable.length })
-    return { present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {} }
+    return { present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {}, decodes: decodableEncodings() }
   }
 
   /**
@@ -421,7 +422,7 @@ export class DestinationService {
   private async layer (req: LayerHeader, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<LayerReply> {
     const p = this.own(req.moveId, peer)
     p.sentData = true
-    const data = this.received(receiveBlob(js, req.size, () => new LayerTooLargeError(`layer ${req.diffId ?? ''} is larger than the announced ${req.size} bytes`), signal))
+    const data = this.received(receiveEncoded(js, req.size, req.encoding, () => new LayerTooLargeError(`layer ${req.diffId ?? ''} is larger than the announced ${req.size} bytes`), signal))
     const { store, log } = this.deps
     // A layer of the prepared chain also streams into the engine's load, until preload finished it.
     const stage = async <T extends { diffId: string }>(keep: (s: AsyncIterable<Uint8Array>) => Promise<T>, ofChain: boolean): Promise<T> =>
@@ -521,7 +522,7 @@ export class DestinationService {
       await this.checkNewVolumes(p.spec, signal, p.made.volumes)
       const volumes = req.volumes.map(v => ({
         ...v,
-        data: () => this.received(receiveBlob(js, v.size, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal))
+        data: () => this.received(receiveEncoded(js, v.size, req.encoding, () => new LayerTooLargeError(`volume ${v.name} archive is larger than announced`), signal))
       }))
       const config = Buffer.from(req.config, 'base64')
       // The ID the restore's load will give the image (the containerd store: its manifest's digest).
@@ -667,7 +668,7 @@ export class DestinationService {
     if (p.purpose !== 'snapshot') throw new UnknownMoveError(`transfer ${req.moveId} was prepared as a move, not a snapshot`)
     if (req.owner !== peer.peerId) throw new UnknownMoveError(`${peer.name} sent a snapshot owned by ${req.owner}`)
     this.sameSpec(p, req.spec)
-    const blob = (size: number): AsyncIterable<Uint8Array> => this.received(receiveBlob(js, size, () => new LayerTooLargeError(`snapshot of ${req.spec.name}: a part is larger than announced`), signal))
+    const blob = (size: number): AsyncIterable<Uint8Array> => this.received(receiveEncoded(js, size, req.encoding, () => new LayerTooLargeError(`snapshot of ${req.spec.name}: a part is larger than announced`), signal))
     try {
       const { bytes } = await this.deps.snapshots.receive(req, peer.name, blob, signal)
       this.deps.log.info('snapshot stored', { moveId: req.moveId, container: req.spec.name, owner: peer.name, epoch: req.epoch, seq: req.seq, bytes })

@@ -38,6 +38,8 @@ import type { PeerTable } from '../membership/peer-table.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { loadVerified } from '../transfer/load.js'
 import { TransferLink, type Blob } from '../transfer/link.js'
+import { LinkTable, locationOf, type LinkPolicy } from '../transfer/links.js'
+import { chainIds } from '../transfer/plan.js'
 import type { LayerSender } from '../transfer/layer-sender.js'
 import { spoolToFile } from '../transfer/spool.js'
 import { HashCache, NO_XATTRS, syncSource, type XattrAccess } from '../sync/index.js'
@@ -71,6 +73,8 @@ export interface SessionDeps {
   xattrs?: XattrAccess
   /** False: every volume spools inside the freeze, as before volume rounds (default true). */
   volumeRounds?: boolean
+  /** The mesh's link table and this host's labels: how blobs cross to each destination (default: the table's defaults, unlabelled). */
+  links?: { table: LinkTable, selfLabels: Record<string, string> }
   log: Logger
 }
 
@@ -121,6 +125,7 @@ export class TransferSession {
   /** The spool stays for keepImage, which removes it. */
   private keeping = false
   private bytes = 0
+  private policy?: LinkPolicy
 
   constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo) {
     this.moveId = randomBytes(8).toString('hex')
@@ -130,6 +135,17 @@ export class TransferSession {
   /** Payload bytes this transfer needed sent so far: the layers the destination lacked, the changes layer, volume archives. */
   get bytesSent (): number {
     return this.bytes
+  }
+
+  /** Blob bytes handed to the wire so far (compressed where the link compresses). */
+  get wireBytes (): number {
+    return this.link?.wireBytes ?? 0
+  }
+
+  /** The link to the destination as the link table decides it (after connect). */
+  get linkPolicy (): LinkPolicy {
+    if (this.policy === undefined) throw new TransferStateError(`transfer ${this.moveId}: linkPolicy before connect`)
+    return this.policy
   }
 
   /** Size of the frozen changes layer (0 before freeze). */
@@ -151,6 +167,8 @@ export class TransferSession {
     try {
       this.link = new TransferLink(await connectTo(this.deps.auth, entry.peerId, entry.addrs, signal), this.deps.metrics ?? NO_METRICS)
       this.to = to
+      const links = this.deps.links ?? { table: new LinkTable(), selfLabels: {} }
+      this.policy = links.table.between(locationOf(links.selfLabels), locationOf(entry.labels))
     } catch (err) {
       throw new DestinationUnavailableError(`cannot reach ${to}: ${(err as Error).message}`, { cause: err })
     }
@@ -170,6 +188,11 @@ export class TransferSession {
     }, [], signal) as PrepareReply
     // A prepare cut off before its reply is not aborted: the destination expires it when idle.
     this.prepared = true
+    const policy = this.linkPolicy
+    link.shape({
+      ...policy.compress === 'zstd' && prep.decodes?.includes('zstd') === true ? { encoding: 'zstd' } : {},
+      ...policy.rateMbit === undefined ? {} : { rateMbit: policy.rateMbit }
+    })
     const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
     const synced = await this.syncable(volumes, prep, signal)
     this.plan = { image, toSend, volumes, synced, spec }
@@ -212,6 +235,24 @@ export class TransferSession {
     this.bytes += tally.bytes
     if (final) this.finalRoundDone = true
     return tally
+  }
+
+  /**
+   * Each layer's size as the engine's storage states it (diff ID → bytes); undefined where the
+   * layers cannot be read from storage (docker save only: sizes show only as it streams).
+   */
+  async layerBytes (signal: AbortSignal): Promise<Map<string, number> | undefined> {
+    const plan = this.planFor('layerBytes')
+    const files = await this.deps.docker.layerFiles(signal)
+    if (files === undefined) return undefined
+    const chain = chainIds(plan.image.diffIds)
+    const out = new Map<string, number>()
+    for (const [i, d] of plan.image.diffIds.entries()) {
+      const f = await files.open(chain[i])
+      if (f === undefined) return undefined
+      out.set(d, f.size)
+    }
+    return out
   }
 
   /** Sends the layers the destination lacks while the container runs, and has it load the image. */

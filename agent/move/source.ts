@@ -32,6 +32,7 @@ import type { ContainerLocks } from './locks.js'
 import type { KeptImages } from './kept-images.js'
 import { TransferSession, inspectSource, type SessionDeps } from './session.js'
 import { nextAfterRound, treeBytes, type RoundTally, type RoundTimings } from './rounds.js'
+import { costOf } from '../transfer/links.js'
 import { MOVE_PROTOCOL } from '../../protocol/ids.js'
 import { parseMoveOrder, parseOrderReply, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest } from '../../protocol/move-messages.js'
 import { specDigest, type SignedOrder } from '../../protocol/orders.js'
@@ -167,6 +168,7 @@ export class MoveService {
     if (prepared.imageRef === 'taken' && spec.imageRef !== undefined) {
       warnings.push(`${order.to} has a tag ${spec.imageRef} on another image, which keeps it: the container runs there as image ${image.id.slice(7, 19)} with no name`)
     }
+    if (order.dryRun) await this.costPlan(plan, session, toSend, image.diffIds, signal)
     if (warnings.length > 0) {
       plan.warnings = warnings
       for (const w of warnings) log.warn('move plan', { warning: w })
@@ -208,9 +210,10 @@ export class MoveService {
     // destination, waits for it before it says which layers it has (KeptImages.settled).
     this.deps.kept.track(session.keepImage(), log)
     const bytesSent = session.bytesSent
-    log.info('move done', { bytesSent, downtimeMs })
+    const bytesOnWire = session.wireBytes
+    log.info('move done', { bytesSent, bytesOnWire, downtimeMs })
     this.metrics.moveEnded('succeeded', { seconds: secondsSince(startedAt), downtimeSeconds: downtimeMs / 1000 })
-    await emit({ event: 'done', moveId, container: info.name, from, to: order.to, bytesSent, layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs })
+    await emit({ event: 'done', moveId, container: info.name, from, to: order.to, bytesSent, bytesOnWire, layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs })
   }
 
   /**
@@ -234,6 +237,20 @@ export class MoveService {
     const spec = order.allowBindMounts ? { ...withRef, mounts: withRef.mounts.filter(m => m.type !== 'bind') } : withRef
     const extra = this.deps.labels?.travelLabels(spec.name)
     return extra === undefined ? spec : { ...spec, labels: { ...spec.labels, ...extra } }
+  }
+
+  /** (dry run) The link's class and price, each layer's bytes and the estimated cost of sending them. */
+  private async costPlan (plan: MovePlan, session: TransferSession, toSend: readonly string[], diffIds: readonly string[], signal: AbortSignal): Promise<void> {
+    const link = session.linkPolicy
+    const sizes = await session.layerBytes(signal)
+    const send = new Set(toSend)
+    plan.link = { class: link.class, costPerGiB: link.costPerGiB, compress: link.compress, ...link.rateMbit === undefined ? {} : { rateMbit: link.rateMbit } }
+    plan.layers = diffIds.map(d => {
+      const bytes = sizes?.get(d) ?? null
+      return { diffId: d, bytes, send: send.has(d), cost: send.has(d) && bytes !== null ? costOf(bytes, link.costPerGiB) : 0 }
+    })
+    if (sizes !== undefined) plan.bytesToSend = plan.layers.reduce((n, l) => n + (l.send ? l.bytes ?? 0 : 0), 0)
+    plan.estimatedCost = costOf(plan.bytesToSend, link.costPerGiB)
   }
 
   /** The spec without its imageRef when that tag names another image here now (the container's was retagged). */

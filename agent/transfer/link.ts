@@ -7,13 +7,18 @@
  *   const link = new TransferLink(connection, metrics)
  *   const reply = await link.call({ op: 'layer', moveId, diffId, size }, [{ size, path }], signal, onBytes)
  *   const stats = await link.sync({ op: 'volume', moveId, name, round, final }, d => syncSource(dir, d, { signal }), signal)
+ *
+ * `shape()` sets how blobs cross this link (agent/transfer/links.ts): zstd and a rate cap on the
+ * bytes as they go on the wire; `wireBytes` counts those bytes, `onBytes` the blob's own.
  */
 import { createReadStream } from 'node:fs'
 import type { Connection } from '@libp2p/interface'
 import { counted } from './counted.js'
+import { sendEncoded, type Encoding } from './encoding.js'
+import { mbitToBytesPerSecond, rateLimited } from './rate.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
-import { JsonStream, readResult, sendBlob } from '../../protocol/wire.js'
+import { JsonStream, readResult } from '../../protocol/wire.js'
 import type { TransferRequest, VolumeRoundRequest } from '../../protocol/move-messages.js'
 import { ProtocolError, fromWireError } from '../../protocol/errors.js'
 import { syncDuplex, type SyncDuplex } from './sync-stream.js'
@@ -21,7 +26,13 @@ import { syncDuplex, type SyncDuplex } from './sync-stream.js'
 /** What follows a request on its stream: `size` bytes from a file at `path` or from `source`. */
 export interface Blob { size: number, path?: string, source?: AsyncIterable<Uint8Array> }
 
+/** How blobs cross a link: compressed or not, and under a rate cap (Mbit/s) or not. */
+export interface LinkShape { encoding?: Encoding, rateMbit?: number }
+
 export class TransferLink {
+  private linkShape: LinkShape = {}
+  private wire = 0
+
   constructor (private readonly connection: Connection, private readonly metrics: Pick<Metrics, 'bytesSent'> = NO_METRICS) {}
 
   /** The destination's peer ID (what a freeze record names). */
@@ -29,15 +40,34 @@ export class TransferLink {
     return this.connection.remotePeer.toString()
   }
 
+  /** Sets how the blobs of later calls cross (after prepare: the link's class and what the destination decodes). */
+  shape (shape: LinkShape): void {
+    this.linkShape = shape
+  }
+
+  /** Blob bytes this link handed to the wire (after compression). */
+  get wireBytes (): number {
+    return this.wire
+  }
+
+  /** `bytes` under the link's rate cap, if it has one. */
+  private capped (bytes: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncIterable<Uint8Array> {
+    const { rateMbit } = this.linkShape
+    return rateMbit === undefined ? bytes : rateLimited(bytes, mbitToBytesPerSecond(rateMbit), signal)
+  }
+
   /** One transfer step on its own stream: the request, then the blobs, then the reply's result. */
   async call (req: TransferRequest, blobs: Blob[], signal: AbortSignal, onBytes?: (n: number) => void): Promise<unknown> {
     const js = new JsonStream(await this.connection.newStream(TRANSFER_PROTOCOL, { signal }))
     try {
-      await js.write(req, signal)
+      const { encoding } = this.linkShape
+      await js.write(blobs.length > 0 && encoding !== undefined ? { ...req, encoding } : req, signal)
+      // The rate cap and `wireBytes` see what goes on the wire (compressed where the link compresses).
+      const wire = (bytes: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> => counted(this.capped(bytes, signal), n => { this.wire += n })
       for (const b of blobs) {
         const source = b.source ?? createReadStream(b.path ?? '')
-        // Blob payload counts as sent once handed to the stream (docs/operations.md, metrics).
-        await sendBlob(js, counted(source, n => { this.metrics.bytesSent(n); onBytes?.(n) }), b.size, signal)
+        // Blob payload (uncompressed) counts as sent once handed to the stream (docs/operations.md, metrics).
+        await sendEncoded(js, counted(source, n => { this.metrics.bytesSent(n); onBytes?.(n) }), b.size, { encoding, wire }, signal)
       }
       const result = await readResult(js, signal)
       await js.close(signal)
@@ -62,7 +92,8 @@ export class TransferLink {
       if (first === null || typeof first !== 'object' || first.ready !== true) throw new ProtocolError('the destination did not answer a volume round with ready')
       const duplex = syncDuplex(js, signal)
       const sink = duplex.sink
-      duplex.sink = async s => { await sink(counted(s, n => { this.metrics.bytesSent(n) })) }
+      // The link's rate cap holds for a volume round's bytes too (zstd does not: the sync has its own framing).
+      duplex.sink = async s => { await sink(counted(this.capped(s, signal), n => { this.wire += n; this.metrics.bytesSent(n) })) }
       const result = await run(duplex)
       await readResult(js, signal)
       await js.close(signal)

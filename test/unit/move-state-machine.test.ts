@@ -63,14 +63,14 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
     await rm(dir, { recursive: true, force: true })
   })
 
-  async function agent (name: string, docker: MemoryDockerHost, opts: { state?: string, timings?: Parameters<typeof startMiniAgent>[0]['timings'] } = {}): Promise<MiniAgent> {
-    const a = await startMiniAgent({ dir, caDir, name, docker, state: opts.state ?? `state-${run}`, timings: opts.timings })
+  async function agent (name: string, docker: MemoryDockerHost, opts: { state?: string, timings?: Parameters<typeof startMiniAgent>[0]['timings'], labels?: Record<string, string> } = {}): Promise<MiniAgent> {
+    const a = await startMiniAgent({ dir, caDir, name, docker, state: opts.state ?? `state-${run}`, timings: opts.timings, labels: opts.labels })
     started.push(a)
     return a
   }
 
   /** A with a running `web` (changed files, volume data); B with only the base layer. */
-  async function world (timingsB?: Parameters<typeof startMiniAgent>[0]['timings']): Promise<World> {
+  async function world (timingsB?: Parameters<typeof startMiniAgent>[0]['timings'], where?: { a: Record<string, string>, b: Record<string, string> }): Promise<World> {
     run++
     const A = new MemoryDockerHost({ name: 'A' })
     const B = new MemoryDockerHost({ name: 'B' })
@@ -80,8 +80,8 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
     await A.start(web)
     A.writeFile(web, '/app/state', 'changed while running\n')
     A.writeVolumeFile('web-data', '/rows', 'row 1\n')
-    const a = await agent('a', A)
-    const b = await agent('b', B, { timings: timingsB })
+    const a = await agent('a', A, { labels: where?.a })
+    const b = await agent('b', B, { timings: timingsB, labels: where?.b })
     introduce(a, b)
     return { a, b, A, B, web, imagesB: B.imageIds().sort() }
   }
@@ -113,6 +113,35 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
     expect((await w.a.freezeJournal.list()).records).to.deep.equal([])
     expect((await w.b.incomingJournal.list()).records).to.deep.equal([])
   }
+
+  it('moves across an expensive link (another provider) zstd-compressed: the same container, fewer bytes on the wire', async () => {
+    const w = await world(undefined, { a: { provider: 'vagrant' }, b: { provider: 'aws', region: 'eu-west-1' } })
+    const events = await runMove(w.a, { container: 'web', to: 'b' })
+    const done = outcome(events)
+    expect(done.event, JSON.stringify(done)).to.equal('done')
+    if (done.event !== 'done') return
+    expect(done.bytesSent).to.be.above(0)
+    expect(done.bytesOnWire).to.be.above(0).and.below(done.bytesSent)
+    await expectMoved(w)
+  })
+
+  it('moves between hosts of one provider and region uncompressed: the wire carries the blobs as they are', async () => {
+    const w = await world(undefined, { a: { provider: 'aws', region: 'r1' }, b: { provider: 'aws', region: 'r1' } })
+    const done = outcome(await runMove(w.a, { container: 'web', to: 'b' }))
+    expect(done.event === 'done' && done.bytesOnWire === done.bytesSent && done.bytesSent > 0, JSON.stringify(done)).to.equal(true)
+    await expectMoved(w)
+  })
+
+  it('a dry run across providers shows the link\'s class, each layer and the estimated cost, and changes nothing', async () => {
+    const w = await world(undefined, { a: { provider: 'vagrant' }, b: { provider: 'azure' } })
+    const events = await runMove(w.a, { container: 'web', to: 'b', dryRun: true })
+    const plan = events.find(e => e.event === 'plan')
+    if (plan?.event !== 'plan') throw new Error(JSON.stringify(events))
+    expect(plan.plan.link).to.deep.equal({ class: 'expensive', costPerGiB: 0.09, compress: 'zstd' })
+    expect(plan.plan.layers?.map(l => l.send)).to.deep.equal([false, true])
+    expect(plan.plan.estimatedCost).to.be.closeTo(plan.plan.bytesToSend / 2 ** 30 * 0.09, 1e-12)
+    await expectRolledBack(w)
+  })
 
   it('moves a running container with its changes and volume data, sending only the layers the destination lacks', async () => {
     const w = await world()

@@ -1,0 +1,141 @@
+/**
+ * Links between clouds in the lab: two hosts labelled with different providers (vagrant-1, aws-1),
+ * whose agents share one link table: vagrant ↔ aws is 'expensive' at 0.09/GiB, zstd, capped at
+ * 40 Mbit/s. A move of a compressible image arrives identical with fewer bytes on the wire than its
+ * layer; an incompressible 16 MiB layer takes the cap's time; a dry run prices each layer. One lab
+ * for the file (prefix gotolabz), torn down in after() even when a test failed.
+ */
+import '../../protocol/polyfill.js'
+import { expect } from 'chai'
+import { spawn, execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { Lab, waitFor, type LabHost } from '../lab/index.js'
+import type { MoveEvent } from '../../protocol/move-messages.js'
+import type { PeerRow } from '../../protocol/messages.js'
+
+const run = promisify(execFile)
+type Done = Extract<MoveEvent, { event: 'done' }>
+type Plan = Extract<MoveEvent, { event: 'plan' }>['plan']
+const MiB = 1024 * 1024
+/** The cap of the lab's vagrant ↔ aws link, and what a 16 MiB random layer takes under it (3.4 s). */
+const RATE_MBIT = 40
+const LINKS = [{ from: { provider: 'vagrant' }, to: { provider: 'aws' }, class: 'expensive', costPerGiB: 0.09, rateMbit: RATE_MBIT, compress: 'zstd' }]
+
+describe('links between clouds in the lab (2 providers, zstd, a rate cap, dry-run costs)', function () {
+  this.timeout(120_000)
+  const lab = new Lab({ prefix: 'gotolabz', subnet: '10.213.20.0/24', agentArgs: () => ['--links-json', JSON.stringify(LINKS)] })
+  let A: LabHost
+  let B: LabHost
+
+  async function docker (h: LabHost, ...args: string[]): Promise<string> {
+    const { stdout } = await run('/usr/bin/docker', ['-H', h.dockerHost, ...args], { maxBuffer: 16 * MiB })
+    return stdout.trim()
+  }
+
+  /** `goto move ... --json`: its events, each with the time it arrived (ms since the start). */
+  async function move (container: string, to: string, extra: string[] = []): Promise<{ code: number | null, events: Array<MoveEvent & { at: number }>, stderr: string }> {
+    const t0 = performance.now()
+    const p = spawn(process.execPath, [lab.controlMain, 'move', container, '--to', to, '--json', ...extra], {
+      env: { ...process.env, GOTO_BUNDLE: lab.operatorBundle, GOTO_AGENT: A.agentAddr },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    const events: Array<MoveEvent & { at: number }> = []
+    let buf = ''
+    let stderr = ''
+    p.stdout.on('data', (d: Buffer) => {
+      buf += d.toString()
+      let i
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i)
+        buf = buf.slice(i + 1)
+        if (line.trim() !== '') events.push({ ...JSON.parse(line) as MoveEvent, at: performance.now() - t0 })
+      }
+    })
+    p.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    const code = await new Promise<number | null>(resolve => { p.on('exit', resolve) })
+    return { code, events, stderr }
+  }
+
+  function done (r: Awaited<ReturnType<typeof move>>): Done {
+    const last = r.events.at(-1)
+    expect(last?.event, `${JSON.stringify(last)} ${r.stderr}`).to.equal('done')
+    expect(r.code).to.equal(0)
+    return last as Done
+  }
+
+  async function aliveAt (from: LabHost, name: string): Promise<boolean> {
+    const r = await lab.cli(['peers', '--json'], { agent: from.agentAddr })
+    return r.code === 0 && (JSON.parse(r.stdout) as PeerRow[]).some(p => p.name === name && p.state === 'alive')
+  }
+
+  before(async function () {
+    this.timeout(300_000)
+    await lab.down()
+    ;[A, B] = await lab.up(2)
+    expect([A.name, B.name]).to.deep.equal(['vagrant-1', 'aws-1'])
+    for (const h of [A, B]) {
+      for (const other of [A, B]) await waitFor(async () => await aliveAt(h, other.name), { timeoutMs: 60_000, intervalMs: 250, what: `${other.name} alive at ${h.name}` })
+    }
+    // A compressible 24 MiB layer (text), and an incompressible 16 MiB one (random bytes).
+    await docker(A, 'run', '--name', 'b1', 'gotolab/base:latest', 'sh', '-c', 'yes "a line of text that zstd makes small, as logs and code are" | head -c 25165824 > /text.txt')
+    await docker(A, 'commit', 'b1', 'text:v1')
+    await docker(A, 'run', '--name', 'b2', 'gotolab/base:latest', 'sh', '-c', 'head -c 16777216 /dev/urandom > /rand.bin')
+    await docker(A, 'commit', 'b2', 'rand:v1')
+    await docker(A, 'rm', 'b1', 'b2')
+    await docker(A, 'run', '-d', '--name', 'zipme', 'text:v1', 'sleep', '3600')
+    await docker(A, 'run', '-d', '--name', 'capped', 'rand:v1', 'sleep', '3600')
+  })
+
+  after(async function () {
+    this.timeout(120_000)
+    await lab.down()
+  })
+
+  it('--dry-run shows each layer\'s bytes, the link class and the estimated cost, in --json and in text', async () => {
+    const r = await move('zipme', B.name, ['--dry-run'])
+    done(r)
+    const plan = (r.events.find(e => e.event === 'plan') as Extract<MoveEvent, { event: 'plan' }>).plan as Plan
+    expect(plan.link).to.deep.equal({ class: 'expensive', costPerGiB: 0.09, compress: 'zstd', rateMbit: RATE_MBIT })
+    const sent = (plan.layers ?? []).filter(l => l.send)
+    expect(sent).to.have.length(1)
+    expect(sent[0].bytes).to.be.within(24 * MiB, 25 * MiB)
+    expect(plan.bytesToSend).to.equal(sent[0].bytes)
+    expect(plan.estimatedCost).to.be.closeTo((sent[0].bytes as number) / 2 ** 30 * 0.09, 1e-9)
+    const text = await lab.cli(['move', 'zipme', '--to', B.name, '--dry-run'], { agent: A.agentAddr })
+    expect(text.code, text.stderr).to.equal(0)
+    expect(text.stdout).to.match(/link vagrant-1 → aws-1: expensive, 0\.09\/GiB, zstd, capped at 40 Mbit\/s/)
+    expect(text.stdout).to.match(/layer [0-9a-f]{12} 24\.\d MiB sent over expensive link, cost 0\.002\d/)
+    expect(text.stdout).to.match(/estimated cost 0\.002\d/)
+    expect(await docker(B, 'ps', '-a', '-q')).to.equal('')
+  })
+
+  it('moves a compressible image across the expensive link zstd-compressed: identical, fewer bytes on the wire', async () => {
+    const layersOf = async (h: LabHost): Promise<string[]> => JSON.parse(await docker(h, 'image', 'inspect', '--format', '{{json .RootFS.Layers}}', await docker(h, 'inspect', '--format', '{{.Image}}', 'zipme'))) as string[]
+    const layers = await layersOf(A)
+    const sum = await docker(A, 'exec', 'zipme', 'md5sum', '/text.txt')
+    const d = done(await move('zipme', B.name))
+    // The layer (and the container's small changes) were sent; the wire carried a fraction.
+    expect(d.bytesSent).to.be.at.least(24 * MiB)
+    expect(d.bytesOnWire).to.be.a('number').and.below(d.bytesSent / 4)
+    console.log(`      zstd: ${(d.bytesSent / MiB).toFixed(1)} MiB of blobs, ${((d.bytesOnWire ?? 0) / 1024).toFixed(1)} KiB on the wire`)
+    // The destination verified every layer against its diff ID: its image is A's layers plus the
+    // container's changes on top.
+    const there = await layersOf(B)
+    expect(there.slice(0, layers.length)).to.deep.equal(layers)
+    expect(there).to.have.length(layers.length + 1)
+    expect(await docker(B, 'inspect', '--format', '{{.State.Running}}', 'zipme')).to.equal('true')
+    expect(await docker(B, 'exec', 'zipme', 'md5sum', '/text.txt')).to.equal(sum)
+  })
+
+  it(`keeps to the link's ${RATE_MBIT} Mbit/s cap: a 16 MiB incompressible layer takes ≥ 3 s and < 10 s`, async () => {
+    const r = await move('capped', B.name)
+    const d = done(r)
+    const pre = r.events.find(e => e.event === 'step' && e.step === 'pre-copy')
+    const freeze = r.events.find(e => e.event === 'step' && e.step === 'freeze')
+    const seconds = ((freeze?.at ?? 0) - (pre?.at ?? 0)) / 1000
+    console.log(`      16 MiB random layer under a ${RATE_MBIT} Mbit/s cap: pre-copy ${seconds.toFixed(2)} s, ${((d.bytesOnWire ?? 0) / MiB).toFixed(1)} MiB on the wire`)
+    expect(d.bytesOnWire).to.be.at.least(16 * MiB)
+    expect(seconds).to.be.at.least(3).and.below(10)
+    expect(await docker(B, 'inspect', '--format', '{{.State.Running}}', 'capped')).to.equal('true')
+  })
+})
