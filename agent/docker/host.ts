@@ -36,6 +36,7 @@ import { containerInfoFromInspect, createBody, type EngineContainer } from './sp
 import { readSavedImage } from './saved-image.js'
 import { EngineStatusError, plainGet, type PlainResponse } from './plain-get.js'
 import { LayerFiles } from './layer-files.js'
+import { rerootArchive } from './archive-root.js'
 import { messageError, readJsonMessages } from './json-messages.js'
 import { decodePathStat, exportContainerChanges, parseChanges } from './changes.js'
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
@@ -96,14 +97,14 @@ export class DockerodeHost implements DockerHost {
   async info (signal?: AbortSignal): Promise<EngineInfo> {
     const i = await this.request<{
       Architecture?: string, OSType?: string, DockerRootDir?: string, Driver?: string, ServerVersion?: string,
-      Name?: string, NCPU?: number, MemTotal?: number, DriverStatus?: unknown
+      Name?: string, NCPU?: number, MemTotal?: number, DriverStatus?: unknown, BuildahVersion?: unknown
     }>({ what: 'info', notFound: 'none', method: 'GET', path: '/info' }, signal)
     return {
       architecture: normalizeArch(i.Architecture ?? ''),
       os: i.OSType ?? '',
       dockerRootDir: i.DockerRootDir ?? '',
       storageDriver: i.Driver ?? '',
-      imageStore: imageStoreOf(i.DriverStatus),
+      imageStore: imageStoreOf(i.DriverStatus, i.BuildahVersion),
       serverVersion: i.ServerVersion ?? '',
       name: i.Name ?? '',
       cpus: i.NCPU ?? 0,
@@ -359,7 +360,8 @@ export class DockerodeHost implements DockerHost {
     const what = `read '${path}' of container '${id}'`
     try {
       const res = await this.request<IncomingMessage>({ what, notFound: 'container', method: 'GET', path: `/containers/${enc(id)}/archive`, query: { path }, stream: true }, signal)
-      return Readable.from(this.body(res, what, signal), { objectMode: false })
+      // Podman roots a paused container's archive at `/`; Docker's come through unparsed.
+      return Readable.from(rerootArchive(this.body(res, what, signal), path), { objectMode: false })
     } catch (err) {
       throw await this.archiveNotFound(err, id, path, signal)
     }
