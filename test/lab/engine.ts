@@ -18,7 +18,7 @@
  * under the exec root, cgroupfs (no systemd here), and no registry at all — Podman pulls from
  * public registries when an image is missing, so it knows none and searches none.
  */
-import { copyFile, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
 import { createReadStream, existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import Docker from 'dockerode'
@@ -210,6 +210,43 @@ async function hardLimits (): Promise<string[]> {
     }
   }
   return out
+}
+
+/** Where CNI (as Podman 4.3 drives it) caches each container's attachment, whatever Podman's roots. */
+const CNI_RESULTS_DIR = '/var/lib/cni/results'
+
+/**
+ * What a Podman host leaves outside the lab's roots, found from its data root after its processes
+ * are gone: the network namespaces of its containers (Podman 4.3 as root puts them in /run/netns
+ * as `netns-<uuid>`, named in its libpod database) and CNI's cached results
+ * (`/var/lib/cni/results/podman-<container id>-eth0`). Removes them; returns how many.
+ */
+export async function removePodmanLeftovers (dataRoot: string): Promise<number> {
+  let removed = 0
+  const db = join(dataRoot, 'storage', 'libpod', 'bolt_state.db')
+  if (existsSync(db)) {
+    const names = new Set((await readFile(db)).toString('latin1').match(/\/run\/netns\/netns-[0-9a-f-]{36}/g) ?? [])
+    for (const path of names) {
+      if (!existsSync(path)) continue
+      await run(['ip', 'netns', 'del', path.slice('/run/netns/'.length)], { allowFail: true })
+      removed++
+    }
+  }
+  let ids: string[] = []
+  try {
+    ids = (await readdir(join(dataRoot, 'storage', 'overlay-containers'))).filter(n => /^[0-9a-f]{64}$/.test(n))
+  } catch { /* no containers */ }
+  let cached: string[] = []
+  try {
+    cached = await readdir(CNI_RESULTS_DIR)
+  } catch { /* no CNI cache */ }
+  for (const f of cached) {
+    if (ids.some(id => f.startsWith(`podman-${id}-`))) {
+      await rm(join(CNI_RESULTS_DIR, f), { force: true })
+      removed++
+    }
+  }
+  return removed
 }
 
 /** `podman system service` on the host's socket, with no idle timeout. */
