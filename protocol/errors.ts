@@ -84,6 +84,8 @@ export class DockerConflictError extends DockerEngineError {}
 export class DockerLoadError extends DockerEngineError {}
 /** A `docker save` stream that is not a readable image archive (classic or OCI layout): bad tar, no manifest, bad blob. */
 export class SavedImageFormatError extends GotoError {}
+/** An engine's archive of a container path (`GET /containers/{id}/archive`) that is not a readable tar. */
+export class ArchiveFormatError extends GotoError {}
 /** A layer read from the engine's storage (agent/docker/layer-files.ts) does not match the engine's record of it. */
 export class LayerFilesError extends GotoError {}
 
@@ -292,6 +294,7 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   DockerConflictError,
   DockerLoadError,
   SavedImageFormatError,
+  ArchiveFormatError,
   LayerFilesError,
   TransferError,
   LayerDigestMismatchError,

@@ -6,20 +6,27 @@
  * `/info` then says `Driver: overlayfs` with `DriverStatus` `[["driver-type",
  * "io.containerd.snapshotter.v1"]]`). The store decides how a load must be shaped and how a loaded
  * image is known (agent/transfer/load.ts): the containerd store takes no thin tarball and names
- * an image by its manifest digest, not its config digest.
+ * an image by its manifest digest, not its config digest. Podman keeps images in its own
+ * containers/storage (`/info` has a `BuildahVersion`, which no Docker Engine sends): its load
+ * takes no thin tarball either (`docker-archive: Some layer tarfiles are missing in the tarball`)
+ * but names the image by its config digest, as a graph driver does.
  *
  *   describeEngine(await docker.version(), await docker.info())   // 'docker 28.5.2 containerd-store'
  */
 
-/** Where an engine keeps images: its graph driver's layer store, or containerd's content store and snapshotter. */
-export type ImageStore = 'graphdriver' | 'containerd'
+/**
+ * Where an engine keeps images: its graph driver's layer store, containerd's content store and
+ * snapshotter, or Podman's containers/storage.
+ */
+export type ImageStore = 'graphdriver' | 'containerd' | 'containers-storage'
 export type EngineProduct = 'docker' | 'podman'
 
 /** The DriverStatus entry by which a containerd-store engine names its snapshotter. */
 const SNAPSHOTTER_DRIVER_TYPE = 'io.containerd.snapshotter.v1'
 
-/** The image store an engine's `/info` describes. */
-export function imageStoreOf (driverStatus: unknown): ImageStore {
+/** The image store an engine's `/info` describes (`buildahVersion`: its BuildahVersion, which only Podman sends). */
+export function imageStoreOf (driverStatus: unknown, buildahVersion?: unknown): ImageStore {
+  if (typeof buildahVersion === 'string') return 'containers-storage'
   if (!Array.isArray(driverStatus)) return 'graphdriver'
   const containerd = driverStatus.some(e => Array.isArray(e) && e[0] === 'driver-type' && e[1] === SNAPSHOTTER_DRIVER_TYPE)
   return containerd ? 'containerd' : 'graphdriver'

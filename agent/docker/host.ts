@@ -36,10 +36,12 @@ import { containerInfoFromInspect, createBody, type EngineContainer } from './sp
 import { readSavedImage } from './saved-image.js'
 import { EngineStatusError, plainGet, type PlainResponse } from './plain-get.js'
 import { LayerFiles } from './layer-files.js'
+import { rerootArchive } from './archive-root.js'
+import { fromPodmanInspect } from './podman-inspect.js'
 import { messageError, readJsonMessages } from './json-messages.js'
 import { decodePathStat, exportContainerChanges, parseChanges } from './changes.js'
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
-import { imageStoreOf, productOf } from './engine-kind.js'
+import { imageStoreOf, productOf, type EngineProduct } from './engine-kind.js'
 import type {
   ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, SavedEntry
 } from './types.js'
@@ -78,6 +80,7 @@ export class DockerodeHost implements DockerHost {
   private storage: Promise<{ root: string, driver: string } | null> | undefined
   /** The engine's storage as files, once asked (null: not readable from here). */
   private files: LayerFiles | null | undefined
+  private products: Promise<EngineProduct> | undefined
 
   /** `layerFiles: false`: never read the engine's storage (layerFiles answers undefined). */
   constructor (readonly endpoint: DockerEndpoint, private readonly opts: { layerFiles?: boolean } = {}) {
@@ -96,14 +99,14 @@ export class DockerodeHost implements DockerHost {
   async info (signal?: AbortSignal): Promise<EngineInfo> {
     const i = await this.request<{
       Architecture?: string, OSType?: string, DockerRootDir?: string, Driver?: string, ServerVersion?: string,
-      Name?: string, NCPU?: number, MemTotal?: number, DriverStatus?: unknown
+      Name?: string, NCPU?: number, MemTotal?: number, DriverStatus?: unknown, BuildahVersion?: unknown
     }>({ what: 'info', notFound: 'none', method: 'GET', path: '/info' }, signal)
     return {
       architecture: normalizeArch(i.Architecture ?? ''),
       os: i.OSType ?? '',
       dockerRootDir: i.DockerRootDir ?? '',
       storageDriver: i.Driver ?? '',
-      imageStore: imageStoreOf(i.DriverStatus),
+      imageStore: imageStoreOf(i.DriverStatus, i.BuildahVersion),
       serverVersion: i.ServerVersion ?? '',
       name: i.Name ?? '',
       cpus: i.NCPU ?? 0,
@@ -186,7 +189,18 @@ export class DockerodeHost implements DockerHost {
 
   async inspectContainer (nameOrId: string, signal?: AbortSignal): Promise<ContainerInfo> {
     const c = await this.request<EngineContainer>({ what: `inspect container '${nameOrId}'`, notFound: 'container', method: 'GET', path: `/containers/${enc(nameOrId)}/json` }, signal)
-    return containerInfoFromInspect(c)
+    return containerInfoFromInspect(await this.product(signal) === 'podman' ? fromPodmanInspect(c) : c)
+  }
+
+  /** Docker Engine or Podman, asked once (a failed ask is not kept). */
+  private async product (signal?: AbortSignal): Promise<EngineProduct> {
+    this.products ??= this.version(signal).then(v => v.product)
+    try {
+      return await this.products
+    } catch (err) {
+      this.products = undefined
+      throw err
+    }
   }
 
   async inspectImage (ref: string, signal?: AbortSignal): Promise<ImageInfo> {
@@ -359,7 +373,8 @@ export class DockerodeHost implements DockerHost {
     const what = `read '${path}' of container '${id}'`
     try {
       const res = await this.request<IncomingMessage>({ what, notFound: 'container', method: 'GET', path: `/containers/${enc(id)}/archive`, query: { path }, stream: true }, signal)
-      return Readable.from(this.body(res, what, signal), { objectMode: false })
+      // Podman roots a paused container's archive at `/`; Docker's come through unparsed.
+      return Readable.from(rerootArchive(this.body(res, what, signal), path), { objectMode: false })
     } catch (err) {
       throw await this.archiveNotFound(err, id, path, signal)
     }

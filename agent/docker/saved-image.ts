@@ -6,6 +6,9 @@
  *   `<v1 id>/VERSION`, `<config hex>.json`, `manifest.json`, `repositories`. Entries come in
  *   lexical order, so the config sits between the layer directories and the manifest comes last. A
  *   layer whose diff ID appeared earlier in the chain is a symlink `layer.tar -> ../<v1 id>/layer.tar`.
+ *   Podman (4.3, 5.x) writes the same files but keeps each layer once at the archive root as
+ *   `<diff id hex>.tar`, first, with `<v1 id>/layer.tar` a symlink to it and the manifest naming
+ *   the root file; entries are not in lexical order.
  * - OCI (Engine 25+, skopeo's `oci-archive:`): `blobs/sha256/<hex>` for the config, the manifest(s)
  *   and the layers, in digest order, then `index.json` and `oci-layout` (an engine also writes a
  *   classic `manifest.json` naming blobs). Which blob is what is known only at the end, so each blob
@@ -179,6 +182,8 @@ function roleOf (path: string): Role {
   m = /^([a-f0-9]{64})\.json$/.exec(path)
   if (m !== null) return { kind: 'classic-config', hex: m[1] ?? '' }
   if (/^[^/]+\/layer\.tar$/.test(path)) return { kind: 'classic-layer' }
+  // Podman's classic layout: each layer once, at the root, named by its diff ID.
+  if (/^[a-f0-9]{64}\.tar$/.test(path)) return { kind: 'classic-layer' }
   // <v1 id>/json, <v1 id>/VERSION, repositories, oci-layout, and whatever a newer engine adds.
   return { kind: 'skip' }
 }

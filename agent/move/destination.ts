@@ -290,7 +290,7 @@ export class DestinationService {
     }
     if (req.purpose === 'move') await this.checkConflicts(req, signal)
     await this.deps.kept?.settled()
-    // The containerd image store reuses no layer in a load: it is sent every one (loadBase).
+    // The containerd image store and Podman reuse no layer in a load: they are sent every one (loadBase).
     const base = await loadBase(docker, signal)
     const { present, missing } = layersToSend(req.image.diffIds, base.chains)
     const staged: string[] = []
@@ -426,7 +426,7 @@ export class DestinationService {
     const { store, log } = this.deps
     // A layer of the prepared chain also streams into the engine's load, until preload finished it.
     const stage = async <T extends { diffId: string }>(keep: (s: AsyncIterable<Uint8Array>) => Promise<T>, ofChain: boolean): Promise<T> =>
-      ofChain && p.made.preloaded === undefined && p.imageStore !== 'containerd' ? await this.liveLoad(p).layer(req.size, data, keep) : await keep(data)
+      ofChain && p.made.preloaded === undefined && p.imageStore === 'graphdriver' ? await this.liveLoad(p).layer(req.size, data, keep) : await keep(data)
     if (req.diffId === null) {
       // Named only by its content: one of the layers this move needs, or one of the chain we
       // already have (the sender could not tell before hashing it), nothing else.

@@ -449,10 +449,11 @@ export class TransferSession {
     this.keeping = true
     const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
     try {
-      // The containerd image store takes no thin load of layers it holds from elsewhere (load.ts),
-      // and this agent has no other copy of the base layers: nothing is kept there.
-      if ((await this.deps.docker.info(signal)).imageStore === 'containerd') {
-        this.deps.log.info('moved image not kept here: the containerd image store loads no thin image', { moveId: this.moveId, container: this.info.name })
+      // The containerd image store and Podman take no thin load of layers they hold from elsewhere
+      // (load.ts), and this agent has no other copy of the base layers: nothing is kept there.
+      const { imageStore } = await this.deps.docker.info(signal)
+      if (imageStore !== 'graphdriver') {
+        this.deps.log.info(`moved image not kept here: the ${imageStore} image store loads no thin image`, { moveId: this.moveId, container: this.info.name })
         return
       }
       const size = (await stat(f.topPath)).size

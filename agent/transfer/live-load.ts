@@ -111,7 +111,7 @@ export class LiveLoad {
     if (this.isAbandoned) return undefined
     // The containerd store takes an OCI layout, whose blob names are known only once verified:
     // the destination never starts a live load there; any other caller gets the store's load.
-    if (input.imageStore === 'containerd') { this.abort(new TransferError('a live load cannot feed the containerd image store')); return undefined }
+    if (input.imageStore !== undefined && input.imageStore !== 'graphdriver') { this.abort(new TransferError(`a live load cannot feed the ${input.imageStore} image store`)); return undefined }
     const { config, diffIds, present, store } = input
     const expected = checkLoadInput(input)
     const paths = layerPaths(diffIds)

@@ -34,7 +34,12 @@
  * whose blobs are in the content store loads without them; the chain's snapshots are reused). Only
  * this agent's own earlier loads are known to be stored that way, so `loadBase` gives as chains
  * on that store just the ones the caller loaded itself (a move's preload, for its restore); layers
- * the engine holds from elsewhere are sent again. The loaded image's ID must be the manifest's
+ * the engine holds from elsewhere are sent again.
+ *
+ * Podman (containers/storage) takes the classic layout and names the image by its config digest,
+ * but its load needs the file of every layer (`docker-archive: Some layer tarfiles are missing in
+ * the tarball`) and, unlike the containerd store, never reuses what it holds: `loadBase` gives no
+ * chain there, so every layer is sent and every load is whole. The loaded image's ID must be the manifest's
  * digest, and the engine must report exactly `diffIds` as its rootfs. A load whose result does not
  * check out is removed again: nothing unexpected is left behind.
  */
@@ -77,7 +82,11 @@ export async function loadBase (
   ownLoads: ReadonlyArray<readonly string[]> = []
 ): Promise<LoadBase> {
   const { imageStore } = await docker.info(signal)
-  return { imageStore, chains: imageStore === 'containerd' ? ownLoads.map(c => [...c]) : await docker.imageChains(signal) }
+  switch (imageStore) {
+    case 'graphdriver': return { imageStore, chains: await docker.imageChains(signal) }
+    case 'containerd': return { imageStore, chains: ownLoads.map(c => [...c]) }
+    case 'containers-storage': return { imageStore, chains: [] }
+  }
 }
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'

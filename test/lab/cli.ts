@@ -29,7 +29,8 @@ Options:
   --nat K            up: put the last K hosts behind NAT (a masquerading router each, no inbound;
                      their agents run with --no-inbound and are reached through relays)
   --engines K,K,...  up: the engine kind of each host in order (default docker-20 for every host;
-                     kinds: ${ENGINE_KINDS.join(', ')}; the newer ones need .ci/engines)
+                     kinds: ${ENGINE_KINDS.join(', ')}; the newer ones need .ci/engines, podman
+                     needs Debian's podman package)
   --root DIR         data root (default /var/lib/gotolab)
   --run-root DIR     exec roots and sockets (default /run/gotolab)
   --prefix NAME      names of namespaces, bridge and veths (default gotolab)

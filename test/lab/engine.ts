@@ -9,8 +9,16 @@
  * glibc) and a containerd of their own package that the lab starts itself, in the host's namespace,
  * with its root under the data root and its state and socket under the exec root, where dockerd
  * 20.10 would put its own: `<execRoot>/containerd/containerd.sock`.
+ *
+ * Kind 'podman' is Debian 12's Podman 4.3 (`.ci/setup` installs the package): `podman system
+ * service` serving the Docker API on the host's socket, in the host's namespace, with a
+ * configuration of its own (containers.conf, storage.conf, registries.conf and a CNI network
+ * directory under the host's directory, named by CONTAINERS_* variables) so that it never reads or
+ * writes the machine's own Podman state: storage under the data root, run state and file locks
+ * under the exec root, cgroupfs (no systemd here), and no registry at all — Podman pulls from
+ * public registries when an image is missing, so it knows none and searches none.
  */
-import { copyFile, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
 import { createReadStream, existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import Docker from 'dockerode'
@@ -24,7 +32,7 @@ export const BASE_IMAGE = 'gotolab/base:latest'
 export const ENGINE_READY_TIMEOUT_MS = 30_000
 
 /** The engines a lab host can run; the default is Debian 12's. */
-export const ENGINE_KINDS = ['docker-20', 'docker-26', 'docker-28', 'docker-28-containerd'] as const
+export const ENGINE_KINDS = ['docker-20', 'docker-26', 'docker-28', 'docker-28-containerd', 'podman'] as const
 export type EngineKind = typeof ENGINE_KINDS[number]
 export const DEFAULT_ENGINE_KIND: EngineKind = 'docker-20'
 /** Where `.ci/engines` extracts the newer engines. */
@@ -37,7 +45,8 @@ export function isEngineKind (s: string): s is EngineKind {
 /** The extracted package directory of a kind (undefined: the system's own engine). */
 function packageDir (kind: EngineKind, enginesDir: string): string | undefined {
   switch (kind) {
-    case 'docker-20': return undefined
+    case 'docker-20':
+    case 'podman': return undefined
     case 'docker-26': return join(enginesDir, 'docker-26')
     case 'docker-28':
     case 'docker-28-containerd': return join(enginesDir, 'docker-28')
@@ -56,6 +65,8 @@ export interface EngineSpec {
   logFile: string
   /** Path of the dockerd binary of kind 'docker-20' (Debian's engine 20.10). */
   dockerd: string
+  /** Path of the podman binary of kind 'podman' (default Debian's /usr/bin/podman). */
+  podman?: string
 }
 
 /** The processes of one engine: dockerd, and the containerd the lab started for it (newer kinds). */
@@ -108,11 +119,159 @@ function enginePath (e: EngineSpec): string {
   return dir === undefined ? labPath() : labPath(`${join(dir, 'usr/sbin')}:${join(dir, 'usr/bin')}:${process.env.PATH ?? ''}`)
 }
 
+/** Podman's own configuration files of a host (its CONTAINERS_* variables name them). */
+function podmanConfDir (e: EngineSpec): string {
+  return join(dirname(e.logFile), 'podman')
+}
+
+/** The subnet of Podman's default network inside a host's namespace (each host has its own). */
+const PODMAN_SUBNET = '10.88.0.0/16'
+
+/**
+ * Writes the host's Podman configuration and returns the environment that makes Podman read only
+ * it. Everything Podman keeps lives under the host's data root (images, containers, volumes,
+ * libpod's database), exec root (run state, file locks, CNI's IP allocations) or its directory.
+ */
+async function writePodmanConfig (e: EngineSpec): Promise<Record<string, string>> {
+  const dir = podmanConfDir(e)
+  const limits = await hardLimits()
+  const cni = join(dir, 'cni')
+  await mkdir(cni, { recursive: true })
+  const files = {
+    CONTAINERS_CONF: join(dir, 'containers.conf'),
+    CONTAINERS_STORAGE_CONF: join(dir, 'storage.conf'),
+    CONTAINERS_REGISTRIES_CONF: join(dir, 'registries.conf')
+  }
+  await writeFile(files.CONTAINERS_CONF, [
+    '[containers]',
+    // Podman's default would be journald logs and a systemd cgroup: neither runs here.
+    'log_driver = "k8s-file"',
+    // Podman raises a rootful container's open files to 1048576, which runc may not do here (a
+    // machine that is itself a container): keep this machine's own hard limits.
+    `default_ulimits = [${limits.map(l => `"${l}"`).join(', ')}]`,
+    '[engine]',
+    'cgroup_manager = "cgroupfs"',
+    'events_logger = "file"',
+    `events_logfile_path = "${join(dirname(e.logFile), 'podman-events.log')}"`,
+    // File locks, not the machine-wide /libpod_lock shared-memory segment another Podman would share.
+    'lock_type = "file"',
+    `tmp_dir = "${join(e.execRoot, 'libpod')}"`,
+    `static_dir = "${join(e.dataRoot, 'libpod')}"`,
+    `volume_path = "${join(e.dataRoot, 'volumes')}"`,
+    'runtime = "runc"',
+    '[network]',
+    'network_backend = "cni"',
+    'cni_plugin_dirs = ["/usr/lib/cni"]',
+    `network_config_dir = "${cni}"`,
+    ''
+  ].join('\n'))
+  await writeFile(files.CONTAINERS_STORAGE_CONF, [
+    '[storage]',
+    'driver = "overlay"',
+    `graphroot = "${join(e.dataRoot, 'storage')}"`,
+    `runroot = "${join(e.execRoot, 'storage')}"`,
+    ''
+  ].join('\n'))
+  // No registry: an image that is not here is an error, never a pull.
+  await writeFile(files.CONTAINERS_REGISTRIES_CONF, 'unqualified-search-registries = []\n')
+  // Podman's default network, written here so that its IP allocations (CNI host-local) stay under
+  // the exec root instead of the machine's /var/lib/cni.
+  await writeFile(join(cni, 'podman.conflist'), JSON.stringify({
+    cniVersion: '0.4.0',
+    name: 'podman',
+    plugins: [
+      {
+        type: 'bridge', bridge: 'cni-podman0', isGateway: true, ipMasq: true, hairpinMode: true,
+        ipam: { type: 'host-local', routes: [{ dst: '0.0.0.0/0' }], ranges: [[{ subnet: PODMAN_SUBNET, gateway: '10.88.0.1' }]], dataDir: join(e.execRoot, 'cni-ipam') }
+      },
+      { type: 'portmap', capabilities: { portMappings: true } },
+      { type: 'firewall' },
+      { type: 'tuning' }
+    ]
+  }, null, 2) + '\n')
+  return files
+}
+
+/**
+ * Podman 4.3 sets its own process limit to 32768 processes when it starts (measured: the service
+ * runs with 32768 whatever it inherited), and a container cannot be given more than that.
+ */
+const PODMAN_OWN_NPROC = 32768
+
+/** `nofile=N:N` and `nproc=M:M`: hard limits this process and Podman's service have, which a container may have too. */
+async function hardLimits (): Promise<string[]> {
+  const text = await readFile('/proc/self/limits', 'utf8')
+  const out: string[] = []
+  for (const [name, row, cap] of [['nofile', 'Max open files', Infinity], ['nproc', 'Max processes', PODMAN_OWN_NPROC]] as const) {
+    const m = new RegExp(`^${row}\\s+\\S+\\s+(\\d+)`, 'm').exec(text)
+    if (m !== null) {
+      const n = Math.min(Number(m[1]), cap)
+      out.push(`${name}=${n}:${n}`)
+    }
+  }
+  return out
+}
+
+/** Where CNI (as Podman 4.3 drives it) caches each container's attachment, whatever Podman's roots. */
+const CNI_RESULTS_DIR = '/var/lib/cni/results'
+
+/**
+ * What a Podman host leaves outside the lab's roots, found from its data root after its processes
+ * are gone: the network namespaces of its containers (Podman 4.3 as root puts them in /run/netns
+ * as `netns-<uuid>`, named in its libpod database) and CNI's cached results
+ * (`/var/lib/cni/results/podman-<container id>-eth0`). Removes them; returns how many.
+ */
+export async function removePodmanLeftovers (dataRoot: string): Promise<number> {
+  let removed = 0
+  const db = join(dataRoot, 'storage', 'libpod', 'bolt_state.db')
+  if (existsSync(db)) {
+    const names = new Set((await readFile(db)).toString('latin1').match(/\/run\/netns\/netns-[0-9a-f-]{36}/g) ?? [])
+    for (const path of names) {
+      if (!existsSync(path)) continue
+      await run(['ip', 'netns', 'del', path.slice('/run/netns/'.length)], { allowFail: true })
+      removed++
+    }
+  }
+  let ids: string[] = []
+  try {
+    ids = (await readdir(join(dataRoot, 'storage', 'overlay-containers'))).filter(n => /^[0-9a-f]{64}$/.test(n))
+  } catch { /* no containers */ }
+  let cached: string[] = []
+  try {
+    cached = await readdir(CNI_RESULTS_DIR)
+  } catch { /* no CNI cache */ }
+  for (const f of cached) {
+    if (ids.some(id => f.startsWith(`podman-${id}-`))) {
+      await rm(join(CNI_RESULTS_DIR, f), { force: true })
+      removed++
+    }
+  }
+  return removed
+}
+
+/** `podman system service` on the host's socket, with no idle timeout. */
+export function podmanArgv (e: EngineSpec): string[] {
+  return [
+    e.podman ?? '/usr/bin/podman', '--root', join(e.dataRoot, 'storage'), '--runroot', join(e.execRoot, 'storage'),
+    '--storage-driver', 'overlay', '--log-level', 'info', 'system', 'service', '--time', '0', `unix://${e.socket}`
+  ]
+}
+
 /** Starts the engine (and for the newer kinds its containerd first, waiting for its socket). */
 export async function startEngine (e: EngineSpec, signal?: AbortSignal): Promise<EngineProcs> {
   await mkdir(e.dataRoot, { recursive: true })
   await mkdir(e.execRoot, { recursive: true })
   await mkdir(dirname(e.logFile), { recursive: true })
+  if (e.kind === 'podman') {
+    const bin = e.podman ?? '/usr/bin/podman'
+    if (!existsSync(bin)) throw new LabError(`${bin} does not exist: run .ci/setup (it installs Debian's podman) for the engine of kind podman`)
+    const env: NodeJS.ProcessEnv = { ...process.env, PATH: labPath(), ...await writePodmanConfig(e) }
+    delete env.DOCKER_HOST
+    delete env.XDG_CONFIG_HOME
+    delete env.XDG_RUNTIME_DIR
+    await rm(e.socket, { force: true })
+    return { dockerd: await spawnDetached(inNetns(e.netns, []), podmanArgv(e), e.logFile, env) }
+  }
   const env: NodeJS.ProcessEnv = { ...process.env, PATH: enginePath(e) }
   delete env.DOCKER_HOST
   const features = e.kind === 'docker-28-containerd' ? { 'containerd-snapshotter': true } : {}

@@ -35,7 +35,7 @@ import {
   unmountAllUnder, type ProcRecord
 } from './procs.js'
 import {
-  BASE_IMAGE, DEFAULT_ENGINES_DIR, DEFAULT_ENGINE_KIND, buildBaseTar, engineClient, importBase, isEngineKind, logTail, startEngine, waitEngineReady,
+  BASE_IMAGE, DEFAULT_ENGINES_DIR, DEFAULT_ENGINE_KIND, buildBaseTar, engineClient, importBase, isEngineKind, logTail, removePodmanLeftovers, startEngine, waitEngineReady,
   type EngineKind, type EngineSpec
 } from './engine.js'
 import { readState, writeState, STATE_VERSION, type AgentRecord, type HostState, type LabState } from './state.js'
@@ -318,7 +318,9 @@ export async function tcpOpen (host: string, port: number, timeoutMs = 1000): Pr
 async function sharedDirCandidates (): Promise<string[]> {
   // Removal goes in this order: children first, and /run/mount (libmount's utab, which umount
   // recreates) after /run/netns, whose removal unmounts it.
-  const dirs = ['/run/docker/plugins', '/run/docker', '/run/containerd/s', '/run/containerd', '/run/netns', '/run/mount', '/sys/fs/cgroup/docker']
+  const dirs = ['/run/docker/plugins', '/run/docker', '/run/containerd/s', '/run/containerd', '/run/netns', '/run/mount', '/sys/fs/cgroup/docker',
+    // Podman's: CNI's cache, and cgroupfs parents of its containers (libpod_parent/libpod-<id>).
+    '/var/lib/cni/results', '/var/lib/cni', '/sys/fs/cgroup/libpod_parent']
   try {
     for (const e of await readdir('/sys/fs/cgroup', { withFileTypes: true })) {
       if (e.isDirectory()) dirs.push(`/sys/fs/cgroup/${e.name}/docker`)
@@ -1016,6 +1018,8 @@ export class Lab {
     for (const d of hostDirs) {
       for (const id of await containerIdsOf([join(root, d, 'docker')])) await rm(shimSocket(join(runRoot, d), id), { force: true })
     }
+    // Podman hosts: their containers' namespaces in /run/netns and CNI's cache (engine.ts).
+    for (const d of hostDirs) await removePodmanLeftovers(join(root, d, 'docker'))
     for (const parent of await sharedDirCandidates()) {
       if (!parent.startsWith('/sys/fs/cgroup/')) continue
       for (const id of ids) await rmdir(join(parent, id)).catch(() => {})

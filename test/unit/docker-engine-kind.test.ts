@@ -6,6 +6,8 @@ describe('engine kind', () => {
     expect(imageStoreOf([['driver-type', 'io.containerd.snapshotter.v1']])).to.equal('containerd')
     expect(imageStoreOf([['Backing Filesystem', 'extfs'], ['Supports d_type', 'true']])).to.equal('graphdriver')
     expect(imageStoreOf(null)).to.equal('graphdriver')
+    // Podman's /info (4.3.1): Driver overlay, a graph-driver-like DriverStatus, and a BuildahVersion no Docker Engine sends.
+    expect(imageStoreOf([['Backing Filesystem', 'extfs'], ['Native Overlay Diff', 'true']], '1.28.0')).to.equal('containers-storage')
   })
 
   it('tells Podman by its /version components', () => {

@@ -100,6 +100,27 @@ async function classic (f: Awaited<ReturnType<typeof fixture>>, opts: { manifest
   return await tar(entries)
 }
 
+/**
+ * Podman's layout (`podman save`, 4.3, as its Docker API serves it): layers once each at the root
+ * as `<diff id hex>.tar`, then the config, `<v1 id>/layer.tar` symlinks to them, `manifest.json`
+ * naming the root files, `repositories`.
+ */
+async function podman (f: Awaited<ReturnType<typeof fixture>>): Promise<Buffer> {
+  const hexes = f.diffIds.map(d => d.slice('sha256:'.length))
+  const entries: TarEntry[] = []
+  for (const [i, h] of hexes.entries()) if (hexes.indexOf(h) === i) entries.push({ name: `${h}.tar`, data: f.layers[i] })
+  entries.push({ name: `${f.configHex}.json`, data: f.config })
+  for (const [i, h] of hexes.entries()) {
+    const v1 = String(i).padEnd(64, 'e')
+    entries.push({ name: `${v1}/layer.tar`, type: 'symlink', linkname: `../${h}.tar` })
+    entries.push({ name: `${v1}/VERSION`, data: Buffer.from('1.0') })
+    entries.push({ name: `${v1}/json`, data: Buffer.from('{"id":"x"}') })
+  }
+  entries.push({ name: 'manifest.json', data: Buffer.from(JSON.stringify([{ Config: `${f.configHex}.json`, RepoTags: ['docker.io/x:1'], Layers: hexes.map(h => `${h}.tar`) }])) })
+  entries.push({ name: 'repositories', data: Buffer.from('{"x":{"1":"abc"}}') })
+  return await tar(entries)
+}
+
 /** The OCI layout: blobs in digest order, then index.json and oci-layout (skopeo's oci-archive). */
 async function oci (f: Awaited<ReturnType<typeof fixture>>, opts: { gzip?: boolean, nested?: boolean, dockerManifest?: boolean, mediaType?: string } = {}): Promise<Buffer> {
   const blobs = new Map<string, Buffer>()
@@ -146,6 +167,16 @@ describe('readSavedImage (docker save stream parser)', () => {
       expect(l.compressed).to.equal(false)
       expect(l.size).to.equal(l.bytes)
     }
+  })
+
+  it('reads Podman\'s layout: each layer once at the archive root as <diff id hex>.tar', async () => {
+    const f = await fixture()
+    const r = await readAll(readSavedImage(chunked(await podman(f))))
+    const [a, , c] = f.diffIds.map(d => `${d.slice('sha256:'.length)}.tar`) as [string, string, string]
+    expect(r.order).to.deep.equal([`layer ${a}`, `layer ${c}`, 'config', 'manifest'])
+    expect(r.config?.digest).to.equal(`sha256:${f.configHex}`)
+    expect(r.manifest).to.deep.equal({ config: `${f.configHex}.json`, layers: [a, a, c] })
+    expect(r.manifest?.layers.map(p => r.layers.get(p)?.sha256)).to.deep.equal(f.diffIds)
   })
 
   it('reads the OCI layout with uncompressed blobs', async () => {
