@@ -7,7 +7,8 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { spawn, execFile } from 'node:child_process'
+import { execFile } from 'node:child_process'
+import { moveJson } from '../fixtures/move-cli.js'
 import { promisify } from 'node:util'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
 import type { MoveEvent } from '../../protocol/move-messages.js'
@@ -35,25 +36,9 @@ describe('links between clouds in the lab (2 providers, zstd, a rate cap, dry-ru
   /** `goto move ... --json`: its events, each with the time it arrived (ms since the start). */
   async function move (container: string, to: string, extra: string[] = []): Promise<{ code: number | null, events: Array<MoveEvent & { at: number }>, stderr: string }> {
     const t0 = performance.now()
-    const p = spawn(process.execPath, [lab.controlMain, 'move', container, '--to', to, '--json', ...extra], {
-      env: { ...process.env, GOTO_BUNDLE: lab.operatorBundle, GOTO_AGENT: A.agentAddr },
-      stdio: ['ignore', 'pipe', 'pipe']
-    })
     const events: Array<MoveEvent & { at: number }> = []
-    let buf = ''
-    let stderr = ''
-    p.stdout.on('data', (d: Buffer) => {
-      buf += d.toString()
-      let i
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        if (line.trim() !== '') events.push({ ...JSON.parse(line) as MoveEvent, at: performance.now() - t0 })
-      }
-    })
-    p.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    const code = await new Promise<number | null>(resolve => { p.on('exit', resolve) })
-    return { code, events, stderr }
+    const r = await moveJson(container, to, { controlMain: lab.controlMain, bundle: lab.operatorBundle, agent: A.agentAddr, extra, onEvent: ev => { events.push({ ...ev, at: performance.now() - t0 }) } })
+    return { code: r.code, events, stderr: r.stderr }
   }
 
   function done (r: Awaited<ReturnType<typeof move>>): Done {
