@@ -9,15 +9,11 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { execFile } from 'node:child_process'
-import { promisify } from 'node:util'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
-import type { MoveEvent } from '../../protocol/move-messages.js'
+import { engineMoves } from '../fixtures/engine-moves.js'
 import type { AgentStatus, PeerRow } from '../../protocol/messages.js'
 
-const run = promisify(execFile)
 const MOVE_TIMEOUT_MS = 180_000
-type Done = Extract<MoveEvent, { event: 'done' }>
 
 describe('moves between engine kinds (20.10, 26 overlay2, 28 containerd store)', function () {
   this.timeout(240_000)
@@ -26,37 +22,7 @@ describe('moves between engine kinds (20.10, 26 overlay2, 28 containerd store)',
   let D26: LabHost
   let D28C: LabHost
 
-  async function docker (h: LabHost, ...args: string[]): Promise<string> {
-    const { stdout } = await run('/usr/bin/docker', ['-H', h.dockerHost, ...args], { maxBuffer: 16 * 1024 * 1024 })
-    return stdout.trim()
-  }
-
-  async function names (h: LabHost): Promise<string[]> {
-    return (await docker(h, 'ps', '-a', '--format', '{{.Names}}')).split('\n').filter(n => n !== '')
-  }
-
-  async function move (container: string, to: LabHost): Promise<Done> {
-    const r = await lab.cli(['move', container, '--to', to.name, '--json'], { timeoutMs: MOVE_TIMEOUT_MS })
-    const events = r.stdout.split('\n').filter(l => l.trim() !== '').map(l => JSON.parse(l) as MoveEvent)
-    const last = events.at(-1)
-    expect(last?.event, `${JSON.stringify(last)} ${r.stderr}`).to.equal('done')
-    expect(r.code).to.equal(0)
-    return last as Done
-  }
-
-  /** The container runs on `h` with the volume's data and every file written so far, and serves on its published port. */
-  async function arrived (h: LabHost, files: string): Promise<void> {
-    const state = JSON.parse(await docker(h, 'inspect', 'web'))[0].State
-    expect(state.Running, `web running on ${h.name}`).to.equal(true)
-    expect(await docker(h, 'exec', 'web', 'sh', '-c', 'cat /data/v.txt /srv/*.txt')).to.equal(files)
-    const { stdout } = await run('ip', ['netns', 'exec', D20.netns, 'wget', '-qO-', `http://${h.ip}:18080/index.html`])
-    expect(stdout.trim()).to.equal('v1')
-  }
-
-  async function aliveAt (from: LabHost, name: string): Promise<boolean> {
-    const r = await lab.cli(['peers', '--json'], { agent: from.agentAddr })
-    return r.code === 0 && (JSON.parse(r.stdout) as PeerRow[]).some(p => p.name === name && p.state === 'alive')
-  }
+  const { docker, names, move, arrived, aliveAt } = engineMoves(lab, { moveTimeoutMs: MOVE_TIMEOUT_MS, probeFrom: () => D20 })
 
   before(async function () {
     this.timeout(300_000)
