@@ -27,6 +27,7 @@ import { FreezeRecovery } from './move/recovery.js'
 import type { SessionDeps } from './move/session.js'
 import { LinkTable } from './transfer/links.js'
 import { MoveService } from './move/source.js'
+import { LiveCheck } from './move/live.js'
 import { LayerStore } from './transfer/layer-store.js'
 import { LayerSender, SavePathCache } from './transfer/layer-sender.js'
 import { SnapshotStore } from './failover/snapshot-store.js'
@@ -157,12 +158,14 @@ async function run (config: AgentConfig): Promise<void> {
     crlNumber: trust.crlNumber,
     failover: failover.gossip()
   })
+  // Whether this host can take part in a live move (CRIU, experimental engine, CPU): asked by both ends.
+  const live = new LiveCheck({ docker, criu: config.criu, selfName: bundle.name })
   const destination = new DestinationService({
-    auth, selfId: bundle.peerId, orders, docker, store, snapshots, metrics, kept, timings: config.timings, xattrs, volumeRounds,
+    auth, selfId: bundle.peerId, orders, docker, store, snapshots, metrics, kept, timings: config.timings, xattrs, volumeRounds, live,
     journal: await openIncomingJournal(join(config.stateDir, 'incoming')), log: log.child({ component: 'move-in' })
   })
   const recovery = new FreezeRecovery({ auth, docker, table, journal: freezeJournal, locks, timings: config.timings, log: log.child({ component: 'move' }) })
-  const moves = new MoveService({ auth, selfId: bundle.peerId, docker, sessions, locks, kept, labels: stamps, timings: config.timings, metrics, log: log.child({ component: 'move' }) })
+  const moves = new MoveService({ auth, selfId: bundle.peerId, docker, sessions, locks, kept, labels: stamps, timings: config.timings, metrics, live, log: log.child({ component: 'move' }) })
   const locate = new LocateService({ auth, docker, table, self, timings: config.timings })
   const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, trust, table, self, bootstrap: config.bootstrap, timings: config.timings, alwaysSend: config.noInbound, log: log.child({ component: 'membership' }) })

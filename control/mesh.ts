@@ -159,6 +159,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
         'dry-run': { type: 'boolean' },
         'allow-bind-mounts': { type: 'boolean' },
         'allow-host-access': { type: 'boolean' },
+        live: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       }
     })
@@ -168,8 +169,8 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
   }
   if (parsed.values.help === true) { io.stdout(USAGE + '\n'); return 0 }
   const maxPositionals = command === 'peers' ? 0 : 1
-  for (const opt of ['to', 'dry-run', 'allow-bind-mounts', 'allow-host-access'] as const) {
-    const allowed = opt === 'to' ? ['move'] : ['move', 'drain']
+  for (const opt of ['to', 'dry-run', 'allow-bind-mounts', 'allow-host-access', 'live'] as const) {
+    const allowed = opt === 'to' || opt === 'live' ? ['move'] : ['move', 'drain']
     if (parsed.values[opt] !== undefined && !allowed.includes(command)) { io.stderr(`goto: error: --${opt} belongs to 'goto ${allowed.join("' and 'goto ")}' (try 'goto --help')\n`); return 2 }
   }
   if (parsed.positionals.length > maxPositionals) {
@@ -183,7 +184,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
   if ((command === 'protect' || command === 'unprotect') && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', `missing: 'goto ${command} CONTAINER'`)
   const opts = common(parsed.values, env)
   if (command === 'move') {
-    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true }, io)
+    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true, ...parsed.values.live === true ? { live: true } : {} }, io)
   }
   if (command === 'drain') {
     return await drain(opts, parsed.positionals[0], { dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true }, io)

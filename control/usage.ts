@@ -23,6 +23,12 @@ Commands:
                         devices, host namespaces, security options, sysctls) and keep them at the
                         destination; the signed order names this allowance. Without it such a
                         container is refused, each power named
+      --live            the container's processes move with their memory (a CRIU checkpoint
+                        instead of a pause) and go on at the destination instead of restarting;
+                        both hosts need CRIU 4.2+ and an engine started with --experimental
+                        (refused before anything freezes otherwise, saying what is missing; with
+                        --dry-run, what each host found). Rollback restores the source from its
+                        checkpoint (docs/operations.md)
   drain NAME            planned maintenance: move every running container of the member NAME to
                         the other alive members (fewest containers first), one move after another;
                         a container whose move fails keeps running on NAME and the drain goes on;

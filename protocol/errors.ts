@@ -235,6 +235,23 @@ export class VolumeSyncUnavailableError extends GotoError {}
 /** A volume round carried more bytes than the destination's disk (or the round bound) takes. */
 export class VolumeSyncTooLargeError extends GotoError {}
 
+// --- live moves (agent/move/live.ts) -------------------------------------------------------
+/**
+ * A live move (--live) is not possible between these hosts: CRIU missing, too old or failing its
+ * check, an engine not in experimental mode or of a kind without checkpoints, another CPU
+ * architecture, CPU flags the destination lacks, an order that does not allow it. Refused before
+ * anything freezes; the message names the host and what it lacks.
+ */
+export class LiveUnavailableError extends GotoError {}
+/** The engine could not checkpoint the container (CRIU's dump failed): the move rolls back. */
+export class CheckpointFailedError extends GotoError {}
+/**
+ * A checkpoint (/goto/transfer `checkpoint`) the destination will not keep: a path outside its
+ * directory or of an unexpected form, too many files, more bytes than the bound or the free disk,
+ * a file whose sha256 is not the one announced, a checkpoint for a move not prepared live.
+ */
+export class CheckpointRefusedError extends GotoError {}
+
 /**
  * Known error classes by name, so an error that crossed the wire is rebuilt as its own class. A Map
  * (built from the object below), so a peer's name is looked up among these and nothing else: on a
@@ -243,6 +260,9 @@ export class VolumeSyncTooLargeError extends GotoError {}
 const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries({
   UnknownContainerError,
   DestinationUnavailableError,
+  LiveUnavailableError,
+  CheckpointFailedError,
+  CheckpointRefusedError,
   MoveInProgressError,
   BindMountRefusedError,
   ArchitectureMismatchError,

@@ -15,6 +15,32 @@ export interface MoveOrder {
   allowBindMounts: boolean
   /** --allow-host-access: carry the container's host-level powers (fidelity.ts `host` fields), named in the signed order. */
   allowHostAccess?: boolean
+  /** --live: the processes move with their memory (a CRIU checkpoint instead of a pause), named in the signed order. */
+  live?: boolean
+}
+
+/**
+ * Whether a host can take part in a live move, as its agent finds it (agent/move/live.ts): `ok`, or
+ * `missing` says why not, one phrase each (CRIU absent, too old or failing `criu check`, an engine
+ * not in experimental mode or without checkpoints, CPU flags the source uses).
+ */
+export interface LiveReport {
+  host: string
+  ok: boolean
+  /** `criu --version`'s version, when CRIU answered. */
+  criu?: string
+  /** GOARCH of the engine's host. */
+  arch: string
+  missing: string[]
+}
+
+/** What a live move took: the checkpoint (its dump), its images and their transfer, the restore from it. */
+export interface LiveTimings {
+  checkpointMs: number
+  checkpointBytes: number
+  checkpointFiles: number
+  transferMs: number
+  restoreMs: number
 }
 
 export type MoveStep = 'plan' | 'pre-copy' | 'freeze' | 'hand-over' | 'restore' | 'commit'
@@ -48,6 +74,8 @@ export interface MovePlan {
    * the data on disk (holes not counted), null when this agent cannot read the volume directly.
    */
   volumeData?: Array<{ name: string, copy: 'rounds' | 'spool', bytes: number | null }>
+  /** (--live) What each end found (both ok: a preflight refusal never gets this far). */
+  live?: { source: LiveReport, destination: LiveReport }
 }
 
 /**
@@ -81,12 +109,18 @@ export type MoveEvent =
    */
   | { event: 'round', moveId: string, round: number, bytes: number, files: number, final: boolean }
   /** `bytesOnWire`: the blob bytes that crossed the link (compressed where it compresses); absent from an older agent. */
-  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, layersSent: number, layersSkipped: number, downtimeMs: number }
+  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, layersSent: number, layersSkipped: number, downtimeMs: number, live?: LiveTimings }
   /**
    * `rollback`: 'none-needed' (refused before anything changed), 'done' (the source container runs
    * again, the destination removed what it made), 'incomplete' (say what could not be undone).
    */
-  | { event: 'failed', moveId: string | null, container: string, error: { name: string, message: string }, rollback: 'none-needed' | 'done' | 'incomplete' }
+  | { event: 'failed', moveId: string | null, container: string, error: { name: string, message: string }, rollback: 'none-needed' | 'done' | 'incomplete', resumed?: Resumed }
+
+/**
+ * How the source container of a live move runs again after a rollback: 'checkpoint' (restored from
+ * its own checkpoint: its processes go on with their memory), 'fresh' (that failed: started anew).
+ */
+export type Resumed = 'checkpoint' | 'fresh'
 
 /**
  * What the destination needs to judge and prepare a move. `purpose: 'snapshot'`: a failover snapshot
@@ -102,6 +136,8 @@ export interface PrepareRequest {
   volumes: Array<{ name: string, driver: string }>
   /** (purpose 'move') The operator's signed order naming this move, its destination and its spec's digest. */
   order?: SignedOrder
+  /** (--live) The source's CPU: the destination refuses another architecture, or CPU flags it lacks. */
+  live?: { arch: string, cpuFlags: string[] }
 }
 
 export interface PrepareReply {
@@ -121,7 +157,23 @@ export interface PrepareReply {
   volumeSync?: string[]
   /** Blob encodings this destination decodes (agent/transfer/encoding.ts); absent: none (an older agent). */
   decodes?: BlobEncoding[]
+  /** (live prepare) What this destination found: it takes the live move (a refusal is an error). */
+  live?: LiveReport
 }
+
+/**
+ * (live move, after freeze) The checkpoint's files, each followed as a blob in this order, verified
+ * against its size and sha256 before the destination keeps it; paths are relative, of checked
+ * segments (CHECKPOINT_SEGMENT), at most CHECKPOINT_MAX_DEPTH deep.
+ */
+export interface CheckpointRequest { op: 'checkpoint', moveId: string, name: string, files: CheckpointFile[], encoding?: BlobEncoding }
+export interface CheckpointFile { path: string, size: number, digest: string }
+
+/** A checkpoint's name and each segment of its files' paths: no '/', no '.' or '..', no leading dot. */
+export const CHECKPOINT_SEGMENT = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
+export const CHECKPOINT_MAX_DEPTH = 4
+/** CRIU writes a few images per process and per mapping kind: thousands only for huge process trees. */
+export const CHECKPOINT_MAX_FILES = 4096
 
 /**
  * One round of a named volume's tree sync (agent/sync): after its JSON request the destination
@@ -160,6 +212,8 @@ export interface RestoreRequest {
   volumes: Array<{ name: string, destination: string, size: number }>
   /** Volumes whose data arrived by `volume` rounds (their final round done): nothing follows for them. */
   synced?: Array<{ name: string, destination: string }>
+  /** (live move) Start from the checkpoint of this name, received before by `checkpoint`. */
+  checkpoint?: string
   encoding?: BlobEncoding
 }
 
@@ -195,7 +249,7 @@ export interface StoreRequest {
   encoding?: BlobEncoding
 }
 
-export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest | VolumeRoundRequest
+export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest | VolumeRoundRequest | CheckpointRequest
 
 // --- checks -----------------------------------------------------------------------------
 
@@ -256,7 +310,8 @@ export function parseMoveOrder (v: unknown): MoveOrder {
     to: str(o.to, 'to', 256),
     dryRun: o.dryRun === true,
     allowBindMounts: o.allowBindMounts === true,
-    ...o.allowHostAccess === true ? { allowHostAccess: true } : {}
+    ...o.allowHostAccess === true ? { allowHostAccess: true } : {},
+    ...o.live === true ? { live: true } : {}
   }
 }
 
@@ -333,6 +388,28 @@ function syncedVolumes (v: unknown): Array<{ name: string, destination: string }
   return v.map((x, i) => { const vo = obj(x, `synced[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination') } })
 }
 
+function checkpointName (v: unknown): string {
+  const s = str(v, 'checkpoint name', 128)
+  if (!CHECKPOINT_SEGMENT.test(s)) throw new ProtocolError('checkpoint name must be letters, digits, ., _ or -, not starting with a dot')
+  return s
+}
+
+/** A relative path of checked segments, at most CHECKPOINT_MAX_DEPTH deep: it cannot leave the checkpoint's directory. */
+export function checkpointPath (v: unknown, what: string): string {
+  const s = str(v, what, 1024)
+  const parts = s.split('/')
+  if (parts.length > CHECKPOINT_MAX_DEPTH || !parts.every(p => CHECKPOINT_SEGMENT.test(p))) {
+    throw new ProtocolError(`${what} '${s}' must be a relative path of at most ${CHECKPOINT_MAX_DEPTH} plain segments`)
+  }
+  return s
+}
+
+function liveCpu (v: unknown): { arch: string, cpuFlags: string[] } {
+  const o = obj(v, 'live')
+  if (!Array.isArray(o.cpuFlags) || o.cpuFlags.length > 1024) throw new ProtocolError('live.cpuFlags must be a list')
+  return { arch: str(o.arch, 'live.arch', 64), cpuFlags: o.cpuFlags.map((f, i) => str(f, `live.cpuFlags[${i}]`, 64)) }
+}
+
 function encodingOf (o: Record<string, unknown>): { encoding?: BlobEncoding } {
   if (o.encoding === undefined || o.encoding === null) return {}
   if (o.encoding !== 'zstd') throw new ProtocolError(`unknown blob encoding '${String(o.encoding)}'`)
@@ -352,7 +429,8 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         spec: parseSpec(o.spec),
         image: { id: digest(img.id, 'image.id'), diffIds: digests(img.diffIds, 'image.diffIds'), os: str(img.os, 'image.os', 64), architecture: str(img.architecture, 'image.architecture', 64), size: count(img.size, 'image.size') },
         volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), driver: str(vo.driver ?? 'local', 'volume driver', 256) } }),
-        ...o.order === undefined || o.order === null ? {} : { order: parseSignedOrder(o.order) }
+        ...o.order === undefined || o.order === null ? {} : { order: parseSignedOrder(o.order) },
+        ...o.live === undefined || o.live === null ? {} : { live: liveCpu(o.live) }
       }
     }
     case 'layer':
@@ -367,8 +445,21 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         spec: parseSpec(o.spec),
         volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), size: count(vo.size, 'volume size') } }),
         ...o.synced === undefined || o.synced === null ? {} : { synced: syncedVolumes(o.synced) },
+        ...o.checkpoint === undefined || o.checkpoint === null ? {} : { checkpoint: checkpointName(o.checkpoint) },
         ...encodingOf(o)
       }
+    }
+    case 'checkpoint': {
+      if (!Array.isArray(o.files) || o.files.length > CHECKPOINT_MAX_FILES) throw new ProtocolError(`files must be a list of at most ${CHECKPOINT_MAX_FILES}`)
+      const seen = new Set<string>()
+      const files = o.files.map((x, i): CheckpointFile => {
+        const fo = obj(x, `files[${i}]`)
+        const path = checkpointPath(fo.path, `files[${i}].path`)
+        if (seen.has(path)) throw new ProtocolError(`files[${i}].path ${path} is listed twice`)
+        seen.add(path)
+        return { path, size: count(fo.size, `files[${i}].size`), digest: digest(fo.digest, `files[${i}].digest`) }
+      })
+      return { op: 'checkpoint', moveId: moveId(o.moveId), name: checkpointName(o.name), files, ...encodingOf(o) }
     }
     case 'volume': {
       const round = count(o.round, 'round')

@@ -12,14 +12,17 @@
  *              agent's host; the destination offered it in prepare's reply) are synced by
  *              difference (agent/sync) while the container runs, one round at a time (rounds.ts
  *              decides how many); the final round runs inside the freeze
- *   freeze     a freeze record (freeze-journal.ts), the pause, the container's changes as one layer
+ *   freeze     a freeze record (freeze-journal.ts), the pause — or, live, a CRIU checkpoint that
+ *              stops the container with its processes' memory kept — the container's changes as one layer
  *   handOver   (move) that layer to the destination
+ *   handOverCheckpoint (live move) the checkpoint's files, each verified there (live.ts)
  *   volumes    each other named volume's data spooled while the container is frozen
  *   thaw       (snapshot) the container runs again here, its frozen state spooled
  *   restore    (move) the destination makes and starts the container and confirms it runs
  *   store      (snapshot) the holder keeps the frozen state for a takeover
  *   commit     (move) the destination keeps it; the copy here goes
- *   abort      any failure: the destination removes what it made, the container here runs again;
+ *   abort      any failure: the destination removes what it made, the container here runs again
+ *              (live: restored from its own checkpoint, or started afresh if that fails);
  *              what cannot be done now stays in the freeze journal for recovery to finish
  *
  * `close()` always ends a session (it removes the spool unless the moved image is still being
@@ -49,9 +52,10 @@ import type { Logger } from '../log.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
 import { letGo } from './let-go.js'
-import type { PrepareReply } from '../../protocol/move-messages.js'
+import { listCheckpoint, resumeSource } from './live.js'
+import type { CheckpointFile, LiveReport, PrepareReply, Resumed } from '../../protocol/move-messages.js'
 import type { SignedOrder } from '../../protocol/orders.js'
-import { ContainerNotFoundError, DestinationUnavailableError, TransferStateError, UnknownContainerError, UnknownMoveError } from '../../protocol/errors.js'
+import { CheckpointFailedError, ContainerNotFoundError, DestinationUnavailableError, TransferStateError, UnknownContainerError, UnknownMoveError } from '../../protocol/errors.js'
 
 export interface SessionDeps {
   auth: AuthService
@@ -97,10 +101,23 @@ export interface PreparedTransfer {
   imageRef?: 'free' | 'same' | 'taken'
   /** The volumes that go in rounds (the others spool inside the freeze). */
   synced: SyncedVolume[]
+  /** (live) What the destination found: it takes the live move. */
+  live?: LiveReport
 }
 
-/** The frozen state: the container's changes as a layer, and the config of "image + that layer". */
-interface Frozen { topPath: string, top: { diffId: string, size: number }, config: Uint8Array, diffIds: string[], takenAt: string, at: number }
+/**
+ * The frozen state: the container's changes as a layer, and the config of "image + that layer";
+ * for a live move also its checkpoint (the engine's directory of it here, how long the dump took).
+ */
+interface Frozen {
+  topPath: string
+  top: { diffId: string, size: number }
+  config: Uint8Array
+  diffIds: string[]
+  takenAt: string
+  at: number
+  checkpoint?: { name: string, dir: string, ms: number, sent?: { bytes: number, files: number } }
+}
 
 export class TransferSession {
   readonly moveId: string
@@ -113,6 +130,10 @@ export class TransferSession {
   private paused = false
   /** The pause call failed: the container may be paused or not (the rollback looks). */
   private pauseUnsure = false
+  /** (live) The checkpoint this session asked for (it may have stopped the container): the rollback resumes from it. */
+  private checkpointed?: string
+  /** (live) How the rollback had the container run again. */
+  private how?: Resumed
   /** This transfer's freeze record, from the pause until both ends agree on the outcome. */
   private record?: FrozenRecord
   private plan?: PreparedTransfer & { spec: ContainerSpec }
@@ -178,13 +199,13 @@ export class TransferSession {
    * Asks the destination to take a container of `spec` (its image inspected here); it says which
    * layers it has. A move passes the operator's `order` naming this move and that spec.
    */
-  async prepare (spec: ContainerSpec, signal: AbortSignal, order?: SignedOrder): Promise<PreparedTransfer> {
+  async prepare (spec: ContainerSpec, signal: AbortSignal, order?: SignedOrder, live?: { arch: string, cpuFlags: string[] }): Promise<PreparedTransfer> {
     const link = this.linkFor('prepare')
     const image = await this.deps.docker.inspectImage(this.info.spec.image, signal)
     const volumes = volumesOf(spec)
     const prep = await link.call({
       op: 'prepare', moveId: this.moveId, purpose: this.purpose, spec, image: { id: image.id, diffIds: image.diffIds, os: image.os, architecture: image.architecture, size: image.size },
-      volumes: volumes.map(v => ({ name: v.name, driver: v.driver })), ...order === undefined ? {} : { order }
+      volumes: volumes.map(v => ({ name: v.name, driver: v.driver })), ...order === undefined ? {} : { order }, ...live === undefined ? {} : { live }
     }, [], signal) as PrepareReply
     // A prepare cut off before its reply is not aborted: the destination expires it when idle.
     this.prepared = true
@@ -195,8 +216,9 @@ export class TransferSession {
     })
     const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
     const synced = await this.syncable(volumes, prep, signal)
-    this.plan = { image, toSend, volumes, synced, spec }
-    return { image, toSend, volumes, synced, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef } }
+    const took = live === undefined ? {} : { live: prep.live ?? { host: this.to, ok: true, arch: '', missing: [] } }
+    this.plan = { image, toSend, volumes, synced, spec, ...took }
+    return { image, toSend, volumes, synced, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef }, ...took }
   }
 
   /** The volumes both ends can sync directly (a destination without the step offers none). */
@@ -275,36 +297,80 @@ export class TransferSession {
    * from the engine's change list: its cost follows the change, not the image), with the config of
    * "image + that layer". The image's config is read while the changes are exported.
    */
-  async freeze (comment: string, signal: AbortSignal): Promise<void> {
+  async freeze (comment: string, signal: AbortSignal, opts: { live?: boolean } = {}): Promise<void> {
     const link = this.linkFor('freeze')
     const plan = this.planFor('freeze')
-    if (this.frozen !== undefined || this.paused) throw new TransferStateError(`transfer ${this.moveId} is frozen already`)
+    if (this.frozen !== undefined || this.paused || this.checkpointed !== undefined) throw new TransferStateError(`transfer ${this.moveId} is frozen already`)
+    const live = opts.live === true
+    if (live && (this.purpose !== 'move' || plan.live === undefined)) throw new TransferStateError(`transfer ${this.moveId}: a live freeze of a transfer not prepared live`)
     await this.makeSpool()
     const { info, deps } = this
+    const checkpointName = `goto-${this.moveId}`
     const record: FrozenRecord = {
       containerId: info.id, name: info.name, purpose: this.purpose, moveId: this.moveId, to: { name: this.to, peerId: link.peerId }, stage: 'frozen',
-      volumes: this.purpose === 'move' ? plan.volumes.map(v => v.name) : [], at: new Date().toISOString()
+      volumes: this.purpose === 'move' ? plan.volumes.map(v => v.name) : [], at: new Date().toISOString(), ...live ? { checkpoint: checkpointName } : {}
     }
     await deps.journal.put(record)
     this.record = record
     const at = performance.now()
     const takenAt = new Date().toISOString()
-    try {
-      await deps.docker.pause(info.id, signal)
-    } catch (err) {
-      // The engine may have paused it all the same (an answer lost to a timeout or an abort):
-      // the rollback asks the engine instead of trusting this call.
-      this.pauseUnsure = true
-      throw err
+    let checkpoint: Frozen['checkpoint']
+    if (live) {
+      // From the call on, the container may be stopped with its checkpoint: the rollback looks.
+      this.checkpointed = checkpointName
+      try {
+        await deps.docker.checkpoint(info.id, checkpointName, signal)
+      } catch (err) {
+        throw new CheckpointFailedError(`the engine could not checkpoint '${info.name}': ${(err as Error).message}`, { cause: err })
+      }
+      const dir = await deps.docker.checkpointDirectory(info.id, checkpointName, signal)
+      if (dir === undefined) throw new CheckpointFailedError(`the checkpoint of '${info.name}' is not in a directory this agent reads`)
+      checkpoint = { name: checkpointName, dir, ms: Math.round(performance.now() - at) }
+    } else {
+      try {
+        await deps.docker.pause(info.id, signal)
+      } catch (err) {
+        // The engine may have paused it all the same (an answer lost to a timeout or an abort):
+        // the rollback asks the engine instead of trusting this call.
+        this.pauseUnsure = true
+        throw err
+      }
+      this.paused = true
     }
-    this.paused = true
     const topPath = join(this.spool, 'top.tar')
     const [top, imageConfig] = await Promise.all([
       deps.docker.exportChanges(info.id, topPath, signal),
       deps.docker.inspectImageConfig(plan.image.id, signal)
     ])
     const config = buildLayeredConfig(imageConfig, top.diffId, { comment })
-    this.frozen = { topPath, top: { diffId: top.diffId, size: top.size }, config, diffIds: [...plan.image.diffIds, top.diffId], takenAt, at }
+    this.frozen = { topPath, top: { diffId: top.diffId, size: top.size }, config, diffIds: [...plan.image.diffIds, top.diffId], takenAt, at, ...checkpoint === undefined ? {} : { checkpoint } }
+  }
+
+  /**
+   * (live move) Sends the checkpoint's files, read from the engine's directory of it here, each
+   * with its size and sha256 (the destination verifies every one before it keeps it).
+   */
+  async handOverCheckpoint (onBytes: (n: number) => void, signal: AbortSignal): Promise<{ bytes: number, files: number, ms: number }> {
+    const f = this.frozenFor('handOverCheckpoint')
+    if (f.checkpoint === undefined) throw new TransferStateError(`transfer ${this.moveId}: handOverCheckpoint of a freeze without a checkpoint`)
+    const t0 = performance.now()
+    const files: CheckpointFile[] = await listCheckpoint(f.checkpoint.dir, signal)
+    await this.linkFor('handOverCheckpoint').call({ op: 'checkpoint', moveId: this.moveId, name: f.checkpoint.name, files },
+      files.map(x => ({ size: x.size, path: join(f.checkpoint?.dir ?? '', x.path) })), signal, onBytes)
+    const bytes = files.reduce((n, x) => n + x.size, 0)
+    this.bytes += bytes
+    f.checkpoint.sent = { bytes, files: files.length }
+    return { bytes, files: files.length, ms: Math.round(performance.now() - t0) }
+  }
+
+  /** (live move) How long the checkpoint's dump took (0 before freeze or without one). */
+  get checkpointMs (): number {
+    return this.frozen?.checkpoint?.ms ?? 0
+  }
+
+  /** (live move, after a rollback) How the container runs here again: from its checkpoint or afresh. */
+  get resumed (): Resumed | undefined {
+    return this.how
   }
 
   /** (move) Sends the frozen changes layer. */
@@ -351,10 +417,12 @@ export class TransferSession {
     const f = this.frozenFor('restore')
     const plan = this.planFor('restore')
     if (plan.synced.length > 0 && !this.finalRoundDone) throw new TransferStateError(`transfer ${this.moveId}: restore before the final volume round`)
+    if (f.checkpoint !== undefined && f.checkpoint.sent === undefined) throw new TransferStateError(`transfer ${this.moveId}: restore before the checkpoint was handed over`)
     await this.linkFor('restore').call({
       op: 'restore', moveId: this.moveId, config: Buffer.from(f.config).toString('base64'), diffIds: f.diffIds, spec: plan.spec,
       volumes: this.archives.map(a => ({ name: a.name, destination: a.destination, size: a.size })),
-      ...plan.synced.length === 0 ? {} : { synced: plan.synced.map(v => ({ name: v.name, destination: v.destination })) }
+      ...plan.synced.length === 0 ? {} : { synced: plan.synced.map(v => ({ name: v.name, destination: v.destination })) },
+      ...f.checkpoint === undefined ? {} : { checkpoint: f.checkpoint.name }
     }, this.blobs(this.archives), signal)
     this.bytes += sum(this.archives)
     return Math.round(performance.now() - f.at)
@@ -389,6 +457,7 @@ export class TransferSession {
     await this.deps.journal.update(record, { stage: 'committing' })
     this.prepared = false
     this.paused = false
+    this.checkpointed = undefined
     const log = this.deps.log.child({ moveId: this.moveId, container: this.info.name })
     const [committed, gone] = await Promise.allSettled([
       this.linkFor('commit').call({ op: 'commit', moveId: this.moveId }, [], signal),
@@ -411,7 +480,7 @@ export class TransferSession {
    * done now stays in the freeze journal for recovery to retry.
    */
   async abort (): Promise<'none-needed' | 'done' | 'incomplete'> {
-    if (!this.prepared && !this.paused && !this.pauseUnsure) return 'none-needed'
+    if (!this.prepared && !this.paused && !this.pauseUnsure && this.checkpointed === undefined) return 'none-needed'
     const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
     let ok = true
     let told = true
@@ -427,6 +496,16 @@ export class TransferSession {
       } catch (err) {
         ok = false
         this.deps.log.error('rollback: could not unpause the source container; trying again later', { container: this.info.name, moveId: this.moveId, error: (err as Error).message })
+      }
+    }
+    if (this.checkpointed !== undefined) {
+      try {
+        const how = await resumeSource(this.deps.docker, this.info.id, this.checkpointed, this.deps.log.child({ container: this.info.name, moveId: this.moveId }), signal)
+        if (how !== 'running') this.how = how
+        this.checkpointed = undefined
+      } catch (err) {
+        ok = false
+        this.deps.log.error('rollback: could not start the source container again; trying again later', { container: this.info.name, moveId: this.moveId, error: (err as Error).message })
       }
     }
     if (ok && this.record !== undefined) {
