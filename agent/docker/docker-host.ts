@@ -17,7 +17,7 @@ import type { ContainerRow } from '../../protocol/messages.js'
 import type { LayerFiles } from './layer-files.js'
 import type { EngineProduct, ImageStore } from './engine-kind.js'
 import type {
-  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, SavedEntry
+  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, RestartPolicy, SavedEntry
 } from './types.js'
 
 export interface EngineVersion {
@@ -88,6 +88,13 @@ export interface DockerHost {
   checkpoint (id: string, name: string, signal?: AbortSignal): Promise<void>
   /** Starts a stopped (or created, never started) container from its checkpoint `name` (`docker start --checkpoint`). */
   startFromCheckpoint (id: string, name: string, signal?: AbortSignal): Promise<void>
+  /**
+   * Sets the container's restart policy (`docker update --restart`), running or not. A live move
+   * sets `no` before its checkpoint: the engine restarts a checkpointed container of policy
+   * `always` (measured on 20.10: RestartCount 1 right after `checkpoint create`), which would run
+   * a fresh copy here while the destination restores the real one.
+   */
+  setRestartPolicy (id: string, policy: RestartPolicy, signal?: AbortSignal): Promise<void>
   /** Removes checkpoint `name` of the container; one already gone is not an error. */
   removeCheckpoint (id: string, name: string, signal?: AbortSignal): Promise<void>
   /**

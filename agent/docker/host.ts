@@ -43,7 +43,7 @@ import { decodePathStat, exportContainerChanges, parseChanges } from './changes.
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
 import { imageStoreOf, productOf, type EngineProduct } from './engine-kind.js'
 import type {
-  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, SavedEntry
+  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, RestartPolicy, SavedEntry
 } from './types.js'
 
 export { readSavedImage } from './saved-image.js'
@@ -257,6 +257,10 @@ export class DockerodeHost implements DockerHost {
 
   async startFromCheckpoint (id: string, name: string, signal?: AbortSignal): Promise<void> {
     await this.request({ what: `start container '${id}' from checkpoint '${name}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/start`, query: { checkpoint: name } }, signal)
+  }
+
+  async setRestartPolicy (id: string, policy: RestartPolicy, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `update the restart policy of container '${id}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/update`, body: { RestartPolicy: { Name: policy.name, MaximumRetryCount: policy.maximumRetryCount } } }, signal)
   }
 
   async removeCheckpoint (id: string, name: string, signal?: AbortSignal): Promise<void> {

@@ -19,6 +19,7 @@
  * expired there by itself.
  */
 import { Journal } from './journal.js'
+import type { RestartPolicy } from '../docker/types.js'
 
 export type FrozenStage = 'frozen' | 'committing' | 'aborting' | 'committed'
 
@@ -36,6 +37,8 @@ export interface FrozenRecord {
   at: string
   /** (live move) The checkpoint the container stops with instead of a pause. */
   checkpoint?: string
+  /** (live move) The restart policy it had, set to `no` for the checkpoint: given back when it runs here again. */
+  restartPolicy?: RestartPolicy
 }
 
 export type FreezeJournal = Journal<FrozenRecord>
@@ -57,7 +60,8 @@ function parseFrozen (v: unknown, moveId: string): FrozenRecord {
     STAGES.includes(r.stage as FrozenStage) &&
     Array.isArray(r.volumes) && r.volumes.every(x => typeof x === 'string') &&
     typeof r.at === 'string' && !Number.isNaN(Date.parse(r.at)) &&
-    (r.checkpoint === undefined || typeof r.checkpoint === 'string')
+    (r.checkpoint === undefined || typeof r.checkpoint === 'string') &&
+    (r.restartPolicy === undefined || (typeof r.restartPolicy?.name === 'string' && typeof r.restartPolicy?.maximumRetryCount === 'number'))
   if (!ok) throw new TypeError('not a frozen-container record')
   return r as FrozenRecord
 }

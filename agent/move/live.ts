@@ -22,6 +22,7 @@ import { lstat, mkdir, readFile, readdir } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import type { DockerHost } from '../docker/docker-host.js'
+import type { RestartPolicy } from '../docker/types.js'
 import type { Logger } from '../log.js'
 import { CHECKPOINT_MAX_DEPTH, CHECKPOINT_MAX_FILES, CHECKPOINT_SEGMENT, type CheckpointFile, type LiveReport, type Resumed } from '../../protocol/move-messages.js'
 import { CheckpointRefusedError, LiveUnavailableError } from '../../protocol/errors.js'
@@ -205,13 +206,20 @@ export async function receiveCheckpoint (dir: string, files: CheckpointFile[], b
   return total
 }
 
+/** Whether the engine would restart the container by itself once its processes exit (a checkpoint's exit too). */
+export function restartsByItself (policy: RestartPolicy): boolean {
+  return policy.name !== '' && policy.name !== 'no'
+}
+
 /**
  * The container of a rolled-back live move runs here again: if it still runs (the checkpoint never
  * stopped it) nothing is done; otherwise it starts from its own checkpoint `name` — its processes go
  * on with their memory — or, if that fails, afresh. Says which in the log; the checkpoint goes.
+ * `policy`: the restart policy it had before the move set `no`, given back either way.
  */
-export async function resumeSource (docker: DockerHost, id: string, name: string, log: Logger, signal: AbortSignal): Promise<Resumed | 'running'> {
+export async function resumeSource (docker: DockerHost, id: string, name: string, log: Logger, signal: AbortSignal, policy?: RestartPolicy): Promise<Resumed | 'running'> {
   const state = (await docker.inspectContainer(id, signal)).state
+  if (policy !== undefined) await docker.setRestartPolicy(id, policy, signal)
   if (state.running) return 'running'
   let how: Resumed
   try {

@@ -94,7 +94,7 @@ export class FreezeRecovery {
     if (r.stage === 'frozen') {
       try {
         if (r.checkpoint !== undefined) {
-          await resumeSource(docker, r.containerId, r.checkpoint, log.child({ container: r.name, moveId: r.moveId }), signal)
+          await resumeSource(docker, r.containerId, r.checkpoint, log.child({ container: r.name, moveId: r.moveId }), signal, r.restartPolicy)
         } else {
           const state = (await docker.inspectContainer(r.containerId, signal)).state
           if (state.paused) await docker.unpause(r.containerId, signal)

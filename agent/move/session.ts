@@ -35,7 +35,7 @@ import { join } from 'node:path'
 import type { AuthService } from '../net/auth-service.js'
 import { connectTo } from '../net/dial.js'
 import type { DockerHost } from '../docker/docker-host.js'
-import type { ContainerInfo, ContainerSpec, ImageInfo } from '../docker/types.js'
+import type { ContainerInfo, ContainerSpec, ImageInfo, RestartPolicy } from '../docker/types.js'
 import { buildLayeredConfig } from '../docker/layered-config.js'
 import type { PeerTable } from '../membership/peer-table.js'
 import type { LayerStore } from '../transfer/layer-store.js'
@@ -52,7 +52,7 @@ import type { Logger } from '../log.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
 import { letGo } from './let-go.js'
-import { listCheckpoint, resumeSource } from './live.js'
+import { listCheckpoint, restartsByItself, resumeSource } from './live.js'
 import type { CheckpointFile, LiveReport, PrepareReply, Resumed } from '../../protocol/move-messages.js'
 import type { SignedOrder } from '../../protocol/orders.js'
 import { CheckpointFailedError, ContainerNotFoundError, DestinationUnavailableError, TransferStateError, UnknownContainerError, UnknownMoveError } from '../../protocol/errors.js'
@@ -134,6 +134,8 @@ export class TransferSession {
   private checkpointed?: string
   /** (live) How the rollback had the container run again. */
   private how?: Resumed
+  /** (live) The restart policy set to `no` for the checkpoint, to give back on rollback. */
+  private policy0?: RestartPolicy
   /** This transfer's freeze record, from the pause until both ends agree on the outcome. */
   private record?: FrozenRecord
   private plan?: PreparedTransfer & { spec: ContainerSpec }
@@ -306,9 +308,12 @@ export class TransferSession {
     await this.makeSpool()
     const { info, deps } = this
     const checkpointName = `goto-${this.moveId}`
+    // The engine restarts a checkpointed container of policy `always` at once: set `no` for the checkpoint.
+    const policy = live && restartsByItself(info.spec.restartPolicy) ? info.spec.restartPolicy : undefined
     const record: FrozenRecord = {
       containerId: info.id, name: info.name, purpose: this.purpose, moveId: this.moveId, to: { name: this.to, peerId: link.peerId }, stage: 'frozen',
-      volumes: this.purpose === 'move' ? plan.volumes.map(v => v.name) : [], at: new Date().toISOString(), ...live ? { checkpoint: checkpointName } : {}
+      volumes: this.purpose === 'move' ? plan.volumes.map(v => v.name) : [], at: new Date().toISOString(), ...live ? { checkpoint: checkpointName } : {},
+      ...policy === undefined ? {} : { restartPolicy: policy }
     }
     await deps.journal.put(record)
     this.record = record
@@ -316,8 +321,10 @@ export class TransferSession {
     const takenAt = new Date().toISOString()
     let checkpoint: Frozen['checkpoint']
     if (live) {
-      // From the call on, the container may be stopped with its checkpoint: the rollback looks.
+      // From here on the container may be stopped with its checkpoint, or lack its policy: the rollback looks.
       this.checkpointed = checkpointName
+      this.policy0 = policy
+      if (policy !== undefined) await deps.docker.setRestartPolicy(info.id, { name: 'no', maximumRetryCount: 0 }, signal)
       try {
         await deps.docker.checkpoint(info.id, checkpointName, signal)
       } catch (err) {
@@ -500,7 +507,7 @@ export class TransferSession {
     }
     if (this.checkpointed !== undefined) {
       try {
-        const how = await resumeSource(this.deps.docker, this.info.id, this.checkpointed, this.deps.log.child({ container: this.info.name, moveId: this.moveId }), signal)
+        const how = await resumeSource(this.deps.docker, this.info.id, this.checkpointed, this.deps.log.child({ container: this.info.name, moveId: this.moveId }), signal, this.policy0)
         if (how !== 'running') this.how = how
         this.checkpointed = undefined
       } catch (err) {

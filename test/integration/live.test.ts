@@ -49,11 +49,14 @@ describe('live moves: the processes move with their memory (CRIU; 3 hosts, real 
     return Number(await docker(h, 'exec', name, 'cat', '/tmp/count'))
   }
 
-  /** A counter in a shell variable (never read back from disk) and busybox httpd on port 80, published. */
+  /**
+   * A counter in a shell variable (never read back from disk) and busybox httpd on port 80,
+   * published; restart policy `always`, which the engine would otherwise apply to the checkpoint's exit.
+   */
   async function startCounter (h: LabHost, name: string): Promise<number> {
     const script = `mkdir -p /srv && echo "served by ${name}" > /srv/index.html && httpd -p 80 -h /srv; ` +
       'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; usleep 100000; done'
-    await docker(h, 'run', '-d', '--name', name, '-p', `${PORT}:80`, 'gotolab/base:latest', 'sh', '-c', script)
+    await docker(h, 'run', '-d', '--name', name, '--restart', 'always', '-p', `${PORT}:80`, 'gotolab/base:latest', 'sh', '-c', script)
     await waitFor(async () => await count(h, name).catch(() => 0) >= 10, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 100, what: `${name} counting on ${h.name}` })
     return await count(h, name)
   }
@@ -117,6 +120,7 @@ describe('live moves: the processes move with their memory (CRIU; 3 hosts, real 
     await waitFor(async () => await count(B, 'live1') > first + 5, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 100, what: 'counting on at the destination' })
     expect(await served(B)).to.equal('served by live1')
     expect(await names(A)).to.not.include('live1')
+    expect(await docker(B, 'inspect', '-f', '{{.HostConfig.RestartPolicy.Name}} {{.RestartCount}}', 'live1')).to.equal('always 0')
   })
 
   it('a destination agent killed during a live move: the source restores from its own checkpoint and counts on; a retry succeeds', async () => {
@@ -138,6 +142,8 @@ describe('live moves: the processes move with their memory (CRIU; 3 hosts, real 
     expect(after, `count after the rollback (before the move: ${before})`).to.be.at.least(before)
     await waitFor(async () => await count(A, 'live2') > after + 5, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 100, what: 'counting on at the source' })
     expect(await served(A)).to.equal('served by live2')
+    // Restored, not restarted by the engine, and its restart policy given back.
+    expect(await docker(A, 'inspect', '-f', '{{.HostConfig.RestartPolicy.Name}} {{.RestartCount}}', 'live2')).to.equal('always 0')
 
     await lab.startAgent(B.name)
     await waitFor(async () => await aliveAt(A, B.name), { timeoutMs: 60_000, intervalMs: 250, what: `${B.name} alive again at ${A.name}` })
