@@ -167,7 +167,7 @@ async function run (config: AgentConfig): Promise<void> {
   const recovery = new FreezeRecovery({ auth, docker, table, journal: freezeJournal, locks, timings: config.timings, log: log.child({ component: 'move' }) })
   const moves = new MoveService({ auth, selfId: bundle.peerId, docker, sessions, locks, kept, labels: stamps, timings: config.timings, metrics, live, log: log.child({ component: 'move' }) })
   const locate = new LocateService({ auth, docker, table, self, timings: config.timings })
-  const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
+  const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, live, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, trust, table, self, bootstrap: config.bootstrap, timings: config.timings, alwaysSend: config.noInbound, log: log.child({ component: 'membership' }) })
 
   const libp2pPart: Part = {

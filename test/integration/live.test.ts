@@ -175,6 +175,12 @@ describe('live moves: the processes move with their memory (CRIU; 3 hosts, real 
     expect(human.code).to.equal(1)
     expect(human.stderr).to.match(/live move not possible: vagrant-1: CRIU not found .*; the engine is not in experimental mode/)
 
+    // goto status says whether a host takes live moves, and why not.
+    const statusA = await lab.cli(['status', A.name], { agent: A.agentAddr })
+    expect(statusA.stdout).to.match(/live moves: yes \(CRIU 4\.2/)
+    const statusC = await lab.cli(['status', C.name], { agent: A.agentAddr })
+    expect(statusC.stdout).to.match(/live moves: no: CRIU not found/)
+
     // The source's own check comes first: from C, nothing reaches A.
     await docker(C, 'run', '-d', '--name', 'live4', 'gotolab/base:latest', 'sleep', '3600')
     const from = await move('live4', C, A, ['--live'])
