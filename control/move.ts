@@ -50,7 +50,7 @@ const cost = (c: number): string => c.toFixed(4)
 
 function summary (ev: Extract<MoveEvent, { event: 'done' }>, dryRun: boolean): string {
   if (dryRun) return `dry run: nothing changed (${ev.layersSkipped} layer(s) already on ${ev.to})`
-  return `done: ${ev.container} moved ${ev.from} → ${ev.to}: ${mib(ev.bytesSent)} sent in ${ev.layersSent} layer(s), ${ev.layersSkipped} layer(s) already there, downtime ${ev.downtimeMs} ms`
+  return `done: ${ev.container} moved ${ev.from} → ${ev.to}: ${mib(ev.bytesSent)} sent in ${ev.layersSent} layer(s), ${ev.bytesFromHolders === undefined ? '' : `${mib(ev.bytesFromHolders)} taken from members near ${ev.to}, `}${ev.layersSkipped} layer(s) already there, downtime ${ev.downtimeMs} ms`
 }
 
 /** Renders move events for a person; returns the final event. */
@@ -77,9 +77,10 @@ export class MoveRenderer {
           const l = p.link
           this.line(`plan ${p.moveId}: link ${p.from} → ${p.to}: ${l.class}, ${l.costPerGiB}/GiB, ${l.compress === 'zstd' ? 'zstd' : 'uncompressed'}${l.rateMbit === undefined ? '' : `, capped at ${l.rateMbit} Mbit/s`}`)
           for (const x of p.layers ?? []) {
-            this.line(`plan ${p.moveId}: layer ${x.diffId.slice(7, 19)} ${x.bytes === null ? 'size unknown' : mib(x.bytes)} ${x.send ? `sent over ${l.class} link, cost ${cost(x.cost)}` : 'already there'}`)
+            this.line(`plan ${p.moveId}: layer ${x.diffId.slice(7, 19)} ${x.bytes === null ? 'size unknown' : mib(x.bytes)} ${x.send ? `from ${x.from ?? p.from} sent over ${x.link ?? l.class} link, cost ${cost(x.cost)}` : 'already there'}`)
           }
-          this.line(`plan ${p.moveId}: total ${mib(p.bytesToSend)} over the ${l.class} link, estimated cost ${cost(p.estimatedCost ?? 0)}`)
+          const by = p.linkBytes === undefined ? `over the ${l.class} link` : `(${(['expensive', 'cheap', 'free'] as const).map(c => `${c} ${mib(p.linkBytes?.[c] ?? 0)}`).join(', ')})`
+          this.line(`plan ${p.moveId}: total ${mib(p.bytesToSend)} ${by}, estimated cost ${cost(p.estimatedCost ?? 0)}`)
         }
         for (const w of p.warnings ?? []) this.line(`plan ${p.moveId}: warning: ${w}`)
         for (const v of p.volumeData ?? []) {
