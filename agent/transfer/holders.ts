@@ -233,6 +233,11 @@ export interface HolderClientDeps {
   selfName: string
   /** The mesh's link table: the link from a holder to the destination (default: the table's defaults). */
   links?: LinkTable
+  /**
+   * The image's config exactly as its digest names it (default: from the engine's storage; an
+   * engine not read that way asks no holders: `docker save` would write the whole image first).
+   */
+  imageConfig?: (imageId: string, signal: AbortSignal) => Promise<Uint8Array | undefined>
   log: Logger
 }
 
@@ -255,7 +260,7 @@ export class HolderClient implements HolderLocator, HolderFetcher {
     const found = new Map<string, HeldBy>()
     const near = this.near(q.to)
     if (near.length === 0 || q.diffIds.length === 0) return found
-    const config = await (await this.deps.docker.layerFiles(signal).catch(() => undefined))?.config(q.image.id)
+    const config = await (this.deps.imageConfig ?? (async (id, s) => await (await this.deps.docker.layerFiles(s).catch(() => undefined))?.config(id)))(q.image.id, signal)
     if (config === undefined) {
       this.deps.log.info('no holders asked: the image config cannot be read from the engine\'s storage here', { image: q.image.id })
       return found
