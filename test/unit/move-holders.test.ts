@@ -9,16 +9,14 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { mkdtemp, open, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { open } from 'node:fs/promises'
 import { join } from 'node:path'
-import { initCa } from '../../certs/index.js'
 import type { ContainerSpec } from '../../agent/docker/types.js'
 import { diffIdHex } from '../../agent/transfer/layer-store.js'
 import type { HeldBy } from '../../agent/transfer/holders.js'
 import type { MoveEvent } from '../../protocol/move-messages.js'
 import { MemoryDockerHost } from '../fixtures/memory-docker-host.js'
-import { introduce, runMove, startMiniAgent, stopAll, type MiniAgent } from '../fixtures/mini-agent.js'
+import { introduce, miniMesh, runMove, type MiniAgent } from '../fixtures/mini-agent.js'
 
 const BASE = { '/bin/sh': 'a shell' }
 const APP = { '/app/run': 'version 1\n'.repeat(1000) }
@@ -34,24 +32,8 @@ type Done = Extract<MoveEvent, { event: 'done' }>
 
 describe('moves with layers from a holder near the destination (in-memory engines, libp2p on loopback)', function () {
   this.timeout(60_000)
-  let dir: string
-  let caDir: string
+  const mesh = miniMesh('goto-holders-sm-')
   let run = 0
-  const started: MiniAgent[] = []
-
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'goto-holders-sm-'))
-    caDir = join(dir, 'ca')
-    await initCa(caDir)
-  })
-
-  afterEach(async () => {
-    await stopAll(started.splice(0))
-  })
-
-  after(async () => {
-    await rm(dir, { recursive: true, force: true })
-  })
 
   /** a (vagrant) runs `web`; b (aws) has the base layer; c (aws) has the app layer staged. */
   async function world (): Promise<{ a: MiniAgent, b: MiniAgent, c: MiniAgent, A: MemoryDockerHost, B: MemoryDockerHost, app: { diffId: string, size: number } }> {
@@ -63,9 +45,7 @@ describe('moves with layers from a holder near the destination (in-memory engine
     await B.addImage([BASE])
     await A.start(await A.create(spec(image)))
     const start = async (name: string, docker: MemoryDockerHost, provider: string): Promise<MiniAgent> => {
-      const x = await startMiniAgent({ dir, caDir, name, docker, state: `state-${run}`, labels: { provider }, holders: true })
-      started.push(x)
-      return x
+      return await mesh.start({ name, docker, state: `state-${run}`, labels: { provider }, holders: true })
     }
     const [a, b, c] = [await start('a', A, 'vagrant'), await start('b', B, 'aws'), await start('c', C, 'aws')]
     introduce(a, b, c)
