@@ -130,7 +130,7 @@ async function run (config: AgentConfig): Promise<void> {
   const volumeRounds = !config.volumeSpoolOnly
   const linkTable = new LinkTable(config.links)
   // Layers from the member nearest a destination (transfer/holders.ts): asked by sessions, fetched by the destination.
-  const holderClient = new HolderClient({ auth, table, docker, selfName: bundle.name, links: linkTable, log: log.child({ component: 'holders' }) })
+  const holderClient = new HolderClient({ auth, table, docker, selfName: bundle.name, links: linkTable, spoolDir: join(store.dir, 'incoming'), log: log.child({ component: 'holders' }) })
   const sessions: SessionDeps = {
     auth, docker, table, selfName: bundle.name, store, metrics, timings: config.timings, xattrs, volumeRounds,
     layers: new LayerSender({ docker, paths: new SavePathCache(), log: log.child({ component: 'move' }) }),

@@ -214,7 +214,15 @@ export interface StoreRequest {
  * stopped it; the source then sends that layer itself. Only to a destination whose prepare reply
  * said `fetchesFromHolders`.
  */
-export interface FetchLayerRequest { op: 'fetch', moveId: string, diffId: string, size: number, holder: string }
+export interface FetchLayerRequest {
+  op: 'fetch'
+  moveId: string
+  diffId: string
+  size: number
+  holder: string
+  /** Other members that hold it too (peer IDs): a large layer is then fetched in parts, one from each at once. */
+  alsoFrom?: string[]
+}
 
 export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest | VolumeRoundRequest | FetchLayerRequest
 
@@ -231,11 +239,12 @@ export interface HolderOfferRequest { op: 'offer', order: SignedOrder, spec: Con
 export interface HolderOfferReply { held: Array<{ diffId: string, size: number }> }
 
 /**
- * Destination → holder: layer `diffId` of move `moveId`. Answered by an envelope `{ size }` (or the
- * error: HolderRefusedError), then `size` bytes as raw frames; the destination verifies them
- * against the diff ID while they stream.
+ * Destination → holder: layer `diffId` of move `moveId` — or, with `offset` and `length`, that
+ * part of it. Answered by an envelope `{ size }` (the bytes that follow; or the error:
+ * HolderRefusedError), then `size` bytes as raw frames; the destination verifies the whole layer
+ * against the diff ID while it streams.
  */
-export interface HolderFetchRequest { op: 'fetch', moveId: string, diffId: string }
+export interface HolderFetchRequest { op: 'fetch', moveId: string, diffId: string, offset?: number, length?: number }
 export interface HolderFetchReply { size: number }
 
 export type HolderRequest = HolderOfferRequest | HolderFetchRequest
@@ -257,6 +266,13 @@ function moveId (v: unknown): string {
   const s = str(v, 'moveId', 64)
   if (!MOVE_ID.test(s)) throw new ProtocolError('moveId must be 16 hex digits')
   return s
+}
+
+/** At most this many holders of one layer (a few suffice: each is a stream within one location). */
+export const MAX_HOLDERS_PER_LAYER = 8
+function peerIds (v: unknown, what: string): string[] {
+  if (!Array.isArray(v) || v.length > MAX_HOLDERS_PER_LAYER - 1) throw new ProtocolError(`${what} must be a list of at most ${MAX_HOLDERS_PER_LAYER - 1} peer IDs`)
+  return v.map((x, i) => str(x, `${what}[${i}]`, 128))
 }
 
 export function parseOrderReply (v: unknown): OrderReply {
@@ -440,7 +456,10 @@ export function parseTransferRequest (v: unknown): TransferRequest {
       }
     }
     case 'fetch':
-      return { op: 'fetch', moveId: moveId(o.moveId), diffId: digest(o.diffId, 'diffId'), size: count(o.size, 'size'), holder: str(o.holder, 'holder', 128) }
+      return {
+        op: 'fetch', moveId: moveId(o.moveId), diffId: digest(o.diffId, 'diffId'), size: count(o.size, 'size'), holder: str(o.holder, 'holder', 128),
+        ...o.alsoFrom === undefined || o.alsoFrom === null ? {} : { alsoFrom: peerIds(o.alsoFrom, 'alsoFrom') }
+      }
     case 'preload':
       return { op: 'preload', moveId: moveId(o.moveId), config: str(o.config, 'config', 4 * 1024 * 1024), diffIds: digests(o.diffIds, 'diffIds') }
     case 'abort':
@@ -456,8 +475,13 @@ export function parseHolderRequest (v: unknown): HolderRequest {
   switch (o.op) {
     case 'offer':
       return { op: 'offer', order: parseSignedOrder(o.order), spec: parseSpec(o.spec), config: str(o.config, 'config', 4 * 1024 * 1024), diffIds: digests(o.diffIds, 'diffIds') }
-    case 'fetch':
-      return { op: 'fetch', moveId: moveId(o.moveId), diffId: digest(o.diffId, 'diffId') }
+    case 'fetch': {
+      if ((o.offset === undefined) !== (o.length === undefined)) throw new ProtocolError('a part names both offset and length')
+      return {
+        op: 'fetch', moveId: moveId(o.moveId), diffId: digest(o.diffId, 'diffId'),
+        ...o.offset === undefined ? {} : { offset: count(o.offset, 'offset'), length: count(o.length, 'length') }
+      }
+    }
     default:
       throw new ProtocolError(`unknown holder op '${String(o.op)}'`)
   }

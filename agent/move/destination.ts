@@ -463,8 +463,9 @@ export class DestinationService {
   /**
    * A layer of the prepared chain fetched from the holder the source names (agent/transfer/holders.ts),
    * verified into the staging store as it streams (not into the live load: a holder's bad byte must
-   * cost only that layer, which the source then sends). Refused: a layer the move does not want, a
-   * holder that announces another size than the source was told.
+   * cost only that layer, which the source then sends) — in parts from several holders at once when
+   * the source names more than one and the layer is large. Refused: a layer the move does not want,
+   * a holder that announces another size than the source was told.
    */
   private async fetchLayer (req: FetchLayerRequest, peer: VerifiedPeer, signal: AbortSignal): Promise<LayerReply> {
     const p = this.own(req.moveId, peer)
@@ -473,12 +474,8 @@ export class DestinationService {
     if (!p.wanted.has(req.diffId) || !p.diffIds.slice(p.present).includes(req.diffId)) throw new UnknownMoveError(`layer ${req.diffId} is not one move ${p.moveId} lacks here`)
     p.sentData = true
     if (await store.has(req.diffId)) return { diffId: req.diffId, bytes: 0, kept: true }
-    const { size, stream } = await holders.fetch(req.holder, p.moveId, req.diffId, signal)
-    if (size !== req.size) {
-      for await (const _ of stream) break
-      throw new HolderRefusedError(`the holder announces ${size} bytes for ${req.diffId}, the source ${req.size}`)
-    }
-    const { bytes } = await store.receive(req.diffId, size, this.received(stream), signal)
+    const stream = await holders.fetch([req.holder, ...req.alsoFrom ?? []], p.moveId, req.diffId, req.size, signal)
+    const { bytes } = await store.receive(req.diffId, req.size, this.received(stream), signal)
     p.touched = this.now()
     log.info('layer verified from a holder', { moveId: p.moveId, digest: req.diffId, holder: req.holder, bytes })
     return { diffId: req.diffId, bytes, kept: true }

@@ -300,7 +300,7 @@ export class TransferSession {
     const fetched = new Set<string>()
     for (const [diffId, h] of fromHolders) {
       try {
-        await link.call({ op: 'fetch', moveId: this.moveId, diffId, size: h.size, holder: h.peerId }, [], signal)
+        await link.call({ op: 'fetch', moveId: this.moveId, diffId, size: h.size, holder: h.peerId, ...h.others === undefined ? {} : { alsoFrom: h.others.map(o => o.peerId) } }, [], signal)
         fetched.add(diffId)
         this.fromHolder += h.size
         this.deps.log.info('layer taken from a member near the destination', { moveId: this.moveId, digest: diffId, holder: h.name, bytes: h.size })

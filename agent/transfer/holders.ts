@@ -10,20 +10,25 @@
  *                 the spec's image, and answers which of the asked layers — layers of that config —
  *                 it holds (staging store or engine storage), granting them to the order's
  *                 destination, and to no one else, for HOLDER_GRANT_MS.
- *     fetch       a member asks for one layer of a move; served only under a grant naming that
- *                 member and that layer. Nothing else is ever served: a valid certificate alone
+ *     fetch       a member asks for one layer of a move (or a part of it: offset, length); served
+ *                 only under a grant naming that member and that layer. Nothing else is ever served: a valid certificate alone
  *                 fetches nothing (docs/threat-model.md).
  *   asking side   HolderClient: `find` (the source: whom to ask, and the answers) and `fetch` (the
  *                 destination: the layer's bytes, which it verifies against the diff ID as they
- *                 stream, like any layer).
+ *                 stream, like any layer). A layer of at least `partsMinBytes` that several members
+ *                 hold is fetched in parts, one from each at once: the first part streams through,
+ *                 the others are spooled to disk meanwhile and follow in order.
  *
- *   const near = await client.find({ to, order, spec, image, diffIds: toSend }, signal)   // source
- *   const { size, stream } = await client.fetch(holderPeerId, moveId, diffId, signal)       // destination
+ *   const near = await client.find({ to, order, spec, image, diffIds: toSend }, signal)      // source
+ *   const bytes = await client.fetch([holder, ...alsoFrom], moveId, diffId, size, signal)       // destination
  *
  * A holder that refuses, fails or serves a wrong byte costs the move that layer's trip from the
  * source (session.ts falls back), never the move.
  */
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { rm } from 'node:fs/promises'
+import { join } from 'node:path'
 import type { VerifiedPeer } from '../../certs/verify.js'
 import type { AuthService } from '../net/auth-service.js'
 import { openStream } from '../net/dial.js'
@@ -34,11 +39,12 @@ import type { Logger } from '../log.js'
 import type { LayerStore } from './layer-store.js'
 import { LinkTable, locationOf, type LinkClass, type Location } from './links.js'
 import { chainIds } from './plan.js'
+import { spoolToFile } from './spool.js'
 import { HOLDER_PROTOCOL } from '../../protocol/ids.js'
 import { readResult, receiveBlob, sendBlob, type JsonStream } from '../../protocol/wire.js'
 import { specDigest, type OrderVerifier, type SignedOrder } from '../../protocol/orders.js'
 import {
-  parseHolderOfferReply, parseHolderRequest, type HolderFetchReply, type HolderFetchRequest, type HolderOfferReply, type HolderOfferRequest
+  MAX_HOLDERS_PER_LAYER, parseHolderOfferReply, parseHolderRequest, type HolderFetchReply, type HolderFetchRequest, type HolderOfferReply, type HolderOfferRequest
 } from '../../protocol/move-messages.js'
 import type { ContainerSpec } from '../../protocol/container.js'
 import { HolderRefusedError, LayerTooLargeError, OrderMismatchError, ProtocolError, SpecMismatchError, toWireError } from '../../protocol/errors.js'
@@ -56,6 +62,11 @@ export const MAX_HOLDER_GRANTS = 256
  * costs a move this much at most, and its layers then come from the source.
  */
 export const HOLDER_OFFER_TIMEOUT_MS = 5_000
+/**
+ * Below this a layer comes whole from one holder even when several hold it: a part's stream and
+ * its spooling to disk cost more than they save, and LAN links inside a location are fast.
+ */
+export const PARTS_MIN_BYTES = 64 * 1024 * 1024
 /** How long a holder waits for a request after a stream opened. */
 const HOLDER_REQUEST_TIMEOUT_MS = 10_000
 
@@ -68,6 +79,8 @@ export interface HeldBy {
   /** The link from the holder to the destination (free, within one location, unless a rule says otherwise). */
   link: LinkClass
   costPerGiB: number
+  /** Other members that hold it with the same size (they may serve parts of it at once). */
+  others?: Array<{ name: string, peerId: string }>
 }
 
 /** What the source asks (session.ts): the move's signed order, its spec and image, the layers to find. */
@@ -87,8 +100,12 @@ export interface HolderLocator {
 
 /** The destination's side of holders (destination.ts). */
 export interface HolderFetcher {
-  /** Layer `diffId` of move `moveId` from the member `holder` (a peer ID): its announced size and its bytes, unverified. */
-  fetch: (holder: string, moveId: string, diffId: string, signal: AbortSignal) => Promise<{ size: number, stream: AsyncIterable<Uint8Array> }>
+  /**
+   * The `size` bytes of layer `diffId` of move `moveId` from the members `holders` (peer IDs; in
+   * parts from several when it is large), unverified: HolderRefusedError when one announces another
+   * size, or any error of theirs, as the bytes are read.
+   */
+  fetch: (holders: readonly string[], moveId: string, diffId: string, size: number, signal: AbortSignal) => Promise<AsyncIterable<Uint8Array>>
 }
 
 /** A layer this host can serve: its size and a way to read it. */
@@ -128,6 +145,7 @@ export interface HolderServiceDeps {
 export class HolderService {
   private readonly grants = new Map<string, Grant>()
   private readonly now: () => number
+  private served = 0
 
   constructor (private readonly deps: HolderServiceDeps) {
     this.now = deps.now ?? Date.now
@@ -141,10 +159,16 @@ export class HolderService {
     this.grants.clear()
   }
 
+  /** Layer bytes this host served to members near it. */
+  get bytesServed (): number {
+    return this.served
+  }
+
   private async serve (js: JsonStream, peer: VerifiedPeer): Promise<void> {
     const ac = new AbortController()
     js.onClose(() => { ac.abort(new HolderRefusedError('the asking member closed the stream')) })
     let layer: LocalLayer | undefined
+    let part = { offset: 0, length: 0 }
     let reply: unknown
     let req: HolderOfferRequest | HolderFetchRequest | undefined
     try {
@@ -152,7 +176,9 @@ export class HolderService {
       if (req.op === 'offer') reply = await this.offer(req, peer, ac.signal)
       else {
         layer = await this.layerFor(req, peer, ac.signal)
-        reply = { size: layer.size } satisfies HolderFetchReply
+        part = { offset: req.offset ?? 0, length: req.length ?? layer.size }
+        if (part.offset + part.length > layer.size) throw new HolderRefusedError(`bytes ${part.offset}+${part.length} are past the end of ${req.diffId} (${layer.size} bytes)`)
+        reply = { size: part.length } satisfies HolderFetchReply
       }
     } catch (err) {
       this.deps.log.warn('holder request refused', { op: req?.op, from: peer.name, error: (err as Error).message, reason: (err as Error).name })
@@ -163,8 +189,9 @@ export class HolderService {
     try {
       await js.write({ ok: true, result: reply }, ac.signal)
       if (layer !== undefined && req?.op === 'fetch') {
-        await sendBlob(js, layer.read(ac.signal), layer.size, ac.signal)
-        this.deps.log.info('layer served to a member near it', { moveId: req.moveId, digest: req.diffId, to: peer.name, bytes: layer.size })
+        await sendBlob(js, slice(layer.read(ac.signal), part.offset, part.length), part.length, ac.signal)
+        this.served += part.length
+        this.deps.log.info('layer served to a member near it', { moveId: req.moveId, digest: req.diffId, to: peer.name, offset: part.offset, bytes: part.length })
       }
       await js.close(ac.signal)
     } catch (err) {
@@ -212,6 +239,19 @@ export class HolderService {
   }
 }
 
+/** `length` bytes of `source` from `offset` on (the bytes before are read past). */
+async function * slice (source: AsyncIterable<Uint8Array>, offset: number, length: number): AsyncGenerator<Uint8Array> {
+  let at = 0
+  const end = offset + length
+  for await (const chunk of source) {
+    const from = Math.max(offset - at, 0)
+    const to = Math.min(end - at, chunk.byteLength)
+    at += chunk.byteLength
+    if (to > from) yield from === 0 && to === chunk.byteLength ? chunk : chunk.subarray(from, to)
+    if (at >= end) return
+  }
+}
+
 /** The diff IDs an image config names (`rootfs.diff_ids`); SpecMismatchError when it has none. */
 function rootfsOf (config: Buffer): string[] {
   let parsed: unknown
@@ -238,6 +278,10 @@ export interface HolderClientDeps {
    * engine not read that way asks no holders: `docker save` would write the whole image first).
    */
   imageConfig?: (imageId: string, signal: AbortSignal) => Promise<Uint8Array | undefined>
+  /** Where the parts of a layer fetched from several holders wait for their turn (the staging store's incoming directory: emptied when the store opens). */
+  spoolDir: string
+  /** Layers of at least this many bytes come in parts from several holders (default PARTS_MIN_BYTES). */
+  partsMinBytes?: number
   log: Logger
 }
 
@@ -288,26 +332,64 @@ export class HolderClient implements HolderLocator, HolderFetcher {
     }))
     for (const { e, held } of answers) {
       const link = table.between(locationOf(e.labels), locationOf(q.to.labels))
-      for (const h of held) if (!found.has(h.diffId)) found.set(h.diffId, { name: e.name, peerId: e.peerId, size: h.size, link: link.class, costPerGiB: link.costPerGiB })
+      for (const h of held) {
+        const first = found.get(h.diffId)
+        if (first === undefined) found.set(h.diffId, { name: e.name, peerId: e.peerId, size: h.size, link: link.class, costPerGiB: link.costPerGiB })
+        else if (first.size === h.size && (first.others?.length ?? 0) < MAX_HOLDERS_PER_LAYER - 1) first.others = [...first.others ?? [], { name: e.name, peerId: e.peerId }]
+      }
     }
     return found
   }
 
-  async fetch (holder: string, moveId: string, diffId: string, signal: AbortSignal): Promise<{ size: number, stream: AsyncIterable<Uint8Array> }> {
+  async fetch (holders: readonly string[], moveId: string, diffId: string, size: number, signal: AbortSignal): Promise<AsyncIterable<Uint8Array>> {
+    if (holders.length === 0) throw new HolderRefusedError(`no holder named for ${diffId}`)
+    const parts = size >= (this.deps.partsMinBytes ?? PARTS_MIN_BYTES) ? Math.min(holders.length, MAX_HOLDERS_PER_LAYER) : 1
+    if (parts === 1) return await this.part(holders[0], moveId, diffId, undefined, size, signal)
+    const partBytes = Math.ceil(size / parts)
+    const ranges = holders.slice(0, parts).map((h, i) => ({ holder: h, offset: i * partBytes, length: Math.min(partBytes, size - i * partBytes) })).filter(r => r.length > 0)
+    return this.inParts(ranges, moveId, diffId, signal)
+  }
+
+  /**
+   * The parts in order: the first streams through; each other one is fetched at the same time into
+   * a spool file, and read from there in its turn. Any part failing fails the whole (the caller's
+   * verification would anyway); every spool file goes at the end, whatever happened.
+   */
+  private async * inParts (ranges: Array<{ holder: string, offset: number, length: number }>, moveId: string, diffId: string, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+    const ac = new AbortController()
+    const s = AbortSignal.any([signal, ac.signal])
+    const tag = randomBytes(6).toString('hex')
+    const paths = ranges.map((_, i) => join(this.deps.spoolDir, `part-${tag}-${i}`))
+    const spooled = ranges.slice(1).map(async (r, i) => {
+      await spoolToFile(await this.part(r.holder, moveId, diffId, r, r.length, s), paths[i + 1], s)
+      return paths[i + 1]
+    })
+    for (const p of spooled) p.catch(() => {})
+    try {
+      yield * await this.part(ranges[0].holder, moveId, diffId, ranges[0], ranges[0].length, s)
+      for (const p of spooled) yield * createReadStream(await p)
+    } finally {
+      ac.abort(new HolderRefusedError(`the parts of ${diffId} are no longer needed`))
+      await Promise.allSettled(spooled)
+      await Promise.all(paths.map(async p => { await rm(p, { force: true }); await rm(`${p}.part`, { force: true }) }))
+    }
+  }
+
+  /** One holder's bytes of the layer (a part when `range` is given), which must be `size` bytes. */
+  private async part (holder: string, moveId: string, diffId: string, range: { offset: number, length: number } | undefined, size: number, signal: AbortSignal): Promise<AsyncIterable<Uint8Array>> {
     const entry = this.deps.table.get(holder)
     if (entry === undefined || entry.state !== 'alive') throw new HolderRefusedError(`the holder ${holder} is not an alive member here`)
     const js = await openStream(this.deps.auth, entry.peerId, entry.addrs, HOLDER_PROTOCOL, signal)
-    let size: number
     try {
-      await js.write({ op: 'fetch', moveId, diffId } satisfies HolderFetchRequest, signal)
+      await js.write({ op: 'fetch', moveId, diffId, ...range === undefined ? {} : { offset: range.offset, length: range.length } } satisfies HolderFetchRequest, signal)
       const reply = await readResult(js, signal) as Partial<HolderFetchReply> | null
       if (typeof reply?.size !== 'number' || !Number.isSafeInteger(reply.size) || reply.size < 0) throw new ProtocolError('the holder\'s reply names no size')
-      size = reply.size
+      if (reply.size !== size) throw new HolderRefusedError(`the holder ${entry.name} announces ${reply.size} bytes of ${diffId}, ${size} were expected`)
     } catch (err) {
       js.abort(err as Error)
       throw err
     }
-    return { size, stream: closing(js, receiveBlob(js, size, () => new LayerTooLargeError(`the holder ${entry.name} sent more of ${diffId} than the ${size} bytes it announced`), signal), signal) }
+    return closing(js, receiveBlob(js, size, () => new LayerTooLargeError(`the holder ${entry.name} sent more of ${diffId} than the ${size} bytes it announced`), signal), signal)
   }
 }
 

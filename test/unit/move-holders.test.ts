@@ -9,7 +9,7 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { open } from 'node:fs/promises'
+import { open, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { ContainerSpec } from '../../agent/docker/types.js'
 import { diffIdHex } from '../../agent/transfer/layer-store.js'
@@ -35,8 +35,11 @@ describe('moves with layers from a holder near the destination (in-memory engine
   const mesh = miniMesh('goto-holders-sm-')
   let run = 0
 
-  /** a (vagrant) runs `web`; b (aws) has the base layer; c (aws) has the app layer staged. */
-  async function world (): Promise<{ a: MiniAgent, b: MiniAgent, c: MiniAgent, A: MemoryDockerHost, B: MemoryDockerHost, app: { diffId: string, size: number } }> {
+  /**
+   * a (vagrant) runs `web`; b (aws) has the base layer; c (aws) has the app layer staged, and with
+   * `two`, d (aws) too (and layers of any size come in parts from both).
+   */
+  async function world (two = false): Promise<{ a: MiniAgent, b: MiniAgent, c: MiniAgent, d?: MiniAgent, A: MemoryDockerHost, B: MemoryDockerHost, app: { diffId: string, size: number } }> {
     run++
     const A = new MemoryDockerHost({ name: 'A' })
     const B = new MemoryDockerHost({ name: 'B' })
@@ -45,10 +48,11 @@ describe('moves with layers from a holder near the destination (in-memory engine
     await B.addImage([BASE])
     await A.start(await A.create(spec(image)))
     const start = async (name: string, docker: MemoryDockerHost, provider: string): Promise<MiniAgent> => {
-      return await mesh.start({ name, docker, state: `state-${run}`, labels: { provider }, holders: true })
+      return await mesh.start({ name, docker, state: `state-${run}`, labels: { provider }, holders: true, ...two ? { holderPartsMinBytes: 1 } : {} })
     }
     const [a, b, c] = [await start('a', A, 'vagrant'), await start('b', B, 'aws'), await start('c', C, 'aws')]
-    introduce(a, b, c)
+    const d = two ? await start('d', new MemoryDockerHost({ name: 'D' }), 'aws') : undefined
+    introduce(...[a, b, c, ...d === undefined ? [] : [d]])
     const diffId = (await A.inspectImage(image)).diffIds[1]
     let size = 0
     for await (const entry of A.saveImage(image)) {
@@ -56,10 +60,12 @@ describe('moves with layers from a holder near the destination (in-memory engine
       const parts: Uint8Array[] = []
       for await (const chunk of entry.stream) parts.push(chunk)
       const bytes = Buffer.concat(parts)
-      if (await c.store.receiveAny(new Set([diffId]), bytes.byteLength, (async function * () { yield bytes })()).then(() => true, () => false)) size = bytes.byteLength
+      for (const x of [c, ...d === undefined ? [] : [d]]) {
+        if (await x.store.receiveAny(new Set([diffId]), bytes.byteLength, (async function * () { yield bytes })()).then(() => true, () => false)) size = bytes.byteLength
+      }
     }
     expect(size).to.be.above(0)
-    return { a, b, c, A, B, app: { diffId, size } }
+    return { a, b, c, ...d === undefined ? {} : { d }, A, B, app: { diffId, size } }
   }
 
   function done (events: MoveEvent[]): Done {
@@ -113,6 +119,36 @@ describe('moves with layers from a holder near the destination (in-memory engine
     const d = done(await runMove(a, { container: 'web', to: 'b' }))
     expect(d.bytesFromHolders).to.equal(undefined)
     expect(d.bytesSent).to.be.at.least(app.size)
+    await expectRunningAtB(B)
+  })
+
+  it('two holders serve a layer in two parts at once; the destination puts them together and verifies the whole', async () => {
+    const { a, b, c, d, B, app } = await world(true)
+    const dry = await runMove(a, { container: 'web', to: 'b', dryRun: true })
+    expect(dry.some(e => e.event === 'plan' && e.plan.layers?.some(l => l.diffId === app.diffId && l.from === 'c'))).to.equal(true)
+    const moved = done(await runMove(a, { container: 'web', to: 'b' }))
+    expect(moved.bytesFromHolders).to.equal(app.size)
+    const fromC = c.holder?.bytesServed ?? 0
+    const fromD = d?.holder?.bytesServed ?? 0
+    expect(fromC).to.be.above(0)
+    expect(fromD).to.be.above(0)
+    expect(fromC + fromD).to.equal(app.size)
+    await expectRunningAtB(B)
+    // The spooled part is gone.
+    expect(await readdir(join(b.store.dir, 'incoming'))).to.deep.equal([])
+  })
+
+  it('a wrong byte in the second holder\'s part fails the whole layer from holders; the source sends it', async () => {
+    const { a, d, B, app } = await world(true)
+    const fh = await open(join(d?.store.dir ?? '', `${diffIdHex(app.diffId)}.tar`), 'r+')
+    try {
+      await fh.write(Buffer.from('X'), 0, 1, app.size - 700)
+    } finally {
+      await fh.close()
+    }
+    const r = done(await runMove(a, { container: 'web', to: 'b' }))
+    expect(r.bytesFromHolders).to.equal(undefined)
+    expect(r.bytesSent).to.be.at.least(app.size)
     await expectRunningAtB(B)
   })
 })
