@@ -54,7 +54,7 @@ function summary (ev: Extract<MoveEvent, { event: 'done' }>, dryRun: boolean): s
   const live = ev.live === undefined
     ? ''
     : `; live: its processes go on there (checkpoint ${ev.live.checkpointMs} ms, ${mib(ev.live.checkpointBytes)} in ${ev.live.checkpointFiles} file(s) sent in ${ev.live.transferMs} ms, restore ${ev.live.restoreMs} ms)`
-  return `done: ${ev.container} moved ${ev.from} → ${ev.to}: ${mib(ev.bytesSent)} sent in ${ev.layersSent} layer(s), ${ev.layersSkipped} layer(s) already there, downtime ${ev.downtimeMs} ms${live}`
+  return `done: ${ev.container} moved ${ev.from} → ${ev.to}: ${mib(ev.bytesSent)} sent in ${ev.layersSent} layer(s), ${ev.bytesFromHolders === undefined ? '' : `${mib(ev.bytesFromHolders)} taken from members near ${ev.to}, `}${ev.layersSkipped} layer(s) already there, downtime ${ev.downtimeMs} ms${live}`
 }
 
 const RESUMED = {
@@ -90,9 +90,10 @@ export class MoveRenderer {
           const l = p.link
           this.line(`plan ${p.moveId}: link ${p.from} → ${p.to}: ${l.class}, ${l.costPerGiB}/GiB, ${l.compress === 'zstd' ? 'zstd' : 'uncompressed'}${l.rateMbit === undefined ? '' : `, capped at ${l.rateMbit} Mbit/s`}`)
           for (const x of p.layers ?? []) {
-            this.line(`plan ${p.moveId}: layer ${x.diffId.slice(7, 19)} ${x.bytes === null ? 'size unknown' : mib(x.bytes)} ${x.send ? `sent over ${l.class} link, cost ${cost(x.cost)}` : 'already there'}`)
+            this.line(`plan ${p.moveId}: layer ${x.diffId.slice(7, 19)} ${x.bytes === null ? 'size unknown' : mib(x.bytes)} ${x.send ? `from ${x.from ?? p.from} sent over ${x.link ?? l.class} link, cost ${cost(x.cost)}` : 'already there'}`)
           }
-          this.line(`plan ${p.moveId}: total ${mib(p.bytesToSend)} over the ${l.class} link, estimated cost ${cost(p.estimatedCost ?? 0)}`)
+          const by = p.linkBytes === undefined ? `over the ${l.class} link` : `(${(['expensive', 'cheap', 'free'] as const).map(c => `${c} ${mib(p.linkBytes?.[c] ?? 0)}`).join(', ')})`
+          this.line(`plan ${p.moveId}: total ${mib(p.bytesToSend)} ${by}, estimated cost ${cost(p.estimatedCost ?? 0)}`)
         }
         if (p.live !== undefined) {
           this.line(`plan ${p.moveId}: live: ${liveLine(p.live.source)}`)

@@ -136,6 +136,12 @@ export class RestoreFailedError extends GotoError {}
 export class ContainerNotRunningError extends GotoError {}
 /** A layer the move needed was not in the engine's save stream. */
 export class TransferIncompleteError extends GotoError {}
+/**
+ * A holder (a member near the destination that has a layer: agent/transfer/holders.ts) will not
+ * serve it: no grant from the source's signed move names the asking member and that layer, the
+ * grant expired, or it no longer holds the layer. The destination then takes it from the source.
+ */
+export class HolderRefusedError extends GotoError {}
 /** A transfer session's steps were called out of order (a bug of the caller, never a network input). */
 export class TransferStateError extends GotoError {}
 
@@ -273,6 +279,7 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   RestoreFailedError,
   ContainerNotRunningError,
   TransferIncompleteError,
+  HolderRefusedError,
   SnapshotOutdatedError,
   ContainerBusyError,
   TakeoverRefusedError,

@@ -62,9 +62,15 @@ export interface MovePlan {
   hostPowers?: string[]
   /** The link to the destination as the source's link table decides it (agent/transfer/links.ts). */
   link?: { class: 'free' | 'cheap' | 'expensive', costPerGiB: number, compress: 'none' | 'zstd', rateMbit?: number }
-  /** Each layer of the image, base first: its bytes (null: not known before it is read), whether it is sent, its estimated cost. */
-  layers?: Array<{ diffId: string, bytes: number | null, send: boolean, cost: number }>
-  /** The layers to send × the link's price per GiB (before compression: an upper bound). */
+  /**
+   * Each layer of the image, base first: its bytes (null: not known before it is read), whether it
+   * is sent, its estimated cost; for a layer sent, `from` (the member it comes from: the source, or
+   * a member near the destination that holds it) and the class of the link it crosses.
+   */
+  layers?: Array<{ diffId: string, bytes: number | null, send: boolean, cost: number, from?: string, link?: 'free' | 'cheap' | 'expensive' }>
+  /** Bytes of the layers to send on each class of link (a layer from a holder crosses the holder's link). */
+  linkBytes?: { free: number, cheap: number, expensive: number }
+  /** Each layer to send × the price per GiB of the link it crosses (before compression: an upper bound). */
   estimatedCost?: number
   /** What the move does not do as asked but goes on without, e.g. a tag at the destination that names another image. */
   warnings?: string[]
@@ -108,8 +114,12 @@ export type MoveEvent =
    * round inside the freeze.
    */
   | { event: 'round', moveId: string, round: number, bytes: number, files: number, final: boolean }
-  /** `bytesOnWire`: the blob bytes that crossed the link (compressed where it compresses); absent from an older agent. */
-  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, layersSent: number, layersSkipped: number, downtimeMs: number, live?: LiveTimings }
+  /**
+   * `bytesOnWire`: the blob bytes that crossed the link (compressed where it compresses); absent from
+   * an older agent. `bytesFromHolders`: layer bytes the destination took from members near it
+   * (not in `bytesSent`); absent when none.
+   */
+  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, bytesFromHolders?: number, layersSent: number, layersSkipped: number, downtimeMs: number, live?: LiveTimings }
   /**
    * `rollback`: 'none-needed' (refused before anything changed), 'done' (the source container runs
    * again, the destination removed what it made), 'incomplete' (say what could not be undone).
@@ -159,6 +169,8 @@ export interface PrepareReply {
   decodes?: BlobEncoding[]
   /** (live prepare) What this destination found: it takes the live move (a refusal is an error). */
   live?: LiveReport
+  /** True: this destination takes `fetch` steps (a layer from a holder near it); absent from older agents. */
+  fetchesFromHolders?: boolean
 }
 
 /**
@@ -249,7 +261,47 @@ export interface StoreRequest {
   encoding?: BlobEncoding
 }
 
-export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest | VolumeRoundRequest | CheckpointRequest
+/**
+ * Source → destination: take layer `diffId` (`size` bytes) of the prepared move from the member
+ * `holder` (its peer ID), which the source's `offer` on /goto/holder granted it (holders.ts).
+ * Answered like a `layer` (LayerReply) once the layer is verified here, or with the error that
+ * stopped it; the source then sends that layer itself. Only to a destination whose prepare reply
+ * said `fetchesFromHolders`.
+ */
+export interface FetchLayerRequest {
+  op: 'fetch'
+  moveId: string
+  diffId: string
+  size: number
+  holder: string
+  /** Other members that hold it too (peer IDs): a large layer is then fetched in parts, one from each at once. */
+  alsoFrom?: string[]
+}
+
+export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest | VolumeRoundRequest | CheckpointRequest | FetchLayerRequest
+
+// --- /goto/holder ------------------------------------------------------------------------
+
+/**
+ * Source → a member in the destination's location: which of `diffIds` do you hold? The request
+ * carries the operator's signed order of the move (checked as a destination checks it, but not
+ * spent), its spec and the image's config (base64; its sha256 is spec.image, and its rootfs names
+ * the layers): the holder then grants the order's destination those of the layers it holds, for
+ * HOLDER_GRANT_MS. Nobody else may fetch them.
+ */
+export interface HolderOfferRequest { op: 'offer', order: SignedOrder, spec: ContainerSpec, config: string, diffIds: string[] }
+export interface HolderOfferReply { held: Array<{ diffId: string, size: number }> }
+
+/**
+ * Destination → holder: layer `diffId` of move `moveId` — or, with `offset` and `length`, that
+ * part of it. Answered by an envelope `{ size }` (the bytes that follow; or the error:
+ * HolderRefusedError), then `size` bytes as raw frames; the destination verifies the whole layer
+ * against the diff ID while it streams.
+ */
+export interface HolderFetchRequest { op: 'fetch', moveId: string, diffId: string, offset?: number, length?: number }
+export interface HolderFetchReply { size: number }
+
+export type HolderRequest = HolderOfferRequest | HolderFetchRequest
 
 // --- checks -----------------------------------------------------------------------------
 
@@ -268,6 +320,13 @@ function moveId (v: unknown): string {
   const s = str(v, 'moveId', 64)
   if (!MOVE_ID.test(s)) throw new ProtocolError('moveId must be 16 hex digits')
   return s
+}
+
+/** At most this many holders of one layer (a few suffice: each is a stream within one location). */
+export const MAX_HOLDERS_PER_LAYER = 8
+function peerIds (v: unknown, what: string): string[] {
+  if (!Array.isArray(v) || v.length > MAX_HOLDERS_PER_LAYER - 1) throw new ProtocolError(`${what} must be a list of at most ${MAX_HOLDERS_PER_LAYER - 1} peer IDs`)
+  return v.map((x, i) => str(x, `${what}[${i}]`, 128))
 }
 
 export function parseOrderReply (v: unknown): OrderReply {
@@ -487,6 +546,11 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         ...encodingOf(o)
       }
     }
+    case 'fetch':
+      return {
+        op: 'fetch', moveId: moveId(o.moveId), diffId: digest(o.diffId, 'diffId'), size: count(o.size, 'size'), holder: str(o.holder, 'holder', 128),
+        ...o.alsoFrom === undefined || o.alsoFrom === null ? {} : { alsoFrom: peerIds(o.alsoFrom, 'alsoFrom') }
+      }
     case 'preload':
       return { op: 'preload', moveId: moveId(o.moveId), config: str(o.config, 'config', 4 * 1024 * 1024), diffIds: digests(o.diffIds, 'diffIds') }
     case 'abort':
@@ -494,5 +558,36 @@ export function parseTransferRequest (v: unknown): TransferRequest {
       return { op: o.op, moveId: moveId(o.moveId) }
     default:
       throw new ProtocolError(`unknown transfer op '${String(o.op)}'`)
+  }
+}
+
+export function parseHolderRequest (v: unknown): HolderRequest {
+  const o = obj(v, 'holder request')
+  switch (o.op) {
+    case 'offer':
+      return { op: 'offer', order: parseSignedOrder(o.order), spec: parseSpec(o.spec), config: str(o.config, 'config', 4 * 1024 * 1024), diffIds: digests(o.diffIds, 'diffIds') }
+    case 'fetch': {
+      if ((o.offset === undefined) !== (o.length === undefined)) throw new ProtocolError('a part names both offset and length')
+      return {
+        op: 'fetch', moveId: moveId(o.moveId), diffId: digest(o.diffId, 'diffId'),
+        ...o.offset === undefined ? {} : { offset: count(o.offset, 'offset'), length: count(o.length, 'length') }
+      }
+    }
+    default:
+      throw new ProtocolError(`unknown holder op '${String(o.op)}'`)
+  }
+}
+
+/** A holder's reply to an offer, as the source reads it (at most one entry per asked layer). */
+export function parseHolderOfferReply (v: unknown, asked: readonly string[]): HolderOfferReply {
+  const o = obj(v, 'offer reply')
+  if (!Array.isArray(o.held) || o.held.length > asked.length) throw new ProtocolError('held must be a list of at most the layers asked for')
+  return {
+    held: o.held.map((h, i) => {
+      const ho = obj(h, `held[${i}]`)
+      const diffId = digest(ho.diffId, `held[${i}].diffId`)
+      if (!asked.includes(diffId)) throw new ProtocolError(`held[${i}] names a layer not asked for`)
+      return { diffId, size: count(ho.size, `held[${i}].size`) }
+    })
   }
 }

@@ -54,6 +54,7 @@ import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import { counted } from '../transfer/counted.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { LiveLoad } from '../transfer/live-load.js'
+import type { HolderFetcher } from '../transfer/holders.js'
 import { loadBase, loadedImageId, loadVerified } from '../transfer/load.js'
 import type { ImageStore } from '../docker/engine-kind.js'
 import { layersToSend } from '../transfer/plan.js'
@@ -69,12 +70,12 @@ import type { JsonStream } from '../../protocol/wire.js'
 import { decodableEncodings, receiveEncoded } from '../transfer/encoding.js'
 import { checkHostPowers, specDigest, type MoveOrderBody, type OrderVerifier } from '../../protocol/orders.js'
 import {
-  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest, type StoreRequest,
+  parseTransferRequest, type FetchLayerRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest, type StoreRequest,
   type VolumeRoundRequest, type CheckpointRequest, type LiveReport
 } from '../../protocol/move-messages.js'
 
 import {
-  ArchitectureMismatchError, CheckpointRefusedError, ContainerNotFoundError, LiveUnavailableError, InsufficientDiskError, LayerTooLargeError, MoveInProgressError, NameConflictError,
+  ArchitectureMismatchError, CheckpointRefusedError, ContainerNotFoundError, HolderRefusedError, LiveUnavailableError, InsufficientDiskError, LayerTooLargeError, MoveInProgressError, NameConflictError,
   OrderMismatchError, OrderMissingError, PortConflictError, SpecMismatchError, SpecTooLargeError, TooManyTransfersError, UnknownMoveError, toWireError,
   VolumeSyncRefusedError, VolumeSyncTooLargeError, VolumeSyncUnavailableError
 } from '../../protocol/errors.js'
@@ -198,6 +199,8 @@ export interface DestinationDeps {
   kept?: { settled: () => Promise<void> }
   /** Extended attributes of synced volumes (agent/sync attrTools; default: none). */
   xattrs?: XattrAccess
+  /** Fetches layers from members near this host that hold them (a source's `fetch` step; default: the step is not offered). */
+  holders?: HolderFetcher
   /** False: offer no volume rounds (every volume arrives as an archive inside the freeze; default true). */
   volumeRounds?: boolean
   /** False: synced trees of rolled-back transfers are not kept for a retry (default true). */
@@ -255,6 +258,7 @@ export class DestinationService {
       switch (req.op) {
         case 'prepare': reply = await this.prepare(req, peer, signal); break
         case 'layer': reply = await this.layer(req, js, peer, signal); break
+        case 'fetch': reply = await this.fetchLayer(req, peer, signal); break
         case 'preload': reply = await this.preload(req, peer, signal); break
         case 'restore': reply = await this.restore(req, js, peer, signal); break
         case 'store': reply = await this.store(req, js, peer, signal); break
@@ -343,7 +347,7 @@ export class DestinationService {
       ...live === undefined ? {} : { liveMove: {} }
     })
     this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length, imageRef: ref, volumeSync: syncable.length })
-    return { present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {}, decodes: decodableEncodings(), ...live === undefined ? {} : { live } }
+    return { present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {}, decodes: decodableEncodings(), ...live === undefined ? {} : { live }, ...this.deps.holders === undefined ? {} : { fetchesFromHolders: true } }
   }
 
   /**
@@ -547,6 +551,27 @@ export class DestinationService {
     p.touched = this.now()
     log.info('layer verified', { moveId: req.moveId, digest: diffId, bytes })
     return { diffId, bytes, kept: true }
+  }
+
+  /**
+   * A layer of the prepared chain fetched from the holder the source names (agent/transfer/holders.ts),
+   * verified into the staging store as it streams (not into the live load: a holder's bad byte must
+   * cost only that layer, which the source then sends) — in parts from several holders at once when
+   * the source names more than one and the layer is large. Refused: a layer the move does not want,
+   * a holder that announces another size than the source was told.
+   */
+  private async fetchLayer (req: FetchLayerRequest, peer: VerifiedPeer, signal: AbortSignal): Promise<LayerReply> {
+    const p = this.own(req.moveId, peer)
+    const { store, log, holders } = this.deps
+    if (holders === undefined) throw new HolderRefusedError('this agent fetches no layers from holders')
+    if (!p.wanted.has(req.diffId) || !p.diffIds.slice(p.present).includes(req.diffId)) throw new UnknownMoveError(`layer ${req.diffId} is not one move ${p.moveId} lacks here`)
+    p.sentData = true
+    if (await store.has(req.diffId)) return { diffId: req.diffId, bytes: 0, kept: true }
+    const stream = await holders.fetch([req.holder, ...req.alsoFrom ?? []], p.moveId, req.diffId, req.size, signal)
+    const { bytes } = await store.receive(req.diffId, req.size, this.received(stream), signal)
+    p.touched = this.now()
+    log.info('layer verified from a holder', { moveId: p.moveId, digest: req.diffId, holder: req.holder, bytes })
+    return { diffId: req.diffId, bytes, kept: true }
   }
 
   /** Loads the image whose layers pre-copy staged, while the source container still runs. */

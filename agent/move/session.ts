@@ -7,7 +7,10 @@
  *   connect    an authenticated connection to the destination member (alive, not ourselves)
  *   prepare    the destination checks it can take the container and says which layers it has
  *              (a move carries the operator's signed order, which the destination verifies)
- *   precopy    the layers it lacks stream to it while the container runs; it loads them (preload)
+ *   precopy    the layers it lacks stream to it while the container runs; it loads them (preload).
+ *              Across a paid link, layers that a member in the destination's location holds
+ *              (found at prepare: transfer/holders.ts) are fetched by the destination from that
+ *              member instead; any it could not take that way are sent from here
  *   volumeRound (move) named volumes both ends can read directly (local driver, engine on the
  *              agent's host; the destination offered it in prepare's reply) are synced by
  *              difference (agent/sync) while the container runs, one round at a time (rounds.ts
@@ -37,13 +40,14 @@ import { connectTo } from '../net/dial.js'
 import type { DockerHost } from '../docker/docker-host.js'
 import type { ContainerInfo, ContainerSpec, ImageInfo, RestartPolicy } from '../docker/types.js'
 import { buildLayeredConfig } from '../docker/layered-config.js'
-import type { PeerTable } from '../membership/peer-table.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { loadVerified } from '../transfer/load.js'
 import { TransferLink, type Blob } from '../transfer/link.js'
 import { LinkTable, locationOf, type LinkPolicy } from '../transfer/links.js'
 import { chainIds } from '../transfer/plan.js'
 import type { LayerSender } from '../transfer/layer-sender.js'
+import type { HeldBy, HolderLocator } from '../transfer/holders.js'
+import type { PeerEntry, PeerTable } from '../membership/peer-table.js'
 import { spoolToFile } from '../transfer/spool.js'
 import { HashCache, NO_XATTRS, syncSource, type XattrAccess } from '../sync/index.js'
 import type { RoundTally } from './rounds.js'
@@ -77,6 +81,8 @@ export interface SessionDeps {
   xattrs?: XattrAccess
   /** False: every volume spools inside the freeze, as before volume rounds (default true). */
   volumeRounds?: boolean
+  /** Members near a destination that hold layers it lacks (default: none asked; every layer comes from here). */
+  holders?: HolderLocator
   /** The mesh's link table and this host's labels: how blobs cross to each destination (default: the table's defaults, unlabelled). */
   links?: { table: LinkTable, selfLabels: Record<string, string> }
   log: Logger
@@ -103,6 +109,8 @@ export interface PreparedTransfer {
   synced: SyncedVolume[]
   /** (live) What the destination found: it takes the live move. */
   live?: LiveReport
+  /** Layers of `toSend` the destination is to fetch from a member near it (the others go from here). */
+  fromHolders: Map<string, HeldBy>
 }
 
 /**
@@ -149,6 +157,8 @@ export class TransferSession {
   private keeping = false
   private bytes = 0
   private policy?: LinkPolicy
+  private toEntry?: PeerEntry
+  private fromHolder = 0
 
   constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo) {
     this.moveId = randomBytes(8).toString('hex')
@@ -158,6 +168,11 @@ export class TransferSession {
   /** Payload bytes this transfer needed sent so far: the layers the destination lacked, the changes layer, volume archives. */
   get bytesSent (): number {
     return this.bytes
+  }
+
+  /** Layer bytes the destination took from members near it instead of from here. */
+  get bytesFromHolders (): number {
+    return this.fromHolder
   }
 
   /** Blob bytes handed to the wire so far (compressed where the link compresses). */
@@ -190,6 +205,7 @@ export class TransferSession {
     try {
       this.link = new TransferLink(await connectTo(this.deps.auth, entry.peerId, entry.addrs, signal), this.deps.metrics ?? NO_METRICS)
       this.to = to
+      this.toEntry = entry
       const links = this.deps.links ?? { table: new LinkTable(), selfLabels: {} }
       this.policy = links.table.between(locationOf(links.selfLabels), locationOf(entry.labels))
     } catch (err) {
@@ -219,8 +235,13 @@ export class TransferSession {
     const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
     const synced = await this.syncable(volumes, prep, signal)
     const took = live === undefined ? {} : { live: prep.live ?? { host: this.to, ok: true, arch: '', missing: [] } }
-    this.plan = { image, toSend, volumes, synced, spec, ...took }
-    return { image, toSend, volumes, synced, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef }, ...took }
+    // Across a paid link, ask the members next to the destination first (a move's order proves to them who may fetch).
+    const { holders } = this.deps
+    const fromHolders = holders !== undefined && order !== undefined && this.toEntry !== undefined && policy.class !== 'free' && prep.fetchesFromHolders === true && toSend.length > 0
+      ? await holders.find({ to: this.toEntry, order, spec, image, diffIds: toSend }, signal)
+      : new Map<string, HeldBy>()
+    this.plan = { image, toSend, volumes, synced, spec, fromHolders, ...took }
+    return { image, toSend, volumes, synced, fromHolders, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef }, ...took }
   }
 
   /** The volumes both ends can sync directly (a destination without the step offers none). */
@@ -285,13 +306,34 @@ export class TransferSession {
     const plan = this.planFor('precopy')
     await this.makeSpool()
     if (plan.toSend.length === 0) return { bytes: 0, layers: 0 }
-    const sent = await this.deps.layers.send(link, this.moveId, plan.image, new Set(plan.toSend), this.spool, onBytes, signal)
+    const fetched = await this.fetchFromHolders(link, plan.fromHolders, signal)
+    const sent = await this.deps.layers.send(link, this.moveId, plan.image, new Set(plan.toSend.filter(d => !fetched.has(d))), this.spool, onBytes, signal)
     this.bytes += sent.bytes
     if (sent.config !== undefined) {
       // Into the destination's engine now, while the container runs: restore then loads only its changes.
       await link.call({ op: 'preload', moveId: this.moveId, config: Buffer.from(sent.config).toString('base64'), diffIds: plan.image.diffIds }, [], signal)
     }
     return { bytes: sent.bytes, layers: sent.layers }
+  }
+
+  /**
+   * Has the destination fetch each layer a member near it holds; returns those it took. One it could
+   * not take (refused, cut, a wrong byte: the destination verified it) is left for this host to send.
+   */
+  private async fetchFromHolders (link: TransferLink, fromHolders: ReadonlyMap<string, HeldBy>, signal: AbortSignal): Promise<Set<string>> {
+    const fetched = new Set<string>()
+    for (const [diffId, h] of fromHolders) {
+      try {
+        await link.call({ op: 'fetch', moveId: this.moveId, diffId, size: h.size, holder: h.peerId, ...h.others === undefined ? {} : { alsoFrom: h.others.map(o => o.peerId) } }, [], signal)
+        fetched.add(diffId)
+        this.fromHolder += h.size
+        this.deps.log.info('layer taken from a member near the destination', { moveId: this.moveId, digest: diffId, holder: h.name, bytes: h.size })
+      } catch (err) {
+        if (signal.aborted) throw err
+        this.deps.log.warn('layer not taken from a member near the destination; sending it from here', { moveId: this.moveId, digest: diffId, holder: h.name, reason: (err as Error).name, error: (err as Error).message })
+      }
+    }
+    return fetched
   }
 
   /**

@@ -36,7 +36,7 @@ import type { Timings } from '../timings.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { ContainerLocks } from './locks.js'
 import type { KeptImages } from './kept-images.js'
-import { TransferSession, inspectSource, type SessionDeps } from './session.js'
+import { TransferSession, inspectSource, type PreparedTransfer, type SessionDeps } from './session.js'
 import { nextAfterRound, treeBytes, type RoundTally, type RoundTimings } from './rounds.js'
 import { costOf } from '../transfer/links.js'
 import { MOVE_PROTOCOL } from '../../protocol/ids.js'
@@ -184,7 +184,7 @@ export class MoveService {
     if (prepared.imageRef === 'taken' && spec.imageRef !== undefined) {
       warnings.push(`${order.to} has a tag ${spec.imageRef} on another image, which keeps it: the container runs there as image ${image.id.slice(7, 19)} with no name`)
     }
-    if (order.dryRun) await this.costPlan(plan, session, toSend, image.diffIds, signal)
+    if (order.dryRun) await this.costPlan(plan, session, prepared, signal)
     if (warnings.length > 0) {
       plan.warnings = warnings
       for (const w of warnings) log.warn('move plan', { warning: w })
@@ -236,10 +236,12 @@ export class MoveService {
     this.deps.kept.track(session.keepImage(), log)
     const bytesSent = session.bytesSent
     const bytesOnWire = session.wireBytes
-    log.info('move done', { bytesSent, bytesOnWire, downtimeMs, ...liveTimings })
+    const bytesFromHolders = session.bytesFromHolders
+    log.info('move done', { bytesSent, bytesOnWire, bytesFromHolders, downtimeMs, ...liveTimings })
     this.metrics.moveEnded('succeeded', { seconds: secondsSince(startedAt), downtimeSeconds: downtimeMs / 1000 })
     await emit({
-      event: 'done', moveId, container: info.name, from, to: order.to, bytesSent, bytesOnWire, layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs,
+      event: 'done', moveId, container: info.name, from, to: order.to, bytesSent, bytesOnWire, ...bytesFromHolders > 0 ? { bytesFromHolders } : {},
+      layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs,
       ...liveTimings === undefined ? {} : { live: liveTimings }
     })
   }
@@ -273,18 +275,28 @@ export class MoveService {
     return extra === undefined ? spec : { ...spec, labels: { ...spec.labels, ...extra } }
   }
 
-  /** (dry run) The link's class and price, each layer's bytes and the estimated cost of sending them. */
-  private async costPlan (plan: MovePlan, session: TransferSession, toSend: readonly string[], diffIds: readonly string[], signal: AbortSignal): Promise<void> {
+  /**
+   * (dry run) The link's class and price; each layer's bytes, where it comes from (here, or a member
+   * near the destination that holds it), the link it crosses and the estimated cost; bytes per class of link.
+   */
+  private async costPlan (plan: MovePlan, session: TransferSession, prepared: PreparedTransfer, signal: AbortSignal): Promise<void> {
     const link = session.linkPolicy
     const sizes = await session.layerBytes(signal)
-    const send = new Set(toSend)
+    const send = new Set(prepared.toSend)
     plan.link = { class: link.class, costPerGiB: link.costPerGiB, compress: link.compress, ...link.rateMbit === undefined ? {} : { rateMbit: link.rateMbit } }
-    plan.layers = diffIds.map(d => {
-      const bytes = sizes?.get(d) ?? null
-      return { diffId: d, bytes, send: send.has(d), cost: send.has(d) && bytes !== null ? costOf(bytes, link.costPerGiB) : 0 }
+    const linkBytes = { free: 0, cheap: 0, expensive: 0 }
+    plan.layers = prepared.image.diffIds.map(d => {
+      if (!send.has(d)) return { diffId: d, bytes: sizes?.get(d) ?? null, send: false, cost: 0 }
+      const held = prepared.fromHolders.get(d)
+      const bytes = sizes?.get(d) ?? held?.size ?? null
+      const via = held === undefined ? { from: plan.from, link: link.class, costPerGiB: link.costPerGiB } : { from: held.name, link: held.link, costPerGiB: held.costPerGiB }
+      linkBytes[via.link] += bytes ?? 0
+      return { diffId: d, bytes, send: true, cost: bytes === null ? 0 : costOf(bytes, via.costPerGiB), from: via.from, link: via.link }
     })
     if (sizes !== undefined) plan.bytesToSend = plan.layers.reduce((n, l) => n + (l.send ? l.bytes ?? 0 : 0), 0)
-    plan.estimatedCost = costOf(plan.bytesToSend, link.costPerGiB)
+    plan.linkBytes = linkBytes
+    // Layers of unknown size (docker save only) are priced as the image's size on the source's link.
+    plan.estimatedCost = sizes === undefined ? costOf(plan.bytesToSend, link.costPerGiB) : plan.layers.reduce((n, l) => n + l.cost, 0)
   }
 
   /** The spec without its imageRef when that tag names another image here now (the container's was retagged). */
