@@ -81,6 +81,10 @@ export class MoveRenderer {
           }
           this.line(`plan ${p.moveId}: total ${mib(p.bytesToSend)} over the ${l.class} link, estimated cost ${cost(p.estimatedCost ?? 0)}`)
         }
+        for (const n of p.networks ?? []) {
+          const subnet = n.subnet === 'kept' ? 'its subnet kept' : n.subnet === 'engine' ? 'a subnet the engine chooses' : 'no IPv4 subnet'
+          this.line(`network ${n.name}: ${n.at === 'create' ? `created at ${p.to}` : `exists at ${p.to}, joined`}, ${subnet}; aliases ${n.aliases.join(', ') || 'none'}${n.ipv4Address === '' ? '' : `; address ${n.ipv4Address}${n.subnet === 'engine' ? ' not kept' : ''}`}`)
+        }
         for (const w of p.warnings ?? []) this.line(`plan ${p.moveId}: warning: ${w}`)
         for (const v of p.volumeData ?? []) {
           this.line(`volume ${v.name}: ${v.bytes === null ? 'size unknown' : mib(v.bytes)} to send, ${v.copy === 'rounds' ? 'in rounds while it runs (only the last difference in the freeze)' : 'whole, inside the freeze'}`)

@@ -6,7 +6,7 @@ import { HostPowerNotOrderedError, ProtocolError } from './errors.js'
 import { count, obj, str } from './parse.js'
 import { parseSignedOrder, type BindAllowance, type SignedOrder } from './orders.js'
 import type { ContainerSpec, ImageInfo, MountSpec, RestartPolicyName } from './container.js'
-import { parseEngineSettings } from './fidelity.js'
+import { parseEngineSettings, parseNetworkAttachments } from './fidelity.js'
 
 export interface MoveOrder {
   container: string
@@ -48,6 +48,8 @@ export interface MovePlan {
    * the data on disk (holes not counted), null when this agent cannot read the volume directly.
    */
   volumeData?: Array<{ name: string, copy: 'rounds' | 'spool', bytes: number | null }>
+  /** The user-defined networks, as the destination will have them (absent: none, or an older destination). */
+  networks?: NetworkPlan[]
 }
 
 /**
@@ -121,7 +123,17 @@ export interface PrepareReply {
   volumeSync?: string[]
   /** Blob encodings this destination decodes (agent/transfer/encoding.ts); absent: none (an older agent). */
   decodes?: BlobEncoding[]
+  /** (move) What becomes of each of the spec's user-defined networks here (agent/move/networks.ts). */
+  networks?: NetworkPlan[]
 }
+
+/**
+ * A user-defined network of a move at its destination: `exists` (a network of that name with the
+ * same settings: the container joins it) or `create`; `subnet` 'kept' (the source's), 'engine' (the
+ * source's subnet is taken here: the engine chooses, and a static address on it is not kept) or
+ * 'none' (the network has no IPv4 pool to keep).
+ */
+export interface NetworkPlan { name: string, at: 'exists' | 'create', subnet: 'kept' | 'engine' | 'none', aliases: string[], ipv4Address: string }
 
 /**
  * One round of a named volume's tree sync (agent/sync): after its JSON request the destination
@@ -318,8 +330,22 @@ export function parseSpec (v: unknown): ContainerSpec {
     restartPolicy: { name: rpName as RestartPolicyName, maximumRetryCount: count(rp.maximumRetryCount ?? 0, 'maximumRetryCount') },
     mounts,
     ...o.imageRef === undefined ? {} : { imageRef: imageRef(o.imageRef) },
-    ...o.engine === undefined ? {} : { engine: parseEngineSettings(o.engine) }
+    ...o.engine === undefined ? {} : { engine: parseEngineSettings(o.engine) },
+    ...networksOf(o)
   }
+}
+
+/** `networks` and `primaryNetwork` of a spec: the mode names one of the networks. */
+function networksOf (o: Record<string, unknown>): Pick<ContainerSpec, 'networks' | 'primaryNetwork'> {
+  if (o.networks === undefined) {
+    if (o.primaryNetwork !== undefined) throw new ProtocolError('spec.primaryNetwork names a network the spec does not carry')
+    return {}
+  }
+  const networks = parseNetworkAttachments(o.networks)
+  if (o.primaryNetwork === undefined) return { networks }
+  const primaryNetwork = str(o.primaryNetwork, 'spec.primaryNetwork', 128)
+  if (!networks.some(a => a.network.name === primaryNetwork)) throw new ProtocolError(`spec.primaryNetwork '${primaryNetwork}' is not one of spec.networks`)
+  return { networks, primaryNetwork }
 }
 
 function imageRef (v: unknown): string {

@@ -49,7 +49,7 @@ import type { Logger } from '../log.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
 import { letGo } from './let-go.js'
-import type { PrepareReply } from '../../protocol/move-messages.js'
+import type { NetworkPlan, PrepareReply } from '../../protocol/move-messages.js'
 import type { SignedOrder } from '../../protocol/orders.js'
 import { ContainerNotFoundError, DestinationUnavailableError, TransferStateError, UnknownContainerError, UnknownMoveError } from '../../protocol/errors.js'
 
@@ -97,6 +97,8 @@ export interface PreparedTransfer {
   imageRef?: 'free' | 'same' | 'taken'
   /** The volumes that go in rounds (the others spool inside the freeze). */
   synced: SyncedVolume[]
+  /** What becomes of the spec's user-defined networks at the destination (PrepareReply.networks). */
+  networks: NetworkPlan[]
 }
 
 /** The frozen state: the container's changes as a layer, and the config of "image + that layer". */
@@ -195,8 +197,9 @@ export class TransferSession {
     })
     const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
     const synced = await this.syncable(volumes, prep, signal)
-    this.plan = { image, toSend, volumes, synced, spec }
-    return { image, toSend, volumes, synced, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef } }
+    const networks = Array.isArray(prep.networks) ? prep.networks : []
+    this.plan = { image, toSend, volumes, synced, spec, networks }
+    return { image, toSend, volumes, synced, networks, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef } }
   }
 
   /** The volumes both ends can sync directly (a destination without the step offers none). */

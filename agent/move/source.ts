@@ -5,7 +5,8 @@
  *
  *   plan      inspect the container; refuse a stopped one, any setting the fidelity table refuses
  *             (protocol/fidelity.ts, each by its name), host-level powers (unless
- *             --allow-host-access), bind mounts (unless allowed), a second
+ *             --allow-host-access), bind mounts (unless allowed), a user-defined network that
+ *             exists at the destination with other settings (networks.ts), a second
  *             move of the same container, a destination that is unknown, dead or ourselves; the
  *             operator is sent the spec to sign (an `order` event, answered with the signed order:
  *             protocol/orders.ts); the destination verifies that order, checks architecture, disk,
@@ -33,6 +34,7 @@ import type { KeptImages } from './kept-images.js'
 import { TransferSession, inspectSource, type SessionDeps } from './session.js'
 import { nextAfterRound, treeBytes, type RoundTally, type RoundTimings } from './rounds.js'
 import { costOf } from '../transfer/links.js'
+import { networkWarnings } from './networks.js'
 import { MOVE_PROTOCOL } from '../../protocol/ids.js'
 import { parseMoveOrder, parseOrderReply, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest } from '../../protocol/move-messages.js'
 import { specDigest, type SignedOrder } from '../../protocol/orders.js'
@@ -165,6 +167,8 @@ export class MoveService {
         return { name: v.name, copy: synced === undefined ? 'spool' as const : 'rounds' as const, bytes }
       }))
     }
+    if (prepared.networks.length > 0) plan.networks = prepared.networks
+    warnings.push(...networkWarnings(prepared.networks, order.to))
     if (prepared.imageRef === 'taken' && spec.imageRef !== undefined) {
       warnings.push(`${order.to} has a tag ${spec.imageRef} on another image, which keeps it: the container runs there as image ${image.id.slice(7, 19)} with no name`)
     }
