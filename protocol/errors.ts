@@ -135,6 +135,10 @@ export class PortConflictError extends GotoError {}
  * options, internal/IPv6 flags, subnet): the container would not find its peers as at the source.
  */
 export class NetworkConflictError extends GotoError {}
+/** No container of that compose project (`com.docker.compose.project`) on the engine asked. */
+export class UnknownProjectError extends GotoError {}
+/** A compose project whose services depend on each other in a circle: no start order exists. */
+export class ProjectCycleError extends GotoError {}
 /** A transfer step arrived for a move the destination did not agree to. */
 export class UnknownMoveError extends GotoError {}
 /** The container did not reach `running` at the destination. */
@@ -257,6 +261,8 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   NameConflictError,
   PortConflictError,
   NetworkConflictError,
+  UnknownProjectError,
+  ProjectCycleError,
   UnknownMoveError,
   RestoreFailedError,
   ContainerNotRunningError,
