@@ -15,6 +15,8 @@ export interface MoveOrder {
   allowBindMounts: boolean
   /** --allow-host-access: carry the container's host-level powers (fidelity.ts `host` fields), named in the signed order. */
   allowHostAccess?: boolean
+  /** --project: `container` names a compose project, whose containers move together (agent/move/source.ts moveProject). */
+  project?: boolean
 }
 
 export type MoveStep = 'plan' | 'pre-copy' | 'freeze' | 'hand-over' | 'restore' | 'commit'
@@ -83,7 +85,8 @@ export type MoveEvent =
    */
   | { event: 'round', moveId: string, round: number, bytes: number, files: number, final: boolean }
   /** `bytesOnWire`: the blob bytes that crossed the link (compressed where it compresses); absent from an older agent. */
-  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, layersSent: number, layersSkipped: number, downtimeMs: number }
+  /** A project move's `done` has no moveId (each member's is in its own events) and names the project in `container`. */
+  | { event: 'done', moveId: string | null, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, layersSent: number, layersSkipped: number, downtimeMs: number }
   /**
    * `rollback`: 'none-needed' (refused before anything changed), 'done' (the source container runs
    * again, the destination removed what it made), 'incomplete' (say what could not be undone).
@@ -268,7 +271,8 @@ export function parseMoveOrder (v: unknown): MoveOrder {
     to: str(o.to, 'to', 256),
     dryRun: o.dryRun === true,
     allowBindMounts: o.allowBindMounts === true,
-    ...o.allowHostAccess === true ? { allowHostAccess: true } : {}
+    ...o.allowHostAccess === true ? { allowHostAccess: true } : {},
+    ...o.project === true ? { project: true } : {}
   }
 }
 

@@ -395,4 +395,73 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
       expect((await w.A.inspectContainer('web')).state.running).to.equal(true)
     })
   })
+
+  describe('a compose project (goto move --project)', () => {
+    const SHOPNET: NetworkSpec = { name: 'shop_default', driver: 'bridge', options: {}, labels: { 'com.docker.compose.network': 'default', 'com.docker.compose.project': 'shop' }, subnets: [{ subnet: '10.79.0.0/24', gateway: '10.79.0.1', ipRange: '' }], internal: false, attachable: false, enableIPv6: false }
+
+    /** A's shop: web → app → db (db with a volume), all on shop_default by their service names; and A's `web` of another project. */
+    async function shop (w: World): Promise<void> {
+      await w.A.createNetwork(SHOPNET)
+      const base = (await w.A.inspectContainer('web')).spec
+      for (const [service, dependsOn] of [['db', ''], ['app', 'db:service_started:false'], ['web', 'app:service_started:false']]) {
+        const id = await w.A.create({
+          ...base, name: `shop-${service}-1`, mounts: service === 'db' ? [{ type: 'volume', name: 'shop_data', destination: '/data', readOnly: false, driver: 'local' }] : [],
+          labels: { 'com.docker.compose.project': 'shop', 'com.docker.compose.service': service, 'com.docker.compose.container-number': '1', 'com.docker.compose.depends_on': dependsOn },
+          primaryNetwork: 'shop_default', networks: [{ network: SHOPNET, aliases: [`shop-${service}-1`, service], ipv4Address: '', ipv6Address: '' }]
+        })
+        await w.A.start(id)
+      }
+      w.A.writeVolumeFile('shop_data', '/rows', 'row 1\n')
+    }
+
+    it('moves every container of the project together: frozen together, restored db, app, web, committed together; the other container stays', async () => {
+      const w = await world()
+      await shop(w)
+      const events = await runMove(w.a, { container: 'shop', project: true, to: 'b' })
+      const last = outcome(events)
+      expect(last.event, JSON.stringify(last)).to.equal('done')
+      expect(last.event === 'done' && last.container).to.equal('shop')
+      const steps = events.flatMap(e => e.event === 'step' ? [`${e.step}`] : [])
+      // Every member is frozen before any is handed over, and every one runs there before any commit.
+      expect(steps.lastIndexOf('freeze')).to.be.lessThan(steps.indexOf('hand-over'))
+      expect(steps.lastIndexOf('restore')).to.be.lessThan(steps.indexOf('commit'))
+      const starts = w.B.events.filter(e => e.type === 'container' && e.action === 'start').map(e => e.name)
+      expect(starts).to.deep.equal(['shop-db-1', 'shop-app-1', 'shop-web-1'])
+      for (const n of ['shop-db-1', 'shop-app-1', 'shop-web-1']) expect((await w.B.inspectContainer(n)).state.running, n).to.equal(true)
+      expect(w.B.readVolumeFile('shop_data', '/rows')?.toString()).to.equal('row 1\n')
+      expect((await w.B.inspectNetwork('shop_default')).labels).to.deep.equal(SHOPNET.labels)
+      expect((await w.A.listContainers()).map(c => c.name)).to.deep.equal(['web'])
+    })
+
+    it('a failure of the last restore rolls every member back: all run at the source, nothing left at the destination', async () => {
+      const w = await world()
+      await shop(w)
+      const before = (await w.B.listNetworks()).map(n => n.name).sort()
+      let starts = 0
+      w.B.beforeCall('start', () => { if (++starts === 3) throw new DockerEngineError('injected: the last start fails') })
+      const last = outcome(await runMove(w.a, { container: 'shop', project: true, to: 'b' }))
+      expect(last.event === 'failed' && last.rollback, JSON.stringify(last)).to.equal('done')
+      for (const n of ['shop-db-1', 'shop-app-1', 'shop-web-1']) {
+        const c = await w.A.inspectContainer(n)
+        expect(c.state.running && !c.state.paused, n).to.equal(true)
+      }
+      expect(w.B.containerIds()).to.deep.equal([])
+      expect(w.B.volumeNames()).to.deep.equal([])
+      expect((await w.B.listNetworks()).map(n => n.name).sort()).to.deep.equal(before)
+      expect((await w.b.incomingJournal.list()).records).to.deep.equal([])
+      expect((await w.a.freezeJournal.list()).records).to.deep.equal([])
+    })
+
+    it('an unknown project is refused and changes nothing; a dry run plans every member and changes nothing', async () => {
+      const w = await world()
+      await shop(w)
+      const none = outcome(await runMove(w.a, { container: 'nope', project: true, to: 'b' }))
+      expect(none.event === 'failed' && none.error.name).to.equal('UnknownProjectError')
+      const events = await runMove(w.a, { container: 'shop', project: true, to: 'b', dryRun: true })
+      expect(outcome(events).event).to.equal('done')
+      expect(events.filter(e => e.event === 'plan').map(e => e.event === 'plan' ? e.plan.container : '')).to.deep.equal(['shop-db-1', 'shop-app-1', 'shop-web-1'])
+      expect(w.B.containerIds()).to.deep.equal([])
+      expect((await w.B.listNetworks()).map(n => n.name)).to.not.include('shop_default')
+    })
+  })
 })
