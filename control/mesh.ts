@@ -91,6 +91,16 @@ async function move (opts: CommonOptions, order: MoveOrder, io: Io): Promise<num
   })
 }
 
+/** goto move --project: the agent connected to holds the project's containers; order the project's move there. */
+async function moveProject (opts: CommonOptions, order: MoveOrder, io: Io): Promise<number> {
+  return await withClient(opts, async ({ client, signal, disarm }) => {
+    disarm()
+    const last = await followMove(client, order, opts, io, signal)
+    if (last === undefined) throw new ProtocolError('the agent ended the move without a result')
+    return last.event === 'done' ? 0 : 1
+  })
+}
+
 /** Orders one move of the agent `source` and renders (or, with --json, prints) its events; returns the last. */
 async function followMove (source: AgentClient, order: MoveOrder, opts: CommonOptions, io: Io, signal: AbortSignal): Promise<MoveEvent | undefined> {
   const renderer = new MoveRenderer(io.stdout, io.stderr, process.stdout.isTTY === true && !opts.json, order.dryRun)
@@ -160,6 +170,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
         'allow-bind-mounts': { type: 'boolean' },
         'allow-host-access': { type: 'boolean' },
         live: { type: 'boolean' },
+        project: { type: 'string' },
         help: { type: 'boolean', short: 'h' }
       }
     })
@@ -169,8 +180,8 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
   }
   if (parsed.values.help === true) { io.stdout(USAGE + '\n'); return 0 }
   const maxPositionals = command === 'peers' ? 0 : 1
-  for (const opt of ['to', 'dry-run', 'allow-bind-mounts', 'allow-host-access', 'live'] as const) {
-    const allowed = opt === 'to' || opt === 'live' ? ['move'] : ['move', 'drain']
+  for (const opt of ['to', 'project', 'dry-run', 'allow-bind-mounts', 'allow-host-access', 'live'] as const) {
+    const allowed = opt === 'to' || opt === 'project' || opt === 'live' ? ['move'] : ['move', 'drain']
     if (parsed.values[opt] !== undefined && !allowed.includes(command)) { io.stderr(`goto: error: --${opt} belongs to 'goto ${allowed.join("' and 'goto ")}' (try 'goto --help')\n`); return 2 }
   }
   if (parsed.positionals.length > maxPositionals) {
@@ -178,11 +189,17 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
     return 2
   }
   // What the command itself lacks is said before what the connection lacks.
-  if (command === 'move' && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', "missing: 'goto move CONTAINER --to NAME'")
+  const project = parsed.values.project as string | undefined
+  if (command === 'move' && project !== undefined && (project === '' || parsed.positionals[0] !== undefined)) throw new ConfigError('--project', "'goto move --project PROJECT --to NAME' names a project, and no container")
+  if (command === 'move' && project !== undefined && parsed.values.live === true) throw new ConfigError('--live', 'a project moves with a pause, not live: move its containers one by one with --live')
+  if (command === 'move' && project === undefined && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', "missing: 'goto move CONTAINER --to NAME'")
   if (command === 'move' && (parsed.values.to === undefined || parsed.values.to === '')) throw new ConfigError('--to', "required: the name of the destination member (see 'goto peers')")
   if (command === 'drain' && parsed.positionals[0] === undefined) throw new ConfigError('NAME', "missing: 'goto drain NAME' (the member to empty; see 'goto peers')")
   if ((command === 'protect' || command === 'unprotect') && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', `missing: 'goto ${command} CONTAINER'`)
   const opts = common(parsed.values, env)
+  if (command === 'move' && project !== undefined) {
+    return await moveProject(opts, { container: project, project: true, to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true }, io)
+  }
   if (command === 'move') {
     return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true, ...parsed.values.live === true ? { live: true } : {} }, io)
   }

@@ -11,6 +11,9 @@ import { OrderMismatchError } from '../protocol/errors.js'
 import { hostPowersOf } from '../protocol/fidelity.js'
 import { printable } from './format.js'
 
+/** The label compose puts on a project's containers (agent/move/project.ts has the same). */
+const COMPOSE_PROJECT = 'com.docker.compose.project'
+
 /**
  * The operator's signed order for the move the source `sourceId` proposes in `request`, after
  * checking that it is the move the operator asked for (`asked`): from that agent, to the member
@@ -22,6 +25,9 @@ export async function signMoveOrder (signer: OrderSigner, request: OrderRequest,
   if (request.from !== sourceId) throw new OrderMismatchError(`the agent proposes a move from ${request.fromName} (${request.from}), but it is ${sourceId}`)
   if (request.toName !== asked.to) throw new OrderMismatchError(`the agent proposes a move to ${request.toName}, not to ${asked.to}`)
   if (request.container !== request.spec.name) throw new OrderMismatchError(`the agent proposes to move '${request.container}' with the spec of '${request.spec.name}'`)
+  if (asked.project === true && request.spec.labels[COMPOSE_PROJECT] !== asked.container) {
+    throw new OrderMismatchError(`the agent proposes to move '${request.container}', which is not a container of compose project '${asked.container}'`)
+  }
   return await signOrder<MoveOrderBody>(signer, {
     kind: 'move',
     id: request.moveId,
@@ -98,6 +104,10 @@ export class MoveRenderer {
         if (p.live !== undefined) {
           this.line(`plan ${p.moveId}: live: ${liveLine(p.live.source)}`)
           this.line(`plan ${p.moveId}: live: ${liveLine(p.live.destination)}`)
+        }
+        for (const n of p.networks ?? []) {
+          const subnet = n.subnet === 'kept' ? 'its subnet kept' : n.subnet === 'engine' ? 'a subnet the engine chooses' : 'no IPv4 subnet'
+          this.line(`network ${n.name}: ${n.at === 'create' ? `created at ${p.to}` : `exists at ${p.to}, joined`}, ${subnet}; aliases ${n.aliases.join(', ') || 'none'}${n.ipv4Address === '' ? '' : `; address ${n.ipv4Address}${n.subnet === 'engine' ? ' not kept' : ''}`}`)
         }
         for (const w of p.warnings ?? []) this.line(`plan ${p.moveId}: warning: ${w}`)
         for (const v of p.volumeData ?? []) {

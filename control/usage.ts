@@ -29,6 +29,12 @@ Commands:
                         (refused before anything freezes otherwise, saying what is missing; with
                         --dry-run, what each host found). Rollback restores the source from its
                         checkpoint (docs/operations.md)
+  move --project PROJECT --to NAME
+                        move every container of the compose project PROJECT (its
+                        com.docker.compose.project label) on the agent this command connects to
+                        (--agent / GOTO_AGENT) as one transaction, with their networks and volumes:
+                        all frozen together, restored in dependency order, all committed or all
+                        rolled back. Takes --dry-run, --allow-bind-mounts and --allow-host-access
   drain NAME            planned maintenance: move every running container of the member NAME to
                         the other alive members (fewest containers first), one move after another;
                         a container whose move fails keeps running on NAME and the drain goes on;

@@ -23,6 +23,35 @@ export interface RestartPolicy { name: RestartPolicyName, maximumRetryCount: num
  */
 export interface EngineSettings { config: Record<string, unknown>, hostConfig: Record<string, unknown> }
 
+/**
+ * A user-defined network as the source's engine defines it (`GET /networks/{id}`): what the
+ * destination creates when it has no network of that name, and compares with the one it has.
+ * Only local bridge networks travel (protocol/fidelity.ts refuses other drivers by name).
+ */
+export interface NetworkSpec {
+  name: string
+  /** Always 'bridge' today. */
+  driver: string
+  /** Driver options (`-o`), only those the fidelity table carries. */
+  options: Record<string, string>
+  labels: Record<string, string>
+  /** The IPAM pools (default IPAM driver): subnets with their gateway and range ('' when unset). */
+  subnets: Array<{ subnet: string, gateway: string, ipRange: string }>
+  internal: boolean
+  attachable: boolean
+  enableIPv6: boolean
+}
+
+/** The container on a user-defined network: the network, its aliases there, its static addresses. */
+export interface NetworkAttachment {
+  network: NetworkSpec
+  /** `--network-alias` (and compose's service name); the engine's own alias, the short container ID, is not carried. */
+  aliases: string[]
+  /** `--ip` / `--ip6` (the endpoint's IPAMConfig): kept where the destination's network has the source's subnet. '' when none. */
+  ipv4Address: string
+  ipv6Address: string
+}
+
 /** Everything needed to create the same container on another engine. */
 export interface ContainerSpec {
   name: string
@@ -49,6 +78,13 @@ export interface ContainerSpec {
   imageRef?: string
   /** Every other setting the fidelity table carries (absent in specs of agents before it). */
   engine?: EngineSettings
+  /**
+   * The user-defined networks the container is on (absent: none, only the network
+   * HostConfig.NetworkMode names, default bridge, host or none, which engine.hostConfig carries).
+   */
+  networks?: NetworkAttachment[]
+  /** The user-defined network HostConfig.NetworkMode names, one of `networks` (absent: the default bridge is the container's first network). */
+  primaryNetwork?: string
 }
 
 export interface ImageInfo {

@@ -78,6 +78,8 @@ export class ImageNotFoundError extends DockerEngineError {}
 export class VolumeNotFoundError extends DockerEngineError {}
 /** The container exists but holds no file at the path asked for (archive endpoints, HTTP 404). */
 export class ContainerPathNotFoundError extends DockerEngineError {}
+/** No network of that name or ID on the engine (HTTP 404). */
+export class NetworkNotFoundError extends DockerEngineError {}
 /** The request conflicts with the engine's state (HTTP 409): name in use, container paused or running, image in use. */
 export class DockerConflictError extends DockerEngineError {}
 /** `docker load` failed: an error status, or an `error` inside the streamed answer of an HTTP 200. */
@@ -128,6 +130,15 @@ export class SpecTooLargeError extends GotoError {}
 export class NameConflictError extends GotoError {}
 /** A host port the container binds is already bound at the destination. */
 export class PortConflictError extends GotoError {}
+/**
+ * A user-defined network the container is on exists at the destination with other settings (driver,
+ * options, internal/IPv6 flags, subnet): the container would not find its peers as at the source.
+ */
+export class NetworkConflictError extends GotoError {}
+/** No container of that compose project (`com.docker.compose.project`) on the engine asked. */
+export class UnknownProjectError extends GotoError {}
+/** A compose project whose services depend on each other in a circle: no start order exists. */
+export class ProjectCycleError extends GotoError {}
 /** A transfer step arrived for a move the destination did not agree to. */
 export class UnknownMoveError extends GotoError {}
 /** The container did not reach `running` at the destination. */
@@ -275,6 +286,9 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   InsufficientDiskError,
   NameConflictError,
   PortConflictError,
+  NetworkConflictError,
+  UnknownProjectError,
+  ProjectCycleError,
   UnknownMoveError,
   RestoreFailedError,
   ContainerNotRunningError,
@@ -318,6 +332,7 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   ImageNotFoundError,
   VolumeNotFoundError,
   ContainerPathNotFoundError,
+  NetworkNotFoundError,
   DockerConflictError,
   DockerLoadError,
   SavedImageFormatError,

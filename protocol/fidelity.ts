@@ -14,8 +14,9 @@
  * A field that is set (not null, '', 0, false, [] or {}) and not in the table is refused with its
  * name: a newer engine's new field stops the move until the table covers it, it is never lost.
  */
-import type { EngineSettings } from './container.js'
-import { FieldRefusedError } from './errors.js'
+import type { EngineSettings, NetworkAttachment, NetworkSpec } from './container.js'
+import { FieldRefusedError, ProtocolError } from './errors.js'
+import { obj, str } from './parse.js'
 
 /**
  * - `spec`: carried in a ContainerSpec field of its own (translated: env, cmd, mounts, ports...).
@@ -102,8 +103,8 @@ export const HOST_CONFIG_RULES: Readonly<Record<string, FieldRule>> = {
   },
   NetworkMode: {
     policy: 'carry',
-    note: 'default and bridge: the destination\'s default bridge; none carried; host is a host power; container:<name> is refused; a user network is refused as NetworkSettings.Networks.<name>',
-    judge: v => v === '' || v === 'default' || v === 'bridge' || v === undefined ? 'default' : v === 'none' ? 'carry' : v === 'host' ? 'host' : 'refuse'
+    note: 'default and bridge: the destination\'s default bridge; none carried; host is a host power; container:<name> is refused; a user-defined network\'s name is translated (the network moves with it: NetworkSettings.Networks)',
+    judge: v => v === '' || v === 'default' || v === 'bridge' || v === undefined ? 'default' : v === 'none' ? 'carry' : v === 'host' ? 'host' : String(v).startsWith('container:') ? 'refuse' : 'spec'
   },
   PortBindings: spec('-p'),
   RestartPolicy: spec('--restart'),
@@ -178,9 +179,9 @@ export const HOST_CONFIG_RULES: Readonly<Record<string, FieldRule>> = {
   Init: carry('--init')
 }
 
-/** `NetworkSettings`: only which networks the container is on matters; the rest is addresses. */
+/** `NetworkSettings`: which networks the container is on, with what; the rest is addresses. */
 export const NETWORK_RULES: Readonly<Record<string, FieldRule>> = {
-  Networks: refuse('the networks it is on: the one HostConfig.NetworkMode names (default bridge, host, none) moves with it; any other (a user-defined network) is refused as NetworkSettings.Networks.<name> until networks are translated'),
+  Networks: spec('the networks it is on: the one HostConfig.NetworkMode names (default bridge, host, none) moves with it; each user-defined local bridge network moves with its definition (Network[<name>].*), the container\'s aliases and static addresses there (NetworkSettings.Networks.<name>.*); another driver, the default bridge as a second network, or a network whose definition cannot be read is refused by name'),
   Bridge: state('address'),
   SandboxID: state('ID'),
   HairpinMode: state('address'),
@@ -198,6 +199,66 @@ export const NETWORK_RULES: Readonly<Record<string, FieldRule>> = {
   IPPrefixLen: state('address'),
   IPv6Gateway: state('address'),
   MacAddress: state('address')
+}
+
+/** The container's endpoint on a user-defined network: `NetworkSettings.Networks.<name>.<field>`. */
+export const ENDPOINT_RULES: Readonly<Record<string, FieldRule>> = {
+  IPAMConfig: {
+    policy: 'spec',
+    note: '--ip and --ip6: the static addresses, kept where the destination\'s network has the source\'s subnet (the plan warns when one is not); --link-local-ip is refused',
+    judge: v => isUnset(v) ? 'default' : isUnset((v as { LinkLocalIPs?: unknown }).LinkLocalIPs) ? 'spec' : 'refuse'
+  },
+  Aliases: spec('--network-alias (and compose\'s service name); the engine\'s own alias, the short container ID, is the new container\'s at the destination'),
+  Links: refuse('--link on a user network: names other containers'),
+  DriverOpts: refuse('endpoint driver options (--network name=...,driver-opt=...)'),
+  NetworkID: state('ID'),
+  EndpointID: state('ID'),
+  Gateway: state('address'),
+  IPAddress: state('address'),
+  IPPrefixLen: state('address'),
+  IPv6Gateway: state('address'),
+  GlobalIPv6Address: state('address'),
+  GlobalIPv6PrefixLen: state('address'),
+  MacAddress: state('address'),
+  DNSNames: derived('from the name, aliases and ID (engine 25+)')
+}
+
+/** Bridge driver options (`docker network create -o`) that mean the same on any host. */
+export const CARRIED_BRIDGE_OPTIONS = [
+  'com.docker.network.bridge.enable_icc', 'com.docker.network.bridge.enable_ip_masquerade', 'com.docker.network.driver.mtu', 'com.docker.network.container_iface_prefix'
+]
+
+/** A user-defined network the container is on, as `docker network inspect` shows it: `Network[<name>].<field>`. */
+export const NETWORK_DEFINITION_RULES: Readonly<Record<string, FieldRule>> = {
+  Name: spec('the network\'s name: the destination uses its network of that name when it has the same settings (a conflict when not), else creates it'),
+  Driver: { policy: 'spec', note: 'bridge moves (created at the destination); overlay, macvlan, ipvlan and other drivers are refused (they span or name the source\'s hosts and interfaces)', judge: v => v === 'bridge' ? 'spec' : 'refuse' },
+  Scope: { policy: 'spec', note: 'local only (a swarm-scoped network is refused)', judge: v => v === 'local' || isUnset(v) ? 'default' : 'refuse' },
+  Options: {
+    policy: 'spec',
+    note: `driver options: ${CARRIED_BRIDGE_OPTIONS.join(', ')} carried; others are refused by name (com.docker.network.bridge.name names an interface of the source host)`,
+    judge: v => isUnset(v) ? 'default' : Object.keys(v as Record<string, unknown>).every(k => CARRIED_BRIDGE_OPTIONS.includes(k)) ? 'spec' : 'refuse'
+  },
+  Labels: spec('labels (compose\'s com.docker.compose.network and .project among them)'),
+  IPAM: {
+    policy: 'spec',
+    note: 'the default IPAM driver\'s subnets, gateways and ranges: kept when the subnet is free at the destination, else the engine chooses (said in the plan); another IPAM driver, IPAM options and auxiliary addresses are refused',
+    judge: v => {
+      const ipam = (v ?? {}) as { Driver?: unknown, Options?: unknown, Config?: Array<{ AuxiliaryAddresses?: unknown }> | null }
+      return !['', 'default', undefined].includes(ipam.Driver as string | undefined) || !isUnset(ipam.Options) || (ipam.Config ?? []).some(c => !isUnset(c.AuxiliaryAddresses)) ? 'refuse' : 'spec'
+    }
+  },
+  EnableIPv6: spec('--ipv6'),
+  EnableIPv4: { policy: 'spec', note: 'engine 28: an IPv4-less network is refused', judge: v => v === false ? 'refuse' : 'default' },
+  Internal: spec('--internal'),
+  Attachable: spec('--attachable'),
+  Ingress: refuse('the swarm routing mesh'),
+  ConfigFrom: { policy: 'refuse', note: '--config-from: another network\'s configuration', judge: v => isUnset(v) ? 'default' : 'refuse' },
+  ConfigOnly: refuse('--config-only: a template for other networks'),
+  Id: state('ID'),
+  Created: state('timestamp'),
+  Containers: state('the containers on it now'),
+  Peers: state('swarm peers'),
+  Services: state('swarm services')
 }
 
 /** The top level of the inspect: the sections above, and what the engine made. */
@@ -250,8 +311,10 @@ export function verdictOf (section: Section, field: string, v: unknown): Verdict
 
 /** Why `section.field` is refused (the table's note, or that the table does not know it). */
 function whyRefused (section: Section, field: string): string {
-  return Object.hasOwn(SECTIONS[section], field) ? SECTIONS[section][field].note : 'a setting this agent does not know yet (a newer engine\'s?): refused until the fidelity table covers it'
+  return Object.hasOwn(SECTIONS[section], field) ? SECTIONS[section][field].note : UNKNOWN_FIELD
 }
+
+const UNKNOWN_FIELD = 'a setting this agent does not know yet (a newer engine\'s?): refused until the fidelity table covers it'
 
 export interface Refusal { field: string, why: string }
 
@@ -262,22 +325,47 @@ export interface Judgement {
   hostPowers: string[]
   /** Fields that stop the move, with the table's reason. */
   refused: Refusal[]
+  /** The user-defined networks it is on, translated (those refused are not here); the one NetworkMode names first. */
+  networks: NetworkAttachment[]
+  /** The user-defined network HostConfig.NetworkMode names (absent: another mode). */
+  primaryNetwork?: string
+}
+
+/** What `GET /networks/{id}` says of a network (the parts the translation reads; every field is judged by name). */
+export type EngineNetwork = Record<string, unknown> & {
+  Name?: string
+  Driver?: string
+  Options?: Record<string, string> | null
+  Labels?: Record<string, string> | null
+  IPAM?: { Driver?: string, Options?: Record<string, string> | null, Config?: Array<{ Subnet?: string, Gateway?: string, IPRange?: string }> | null } | null
+  Internal?: boolean
+  Attachable?: boolean
+  EnableIPv6?: boolean
 }
 
 /** The parts of an inspect the judgement reads. */
 export interface InspectSections {
+  Id?: string
   Config?: Record<string, unknown>
   HostConfig?: Record<string, unknown>
   NetworkSettings?: { Networks?: Record<string, unknown> | null } | null
   Mounts?: Array<{ Type?: string, Driver?: string, Name?: string }> | null
 }
 
-/** Every field of the inspect's Config, HostConfig, networks and mounts, judged by the table. */
-export function judgeContainer (c: InspectSections): Judgement {
+/** The networks a move carries by HostConfig.NetworkMode alone (nothing to create, no endpoint settings). */
+const MODE_NETWORKS = ['bridge', 'host', 'none']
+
+/**
+ * Every field of the inspect's Config, HostConfig, networks and mounts, judged by the table.
+ * `networks`: each user-defined network's `GET /networks/{id}`, by the name the container knows it
+ * by (one not given is refused: its definition could not be read).
+ */
+export function judgeContainer (c: InspectSections, networks: Readonly<Record<string, EngineNetwork>> = {}): Judgement {
   const engine: EngineSettings = { config: {}, hostConfig: {} }
   const hostPowers: string[] = []
   const refused: Refusal[] = []
-  const networks = Object.keys(c.NetworkSettings?.Networks ?? {})
+  const endpoints = (c.NetworkSettings?.Networks ?? {}) as Record<string, Record<string, unknown> | null>
+  const names = Object.keys(endpoints)
   const mode = String(c.HostConfig?.NetworkMode ?? '')
   for (const section of ['Config', 'HostConfig'] as const) {
     const out = section === 'Config' ? engine.config : engine.hostConfig
@@ -286,14 +374,26 @@ export function judgeContainer (c: InspectSections): Judgement {
       const name = `${section}.${field}`
       if (verdict === 'carry' || verdict === 'host') out[field] = v
       if (verdict === 'host') hostPowers.push(name)
-      // A user network is refused below, by the network's own name.
-      if (verdict === 'refuse' && !(field === 'NetworkMode' && networks.includes(mode))) refused.push({ field: name, why: whyRefused(section, field) })
+      if (verdict === 'refuse') refused.push({ field: name, why: whyRefused(section, field) })
+      if (verdict === 'spec' && field === 'NetworkMode' && !names.includes(mode)) refused.push({ field: name, why: `names the network '${mode}', which the container is not on` })
     }
   }
-  // The one network a move carries: the one NetworkMode names, if it is not a user network.
+  // The network NetworkMode names when it is not a user network: it moves as that mode.
   const own = ['', 'default', 'bridge'].includes(mode) ? 'bridge' : mode === 'host' || mode === 'none' ? mode : undefined
-  for (const n of networks) {
-    if (n !== own) refused.push({ field: `NetworkSettings.Networks.${n}`, why: 'a user-defined network: networks are not carried yet (the container would land on the default bridge, without its aliases and peers)' })
+  const attached: NetworkAttachment[] = []
+  for (const n of names) {
+    if (n === own) continue
+    const field = `NetworkSettings.Networks.${n}`
+    if (MODE_NETWORKS.includes(n)) { refused.push({ field, why: `the ${n} network as a second network of the container` }); continue }
+    const def = networks[n]
+    if (def === undefined) { refused.push({ field, why: 'a user-defined network whose definition could not be read from the engine' }); continue }
+    const before = refused.length
+    judgeFields(endpoints[n] ?? {}, ENDPOINT_RULES, field, refused)
+    judgeFields(def, NETWORK_DEFINITION_RULES, `Network[${n}]`, refused)
+    for (const k of Object.keys(def.Options ?? {})) {
+      if (!CARRIED_BRIDGE_OPTIONS.includes(k)) refused.push({ field: `Network[${n}].Options.${k}`, why: 'a driver option that names or depends on the source host' })
+    }
+    if (refused.length === before) attached.push(attachmentOf(n, endpoints[n] ?? {}, def, c.Id))
   }
   for (const [i, m] of (c.HostConfig?.Mounts as Array<Record<string, unknown>> | undefined ?? []).entries()) {
     for (const opt of ['BindOptions', 'TmpfsOptions']) {
@@ -308,7 +408,42 @@ export function judgeContainer (c: InspectSections): Judgement {
     if (m.Type === 'volume' && m.Driver !== undefined && m.Driver !== 'local') refused.push({ field: `Mounts[${i}].Driver`, why: `volume ${m.Name ?? ''} uses the driver ${m.Driver}: only local volumes move with their data` })
     if (m.Type !== undefined && !['volume', 'bind', 'tmpfs'].includes(m.Type)) refused.push({ field: `Mounts[${i}].Type`, why: `a ${m.Type} mount cannot move` })
   }
-  return { engine, hostPowers, refused }
+  const primaryNetwork = own === undefined && attached.some(a => a.network.name === mode) ? mode : undefined
+  // The network NetworkMode names goes first: the container is created on it, the others connected.
+  attached.sort((a, b) => a.network.name === primaryNetwork ? -1 : b.network.name === primaryNetwork ? 1 : 0)
+  return { engine, hostPowers, refused, networks: attached, ...primaryNetwork === undefined ? {} : { primaryNetwork } }
+}
+
+/** Each set field of `fields` judged by `rules` (an unknown one refused), its refusals named `prefix.field`. */
+function judgeFields (fields: Record<string, unknown>, rules: Readonly<Record<string, FieldRule>>, prefix: string, refused: Refusal[]): void {
+  for (const [field, v] of Object.entries(fields)) {
+    const rule = Object.hasOwn(rules, field) ? rules[field] : undefined
+    const verdict = rule?.judge !== undefined ? rule.judge(v) : isUnset(v) ? 'default' : rule?.policy ?? 'refuse'
+    if (verdict === 'refuse') refused.push({ field: `${prefix}.${field}`, why: rule?.note ?? UNKNOWN_FIELD })
+  }
+}
+
+/** A network's definition from `GET /networks/{id}`, in the spec's words (its name as given: the container's name for it). */
+export function networkSpecOf (name: string, def: EngineNetwork): NetworkSpec {
+  return {
+    name,
+    driver: String(def.Driver ?? ''),
+    options: { ...def.Options ?? {} },
+    labels: { ...def.Labels ?? {} },
+    subnets: (def.IPAM?.Config ?? []).map(p => ({ subnet: p.Subnet ?? '', gateway: p.Gateway ?? '', ipRange: p.IPRange ?? '' })).filter(p => p.subnet !== ''),
+    internal: def.Internal === true,
+    attachable: def.Attachable === true,
+    enableIPv6: def.EnableIPv6 === true
+  }
+}
+
+/** A user network judged carried, translated: its definition, the aliases (not the engine's own short ID), static addresses. */
+function attachmentOf (name: string, endpoint: Record<string, unknown>, def: EngineNetwork, containerId: string | undefined): NetworkAttachment {
+  const shortId = containerId?.slice(0, 12)
+  const ipam = (endpoint.IPAMConfig ?? {}) as { IPv4Address?: string, IPv6Address?: string }
+  const network = networkSpecOf(name, def)
+  const aliases = ((endpoint.Aliases ?? []) as string[]).filter(a => a !== shortId)
+  return { network, aliases, ipv4Address: ipam.IPv4Address ?? '', ipv6Address: ipam.IPv6Address ?? '' }
 }
 
 /** The host powers among carried settings (as names like 'HostConfig.CapAdd'). */
@@ -354,6 +489,51 @@ export function parseEngineSettings (v: unknown): EngineSettings {
   return out
 }
 
+/** A network name as the engine takes it (`docker network create`). */
+const NETWORK_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/
+/** An IPv4 or IPv6 address or CIDR, loosely: the engine refuses a malformed one itself. */
+const ADDRESS = /^[0-9a-fA-F.:]{2,45}(?:\/[0-9]{1,3})?$/
+
+/**
+ * Untrusted `spec.networks` to NetworkAttachments: local bridge networks only, with the options the
+ * table carries; anything else is a FieldRefusedError naming it (as the source's judgement would).
+ */
+export function parseNetworkAttachments (v: unknown): NetworkAttachment[] {
+  if (!Array.isArray(v) || v.length > 64) throw new ProtocolError('spec.networks must be a list of at most 64')
+  const names = new Set<string>()
+  return v.map((x, i): NetworkAttachment => {
+    const a = obj(x, `spec.networks[${i}]`)
+    const n = obj(a.network, `spec.networks[${i}].network`)
+    const name = str(n.name, `spec.networks[${i}].network.name`, 128)
+    if (!NETWORK_NAME.test(name) || MODE_NETWORKS.includes(name) || names.has(name)) throw new ProtocolError(`spec.networks[${i}]: '${name}' is not a user-defined network name (or it is listed twice)`)
+    names.add(name)
+    if (n.driver !== 'bridge') throw new FieldRefusedError(`the spec carries Network[${name}].Driver '${String(n.driver)}': ${NETWORK_DEFINITION_RULES.Driver.note}`)
+    const record = (r: unknown, what: string): Record<string, string> => Object.fromEntries(Object.entries(obj(r ?? {}, what)).map(([k, val]) => [str(k, `${what} key`, 256), str(val, `${what}.${k}`, 1024)]))
+    const options = record(n.options, `Network[${name}].Options`)
+    for (const k of Object.keys(options)) if (!CARRIED_BRIDGE_OPTIONS.includes(k)) throw new FieldRefusedError(`the spec carries Network[${name}].Options.${k}, which a move does not carry`)
+    const address = (s: unknown, what: string): string => {
+      const out = str(s ?? '', what, 64)
+      if (out !== '' && !ADDRESS.test(out)) throw new ProtocolError(`${what} '${out}' is not an address`)
+      return out
+    }
+    if (!Array.isArray(n.subnets) || n.subnets.length > 16) throw new ProtocolError(`Network[${name}] subnets must be a list`)
+    const subnets = n.subnets.map((p, j) => {
+      const po = obj(p, `Network[${name}].subnets[${j}]`)
+      return { subnet: address(po.subnet, 'subnet'), gateway: address(po.gateway, 'gateway'), ipRange: address(po.ipRange, 'ipRange') }
+    })
+    if (!Array.isArray(a.aliases) || a.aliases.length > 64) throw new ProtocolError(`spec.networks[${i}].aliases must be a list`)
+    return {
+      network: {
+        name, driver: 'bridge', options, labels: record(n.labels, `Network[${name}].Labels`), subnets,
+        internal: n.internal === true, attachable: n.attachable === true, enableIPv6: n.enableIPv6 === true
+      },
+      aliases: a.aliases.map((al, j) => str(al, `spec.networks[${i}].aliases[${j}]`, 256)),
+      ipv4Address: address(a.ipv4Address, 'ipv4Address'),
+      ipv6Address: address(a.ipv6Address, 'ipv6Address')
+    }
+  })
+}
+
 // --- the table as docs/operations.md shows it ---------------------------------------------------
 
 export const TABLE_BEGIN = '<!-- fidelity-table: generated from protocol/fidelity.ts by fidelityTableMarkdown(); test/unit/fidelity.test.ts checks it -->'
@@ -362,7 +542,10 @@ export const TABLE_END = '<!-- /fidelity-table -->'
 /** The table in Markdown, one row per field, section by section. */
 export function fidelityTableMarkdown (): string {
   const rows = ['| Field | Policy | What and why |', '|---|---|---|']
-  const sections: Array<[string, Readonly<Record<string, FieldRule>>]> = [['', INSPECT_RULES], ['Config.', CONFIG_RULES], ['HostConfig.', HOST_CONFIG_RULES], ['NetworkSettings.', NETWORK_RULES]]
+  const sections: Array<[string, Readonly<Record<string, FieldRule>>]> = [
+    ['', INSPECT_RULES], ['Config.', CONFIG_RULES], ['HostConfig.', HOST_CONFIG_RULES], ['NetworkSettings.', NETWORK_RULES],
+    ['NetworkSettings.Networks.<name>.', ENDPOINT_RULES], ['Network[<name>].', NETWORK_DEFINITION_RULES]
+  ]
   for (const [prefix, rules] of sections) {
     for (const [field, rule] of Object.entries(rules)) rows.push(`| \`${prefix}${field}\` | ${rule.policy}${rule.judge !== undefined ? ' (by value)' : ''} | ${rule.note.replace(/\|/g, '\\|')} |`)
   }

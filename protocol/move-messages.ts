@@ -6,7 +6,7 @@ import { HostPowerNotOrderedError, ProtocolError } from './errors.js'
 import { count, obj, str } from './parse.js'
 import { parseSignedOrder, type BindAllowance, type SignedOrder } from './orders.js'
 import type { ContainerSpec, ImageInfo, MountSpec, RestartPolicyName } from './container.js'
-import { parseEngineSettings } from './fidelity.js'
+import { parseEngineSettings, parseNetworkAttachments } from './fidelity.js'
 
 export interface MoveOrder {
   container: string
@@ -17,6 +17,8 @@ export interface MoveOrder {
   allowHostAccess?: boolean
   /** --live: the processes move with their memory (a CRIU checkpoint instead of a pause), named in the signed order. */
   live?: boolean
+  /** --project: `container` names a compose project, whose containers move together (agent/move/source.ts moveProject). */
+  project?: boolean
 }
 
 /**
@@ -82,6 +84,8 @@ export interface MovePlan {
   volumeData?: Array<{ name: string, copy: 'rounds' | 'spool', bytes: number | null }>
   /** (--live) What each end found (both ok: a preflight refusal never gets this far). */
   live?: { source: LiveReport, destination: LiveReport }
+  /** The user-defined networks, as the destination will have them (absent: none, or an older destination). */
+  networks?: NetworkPlan[]
 }
 
 /**
@@ -117,9 +121,10 @@ export type MoveEvent =
   /**
    * `bytesOnWire`: the blob bytes that crossed the link (compressed where it compresses); absent from
    * an older agent. `bytesFromHolders`: layer bytes the destination took from members near it
-   * (not in `bytesSent`); absent when none.
+   * (not in `bytesSent`); absent when none. A project move's `done` has no moveId (each member's is
+   * in its own events) and names the project in `container`.
    */
-  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, bytesFromHolders?: number, layersSent: number, layersSkipped: number, downtimeMs: number, live?: LiveTimings }
+  | { event: 'done', moveId: string | null, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, bytesFromHolders?: number, layersSent: number, layersSkipped: number, downtimeMs: number, live?: LiveTimings }
   /**
    * `rollback`: 'none-needed' (refused before anything changed), 'done' (the source container runs
    * again, the destination removed what it made), 'incomplete' (say what could not be undone).
@@ -171,6 +176,8 @@ export interface PrepareReply {
   live?: LiveReport
   /** True: this destination takes `fetch` steps (a layer from a holder near it); absent from older agents. */
   fetchesFromHolders?: boolean
+  /** (move) What becomes of each of the spec's user-defined networks here (agent/move/networks.ts). */
+  networks?: NetworkPlan[]
 }
 
 /**
@@ -186,6 +193,14 @@ export const CHECKPOINT_SEGMENT = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
 export const CHECKPOINT_MAX_DEPTH = 4
 /** CRIU writes a few images per process and per mapping kind: thousands only for huge process trees. */
 export const CHECKPOINT_MAX_FILES = 4096
+
+/**
+ * A user-defined network of a move at its destination: `exists` (a network of that name with the
+ * same settings: the container joins it) or `create`; `subnet` 'kept' (the source's), 'engine' (the
+ * source's subnet is taken here: the engine chooses, and a static address on it is not kept) or
+ * 'none' (the network has no IPv4 pool to keep).
+ */
+export interface NetworkPlan { name: string, at: 'exists' | 'create', subnet: 'kept' | 'engine' | 'none', aliases: string[], ipv4Address: string }
 
 /**
  * One round of a named volume's tree sync (agent/sync): after its JSON request the destination
@@ -370,7 +385,8 @@ export function parseMoveOrder (v: unknown): MoveOrder {
     dryRun: o.dryRun === true,
     allowBindMounts: o.allowBindMounts === true,
     ...o.allowHostAccess === true ? { allowHostAccess: true } : {},
-    ...o.live === true ? { live: true } : {}
+    ...o.live === true ? { live: true } : {},
+    ...o.project === true ? { project: true } : {}
   }
 }
 
@@ -432,8 +448,22 @@ export function parseSpec (v: unknown): ContainerSpec {
     restartPolicy: { name: rpName as RestartPolicyName, maximumRetryCount: count(rp.maximumRetryCount ?? 0, 'maximumRetryCount') },
     mounts,
     ...o.imageRef === undefined ? {} : { imageRef: imageRef(o.imageRef) },
-    ...o.engine === undefined ? {} : { engine: parseEngineSettings(o.engine) }
+    ...o.engine === undefined ? {} : { engine: parseEngineSettings(o.engine) },
+    ...networksOf(o)
   }
+}
+
+/** `networks` and `primaryNetwork` of a spec: the mode names one of the networks. */
+function networksOf (o: Record<string, unknown>): Pick<ContainerSpec, 'networks' | 'primaryNetwork'> {
+  if (o.networks === undefined) {
+    if (o.primaryNetwork !== undefined) throw new ProtocolError('spec.primaryNetwork names a network the spec does not carry')
+    return {}
+  }
+  const networks = parseNetworkAttachments(o.networks)
+  if (o.primaryNetwork === undefined) return { networks }
+  const primaryNetwork = str(o.primaryNetwork, 'spec.primaryNetwork', 128)
+  if (!networks.some(a => a.network.name === primaryNetwork)) throw new ProtocolError(`spec.primaryNetwork '${primaryNetwork}' is not one of spec.networks`)
+  return { networks, primaryNetwork }
 }
 
 function imageRef (v: unknown): string {

@@ -17,7 +17,7 @@ import type { ContainerRow } from '../../protocol/messages.js'
 import type { LayerFiles } from './layer-files.js'
 import type { EngineProduct, ImageStore } from './engine-kind.js'
 import type {
-  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, RestartPolicy, SavedEntry
+  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, NetworkSpec, PathStat, RestartPolicy, SavedEntry
 } from './types.js'
 
 export interface EngineVersion {
@@ -46,6 +46,13 @@ export interface EngineInfo {
   memoryBytes: number
   /** `dockerd --experimental`: the engine takes checkpoints (`checkpoint`), which live moves need. */
   experimental: boolean
+}
+
+/** A network of the engine: its definition as a move carries it, its ID, how many containers are on it. */
+export interface NetworkInfo extends NetworkSpec {
+  id: string
+  /** Containers attached now (running or not). */
+  containers: number
 }
 
 /** A byte stream to send to the engine: a Readable or any async iterable of bytes. */
@@ -109,8 +116,21 @@ export interface DockerHost {
   removeImage (id: string, opts: { force?: boolean }, signal?: AbortSignal): Promise<void>
   /** Points the tag `ref` (repo:tag) at image `id`, taking it from any image it named (the caller checks first). */
   tagImage (id: string, ref: string, signal?: AbortSignal): Promise<void>
-  /** Creates (does not start) a container with exactly `spec`; returns its ID. */
+  /**
+   * Creates (does not start) a container with exactly `spec`; returns its ID. It is created on the
+   * network `spec.primaryNetwork` names and connected to its other `spec.networks` (which must exist:
+   * NetworkNotFoundError), with their aliases and static addresses.
+   */
   create (spec: ContainerSpec, signal?: AbortSignal): Promise<string>
+
+  /** A network by name or ID (NetworkNotFoundError when none); its driver may be any. */
+  inspectNetwork (nameOrId: string, signal?: AbortSignal): Promise<NetworkInfo>
+  /** Every network of the engine (its default ones too). */
+  listNetworks (signal?: AbortSignal): Promise<NetworkInfo[]>
+  /** Creates a network with exactly `net` (an empty `subnets`: the engine chooses); returns its ID. DockerConflictError when the name is taken. */
+  createNetwork (net: NetworkSpec, signal?: AbortSignal): Promise<string>
+  /** Removes a network; DockerEngineError (403 or 409) while a container is on it. */
+  removeNetwork (nameOrId: string, signal?: AbortSignal): Promise<void>
 
   /** Creates a volume; the engine reuses an existing volume of that name and driver. */
   createVolume (name: string, driver: string, labels: Record<string, string>, signal?: AbortSignal): Promise<void>

@@ -28,11 +28,12 @@ import { Readable, addAbortSignal } from 'node:stream'
 import DockerModem from 'docker-modem'
 import {
   ContainerNotFoundError, ContainerPathNotFoundError, DockerConflictError, DockerEngineError, DockerLoadError,
-  DockerUnavailableError, GotoError, ImageNotFoundError, VolumeNotFoundError
+  DockerUnavailableError, GotoError, ImageNotFoundError, NetworkNotFoundError, VolumeNotFoundError
 } from '../../protocol/errors.js'
+import { networkSpecOf, type EngineNetwork } from '../../protocol/fidelity.js'
 import type { DockerEndpoint } from '../config.js'
 import type { ContainerRow } from '../../protocol/messages.js'
-import { containerInfoFromInspect, createBody, type EngineContainer } from './spec.js'
+import { containerInfoFromInspect, createBody, endpointConfig, networkCreateBody, userNetworksOf, type EngineContainer } from './spec.js'
 import { readSavedImage } from './saved-image.js'
 import { EngineStatusError, plainGet, type PlainResponse } from './plain-get.js'
 import { LayerFiles } from './layer-files.js'
@@ -43,12 +44,12 @@ import { decodePathStat, exportContainerChanges, parseChanges } from './changes.
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
 import { imageStoreOf, productOf, type EngineProduct } from './engine-kind.js'
 import type {
-  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, RestartPolicy, SavedEntry
+  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, NetworkSpec, PathStat, RestartPolicy, SavedEntry
 } from './types.js'
 
 export { readSavedImage } from './saved-image.js'
 
-import type { ByteSource, DockerHost, EngineInfo, EngineVersion } from './docker-host.js'
+import type { ByteSource, DockerHost, EngineInfo, EngineVersion, NetworkInfo } from './docker-host.js'
 
 /** A syncfs of the data root taking longer than this is left to finish by itself. */
 const FLUSH_TIMEOUT_MS = 30_000
@@ -57,7 +58,7 @@ const FLUSH_TIMEOUT_MS = 30_000
 const OK_STATUSES = { 200: true, 201: true, 204: true, 304: true }
 
 /** What a 404 of a request means. */
-type NotFound = 'container' | 'image' | 'volume' | 'none'
+type NotFound = 'container' | 'image' | 'volume' | 'network' | 'none'
 
 interface EngineRequest {
   /** For error messages: "inspect container 'web'". */
@@ -189,8 +190,19 @@ export class DockerodeHost implements DockerHost {
   // --- inspect --------------------------------------------------------------------------------
 
   async inspectContainer (nameOrId: string, signal?: AbortSignal): Promise<ContainerInfo> {
-    const c = await this.request<EngineContainer>({ what: `inspect container '${nameOrId}'`, notFound: 'container', method: 'GET', path: `/containers/${enc(nameOrId)}/json` }, signal)
-    return containerInfoFromInspect(await this.product(signal) === 'podman' ? fromPodmanInspect(c) : c)
+    const raw = await this.request<EngineContainer>({ what: `inspect container '${nameOrId}'`, notFound: 'container', method: 'GET', path: `/containers/${enc(nameOrId)}/json` }, signal)
+    const c = await this.product(signal) === 'podman' ? fromPodmanInspect(raw) : raw
+    // Each user-defined network's definition: what the fidelity table judges and the spec carries.
+    const networks: Record<string, EngineNetwork> = {}
+    for (const [name, id] of Object.entries(userNetworksOf(c))) {
+      try {
+        networks[name] = await this.request<EngineNetwork>({ what: `inspect network '${name}'`, notFound: 'network', method: 'GET', path: `/networks/${enc(id)}` }, signal)
+      } catch (err) {
+        // Removed since (the container is being torn down): judged as a network whose definition cannot be read.
+        if (!(err instanceof NetworkNotFoundError)) throw err
+      }
+    }
+    return containerInfoFromInspect(c, networks)
   }
 
   /** Docker Engine or Podman, asked once (a failed ask is not kept). */
@@ -301,8 +313,45 @@ export class DockerodeHost implements DockerHost {
   async create (spec: ContainerSpec, signal?: AbortSignal): Promise<string> {
     // The only thing create can miss is the image (404); a name in use is a 409.
     const name = spec.name.replace(/^\//, '')
+    for (const a of spec.networks ?? []) await this.inspectNetwork(a.network.name, signal)
     const r = await this.request<{ Id: string }>({ what: `create container '${name}'`, notFound: 'image', method: 'POST', path: '/containers/create', query: { name }, body: createBody(spec) }, signal)
+    // Engines before API 1.44 take one network at create: the others are connected before it starts.
+    for (const a of spec.networks ?? []) {
+      if (a.network.name === spec.primaryNetwork) continue
+      await this.request({ what: `connect container '${name}' to network '${a.network.name}'`, notFound: 'network', method: 'POST', path: `/networks/${enc(a.network.name)}/connect`, body: { Container: r.Id, EndpointConfig: endpointConfig(a) } }, signal)
+    }
     return r.Id
+  }
+
+  // --- networks -------------------------------------------------------------------------------
+
+  async inspectNetwork (nameOrId: string, signal?: AbortSignal): Promise<NetworkInfo> {
+    const n = await this.request<EngineNetwork & { Id: string, Name: string, Containers?: Record<string, unknown> | null }>(
+      { what: `inspect network '${nameOrId}'`, notFound: 'network', method: 'GET', path: `/networks/${enc(nameOrId)}` }, signal)
+    return { ...networkSpecOf(n.Name, n), id: n.Id, containers: Object.keys(n.Containers ?? {}).length }
+  }
+
+  async listNetworks (signal?: AbortSignal): Promise<NetworkInfo[]> {
+    // The list leaves out Containers: each network is inspected for its count.
+    const list = await this.request<Array<{ Id: string }>>({ what: 'list networks', notFound: 'none', method: 'GET', path: '/networks' }, signal)
+    const out: NetworkInfo[] = []
+    for (const { Id } of list) {
+      try {
+        out.push(await this.inspectNetwork(Id, signal))
+      } catch (err) {
+        if (!(err instanceof NetworkNotFoundError)) throw err // removed since the list
+      }
+    }
+    return out
+  }
+
+  async createNetwork (net: NetworkSpec, signal?: AbortSignal): Promise<string> {
+    const r = await this.request<{ Id: string }>({ what: `create network '${net.name}'`, notFound: 'none', method: 'POST', path: '/networks/create', body: networkCreateBody(net) }, signal)
+    return r.Id
+  }
+
+  async removeNetwork (nameOrId: string, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `remove network '${nameOrId}'`, notFound: 'network', method: 'DELETE', path: `/networks/${enc(nameOrId)}` }, signal)
   }
 
   // --- volumes --------------------------------------------------------------------------------
@@ -542,6 +591,7 @@ export class DockerodeHost implements DockerHost {
     if (status === 404 && notFound === 'container') return new ContainerNotFoundError(text, options)
     if (status === 404 && notFound === 'image') return new ImageNotFoundError(text, options)
     if (status === 404 && notFound === 'volume') return new VolumeNotFoundError(text, options)
+    if (status === 404 && notFound === 'network') return new NetworkNotFoundError(text, options)
     if (status === 409) return new DockerConflictError(text, options)
     return new DockerEngineError(text, options)
   }

@@ -13,9 +13,12 @@
  * Every other field of `Config` and `HostConfig` goes through the fidelity table
  * (protocol/fidelity.ts): what it carries as is lands in `spec.engine` and back in the create body
  * unchanged; what it refuses is listed in `ContainerInfo.fidelity`, for the move to refuse by name.
+ * User-defined networks (given as `GET /networks/{id}` by name) become `spec.networks`: the
+ * network's definition, the container's aliases and static addresses on it; the create body puts
+ * the container on the one NetworkMode names, and the driver connects the others (host.ts).
  */
-import { judgeContainer } from '../../protocol/fidelity.js'
-import type { ContainerInfo, ContainerSpec, MountSpec, PortBinding } from './types.js'
+import { judgeContainer, type EngineNetwork } from '../../protocol/fidelity.js'
+import type { ContainerInfo, ContainerSpec, MountSpec, NetworkAttachment, NetworkSpec, PortBinding } from './types.js'
 
 /** The parts of `GET /containers/{id}/json` we read (Engine API 1.41+). */
 export interface EngineContainer {
@@ -49,13 +52,13 @@ export interface EngineContainer {
 const RESTART_POLICIES = new Set(['', 'no', 'always', 'unless-stopped', 'on-failure'])
 
 /** The spec and state of a container from its inspect JSON. */
-export function containerInfoFromInspect (c: EngineContainer): ContainerInfo {
-  const { refused, hostPowers } = judgeContainer(c)
+export function containerInfoFromInspect (c: EngineContainer, networks: Readonly<Record<string, EngineNetwork>> = {}): ContainerInfo {
+  const { refused, hostPowers } = judgeContainer(c, networks)
   return {
     id: c.Id,
     name: c.Name.replace(/^\//, ''),
     state: { status: c.State?.Status ?? 'unknown', running: c.State?.Running === true, paused: c.State?.Paused === true, execs: c.ExecIDs?.length ?? 0 },
-    spec: specFromInspect(c),
+    spec: specFromInspect(c, networks),
     ...refused.length > 0 || hostPowers.length > 0 ? { fidelity: { refused, hostPowers } } : {}
   }
 }
@@ -72,7 +75,16 @@ export function imageRefOf (configImage: string | undefined, imageId: string): s
   return configImage.slice(lastSlash + 1).includes(':') ? configImage : `${configImage}:latest`
 }
 
-export function specFromInspect (c: EngineContainer): ContainerSpec {
+/** The user-defined networks of an inspect that need their definition read (`GET /networks/{id}`): name → network ID. */
+export function userNetworksOf (c: EngineContainer): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const [name, ep] of Object.entries(c.NetworkSettings?.Networks ?? {})) {
+    if (!['bridge', 'host', 'none'].includes(name)) out[name] = String((ep as { NetworkID?: unknown } | null)?.NetworkID ?? name)
+  }
+  return out
+}
+
+export function specFromInspect (c: EngineContainer, networks: Readonly<Record<string, EngineNetwork>> = {}): ContainerSpec {
   const cfg: NonNullable<EngineContainer['Config']> = c.Config ?? {}
   const host: NonNullable<EngineContainer['HostConfig']> = c.HostConfig ?? {}
   const portBindings: Record<string, PortBinding[]> = {}
@@ -82,7 +94,7 @@ export function specFromInspect (c: EngineContainer): ContainerSpec {
   // The engine knows no other policies; anything else reads as the default ('').
   const restartName = RESTART_POLICIES.has(host.RestartPolicy?.Name ?? '') ? host.RestartPolicy?.Name ?? '' : ''
   const imageRef = imageRefOf(cfg.Image, c.Image)
-  const { engine } = judgeContainer(c)
+  const { engine, networks: attached, primaryNetwork } = judgeContainer(c, networks)
   return {
     name: c.Name.replace(/^\//, ''),
     image: c.Image,
@@ -102,7 +114,9 @@ export function specFromInspect (c: EngineContainer): ContainerSpec {
     mounts: mountsFromInspect(c),
     ...imageRef === undefined ? {} : { imageRef },
     // Absent when nothing is carried as is, so such a spec is the one agents before the table sent.
-    ...Object.keys(engine.config).length + Object.keys(engine.hostConfig).length === 0 ? {} : { engine }
+    ...Object.keys(engine.config).length + Object.keys(engine.hostConfig).length === 0 ? {} : { engine },
+    ...attached.length === 0 ? {} : { networks: attached },
+    ...primaryNetwork === undefined ? {} : { primaryNetwork }
   }
 }
 
@@ -158,6 +172,8 @@ export function createBody (spec: ContainerSpec): Record<string, unknown> {
   // Exactly the exposed ports of the spec: the engine does not add bound ports (the CLI does).
   for (const p of spec.exposedPorts) exposed[p] = {}
   const engine = spec.engine ?? { config: {}, hostConfig: {} }
+  // The container is created on the network NetworkMode names; the driver connects the others before it starts.
+  const primary = spec.primaryNetwork === undefined ? undefined : spec.networks?.find(a => a.network.name === spec.primaryNetwork)
   return {
     // The settings the fidelity table carries as is, under their own names; the spec's own fields
     // (which the table keeps out of spec.engine) are written after them.
@@ -178,7 +194,33 @@ export function createBody (spec: ContainerSpec): Record<string, unknown> {
       // --tmpfs options travel in the carried HostConfig.Tmpfs; mounts of the spec add defaults.
       Tmpfs: { ...tmpfs, ...(engine.hostConfig.Tmpfs as Record<string, string> | undefined ?? {}) },
       PortBindings: portBindings,
-      RestartPolicy: { Name: spec.restartPolicy.name, MaximumRetryCount: spec.restartPolicy.maximumRetryCount }
+      RestartPolicy: { Name: spec.restartPolicy.name, MaximumRetryCount: spec.restartPolicy.maximumRetryCount },
+      ...primary === undefined ? {} : { NetworkMode: primary.network.name }
+    },
+    ...primary === undefined ? {} : { NetworkingConfig: { EndpointsConfig: { [primary.network.name]: endpointConfig(primary) } } }
+  }
+}
+
+/** The endpoint settings of a network attachment (`EndpointsConfig` of create, `EndpointConfig` of connect). */
+export function endpointConfig (a: NetworkAttachment): Record<string, unknown> {
+  const ipam = { ...a.ipv4Address === '' ? {} : { IPv4Address: a.ipv4Address }, ...a.ipv6Address === '' ? {} : { IPv6Address: a.ipv6Address } }
+  return { Aliases: a.aliases, ...Object.keys(ipam).length === 0 ? {} : { IPAMConfig: ipam } }
+}
+
+/** Body of `POST /networks/create` for a network with exactly `net` (no subnets: the engine chooses). */
+export function networkCreateBody (net: NetworkSpec): Record<string, unknown> {
+  return {
+    Name: net.name,
+    Driver: net.driver,
+    CheckDuplicate: true,
+    Options: net.options,
+    Labels: net.labels,
+    Internal: net.internal,
+    Attachable: net.attachable,
+    EnableIPv6: net.enableIPv6,
+    IPAM: {
+      Driver: 'default',
+      Config: net.subnets.map(p => ({ Subnet: p.subnet, ...p.gateway === '' ? {} : { Gateway: p.gateway }, ...p.ipRange === '' ? {} : { IPRange: p.ipRange } }))
     }
   }
 }

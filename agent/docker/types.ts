@@ -9,7 +9,7 @@ import type { Refusal } from '../../protocol/fidelity.js'
 
 // The shapes that travel on the wire live in protocol/container.ts; re-exported so that driver code
 // keeps importing its types from one place.
-export type { ContainerSpec, EngineSettings, ImageInfo, MountSpec, PortBinding, RestartPolicy, RestartPolicyName } from '../../protocol/container.js'
+export type { ContainerSpec, EngineSettings, ImageInfo, MountSpec, NetworkAttachment, NetworkSpec, PortBinding, RestartPolicy, RestartPolicyName } from '../../protocol/container.js'
 
 export interface ContainerInfo {
   id: string

@@ -26,8 +26,10 @@ import { describeRefusals } from '../../protocol/fidelity.js'
  * refuses, protocol/fidelity.ts) and no host-level power (no order allows one there). Checked by
  * `goto protect` before anything changes, and by every snapshot, so that nothing is dropped silently.
  */
-export function unprotectable (info: Pick<ContainerInfo, 'name'> & { fidelity?: ContainerInfo['fidelity'] }): FieldRefusedError | HostAccessRefusedError | undefined {
-  const refused = info.fidelity?.refused ?? []
+export function unprotectable (info: Pick<ContainerInfo, 'name'> & { fidelity?: ContainerInfo['fidelity'], spec?: Pick<ContainerInfo['spec'], 'networks'> }): FieldRefusedError | HostAccessRefusedError | undefined {
+  // A move carries user-defined networks (agent/move/networks.ts); a snapshot's holder does not check
+  // them at prepare nor journal the networks a takeover would make, so a takeover does not yet.
+  const refused = [...info.fidelity?.refused ?? [], ...(info.spec?.networks ?? []).map(a => ({ field: `NetworkSettings.Networks.${a.network.name}`, why: 'a user-defined network: a takeover does not recreate networks yet (a move does)' }))]
   if (refused.length > 0) return new FieldRefusedError(`container '${info.name}' has settings a takeover could not restore: ${describeRefusals(refused)}`)
   const powers = info.fidelity?.hostPowers ?? []
   if (powers.length > 0) return new HostAccessRefusedError(`container '${info.name}' has host-level powers, which a takeover restores with no operator's order: ${powers.join(', ')}`)

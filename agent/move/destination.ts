@@ -60,6 +60,7 @@ import type { ImageStore } from '../docker/engine-kind.js'
 import { layersToSend } from '../transfer/plan.js'
 import type { Timings } from '../timings.js'
 import { restoreContainer, tagState, undoRestore, type Made } from './restore.js'
+import { planNetworks } from './networks.js'
 import { treeBytes } from './rounds.js'
 import { HashCache, NO_XATTRS, recoverSyncLeftovers, syncDestination, type SyncResult, type XattrAccess } from '../sync/index.js'
 import { syncDuplex } from '../transfer/sync-stream.js'
@@ -312,6 +313,8 @@ export class DestinationService {
       throw new InsufficientDiskError(`${Math.round(free / 2 ** 20)} MiB free, the move needs about ${Math.round(req.image.size * DISK_HEADROOM_FACTOR / 2 ** 20)} MiB`)
     }
     if (req.purpose === 'move') await this.checkConflicts(req, signal)
+    // What becomes of its networks here; one that exists with other settings refuses the move now, before any freeze.
+    const networks = req.purpose === 'move' ? await planNetworks(docker, req.spec, signal) : []
     await this.deps.kept?.settled()
     // The containerd image store and Podman reuse no layer in a load: they are sent every one (loadBase).
     const base = await loadBase(docker, signal)
@@ -347,7 +350,10 @@ export class DestinationService {
       ...live === undefined ? {} : { liveMove: {} }
     })
     this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length, imageRef: ref, volumeSync: syncable.length })
-    return { present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {}, decodes: decodableEncodings(), ...live === undefined ? {} : { live }, ...this.deps.holders === undefined ? {} : { fetchesFromHolders: true } }
+    return {
+      present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {}, decodes: decodableEncodings(), ...live === undefined ? {} : { live }, ...this.deps.holders === undefined ? {} : { fetchesFromHolders: true },
+      ...networks.length === 0 ? {} : { networks }
+    }
   }
 
   /**
@@ -649,7 +655,10 @@ export class DestinationService {
       const checkpoint = req.checkpoint
       if (checkpoint === undefined && p.liveMove?.staged !== undefined) throw new CheckpointRefusedError(`move ${p.moveId} sent a checkpoint but restores without it`)
       const start = checkpoint === undefined ? {} : { start: async (id: string, s: AbortSignal) => { await this.startFromStaged(p, checkpoint, id, s) } }
-      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: p.spec, store: this.deps.store, volumes, ownLoads: p.preloadedChain === undefined ? [] : [p.preloadedChain], ...start }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
+      const onNetwork = async (name: string): Promise<void> => { await this.journal(p, peer, { networks: [...p.made.networks ?? [], name] }) }
+      const containerId = await restoreContainer(this.deps.docker, {
+        config, diffIds: req.diffIds, spec: p.spec, store: this.deps.store, volumes, ownLoads: p.preloadedChain === undefined ? [] : [p.preloadedChain], onNetwork, log: this.deps.log, ...start
+      }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
       await this.journal(p, peer, { stage: 'restored' })
       this.deps.log.info('move restored', { moveId: req.moveId, container: p.spec.name, containerId, ...checkpoint === undefined ? {} : { fromCheckpoint: checkpoint } })
       return { containerId }
@@ -883,7 +892,7 @@ export class DestinationService {
           if (!(err instanceof ContainerNotFoundError)) throw err
         }
         const volumes = r.stage === 'loading' ? r.volumes ?? [] : r.spec.mounts.flatMap(m => m.type === 'volume' ? [m.name] : [])
-        const made = { volumes, containerId, imageId: r.image, preloaded: r.preloaded }
+        const made = { volumes, networks: r.networks ?? [], containerId, imageId: r.image, preloaded: r.preloaded }
         if (r.stage === 'restored') {
           this.moves.set(r.moveId, {
             moveId: r.moveId, purpose: 'move', from: r.from.peerId, spec: r.spec, specDigest: specDigest(r.spec), diffIds: [], present: 0, wanted: new Set(r.wanted),

@@ -34,6 +34,8 @@ export interface IncomingRecord {
   wanted: string[]
   /** Volumes made here for volume rounds before the restore (removed, their data kept for a retry, after a crash). */
   volumes?: string[]
+  /** User-defined networks the restore creates here (each recorded before it is made; removed after a crash unless a container is on it). */
+  networks?: string[]
   /** ISO time the record was first written. */
   at: string
 }
@@ -58,6 +60,7 @@ function parseIncoming (v: unknown, moveId: string): IncomingRecord {
     (r.image === undefined || IMAGE_ID.test(r.image)) &&
     Array.isArray(r.wanted) && r.wanted.every(x => typeof x === 'string') &&
     (r.volumes === undefined || (Array.isArray(r.volumes) && r.volumes.every(x => typeof x === 'string'))) &&
+    (r.networks === undefined || (Array.isArray(r.networks) && r.networks.every(x => typeof x === 'string'))) &&
     typeof r.at === 'string' && !Number.isNaN(Date.parse(r.at))
   if (!ok) throw new TypeError('not an incoming-move record')
   return r as IncomingRecord

@@ -1,7 +1,8 @@
 /**
  * Bringing a container up from received state: load the image (thin — only the layers the engine
  * lacks, from a verified layer store), create its named volumes and the container with the same
- * spec, copy the volumes' data in, start it and wait until it runs. Shared by the destination of a
+ * spec (on its user-defined networks, made here when missing: networks.ts), copy the volumes'
+ * data in, start it and wait until it runs. Shared by the destination of a
  * move (the state streams in from the source) and by a failover takeover (the state is a snapshot
  * this host holds). `made` records what was created, so a failure can be undone with `undoRestore`.
  * The loaded image gets the source's image reference (spec.imageRef) when that tag is free here or
@@ -20,6 +21,7 @@ import type { Logger } from '../log.js'
 import { loadBase, loadVerified } from '../transfer/load.js'
 import { layersToSend } from '../transfer/plan.js'
 import { ImageNotFoundError, RestoreFailedError } from '../../protocol/errors.js'
+import { ensureNetworks, undoNetworks } from './networks.js'
 
 /** How often its state is read meanwhile. */
 const START_POLL_MS = 100
@@ -37,11 +39,16 @@ export interface RestoreInput {
   volumes: Array<{ name: string, destination: string, data: () => AsyncIterable<Uint8Array> }>
   /** How the created container starts (default `docker.start`; a live move: from its checkpoint). */
   start?: (containerId: string, signal: AbortSignal) => Promise<void>
+  /** Hears the name of each network before it is created here (a move's incoming journal records it). */
+  onNetwork?: (name: string) => Promise<void>
+  log?: Logger
 }
 
 /** What a restore created here. */
 export interface Made {
   volumes: string[]
+  /** User-defined networks created for the container (removed again unless another container is on them). */
+  networks?: string[]
   containerId?: string
   imageId?: string
   /** A helper container that fills volumes of a container with a read-only root (removed once done). */
@@ -63,9 +70,10 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
       made.volumes.push(m.name)
     }
   }
+  const onNetworks = await ensureNetworks(docker, input.spec, made, signal, input.onNetwork, input.log)
   const ref = input.spec.imageRef
   const named = ref !== undefined && await tagIfFree(docker, made.imageId, ref, signal) !== 'taken'
-  const spec = { ...input.spec, image: named ? ref : made.imageId }
+  const spec = { ...onNetworks, image: named ? ref : made.imageId }
   const containerId = await docker.create(spec, signal)
   made.containerId = containerId
   await putVolumes(docker, spec, containerId, input.volumes, made, signal)
@@ -122,13 +130,14 @@ async function tagIfFree (docker: DockerHost, imageId: string, ref: string, sign
   return state
 }
 
-/** Removes what a failed restore made (container, volumes; the image unless something uses it). */
+/** Removes what a failed restore made (container, volumes, networks no other container is on; the image unless something uses it). */
 export async function undoRestore (docker: DockerHost, made: Made & { preloaded?: string }, log: Logger): Promise<void> {
   const signal = AbortSignal.timeout(60_000)
   for (const id of [made.helperId, made.containerId]) {
     if (id !== undefined) await docker.remove(id, { force: true, volumes: false }, signal).catch(err => { log.error('rollback: container not removed', { error: (err as Error).message }) })
   }
   for (const v of made.volumes) await docker.removeVolume(v, signal).catch(err => { log.error('rollback: volume not removed', { volume: v, error: (err as Error).message }) })
+  await undoNetworks(docker, made.networks ?? [], log, signal)
   for (const image of [made.imageId, made.preloaded]) {
     if (image !== undefined) await docker.removeImage(image, { force: false }, signal).catch(() => { /* used by another container or image: keep */ })
   }

@@ -57,7 +57,7 @@ import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
 import { letGo } from './let-go.js'
 import { listCheckpoint, restartsByItself, resumeSource } from './live.js'
-import type { CheckpointFile, LiveReport, PrepareReply, Resumed } from '../../protocol/move-messages.js'
+import type { CheckpointFile, LiveReport, NetworkPlan, PrepareReply, Resumed } from '../../protocol/move-messages.js'
 import type { SignedOrder } from '../../protocol/orders.js'
 import { CheckpointFailedError, ContainerNotFoundError, DestinationUnavailableError, TransferStateError, UnknownContainerError, UnknownMoveError } from '../../protocol/errors.js'
 
@@ -111,6 +111,8 @@ export interface PreparedTransfer {
   live?: LiveReport
   /** Layers of `toSend` the destination is to fetch from a member near it (the others go from here). */
   fromHolders: Map<string, HeldBy>
+  /** What becomes of the spec's user-defined networks at the destination (PrepareReply.networks). */
+  networks: NetworkPlan[]
 }
 
 /**
@@ -240,8 +242,9 @@ export class TransferSession {
     const fromHolders = holders !== undefined && order !== undefined && this.toEntry !== undefined && policy.class !== 'free' && prep.fetchesFromHolders === true && toSend.length > 0
       ? await holders.find({ to: this.toEntry, order, spec, image, diffIds: toSend }, signal)
       : new Map<string, HeldBy>()
-    this.plan = { image, toSend, volumes, synced, spec, fromHolders, ...took }
-    return { image, toSend, volumes, synced, fromHolders, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef }, ...took }
+    const networks = Array.isArray(prep.networks) ? prep.networks : []
+    this.plan = { image, toSend, volumes, synced, spec, fromHolders, networks, ...took }
+    return { image, toSend, volumes, synced, fromHolders, networks, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef }, ...took }
   }
 
   /** The volumes both ends can sync directly (a destination without the step offers none). */

@@ -5,7 +5,8 @@
  *
  *   plan      inspect the container; refuse a stopped one, any setting the fidelity table refuses
  *             (protocol/fidelity.ts, each by its name), host-level powers (unless
- *             --allow-host-access), bind mounts (unless allowed), a second
+ *             --allow-host-access), bind mounts (unless allowed), a user-defined network that
+ *             exists at the destination with other settings (networks.ts), a second
  *             move of the same container, a destination that is unknown, dead or ourselves; the
  *             operator is sent the spec to sign (an `order` event, answered with the signed order:
  *             protocol/orders.ts); the destination verifies that order, checks architecture, disk,
@@ -39,6 +40,8 @@ import type { KeptImages } from './kept-images.js'
 import { TransferSession, inspectSource, type PreparedTransfer, type SessionDeps } from './session.js'
 import { nextAfterRound, treeBytes, type RoundTally, type RoundTimings } from './rounds.js'
 import { costOf } from '../transfer/links.js'
+import { networkWarnings } from './networks.js'
+import { projectMembers } from './project.js'
 import { MOVE_PROTOCOL } from '../../protocol/ids.js'
 import { parseMoveOrder, parseOrderReply, type LiveTimings, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest, type Resumed } from '../../protocol/move-messages.js'
 import { specDigest, type SignedOrder } from '../../protocol/orders.js'
@@ -80,6 +83,19 @@ export interface MoveDeps {
 
 type Emit = (event: MoveEvent) => Promise<void>
 
+/** One container of a move (a project move has several) between its steps. */
+interface Member {
+  info: ContainerInfo
+  session: TransferSession
+  log: Logger
+  plan: MovePlan
+  layersSent: number
+  /** (--live) This host's part of the preflight; the move freezes by a checkpoint. */
+  live?: Awaited<ReturnType<LiveCheck['require']>>
+  /** (--live) What the checkpoint took, once handed over. */
+  liveTimings?: LiveTimings
+}
+
 /** The operator's signature on what a move will do (on /goto/move: an `order` event and its reply). */
 export type SignMove = (request: OrderRequest, signal: AbortSignal) => Promise<SignedOrder>
 
@@ -117,6 +133,7 @@ export class MoveService {
    * gets the operator's signed order for the spec before the destination is asked to prepare.
    */
   async move (order: MoveOrder, emit: Emit, signal: AbortSignal, sign: SignMove): Promise<void> {
+    if (order.project === true) { await this.moveProject(order, emit, signal, sign); return }
     let info: ContainerInfo
     try {
       info = await inspectSource(this.deps.docker, order.container, this.deps.sessions.selfName, signal)
@@ -141,20 +158,112 @@ export class MoveService {
     }
   }
 
+  /**
+   * A compose project (order.container names it) as one transaction: every member's container locked
+   * or none, each phase for every member before the next, freeze in reverse start order, restore in
+   * start order (project.ts), commit only once all run there; any failure rolls every member back, in
+   * reverse start order. Reports the members' own events, then one `done` or `failed` naming the
+   * project, with the project's downtime (first freeze to last restore). Never throws.
+   */
+  private async moveProject (order: MoveOrder, emit: Emit, signal: AbortSignal, sign: SignMove): Promise<void> {
+    const held: string[] = []
+    const members: Member[] = []
+    const startedAt = performance.now()
+    let infos: ContainerInfo[]
+    try {
+      if (order.live === true) throw new LiveUnavailableError(`project '${order.container}' moves with a pause, not live: move its containers one by one with --live`)
+      const rows = await this.deps.docker.listContainers(signal)
+      infos = []
+      for (const p of projectMembers(rows, order.container)) infos.push(await inspectSource(this.deps.docker, p.id, this.deps.sessions.selfName, signal))
+      for (const info of infos) {
+        if (!this.deps.locks.take(info.id)) throw new MoveInProgressError(`container '${info.name}' of project '${order.container}' is already being moved`)
+        held.push(info.id)
+      }
+    } catch (err) {
+      for (const id of held) this.deps.locks.release(id)
+      await this.failed(order, emit, err, null, 'none-needed')
+      return
+    }
+    const sessions = infos.map(info => new TransferSession(this.deps.sessions, 'move', info))
+    if (!order.dryRun) this.metrics.moveStarted()
+    try {
+      for (const [i, info] of infos.entries()) members.push(await this.planMember({ ...order, container: info.name }, info, sessions[i], emit, sign, signal))
+      if (order.dryRun) {
+        for (const s of [...sessions].reverse()) await s.abort()
+        await emit({ event: 'done', moveId: null, container: order.container, from: this.deps.sessions.selfName, to: order.to, bytesSent: 0, layersSent: 0, layersSkipped: sum(members.map(m => m.plan.layersPresent)), downtimeMs: 0 })
+        return
+      }
+      for (const m of members) await this.precopyMember(m, emit, signal)
+      const frozenAt = performance.now()
+      for (const m of [...members].reverse()) await this.freezeMember(m, emit, signal)
+      for (const m of members) await this.handOverMember(m, emit, signal)
+      for (const m of members) await this.restoreMember(m, emit, signal)
+      const downtimeMs = Math.round(performance.now() - frozenAt)
+      for (const m of members) await this.commitMember(m, emit)
+      const bytesSent = sum(sessions.map(s => s.bytesSent))
+      const bytesOnWire = sum(sessions.map(s => s.wireBytes))
+      this.deps.log.info('project move done', { project: order.container, to: order.to, containers: members.length, bytesSent, downtimeMs })
+      this.metrics.moveEnded('succeeded', { seconds: secondsSince(startedAt), downtimeSeconds: downtimeMs / 1000 })
+      await emit({ event: 'done', moveId: null, container: order.container, from: this.deps.sessions.selfName, to: order.to, bytesSent, bytesOnWire, layersSent: sum(members.map(m => m.layersSent)), layersSkipped: sum(members.map(m => m.plan.layersPresent)), downtimeMs })
+    } catch (err) {
+      const results: Array<'none-needed' | 'done' | 'incomplete'> = []
+      for (const s of [...sessions].reverse()) results.push(await s.abort())
+      const rollback = results.includes('incomplete') ? 'incomplete' : results.includes('done') ? 'done' : 'none-needed'
+      if (!order.dryRun) this.metrics.moveEnded('failed', { seconds: secondsSince(startedAt), reason: toWireError(err).name })
+      await this.failed(order, emit, err, null, rollback)
+    } finally {
+      for (const id of held) this.deps.locks.release(id)
+      for (const s of sessions) await s.close()
+    }
+  }
+
   private async failed (order: MoveOrder, emit: Emit, err: unknown, moveId: string | null, rollback: 'none-needed' | 'done' | 'incomplete', resumed?: Resumed): Promise<void> {
     const error = toWireError(err)
     this.deps.log.warn('move failed', { moveId, container: order.container, to: order.to, reason: error.name, error: error.message, rollback, resumed })
     await emit({ event: 'failed', moveId, container: order.container, error, rollback, ...resumed === undefined ? {} : { resumed } })
   }
 
-  /** The six steps; throws on failure (the caller rolls back). */
+  /** The six steps of one container; throws on failure (the caller rolls back). */
   private async steps (order: MoveOrder, info: ContainerInfo, session: TransferSession, startedAt: number, emit: Emit, sign: SignMove, signal: AbortSignal): Promise<void> {
+    const m = await this.planMember(order, info, session, emit, sign, signal)
+    if (order.dryRun) {
+      await session.abort()
+      await emit({ event: 'done', moveId: session.moveId, container: info.name, from: m.plan.from, to: order.to, bytesSent: 0, layersSent: 0, layersSkipped: m.plan.layersPresent, downtimeMs: 0 })
+      return
+    }
+    await this.precopyMember(m, emit, signal)
+    await this.freezeMember(m, emit, signal)
+    await this.handOverMember(m, emit, signal)
+    const downtimeMs = await this.restoreMember(m, emit, signal)
+    await this.commitMember(m, emit)
+    const { bytesSent, wireBytes: bytesOnWire, bytesFromHolders } = session
+    const liveTimings = m.liveTimings
+    m.log.info('move done', { bytesSent, bytesOnWire, bytesFromHolders, downtimeMs, ...liveTimings })
+    this.metrics.moveEnded('succeeded', { seconds: secondsSince(startedAt), downtimeSeconds: downtimeMs / 1000 })
+    await emit({
+      event: 'done', moveId: session.moveId, container: info.name, from: m.plan.from, to: order.to, bytesSent, bytesOnWire, ...bytesFromHolders > 0 ? { bytesFromHolders } : {},
+      layersSent: m.layersSent, layersSkipped: m.plan.layersPresent, downtimeMs,
+      ...liveTimings === undefined ? {} : { live: liveTimings }
+    })
+  }
+
+  /** This host's part of a live move's preflight (live.ts), or LiveUnavailableError saying what it lacks. */
+  private async liveHere (signal: AbortSignal): Promise<Awaited<ReturnType<LiveCheck['require']>>> {
+    if (this.deps.live === undefined) throw new LiveUnavailableError(`live move not possible: ${this.deps.sessions.selfName}: this agent checks no CRIU`)
+    return await this.deps.live.require(signal)
+  }
+
+  private async step (m: Pick<Member, 'session' | 'log'>, s: MoveStep, emit: Emit): Promise<void> {
+    m.log.info('move step', { step: s })
+    await emit({ event: 'step', moveId: m.session.moveId, step: s })
+  }
+
+  /** plan: the spec, the operator's signature, the destination's prepare; emits the plan. */
+  private async planMember (order: MoveOrder, info: ContainerInfo, session: TransferSession, emit: Emit, sign: SignMove, signal: AbortSignal): Promise<Member> {
     const { moveId } = session
     const from = this.deps.sessions.selfName
     const log = this.deps.log.child({ moveId, container: info.name, to: order.to })
-    const step = async (s: MoveStep): Promise<void> => { log.info('move step', { step: s }); await emit({ event: 'step', moveId, step: s }) }
-
-    await step('plan')
+    await this.step({ session, log }, 'plan', emit)
     const warnings: string[] = []
     const spec = await this.planSpec(info, order, warnings, signal)
     // A live move asks this host first, before anything reaches the destination; the destination
@@ -181,6 +290,8 @@ export class MoveService {
       const { cpuFlags: _, ...source } = live
       plan.live = { source, destination: prepared.live }
     }
+    if (prepared.networks.length > 0) plan.networks = prepared.networks
+    warnings.push(...networkWarnings(prepared.networks, order.to))
     if (prepared.imageRef === 'taken' && spec.imageRef !== undefined) {
       warnings.push(`${order.to} has a tag ${spec.imageRef} on another image, which keeps it: the container runs there as image ${image.id.slice(7, 19)} with no name`)
     }
@@ -190,66 +301,62 @@ export class MoveService {
       for (const w of warnings) log.warn('move plan', { warning: w })
     }
     await emit({ event: 'plan', plan })
-    if (order.dryRun) {
-      await session.abort()
-      await emit({ event: 'done', moveId, container: info.name, from, to: order.to, bytesSent: 0, layersSent: 0, layersSkipped: plan.layersPresent, downtimeMs: 0 })
-      return
-    }
-
-    await step('pre-copy')
-    const pre = await session.precopy(this.progress(moveId, 'pre-copy', plan.bytesToSend, emit), signal)
-    const round = async (final: boolean): Promise<RoundTally> => {
-      const r = await session.volumeRound(final, signal)
-      log.info('volume round', { round: r.round, bytes: r.bytes, files: r.files, final })
-      await emit({ event: 'round', moveId, round: r.round, bytes: r.bytes, files: r.files, final })
-      return r
-    }
-    const rounds: RoundTally[] = []
-    if (session.syncedVolumes.length > 0) {
-      do rounds.push(await round(false)); while (nextAfterRound(rounds, this.deps.timings) === 'again')
-    }
-
-    await step('freeze')
-    await session.freeze(`go-to move ${moveId}`, signal, { live: live !== undefined })
-    if (live !== undefined) log.info('checkpoint taken', { ms: session.checkpointMs })
-
-    await step('hand-over')
-    const hand = await session.handOver(this.progress(moveId, 'hand-over', session.changesBytes, emit), signal)
-    if (session.syncedVolumes.length > 0) await round(true)
-    await session.spoolVolumes(signal)
-    let liveTimings: LiveTimings | undefined
-    if (live !== undefined) {
-      const cp = await session.handOverCheckpoint(this.progress(moveId, 'hand-over', 0, emit), signal)
-      log.info('checkpoint handed over', { bytes: cp.bytes, files: cp.files, ms: cp.ms })
-      liveTimings = { checkpointMs: session.checkpointMs, checkpointBytes: cp.bytes, checkpointFiles: cp.files, transferMs: cp.ms, restoreMs: 0 }
-    }
-
-    await step('restore')
-    const restoreAt = performance.now()
-    const downtimeMs = await session.restore(signal)
-    if (liveTimings !== undefined) liveTimings.restoreMs = Math.round(performance.now() - restoreAt)
-
-    await step('commit')
-    await session.commit()
-    // The move is over without the image kept here (reported done meanwhile); this host, as a
-    // destination, waits for it before it says which layers it has (KeptImages.settled).
-    this.deps.kept.track(session.keepImage(), log)
-    const bytesSent = session.bytesSent
-    const bytesOnWire = session.wireBytes
-    const bytesFromHolders = session.bytesFromHolders
-    log.info('move done', { bytesSent, bytesOnWire, bytesFromHolders, downtimeMs, ...liveTimings })
-    this.metrics.moveEnded('succeeded', { seconds: secondsSince(startedAt), downtimeSeconds: downtimeMs / 1000 })
-    await emit({
-      event: 'done', moveId, container: info.name, from, to: order.to, bytesSent, bytesOnWire, ...bytesFromHolders > 0 ? { bytesFromHolders } : {},
-      layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs,
-      ...liveTimings === undefined ? {} : { live: liveTimings }
-    })
+    return { info, session, log, plan, layersSent: 0, ...live === undefined ? {} : { live } }
   }
 
-  /** This host's part of a live move's preflight (live.ts), or LiveUnavailableError saying what it lacks. */
-  private async liveHere (signal: AbortSignal): Promise<Awaited<ReturnType<LiveCheck['require']>>> {
-    if (this.deps.live === undefined) throw new LiveUnavailableError(`live move not possible: ${this.deps.sessions.selfName}: this agent checks no CRIU`)
-    return await this.deps.live.require(signal)
+  /** pre-copy: the layers the destination lacks, then volume rounds while the container runs. */
+  private async precopyMember (m: Member, emit: Emit, signal: AbortSignal): Promise<void> {
+    await this.step(m, 'pre-copy', emit)
+    const pre = await m.session.precopy(this.progress(m.session.moveId, 'pre-copy', m.plan.bytesToSend, emit), signal)
+    m.layersSent += pre.layers
+    const rounds: RoundTally[] = []
+    if (m.session.syncedVolumes.length > 0) {
+      do rounds.push(await this.round(m, false, emit, signal)); while (nextAfterRound(rounds, this.deps.timings) === 'again')
+    }
+  }
+
+  private async round (m: Member, final: boolean, emit: Emit, signal: AbortSignal): Promise<RoundTally> {
+    const r = await m.session.volumeRound(final, signal)
+    m.log.info('volume round', { round: r.round, bytes: r.bytes, files: r.files, final })
+    await emit({ event: 'round', moveId: m.session.moveId, round: r.round, bytes: r.bytes, files: r.files, final })
+    return r
+  }
+
+  private async freezeMember (m: Member, emit: Emit, signal: AbortSignal): Promise<void> {
+    await this.step(m, 'freeze', emit)
+    await m.session.freeze(`go-to move ${m.session.moveId}`, signal, { live: m.live !== undefined })
+    if (m.live !== undefined) m.log.info('checkpoint taken', { ms: m.session.checkpointMs })
+  }
+
+  /** hand-over: the changes layer, the final volume round, the other volumes' data; (live) the checkpoint. */
+  private async handOverMember (m: Member, emit: Emit, signal: AbortSignal): Promise<void> {
+    await this.step(m, 'hand-over', emit)
+    const hand = await m.session.handOver(this.progress(m.session.moveId, 'hand-over', m.session.changesBytes, emit), signal)
+    m.layersSent += hand.layers
+    if (m.session.syncedVolumes.length > 0) await this.round(m, true, emit, signal)
+    await m.session.spoolVolumes(signal)
+    if (m.live !== undefined) {
+      const cp = await m.session.handOverCheckpoint(this.progress(m.session.moveId, 'hand-over', 0, emit), signal)
+      m.log.info('checkpoint handed over', { bytes: cp.bytes, files: cp.files, ms: cp.ms })
+      m.liveTimings = { checkpointMs: m.session.checkpointMs, checkpointBytes: cp.bytes, checkpointFiles: cp.files, transferMs: cp.ms, restoreMs: 0 }
+    }
+  }
+
+  /** restore: the destination runs it; returns the downtime so far. */
+  private async restoreMember (m: Member, emit: Emit, signal: AbortSignal): Promise<number> {
+    await this.step(m, 'restore', emit)
+    const restoreAt = performance.now()
+    const downtimeMs = await m.session.restore(signal)
+    if (m.liveTimings !== undefined) m.liveTimings.restoreMs = Math.round(performance.now() - restoreAt)
+    return downtimeMs
+  }
+
+  private async commitMember (m: Member, emit: Emit): Promise<void> {
+    await this.step(m, 'commit', emit)
+    await m.session.commit()
+    // The move is over without the image kept here (reported done meanwhile); this host, as a
+    // destination, waits for it before it says which layers it has (KeptImages.settled).
+    this.deps.kept.track(m.session.keepImage(), m.log)
   }
 
   /**
@@ -324,6 +431,10 @@ export class MoveService {
       void emit({ event: 'progress', moveId, step, bytesSent: sent, bytesTotal: Math.max(total, sent) })
     }
   }
+}
+
+function sum (xs: number[]): number {
+  return xs.reduce((n, x) => n + x, 0)
 }
 
 /** Seconds since a performance.now() reading. */

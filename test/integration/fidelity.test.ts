@@ -3,9 +3,12 @@
  * CLI. The container of the issue (limits, capabilities, health check, stop signal and timeout,
  * init, extra hosts, tty, ulimits, shm, read-only root, tmpfs, dns, log options, ports, a volume)
  * moves with every setting equal, compared field by field from `docker inspect` before and after;
- * its added capability is a host power, refused by name until --allow-host-access; a container on a
- * user network is refused by that network's name; `docker ps` at the destination shows the image's
- * name, and a tag there that names another image is left alone. One lab for the file.
+ * its added capability is a host power, refused by name until --allow-host-access; a container on
+ * user-defined networks (an alias on one, a static address on another) moves with them, its network
+ * settings and the networks' definitions equal at the destination, and answers there by its alias;
+ * a network at the destination with other settings refuses the move by its name and changes
+ * nothing; `docker ps` at the destination shows the image's name, and a tag there that names
+ * another image is left alone. One lab for the file.
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
@@ -82,10 +85,31 @@ describe('fidelity: every setting moves or the move says why (2 hosts, real engi
   async function holdings (): Promise<string[]> {
     const out: string[] = []
     for (const h of [A, B]) {
-      out.push([await docker(h, 'ps', '-a', '--format', '{{.Names}} {{.State}} {{.Image}}'), await docker(h, 'images', '-a', '--no-trunc', '--format', '{{.Repository}}:{{.Tag}} {{.ID}}'), await docker(h, 'volume', 'ls', '-q')]
+      out.push([
+        await docker(h, 'ps', '-a', '--format', '{{.Names}} {{.State}} {{.Image}}'), await docker(h, 'images', '-a', '--no-trunc', '--format', '{{.Repository}}:{{.Tag}} {{.ID}}'),
+        await docker(h, 'volume', 'ls', '-q'), await docker(h, 'network', 'ls', '--no-trunc', '--format', '{{.Name}} {{.ID}}')
+      ]
         .map(s => s.split('\n').sort().join('\n')).join('\n--\n'))
     }
     return out
+  }
+
+  /**
+   * A container's settings on a network, minus addresses and IDs: the engine's own aliases, its short
+   * ID, and the source's short ID (its default hostname, which moves with it and which the engine
+   * adds as an alias there too), are in `ids`.
+   */
+  function endpoint (c: any, n: string, ids: string[]): unknown {
+    const ep = c.NetworkSettings.Networks[n]
+    const or = (v: unknown): unknown => isUnset(v) ? null : v // {} and null are the same nothing to the engine
+    return { Aliases: ((ep.Aliases ?? []) as string[]).filter(a => !ids.includes(a)).sort(), IPAMConfig: or(ep.IPAMConfig), Links: or(ep.Links), DriverOpts: or(ep.DriverOpts) }
+  }
+
+  /** A network's definition, minus its ID, creation time and containers. */
+  async function networkDef (h: LabHost, n: string): Promise<unknown> {
+    const { Name, Driver, Scope, EnableIPv6, IPAM, Internal, Attachable, Options, Labels } = JSON.parse(await docker(h, 'network', 'inspect', n))[0]
+    // IPAM options {} (docker network create) and null (the API without them) are the same nothing.
+    return { Name, Driver, Scope, EnableIPv6, IPAM: { ...IPAM, Options: isUnset(IPAM.Options) ? null : IPAM.Options }, Internal, Attachable, Options, Labels }
   }
 
   async function aliveAt (from: LabHost, name: string): Promise<boolean> {
@@ -160,23 +184,59 @@ describe('fidelity: every setting moves or the move says why (2 hosts, real engi
     expect(stdout.trim()).to.equal('app')
   })
 
-  it('refuses a container on a user network by the network\'s name, even with --allow-host-access, and changes nothing', async () => {
-    await docker(A, 'network', 'create', 'appnet')
-    await docker(A, 'run', '-d', '--name', 'netted', '--network', 'appnet', '--network-alias', 'svc', 'fid/app:v1', 'sleep', '100000')
-    const before = await holdings()
-    for (const extra of [[], ['--allow-host-access'], ['--dry-run']]) {
-      const r = failed(await move('netted', B.name, extra), 'FieldRefusedError')
-      expect(r.error.message, extra.join(' ')).to.contain('NetworkSettings.Networks.appnet')
-    }
-    expect(await holdings()).to.deep.equal(before)
-  })
-
   it('refuses to protect a container a takeover could not restore (its user network), by the field\'s name, and changes nothing', async () => {
+    await docker(A, 'network', 'create', 'appnet')
+    await docker(A, 'network', 'create', '--subnet', '172.30.5.0/24', '--label', 'tier=back', 'staticnet')
+    await docker(A, 'run', '-d', '--name', 'netted', '--network', 'appnet', '--network-alias', 'svc', 'fid/app:v1', 'httpd', '-f', '-p', '80', '-h', '/www')
+    await docker(A, 'network', 'connect', '--ip', '172.30.5.9', '--alias', 'back', 'staticnet', 'netted')
     const r = await lab.cli(['protect', 'netted'], { agent: A.agentAddr })
     expect(r.code, r.stdout).to.not.equal(0)
     expect(r.stderr).to.contain('NetworkSettings.Networks.appnet')
     const status = JSON.parse((await lab.cli(['status', '--json'], { agent: A.agentAddr })).stdout) as { failover?: { containers: Array<{ name: string, protected: boolean }> } }
     expect(status.failover?.containers.find(c => c.name === 'netted')?.protected ?? false).to.equal(false)
+  })
+
+  it('moves a container on user networks with them: the same network settings and definitions at the destination, its alias answering there', async () => {
+    const before = await inspect(A, 'netted')
+    const nets = Object.keys(before.NetworkSettings.Networks).sort()
+    expect(nets).to.deep.equal(['appnet', 'staticnet'])
+    const defsBefore = await Promise.all(nets.map(async n => await networkDef(A, n)))
+    const dry = await move('netted', B.name, ['--dry-run'])
+    done(dry)
+    const planned = (dry.events.find(e => e.event === 'plan') as Plan).plan
+    expect(planned.networks?.map(n => `${n.name} ${n.at} ${n.subnet}`)).to.deep.equal(['appnet create kept', 'staticnet create kept'])
+    expect(await docker(B, 'network', 'ls', '--format', '{{.Name}}')).to.not.contain('appnet')
+    const r = await move('netted', B.name)
+    done(r)
+    const after = await inspect(B, 'netted')
+    expect(after.State.Running).to.equal(true)
+    expect(after.HostConfig.NetworkMode).to.equal(before.HostConfig.NetworkMode)
+    expect(Object.keys(after.NetworkSettings.Networks).sort()).to.deep.equal(nets)
+    const ids = [before.Id.slice(0, 12), after.Id.slice(0, 12)]
+    for (const n of nets) expect(endpoint(after, n, ids), n).to.deep.equal(endpoint(before, n, ids))
+    expect(endpoint(after, 'appnet', ids)).to.deep.include({ Aliases: ['svc'] })
+    expect(after.NetworkSettings.Networks.staticnet.IPAddress).to.equal('172.30.5.9')
+    expect(await Promise.all(nets.map(async n => await networkDef(B, n)))).to.deep.equal(defsBefore)
+    // Found by its alias on its network at the destination.
+    expect(await docker(B, 'run', '--rm', '--network', 'appnet', 'fid/app:v1', 'wget', '-qO-', 'http://svc/index.html')).to.equal('app')
+  })
+
+  it('refuses a container whose network exists at the destination with other settings, naming it, and changes nothing', async () => {
+    await docker(A, 'network', 'create', '--subnet', '172.30.7.0/24', 'clashnet')
+    await docker(B, 'network', 'create', '--subnet', '172.30.8.0/24', 'clashnet')
+    await docker(A, 'run', '-d', '--name', 'clash', '--network', 'clashnet', 'fid/app:v1', 'sleep', '100000')
+    const before = await holdings()
+    for (const extra of [[], ['--dry-run']]) {
+      const r = failed(await move('clash', B.name, extra), 'NetworkConflictError')
+      expect(r.error.message, extra.join(' ')).to.contain("'clashnet'").and.to.contain('subnet')
+    }
+    expect(await holdings()).to.deep.equal(before)
+  })
+
+  it('still refuses a network of another driver, and --network container:x, by their field names', async () => {
+    await docker(A, 'run', '-d', '--name', 'sidecar', '--network', 'container:clash', 'fid/app:v1', 'sleep', '100000')
+    const r = failed(await move('sidecar', B.name, ['--allow-host-access']), 'FieldRefusedError')
+    expect(r.error.message).to.contain('HostConfig.NetworkMode')
   })
 
   it('leaves a tag at the destination that names another image alone, and says so in the plan', async () => {

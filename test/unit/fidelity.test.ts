@@ -9,7 +9,8 @@ import { expect } from 'chai'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import {
-  CONFIG_RULES, HOST_CONFIG_RULES, INSPECT_RULES, NETWORK_RULES, fidelityTableMarkdown, hostPowersOf, judgeContainer, type InspectSections
+  CONFIG_RULES, ENDPOINT_RULES, HOST_CONFIG_RULES, INSPECT_RULES, NETWORK_DEFINITION_RULES, NETWORK_RULES, fidelityTableMarkdown, hostPowersOf, judgeContainer,
+  type EngineNetwork, type InspectSections
 } from '../../protocol/fidelity.js'
 import { parseSpec } from '../../protocol/move-messages.js'
 import { specDigest } from '../../protocol/orders.js'
@@ -18,6 +19,13 @@ import { INSPECT_FULL, INSPECT_PLAIN, INSPECT_POWERS, INSPECT_SIDECAR } from '..
 import { unprotectable } from '../../agent/failover/snapshotter.js'
 
 const ALL = { plain: INSPECT_PLAIN, full: INSPECT_FULL, powers: INSPECT_POWERS, sidecar: INSPECT_SIDECAR }
+/** `docker network inspect appnet` of that engine (`docker network create appnet`), the network INSPECT_FULL is on. */
+const APPNET: EngineNetwork = {
+  Name: 'appnet', Id: '9cec60ec7dcbdccebf85e63c085ec570acc89c90341bea0d019a218f5b6ae74c', Created: '2026-12-02T01:58:40.1Z', Scope: 'local', Driver: 'bridge',
+  EnableIPv6: false, IPAM: { Driver: 'default', Options: {}, Config: [{ Subnet: '172.18.0.0/16', Gateway: '172.18.0.1' }] }, Internal: false, Attachable: false,
+  Ingress: false, ConfigFrom: { Network: '' }, ConfigOnly: false, Containers: { '439cb62f2519': { Name: 'full' } }, Options: {}, Labels: {}
+}
+
 const DOCS = fileURLToPath(new URL('../../../docs/operations.md', import.meta.url))
 
 /** The full container without its user network, as if it ran on the default bridge. */
@@ -49,9 +57,17 @@ describe('fidelity table (protocol/fidelity.ts) on Engine 20.10 inspect output',
     expect(j.engine.config).to.deep.equal({})
   })
 
-  it('the container of issue 12: every setting carried, CapAdd a host power, its user network refused by name', () => {
-    const j = judgeContainer(INSPECT_FULL as InspectSections)
-    expect(j.refused.map(r => r.field)).to.deep.equal(['NetworkSettings.Networks.appnet'])
+  it('the container of issue 12: every setting carried, CapAdd a host power, its user network translated with its definition', () => {
+    const j = judgeContainer(INSPECT_FULL as InspectSections, { appnet: APPNET })
+    expect(j.refused).to.deep.equal([])
+    expect(j.primaryNetwork).to.equal('appnet')
+    expect(j.networks).to.deep.equal([{
+      network: { name: 'appnet', driver: 'bridge', options: {}, labels: {}, subnets: [{ subnet: '172.18.0.0/16', gateway: '172.18.0.1', ipRange: '' }], internal: false, attachable: false, enableIPv6: false },
+      // Not the engine's own alias, the short container ID (the destination's engine adds the new one's).
+      aliases: ['svc', 'fullhost'],
+      ipv4Address: '',
+      ipv6Address: ''
+    }])
     expect(j.hostPowers).to.deep.equal(['HostConfig.CapAdd'])
     expect(j.engine.config).to.deep.equal({
       Domainname: 'dom.ex', Tty: true, OpenStdin: true, Healthcheck: { Test: ['CMD-SHELL', 'true'], Interval: 5000000000 }, StopSignal: 'SIGINT', StopTimeout: 7
@@ -64,9 +80,52 @@ describe('fidelity table (protocol/fidelity.ts) on Engine 20.10 inspect output',
     })
     // Carried as spec fields, not as is: they must not appear twice.
     for (const k of ['Binds', 'PortBindings', 'RestartPolicy', 'NetworkMode']) expect(j.engine.hostConfig, k).to.not.have.property(k)
+    // A network whose definition the engine did not give is refused by the network's name.
     const info = containerInfoFromInspect(INSPECT_FULL as unknown as EngineContainer)
     expect(info.fidelity?.refused.map(r => r.field)).to.deep.equal(['NetworkSettings.Networks.appnet'])
     expect(info.spec.imageRef).to.equal('gotolab/base:latest')
+    const spec = specFromInspect(INSPECT_FULL as unknown as EngineContainer, { appnet: APPNET })
+    expect(spec.primaryNetwork).to.equal('appnet')
+    const body = createBody(spec) as { HostConfig: Record<string, unknown>, NetworkingConfig: unknown }
+    expect(body.HostConfig.NetworkMode).to.equal('appnet')
+    expect(body.NetworkingConfig).to.deep.equal({ EndpointsConfig: { appnet: { Aliases: ['svc', 'fullhost'] } } })
+    expect(parseSpec(JSON.parse(JSON.stringify(spec)))).to.deep.equal(spec)
+  })
+
+  it('user networks: other drivers, host-bound options, links and an unknown field are refused by name; a static address travels', () => {
+    const on = (def: EngineNetwork, endpoint: Record<string, unknown> = {}): string[] => {
+      const c = structuredClone(INSPECT_FULL) as unknown as InspectSections & { NetworkSettings: { Networks: Record<string, Record<string, unknown>> } }
+      Object.assign(c.NetworkSettings.Networks.appnet, endpoint)
+      return judgeContainer(c, { appnet: def }).refused.map(r => r.field)
+    }
+    expect(on({ ...APPNET, Driver: 'overlay', Scope: 'swarm' })).to.deep.equal(['Network[appnet].Scope', 'Network[appnet].Driver'])
+    expect(on({ ...APPNET, Driver: 'macvlan' })).to.deep.equal(['Network[appnet].Driver'])
+    expect(on({ ...APPNET, Options: { 'com.docker.network.bridge.name': 'br-x', 'com.docker.network.driver.mtu': '1400' } }))
+      .to.deep.equal(['Network[appnet].Options', 'Network[appnet].Options.com.docker.network.bridge.name'])
+    expect(on({ ...APPNET, IPAM: { Driver: 'other' } })).to.deep.equal(['Network[appnet].IPAM'])
+    expect(on({ ...APPNET, NewField: 'x' })).to.deep.equal(['Network[appnet].NewField'])
+    expect(on(APPNET, { Links: ['db:db'], DriverOpts: { a: 'b' } })).to.deep.equal(['NetworkSettings.Networks.appnet.Links', 'NetworkSettings.Networks.appnet.DriverOpts'])
+    expect(on(APPNET, { IPAMConfig: { IPv4Address: '172.18.0.9' } })).to.deep.equal([])
+    const c = structuredClone(INSPECT_FULL) as unknown as InspectSections & { NetworkSettings: { Networks: Record<string, Record<string, unknown>> } }
+    c.NetworkSettings.Networks.appnet.IPAMConfig = { IPv4Address: '172.18.0.9' }
+    expect(judgeContainer(c, { appnet: APPNET }).networks[0].ipv4Address).to.equal('172.18.0.9')
+    // Every field of the real endpoint and network inspect is in the table.
+    expect(Object.keys(INSPECT_FULL.NetworkSettings.Networks.appnet).filter(k => !Object.hasOwn(ENDPOINT_RULES, k))).to.deep.equal([])
+    expect(Object.keys(APPNET).filter(k => !Object.hasOwn(NETWORK_DEFINITION_RULES, k))).to.deep.equal([])
+  })
+
+  it('the destination\'s parser refuses a network the table does not carry, by name', () => {
+    const spec = JSON.parse(JSON.stringify(specFromInspect(INSPECT_FULL as unknown as EngineContainer, { appnet: APPNET }))) as Record<string, any>
+    const bad = (f: (s: Record<string, any>) => void): Error => {
+      const copy = structuredClone(spec)
+      f(copy)
+      try { parseSpec(copy) } catch (err) { return err as Error }
+      throw new Error('parsed')
+    }
+    expect(bad(s => { s.networks[0].network.driver = 'overlay' }).message).to.contain('Network[appnet].Driver')
+    expect(bad(s => { s.networks[0].network.options = { 'com.docker.network.bridge.name': 'eth0' } }).message).to.contain('Network[appnet].Options.com.docker.network.bridge.name')
+    expect(bad(s => { s.primaryNetwork = 'other' }).name).to.equal('ProtocolError')
+    expect(bad(s => { s.networks[0].network.name = 'host' }).name).to.equal('ProtocolError')
   })
 
   it('every host-level power is named; a log driver that leaves the host and --network container:x are refused by name', () => {
@@ -149,6 +208,10 @@ describe('fidelity table (protocol/fidelity.ts) on Engine 20.10 inspect output',
     const full = unprotectable(containerInfoFromInspect(INSPECT_FULL as unknown as EngineContainer)) // on appnet, and --cap-add SYS_TIME
     expect(full?.name).to.equal('FieldRefusedError')
     expect(full?.message).to.contain('NetworkSettings.Networks.appnet')
+    // A move carries the network; a takeover does not yet.
+    const netted = unprotectable(containerInfoFromInspect(INSPECT_FULL as unknown as EngineContainer, { appnet: APPNET }))
+    expect(netted?.name).to.equal('FieldRefusedError')
+    expect(netted?.message).to.contain('NetworkSettings.Networks.appnet')
     const powers = unprotectable({ name: 'capable', fidelity: { refused: [], hostPowers: ['HostConfig.CapAdd'] } })
     expect(powers?.name).to.equal('HostAccessRefusedError')
     expect(powers?.message).to.contain('HostConfig.CapAdd')

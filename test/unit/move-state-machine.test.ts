@@ -8,7 +8,11 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import type { ContainerSpec } from '../../agent/docker/types.js'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { initCa } from '../../certs/index.js'
+import type { ContainerSpec, NetworkSpec } from '../../agent/docker/types.js'
 import { TransferSession } from '../../agent/move/session.js'
 import { layersToSend } from '../../agent/transfer/plan.js'
 import { DockerEngineError, MoveInProgressError } from '../../protocol/errors.js'
@@ -307,4 +311,139 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
       expect(w.b.snapshots.get('web', w.a.peerId)?.manifest.seq).to.equal(2)
     })
   }
+
+  describe('a container on user-defined networks', () => {
+    const APPNET: NetworkSpec = { name: 'appnet', driver: 'bridge', options: {}, labels: { 'com.docker.compose.network': 'default' }, subnets: [{ subnet: '10.77.0.0/24', gateway: '10.77.0.1', ipRange: '' }], internal: false, attachable: false, enableIPv6: false }
+    const BACKNET: NetworkSpec = { ...APPNET, name: 'backnet', labels: {}, subnets: [{ subnet: '10.78.0.0/24', gateway: '10.78.0.1', ipRange: '' }] }
+
+    /** A's `web` made again on appnet (alias svc, its NetworkMode) and backnet (a static address). */
+    async function netted (w: World): Promise<void> {
+      await w.A.createNetwork(APPNET)
+      await w.A.createNetwork(BACKNET)
+      const spec = (await w.A.inspectContainer('web')).spec
+      await w.A.remove(w.web, { force: true, volumes: false })
+      w.web = await w.A.create({
+        ...spec, primaryNetwork: 'appnet',
+        networks: [{ network: APPNET, aliases: ['svc'], ipv4Address: '', ipv6Address: '' }, { network: BACKNET, aliases: [], ipv4Address: '10.78.0.9', ipv6Address: '' }]
+      })
+      await w.A.start(w.web)
+      w.A.writeFile(w.web, '/app/state', 'changed while running\n')
+    }
+
+    it('moves with them: the destination creates both with the source\'s settings, the same aliases and static address; the plan lists them', async () => {
+      const w = await world()
+      await netted(w)
+      await w.B.createNetwork({ ...APPNET, name: 'other', subnets: [{ subnet: '10.78.0.0/24', gateway: '10.78.0.1', ipRange: '' }] }) // backnet's subnet is taken at B
+      const events = await runMove(w.a, { container: 'web', to: 'b' })
+      expect(outcome(events).event, JSON.stringify(outcome(events))).to.equal('done')
+      const plan = events.find(e => e.event === 'plan')
+      expect(plan?.event === 'plan' ? plan.plan.networks : undefined).to.deep.equal([
+        { name: 'appnet', aliases: ['svc'], ipv4Address: '', at: 'create', subnet: 'kept' },
+        { name: 'backnet', aliases: [], ipv4Address: '10.78.0.9', at: 'create', subnet: 'engine' }
+      ])
+      expect(plan?.event === 'plan' ? plan.plan.warnings?.join('\n') : '').to.contain('10.78.0.9 is not kept')
+      await expectMoved(w)
+      const moved = await w.B.inspectContainer('web')
+      expect(moved.spec.primaryNetwork).to.equal('appnet')
+      expect(moved.spec.networks?.map(a => [a.network.name, a.aliases, a.ipv4Address])).to.deep.equal([['appnet', ['svc'], ''], ['backnet', [], '']])
+      const appnet = await w.B.inspectNetwork('appnet')
+      expect({ ...appnet, id: '', containers: 0 }).to.deep.equal({ ...APPNET, id: '', containers: 0 })
+      expect((await w.B.inspectNetwork('backnet')).labels).to.deep.equal({ 'org.goto.network.stand-in-for': '10.78.0.0/24' })
+    })
+
+    it('a failed start at the destination removes the networks the move made there; one that existed stays', async () => {
+      const w = await world()
+      await netted(w)
+      await w.B.createNetwork(BACKNET)
+      w.B.failNext('start', new DockerEngineError('injected: start fails'))
+      expect(outcome(await runMove(w.a, { container: 'web', to: 'b' })).event).to.equal('failed')
+      expect((await w.B.listNetworks()).map(n => n.name).sort()).to.deep.equal(['backnet', 'bridge', 'host', 'none'])
+      expect((await w.A.inspectContainer('web')).state.running).to.equal(true)
+    })
+
+    it('a network at the destination with other settings is a conflict at prepare: refused by its name, nothing changes', async () => {
+      const w = await world()
+      await netted(w)
+      await w.B.createNetwork({ ...APPNET, options: { 'com.docker.network.bridge.enable_icc': 'false' } })
+      const before = (await w.B.listNetworks()).map(n => n.name).sort()
+      for (const dryRun of [false, true]) {
+        const last = outcome(await runMove(w.a, { container: 'web', to: 'b', dryRun }))
+        expect(last.event === 'failed' && last.error.name).to.equal('NetworkConflictError')
+        expect(last.event === 'failed' && last.error.message).to.contain("'appnet'").and.to.contain('options')
+        expect(last.event === 'failed' && last.rollback).to.equal('none-needed')
+      }
+      expect((await w.B.listNetworks()).map(n => n.name).sort()).to.deep.equal(before)
+      expect(w.B.containerIds()).to.deep.equal([])
+      expect((await w.A.inspectContainer('web')).state.running).to.equal(true)
+    })
+  })
+
+  describe('a compose project (goto move --project)', () => {
+    const SHOPNET: NetworkSpec = { name: 'shop_default', driver: 'bridge', options: {}, labels: { 'com.docker.compose.network': 'default', 'com.docker.compose.project': 'shop' }, subnets: [{ subnet: '10.79.0.0/24', gateway: '10.79.0.1', ipRange: '' }], internal: false, attachable: false, enableIPv6: false }
+
+    /** A's shop: web → app → db (db with a volume), all on shop_default by their service names; and A's `web` of another project. */
+    async function shop (w: World): Promise<void> {
+      await w.A.createNetwork(SHOPNET)
+      const base = (await w.A.inspectContainer('web')).spec
+      for (const [service, dependsOn] of [['db', ''], ['app', 'db:service_started:false'], ['web', 'app:service_started:false']]) {
+        const id = await w.A.create({
+          ...base, name: `shop-${service}-1`, mounts: service === 'db' ? [{ type: 'volume', name: 'shop_data', destination: '/data', readOnly: false, driver: 'local' }] : [],
+          labels: { 'com.docker.compose.project': 'shop', 'com.docker.compose.service': service, 'com.docker.compose.container-number': '1', 'com.docker.compose.depends_on': dependsOn },
+          primaryNetwork: 'shop_default', networks: [{ network: SHOPNET, aliases: [`shop-${service}-1`, service], ipv4Address: '', ipv6Address: '' }]
+        })
+        await w.A.start(id)
+      }
+      w.A.writeVolumeFile('shop_data', '/rows', 'row 1\n')
+    }
+
+    it('moves every container of the project together: frozen together, restored db, app, web, committed together; the other container stays', async () => {
+      const w = await world()
+      await shop(w)
+      const events = await runMove(w.a, { container: 'shop', project: true, to: 'b' })
+      const last = outcome(events)
+      expect(last.event, JSON.stringify(last)).to.equal('done')
+      expect(last.event === 'done' && last.container).to.equal('shop')
+      const steps = events.flatMap(e => e.event === 'step' ? [`${e.step}`] : [])
+      // Every member is frozen before any is handed over, and every one runs there before any commit.
+      expect(steps.lastIndexOf('freeze')).to.be.lessThan(steps.indexOf('hand-over'))
+      expect(steps.lastIndexOf('restore')).to.be.lessThan(steps.indexOf('commit'))
+      const starts = w.B.events.filter(e => e.type === 'container' && e.action === 'start').map(e => e.name)
+      expect(starts).to.deep.equal(['shop-db-1', 'shop-app-1', 'shop-web-1'])
+      for (const n of ['shop-db-1', 'shop-app-1', 'shop-web-1']) expect((await w.B.inspectContainer(n)).state.running, n).to.equal(true)
+      expect(w.B.readVolumeFile('shop_data', '/rows')?.toString()).to.equal('row 1\n')
+      expect((await w.B.inspectNetwork('shop_default')).labels).to.deep.equal(SHOPNET.labels)
+      expect((await w.A.listContainers()).map(c => c.name)).to.deep.equal(['web'])
+    })
+
+    it('a failure of the last restore rolls every member back: all run at the source, nothing left at the destination', async () => {
+      const w = await world()
+      await shop(w)
+      const before = (await w.B.listNetworks()).map(n => n.name).sort()
+      let starts = 0
+      w.B.beforeCall('start', () => { if (++starts === 3) throw new DockerEngineError('injected: the last start fails') })
+      const last = outcome(await runMove(w.a, { container: 'shop', project: true, to: 'b' }))
+      expect(last.event === 'failed' && last.rollback, JSON.stringify(last)).to.equal('done')
+      for (const n of ['shop-db-1', 'shop-app-1', 'shop-web-1']) {
+        const c = await w.A.inspectContainer(n)
+        expect(c.state.running && !c.state.paused, n).to.equal(true)
+      }
+      expect(w.B.containerIds()).to.deep.equal([])
+      expect(w.B.volumeNames()).to.deep.equal([])
+      expect((await w.B.listNetworks()).map(n => n.name).sort()).to.deep.equal(before)
+      expect((await w.b.incomingJournal.list()).records).to.deep.equal([])
+      expect((await w.a.freezeJournal.list()).records).to.deep.equal([])
+    })
+
+    it('an unknown project is refused and changes nothing; a dry run plans every member and changes nothing', async () => {
+      const w = await world()
+      await shop(w)
+      const none = outcome(await runMove(w.a, { container: 'nope', project: true, to: 'b' }))
+      expect(none.event === 'failed' && none.error.name).to.equal('UnknownProjectError')
+      const events = await runMove(w.a, { container: 'shop', project: true, to: 'b', dryRun: true })
+      expect(outcome(events).event).to.equal('done')
+      expect(events.filter(e => e.event === 'plan').map(e => e.event === 'plan' ? e.plan.container : '')).to.deep.equal(['shop-db-1', 'shop-app-1', 'shop-web-1'])
+      expect(w.B.containerIds()).to.deep.equal([])
+      expect((await w.B.listNetworks()).map(n => n.name)).to.not.include('shop_default')
+    })
+  })
 })
