@@ -23,11 +23,14 @@ Commands:
                         devices, host namespaces, security options, sysctls) and keep them at the
                         destination; the signed order names this allowance. Without it such a
                         container is refused, each power named
+      --max-rate RATE   cap what this move puts on the wire (after compression), e.g. 50Mbit,
+                        100mbit, 10MiB/s, 2.5MB/s; the lower of it and the link's cap (link table)
+                        holds; the progress bar shows the rate and the ETA against the cap
   drain NAME            planned maintenance: move every running container of the member NAME to
                         the other alive members (fewest containers first), one move after another;
                         a container whose move fails keeps running on NAME and the drain goes on;
                         containers that are not running stay (listed). Takes --dry-run,
-                        --allow-bind-mounts and --allow-host-access as move does
+                        --allow-bind-mounts, --allow-host-access and --max-rate as move does
   protect CONTAINER     protect a container: it is snapshotted to replica holders, and if its host
                         dies it runs again on one survivor from its latest snapshot (the label
                         goto.protect=true does the same)

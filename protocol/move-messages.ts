@@ -15,6 +15,11 @@ export interface MoveOrder {
   allowBindMounts: boolean
   /** --allow-host-access: carry the container's host-level powers (fidelity.ts `host` fields), named in the signed order. */
   allowHostAccess?: boolean
+  /**
+   * --max-rate: a cap in bytes per second on what this move puts on the wire (after compression);
+   * the source's sender keeps to the lower of it and the link's cap. Absent: the link's cap alone.
+   */
+  maxRate?: number
 }
 
 export type MoveStep = 'plan' | 'pre-copy' | 'freeze' | 'hand-over' | 'restore' | 'commit'
@@ -36,6 +41,8 @@ export interface MovePlan {
   hostPowers?: string[]
   /** The link to the destination as the source's link table decides it (agent/transfer/links.ts). */
   link?: { class: 'free' | 'cheap' | 'expensive', costPerGiB: number, compress: 'none' | 'zstd', rateMbit?: number }
+  /** The cap the sender keeps to (bytes/s on the wire): the lower of the link's and the move's (--max-rate), and which it is. */
+  rateCap?: { bytesPerSecond: number, by: 'link' | 'move' }
   /** Each layer of the image, base first: its bytes (null: not known before it is read), whether it is sent, its estimated cost. */
   layers?: Array<{ diffId: string, bytes: number | null, send: boolean, cost: number }>
   /** The layers to send × the link's price per GiB (before compression: an upper bound). */
@@ -256,8 +263,14 @@ export function parseMoveOrder (v: unknown): MoveOrder {
     to: str(o.to, 'to', 256),
     dryRun: o.dryRun === true,
     allowBindMounts: o.allowBindMounts === true,
-    ...o.allowHostAccess === true ? { allowHostAccess: true } : {}
+    ...o.allowHostAccess === true ? { allowHostAccess: true } : {},
+    ...o.maxRate === undefined ? {} : { maxRate: positive(count(o.maxRate, 'maxRate'), 'maxRate') }
   }
+}
+
+function positive (n: number, what: string): number {
+  if (n === 0) throw new ProtocolError(`${what} must be above 0`)
+  return n
 }
 
 /** Like a tag `docker tag` takes: [registry[:port]/]name[:tag], lower case path, no digest. */

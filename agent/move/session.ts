@@ -40,6 +40,7 @@ import { loadVerified } from '../transfer/load.js'
 import { TransferLink, type Blob } from '../transfer/link.js'
 import { LinkTable, locationOf, type LinkPolicy } from '../transfer/links.js'
 import { chainIds } from '../transfer/plan.js'
+import { bytesPerSecondToMbit, mbitToBytesPerSecond } from '../transfer/rate.js'
 import type { LayerSender } from '../transfer/layer-sender.js'
 import { spoolToFile } from '../transfer/spool.js'
 import { HashCache, NO_XATTRS, syncSource, type XattrAccess } from '../sync/index.js'
@@ -127,7 +128,11 @@ export class TransferSession {
   private bytes = 0
   private policy?: LinkPolicy
 
-  constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo) {
+  /**
+   * `opts.maxRate`: the move's own cap (bytes/s on the wire, `goto move --max-rate`); the sender
+   * keeps to the lower of it and the link's cap.
+   */
+  constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo, private readonly opts: { maxRate?: number } = {}) {
     this.moveId = randomBytes(8).toString('hex')
     this.spool = join(deps.spoolDir, this.moveId)
   }
@@ -146,6 +151,14 @@ export class TransferSession {
   get linkPolicy (): LinkPolicy {
     if (this.policy === undefined) throw new TransferStateError(`transfer ${this.moveId}: linkPolicy before connect`)
     return this.policy
+  }
+
+  /** The cap the sender keeps to (after connect): the lower of the link's and the move's; undefined when neither has one. */
+  get rateCap (): { bytesPerSecond: number, by: 'link' | 'move' } | undefined {
+    const link = this.linkPolicy.rateMbit === undefined ? undefined : mbitToBytesPerSecond(this.linkPolicy.rateMbit)
+    const move = this.opts.maxRate
+    if (move !== undefined && (link === undefined || move < link)) return { bytesPerSecond: move, by: 'move' }
+    return link === undefined ? undefined : { bytesPerSecond: link, by: 'link' }
   }
 
   /** Size of the frozen changes layer (0 before freeze). */
@@ -189,9 +202,10 @@ export class TransferSession {
     // A prepare cut off before its reply is not aborted: the destination expires it when idle.
     this.prepared = true
     const policy = this.linkPolicy
+    const cap = this.rateCap
     link.shape({
       ...policy.compress === 'zstd' && prep.decodes?.includes('zstd') === true ? { encoding: 'zstd' } : {},
-      ...policy.rateMbit === undefined ? {} : { rateMbit: policy.rateMbit }
+      ...cap === undefined ? {} : { rateMbit: bytesPerSecondToMbit(cap.bytesPerSecond) }
     })
     const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
     const synced = await this.syncable(volumes, prep, signal)

@@ -91,7 +91,7 @@ export class MoveService {
       // and an aborted move rolls back like a failed one.
       const ac = new AbortController()
       js.onClose(() => { ac.abort(new DestinationUnavailableError('the operator closed the move stream')) })
-      this.deps.log.info('move ordered', { by: peer.name, container: order.container, to: order.to, dryRun: order.dryRun })
+      this.deps.log.info('move ordered', { by: peer.name, container: order.container, to: order.to, dryRun: order.dryRun, maxRate: order.maxRate })
       const sign: SignMove = async (request, signal) => {
         await js.write({ event: 'order', request } satisfies MoveEvent, signal)
         return parseOrderReply(await js.read(AbortSignal.any([signal, AbortSignal.timeout(ORDER_REPLY_TIMEOUT_MS)]))).order
@@ -117,7 +117,7 @@ export class MoveService {
       return
     }
     // From here on this move holds the container's lock, until its rollback (if any) is over.
-    const session = new TransferSession(this.deps.sessions, 'move', info)
+    const session = new TransferSession(this.deps.sessions, 'move', info, order.maxRate === undefined ? {} : { maxRate: order.maxRate })
     const startedAt = performance.now()
     if (!order.dryRun) this.metrics.moveStarted()
     try {
@@ -165,6 +165,8 @@ export class MoveService {
         return { name: v.name, copy: synced === undefined ? 'spool' as const : 'rounds' as const, bytes }
       }))
     }
+    const cap = session.rateCap
+    if (cap !== undefined) plan.rateCap = cap
     if (prepared.imageRef === 'taken' && spec.imageRef !== undefined) {
       warnings.push(`${order.to} has a tag ${spec.imageRef} on another image, which keeps it: the container runs there as image ${image.id.slice(7, 19)} with no name`)
     }
