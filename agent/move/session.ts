@@ -69,7 +69,7 @@ export interface SessionDeps {
   spoolDir: string
   timings: Pick<Timings, 'transferControlTimeoutMs'>
   /** Blob bytes sent (default: none kept). */
-  metrics?: Pick<Metrics, 'bytesSent'>
+  metrics?: Pick<Metrics, 'bytesSent' | 'wireBytes'>
   /** Extended attributes of synced volumes (agent/sync attrTools; default: none travel). */
   xattrs?: XattrAccess
   /** False: every volume spools inside the freeze, as before volume rounds (default true). */
@@ -204,6 +204,8 @@ export class TransferSession {
     const policy = this.linkPolicy
     const cap = this.rateCap
     link.shape({
+      linkClass: policy.class,
+      costPerGiB: policy.costPerGiB,
       ...policy.compress === 'zstd' && prep.decodes?.includes('zstd') === true ? { encoding: 'zstd' } : {},
       ...cap === undefined ? {} : { rateMbit: bytesPerSecondToMbit(cap.bytesPerSecond) }
     })

@@ -16,6 +16,7 @@ import type { Connection } from '@libp2p/interface'
 import { counted } from './counted.js'
 import { sendEncoded, type Encoding } from './encoding.js'
 import { mbitToBytesPerSecond, rateLimited } from './rate.js'
+import type { LinkClass } from './links.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, readResult } from '../../protocol/wire.js'
@@ -26,14 +27,17 @@ import { syncDuplex, type SyncDuplex } from './sync-stream.js'
 /** What follows a request on its stream: `size` bytes from a file at `path` or from `source`. */
 export interface Blob { size: number, path?: string, source?: AsyncIterable<Uint8Array> }
 
-/** How blobs cross a link: compressed or not, and under a rate cap (Mbit/s) or not. */
-export interface LinkShape { encoding?: Encoding, rateMbit?: number }
+/**
+ * How blobs cross a link: compressed or not, and under a rate cap (Mbit/s) or not; the link's class
+ * and price name the wire bytes in the metrics (default: a free link).
+ */
+export interface LinkShape { encoding?: Encoding, rateMbit?: number, linkClass?: LinkClass, costPerGiB?: number }
 
 export class TransferLink {
   private linkShape: LinkShape = {}
   private wire = 0
 
-  constructor (private readonly connection: Connection, private readonly metrics: Pick<Metrics, 'bytesSent'> = NO_METRICS) {}
+  constructor (private readonly connection: Connection, private readonly metrics: Pick<Metrics, 'bytesSent' | 'wireBytes'> = NO_METRICS) {}
 
   /** The destination's peer ID (what a freeze record names). */
   get peerId (): string {
@@ -50,6 +54,12 @@ export class TransferLink {
     return this.wire
   }
 
+  /** Counts bytes handed to the wire (here and in the metrics, by link class). */
+  private onWire (n: number): void {
+    this.wire += n
+    this.metrics.wireBytes(this.linkShape.linkClass ?? 'free', n, this.linkShape.costPerGiB ?? 0)
+  }
+
   /** `bytes` under the link's rate cap, if it has one. */
   private capped (bytes: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncIterable<Uint8Array> {
     const { rateMbit } = this.linkShape
@@ -63,7 +73,7 @@ export class TransferLink {
       const { encoding } = this.linkShape
       await js.write(blobs.length > 0 && encoding !== undefined ? { ...req, encoding } : req, signal)
       // The rate cap and `wireBytes` see what goes on the wire (compressed where the link compresses).
-      const wire = (bytes: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> => counted(this.capped(bytes, signal), n => { this.wire += n })
+      const wire = (bytes: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> => counted(this.capped(bytes, signal), n => { this.onWire(n) })
       for (const b of blobs) {
         const source = b.source ?? createReadStream(b.path ?? '')
         // Blob payload (uncompressed) counts as sent once handed to the stream (docs/operations.md, metrics).
@@ -93,7 +103,7 @@ export class TransferLink {
       const duplex = syncDuplex(js, signal)
       const sink = duplex.sink
       // The link's rate cap holds for a volume round's bytes too (zstd does not: the sync has its own framing).
-      duplex.sink = async s => { await sink(counted(this.capped(s, signal), n => { this.wire += n; this.metrics.bytesSent(n) })) }
+      duplex.sink = async s => { await sink(counted(this.capped(s, signal), n => { this.onWire(n); this.metrics.bytesSent(n) })) }
       const result = await run(duplex)
       await readResult(js, signal)
       await js.close(signal)
