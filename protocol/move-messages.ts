@@ -128,6 +128,8 @@ export interface PrepareReply {
   volumeSync?: string[]
   /** Blob encodings this destination decodes (agent/transfer/encoding.ts); absent: none (an older agent). */
   decodes?: BlobEncoding[]
+  /** This destination continues partial layers (LayerHeader `resume`); absent: an older agent, send layers whole. */
+  resumes?: true
 }
 
 /**
@@ -152,7 +154,30 @@ export type BlobEncoding = 'zstd'
  * before it could hash it; the destination then accepts it only if its sha256 is a layer of the
  * prepared move (and says which it was).
  */
-export interface LayerHeader { op: 'layer', moveId: string, diffId: string | null, size: number, encoding?: BlobEncoding }
+export interface LayerHeader {
+  op: 'layer'
+  moveId: string
+  diffId: string | null
+  size: number
+  encoding?: BlobEncoding
+  /**
+   * (named layers only) The sender continues a partial layer the destination kept from an earlier
+   * transfer: before any byte the destination answers with a ResumePoint, and the blob that follows
+   * is the layer from that offset on (`size - offset` bytes, compressed from there where the link
+   * compresses). Absent: the whole layer follows the request at once, as before.
+   */
+  resume?: true
+}
+
+/** The destination's first answer to a `resume` layer: the layer's bytes it holds verified; the sender starts there. */
+export interface ResumePoint { offset: number }
+
+export function parseResumePoint (v: unknown, size: number): ResumePoint {
+  const o = obj(v, 'resume point')
+  const offset = count(o.offset, 'offset')
+  if (offset > size) throw new ProtocolError(`resume offset ${offset} is past the layer's ${size} bytes`)
+  return { offset }
+}
 
 export interface LayerReply { diffId: string, bytes: number, kept: boolean }
 
@@ -369,7 +394,10 @@ export function parseTransferRequest (v: unknown): TransferRequest {
       }
     }
     case 'layer':
-      return { op: 'layer', moveId: moveId(o.moveId), diffId: o.diffId === null ? null : digest(o.diffId, 'diffId'), size: count(o.size, 'size'), ...encodingOf(o) }
+      return {
+        op: 'layer', moveId: moveId(o.moveId), diffId: o.diffId === null ? null : digest(o.diffId, 'diffId'), size: count(o.size, 'size'), ...encodingOf(o),
+        ...o.resume === true && o.diffId !== null ? { resume: true } : {}
+      }
     case 'restore': {
       if (!Array.isArray(o.volumes) || o.volumes.length > 256) throw new ProtocolError('volumes must be a list')
       return {

@@ -207,7 +207,8 @@ export class TransferSession {
       linkClass: policy.class,
       costPerGiB: policy.costPerGiB,
       ...policy.compress === 'zstd' && prep.decodes?.includes('zstd') === true ? { encoding: 'zstd' } : {},
-      ...cap === undefined ? {} : { rateMbit: bytesPerSecondToMbit(cap.bytesPerSecond) }
+      ...cap === undefined ? {} : { rateMbit: bytesPerSecondToMbit(cap.bytesPerSecond) },
+      resumes: prep.resumes === true
     })
     const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
     const synced = await this.syncable(volumes, prep, signal)
