@@ -3,8 +3,8 @@
  * providers (vagrant-1 → aws-1: an expensive link, zstd), the source's eth0 shaped with tbf. A move
  * of a container with a 64 MiB layer of random bytes is cut at ~50 % of that layer by killing the
  * source agent; the agent comes back and the retried move sends only the rest — counted on the
- * shaped interface in the namespace, not in the agent — and the container runs at the destination
- * with a byte-identical layer. A `--max-rate` move keeps within 10 % of its cap on the same link.
+ * shaped interface in the namespace, not in the agent, against a whole move of a layer of the same
+ * size — and the container runs at the destination with a byte-identical layer. A `--max-rate` move keeps within 10 % of its cap on the same link.
  * One lab for the file (prefix gotolaby, subnet 10.213.200.0/24), torn down in after() even when a
  * test failed.
  */
@@ -13,7 +13,7 @@ import { expect } from 'chai'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { moveJson, type MoveRun } from '../fixtures/move-cli.js'
-import { shapeLink, txBytes } from '../fixtures/shaped-link.js'
+import { bytesDuring, cutWhen, shapeLink, txBytes } from '../fixtures/shaped-link.js'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
 import type { MoveEvent } from '../../protocol/move-messages.js'
 import type { PeerRow } from '../../protocol/messages.js'
@@ -63,7 +63,8 @@ describe('resume inside a layer and --max-rate over a tbf-shaped link, in the la
     ;[A, B] = await lab.up(2)
     expect([A.name, B.name]).to.deep.equal(['vagrant-1', 'aws-1'])
     await meshUp()
-    for (const [name, bytes] of [['big', LAYER_BYTES], ['capped', CAPPED_BYTES]] as const) {
+    // `ref`: a layer of the same size, moved whole, for what a move without a cut puts on the link.
+    for (const [name, bytes] of [['big', LAYER_BYTES], ['ref', LAYER_BYTES], ['capped', CAPPED_BYTES]] as const) {
       await docker(A, 'run', '--name', `${name}-b`, 'gotolab/base:latest', 'sh', '-c', `head -c ${bytes} /dev/urandom > /data.bin`)
       await docker(A, 'commit', `${name}-b`, `${name}:v1`)
       await docker(A, 'rm', `${name}-b`)
@@ -80,27 +81,28 @@ describe('resume inside a layer and --max-rate over a tbf-shaped link, in the la
   it('a move cut at ~50 % of a 64 MiB layer (the source agent killed) and retried sends only the rest; the layer arrives byte-identical', async () => {
     const layers = await layersOf(A, 'big')
     const sum = await docker(A, 'exec', 'big', 'md5sum', '/data.bin')
-    const t0 = await txBytes(A.netns)
+    // What a whole move of a layer of that size puts on the link (frames' headers and all).
+    const whole = await bytesDuring(A.netns, async () => await move('ref'))
+    expect(whole.result.events.at(-1)?.event, whole.result.stderr).to.equal('done')
     let precopy = false
-    const first = move('big', [], ev => { if (ev.event === 'step' && ev.step === 'pre-copy') precopy = true })
     // Cut when half the layer crossed the shaped link (counted on the interface).
-    await waitFor(async () => precopy && await txBytes(A.netns) - t0 >= LAYER_BYTES / 2, { timeoutMs: 120_000, intervalMs: 100, what: 'half the layer on the link' })
-    await lab.killAgent(A.name)
-    const cut = await first
-    const firstTry = await txBytes(A.netns) - t0
-    expect(cut.code, 'the cut move fails').to.not.equal(0)
-    expect(cut.events.some(e => e.event === 'done')).to.equal(false)
+    const first = await cutWhen(A.netns, LAYER_BYTES / 2,
+      async () => await move('big', [], ev => { if (ev.event === 'step' && ev.step === 'pre-copy') precopy = true }),
+      () => precopy, async () => { await lab.killAgent(A.name) },
+      async (cond, what) => { await waitFor(cond, { timeoutMs: 120_000, intervalMs: 100, what }) })
+    expect(first.result.code, 'the cut move fails').to.not.equal(0)
+    expect(first.result.events.some(e => e.event === 'done')).to.equal(false)
     await lab.startAgent(A.name)
     await meshUp()
 
-    const t1 = await txBytes(A.netns)
-    const retry = await move('big')
-    const retried = await txBytes(A.netns) - t1
-    const last = retry.events.at(-1)
-    expect(last?.event, `${JSON.stringify(last)} ${retry.stderr}`).to.equal('done')
-    console.log(`      first try ${(firstTry / MiB).toFixed(1)} MiB on the link before the cut, retry ${(retried / MiB).toFixed(1)} MiB (${(100 * retried / LAYER_BYTES).toFixed(1)} % of the layer)`)
-    expect(firstTry, 'the first try sent about half').to.be.at.least(0.45 * LAYER_BYTES)
-    expect(retried, 'the retry sent only about the rest').to.be.at.most(0.55 * LAYER_BYTES)
+    const retry = await bytesDuring(A.netns, async () => await move('big'))
+    const last = retry.result.events.at(-1)
+    expect(last?.event, `${JSON.stringify(last)} ${retry.result.stderr}`).to.equal('done')
+    const resent = first.bytes + retry.bytes - whole.bytes
+    console.log(`      whole move ${(whole.bytes / MiB).toFixed(1)} MiB on the link; cut try ${(first.bytes / MiB).toFixed(1)} MiB, retry ${(retry.bytes / MiB).toFixed(1)} MiB ` +
+      `(${(100 * retry.bytes / LAYER_BYTES).toFixed(1)} % of the layer); sent twice: ${(resent / MiB).toFixed(2)} MiB (${(100 * resent / LAYER_BYTES).toFixed(2)} % of the layer)`)
+    expect(first.bytes, 'the first try sent about half').to.be.at.least(0.45 * LAYER_BYTES)
+    expect(retry.bytes, 'the retry sent only about the rest').to.be.at.most(0.55 * LAYER_BYTES)
     // The engine at B checked every layer against the config's diff IDs: the same layers, the
     // container's changes on top, and the same bytes in the file.
     expect((await layersOf(B, 'big')).slice(0, layers.length)).to.deep.equal(layers)
