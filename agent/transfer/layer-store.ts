@@ -300,22 +300,10 @@ export class LayerStore {
     }
     let keepPartial = true
     try {
-      let unchecked = 0
-      for await (const chunk of abortable(rest, signal)) {
-        if (bytes + chunk.byteLength > size) {
-          keepPartial = false
-          throw new LayerTooLargeError(`layer ${diffId}: more than the announced ${size} bytes arrived`)
-        }
-        unchecked += chunk.byteLength
-        if (unchecked >= this.diskCheckBytes) {
-          unchecked = 0
-          await this.checkDisk(diffId, size - bytes, writer.queued)
-        }
-        hash.update(chunk)
-        bytes += chunk.byteLength
-        await writer.push(chunk)
+      await this.pull(diffId, size, rest, signal, writer, hash, async n => {
+        bytes = n
         if (bytes - recorded >= PARTIAL_RECORD_BYTES) await record()
-      }
+      }, point.offset)
       await writer.flush()
       if (bytes < size) throw new LayerTruncatedError(`layer ${diffId}: ended after ${bytes} of the announced ${size} bytes`)
       const actual = `sha256:${hash.digest('hex')}`
@@ -333,6 +321,7 @@ export class LayerStore {
       if (this.durability === 'disk') await syncDir(this.dir)
       return { bytes: bytes - point.offset }
     } catch (err) {
+      if (err instanceof LayerTooLargeError) keepPartial = false
       if (keepPartial && bytes > recorded) {
         // The bytes that came are good so far: record them for the next resume (unless the disk failed).
         await record().catch(() => { keepPartial = false })
@@ -395,21 +384,7 @@ export class LayerStore {
     const writer = new WriteBehind(fh, WRITE_BEHIND_BYTES)
     try {
       const hash = createHash('sha256')
-      let bytes = 0
-      let unchecked = 0
-      for await (const chunk of abortable(source, signal)) {
-        if (bytes + chunk.byteLength > announcedSize) {
-          throw new LayerTooLargeError(`layer ${diffId}: more than the announced ${announcedSize} bytes arrived`)
-        }
-        unchecked += chunk.byteLength
-        if (unchecked >= this.diskCheckBytes) {
-          unchecked = 0
-          await this.checkDisk(diffId, announcedSize - bytes, writer.queued)
-        }
-        hash.update(chunk)
-        bytes += chunk.byteLength
-        await writer.push(chunk)
-      }
+      const bytes = await this.pull(diffId, announcedSize, source, signal, writer, hash)
       await writer.flush()
       if (bytes < announcedSize) {
         throw new LayerTruncatedError(`layer ${diffId}: ended after ${bytes} of the announced ${announcedSize} bytes`)
@@ -435,6 +410,29 @@ export class LayerStore {
       if (!closed) await fh.close().catch(() => {})
       if (!kept) await rm(tmp, { force: true }).catch(() => {})
     }
+  }
+
+  /**
+   * Hashes and queues for the disk every chunk of `source`, the layer's bytes after the `from`
+   * already held; LayerTooLargeError the moment they would pass `size`, InsufficientDiskError when
+   * the disk runs short. `held` hears the bytes held after each chunk. Returns the bytes held.
+   */
+  private async pull (diffId: string, size: number, source: AsyncIterable<Uint8Array>, signal: AbortSignal | undefined, writer: WriteBehind, hash: Hash, held?: (bytes: number) => Promise<void>, from = 0): Promise<number> {
+    let bytes = from
+    let unchecked = 0
+    for await (const chunk of abortable(source, signal)) {
+      if (bytes + chunk.byteLength > size) throw new LayerTooLargeError(`layer ${diffId}: more than the announced ${size} bytes arrived`)
+      unchecked += chunk.byteLength
+      if (unchecked >= this.diskCheckBytes) {
+        unchecked = 0
+        await this.checkDisk(diffId, size - bytes, writer.queued)
+      }
+      hash.update(chunk)
+      bytes += chunk.byteLength
+      await writer.push(chunk)
+      await held?.(bytes)
+    }
+    return bytes
   }
 
   /**

@@ -4,7 +4,8 @@
  * of a container with a 64 MiB layer of random bytes is cut at ~50 % of that layer by killing the
  * source agent; the agent comes back and the retried move sends only the rest — counted on the
  * shaped interface in the namespace, not in the agent, against a whole move of a layer of the same
- * size — and the container runs at the destination with a byte-identical layer. A `--max-rate` move keeps within 10 % of its cap on the same link.
+ * size — and the container runs at the destination with a byte-identical layer. Killed instead, the
+ * destination agent continues after its restart from the partial's last record. A `--max-rate` move keeps within 10 % of its cap on the same link.
  * One lab for the file (prefix gotolaby, subnet 10.213.200.0/24), torn down in after() even when a
  * test failed.
  */
@@ -15,6 +16,7 @@ import { promisify } from 'node:util'
 import { moveJson, type MoveRun } from '../fixtures/move-cli.js'
 import { bytesDuring, cutWhen, shapeLink, txBytes } from '../fixtures/shaped-link.js'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
+import { PARTIAL_RECORD_BYTES } from '../../agent/transfer/layer-store.js'
 import type { MoveEvent } from '../../protocol/move-messages.js'
 import type { PeerRow } from '../../protocol/messages.js'
 
@@ -54,6 +56,23 @@ describe('resume inside a layer and --max-rate over a tbf-shaped link, in the la
     }
   }
 
+  /**
+   * Moves `container`, kills the agent of `victim` (SIGKILL) once half its layer crossed the shaped
+   * link, and starts that agent again; the failed run and the bytes it put on the link.
+   */
+  async function cutAtHalf (container: string, victim: LabHost): Promise<{ result: MoveRun, bytes: number }> {
+    let precopy = false
+    const first = await cutWhen(A.netns, LAYER_BYTES / 2,
+      async () => await move(container, [], ev => { if (ev.event === 'step' && ev.step === 'pre-copy') precopy = true }),
+      () => precopy, async () => { await lab.killAgent(victim.name) },
+      async (cond, what) => { await waitFor(cond, { timeoutMs: 120_000, intervalMs: 100, what }) })
+    expect(first.result.code, 'the cut move fails').to.not.equal(0)
+    expect(first.result.events.some(e => e.event === 'done')).to.equal(false)
+    await lab.startAgent(victim.name)
+    await meshUp()
+    return first
+  }
+
   const layersOf = async (h: LabHost, container: string): Promise<string[]> =>
     JSON.parse(await docker(h, 'image', 'inspect', '--format', '{{json .RootFS.Layers}}', await docker(h, 'inspect', '--format', '{{.Image}}', container))) as string[]
 
@@ -64,7 +83,7 @@ describe('resume inside a layer and --max-rate over a tbf-shaped link, in the la
     expect([A.name, B.name]).to.deep.equal(['vagrant-1', 'aws-1'])
     await meshUp()
     // `ref`: a layer of the same size, moved whole, for what a move without a cut puts on the link.
-    for (const [name, bytes] of [['big', LAYER_BYTES], ['ref', LAYER_BYTES], ['capped', CAPPED_BYTES]] as const) {
+    for (const [name, bytes] of [['big', LAYER_BYTES], ['ref', LAYER_BYTES], ['far', LAYER_BYTES], ['capped', CAPPED_BYTES]] as const) {
       await docker(A, 'run', '--name', `${name}-b`, 'gotolab/base:latest', 'sh', '-c', `head -c ${bytes} /dev/urandom > /data.bin`)
       await docker(A, 'commit', `${name}-b`, `${name}:v1`)
       await docker(A, 'rm', `${name}-b`)
@@ -84,16 +103,7 @@ describe('resume inside a layer and --max-rate over a tbf-shaped link, in the la
     // What a whole move of a layer of that size puts on the link (frames' headers and all).
     const whole = await bytesDuring(A.netns, async () => await move('ref'))
     expect(whole.result.events.at(-1)?.event, whole.result.stderr).to.equal('done')
-    let precopy = false
-    // Cut when half the layer crossed the shaped link (counted on the interface).
-    const first = await cutWhen(A.netns, LAYER_BYTES / 2,
-      async () => await move('big', [], ev => { if (ev.event === 'step' && ev.step === 'pre-copy') precopy = true }),
-      () => precopy, async () => { await lab.killAgent(A.name) },
-      async (cond, what) => { await waitFor(cond, { timeoutMs: 120_000, intervalMs: 100, what }) })
-    expect(first.result.code, 'the cut move fails').to.not.equal(0)
-    expect(first.result.events.some(e => e.event === 'done')).to.equal(false)
-    await lab.startAgent(A.name)
-    await meshUp()
+    const first = await cutAtHalf('big', A)
 
     const retry = await bytesDuring(A.netns, async () => await move('big'))
     const last = retry.result.events.at(-1)
@@ -108,6 +118,18 @@ describe('resume inside a layer and --max-rate over a tbf-shaped link, in the la
     expect((await layersOf(B, 'big')).slice(0, layers.length)).to.deep.equal(layers)
     expect(await docker(B, 'inspect', '--format', '{{.State.Running}}', 'big')).to.equal('true')
     expect(await docker(B, 'exec', 'big', 'md5sum', '/data.bin')).to.equal(sum)
+  })
+
+  it('a move cut at ~50 % by killing the destination agent continues, once it is back, from its last record (at most 8 MiB before the cut)', async () => {
+    const sum = await docker(A, 'exec', 'far', 'md5sum', '/data.bin')
+    const first = await cutAtHalf('far', B)
+    const retry = await bytesDuring(A.netns, async () => await move('far'))
+    const last = retry.result.events.at(-1)
+    expect(last?.event, `${JSON.stringify(last)} ${retry.result.stderr}`).to.equal('done')
+    console.log(`      destination killed: cut try ${(first.bytes / MiB).toFixed(1)} MiB, retry ${(retry.bytes / MiB).toFixed(1)} MiB (${(100 * retry.bytes / LAYER_BYTES).toFixed(1)} % of the layer)`)
+    expect(retry.bytes, 'the retry sent the rest and at most one record interval more').to.be.at.most(0.6 * LAYER_BYTES + PARTIAL_RECORD_BYTES)
+    expect(await docker(B, 'inspect', '--format', '{{.State.Running}}', 'far')).to.equal('true')
+    expect(await docker(B, 'exec', 'far', 'md5sum', '/data.bin')).to.equal(sum)
   })
 
   it(`a --max-rate ${MAX_RATE} move keeps within 10 % of its cap on a ${SHAPED_MBIT} Mbit/s link`, async () => {
