@@ -47,12 +47,19 @@ export interface AgentConfig {
   metricsListen: MetricsListen | undefined
   /** The mesh's link table (agent/transfer/links.ts); empty: the defaults decide every link. */
   links: LinkRule[]
+  /**
+   * The CRIU binary the agent checks before a live move (`criu check`, `criu --version`): a path,
+   * or a name looked up on PATH. It should be the one the engine's runc runs (on dockerd's PATH).
+   */
+  criu: string
 }
 
 /** A TCP address for the metrics endpoint. `host` is an IP literal (IPv6 without brackets). */
 export interface MetricsListen { host: string, port: number }
 
 export const DEFAULT_STATE_DIR = '/var/lib/goto-agent'
+/** `criu` on PATH: where a distribution package puts it, and where runc looks for it. */
+export const DEFAULT_CRIU = 'criu'
 /**
  * The host a bare `--metrics-listen PORT` binds to. The endpoint has no authentication, so it
  * listens on loopback unless the operator names another address (see docs/threat-model.md).
@@ -111,6 +118,9 @@ Options (flag / environment / config-file key; flags win over environment, envir
                         compress?: none|zstd|auto}; first match wins (default: same provider and
                         region free and uncompressed, anything else expensive with zstd;
                         docs/operations.md)                                 GOTO_LINKS_JSON  links
+  --criu PATH           the CRIU binary to check before a live move (goto move --live): the one
+                        on dockerd's PATH, which runc runs (default: ${DEFAULT_CRIU} on PATH)
+                                                                            GOTO_CRIU       criu
   --config FILE         JSON file with the keys above                       GOTO_CONFIG
   -h, --help            show this help
   --version             print the agent version
@@ -138,6 +148,7 @@ interface RawConfig {
   logLevel?: string
   metricsListen?: string | number
   links?: unknown
+  criu?: string
 }
 
 function list (v: string | undefined): string[] | undefined {
@@ -191,12 +202,12 @@ function readConfigFile (path: string, readFile: (p: string) => string): RawConf
     throw new ConfigError('--config', `${path} is not valid JSON: ${(err as Error).message}`)
   }
   if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new ConfigError('--config', `${path} must hold a JSON object`)
-  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'noInbound', 'dockerSaveOnly', 'volumeSpoolOnly', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen', 'links'])
+  const known = new Set(['bundle', 'listen', 'announce', 'bootstrap', 'docker', 'name', 'labels', 'noInbound', 'dockerSaveOnly', 'volumeSpoolOnly', 'stateDir', 'profile', 'replicas', 'snapshotInterval', 'logLevel', 'metricsListen', 'links', 'criu'])
   for (const key of Object.keys(data)) {
     if (!known.has(key)) throw new ConfigError('--config', `${path}: unknown key '${key}' (known: ${[...known].join(', ')})`)
   }
   const d = data as Record<string, unknown>
-  for (const key of ['bundle', 'listen', 'docker', 'name', 'stateDir', 'profile', 'logLevel']) {
+  for (const key of ['bundle', 'listen', 'docker', 'name', 'stateDir', 'profile', 'logLevel', 'criu']) {
     if (d[key] !== undefined && typeof d[key] !== 'string') throw new ConfigError('--config', `${path}: '${key}' must be a string`)
   }
   if (d.metricsListen !== undefined && typeof d.metricsListen !== 'string' && !Number.isInteger(d.metricsListen)) {
@@ -254,6 +265,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
         'log-level': { type: 'string' },
         'metrics-listen': { type: 'string' },
         'links-json': { type: 'string' },
+        criu: { type: 'string' },
         config: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' }
@@ -333,6 +345,10 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
   const linksRaw = pick<unknown>('--links-json', 'GOTO_LINKS_JSON', 'links', f['links-json'], env.GOTO_LINKS_JSON, file.links)
   const links = linksRaw.value === undefined ? [] : parseLinkRules(linksRaw.option, linksRaw.value)
 
+  const criuRaw = pick('--criu', 'GOTO_CRIU', 'criu', f.criu, env.GOTO_CRIU, file.criu)
+  const criu = criuRaw.value ?? DEFAULT_CRIU
+  if (criu === '' || criu.includes('\0')) throw new ConfigError(criuRaw.option, 'must name the criu binary')
+
   const stateDir = pick('--state-dir', 'GOTO_STATE_DIR', 'stateDir', f['state-dir'], env.GOTO_STATE_DIR, file.stateDir).value ?? DEFAULT_STATE_DIR
 
   return {
@@ -352,6 +368,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
     replicas,
     logLevel,
     metricsListen,
-    links
+    links,
+    criu
   }
 }

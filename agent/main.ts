@@ -27,8 +27,10 @@ import { FreezeRecovery } from './move/recovery.js'
 import type { SessionDeps } from './move/session.js'
 import { LinkTable } from './transfer/links.js'
 import { MoveService } from './move/source.js'
+import { LiveCheck } from './move/live.js'
 import { LayerStore } from './transfer/layer-store.js'
 import { LayerSender, SavePathCache } from './transfer/layer-sender.js'
+import { HolderClient, HolderService } from './transfer/holders.js'
 import { SnapshotStore } from './failover/snapshot-store.js'
 import { FailoverState } from './failover/state.js'
 import { FailoverService } from './failover/service.js'
@@ -127,15 +129,19 @@ async function run (config: AgentConfig): Promise<void> {
   // Extended attributes of synced volumes travel when getfattr/setfattr are installed.
   const xattrs = await attrTools().catch(err => { log.warn('volume rounds copy no extended attributes', { error: (err as Error).message }); return NO_XATTRS })
   const volumeRounds = !config.volumeSpoolOnly
+  const linkTable = new LinkTable(config.links)
+  // Layers from the member nearest a destination (transfer/holders.ts): asked by sessions, fetched by the destination.
+  const holderClient = new HolderClient({ auth, table, docker, selfName: bundle.name, links: linkTable, spoolDir: join(store.dir, 'incoming'), log: log.child({ component: 'holders' }) })
   const sessions: SessionDeps = {
     auth, docker, table, selfName: bundle.name, store, metrics, timings: config.timings, xattrs, volumeRounds,
     layers: new LayerSender({ docker, paths: new SavePathCache(), log: log.child({ component: 'move' }) }),
     journal: freezeJournal, spoolDir: join(config.stateDir, 'spool'), log: log.child({ component: 'move' }),
-    links: { table: new LinkTable(config.links), selfLabels: config.labels }
+    links: { table: linkTable, selfLabels: config.labels }, holders: holderClient
   }
   // Operators' signed orders, verified here whatever the peer that forwards them (protocol/orders.ts).
   const spentOrders = await openSpentOrders(join(config.stateDir, 'orders'), log.child({ component: 'orders' }))
   const orders = new OrderVerifier(trust, Date.now, spentOrders.memory, spentOrders.spent)
+  const holder = new HolderService({ auth, docker, store, orders, log: log.child({ component: 'holders' }) })
   const failover = new FailoverService({
     auth, docker, table, snapshots, state: failoverState, selfId: bundle.peerId, selfName: bundle.name, orders, trust,
     signer: { certPem: bundle.certPem, sign: async data => await bundle.privateKey.sign(data) },
@@ -157,14 +163,16 @@ async function run (config: AgentConfig): Promise<void> {
     crlNumber: trust.crlNumber,
     failover: failover.gossip()
   })
+  // Whether this host can take part in a live move (CRIU, experimental engine, CPU): asked by both ends.
+  const live = new LiveCheck({ docker, criu: config.criu, selfName: bundle.name })
   const destination = new DestinationService({
-    auth, selfId: bundle.peerId, orders, docker, store, snapshots, metrics, kept, timings: config.timings, xattrs, volumeRounds,
+    auth, selfId: bundle.peerId, orders, docker, store, snapshots, metrics, kept, timings: config.timings, xattrs, volumeRounds, live, holders: holderClient,
     journal: await openIncomingJournal(join(config.stateDir, 'incoming')), log: log.child({ component: 'move-in' })
   })
   const recovery = new FreezeRecovery({ auth, docker, table, journal: freezeJournal, locks, timings: config.timings, log: log.child({ component: 'move' }) })
-  const moves = new MoveService({ auth, selfId: bundle.peerId, docker, sessions, locks, kept, labels: stamps, timings: config.timings, metrics, log: log.child({ component: 'move' }) })
+  const moves = new MoveService({ auth, selfId: bundle.peerId, docker, sessions, locks, kept, labels: stamps, timings: config.timings, metrics, live, log: log.child({ component: 'move' }) })
   const locate = new LocateService({ auth, docker, table, self, timings: config.timings })
-  const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, log: log.child({ component: 'status' }) })
+  const status = new StatusService({ auth, table, docker, self, failover, startedAt, timings: config.timings, live, log: log.child({ component: 'status' }) })
   const membership = new MembershipService({ node, auth, trust, table, self, bootstrap: config.bootstrap, timings: config.timings, alwaysSend: config.noInbound, log: log.child({ component: 'membership' }) })
 
   const libp2pPart: Part = {
@@ -180,7 +188,7 @@ async function run (config: AgentConfig): Promise<void> {
   // The metrics endpoint first: a bad --metrics-listen stops the agent before it joins the mesh.
   // Freeze recovery before moves: a container this agent left frozen when it died runs again (or is
   // let go of) before any new move or snapshot can see it. Kept images stop after the moves.
-  const parts: Part[] = [...metricsParts, monitor, auth, status, locate, destination, kept, recovery, moves, failover, libp2pPart, membership, ...relays === undefined ? [] : [relays]]
+  const parts: Part[] = [...metricsParts, monitor, auth, status, locate, destination, holder, kept, recovery, moves, failover, libp2pPart, membership, ...relays === undefined ? [] : [relays]]
   const started: Part[] = []
   const stopAll = async (): Promise<void> => {
     for (const p of started.reverse()) await p.stop().catch(err => { log.error('stop failed', { error: (err as Error).message }) })

@@ -88,7 +88,8 @@ export function formatStatus (s: AgentStatus): string {
     `labels:     ${Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(', ') || '-'}`,
     `docker:     ${docker}`,
     `peers:      ${s.peers.alive} alive, ${s.peers.suspect} suspect, ${s.peers.dead} dead`,
-    `containers: ${s.containers.length}`
+    `containers: ${s.containers.length}`,
+    ...s.live === undefined ? [] : [`live moves: ${s.live.ok ? `yes (CRIU ${s.live.criu ?? '?'})` : `no: ${s.live.missing.join('; ')}`}`]
   ].map(printable)
   if (s.containers.length > 0) {
     lines.push('', table(['NAME', 'ID', 'IMAGE', 'STATE', 'STATUS'], s.containers.map(c => [c.name, c.id.slice(0, 12), c.image, c.state, c.status])))

@@ -161,6 +161,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
         'allow-bind-mounts': { type: 'boolean' },
         'allow-host-access': { type: 'boolean' },
         'max-rate': { type: 'string' },
+        live: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       }
     })
@@ -170,8 +171,8 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
   }
   if (parsed.values.help === true) { io.stdout(USAGE + '\n'); return 0 }
   const maxPositionals = command === 'peers' ? 0 : 1
-  for (const opt of ['to', 'dry-run', 'allow-bind-mounts', 'allow-host-access', 'max-rate'] as const) {
-    const allowed = opt === 'to' ? ['move'] : ['move', 'drain']
+  for (const opt of ['to', 'dry-run', 'allow-bind-mounts', 'allow-host-access', 'max-rate', 'live'] as const) {
+    const allowed = opt === 'to' || opt === 'live' ? ['move'] : ['move', 'drain']
     if (parsed.values[opt] !== undefined && !allowed.includes(command)) { io.stderr(`goto: error: --${opt} belongs to 'goto ${allowed.join("' and 'goto ")}' (try 'goto --help')\n`); return 2 }
   }
   if (parsed.positionals.length > maxPositionals) {
@@ -187,7 +188,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
   const opts = common(parsed.values, env)
   const flags = { dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true, ...maxRate }
   if (command === 'move') {
-    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, ...flags }, io)
+    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, ...flags, ...parsed.values.live === true ? { live: true } : {} }, io)
   }
   if (command === 'drain') {
     return await drain(opts, parsed.positionals[0], flags, io)

@@ -5,7 +5,7 @@
  * reaches the destination the source sends the spec it will move (an `order` event): signMoveOrder
  * signs the order the destination will insist on (protocol/orders.ts).
  */
-import { bindsOf, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest } from '../protocol/move-messages.js'
+import { bindsOf, type LiveReport, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest } from '../protocol/move-messages.js'
 import { signOrder, specDigest, type MoveOrderBody, type OrderSigner, type SignedOrder } from '../protocol/orders.js'
 import { OrderMismatchError } from '../protocol/errors.js'
 import { hostPowersOf } from '../protocol/fidelity.js'
@@ -31,7 +31,8 @@ export async function signMoveOrder (signer: OrderSigner, request: OrderRequest,
     specDigest: specDigest(request.spec),
     allow: {
       binds: asked.allowBindMounts ? bindsOf(request.spec) : [],
-      ...asked.allowHostAccess === true && hostPowersOf(request.spec.engine).length > 0 ? { hostAccess: true } : {}
+      ...asked.allowHostAccess === true && hostPowersOf(request.spec.engine).length > 0 ? { hostAccess: true } : {},
+      ...asked.live === true ? { live: true } : {}
     }
   })
 }
@@ -65,7 +66,19 @@ export function eta (left: number, rate: number, cap?: number): string {
 
 function summary (ev: Extract<MoveEvent, { event: 'done' }>, dryRun: boolean): string {
   if (dryRun) return `dry run: nothing changed (${ev.layersSkipped} layer(s) already on ${ev.to})`
-  return `done: ${ev.container} moved ${ev.from} → ${ev.to}: ${mib(ev.bytesSent)} sent in ${ev.layersSent} layer(s), ${ev.layersSkipped} layer(s) already there, downtime ${ev.downtimeMs} ms`
+  const live = ev.live === undefined
+    ? ''
+    : `; live: its processes go on there (checkpoint ${ev.live.checkpointMs} ms, ${mib(ev.live.checkpointBytes)} in ${ev.live.checkpointFiles} file(s) sent in ${ev.live.transferMs} ms, restore ${ev.live.restoreMs} ms)`
+  return `done: ${ev.container} moved ${ev.from} → ${ev.to}: ${mib(ev.bytesSent)} sent in ${ev.layersSent} layer(s), ${ev.bytesFromHolders === undefined ? '' : `${mib(ev.bytesFromHolders)} taken from members near ${ev.to}, `}${ev.layersSkipped} layer(s) already there, downtime ${ev.downtimeMs} ms${live}`
+}
+
+const RESUMED = {
+  checkpoint: ' (restored from its own checkpoint: its processes go on with their memory)',
+  fresh: ' (its checkpoint could not be restored: started afresh, its processes\' memory lost)'
+}
+
+function liveLine (r: LiveReport): string {
+  return `${r.host}: ${r.ok ? `can take live moves (CRIU ${r.criu ?? '?'}, ${r.arch})` : `cannot take live moves: ${r.missing.join('; ')}`}`
 }
 
 /** Renders move events for a person; returns the final event. */
@@ -98,9 +111,14 @@ export class MoveRenderer {
           const l = p.link
           this.line(`plan ${p.moveId}: link ${p.from} → ${p.to}: ${l.class}, ${l.costPerGiB}/GiB, ${l.compress === 'zstd' ? 'zstd' : 'uncompressed'}${l.rateMbit === undefined ? '' : `, capped at ${l.rateMbit} Mbit/s`}`)
           for (const x of p.layers ?? []) {
-            this.line(`plan ${p.moveId}: layer ${x.diffId.slice(7, 19)} ${x.bytes === null ? 'size unknown' : mib(x.bytes)} ${x.send ? `sent over ${l.class} link, cost ${cost(x.cost)}` : 'already there'}`)
+            this.line(`plan ${p.moveId}: layer ${x.diffId.slice(7, 19)} ${x.bytes === null ? 'size unknown' : mib(x.bytes)} ${x.send ? `from ${x.from ?? p.from} sent over ${x.link ?? l.class} link, cost ${cost(x.cost)}` : 'already there'}`)
           }
-          this.line(`plan ${p.moveId}: total ${mib(p.bytesToSend)} over the ${l.class} link, estimated cost ${cost(p.estimatedCost ?? 0)}`)
+          const by = p.linkBytes === undefined ? `over the ${l.class} link` : `(${(['expensive', 'cheap', 'free'] as const).map(c => `${c} ${mib(p.linkBytes?.[c] ?? 0)}`).join(', ')})`
+          this.line(`plan ${p.moveId}: total ${mib(p.bytesToSend)} ${by}, estimated cost ${cost(p.estimatedCost ?? 0)}`)
+        }
+        if (p.live !== undefined) {
+          this.line(`plan ${p.moveId}: live: ${liveLine(p.live.source)}`)
+          this.line(`plan ${p.moveId}: live: ${liveLine(p.live.destination)}`)
         }
         for (const w of p.warnings ?? []) this.line(`plan ${p.moveId}: warning: ${w}`)
         for (const v of p.volumeData ?? []) {
@@ -124,7 +142,7 @@ export class MoveRenderer {
         this.line(summary(ev, this.dryRun))
         break
       case 'failed':
-        this.line(`goto: error: move failed${ev.moveId !== null ? ` (move ${ev.moveId})` : ''}: ${ev.error.message}${ROLLBACK[ev.rollback]}`, this.err)
+        this.line(`goto: error: move failed${ev.moveId !== null ? ` (move ${ev.moveId})` : ''}: ${ev.error.message}${ROLLBACK[ev.rollback]}${ev.resumed === undefined ? '' : RESUMED[ev.resumed]}`, this.err)
         break
     }
   }

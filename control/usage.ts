@@ -26,6 +26,12 @@ Commands:
       --max-rate RATE   cap what this move puts on the wire (after compression), e.g. 50Mbit,
                         100mbit, 10MiB/s, 2.5MB/s; the lower of it and the link's cap (link table)
                         holds; the progress bar shows the rate and the ETA against the cap
+      --live            the container's processes move with their memory (a CRIU checkpoint
+                        instead of a pause) and go on at the destination instead of restarting;
+                        both hosts need CRIU 4.2+ and an engine started with --experimental
+                        (refused before anything freezes otherwise, saying what is missing; with
+                        --dry-run, what each host found). Rollback restores the source from its
+                        checkpoint (docs/operations.md)
   drain NAME            planned maintenance: move every running container of the member NAME to
                         the other alive members (fewest containers first), one move after another;
                         a container whose move fails keeps running on NAME and the drain goes on;

@@ -136,6 +136,12 @@ export class RestoreFailedError extends GotoError {}
 export class ContainerNotRunningError extends GotoError {}
 /** A layer the move needed was not in the engine's save stream. */
 export class TransferIncompleteError extends GotoError {}
+/**
+ * A holder (a member near the destination that has a layer: agent/transfer/holders.ts) will not
+ * serve it: no grant from the source's signed move names the asking member and that layer, the
+ * grant expired, or it no longer holds the layer. The destination then takes it from the source.
+ */
+export class HolderRefusedError extends GotoError {}
 /** A transfer session's steps were called out of order (a bug of the caller, never a network input). */
 export class TransferStateError extends GotoError {}
 
@@ -235,6 +241,23 @@ export class VolumeSyncUnavailableError extends GotoError {}
 /** A volume round carried more bytes than the destination's disk (or the round bound) takes. */
 export class VolumeSyncTooLargeError extends GotoError {}
 
+// --- live moves (agent/move/live.ts) -------------------------------------------------------
+/**
+ * A live move (--live) is not possible between these hosts: CRIU missing, too old or failing its
+ * check, an engine not in experimental mode or of a kind without checkpoints, another CPU
+ * architecture, CPU flags the destination lacks, an order that does not allow it. Refused before
+ * anything freezes; the message names the host and what it lacks.
+ */
+export class LiveUnavailableError extends GotoError {}
+/** The engine could not checkpoint the container (CRIU's dump failed): the move rolls back. */
+export class CheckpointFailedError extends GotoError {}
+/**
+ * A checkpoint (/goto/transfer `checkpoint`) the destination will not keep: a path outside its
+ * directory or of an unexpected form, too many files, more bytes than the bound or the free disk,
+ * a file whose sha256 is not the one announced, a checkpoint for a move not prepared live.
+ */
+export class CheckpointRefusedError extends GotoError {}
+
 /**
  * Known error classes by name, so an error that crossed the wire is rebuilt as its own class. A Map
  * (built from the object below), so a peer's name is looked up among these and nothing else: on a
@@ -243,6 +266,9 @@ export class VolumeSyncTooLargeError extends GotoError {}
 const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries({
   UnknownContainerError,
   DestinationUnavailableError,
+  LiveUnavailableError,
+  CheckpointFailedError,
+  CheckpointRefusedError,
   MoveInProgressError,
   BindMountRefusedError,
   ArchitectureMismatchError,
@@ -253,6 +279,7 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   RestoreFailedError,
   ContainerNotRunningError,
   TransferIncompleteError,
+  HolderRefusedError,
   SnapshotOutdatedError,
   ContainerBusyError,
   TakeoverRefusedError,

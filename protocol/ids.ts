@@ -17,3 +17,8 @@ export const LOCATE_PROTOCOL = '/goto/locate/1.0.0'
 export const TRANSFER_PROTOCOL = '/goto/transfer/1.0.0'
 /** Agent ↔ agent: takeover claims of a dead owner's protected containers; operator → agent: protect, unprotect. */
 export const FAILOVER_PROTOCOL = '/goto/failover/1.0.0'
+/**
+ * Agent ↔ agent: a source asks a member near the destination which layers it holds (and grants the
+ * destination of its signed move those layers); the destination fetches them (agent/transfer/holders.ts).
+ */
+export const HOLDER_PROTOCOL = '/goto/holder/1.0.0'

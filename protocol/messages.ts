@@ -87,6 +87,8 @@ export interface AgentStatus {
   containers: ContainerRow[]
   peers: Record<PeerState, number>
   failover?: FailoverStatus
+  /** Whether this host can take live moves (goto move --live): its CRIU version, or what it lacks (absent from older agents). */
+  live?: { ok: boolean, criu?: string, missing: string[] }
 }
 
 // --- checks -----------------------------------------------------------------------------
@@ -250,6 +252,17 @@ export function parseAgentStatus (v: unknown): AgentStatus {
       return { name: str(x.name, 'container name', 256), id: str(x.id, 'container id', 128), image: str(x.image, 'container image', 1024), state: str(x.state, 'container state', 64), status: str(x.status, 'container status', 256) }
     }),
     peers: { alive: count(p.alive), suspect: count(p.suspect), dead: count(p.dead) },
-    ...(o.failover === undefined || o.failover === null ? {} : { failover: parseFailoverStatus(o.failover) })
+    ...(o.failover === undefined || o.failover === null ? {} : { failover: parseFailoverStatus(o.failover) }),
+    ...(o.live === undefined || o.live === null ? {} : { live: parseLiveStatus(o.live) })
+  }
+}
+
+function parseLiveStatus (v: unknown): NonNullable<AgentStatus['live']> {
+  const l = obj(v, 'status live')
+  if (!Array.isArray(l.missing) || l.missing.length > 16) throw new ProtocolError('status live.missing must be a list')
+  return {
+    ok: l.ok === true,
+    ...l.criu === undefined ? {} : { criu: str(l.criu, 'status live.criu', 32) },
+    missing: l.missing.map((m, i) => str(m, `status live.missing[${i}]`, 512))
   }
 }

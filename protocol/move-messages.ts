@@ -20,6 +20,32 @@ export interface MoveOrder {
    * the source's sender keeps to the lower of it and the link's cap. Absent: the link's cap alone.
    */
   maxRate?: number
+  /** --live: the processes move with their memory (a CRIU checkpoint instead of a pause), named in the signed order. */
+  live?: boolean
+}
+
+/**
+ * Whether a host can take part in a live move, as its agent finds it (agent/move/live.ts): `ok`, or
+ * `missing` says why not, one phrase each (CRIU absent, too old or failing `criu check`, an engine
+ * not in experimental mode or without checkpoints, CPU flags the source uses).
+ */
+export interface LiveReport {
+  host: string
+  ok: boolean
+  /** `criu --version`'s version, when CRIU answered. */
+  criu?: string
+  /** GOARCH of the engine's host. */
+  arch: string
+  missing: string[]
+}
+
+/** What a live move took: the checkpoint (its dump), its images and their transfer, the restore from it. */
+export interface LiveTimings {
+  checkpointMs: number
+  checkpointBytes: number
+  checkpointFiles: number
+  transferMs: number
+  restoreMs: number
 }
 
 export type MoveStep = 'plan' | 'pre-copy' | 'freeze' | 'hand-over' | 'restore' | 'commit'
@@ -43,9 +69,15 @@ export interface MovePlan {
   link?: { class: 'free' | 'cheap' | 'expensive', costPerGiB: number, compress: 'none' | 'zstd', rateMbit?: number }
   /** The cap the sender keeps to (bytes/s on the wire): the lower of the link's and the move's (--max-rate), and which it is. */
   rateCap?: { bytesPerSecond: number, by: 'link' | 'move' }
-  /** Each layer of the image, base first: its bytes (null: not known before it is read), whether it is sent, its estimated cost. */
-  layers?: Array<{ diffId: string, bytes: number | null, send: boolean, cost: number }>
-  /** The layers to send × the link's price per GiB (before compression: an upper bound). */
+  /**
+   * Each layer of the image, base first: its bytes (null: not known before it is read), whether it
+   * is sent, its estimated cost; for a layer sent, `from` (the member it comes from: the source, or
+   * a member near the destination that holds it) and the class of the link it crosses.
+   */
+  layers?: Array<{ diffId: string, bytes: number | null, send: boolean, cost: number, from?: string, link?: 'free' | 'cheap' | 'expensive' }>
+  /** Bytes of the layers to send on each class of link (a layer from a holder crosses the holder's link). */
+  linkBytes?: { free: number, cheap: number, expensive: number }
+  /** Each layer to send × the price per GiB of the link it crosses (before compression: an upper bound). */
   estimatedCost?: number
   /** What the move does not do as asked but goes on without, e.g. a tag at the destination that names another image. */
   warnings?: string[]
@@ -55,6 +87,8 @@ export interface MovePlan {
    * the data on disk (holes not counted), null when this agent cannot read the volume directly.
    */
   volumeData?: Array<{ name: string, copy: 'rounds' | 'spool', bytes: number | null }>
+  /** (--live) What each end found (both ok: a preflight refusal never gets this far). */
+  live?: { source: LiveReport, destination: LiveReport }
 }
 
 /**
@@ -87,13 +121,23 @@ export type MoveEvent =
    * round inside the freeze.
    */
   | { event: 'round', moveId: string, round: number, bytes: number, files: number, final: boolean }
-  /** `bytesOnWire`: the blob bytes that crossed the link (compressed where it compresses); absent from an older agent. */
-  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, layersSent: number, layersSkipped: number, downtimeMs: number }
+  /**
+   * `bytesOnWire`: the blob bytes that crossed the link (compressed where it compresses); absent from
+   * an older agent. `bytesFromHolders`: layer bytes the destination took from members near it
+   * (not in `bytesSent`); absent when none.
+   */
+  | { event: 'done', moveId: string, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, bytesFromHolders?: number, layersSent: number, layersSkipped: number, downtimeMs: number, live?: LiveTimings }
   /**
    * `rollback`: 'none-needed' (refused before anything changed), 'done' (the source container runs
    * again, the destination removed what it made), 'incomplete' (say what could not be undone).
    */
-  | { event: 'failed', moveId: string | null, container: string, error: { name: string, message: string }, rollback: 'none-needed' | 'done' | 'incomplete' }
+  | { event: 'failed', moveId: string | null, container: string, error: { name: string, message: string }, rollback: 'none-needed' | 'done' | 'incomplete', resumed?: Resumed }
+
+/**
+ * How the source container of a live move runs again after a rollback: 'checkpoint' (restored from
+ * its own checkpoint: its processes go on with their memory), 'fresh' (that failed: started anew).
+ */
+export type Resumed = 'checkpoint' | 'fresh'
 
 /**
  * What the destination needs to judge and prepare a move. `purpose: 'snapshot'`: a failover snapshot
@@ -109,6 +153,8 @@ export interface PrepareRequest {
   volumes: Array<{ name: string, driver: string }>
   /** (purpose 'move') The operator's signed order naming this move, its destination and its spec's digest. */
   order?: SignedOrder
+  /** (--live) The source's CPU: the destination refuses another architecture, or CPU flags it lacks. */
+  live?: { arch: string, cpuFlags: string[] }
 }
 
 export interface PrepareReply {
@@ -130,7 +176,25 @@ export interface PrepareReply {
   decodes?: BlobEncoding[]
   /** This destination continues partial layers (LayerHeader `resume`); absent: an older agent, send layers whole. */
   resumes?: true
+  /** (live prepare) What this destination found: it takes the live move (a refusal is an error). */
+  live?: LiveReport
+  /** True: this destination takes `fetch` steps (a layer from a holder near it); absent from older agents. */
+  fetchesFromHolders?: boolean
 }
+
+/**
+ * (live move, after freeze) The checkpoint's files, each followed as a blob in this order, verified
+ * against its size and sha256 before the destination keeps it; paths are relative, of checked
+ * segments (CHECKPOINT_SEGMENT), at most CHECKPOINT_MAX_DEPTH deep.
+ */
+export interface CheckpointRequest { op: 'checkpoint', moveId: string, name: string, files: CheckpointFile[], encoding?: BlobEncoding }
+export interface CheckpointFile { path: string, size: number, digest: string }
+
+/** A checkpoint's name and each segment of its files' paths: no '/', no '.' or '..', no leading dot. */
+export const CHECKPOINT_SEGMENT = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
+export const CHECKPOINT_MAX_DEPTH = 4
+/** CRIU writes a few images per process and per mapping kind: thousands only for huge process trees. */
+export const CHECKPOINT_MAX_FILES = 4096
 
 /**
  * One round of a named volume's tree sync (agent/sync): after its JSON request the destination
@@ -192,6 +256,8 @@ export interface RestoreRequest {
   volumes: Array<{ name: string, destination: string, size: number }>
   /** Volumes whose data arrived by `volume` rounds (their final round done): nothing follows for them. */
   synced?: Array<{ name: string, destination: string }>
+  /** (live move) Start from the checkpoint of this name, received before by `checkpoint`. */
+  checkpoint?: string
   encoding?: BlobEncoding
 }
 
@@ -227,7 +293,47 @@ export interface StoreRequest {
   encoding?: BlobEncoding
 }
 
-export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest | VolumeRoundRequest
+/**
+ * Source → destination: take layer `diffId` (`size` bytes) of the prepared move from the member
+ * `holder` (its peer ID), which the source's `offer` on /goto/holder granted it (holders.ts).
+ * Answered like a `layer` (LayerReply) once the layer is verified here, or with the error that
+ * stopped it; the source then sends that layer itself. Only to a destination whose prepare reply
+ * said `fetchesFromHolders`.
+ */
+export interface FetchLayerRequest {
+  op: 'fetch'
+  moveId: string
+  diffId: string
+  size: number
+  holder: string
+  /** Other members that hold it too (peer IDs): a large layer is then fetched in parts, one from each at once. */
+  alsoFrom?: string[]
+}
+
+export type TransferRequest = PrepareRequest | LayerHeader | PreloadRequest | RestoreRequest | AbortRequest | StoreRequest | VolumeRoundRequest | CheckpointRequest | FetchLayerRequest
+
+// --- /goto/holder ------------------------------------------------------------------------
+
+/**
+ * Source → a member in the destination's location: which of `diffIds` do you hold? The request
+ * carries the operator's signed order of the move (checked as a destination checks it, but not
+ * spent), its spec and the image's config (base64; its sha256 is spec.image, and its rootfs names
+ * the layers): the holder then grants the order's destination those of the layers it holds, for
+ * HOLDER_GRANT_MS. Nobody else may fetch them.
+ */
+export interface HolderOfferRequest { op: 'offer', order: SignedOrder, spec: ContainerSpec, config: string, diffIds: string[] }
+export interface HolderOfferReply { held: Array<{ diffId: string, size: number }> }
+
+/**
+ * Destination → holder: layer `diffId` of move `moveId` — or, with `offset` and `length`, that
+ * part of it. Answered by an envelope `{ size }` (the bytes that follow; or the error:
+ * HolderRefusedError), then `size` bytes as raw frames; the destination verifies the whole layer
+ * against the diff ID while it streams.
+ */
+export interface HolderFetchRequest { op: 'fetch', moveId: string, diffId: string, offset?: number, length?: number }
+export interface HolderFetchReply { size: number }
+
+export type HolderRequest = HolderOfferRequest | HolderFetchRequest
 
 // --- checks -----------------------------------------------------------------------------
 
@@ -246,6 +352,13 @@ function moveId (v: unknown): string {
   const s = str(v, 'moveId', 64)
   if (!MOVE_ID.test(s)) throw new ProtocolError('moveId must be 16 hex digits')
   return s
+}
+
+/** At most this many holders of one layer (a few suffice: each is a stream within one location). */
+export const MAX_HOLDERS_PER_LAYER = 8
+function peerIds (v: unknown, what: string): string[] {
+  if (!Array.isArray(v) || v.length > MAX_HOLDERS_PER_LAYER - 1) throw new ProtocolError(`${what} must be a list of at most ${MAX_HOLDERS_PER_LAYER - 1} peer IDs`)
+  return v.map((x, i) => str(x, `${what}[${i}]`, 128))
 }
 
 export function parseOrderReply (v: unknown): OrderReply {
@@ -289,7 +402,8 @@ export function parseMoveOrder (v: unknown): MoveOrder {
     dryRun: o.dryRun === true,
     allowBindMounts: o.allowBindMounts === true,
     ...o.allowHostAccess === true ? { allowHostAccess: true } : {},
-    ...o.maxRate === undefined ? {} : { maxRate: positive(count(o.maxRate, 'maxRate'), 'maxRate') }
+    ...o.maxRate === undefined ? {} : { maxRate: positive(count(o.maxRate, 'maxRate'), 'maxRate') },
+    ...o.live === true ? { live: true } : {}
   }
 }
 
@@ -371,6 +485,28 @@ function syncedVolumes (v: unknown): Array<{ name: string, destination: string }
   return v.map((x, i) => { const vo = obj(x, `synced[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination') } })
 }
 
+function checkpointName (v: unknown): string {
+  const s = str(v, 'checkpoint name', 128)
+  if (!CHECKPOINT_SEGMENT.test(s)) throw new ProtocolError('checkpoint name must be letters, digits, ., _ or -, not starting with a dot')
+  return s
+}
+
+/** A relative path of checked segments, at most CHECKPOINT_MAX_DEPTH deep: it cannot leave the checkpoint's directory. */
+export function checkpointPath (v: unknown, what: string): string {
+  const s = str(v, what, 1024)
+  const parts = s.split('/')
+  if (parts.length > CHECKPOINT_MAX_DEPTH || !parts.every(p => CHECKPOINT_SEGMENT.test(p))) {
+    throw new ProtocolError(`${what} '${s}' must be a relative path of at most ${CHECKPOINT_MAX_DEPTH} plain segments`)
+  }
+  return s
+}
+
+function liveCpu (v: unknown): { arch: string, cpuFlags: string[] } {
+  const o = obj(v, 'live')
+  if (!Array.isArray(o.cpuFlags) || o.cpuFlags.length > 1024) throw new ProtocolError('live.cpuFlags must be a list')
+  return { arch: str(o.arch, 'live.arch', 64), cpuFlags: o.cpuFlags.map((f, i) => str(f, `live.cpuFlags[${i}]`, 64)) }
+}
+
 function encodingOf (o: Record<string, unknown>): { encoding?: BlobEncoding } {
   if (o.encoding === undefined || o.encoding === null) return {}
   if (o.encoding !== 'zstd') throw new ProtocolError(`unknown blob encoding '${String(o.encoding)}'`)
@@ -390,7 +526,8 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         spec: parseSpec(o.spec),
         image: { id: digest(img.id, 'image.id'), diffIds: digests(img.diffIds, 'image.diffIds'), os: str(img.os, 'image.os', 64), architecture: str(img.architecture, 'image.architecture', 64), size: count(img.size, 'image.size') },
         volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), driver: str(vo.driver ?? 'local', 'volume driver', 256) } }),
-        ...o.order === undefined || o.order === null ? {} : { order: parseSignedOrder(o.order) }
+        ...o.order === undefined || o.order === null ? {} : { order: parseSignedOrder(o.order) },
+        ...o.live === undefined || o.live === null ? {} : { live: liveCpu(o.live) }
       }
     }
     case 'layer':
@@ -408,8 +545,21 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         spec: parseSpec(o.spec),
         volumes: o.volumes.map((x, i) => { const vo = obj(x, `volumes[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), size: count(vo.size, 'volume size') } }),
         ...o.synced === undefined || o.synced === null ? {} : { synced: syncedVolumes(o.synced) },
+        ...o.checkpoint === undefined || o.checkpoint === null ? {} : { checkpoint: checkpointName(o.checkpoint) },
         ...encodingOf(o)
       }
+    }
+    case 'checkpoint': {
+      if (!Array.isArray(o.files) || o.files.length > CHECKPOINT_MAX_FILES) throw new ProtocolError(`files must be a list of at most ${CHECKPOINT_MAX_FILES}`)
+      const seen = new Set<string>()
+      const files = o.files.map((x, i): CheckpointFile => {
+        const fo = obj(x, `files[${i}]`)
+        const path = checkpointPath(fo.path, `files[${i}].path`)
+        if (seen.has(path)) throw new ProtocolError(`files[${i}].path ${path} is listed twice`)
+        seen.add(path)
+        return { path, size: count(fo.size, `files[${i}].size`), digest: digest(fo.digest, `files[${i}].digest`) }
+      })
+      return { op: 'checkpoint', moveId: moveId(o.moveId), name: checkpointName(o.name), files, ...encodingOf(o) }
     }
     case 'volume': {
       const round = count(o.round, 'round')
@@ -437,6 +587,11 @@ export function parseTransferRequest (v: unknown): TransferRequest {
         ...encodingOf(o)
       }
     }
+    case 'fetch':
+      return {
+        op: 'fetch', moveId: moveId(o.moveId), diffId: digest(o.diffId, 'diffId'), size: count(o.size, 'size'), holder: str(o.holder, 'holder', 128),
+        ...o.alsoFrom === undefined || o.alsoFrom === null ? {} : { alsoFrom: peerIds(o.alsoFrom, 'alsoFrom') }
+      }
     case 'preload':
       return { op: 'preload', moveId: moveId(o.moveId), config: str(o.config, 'config', 4 * 1024 * 1024), diffIds: digests(o.diffIds, 'diffIds') }
     case 'abort':
@@ -444,5 +599,36 @@ export function parseTransferRequest (v: unknown): TransferRequest {
       return { op: o.op, moveId: moveId(o.moveId) }
     default:
       throw new ProtocolError(`unknown transfer op '${String(o.op)}'`)
+  }
+}
+
+export function parseHolderRequest (v: unknown): HolderRequest {
+  const o = obj(v, 'holder request')
+  switch (o.op) {
+    case 'offer':
+      return { op: 'offer', order: parseSignedOrder(o.order), spec: parseSpec(o.spec), config: str(o.config, 'config', 4 * 1024 * 1024), diffIds: digests(o.diffIds, 'diffIds') }
+    case 'fetch': {
+      if ((o.offset === undefined) !== (o.length === undefined)) throw new ProtocolError('a part names both offset and length')
+      return {
+        op: 'fetch', moveId: moveId(o.moveId), diffId: digest(o.diffId, 'diffId'),
+        ...o.offset === undefined ? {} : { offset: count(o.offset, 'offset'), length: count(o.length, 'length') }
+      }
+    }
+    default:
+      throw new ProtocolError(`unknown holder op '${String(o.op)}'`)
+  }
+}
+
+/** A holder's reply to an offer, as the source reads it (at most one entry per asked layer). */
+export function parseHolderOfferReply (v: unknown, asked: readonly string[]): HolderOfferReply {
+  const o = obj(v, 'offer reply')
+  if (!Array.isArray(o.held) || o.held.length > asked.length) throw new ProtocolError('held must be a list of at most the layers asked for')
+  return {
+    held: o.held.map((h, i) => {
+      const ho = obj(h, `held[${i}]`)
+      const diffId = digest(ho.diffId, `held[${i}].diffId`)
+      if (!asked.includes(diffId)) throw new ProtocolError(`held[${i}] names a layer not asked for`)
+      return { diffId, size: count(ho.size, `held[${i}].size`) }
+    })
   }
 }

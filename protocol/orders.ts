@@ -69,7 +69,8 @@ export interface MoveOrderBody extends OrderCommon {
   allow: MoveAllowances
 }
 
-export interface MoveAllowances { binds: BindAllowance[], hostAccess?: true }
+/** `live: true` (--live): the destination may take the container's processes with their memory (a CRIU checkpoint). */
+export interface MoveAllowances { binds: BindAllowance[], hostAccess?: true, live?: true }
 
 /** Protect (or unprotect) the container `container` on the agent `host` (a peer ID). */
 export interface ProtectOrderBody extends OrderCommon {
@@ -170,6 +171,7 @@ export function parseSignedOrder (v: unknown): SignedOrder {
     if (!Array.isArray(allow.binds) || allow.binds.length > 256) throw new ProtocolError('order allow.binds must be a list')
     // Present only as true: an order's body must parse back to exactly what was signed.
     if (allow.hostAccess !== undefined && allow.hostAccess !== true) throw new ProtocolError('order allow.hostAccess must be true or absent')
+    if (allow.live !== undefined && allow.live !== true) throw new ProtocolError('order allow.live must be true or absent')
     const specDigest = str(b.specDigest, 'order specDigest', 80)
     if (!DIGEST.test(specDigest)) throw new ProtocolError('order specDigest must be sha256:<64 hex>')
     body = {
@@ -185,7 +187,8 @@ export function parseSignedOrder (v: unknown): SignedOrder {
           if (typeof bo.readOnly !== 'boolean') throw new ProtocolError(`order allow.binds[${i}].readOnly must be a boolean`)
           return { source: str(bo.source, 'bind source'), destination: str(bo.destination, 'bind destination'), readOnly: bo.readOnly }
         }),
-        ...allow.hostAccess === true ? { hostAccess: true as const } : {}
+        ...allow.hostAccess === true ? { hostAccess: true as const } : {},
+        ...allow.live === true ? { live: true as const } : {}
       }
     }
   } else if (b.kind === 'protect' || b.kind === 'unprotect') {

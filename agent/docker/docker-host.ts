@@ -17,7 +17,7 @@ import type { ContainerRow } from '../../protocol/messages.js'
 import type { LayerFiles } from './layer-files.js'
 import type { EngineProduct, ImageStore } from './engine-kind.js'
 import type {
-  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, SavedEntry
+  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, RestartPolicy, SavedEntry
 } from './types.js'
 
 export interface EngineVersion {
@@ -44,6 +44,8 @@ export interface EngineInfo {
   name: string
   cpus: number
   memoryBytes: number
+  /** `dockerd --experimental`: the engine takes checkpoints (`checkpoint`), which live moves need. */
+  experimental: boolean
 }
 
 /** A byte stream to send to the engine: a Readable or any async iterable of bytes. */
@@ -77,6 +79,30 @@ export interface DockerHost {
   stop (id: string, opts: { timeoutS: number }, signal?: AbortSignal): Promise<void>
   /** A running container is not an error. */
   start (id: string, signal?: AbortSignal): Promise<void>
+
+  /**
+   * A CRIU checkpoint of the running container's processes (memory, open files, the process tree)
+   * named `name`, after which the container is stopped (`docker checkpoint create`, not left
+   * running). Needs an experimental engine with CRIU on its PATH (DockerEngineError otherwise).
+   */
+  checkpoint (id: string, name: string, signal?: AbortSignal): Promise<void>
+  /** Starts a stopped (or created, never started) container from its checkpoint `name` (`docker start --checkpoint`). */
+  startFromCheckpoint (id: string, name: string, signal?: AbortSignal): Promise<void>
+  /**
+   * Sets the container's restart policy (`docker update --restart`), running or not. A live move
+   * sets `no` before its checkpoint: the engine restarts a checkpointed container of policy
+   * `always` (measured on 20.10: RestartCount 1 right after `checkpoint create`), which would run
+   * a fresh copy here while the destination restores the real one.
+   */
+  setRestartPolicy (id: string, policy: RestartPolicy, signal?: AbortSignal): Promise<void>
+  /** Removes checkpoint `name` of the container; one already gone is not an error. */
+  removeCheckpoint (id: string, name: string, signal?: AbortSignal): Promise<void>
+  /**
+   * Where the engine keeps checkpoint `name` of container `id` (`<data root>/containers/<id>/
+   * checkpoints/<name>`, which may not exist yet), for an engine on this host whose data root is a
+   * directory here; undefined otherwise (then no live move can read or place one).
+   */
+  checkpointDirectory (id: string, name: string, signal?: AbortSignal): Promise<string | undefined>
   remove (id: string, opts: { force: boolean, volumes: boolean }, signal?: AbortSignal): Promise<void>
   /** Gives the container another name (DockerConflictError when the name is taken). */
   rename (id: string, name: string, signal?: AbortSignal): Promise<void>

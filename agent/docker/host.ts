@@ -43,7 +43,7 @@ import { decodePathStat, exportContainerChanges, parseChanges } from './changes.
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
 import { imageStoreOf, productOf, type EngineProduct } from './engine-kind.js'
 import type {
-  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, SavedEntry
+  ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, RestartPolicy, SavedEntry
 } from './types.js'
 
 export { readSavedImage } from './saved-image.js'
@@ -99,7 +99,7 @@ export class DockerodeHost implements DockerHost {
   async info (signal?: AbortSignal): Promise<EngineInfo> {
     const i = await this.request<{
       Architecture?: string, OSType?: string, DockerRootDir?: string, Driver?: string, ServerVersion?: string,
-      Name?: string, NCPU?: number, MemTotal?: number, DriverStatus?: unknown, BuildahVersion?: unknown
+      Name?: string, NCPU?: number, MemTotal?: number, DriverStatus?: unknown, BuildahVersion?: unknown, ExperimentalBuild?: boolean
     }>({ what: 'info', notFound: 'none', method: 'GET', path: '/info' }, signal)
     return {
       architecture: normalizeArch(i.Architecture ?? ''),
@@ -110,7 +110,8 @@ export class DockerodeHost implements DockerHost {
       serverVersion: i.ServerVersion ?? '',
       name: i.Name ?? '',
       cpus: i.NCPU ?? 0,
-      memoryBytes: i.MemTotal ?? 0
+      memoryBytes: i.MemTotal ?? 0,
+      experimental: i.ExperimentalBuild === true
     }
   }
 
@@ -248,6 +249,34 @@ export class DockerodeHost implements DockerHost {
 
   async start (id: string, signal?: AbortSignal): Promise<void> {
     await this.request({ what: `start container '${id}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/start` }, signal)
+  }
+
+  async checkpoint (id: string, name: string, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `checkpoint container '${id}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/checkpoints`, body: { CheckpointID: name, Exit: true } }, signal)
+  }
+
+  async startFromCheckpoint (id: string, name: string, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `start container '${id}' from checkpoint '${name}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/start`, query: { checkpoint: name } }, signal)
+  }
+
+  async setRestartPolicy (id: string, policy: RestartPolicy, signal?: AbortSignal): Promise<void> {
+    await this.request({ what: `update the restart policy of container '${id}'`, notFound: 'container', method: 'POST', path: `/containers/${enc(id)}/update`, body: { RestartPolicy: { Name: policy.name, MaximumRetryCount: policy.maximumRetryCount } } }, signal)
+  }
+
+  async removeCheckpoint (id: string, name: string, signal?: AbortSignal): Promise<void> {
+    try {
+      await this.request({ what: `remove checkpoint '${name}' of container '${id}'`, notFound: 'container', method: 'DELETE', path: `/containers/${enc(id)}/checkpoints/${enc(name)}` }, signal)
+    } catch (err) {
+      if (!(err instanceof ContainerNotFoundError)) throw err
+    }
+  }
+
+  async checkpointDirectory (id: string, name: string, signal?: AbortSignal): Promise<string | undefined> {
+    const local = await this.localStorage(signal)
+    if (local === null || local.root === '' || !/^[0-9a-f]{64}$/.test(id) || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(name)) return undefined
+    const containers = join(local.root, 'containers')
+    if (!await stat(containers).then(st => st.isDirectory(), () => false)) return undefined
+    return join(containers, id, 'checkpoints', name)
   }
 
   async remove (id: string, opts: { force: boolean, volumes: boolean }, signal?: AbortSignal): Promise<void> {

@@ -27,6 +27,14 @@
  * keeping is a rename and the retry's sync hard-links unchanged files from it — so that a retry's
  * first round syncs against them and sends only what they lack.
  *
+ * A live move (prepare with `live`, allowed by the operator's order) is refused at prepare unless
+ * this host can take it (live.ts LiveCheck: CRIU, experimental engine, the source's CPU architecture
+ * and flags); after the freeze its checkpoint arrives (`checkpoint`): each file verified against its
+ * size and sha256 into `<engine data root>/goto-checkpoints/<move ID>/`, within MAX_CHECKPOINT_BYTES
+ * and the free disk. Restore then creates the container as in any move, renames the checkpoint
+ * into `<data root>/containers/<new id>/checkpoints/<name>` and starts it from there. A rollback
+ * removes the staged checkpoint with the rest.
+ *
  * A failover snapshot (agent/failover) is the same exchange prepared with purpose 'snapshot' and
  * ended by `store` instead of `restore`: the layers the image lacks here are loaded into the engine
  * (pre-copy, preload), and the frozen changes, spec and volume data are kept in the SnapshotStore
@@ -34,7 +42,7 @@
  */
 import { createHash } from 'node:crypto'
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Connection } from '@libp2p/interface'
 import type { VerifiedPeer } from '../../certs/verify.js'
@@ -46,6 +54,7 @@ import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import { counted } from '../transfer/counted.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { LiveLoad } from '../transfer/live-load.js'
+import type { HolderFetcher } from '../transfer/holders.js'
 import { loadBase, loadedImageId, loadVerified } from '../transfer/load.js'
 import type { ImageStore } from '../docker/engine-kind.js'
 import { layersToSend } from '../transfer/plan.js'
@@ -55,17 +64,18 @@ import { treeBytes } from './rounds.js'
 import { HashCache, NO_XATTRS, recoverSyncLeftovers, syncDestination, type SyncResult, type XattrAccess } from '../sync/index.js'
 import { syncDuplex } from '../transfer/sync-stream.js'
 import type { IncomingJournal, IncomingRecord } from './incoming-journal.js'
+import { MAX_CHECKPOINT_BYTES, cpuRefusal, receiveCheckpoint, type LiveCheck } from './live.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import type { JsonStream } from '../../protocol/wire.js'
 import { decodableEncodings, receiveEncoded } from '../transfer/encoding.js'
 import { checkHostPowers, specDigest, type MoveOrderBody, type OrderVerifier } from '../../protocol/orders.js'
 import {
-  parseTransferRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type ResumePoint, type PreloadRequest, type StoreRequest,
-  type VolumeRoundRequest
+  parseTransferRequest, type FetchLayerRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type ResumePoint, type PreloadRequest, type StoreRequest,
+  type VolumeRoundRequest, type CheckpointRequest, type LiveReport
 } from '../../protocol/move-messages.js'
 
 import {
-  ArchitectureMismatchError, ContainerNotFoundError, InsufficientDiskError, LayerTooLargeError, MoveInProgressError, NameConflictError,
+  ArchitectureMismatchError, CheckpointRefusedError, ContainerNotFoundError, HolderRefusedError, LiveUnavailableError, InsufficientDiskError, LayerTooLargeError, MoveInProgressError, NameConflictError,
   OrderMismatchError, OrderMissingError, PortConflictError, SpecMismatchError, SpecTooLargeError, TooManyTransfersError, UnknownMoveError, toWireError,
   VolumeSyncRefusedError, VolumeSyncTooLargeError, VolumeSyncUnavailableError
 } from '../../protocol/errors.js'
@@ -152,6 +162,8 @@ interface Pending {
   syncing: Set<string>
   /** The restore began: no more rounds. */
   restoring?: boolean
+  /** (live move) Prepared live; the checkpoint received, staged until the restore places it. */
+  liveMove?: { staged?: { name: string, dir: string } }
 }
 
 /**
@@ -187,12 +199,19 @@ export interface DestinationDeps {
   kept?: { settled: () => Promise<void> }
   /** Extended attributes of synced volumes (agent/sync attrTools; default: none). */
   xattrs?: XattrAccess
+  /** Fetches layers from members near this host that hold them (a source's `fetch` step; default: the step is not offered). */
+  holders?: HolderFetcher
   /** False: offer no volume rounds (every volume arrives as an archive inside the freeze; default true). */
   volumeRounds?: boolean
   /** False: synced trees of rolled-back transfers are not kept for a retry (default true). */
   retainVolumeTrees?: boolean
+  /** Whether this host can take a live move (default: none: a live prepare is refused). */
+  live?: Pick<LiveCheck, 'report'>
   log: Logger
 }
+
+/** Where a live move's checkpoint waits, under the engine's data root (the same filesystem as its containers: placing it is a rename). */
+const CHECKPOINT_STAGING = 'goto-checkpoints'
 
 export class DestinationService {
   private readonly moves = new Map<string, Pending>()
@@ -215,6 +234,7 @@ export class DestinationService {
   async start (): Promise<void> {
     await this.findRetainedTrees()
     await this.recover()
+    await this.removeStagedCheckpoints()
     await this.deps.auth.handle(TRANSFER_PROTOCOL, ['agent'], async (js, peer, connection) => { await this.serve(js, peer, connection) })
     this.timer = setInterval(() => { void this.expire() }, this.deps.timings.moveExpireCheckMs)
     this.timer.unref()
@@ -238,10 +258,12 @@ export class DestinationService {
       switch (req.op) {
         case 'prepare': reply = await this.prepare(req, peer, signal); break
         case 'layer': reply = await this.layer(req, js, peer, signal); break
+        case 'fetch': reply = await this.fetchLayer(req, peer, signal); break
         case 'preload': reply = await this.preload(req, peer, signal); break
         case 'restore': reply = await this.restore(req, js, peer, signal); break
         case 'store': reply = await this.store(req, js, peer, signal); break
         case 'volume': reply = await this.volumeRound(req, js, peer, signal); break
+        case 'checkpoint': reply = await this.checkpoint(req, js, peer, signal); break
         case 'abort': await this.rollback(this.own(req.moveId, peer), 'aborted by the source'); reply = {}; break
         case 'commit': reply = await this.commit(this.own(req.moveId, peer)); break
       }
@@ -279,6 +301,7 @@ export class DestinationService {
     // it may carry no host-level power at all (the snapshotter leaves bind mounts behind).
     const order = req.purpose === 'move' ? await this.checkOrder(req, peer) : undefined
     if (order === undefined) checkHostPowers(req.spec, { binds: [] })
+    const live = req.live === undefined ? undefined : await this.checkLive(req.live, order, signal)
     if (this.moves.has(req.moveId)) throw new MoveInProgressError(`transfer ${req.moveId} is already prepared here`)
     const info = await docker.info(signal)
     if (info.architecture !== req.image.architecture || info.os !== req.image.os) {
@@ -320,10 +343,84 @@ export class DestinationService {
       sentData: false,
       syncable,
       synced: new Map(),
-      syncing: new Set()
+      syncing: new Set(),
+      ...live === undefined ? {} : { liveMove: {} }
     })
     this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length, imageRef: ref, volumeSync: syncable.length })
-    return { present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {}, decodes: decodableEncodings(), resumes: true }
+    return { present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {}, decodes: decodableEncodings(), resumes: true, ...live === undefined ? {} : { live }, ...this.deps.holders === undefined ? {} : { fetchesFromHolders: true } }
+  }
+
+  /**
+   * A live prepare's preflight here: a move (not a snapshot) whose order allows it, this host able
+   * to take part (LiveCheck), the source's CPU architecture and flags. Refused before anything is made.
+   */
+  private async checkLive (cpu: { arch: string, cpuFlags: string[] }, order: MoveOrderBody | undefined, signal: AbortSignal): Promise<LiveReport> {
+    if (order === undefined) throw new LiveUnavailableError('a snapshot is never live')
+    if (order.allow.live !== true) throw new LiveUnavailableError('the operator\'s order does not allow a live move (--live)')
+    if (this.deps.live === undefined) throw new LiveUnavailableError('live move not possible: this agent checks no CRIU')
+    const { cpuFlags, ...report } = await this.deps.live.report(signal)
+    if (!report.ok) throw new LiveUnavailableError(`live move not possible: ${report.host}: ${report.missing.join('; ')}`)
+    const cpuWrong = cpuRefusal(cpu, { host: report.host, arch: report.arch, cpuFlags })
+    if (cpuWrong !== undefined) throw new LiveUnavailableError(`live move not possible: ${cpuWrong}`)
+    return report
+  }
+
+  /**
+   * (live move, after the source froze) The checkpoint's files, each verified into the staging
+   * directory; refused (the move rolls back here): a move not prepared live, a second checkpoint, a
+   * checkpoint once the restore began, more bytes than MAX_CHECKPOINT_BYTES or the free disk, a file
+   * not as announced.
+   */
+  private async checkpoint (req: CheckpointRequest, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<{ bytes: number }> {
+    const p = this.own(req.moveId, peer)
+    const { docker, log } = this.deps
+    if (p.liveMove === undefined) throw new CheckpointRefusedError(`move ${p.moveId} was not prepared live`)
+    if (p.liveMove.staged !== undefined || p.restoring === true) throw new CheckpointRefusedError(`move ${p.moveId} has its checkpoint already`)
+    try {
+      const root = (await docker.info(signal)).dockerRootDir
+      if (root === '') throw new CheckpointRefusedError('the engine names no data root')
+      const dir = join(root, CHECKPOINT_STAGING, p.moveId)
+      const free = await docker.freeDiskBytes(signal)
+      const max = Math.min(MAX_CHECKPOINT_BYTES, free ?? MAX_CHECKPOINT_BYTES)
+      p.liveMove.staged = { name: req.name, dir }
+      p.sentData = true
+      const blob = (size: number): AsyncIterable<Uint8Array> => this.received(receiveEncoded(js, size, req.encoding, () => new CheckpointRefusedError(`a file of move ${p.moveId}'s checkpoint is larger than announced`), signal))
+      const bytes = await receiveCheckpoint(dir, req.files, blob, max, signal)
+      p.touched = this.now()
+      log.info('checkpoint verified', { moveId: p.moveId, container: p.spec.name, files: req.files.length, bytes })
+      return { bytes }
+    } catch (err) {
+      await this.rollback(p, (err as Error).message)
+      throw err
+    }
+  }
+
+  /** Places the staged checkpoint into the created container's checkpoints and starts it from there. */
+  private async startFromStaged (p: Pending, name: string, containerId: string, signal: AbortSignal): Promise<void> {
+    const staged = p.liveMove?.staged
+    if (staged === undefined || staged.name !== name) throw new CheckpointRefusedError(`move ${p.moveId} restores from checkpoint '${name}', which did not arrive here`)
+    const target = await this.deps.docker.checkpointDirectory(containerId, name, signal)
+    if (target === undefined) throw new CheckpointRefusedError('the engine\'s containers are not in a directory this agent writes')
+    await mkdir(dirname(target), { recursive: true, mode: 0o700 })
+    await rename(staged.dir, target)
+    // Inside the container's directory now: removing the container removes it.
+    if (p.liveMove !== undefined) p.liveMove.staged = undefined
+    await this.deps.docker.startFromCheckpoint(containerId, name, signal)
+  }
+
+  /** After a restart: no live move is pending any more, so no staged checkpoint is wanted. */
+  private async removeStagedCheckpoints (): Promise<void> {
+    if (this.deps.live === undefined) return
+    const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
+    const root = await this.deps.docker.info(signal).then(i => i.dockerRootDir, () => '')
+    if (root !== '') await rm(join(root, CHECKPOINT_STAGING), { recursive: true, force: true }).catch(() => {})
+  }
+
+  private async dropStagedCheckpoint (p: Pending): Promise<void> {
+    const staged = p.liveMove?.staged
+    if (staged === undefined) return
+    p.liveMove = {}
+    await rm(staged.dir, { recursive: true, force: true }).catch(err => { this.deps.log.warn('staged checkpoint not removed', { moveId: p.moveId, error: (err as Error).message }) })
   }
 
   /**
@@ -488,6 +585,29 @@ export class DestinationService {
     return { diffId, bytes, kept: true }
   }
 
+  /**
+   * A layer of the prepared chain fetched from the holder the source names (agent/transfer/holders.ts),
+   * verified into the staging store as it streams (not into the live load: a holder's bad byte must
+   * cost only that layer, which the source then sends) — in parts from several holders at once when
+   * the source names more than one and the layer is large. Refused: a layer the move does not want,
+   * a holder that announces another size than the source was told.
+   */
+  private async fetchLayer (req: FetchLayerRequest, peer: VerifiedPeer, signal: AbortSignal): Promise<LayerReply> {
+    const p = this.own(req.moveId, peer)
+    const { store, log, holders } = this.deps
+    if (holders === undefined) throw new HolderRefusedError('this agent fetches no layers from holders')
+    if (!p.wanted.has(req.diffId) || !p.diffIds.slice(p.present).includes(req.diffId)) throw new UnknownMoveError(`layer ${req.diffId} is not one move ${p.moveId} lacks here`)
+    p.sentData = true
+    if (await store.has(req.diffId)) return { diffId: req.diffId, bytes: 0, kept: true }
+    const stream = await holders.fetch([req.holder, ...req.alsoFrom ?? []], p.moveId, req.diffId, req.size, signal)
+    const { bytes } = await store.receive(req.diffId, req.size, this.received(stream), signal)
+    // Counted once verified: a refused layer from a holder is sent by the source after all.
+    this.metrics.layerBytesFromHolder(bytes)
+    p.touched = this.now()
+    log.info('layer verified from a holder', { moveId: p.moveId, digest: req.diffId, holder: req.holder, bytes })
+    return { diffId: req.diffId, bytes, kept: true }
+  }
+
   /** Loads the image whose layers pre-copy staged, while the source container still runs. */
   private async preload (req: PreloadRequest, peer: VerifiedPeer, signal: AbortSignal): Promise<{ imageId: string }> {
     const p = this.own(req.moveId, peer)
@@ -560,9 +680,12 @@ export class DestinationService {
       // The ID the restore's load will give the image (the containerd store: its manifest's digest).
       const image = await loadedImageId({ config, diffIds: req.diffIds, store: this.deps.store, imageStore: p.imageStore })
       await this.journal(p, peer, { stage: 'restoring', spec: p.spec, image })
-      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: p.spec, store: this.deps.store, volumes, ownLoads: p.preloadedChain === undefined ? [] : [p.preloadedChain] }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
+      const checkpoint = req.checkpoint
+      if (checkpoint === undefined && p.liveMove?.staged !== undefined) throw new CheckpointRefusedError(`move ${p.moveId} sent a checkpoint but restores without it`)
+      const start = checkpoint === undefined ? {} : { start: async (id: string, s: AbortSignal) => { await this.startFromStaged(p, checkpoint, id, s) } }
+      const containerId = await restoreContainer(this.deps.docker, { config, diffIds: req.diffIds, spec: p.spec, store: this.deps.store, volumes, ownLoads: p.preloadedChain === undefined ? [] : [p.preloadedChain], ...start }, p.made, signal, this.deps.timings.restoreStartTimeoutMs)
       await this.journal(p, peer, { stage: 'restored' })
-      this.deps.log.info('move restored', { moveId: req.moveId, container: p.spec.name, containerId })
+      this.deps.log.info('move restored', { moveId: req.moveId, container: p.spec.name, containerId, ...checkpoint === undefined ? {} : { fromCheckpoint: checkpoint } })
       return { containerId }
     } catch (err) {
       await this.rollback(p, (err as Error).message)
@@ -726,6 +849,7 @@ export class DestinationService {
   /** Forgets a finished transfer and drops its staged layers. */
   private async end (p: Pending): Promise<void> {
     this.moves.delete(p.moveId)
+    await this.dropStagedCheckpoint(p)
     await this.forget(p)
     for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
   }
@@ -740,6 +864,7 @@ export class DestinationService {
       for (const [name, v] of p.synced) await this.retainTree(p.from, name, v.dir)
     }
     await undoRestore(this.deps.docker, p.made, this.deps.log)
+    await this.dropStagedCheckpoint(p)
     await this.forget(p)
     await this.retain(p)
     this.deps.log.warn(`${p.purpose} rolled back here`, { moveId: p.moveId, container: p.spec.name, why })

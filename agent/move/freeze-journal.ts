@@ -11,11 +11,15 @@
  *   aborting    unpaused here; the destination still has to hear `abort`.
  *   committed   removed here; the destination still has to hear `commit`.
  *
+ * A live move's record names its checkpoint (`checkpoint`): the container is then stopped, not
+ * paused, and "runs here again" means restored from that checkpoint (live.ts resumeSource).
+ *
  * The record goes once both ends agree. FreezeRecovery (recovery.ts) reads the journal when the
  * agent starts and retries the remote half until the destination answers or the move would have
  * expired there by itself.
  */
 import { Journal } from './journal.js'
+import type { RestartPolicy } from '../docker/types.js'
 
 export type FrozenStage = 'frozen' | 'committing' | 'aborting' | 'committed'
 
@@ -31,6 +35,10 @@ export interface FrozenRecord {
   volumes: string[]
   /** ISO time the record was first written (when the container froze). */
   at: string
+  /** (live move) The checkpoint the container stops with instead of a pause. */
+  checkpoint?: string
+  /** (live move) The restart policy it had, set to `no` for the checkpoint: given back when it runs here again. */
+  restartPolicy?: RestartPolicy
 }
 
 export type FreezeJournal = Journal<FrozenRecord>
@@ -51,7 +59,9 @@ function parseFrozen (v: unknown, moveId: string): FrozenRecord {
     typeof r.to?.name === 'string' && typeof r.to?.peerId === 'string' &&
     STAGES.includes(r.stage as FrozenStage) &&
     Array.isArray(r.volumes) && r.volumes.every(x => typeof x === 'string') &&
-    typeof r.at === 'string' && !Number.isNaN(Date.parse(r.at))
+    typeof r.at === 'string' && !Number.isNaN(Date.parse(r.at)) &&
+    (r.checkpoint === undefined || typeof r.checkpoint === 'string') &&
+    (r.restartPolicy === undefined || (typeof r.restartPolicy?.name === 'string' && typeof r.restartPolicy?.maximumRetryCount === 'number'))
   if (!ok) throw new TypeError('not a frozen-container record')
   return r as FrozenRecord
 }

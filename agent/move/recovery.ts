@@ -19,6 +19,7 @@ import type { Logger } from '../log.js'
 import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
 import type { ContainerLocks } from './locks.js'
 import { letGo } from './let-go.js'
+import { resumeSource } from './live.js'
 import { ContainerNotFoundError, UnknownMoveError } from '../../protocol/errors.js'
 
 export interface RecoveryDeps {
@@ -92,8 +93,12 @@ export class FreezeRecovery {
     const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(timings.transferControlTimeoutMs)])
     if (r.stage === 'frozen') {
       try {
-        const state = (await docker.inspectContainer(r.containerId, signal)).state
-        if (state.paused) await docker.unpause(r.containerId, signal)
+        if (r.checkpoint !== undefined) {
+          await resumeSource(docker, r.containerId, r.checkpoint, log.child({ container: r.name, moveId: r.moveId }), signal, r.restartPolicy)
+        } else {
+          const state = (await docker.inspectContainer(r.containerId, signal)).state
+          if (state.paused) await docker.unpause(r.containerId, signal)
+        }
         log.warn(`${r.purpose} cut short while the container was frozen: it runs here again`, { container: r.name, moveId: r.moveId, to: r.to.name })
       } catch (err) {
         if (!(err instanceof ContainerNotFoundError)) throw err

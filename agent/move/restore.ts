@@ -35,6 +35,8 @@ export interface RestoreInput {
   ownLoads?: string[][]
   /** Each named volume's archive (a tar of the mount point's parent entry), read in this order. */
   volumes: Array<{ name: string, destination: string, data: () => AsyncIterable<Uint8Array> }>
+  /** How the created container starts (default `docker.start`; a live move: from its checkpoint). */
+  start?: (containerId: string, signal: AbortSignal) => Promise<void>
 }
 
 /** What a restore created here. */
@@ -67,7 +69,7 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
   const containerId = await docker.create(spec, signal)
   made.containerId = containerId
   await putVolumes(docker, spec, containerId, input.volumes, made, signal)
-  await docker.start(containerId, signal)
+  await (input.start ?? (async (id, s) => { await docker.start(id, s) }))(containerId, signal)
   const deadline = Date.now() + startTimeoutMs
   for (;;) {
     const state = (await docker.inspectContainer(containerId, signal)).state

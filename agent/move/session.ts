@@ -7,19 +7,25 @@
  *   connect    an authenticated connection to the destination member (alive, not ourselves)
  *   prepare    the destination checks it can take the container and says which layers it has
  *              (a move carries the operator's signed order, which the destination verifies)
- *   precopy    the layers it lacks stream to it while the container runs; it loads them (preload)
+ *   precopy    the layers it lacks stream to it while the container runs; it loads them (preload).
+ *              Across a paid link, layers that a member in the destination's location holds
+ *              (found at prepare: transfer/holders.ts) are fetched by the destination from that
+ *              member instead; any it could not take that way are sent from here
  *   volumeRound (move) named volumes both ends can read directly (local driver, engine on the
  *              agent's host; the destination offered it in prepare's reply) are synced by
  *              difference (agent/sync) while the container runs, one round at a time (rounds.ts
  *              decides how many); the final round runs inside the freeze
- *   freeze     a freeze record (freeze-journal.ts), the pause, the container's changes as one layer
+ *   freeze     a freeze record (freeze-journal.ts), the pause — or, live, a CRIU checkpoint that
+ *              stops the container with its processes' memory kept — the container's changes as one layer
  *   handOver   (move) that layer to the destination
+ *   handOverCheckpoint (live move) the checkpoint's files, each verified there (live.ts)
  *   volumes    each other named volume's data spooled while the container is frozen
  *   thaw       (snapshot) the container runs again here, its frozen state spooled
  *   restore    (move) the destination makes and starts the container and confirms it runs
  *   store      (snapshot) the holder keeps the frozen state for a takeover
  *   commit     (move) the destination keeps it; the copy here goes
- *   abort      any failure: the destination removes what it made, the container here runs again;
+ *   abort      any failure: the destination removes what it made, the container here runs again
+ *              (live: restored from its own checkpoint, or started afresh if that fails);
  *              what cannot be done now stays in the freeze journal for recovery to finish
  *
  * `close()` always ends a session (it removes the spool unless the moved image is still being
@@ -32,9 +38,8 @@ import { join } from 'node:path'
 import type { AuthService } from '../net/auth-service.js'
 import { connectTo } from '../net/dial.js'
 import type { DockerHost } from '../docker/docker-host.js'
-import type { ContainerInfo, ContainerSpec, ImageInfo } from '../docker/types.js'
+import type { ContainerInfo, ContainerSpec, ImageInfo, RestartPolicy } from '../docker/types.js'
 import { buildLayeredConfig } from '../docker/layered-config.js'
-import type { PeerTable } from '../membership/peer-table.js'
 import type { LayerStore } from '../transfer/layer-store.js'
 import { loadVerified } from '../transfer/load.js'
 import { TransferLink, type Blob } from '../transfer/link.js'
@@ -42,6 +47,8 @@ import { LinkTable, locationOf, type LinkPolicy } from '../transfer/links.js'
 import { chainIds } from '../transfer/plan.js'
 import { bytesPerSecondToMbit, mbitToBytesPerSecond } from '../transfer/rate.js'
 import type { LayerSender } from '../transfer/layer-sender.js'
+import type { HeldBy, HolderLocator } from '../transfer/holders.js'
+import type { PeerEntry, PeerTable } from '../membership/peer-table.js'
 import { spoolToFile } from '../transfer/spool.js'
 import { HashCache, NO_XATTRS, syncSource, type XattrAccess } from '../sync/index.js'
 import type { RoundTally } from './rounds.js'
@@ -50,9 +57,10 @@ import type { Logger } from '../log.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { FreezeJournal, FrozenRecord } from './freeze-journal.js'
 import { letGo } from './let-go.js'
-import type { PrepareReply } from '../../protocol/move-messages.js'
+import { listCheckpoint, restartsByItself, resumeSource } from './live.js'
+import type { CheckpointFile, LiveReport, PrepareReply, Resumed } from '../../protocol/move-messages.js'
 import type { SignedOrder } from '../../protocol/orders.js'
-import { ContainerNotFoundError, DestinationUnavailableError, TransferStateError, UnknownContainerError, UnknownMoveError } from '../../protocol/errors.js'
+import { CheckpointFailedError, ContainerNotFoundError, DestinationUnavailableError, TransferStateError, UnknownContainerError, UnknownMoveError } from '../../protocol/errors.js'
 
 export interface SessionDeps {
   auth: AuthService
@@ -74,6 +82,8 @@ export interface SessionDeps {
   xattrs?: XattrAccess
   /** False: every volume spools inside the freeze, as before volume rounds (default true). */
   volumeRounds?: boolean
+  /** Members near a destination that hold layers it lacks (default: none asked; every layer comes from here). */
+  holders?: HolderLocator
   /** The mesh's link table and this host's labels: how blobs cross to each destination (default: the table's defaults, unlabelled). */
   links?: { table: LinkTable, selfLabels: Record<string, string> }
   log: Logger
@@ -98,10 +108,25 @@ export interface PreparedTransfer {
   imageRef?: 'free' | 'same' | 'taken'
   /** The volumes that go in rounds (the others spool inside the freeze). */
   synced: SyncedVolume[]
+  /** (live) What the destination found: it takes the live move. */
+  live?: LiveReport
+  /** Layers of `toSend` the destination is to fetch from a member near it (the others go from here). */
+  fromHolders: Map<string, HeldBy>
 }
 
-/** The frozen state: the container's changes as a layer, and the config of "image + that layer". */
-interface Frozen { topPath: string, top: { diffId: string, size: number }, config: Uint8Array, diffIds: string[], takenAt: string, at: number }
+/**
+ * The frozen state: the container's changes as a layer, and the config of "image + that layer";
+ * for a live move also its checkpoint (the engine's directory of it here, how long the dump took).
+ */
+interface Frozen {
+  topPath: string
+  top: { diffId: string, size: number }
+  config: Uint8Array
+  diffIds: string[]
+  takenAt: string
+  at: number
+  checkpoint?: { name: string, dir: string, ms: number, sent?: { bytes: number, files: number } }
+}
 
 export class TransferSession {
   readonly moveId: string
@@ -114,6 +139,12 @@ export class TransferSession {
   private paused = false
   /** The pause call failed: the container may be paused or not (the rollback looks). */
   private pauseUnsure = false
+  /** (live) The checkpoint this session asked for (it may have stopped the container): the rollback resumes from it. */
+  private checkpointed?: string
+  /** (live) How the rollback had the container run again. */
+  private how?: Resumed
+  /** (live) The restart policy set to `no` for the checkpoint, to give back on rollback. */
+  private policy0?: RestartPolicy
   /** This transfer's freeze record, from the pause until both ends agree on the outcome. */
   private record?: FrozenRecord
   private plan?: PreparedTransfer & { spec: ContainerSpec }
@@ -127,6 +158,8 @@ export class TransferSession {
   private keeping = false
   private bytes = 0
   private policy?: LinkPolicy
+  private toEntry?: PeerEntry
+  private fromHolder = 0
 
   /**
    * `opts.maxRate`: the move's own cap (bytes/s on the wire, `goto move --max-rate`); the sender
@@ -140,6 +173,11 @@ export class TransferSession {
   /** Payload bytes this transfer needed sent so far: the layers the destination lacked, the changes layer, volume archives. */
   get bytesSent (): number {
     return this.bytes
+  }
+
+  /** Layer bytes the destination took from members near it instead of from here. */
+  get bytesFromHolders (): number {
+    return this.fromHolder
   }
 
   /** Blob bytes handed to the wire so far (compressed where the link compresses). */
@@ -180,6 +218,7 @@ export class TransferSession {
     try {
       this.link = new TransferLink(await connectTo(this.deps.auth, entry.peerId, entry.addrs, signal), this.deps.metrics ?? NO_METRICS)
       this.to = to
+      this.toEntry = entry
       const links = this.deps.links ?? { table: new LinkTable(), selfLabels: {} }
       this.policy = links.table.between(locationOf(links.selfLabels), locationOf(entry.labels))
     } catch (err) {
@@ -191,13 +230,13 @@ export class TransferSession {
    * Asks the destination to take a container of `spec` (its image inspected here); it says which
    * layers it has. A move passes the operator's `order` naming this move and that spec.
    */
-  async prepare (spec: ContainerSpec, signal: AbortSignal, order?: SignedOrder): Promise<PreparedTransfer> {
+  async prepare (spec: ContainerSpec, signal: AbortSignal, order?: SignedOrder, live?: { arch: string, cpuFlags: string[] }): Promise<PreparedTransfer> {
     const link = this.linkFor('prepare')
     const image = await this.deps.docker.inspectImage(this.info.spec.image, signal)
     const volumes = volumesOf(spec)
     const prep = await link.call({
       op: 'prepare', moveId: this.moveId, purpose: this.purpose, spec, image: { id: image.id, diffIds: image.diffIds, os: image.os, architecture: image.architecture, size: image.size },
-      volumes: volumes.map(v => ({ name: v.name, driver: v.driver })), ...order === undefined ? {} : { order }
+      volumes: volumes.map(v => ({ name: v.name, driver: v.driver })), ...order === undefined ? {} : { order }, ...live === undefined ? {} : { live }
     }, [], signal) as PrepareReply
     // A prepare cut off before its reply is not aborted: the destination expires it when idle.
     this.prepared = true
@@ -212,8 +251,14 @@ export class TransferSession {
     })
     const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
     const synced = await this.syncable(volumes, prep, signal)
-    this.plan = { image, toSend, volumes, synced, spec }
-    return { image, toSend, volumes, synced, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef } }
+    const took = live === undefined ? {} : { live: prep.live ?? { host: this.to, ok: true, arch: '', missing: [] } }
+    // Across a paid link, ask the members next to the destination first (a move's order proves to them who may fetch).
+    const { holders } = this.deps
+    const fromHolders = holders !== undefined && order !== undefined && this.toEntry !== undefined && policy.class !== 'free' && prep.fetchesFromHolders === true && toSend.length > 0
+      ? await holders.find({ to: this.toEntry, order, spec, image, diffIds: toSend }, signal)
+      : new Map<string, HeldBy>()
+    this.plan = { image, toSend, volumes, synced, spec, fromHolders, ...took }
+    return { image, toSend, volumes, synced, fromHolders, ...prep.imageRef === undefined ? {} : { imageRef: prep.imageRef }, ...took }
   }
 
   /** The volumes both ends can sync directly (a destination without the step offers none). */
@@ -278,7 +323,8 @@ export class TransferSession {
     const plan = this.planFor('precopy')
     await this.makeSpool()
     if (plan.toSend.length === 0) return { bytes: 0, layers: 0 }
-    const sent = await this.deps.layers.send(link, this.moveId, plan.image, new Set(plan.toSend), this.spool, onBytes, signal)
+    const fetched = await this.fetchFromHolders(link, plan.fromHolders, signal)
+    const sent = await this.deps.layers.send(link, this.moveId, plan.image, new Set(plan.toSend.filter(d => !fetched.has(d))), this.spool, onBytes, signal)
     this.bytes += sent.bytes
     if (sent.config !== undefined) {
       // Into the destination's engine now, while the container runs: restore then loads only its changes.
@@ -288,40 +334,109 @@ export class TransferSession {
   }
 
   /**
+   * Has the destination fetch each layer a member near it holds; returns those it took. One it could
+   * not take (refused, cut, a wrong byte: the destination verified it) is left for this host to send.
+   */
+  private async fetchFromHolders (link: TransferLink, fromHolders: ReadonlyMap<string, HeldBy>, signal: AbortSignal): Promise<Set<string>> {
+    const fetched = new Set<string>()
+    for (const [diffId, h] of fromHolders) {
+      try {
+        await link.call({ op: 'fetch', moveId: this.moveId, diffId, size: h.size, holder: h.peerId, ...h.others === undefined ? {} : { alsoFrom: h.others.map(o => o.peerId) } }, [], signal)
+        fetched.add(diffId)
+        this.fromHolder += h.size
+        this.deps.log.info('layer taken from a member near the destination', { moveId: this.moveId, digest: diffId, holder: h.name, bytes: h.size })
+      } catch (err) {
+        if (signal.aborted) throw err
+        this.deps.log.warn('layer not taken from a member near the destination; sending it from here', { moveId: this.moveId, digest: diffId, holder: h.name, reason: (err as Error).name, error: (err as Error).message })
+      }
+    }
+    return fetched
+  }
+
+  /**
    * Records the freeze, pauses the container and exports what it changed as one layer tar (built
    * from the engine's change list: its cost follows the change, not the image), with the config of
    * "image + that layer". The image's config is read while the changes are exported.
    */
-  async freeze (comment: string, signal: AbortSignal): Promise<void> {
+  async freeze (comment: string, signal: AbortSignal, opts: { live?: boolean } = {}): Promise<void> {
     const link = this.linkFor('freeze')
     const plan = this.planFor('freeze')
-    if (this.frozen !== undefined || this.paused) throw new TransferStateError(`transfer ${this.moveId} is frozen already`)
+    if (this.frozen !== undefined || this.paused || this.checkpointed !== undefined) throw new TransferStateError(`transfer ${this.moveId} is frozen already`)
+    const live = opts.live === true
+    if (live && (this.purpose !== 'move' || plan.live === undefined)) throw new TransferStateError(`transfer ${this.moveId}: a live freeze of a transfer not prepared live`)
     await this.makeSpool()
     const { info, deps } = this
+    const checkpointName = `goto-${this.moveId}`
+    // The engine restarts a checkpointed container of policy `always` at once: set `no` for the checkpoint.
+    const policy = live && restartsByItself(info.spec.restartPolicy) ? info.spec.restartPolicy : undefined
     const record: FrozenRecord = {
       containerId: info.id, name: info.name, purpose: this.purpose, moveId: this.moveId, to: { name: this.to, peerId: link.peerId }, stage: 'frozen',
-      volumes: this.purpose === 'move' ? plan.volumes.map(v => v.name) : [], at: new Date().toISOString()
+      volumes: this.purpose === 'move' ? plan.volumes.map(v => v.name) : [], at: new Date().toISOString(), ...live ? { checkpoint: checkpointName } : {},
+      ...policy === undefined ? {} : { restartPolicy: policy }
     }
     await deps.journal.put(record)
     this.record = record
     const at = performance.now()
     const takenAt = new Date().toISOString()
-    try {
-      await deps.docker.pause(info.id, signal)
-    } catch (err) {
-      // The engine may have paused it all the same (an answer lost to a timeout or an abort):
-      // the rollback asks the engine instead of trusting this call.
-      this.pauseUnsure = true
-      throw err
+    let checkpoint: Frozen['checkpoint']
+    if (live) {
+      // From here on the container may be stopped with its checkpoint, or lack its policy: the rollback looks.
+      this.checkpointed = checkpointName
+      this.policy0 = policy
+      if (policy !== undefined) await deps.docker.setRestartPolicy(info.id, { name: 'no', maximumRetryCount: 0 }, signal)
+      try {
+        await deps.docker.checkpoint(info.id, checkpointName, signal)
+      } catch (err) {
+        throw new CheckpointFailedError(`the engine could not checkpoint '${info.name}': ${(err as Error).message}`, { cause: err })
+      }
+      const dir = await deps.docker.checkpointDirectory(info.id, checkpointName, signal)
+      if (dir === undefined) throw new CheckpointFailedError(`the checkpoint of '${info.name}' is not in a directory this agent reads`)
+      checkpoint = { name: checkpointName, dir, ms: Math.round(performance.now() - at) }
+    } else {
+      try {
+        await deps.docker.pause(info.id, signal)
+      } catch (err) {
+        // The engine may have paused it all the same (an answer lost to a timeout or an abort):
+        // the rollback asks the engine instead of trusting this call.
+        this.pauseUnsure = true
+        throw err
+      }
+      this.paused = true
     }
-    this.paused = true
     const topPath = join(this.spool, 'top.tar')
     const [top, imageConfig] = await Promise.all([
       deps.docker.exportChanges(info.id, topPath, signal),
       deps.docker.inspectImageConfig(plan.image.id, signal)
     ])
     const config = buildLayeredConfig(imageConfig, top.diffId, { comment })
-    this.frozen = { topPath, top: { diffId: top.diffId, size: top.size }, config, diffIds: [...plan.image.diffIds, top.diffId], takenAt, at }
+    this.frozen = { topPath, top: { diffId: top.diffId, size: top.size }, config, diffIds: [...plan.image.diffIds, top.diffId], takenAt, at, ...checkpoint === undefined ? {} : { checkpoint } }
+  }
+
+  /**
+   * (live move) Sends the checkpoint's files, read from the engine's directory of it here, each
+   * with its size and sha256 (the destination verifies every one before it keeps it).
+   */
+  async handOverCheckpoint (onBytes: (n: number) => void, signal: AbortSignal): Promise<{ bytes: number, files: number, ms: number }> {
+    const f = this.frozenFor('handOverCheckpoint')
+    if (f.checkpoint === undefined) throw new TransferStateError(`transfer ${this.moveId}: handOverCheckpoint of a freeze without a checkpoint`)
+    const t0 = performance.now()
+    const files: CheckpointFile[] = await listCheckpoint(f.checkpoint.dir, signal)
+    await this.linkFor('handOverCheckpoint').call({ op: 'checkpoint', moveId: this.moveId, name: f.checkpoint.name, files },
+      files.map(x => ({ size: x.size, path: join(f.checkpoint?.dir ?? '', x.path) })), signal, onBytes)
+    const bytes = files.reduce((n, x) => n + x.size, 0)
+    this.bytes += bytes
+    f.checkpoint.sent = { bytes, files: files.length }
+    return { bytes, files: files.length, ms: Math.round(performance.now() - t0) }
+  }
+
+  /** (live move) How long the checkpoint's dump took (0 before freeze or without one). */
+  get checkpointMs (): number {
+    return this.frozen?.checkpoint?.ms ?? 0
+  }
+
+  /** (live move, after a rollback) How the container runs here again: from its checkpoint or afresh. */
+  get resumed (): Resumed | undefined {
+    return this.how
   }
 
   /** (move) Sends the frozen changes layer. */
@@ -368,10 +483,12 @@ export class TransferSession {
     const f = this.frozenFor('restore')
     const plan = this.planFor('restore')
     if (plan.synced.length > 0 && !this.finalRoundDone) throw new TransferStateError(`transfer ${this.moveId}: restore before the final volume round`)
+    if (f.checkpoint !== undefined && f.checkpoint.sent === undefined) throw new TransferStateError(`transfer ${this.moveId}: restore before the checkpoint was handed over`)
     await this.linkFor('restore').call({
       op: 'restore', moveId: this.moveId, config: Buffer.from(f.config).toString('base64'), diffIds: f.diffIds, spec: plan.spec,
       volumes: this.archives.map(a => ({ name: a.name, destination: a.destination, size: a.size })),
-      ...plan.synced.length === 0 ? {} : { synced: plan.synced.map(v => ({ name: v.name, destination: v.destination })) }
+      ...plan.synced.length === 0 ? {} : { synced: plan.synced.map(v => ({ name: v.name, destination: v.destination })) },
+      ...f.checkpoint === undefined ? {} : { checkpoint: f.checkpoint.name }
     }, this.blobs(this.archives), signal)
     this.bytes += sum(this.archives)
     return Math.round(performance.now() - f.at)
@@ -406,6 +523,7 @@ export class TransferSession {
     await this.deps.journal.update(record, { stage: 'committing' })
     this.prepared = false
     this.paused = false
+    this.checkpointed = undefined
     const log = this.deps.log.child({ moveId: this.moveId, container: this.info.name })
     const [committed, gone] = await Promise.allSettled([
       this.linkFor('commit').call({ op: 'commit', moveId: this.moveId }, [], signal),
@@ -428,7 +546,7 @@ export class TransferSession {
    * done now stays in the freeze journal for recovery to retry.
    */
   async abort (): Promise<'none-needed' | 'done' | 'incomplete'> {
-    if (!this.prepared && !this.paused && !this.pauseUnsure) return 'none-needed'
+    if (!this.prepared && !this.paused && !this.pauseUnsure && this.checkpointed === undefined) return 'none-needed'
     const signal = AbortSignal.timeout(this.deps.timings.transferControlTimeoutMs)
     let ok = true
     let told = true
@@ -444,6 +562,16 @@ export class TransferSession {
       } catch (err) {
         ok = false
         this.deps.log.error('rollback: could not unpause the source container; trying again later', { container: this.info.name, moveId: this.moveId, error: (err as Error).message })
+      }
+    }
+    if (this.checkpointed !== undefined) {
+      try {
+        const how = await resumeSource(this.deps.docker, this.info.id, this.checkpointed, this.deps.log.child({ container: this.info.name, moveId: this.moveId }), signal, this.policy0)
+        if (how !== 'running') this.how = how
+        this.checkpointed = undefined
+      } catch (err) {
+        ok = false
+        this.deps.log.error('rollback: could not start the source container again; trying again later', { container: this.info.name, moveId: this.moveId, error: (err as Error).message })
       }
     }
     if (ok && this.record !== undefined) {

@@ -15,11 +15,17 @@
  *             round sends what changed since the previous one, a `round` event each), until a
  *             round's difference is small enough or stops shrinking.
  *   freeze    pause; what the container changed becomes one layer (from the engine's change list).
- *   hand-over that layer, the final volume round (only the last difference), the other volumes' data.
- *   restore   the destination loads, creates, copies the volume data, starts and confirms `running`.
+ *             --live: a CRIU checkpoint instead of the pause (it stops the container with its
+ *             processes' memory kept); both ends were asked first (live.ts: CRIU, experimental
+ *             engine, CPU) and the move is refused before anything freezes if either cannot.
+ *   hand-over that layer, the final volume round (only the last difference), the other volumes' data,
+ *             and (live) the checkpoint's files, verified one by one at the destination.
+ *   restore   the destination loads, creates, copies the volume data, starts (live: from the
+ *             checkpoint, the processes going on where they were) and confirms `running`.
  *   commit    only then is the source container removed (with its moved volumes).
  * Any failure before the destination confirmed: the session rolls back — the destination removes
- * what it made, the source container is unpaused, nothing is lost. Downtime is pause → running at
+ * what it made, the source container is unpaused (live: restored from its own checkpoint, or
+ * started afresh if that fails — the log and the `failed` event say which), nothing is lost. Downtime is pause → running at
  * the destination. If this agent dies meanwhile, freeze recovery (recovery.ts) finishes the job.
  */
 import type { AuthService } from '../net/auth-service.js'
@@ -30,16 +36,17 @@ import type { Timings } from '../timings.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import type { ContainerLocks } from './locks.js'
 import type { KeptImages } from './kept-images.js'
-import { TransferSession, inspectSource, type SessionDeps } from './session.js'
+import { TransferSession, inspectSource, type PreparedTransfer, type SessionDeps } from './session.js'
 import { nextAfterRound, treeBytes, type RoundTally, type RoundTimings } from './rounds.js'
 import { costOf } from '../transfer/links.js'
 import { MOVE_PROTOCOL } from '../../protocol/ids.js'
-import { parseMoveOrder, parseOrderReply, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest } from '../../protocol/move-messages.js'
+import { parseMoveOrder, parseOrderReply, type LiveTimings, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest, type Resumed } from '../../protocol/move-messages.js'
 import { specDigest, type SignedOrder } from '../../protocol/orders.js'
 import { describeRefusals } from '../../protocol/fidelity.js'
+import type { LiveCheck } from './live.js'
 import {
   BindMountRefusedError, ContainerNotRunningError, DestinationUnavailableError, FieldRefusedError, HostAccessRefusedError, ImageNotFoundError,
-  MoveInProgressError, toWireError
+  LiveUnavailableError, MoveInProgressError, toWireError
 } from '../../protocol/errors.js'
 
 /** Progress events at most this often, so a fast transfer does not flood the operator's terminal. */
@@ -66,6 +73,8 @@ export interface MoveDeps {
   timings: Pick<Timings, 'transferControlTimeoutMs'> & RoundTimings
   /** Moves started, ended and their durations (default: none kept). */
   metrics?: Pick<Metrics, 'moveStarted' | 'moveEnded'>
+  /** Whether this host can take part in a live move (default: none: every --live move is refused). */
+  live?: Pick<LiveCheck, 'require'>
   log: Logger
 }
 
@@ -125,17 +134,17 @@ export class MoveService {
     } catch (err) {
       const rollback = await session.abort()
       if (!order.dryRun) this.metrics.moveEnded('failed', { seconds: secondsSince(startedAt), reason: toWireError(err).name })
-      await this.failed(order, emit, err, session.moveId, rollback)
+      await this.failed(order, emit, err, session.moveId, rollback, session.resumed)
     } finally {
       this.deps.locks.release(info.id)
       await session.close()
     }
   }
 
-  private async failed (order: MoveOrder, emit: Emit, err: unknown, moveId: string | null, rollback: 'none-needed' | 'done' | 'incomplete'): Promise<void> {
+  private async failed (order: MoveOrder, emit: Emit, err: unknown, moveId: string | null, rollback: 'none-needed' | 'done' | 'incomplete', resumed?: Resumed): Promise<void> {
     const error = toWireError(err)
-    this.deps.log.warn('move failed', { moveId, container: order.container, to: order.to, reason: error.name, error: error.message, rollback })
-    await emit({ event: 'failed', moveId, container: order.container, error, rollback })
+    this.deps.log.warn('move failed', { moveId, container: order.container, to: order.to, reason: error.name, error: error.message, rollback, resumed })
+    await emit({ event: 'failed', moveId, container: order.container, error, rollback, ...resumed === undefined ? {} : { resumed } })
   }
 
   /** The six steps; throws on failure (the caller rolls back). */
@@ -148,11 +157,14 @@ export class MoveService {
     await step('plan')
     const warnings: string[] = []
     const spec = await this.planSpec(info, order, warnings, signal)
+    // A live move asks this host first, before anything reaches the destination; the destination
+    // answers for itself at prepare (and refuses there, before it takes anything).
+    const live = order.live === true ? await this.liveHere(signal) : undefined
     await session.connect(order.to, signal)
     const signed = await sign({
       moveId, container: info.name, from: this.deps.selfId, fromName: from, to: session.destinationId, toName: order.to, spec, specDigest: specDigest(spec)
     }, signal)
-    const prepared = await session.prepare(spec, signal, signed)
+    const prepared = await session.prepare(spec, signal, signed, live === undefined ? undefined : { arch: live.arch, cpuFlags: live.cpuFlags })
     const { image, toSend } = prepared
     const plan: MovePlan = {
       moveId, container: info.name, from, to: order.to, image: image.id,
@@ -167,10 +179,14 @@ export class MoveService {
     }
     const cap = session.rateCap
     if (cap !== undefined) plan.rateCap = cap
+    if (live !== undefined && prepared.live !== undefined) {
+      const { cpuFlags: _, ...source } = live
+      plan.live = { source, destination: prepared.live }
+    }
     if (prepared.imageRef === 'taken' && spec.imageRef !== undefined) {
       warnings.push(`${order.to} has a tag ${spec.imageRef} on another image, which keeps it: the container runs there as image ${image.id.slice(7, 19)} with no name`)
     }
-    if (order.dryRun) await this.costPlan(plan, session, toSend, image.diffIds, signal)
+    if (order.dryRun) await this.costPlan(plan, session, prepared, signal)
     if (warnings.length > 0) {
       plan.warnings = warnings
       for (const w of warnings) log.warn('move plan', { warning: w })
@@ -196,15 +212,24 @@ export class MoveService {
     }
 
     await step('freeze')
-    await session.freeze(`go-to move ${moveId}`, signal)
+    await session.freeze(`go-to move ${moveId}`, signal, { live: live !== undefined })
+    if (live !== undefined) log.info('checkpoint taken', { ms: session.checkpointMs })
 
     await step('hand-over')
     const hand = await session.handOver(this.progress(moveId, 'hand-over', session.changesBytes, emit), signal)
     if (session.syncedVolumes.length > 0) await round(true)
     await session.spoolVolumes(signal)
+    let liveTimings: LiveTimings | undefined
+    if (live !== undefined) {
+      const cp = await session.handOverCheckpoint(this.progress(moveId, 'hand-over', 0, emit), signal)
+      log.info('checkpoint handed over', { bytes: cp.bytes, files: cp.files, ms: cp.ms })
+      liveTimings = { checkpointMs: session.checkpointMs, checkpointBytes: cp.bytes, checkpointFiles: cp.files, transferMs: cp.ms, restoreMs: 0 }
+    }
 
     await step('restore')
+    const restoreAt = performance.now()
     const downtimeMs = await session.restore(signal)
+    if (liveTimings !== undefined) liveTimings.restoreMs = Math.round(performance.now() - restoreAt)
 
     await step('commit')
     await session.commit()
@@ -213,9 +238,20 @@ export class MoveService {
     this.deps.kept.track(session.keepImage(), log)
     const bytesSent = session.bytesSent
     const bytesOnWire = session.wireBytes
-    log.info('move done', { bytesSent, bytesOnWire, downtimeMs })
+    const bytesFromHolders = session.bytesFromHolders
+    log.info('move done', { bytesSent, bytesOnWire, bytesFromHolders, downtimeMs, ...liveTimings })
     this.metrics.moveEnded('succeeded', { seconds: secondsSince(startedAt), downtimeSeconds: downtimeMs / 1000 })
-    await emit({ event: 'done', moveId, container: info.name, from, to: order.to, bytesSent, bytesOnWire, layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs })
+    await emit({
+      event: 'done', moveId, container: info.name, from, to: order.to, bytesSent, bytesOnWire, ...bytesFromHolders > 0 ? { bytesFromHolders } : {},
+      layersSent: pre.layers + hand.layers, layersSkipped: plan.layersPresent, downtimeMs,
+      ...liveTimings === undefined ? {} : { live: liveTimings }
+    })
+  }
+
+  /** This host's part of a live move's preflight (live.ts), or LiveUnavailableError saying what it lacks. */
+  private async liveHere (signal: AbortSignal): Promise<Awaited<ReturnType<LiveCheck['require']>>> {
+    if (this.deps.live === undefined) throw new LiveUnavailableError(`live move not possible: ${this.deps.sessions.selfName}: this agent checks no CRIU`)
+    return await this.deps.live.require(signal)
   }
 
   /**
@@ -241,18 +277,28 @@ export class MoveService {
     return extra === undefined ? spec : { ...spec, labels: { ...spec.labels, ...extra } }
   }
 
-  /** (dry run) The link's class and price, each layer's bytes and the estimated cost of sending them. */
-  private async costPlan (plan: MovePlan, session: TransferSession, toSend: readonly string[], diffIds: readonly string[], signal: AbortSignal): Promise<void> {
+  /**
+   * (dry run) The link's class and price; each layer's bytes, where it comes from (here, or a member
+   * near the destination that holds it), the link it crosses and the estimated cost; bytes per class of link.
+   */
+  private async costPlan (plan: MovePlan, session: TransferSession, prepared: PreparedTransfer, signal: AbortSignal): Promise<void> {
     const link = session.linkPolicy
     const sizes = await session.layerBytes(signal)
-    const send = new Set(toSend)
+    const send = new Set(prepared.toSend)
     plan.link = { class: link.class, costPerGiB: link.costPerGiB, compress: link.compress, ...link.rateMbit === undefined ? {} : { rateMbit: link.rateMbit } }
-    plan.layers = diffIds.map(d => {
-      const bytes = sizes?.get(d) ?? null
-      return { diffId: d, bytes, send: send.has(d), cost: send.has(d) && bytes !== null ? costOf(bytes, link.costPerGiB) : 0 }
+    const linkBytes = { free: 0, cheap: 0, expensive: 0 }
+    plan.layers = prepared.image.diffIds.map(d => {
+      if (!send.has(d)) return { diffId: d, bytes: sizes?.get(d) ?? null, send: false, cost: 0 }
+      const held = prepared.fromHolders.get(d)
+      const bytes = sizes?.get(d) ?? held?.size ?? null
+      const via = held === undefined ? { from: plan.from, link: link.class, costPerGiB: link.costPerGiB } : { from: held.name, link: held.link, costPerGiB: held.costPerGiB }
+      linkBytes[via.link] += bytes ?? 0
+      return { diffId: d, bytes, send: true, cost: bytes === null ? 0 : costOf(bytes, via.costPerGiB), from: via.from, link: via.link }
     })
     if (sizes !== undefined) plan.bytesToSend = plan.layers.reduce((n, l) => n + (l.send ? l.bytes ?? 0 : 0), 0)
-    plan.estimatedCost = costOf(plan.bytesToSend, link.costPerGiB)
+    plan.linkBytes = linkBytes
+    // Layers of unknown size (docker save only) are priced as the image's size on the source's link.
+    plan.estimatedCost = sizes === undefined ? costOf(plan.bytesToSend, link.costPerGiB) : plan.layers.reduce((n, l) => n + l.cost, 0)
   }
 
   /** The spec without its imageRef when that tag names another image here now (the container's was retagged). */

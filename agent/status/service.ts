@@ -24,6 +24,8 @@ export interface StatusDeps {
   failover: { status: () => FailoverStatus }
   startedAt: number
   timings: Timings
+  /** Whether this host can take live moves (move/live.ts LiveCheck; default: not shown). */
+  live?: { report: (signal: AbortSignal) => Promise<{ ok: boolean, criu?: string, missing: string[] }> }
   log: Logger
 }
 
@@ -104,6 +106,7 @@ export class StatusService {
     } catch (err) {
       docker = { error: (err as Error).message }
     }
+    const live = await this.deps.live?.report(signal).then(r => ({ ok: r.ok, ...r.criu === undefined ? {} : { criu: r.criu }, missing: r.missing }), () => undefined)
     return {
       name: self.name,
       peerId: self.peerId,
@@ -113,7 +116,8 @@ export class StatusService {
       docker,
       containers: containers.map(({ labels: _labels, ...c }) => c),
       peers: this.deps.table.counts(),
-      failover: this.deps.failover.status()
+      failover: this.deps.failover.status(),
+      ...live === undefined ? {} : { live }
     }
   }
 }

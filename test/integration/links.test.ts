@@ -1,13 +1,19 @@
 /**
- * Links between clouds in the lab: two hosts labelled with different providers (vagrant-1, aws-1),
- * whose agents share one link table: vagrant ↔ aws is 'expensive' at 0.09/GiB, zstd, capped at
- * 40 Mbit/s. A move of a compressible image arrives identical with fewer bytes on the wire than its
- * layer; an incompressible 16 MiB layer takes the cap's time; a dry run prices each layer. One lab
- * for the file (prefix gotolabz), torn down in after() even when a test failed.
+ * Links between clouds in the lab: three "clouds" by provider label — vagrant (vagrant-1,
+ * vagrant-2), aws (aws-1, aws-2) and azure (azure-1) — whose agents share one link table: vagrant ↔
+ * aws is 'expensive' at 0.09/GiB, zstd, capped at 40 Mbit/s (other pairs of clouds: the default,
+ * expensive). Traffic between clouds leaves each host's namespace through a tbf (SHAPED_MBIT) on
+ * its own htb class, so the kernel counts the bytes that cross a shaped link; traffic within a
+ * cloud is not shaped. A move of a compressible image arrives identical with fewer bytes on the
+ * wire than its layer; an incompressible 16 MiB layer takes the cap's time; a dry run prices each
+ * layer; a move into aws where aws-2 holds the image takes it from there (no image bytes on the
+ * shaped links), and one whose holder serves a corrupted byte takes it from the source instead.
+ * One lab for the file (prefix gotolabz), torn down in after() even when a test failed.
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
 import { execFile } from 'node:child_process'
+import { open, readFile } from 'node:fs/promises'
 import { moveJson } from '../fixtures/move-cli.js'
 import { promisify } from 'node:util'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
@@ -20,13 +26,18 @@ type Plan = Extract<MoveEvent, { event: 'plan' }>['plan']
 const MiB = 1024 * 1024
 /** The cap of the lab's vagrant ↔ aws link, and what a 16 MiB random layer takes under it (3.4 s). */
 const RATE_MBIT = 40
+/** The tbf between clouds (on every host's egress towards another cloud). */
+const SHAPED_MBIT = 100
 const LINKS = [{ from: { provider: 'vagrant' }, to: { provider: 'aws' }, class: 'expensive', costPerGiB: 0.09, rateMbit: RATE_MBIT, compress: 'zstd' }]
 
-describe('links between clouds in the lab (2 providers, zstd, a rate cap, dry-run costs)', function () {
+describe('links between clouds in the lab (3 clouds, zstd, a rate cap, dry-run costs, layers from a holder)', function () {
   this.timeout(120_000)
   const lab = new Lab({ prefix: 'gotolabz', subnet: '10.213.20.0/24', agentArgs: () => ['--links-json', JSON.stringify(LINKS)] })
   let A: LabHost
   let B: LabHost
+  /** aws-2: a member in B's cloud that holds images the tests give it. */
+  let E: LabHost
+  let hosts: LabHost[]
 
   async function docker (h: LabHost, ...args: string[]): Promise<string> {
     const { stdout } = await run('/usr/bin/docker', ['-H', h.dockerHost, ...args], { maxBuffer: 16 * MiB })
@@ -48,6 +59,39 @@ describe('links between clouds in the lab (2 providers, zstd, a rate cap, dry-ru
     return last as Done
   }
 
+  /**
+   * The host's egress to the hosts of other clouds through htb class 1:20 with a tbf of SHAPED_MBIT
+   * under it (u32 filters by destination address); everything else (its own cloud) through 1:10, unshaped.
+   */
+  async function shapeBetweenClouds (h: LabHost, all: LabHost[]): Promise<void> {
+    const tc = async (...args: string[]): Promise<void> => { await run('ip', ['netns', 'exec', h.netns, 'tc', ...args]) }
+    await tc('qdisc', 'add', 'dev', 'eth0', 'root', 'handle', '1:', 'htb', 'default', '10')
+    await tc('class', 'add', 'dev', 'eth0', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit')
+    await tc('class', 'add', 'dev', 'eth0', 'parent', '1:', 'classid', '1:20', 'htb', 'rate', '10gbit')
+    await tc('qdisc', 'add', 'dev', 'eth0', 'parent', '1:20', 'handle', '20:', 'tbf', 'rate', `${SHAPED_MBIT}mbit`, 'burst', '256kb', 'latency', '100ms')
+    for (const o of all) {
+      if (o.provider === h.provider) continue
+      await tc('filter', 'add', 'dev', 'eth0', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32', 'match', 'ip', 'dst', `${o.ip}/32`, 'flowid', '1:20')
+    }
+  }
+
+  /** Bytes every host has sent through its tbf to other clouds so far (the kernel's count, not the agents'). */
+  async function shapedBytes (): Promise<number> {
+    let total = 0
+    for (const h of hosts) {
+      const { stdout } = await run('ip', ['netns', 'exec', h.netns, 'tc', '-s', '-j', 'qdisc', 'show', 'dev', 'eth0'])
+      const tbf = (JSON.parse(stdout) as Array<{ kind: string, bytes?: number }>).find(q => q.kind === 'tbf')
+      if (tbf?.bytes === undefined) throw new Error(`no tbf counters on ${h.name}: ${stdout}`)
+      total += tbf.bytes
+    }
+    return total
+  }
+
+  /** Image `ref` from A's engine into `to`'s (through this process, not the lab's network). */
+  async function copyImage (ref: string, to: LabHost): Promise<void> {
+    await run('/bin/sh', ['-c', `/usr/bin/docker -H ${A.dockerHost} save ${ref} | /usr/bin/docker -H ${to.dockerHost} load`])
+  }
+
   async function aliveAt (from: LabHost, name: string): Promise<boolean> {
     const r = await lab.cli(['peers', '--json'], { agent: from.agentAddr })
     return r.code === 0 && (JSON.parse(r.stdout) as PeerRow[]).some(p => p.name === name && p.state === 'alive')
@@ -56,10 +100,12 @@ describe('links between clouds in the lab (2 providers, zstd, a rate cap, dry-ru
   before(async function () {
     this.timeout(300_000)
     await lab.down()
-    ;[A, B] = await lab.up(2)
-    expect([A.name, B.name]).to.deep.equal(['vagrant-1', 'aws-1'])
-    for (const h of [A, B]) {
-      for (const other of [A, B]) await waitFor(async () => await aliveAt(h, other.name), { timeoutMs: 60_000, intervalMs: 250, what: `${other.name} alive at ${h.name}` })
+    hosts = await lab.up(5)
+    ;[A, B, , , E] = hosts
+    expect(hosts.map(h => h.name)).to.deep.equal(['vagrant-1', 'aws-1', 'azure-1', 'vagrant-2', 'aws-2'])
+    for (const h of hosts) await shapeBetweenClouds(h, hosts)
+    for (const h of [A, B, E]) {
+      for (const other of hosts) await waitFor(async () => await aliveAt(h, other.name), { timeoutMs: 90_000, intervalMs: 500, what: `${other.name} alive at ${h.name}` })
     }
     // A compressible 24 MiB layer (text), and an incompressible 16 MiB one (random bytes).
     await docker(A, 'run', '--name', 'b1', 'gotolab/base:latest', 'sh', '-c', 'yes "a line of text that zstd makes small, as logs and code are" | head -c 25165824 > /text.txt')
@@ -69,6 +115,15 @@ describe('links between clouds in the lab (2 providers, zstd, a rate cap, dry-ru
     await docker(A, 'rm', 'b1', 'b2')
     await docker(A, 'run', '-d', '--name', 'zipme', 'text:v1', 'sleep', '3600')
     await docker(A, 'run', '-d', '--name', 'capped', 'rand:v1', 'sleep', '3600')
+    // Two images aws-2 holds too (loaded from A's engine): one it serves as it is, one it corrupts.
+    for (const [tag, mib] of [['held:v1', 24], ['spoilt:v1', 8]] as const) {
+      await docker(A, 'run', '--name', 'b3', 'gotolab/base:latest', 'sh', '-c', `head -c ${mib * MiB} /dev/urandom > /rand.bin`)
+      await docker(A, 'commit', 'b3', tag)
+      await docker(A, 'rm', 'b3')
+      await copyImage(tag, E)
+    }
+    await docker(A, 'run', '-d', '--name', 'near', 'held:v1', 'sleep', '3600')
+    await docker(A, 'run', '-d', '--name', 'spoilt', 'spoilt:v1', 'sleep', '3600')
   })
 
   after(async function () {
@@ -89,7 +144,7 @@ describe('links between clouds in the lab (2 providers, zstd, a rate cap, dry-ru
     const text = await lab.cli(['move', 'zipme', '--to', B.name, '--dry-run'], { agent: A.agentAddr })
     expect(text.code, text.stderr).to.equal(0)
     expect(text.stdout).to.match(/link vagrant-1 → aws-1: expensive, 0\.09\/GiB, zstd, capped at 40 Mbit\/s/)
-    expect(text.stdout).to.match(/layer [0-9a-f]{12} 24\.\d MiB sent over expensive link, cost 0\.002\d/)
+    expect(text.stdout).to.match(/layer [0-9a-f]{12} 24\.\d MiB from vagrant-1 sent over expensive link, cost 0\.002\d/)
     expect(text.stdout).to.match(/estimated cost 0\.002\d/)
     expect(await docker(B, 'ps', '-a', '-q')).to.equal('')
   })
@@ -122,5 +177,63 @@ describe('links between clouds in the lab (2 providers, zstd, a rate cap, dry-ru
     expect(d.bytesOnWire).to.be.at.least(16 * MiB)
     expect(seconds).to.be.at.least(3).and.below(10)
     expect(await docker(B, 'inspect', '--format', '{{.State.Running}}', 'capped')).to.equal('true')
+  })
+
+  it('a move into aws, where aws-2 holds the image, takes it from aws-2: no image bytes on the shaped links; --dry-run says so', async () => {
+    const layers = JSON.parse(await docker(A, 'image', 'inspect', '--format', '{{json .RootFS.Layers}}', 'held:v1')) as string[]
+    const top = layers[layers.length - 1]
+    const r = await move('near', B.name, ['--dry-run'])
+    done(r)
+    const plan = (r.events.find(e => e.event === 'plan') as Extract<MoveEvent, { event: 'plan' }>).plan as Plan
+    const held = (plan.layers ?? []).find(l => l.diffId === top)
+    expect(held).to.include({ send: true, from: E.name, link: 'free', cost: 0 })
+    expect(plan.linkBytes?.free).to.be.at.least(24 * MiB)
+    expect(plan.linkBytes?.expensive).to.equal(0)
+    expect(plan.estimatedCost).to.equal(0)
+    const text = await lab.cli(['move', 'near', '--to', B.name, '--dry-run'], { agent: A.agentAddr })
+    expect(text.code, text.stderr).to.equal(0)
+    expect(text.stdout).to.match(/layer [0-9a-f]{12} 24\.0 MiB from aws-2 sent over free link, cost 0\.0000/)
+    expect(text.stdout).to.match(/total 24\.0 MiB \(expensive 0\.0 MiB, cheap 0\.0 MiB, free 24\.0 MiB\), estimated cost 0\.0000/)
+
+    const sum = await docker(A, 'exec', 'near', 'md5sum', '/rand.bin')
+    const before = await shapedBytes()
+    const d = done(await move('near', B.name))
+    const shaped = await shapedBytes() - before
+    console.log(`      holder aws-2: ${((d.bytesFromHolders ?? 0) / MiB).toFixed(1)} MiB from it, ${(d.bytesSent / 1024).toFixed(1)} KiB from the source, ${(shaped / 1024).toFixed(1)} KiB on the shaped links`)
+    expect(d.bytesFromHolders).to.be.at.least(24 * MiB)
+    expect(d.bytesSent).to.be.below(MiB)
+    // The layer is 24 MiB of random bytes (no compression shrinks it): what crossed is control
+    // messages, the container's changes and five agents' heartbeats (about 1.6 MiB measured here).
+    expect(shaped).to.be.below(4 * MiB)
+    expect(JSON.parse(await docker(B, 'image', 'inspect', '--format', '{{json .RootFS.Layers}}', await docker(B, 'inspect', '--format', '{{.Image}}', 'near')))).to.include(top)
+    expect(await docker(B, 'exec', 'near', 'md5sum', '/rand.bin')).to.equal(sum)
+  })
+
+  it('a holder that serves a corrupted byte: the destination refuses its copy and takes the layer from the source, byte-identical', async () => {
+    const layers = JSON.parse(await docker(A, 'image', 'inspect', '--format', '{{json .RootFS.Layers}}', 'spoilt:v1')) as string[]
+    // One byte of aws-2's copy of the layer, flipped where its engine keeps the layer's files.
+    const file = `${await docker(E, 'image', 'inspect', '--format', '{{.GraphDriver.Data.UpperDir}}', 'spoilt:v1')}/rand.bin`
+    const fh = await open(file, 'r+')
+    try {
+      const b = Buffer.alloc(1)
+      await fh.read(b, 0, 1, 4 * MiB)
+      b[0] ^= 0xff
+      await fh.write(b, 0, 1, 4 * MiB)
+    } finally {
+      await fh.close()
+    }
+    const sum = await docker(A, 'exec', 'spoilt', 'md5sum', '/rand.bin')
+    const before = await shapedBytes()
+    const d = done(await move('spoilt', B.name))
+    const shaped = await shapedBytes() - before
+    console.log(`      corrupted holder: ${((d.bytesFromHolders ?? 0) / MiB).toFixed(1)} MiB from it, ${(d.bytesSent / MiB).toFixed(1)} MiB from the source, ${(shaped / MiB).toFixed(1)} MiB on the shaped links`)
+    expect(d.bytesFromHolders ?? 0).to.equal(0)
+    expect(d.bytesSent).to.be.at.least(8 * MiB)
+    expect(shaped).to.be.at.least(8 * MiB)
+    const there = JSON.parse(await docker(B, 'image', 'inspect', '--format', '{{json .RootFS.Layers}}', await docker(B, 'inspect', '--format', '{{.Image}}', 'spoilt'))) as string[]
+    expect(there.slice(0, layers.length)).to.deep.equal(layers)
+    expect(await docker(B, 'exec', 'spoilt', 'md5sum', '/rand.bin')).to.equal(sum)
+    const log = await readFile(B.agentLog, 'utf8')
+    expect(log).to.match(/LayerDigestMismatchError/)
   })
 })

@@ -17,6 +17,10 @@
  * writes the machine's own Podman state: storage under the data root, run state and file locks
  * under the exec root, cgroupfs (no systemd here), and no registry at all — Podman pulls from
  * public registries when an image is missing, so it knows none and searches none.
+ *
+ * Live moves (EngineSpec.criuDir, a Docker kind): dockerd runs with `--experimental` (checkpoints)
+ * and the `criu` wrapper of `.ci/criu` (Debian unstable's CRIU 4.2 in a root of its own) first on
+ * its PATH, which its containerd, shim and runc inherit: runc runs `criu` from PATH.
  */
 import { copyFile, mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
 import { createReadStream, existsSync } from 'node:fs'
@@ -37,6 +41,13 @@ export type EngineKind = typeof ENGINE_KINDS[number]
 export const DEFAULT_ENGINE_KIND: EngineKind = 'docker-20'
 /** Where `.ci/engines` extracts the newer engines. */
 export const DEFAULT_ENGINES_DIR = '/var/cache/goto-lab/engines'
+/** Where `.ci/criu` builds CRIU's root and its wrapper (`bin/criu`). */
+export const DEFAULT_CRIU_DIR = '/var/cache/goto-lab/criu'
+
+/** The `criu` wrapper `.ci/criu` writes into a CRIU directory. */
+export function criuWrapper (criuDir: string): string {
+  return join(criuDir, 'bin', 'criu')
+}
 
 export function isEngineKind (s: string): s is EngineKind {
   return (ENGINE_KINDS as readonly string[]).includes(s)
@@ -67,6 +78,8 @@ export interface EngineSpec {
   dockerd: string
   /** Path of the podman binary of kind 'podman' (default Debian's /usr/bin/podman). */
   podman?: string
+  /** Live moves: `--experimental` and `<criuDir>/bin` first on dockerd's PATH (`.ci/criu`'s directory). */
+  criuDir?: string
 }
 
 /** The processes of one engine: dockerd, and the containerd the lab started for it (newer kinds). */
@@ -106,7 +119,8 @@ export function dockerdArgv (e: EngineSpec): string[] {
   return [
     dockerd, '--data-root', e.dataRoot, '--exec-root', e.execRoot, '-H', `unix://${e.socket}`, '--pidfile', e.pidfile,
     '--config-file', join(dirname(e.logFile), 'daemon.json'),
-    ...dir === undefined ? [] : ['--containerd', containerdSocket(e)]
+    ...dir === undefined ? [] : ['--containerd', containerdSocket(e)],
+    ...e.criuDir === undefined ? [] : ['--experimental']
   ]
 }
 
@@ -116,7 +130,8 @@ export function dockerdArgv (e: EngineSpec): string[] {
  */
 function enginePath (e: EngineSpec): string {
   const dir = packageDir(e.kind, e.enginesDir)
-  return dir === undefined ? labPath() : labPath(`${join(dir, 'usr/sbin')}:${join(dir, 'usr/bin')}:${process.env.PATH ?? ''}`)
+  const path = dir === undefined ? labPath() : labPath(`${join(dir, 'usr/sbin')}:${join(dir, 'usr/bin')}:${process.env.PATH ?? ''}`)
+  return e.criuDir === undefined ? path : `${dirname(criuWrapper(e.criuDir))}:${path}`
 }
 
 /** Podman's own configuration files of a host (its CONTAINERS_* variables name them). */
@@ -262,6 +277,10 @@ export async function startEngine (e: EngineSpec, signal?: AbortSignal): Promise
   await mkdir(e.dataRoot, { recursive: true })
   await mkdir(e.execRoot, { recursive: true })
   await mkdir(dirname(e.logFile), { recursive: true })
+  if (e.criuDir !== undefined) {
+    if (e.kind === 'podman') throw new LabError(`live moves (criu) need a Docker engine; ${e.netns} runs podman`)
+    if (!existsSync(criuWrapper(e.criuDir))) throw new LabError(`${criuWrapper(e.criuDir)} does not exist: run .ci/criu (or .ci/setup) for a host with criu`)
+  }
   if (e.kind === 'podman') {
     const bin = e.podman ?? '/usr/bin/podman'
     if (!existsSync(bin)) throw new LabError(`${bin} does not exist: run .ci/setup (it installs Debian's podman) for the engine of kind podman`)

@@ -35,7 +35,7 @@ import {
   unmountAllUnder, type ProcRecord
 } from './procs.js'
 import {
-  BASE_IMAGE, DEFAULT_ENGINES_DIR, DEFAULT_ENGINE_KIND, buildBaseTar, engineClient, importBase, isEngineKind, logTail, removePodmanLeftovers, startEngine, waitEngineReady,
+  BASE_IMAGE, DEFAULT_CRIU_DIR, DEFAULT_ENGINES_DIR, DEFAULT_ENGINE_KIND, buildBaseTar, criuWrapper, engineClient, importBase, isEngineKind, logTail, removePodmanLeftovers, startEngine, waitEngineReady,
   type EngineKind, type EngineSpec
 } from './engine.js'
 import { readState, writeState, STATE_VERSION, type AgentRecord, type HostState, type LabState } from './state.js'
@@ -93,6 +93,8 @@ export interface LabOptions {
   dockerd?: string
   /** Where `.ci/engines` extracted the newer engine kinds (default /var/cache/goto-lab/engines). */
   enginesDir?: string
+  /** Where `.ci/criu` built CRIU for hosts with `criu: true` (default /var/cache/goto-lab/criu). */
+  criuDir?: string
   /** Static busybox for the base image (default Debian's /bin/busybox from busybox-static). */
   busybox?: string
   /** Progress lines ("engine of aws-1 ready in 420 ms"); default silent. */
@@ -112,6 +114,12 @@ export interface HostSpec {
   nat?: boolean
   /** The host's engine (default 'docker-20', Debian 12's); engines of a lab start in parallel. */
   engine?: EngineKind
+  /**
+   * true: the host takes live moves — its engine runs with `--experimental` and `.ci/criu`'s
+   * wrapper first on its PATH, and its main agent is given that wrapper (`--criu`). Default false:
+   * no CRIU anywhere on the host's paths.
+   */
+  criu?: boolean
 }
 
 export interface SshdOptions {
@@ -163,6 +171,8 @@ export interface LabHost {
   dockerdPid?: number
   agentPid?: number
   engine: EngineKind
+  /** Takes live moves (HostSpec.criu): experimental engine, CRIU on its PATH, the agent told where. */
+  criu: boolean
 }
 
 export interface ExtraAgentOptions {
@@ -239,6 +249,7 @@ interface Config {
   agentArgs: (host: LabHost) => string[]
   dockerd: string
   enginesDir: string
+  criuDir: string
   busybox: string
   log: (line: string) => void
 }
@@ -285,6 +296,7 @@ function resolveConfig (o: LabOptions): Config {
     agentArgs: o.agentArgs ?? (() => []),
     dockerd: o.dockerd ?? '/usr/sbin/dockerd',
     enginesDir: o.enginesDir ?? DEFAULT_ENGINES_DIR,
+    criuDir: o.criuDir ?? DEFAULT_CRIU_DIR,
     busybox: o.busybox ?? '/bin/busybox',
     log: o.log ?? (() => {})
   }
@@ -509,7 +521,8 @@ export class Lab {
       dockerLog: join(dir, 'dockerd.log'),
       bundleDir: join(dir, 'bundle'),
       extraAgents: [],
-      engine: s.engine ?? DEFAULT_ENGINE_KIND
+      engine: s.engine ?? DEFAULT_ENGINE_KIND,
+      ...s.criu === true ? { criu: true } : {}
     }
   }
 
@@ -542,7 +555,8 @@ export class Lab {
       socket: h.dockerSocket,
       pidfile: h.dockerPidfile,
       logFile: h.dockerLog,
-      dockerd: this.config.dockerd
+      dockerd: this.config.dockerd,
+      ...h.criu === true ? { criuDir: this.config.criuDir } : {}
     }
   }
 
@@ -583,6 +597,7 @@ export class Lab {
       '--label', `lab=${this.config.prefix}`,
       '--label', `provider=${o.provider}`,
       ...h.nat !== undefined ? ['--no-inbound'] : [],
+      ...h.criu === true ? ['--criu', criuWrapper(this.config.criuDir)] : [],
       ...o.bootstrap.flatMap(b => ['--bootstrap', b]),
       ...o.extraArgs
     ]
@@ -1120,7 +1135,8 @@ export class Lab {
       dockerLog: h.dockerLog,
       dockerdPid: h.dockerd?.pid,
       agentPid: h.agent?.pid,
-      engine: h.engine ?? DEFAULT_ENGINE_KIND
+      engine: h.engine ?? DEFAULT_ENGINE_KIND,
+      criu: h.criu === true
     }
   }
 

@@ -47,6 +47,8 @@ export interface HostState {
   containerd?: ProcRecord
   /** The host's engine kind (absent in a lab.json of before the kinds: 'docker-20'). */
   engine?: EngineKind
+  /** The host takes live moves (HostSpec.criu): experimental engine, CRIU on its PATH. */
+  criu?: boolean
   agent?: AgentRecord
   /** Agents started with startAgent(host, {...}) besides the main one. */
   extraAgents: AgentRecord[]

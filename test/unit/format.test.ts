@@ -39,7 +39,7 @@ describe('CLI output of text from the network (printable)', () => {
     expect(text).to.contain('aws-1\\x1b[2J\\x1b]0;owned\\x07')
   })
 
-  it('goto status: the agent\'s name, labels, engine error, containers and failover rows', () => {
+  it('goto status: the agent\'s name, labels, engine error, containers, failover rows and live-move line', () => {
     const s: AgentStatus = {
       name: EVIL, peerId: ID, version: EVIL, uptimeS: 1, labels: { a: EVIL }, docker: { error: EVIL },
       containers: [{ name: EVIL, id: EVIL, image: EVIL, state: EVIL, status: EVIL }],
@@ -48,9 +48,11 @@ describe('CLI output of text from the network (printable)', () => {
         safe: false, reason: EVIL, members: 1, reachable: 1, majority: 1, replicas: 1, snapshotIntervalS: 1,
         containers: [{ name: EVIL, protected: true, owner: EVIL, epoch: 1, fenced: false, lastSnapshotAt: null, snapshotAgeS: null, snapshotSeq: null, holders: [EVIL], freezeMs: null, snapshotBytes: null }],
         held: [{ name: EVIL, owner: EVIL, epoch: 1, seq: 1, takenAt: '', ageS: 1 }]
-      }
+      },
+      live: { ok: false, criu: EVIL, missing: [EVIL, EVIL] }
     }
     expectInert(formatStatus(s))
+    expect(formatStatus(s)).to.contain('live moves: no: ')
   })
 
   it('goto move and goto drain: names and error messages in events', () => {

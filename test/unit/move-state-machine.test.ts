@@ -8,10 +8,6 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { initCa } from '../../certs/index.js'
 import type { ContainerSpec } from '../../agent/docker/types.js'
 import { TransferSession } from '../../agent/move/session.js'
 import { layersToSend } from '../../agent/transfer/plan.js'
@@ -19,7 +15,7 @@ import { DockerEngineError, MoveInProgressError } from '../../protocol/errors.js
 import type { MoveEvent, MoveStep } from '../../protocol/move-messages.js'
 import { specDigest } from '../../protocol/orders.js'
 import { MemoryDockerHost, type DockerHostMethod } from '../fixtures/memory-docker-host.js'
-import { introduce, operatorSigner, runMove, startMiniAgent, stopAll, type MiniAgent } from '../fixtures/mini-agent.js'
+import { introduce, miniMesh, operatorSigner, runMove, startMiniAgent, type MiniAgent } from '../fixtures/mini-agent.js'
 import { waitFor } from '../lab/wait.js'
 
 const BASE = { '/bin/sh': 'a shell', '/etc/os-release': 'ID=test\n' }
@@ -44,29 +40,11 @@ function outcome (events: MoveEvent[]): MoveEvent {
 
 describe('move and snapshot state machines (in-memory engines, libp2p on loopback)', function () {
   this.timeout(60_000)
-  let dir: string
-  let caDir: string
+  const mesh = miniMesh('goto-sm-')
   let run = 0
-  const started: MiniAgent[] = []
-
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'goto-sm-'))
-    caDir = join(dir, 'ca')
-    await initCa(caDir)
-  })
-
-  afterEach(async () => {
-    await stopAll(started.splice(0))
-  })
-
-  after(async () => {
-    await rm(dir, { recursive: true, force: true })
-  })
 
   async function agent (name: string, docker: MemoryDockerHost, opts: { state?: string, timings?: Parameters<typeof startMiniAgent>[0]['timings'], labels?: Record<string, string> } = {}): Promise<MiniAgent> {
-    const a = await startMiniAgent({ dir, caDir, name, docker, state: opts.state ?? `state-${run}`, timings: opts.timings, labels: opts.labels })
-    started.push(a)
-    return a
+    return await mesh.start({ name, docker, state: opts.state ?? `state-${run}`, timings: opts.timings, labels: opts.labels })
   }
 
   /** A with a running `web` (changed files, volume data); B with only the base layer. */
@@ -204,7 +182,7 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
           if (c.always === true) engine.failAlways(c.method, injected)
           else engine.failNext(c.method, injected)
         }
-      }, AbortSignal.timeout(30_000), await operatorSigner(dir, caDir))
+      }, AbortSignal.timeout(30_000), await operatorSigner(mesh.dir, mesh.caDir))
       const failed = outcome(events)
       expect(failed.event, JSON.stringify(failed)).to.equal('failed')
       if (failed.event !== 'failed') return
@@ -258,7 +236,7 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
         await w.b.stop()
         w.A.failNext('remove', new DockerEngineError('injected: remove fails'))
       }
-    }, AbortSignal.timeout(30_000), await operatorSigner(dir, caDir))
+    }, AbortSignal.timeout(30_000), await operatorSigner(mesh.dir, mesh.caDir))
     expect(outcome(events).event, 'the move is done: the destination runs it').to.equal('done')
     expect((await w.a.freezeJournal.list()).records.map(r => r.stage)).to.deep.equal(['committing'])
     expect((await w.A.inspectContainer('web')).state.paused, 'never unpaused once committing').to.equal(true)
@@ -277,7 +255,7 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
     const session = new TransferSession(w.a.sessions, 'move', await w.A.inspectContainer('web'))
     await session.connect('b', AbortSignal.timeout(10_000))
     const spec = (await w.A.inspectContainer('web')).spec
-    const sign = await operatorSigner(dir, caDir)
+    const sign = await operatorSigner(mesh.dir, mesh.caDir)
     const order = await sign({ moveId: session.moveId, container: 'web', from: w.a.peerId, fromName: 'a', to: w.b.peerId, toName: 'b', spec, specDigest: specDigest(spec) }, AbortSignal.timeout(10_000))
     await session.prepare(spec, AbortSignal.timeout(10_000), order)
     await session.precopy(() => {}, AbortSignal.timeout(10_000))
