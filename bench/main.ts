@@ -25,7 +25,7 @@
  *   1,000 simulated nodes, bytes/s per node and the time until a death is known everywhere, against
  *   today's full-table heartbeats at 100 nodes. Targets: ≤ 2 KiB/s per node, ≤ 3 × lan deadAfterMs.
  *
- * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes, engines, membership-sim, links) runs only those sections; the
+ * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes, engines, membership-sim, links, links-resume) runs only those sections; the
  * results file then holds only them. GOTO_BENCH_PREFIX and GOTO_BENCH_SUBNET give the labs another
  * prefix and subnet (default gotolabb, 10.213.60.0/24).
  */
@@ -45,7 +45,7 @@ import { syncBench } from './sync.js'
 import { volumesBench } from './volumes.js'
 import { enginesBench } from './engines.js'
 import { membershipSimBench } from './membership-sim.js'
-import { linksBench } from './links.js'
+import { linksBench, linksResumeBench } from './links.js'
 
 const IDLE_SECONDS = 30
 /** Start-up (module loading, JIT warm-up, the first exchanges) is not idle: let it pass first. */
@@ -118,7 +118,7 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
-/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes, engines, membership-sim, links); all by default. */
+/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes, engines, membership-sim, links, links-resume); all by default. */
 const ONLY = new Set((process.env.GOTO_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== ''))
 const runs = (section: string): boolean => ONLY.size === 0 || ONLY.has(section)
 
@@ -137,6 +137,7 @@ async function main (): Promise<void> {
   if (runs('engines')) results.engines = await enginesBench(prefix, subnet)
   if (runs('membership-sim')) results.membershipSim = await membershipSimBench()
   if (runs('links')) results.links = await linksBench(process.env.GOTO_BENCH_LINKS_PREFIX ?? prefix, process.env.GOTO_BENCH_LINKS_SUBNET ?? subnet)
+  if (runs('links-resume')) results.linksResume = await linksResumeBench(process.env.GOTO_BENCH_LINKS_PREFIX ?? prefix, process.env.GOTO_BENCH_LINKS_SUBNET ?? subnet)
   await writeFile('bench-results.json', JSON.stringify(results, null, 2) + '\n')
   console.log('\nwrote bench-results.json')
 }

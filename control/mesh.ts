@@ -15,6 +15,7 @@ import { formatPeers, formatStatus, jsonText, printable } from './format.js'
 import { circuitRelayOf, parseAgentMultiaddr, peerAddr } from '../protocol/multiaddr.js'
 import { AgentUnreachableError, BundleError, ConfigError, GotoError, ProtocolError } from '../protocol/errors.js'
 import { USAGE } from './usage.js'
+import { parseRate } from './rate-arg.js'
 
 export type MeshCommand = 'peers' | 'status' | 'move' | 'drain' | 'protect' | 'unprotect'
 
@@ -126,7 +127,7 @@ function addressOf (member: { name: string, peerId: string, addrs: string[] }, a
 }
 
 /** goto drain: move every running container of `host` to the other members, one after another. */
-async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 'dryRun' | 'allowBindMounts' | 'allowHostAccess'>, io: Io): Promise<number> {
+async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 'dryRun' | 'allowBindMounts' | 'allowHostAccess' | 'maxRate'>, io: Io): Promise<number> {
   return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
     const emit = (ev: DrainEvent): void => { if (opts.json) io.stdout(jsonText(ev) + '\n'); else renderDrain(ev, io.stdout, io.stderr) }
     const [peers, status] = await Promise.all([client.peers(signal), client.status(host, signal)])
@@ -169,6 +170,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
         'dry-run': { type: 'boolean' },
         'allow-bind-mounts': { type: 'boolean' },
         'allow-host-access': { type: 'boolean' },
+        'max-rate': { type: 'string' },
         live: { type: 'boolean' },
         project: { type: 'string' },
         help: { type: 'boolean', short: 'h' }
@@ -180,7 +182,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
   }
   if (parsed.values.help === true) { io.stdout(USAGE + '\n'); return 0 }
   const maxPositionals = command === 'peers' ? 0 : 1
-  for (const opt of ['to', 'project', 'dry-run', 'allow-bind-mounts', 'allow-host-access', 'live'] as const) {
+  for (const opt of ['to', 'project', 'dry-run', 'allow-bind-mounts', 'allow-host-access', 'max-rate', 'live'] as const) {
     const allowed = opt === 'to' || opt === 'project' || opt === 'live' ? ['move'] : ['move', 'drain']
     if (parsed.values[opt] !== undefined && !allowed.includes(command)) { io.stderr(`goto: error: --${opt} belongs to 'goto ${allowed.join("' and 'goto ")}' (try 'goto --help')\n`); return 2 }
   }
@@ -196,15 +198,17 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
   if (command === 'move' && (parsed.values.to === undefined || parsed.values.to === '')) throw new ConfigError('--to', "required: the name of the destination member (see 'goto peers')")
   if (command === 'drain' && parsed.positionals[0] === undefined) throw new ConfigError('NAME', "missing: 'goto drain NAME' (the member to empty; see 'goto peers')")
   if ((command === 'protect' || command === 'unprotect') && parsed.positionals[0] === undefined) throw new ConfigError('CONTAINER', `missing: 'goto ${command} CONTAINER'`)
+  const maxRate = parsed.values['max-rate'] === undefined ? {} : { maxRate: parseRate(parsed.values['max-rate']) }
   const opts = common(parsed.values, env)
+  const flags = { dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true, ...maxRate }
   if (command === 'move' && project !== undefined) {
-    return await moveProject(opts, { container: project, project: true, to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true }, io)
+    return await moveProject(opts, { container: project, project: true, to: parsed.values.to as string, ...flags }, io)
   }
   if (command === 'move') {
-    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true, ...parsed.values.live === true ? { live: true } : {} }, io)
+    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, ...flags, ...parsed.values.live === true ? { live: true } : {} }, io)
   }
   if (command === 'drain') {
-    return await drain(opts, parsed.positionals[0], { dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true }, io)
+    return await drain(opts, parsed.positionals[0], flags, io)
   }
   if (command === 'protect' || command === 'unprotect') {
     const container = parsed.positionals[0]

@@ -5,7 +5,7 @@
  * reaches the destination the source sends the spec it will move (an `order` event): signMoveOrder
  * signs the order the destination will insist on (protocol/orders.ts).
  */
-import { bindsOf, type LiveReport, type MoveEvent, type MoveOrder, type MoveStep, type OrderRequest } from '../protocol/move-messages.js'
+import { bindsOf, type LiveReport, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest } from '../protocol/move-messages.js'
 import { signOrder, specDigest, type MoveOrderBody, type OrderSigner, type SignedOrder } from '../protocol/orders.js'
 import { OrderMismatchError } from '../protocol/errors.js'
 import { hostPowersOf } from '../protocol/fidelity.js'
@@ -55,6 +55,21 @@ const mib = (n: number): string => `${(n / MiB).toFixed(1)} MiB`
 /** A cost in the link table's currency: 4 decimals (a few MiB at $0.09/GiB is a fraction of a cent). */
 const cost = (c: number): string => c.toFixed(4)
 
+/** A cap as an operator wrote it: Mbit/s, and MiB/s beside it. */
+function rateText (bytesPerSecond: number): string {
+  return `${(bytesPerSecond * 8 / 1e6).toFixed(1)} Mbit/s (${mib(bytesPerSecond)}/s)`
+}
+
+/**
+ * Time left at the rate seen so far, and with a cap, at the cap too (the soonest the move can end):
+ * a rate well below the cap means the link or the engine, not the cap, is what holds the move back.
+ */
+export function eta (left: number, rate: number, cap?: number): string {
+  if (left <= 0) return ''
+  const seen = rate > 0 ? `ETA ${Math.ceil(left / rate)}s` : 'ETA ?'
+  return cap === undefined ? seen : `${seen} (${Math.ceil(left / cap)}s at the cap)`
+}
+
 function summary (ev: Extract<MoveEvent, { event: 'done' }>, dryRun: boolean): string {
   if (dryRun) return `dry run: nothing changed (${ev.layersSkipped} layer(s) already on ${ev.to})`
   const live = ev.live === undefined
@@ -78,6 +93,8 @@ export class MoveRenderer {
   private stepStarted = Date.now()
   private barShown = false
   private lastQuarter = -1
+  /** The sender's rate cap (bytes/s on the wire), from the plan. */
+  private cap: NonNullable<MovePlan['rateCap']> | undefined
 
   constructor (private readonly out: Output, private readonly err: Output, private readonly tty: boolean, private readonly dryRun: boolean) {}
 
@@ -91,6 +108,10 @@ export class MoveRenderer {
       case 'plan': {
         const p = ev.plan
         this.line(`plan ${p.moveId}: ${p.container} ${p.from} → ${p.to}; image ${p.image.slice(7, 19)}: ${p.layersTotal} layer(s), ${p.layersPresent} already there, ${p.layersToSend} to send (up to ${mib(p.bytesToSend)}); volumes: ${p.volumes.join(', ') || 'none'}`)
+        if (p.rateCap !== undefined) {
+          this.cap = p.rateCap
+          this.line(`plan ${p.moveId}: rate capped at ${rateText(p.rateCap.bytesPerSecond)} (${p.rateCap.by === 'move' ? '--max-rate' : 'the link\'s cap'})`)
+        }
         if ((p.hostPowers ?? []).length > 0) this.line(`plan ${p.moveId}: host-level powers carried (--allow-host-access): ${(p.hostPowers ?? []).join(', ')}`)
         if (p.link !== undefined) {
           const l = p.link
@@ -147,18 +168,18 @@ export class MoveRenderer {
     const elapsedS = Math.max(0.001, (Date.now() - this.stepStarted) / 1000)
     const rate = sent / elapsedS
     const frac = total > 0 ? Math.min(1, sent / total) : 0
+    const speed = this.cap === undefined ? `${mib(rate)}/s` : `${mib(rate)}/s of ${mib(this.cap.bytesPerSecond)}/s cap`
     if (!this.tty) {
       const quarter = Math.floor(frac * 4)
       if (quarter > this.lastQuarter) {
         this.lastQuarter = quarter
-        this.out(`${step}: ${mib(sent)} of ${mib(total)} (${Math.round(frac * 100)}%), ${mib(rate)}/s\n`)
+        this.out(`${step}: ${mib(sent)} of ${mib(total)} (${Math.round(frac * 100)}%), ${speed}\n`)
       }
       return
     }
     const width = 30
     const filled = Math.round(frac * width)
-    const eta = rate > 0 && total > sent ? `ETA ${Math.ceil((total - sent) / rate)}s` : ''
-    this.out(`\r\x1b[2K${step.padEnd(9)} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${String(Math.round(frac * 100)).padStart(3)}% ${mib(sent)}/${mib(total)} ${mib(rate)}/s ${eta}`)
+    this.out(`\r\x1b[2K${step.padEnd(9)} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${String(Math.round(frac * 100)).padStart(3)}% ${mib(sent)}/${mib(total)} ${speed} ${eta(total - sent, rate, this.cap?.bytesPerSecond)}`)
     this.barShown = true
   }
 }

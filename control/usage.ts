@@ -23,6 +23,9 @@ Commands:
                         devices, host namespaces, security options, sysctls) and keep them at the
                         destination; the signed order names this allowance. Without it such a
                         container is refused, each power named
+      --max-rate RATE   cap what this move puts on the wire (after compression), e.g. 50Mbit,
+                        100mbit, 10MiB/s, 2.5MB/s; the lower of it and the link's cap (link table)
+                        holds; the progress bar shows the rate and the ETA against the cap
       --live            the container's processes move with their memory (a CRIU checkpoint
                         instead of a pause) and go on at the destination instead of restarting;
                         both hosts need CRIU 4.2+ and an engine started with --experimental
@@ -34,12 +37,13 @@ Commands:
                         com.docker.compose.project label) on the agent this command connects to
                         (--agent / GOTO_AGENT) as one transaction, with their networks and volumes:
                         all frozen together, restored in dependency order, all committed or all
-                        rolled back. Takes --dry-run, --allow-bind-mounts and --allow-host-access
+                        rolled back. Takes --dry-run, --allow-bind-mounts, --allow-host-access
+                        and --max-rate
   drain NAME            planned maintenance: move every running container of the member NAME to
                         the other alive members (fewest containers first), one move after another;
                         a container whose move fails keeps running on NAME and the drain goes on;
                         containers that are not running stay (listed). Takes --dry-run,
-                        --allow-bind-mounts and --allow-host-access as move does
+                        --allow-bind-mounts, --allow-host-access and --max-rate as move does
   protect CONTAINER     protect a container: it is snapshotted to replica holders, and if its host
                         dies it runs again on one survivor from its latest snapshot (the label
                         goto.protect=true does the same)

@@ -15,6 +15,11 @@ export interface MoveOrder {
   allowBindMounts: boolean
   /** --allow-host-access: carry the container's host-level powers (fidelity.ts `host` fields), named in the signed order. */
   allowHostAccess?: boolean
+  /**
+   * --max-rate: a cap in bytes per second on what this move puts on the wire (after compression);
+   * the source's sender keeps to the lower of it and the link's cap. Absent: the link's cap alone.
+   */
+  maxRate?: number
   /** --live: the processes move with their memory (a CRIU checkpoint instead of a pause), named in the signed order. */
   live?: boolean
   /** --project: `container` names a compose project, whose containers move together (agent/move/source.ts moveProject). */
@@ -64,6 +69,8 @@ export interface MovePlan {
   hostPowers?: string[]
   /** The link to the destination as the source's link table decides it (agent/transfer/links.ts). */
   link?: { class: 'free' | 'cheap' | 'expensive', costPerGiB: number, compress: 'none' | 'zstd', rateMbit?: number }
+  /** The cap the sender keeps to (bytes/s on the wire): the lower of the link's and the move's (--max-rate), and which it is. */
+  rateCap?: { bytesPerSecond: number, by: 'link' | 'move' }
   /**
    * Each layer of the image, base first: its bytes (null: not known before it is read), whether it
    * is sent, its estimated cost; for a layer sent, `from` (the member it comes from: the source, or
@@ -172,6 +179,8 @@ export interface PrepareReply {
   volumeSync?: string[]
   /** Blob encodings this destination decodes (agent/transfer/encoding.ts); absent: none (an older agent). */
   decodes?: BlobEncoding[]
+  /** This destination continues partial layers (LayerHeader `resume`); absent: an older agent, send layers whole. */
+  resumes?: true
   /** (live prepare) What this destination found: it takes the live move (a refusal is an error). */
   live?: LiveReport
   /** True: this destination takes `fetch` steps (a layer from a holder near it); absent from older agents. */
@@ -224,7 +233,30 @@ export type BlobEncoding = 'zstd'
  * before it could hash it; the destination then accepts it only if its sha256 is a layer of the
  * prepared move (and says which it was).
  */
-export interface LayerHeader { op: 'layer', moveId: string, diffId: string | null, size: number, encoding?: BlobEncoding }
+export interface LayerHeader {
+  op: 'layer'
+  moveId: string
+  diffId: string | null
+  size: number
+  encoding?: BlobEncoding
+  /**
+   * (named layers only) The sender continues a partial layer the destination kept from an earlier
+   * transfer: before any byte the destination answers with a ResumePoint, and the blob that follows
+   * is the layer from that offset on (`size - offset` bytes, compressed from there where the link
+   * compresses). Absent: the whole layer follows the request at once, as before.
+   */
+  resume?: true
+}
+
+/** The destination's first answer to a `resume` layer: the layer's bytes it holds verified; the sender starts there. */
+export interface ResumePoint { offset: number }
+
+export function parseResumePoint (v: unknown, size: number): ResumePoint {
+  const o = obj(v, 'resume point')
+  const offset = count(o.offset, 'offset')
+  if (offset > size) throw new ProtocolError(`resume offset ${offset} is past the layer's ${size} bytes`)
+  return { offset }
+}
 
 export interface LayerReply { diffId: string, bytes: number, kept: boolean }
 
@@ -385,9 +417,15 @@ export function parseMoveOrder (v: unknown): MoveOrder {
     dryRun: o.dryRun === true,
     allowBindMounts: o.allowBindMounts === true,
     ...o.allowHostAccess === true ? { allowHostAccess: true } : {},
+    ...o.maxRate === undefined ? {} : { maxRate: positive(count(o.maxRate, 'maxRate'), 'maxRate') },
     ...o.live === true ? { live: true } : {},
     ...o.project === true ? { project: true } : {}
   }
+}
+
+function positive (n: number, what: string): number {
+  if (n === 0) throw new ProtocolError(`${what} must be above 0`)
+  return n
 }
 
 /** Like a tag `docker tag` takes: [registry[:port]/]name[:tag], lower case path, no digest. */
@@ -523,7 +561,10 @@ export function parseTransferRequest (v: unknown): TransferRequest {
       }
     }
     case 'layer':
-      return { op: 'layer', moveId: moveId(o.moveId), diffId: o.diffId === null ? null : digest(o.diffId, 'diffId'), size: count(o.size, 'size'), ...encodingOf(o) }
+      return {
+        op: 'layer', moveId: moveId(o.moveId), diffId: o.diffId === null ? null : digest(o.diffId, 'diffId'), size: count(o.size, 'size'), ...encodingOf(o),
+        ...o.resume === true && o.diffId !== null ? { resume: true } : {}
+      }
     case 'restore': {
       if (!Array.isArray(o.volumes) || o.volumes.length > 256) throw new ProtocolError('volumes must be a list')
       return {

@@ -11,6 +11,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { PeerState } from '../../protocol/messages.js'
 import type { IncomingMoveOutcome, Metrics, MoveOutcome } from './sink.js'
+import { costOf, type LinkClass } from '../transfer/links.js'
 
 /** Whole moves: seconds for a small container on one LAN, up to many minutes for a large image across clouds. */
 export const MOVE_DURATION_BUCKETS_S = [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800]
@@ -43,6 +44,11 @@ export class PrometheusMetrics implements Metrics {
   private readonly downtime: Histogram
   private readonly incoming: Counter<'outcome'>
   private readonly snapshots = new Map<string, number>()
+  private readonly linkBytes: Counter<'class'>
+  private readonly linkCost: Counter<'class'>
+  private readonly fromHolder: Counter
+  /** Blob bytes in and on the wire, for the compression ratio (read at scrape). */
+  private readonly totals = { in: 0, wire: 0 }
 
   constructor (deps: PrometheusMetricsDeps) {
     const registers = [this.registry]
@@ -72,6 +78,16 @@ export class PrometheusMetrics implements Metrics {
       }
     })
     this.sent = new Counter({ name: 'goto_transfer_sent_bytes_total', help: 'Layer and volume bytes this agent sent to destinations of its moves (payload only).', registers })
+    this.linkBytes = new Counter({ name: 'goto_transfer_link_bytes_total', help: 'Blob bytes this agent put on the wire (after compression) as a transfer source, by link class (free, cheap, expensive).', labelNames: ['class'], registers })
+    this.linkCost = new Counter({ name: 'goto_transfer_link_cost_total', help: 'Estimated cost of those bytes (the link table\'s price per GiB, in its currency), by link class.', labelNames: ['class'], registers })
+    const totals = this.totals
+    new Gauge({
+      name: 'goto_transfer_compression_ratio',
+      help: 'Blob bytes in over blob bytes on the wire, of everything this agent sent as a transfer source (1: nothing compressed, or nothing sent yet).',
+      registers,
+      collect () { this.set(totals.wire > 0 ? totals.in / totals.wire : 1) }
+    })
+    this.fromHolder = new Counter({ name: 'goto_layer_bytes_from_holder_total', help: 'Layer bytes this agent received from a holder near it instead of from the move\'s source.', registers })
     this.received = new Counter({ name: 'goto_transfer_received_bytes_total', help: 'Layer and volume bytes this agent received as the destination of moves (payload only).', registers })
     this.started = new Counter({ name: 'goto_moves_started_total', help: 'Moves ordered at this agent (dry runs excluded) that began planning.', registers })
     this.succeeded = new Counter({ name: 'goto_moves_succeeded_total', help: 'Started moves whose container runs at the destination.', registers })
@@ -82,9 +98,17 @@ export class PrometheusMetrics implements Metrics {
     // Series with known label values exist from the start (at 0), so rates and alerts see them.
     for (const outcome of ['succeeded', 'failed'] as const) this.duration.zero({ outcome })
     for (const outcome of ['committed', 'rolled_back'] as const) this.incoming.inc({ outcome }, 0)
+    for (const c of ['free', 'cheap', 'expensive'] as const) { this.linkBytes.inc({ class: c }, 0); this.linkCost.inc({ class: c }, 0) }
   }
 
-  bytesSent (n: number): void { this.sent.inc(n) }
+  bytesSent (n: number): void { this.sent.inc(n); this.totals.in += n }
+  wireBytes (linkClass: LinkClass, n: number, costPerGiB: number): void {
+    this.linkBytes.inc({ class: linkClass }, n)
+    this.linkCost.inc({ class: linkClass }, costOf(n, costPerGiB))
+    this.totals.wire += n
+  }
+
+  layerBytesFromHolder (n: number): void { this.fromHolder.inc(n) }
   bytesReceived (n: number): void { this.received.inc(n) }
   moveStarted (): void { this.started.inc() }
 

@@ -7,6 +7,8 @@
  * Peers by state are not pushed here: the Prometheus side reads the peer table when it is scraped.
  */
 
+import type { LinkClass } from '../transfer/links.js'
+
 /** How a move ordered here ended. */
 export type MoveOutcome = 'succeeded' | 'failed'
 /** How a move into this host ended: the source committed it, or it was rolled back here. */
@@ -18,6 +20,17 @@ export interface Metrics {
    * Not counted: JSON control messages, heartbeats, and the Noise/yamux/TCP overhead.
    */
   bytesSent: (n: number) => void
+  /**
+   * Bytes of the same blobs as they went on the wire (after compression), over a link of class
+   * `linkClass` priced `costPerGiB` (agent/transfer/links.ts): the link class's bytes and cost, and,
+   * against bytesSent, the compression ratio.
+   */
+  wireBytes: (linkClass: LinkClass, n: number, costPerGiB: number) => void
+  /**
+   * Layer bytes this agent received from a holder (a member near it that had the layer) instead of
+   * from a move's source: what the nearest-holder plan saved the expensive link.
+   */
+  layerBytesFromHolder: (n: number) => void
   /** Payload bytes of layer and volume blobs this agent read from a transfer stream (move destination). */
   bytesReceived: (n: number) => void
   /** A move ordered at this host (not a dry run) passed its first checks and began planning. */
@@ -45,6 +58,8 @@ const nothing = (): void => {}
 /** Metrics off: every call does nothing. */
 export const NO_METRICS: Metrics = {
   bytesSent: nothing,
+  wireBytes: nothing,
+  layerBytesFromHolder: nothing,
   bytesReceived: nothing,
   moveStarted: nothing,
   moveEnded: nothing,

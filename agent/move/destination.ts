@@ -71,7 +71,7 @@ import type { JsonStream } from '../../protocol/wire.js'
 import { decodableEncodings, receiveEncoded } from '../transfer/encoding.js'
 import { checkHostPowers, specDigest, type MoveOrderBody, type OrderVerifier } from '../../protocol/orders.js'
 import {
-  parseTransferRequest, type FetchLayerRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type PreloadRequest, type StoreRequest,
+  parseTransferRequest, type FetchLayerRequest, type PrepareRequest, type PrepareReply, type RestoreRequest, type LayerHeader, type LayerReply, type ResumePoint, type PreloadRequest, type StoreRequest,
   type VolumeRoundRequest, type CheckpointRequest, type LiveReport
 } from '../../protocol/move-messages.js'
 
@@ -351,7 +351,7 @@ export class DestinationService {
     })
     this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length, imageRef: ref, volumeSync: syncable.length })
     return {
-      present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {}, decodes: decodableEncodings(), ...live === undefined ? {} : { live }, ...this.deps.holders === undefined ? {} : { fetchesFromHolders: true },
+      present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {}, decodes: decodableEncodings(), resumes: true, ...live === undefined ? {} : { live }, ...this.deps.holders === undefined ? {} : { fetchesFromHolders: true },
       ...networks.length === 0 ? {} : { networks }
     }
   }
@@ -525,11 +525,12 @@ export class DestinationService {
   private async layer (req: LayerHeader, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<LayerReply> {
     const p = this.own(req.moveId, peer)
     p.sentData = true
-    const data = this.received(receiveEncoded(js, req.size, req.encoding, () => new LayerTooLargeError(`layer ${req.diffId ?? ''} is larger than the announced ${req.size} bytes`), signal))
+    const incoming = (bytes: number): AsyncIterable<Uint8Array> => this.received(receiveEncoded(js, bytes, req.encoding, () => new LayerTooLargeError(`layer ${req.diffId ?? ''} is larger than the announced ${req.size} bytes`), signal))
+    const data = incoming(req.size)
     const { store, log } = this.deps
     // A layer of the prepared chain also streams into the engine's load, until preload finished it.
-    const stage = async <T extends { diffId: string }>(keep: (s: AsyncIterable<Uint8Array>) => Promise<T>, ofChain: boolean): Promise<T> =>
-      ofChain && p.made.preloaded === undefined && p.imageStore === 'graphdriver' ? await this.liveLoad(p).layer(req.size, data, keep) : await keep(data)
+    const stage = async <T extends { diffId: string }>(keep: (s: AsyncIterable<Uint8Array>) => Promise<T>, ofChain: boolean, source = data): Promise<T> =>
+      ofChain && p.made.preloaded === undefined && p.imageStore === 'graphdriver' ? await this.liveLoad(p).layer(req.size, source, keep) : await keep(source)
     if (req.diffId === null) {
       // Named only by its content: one of the layers this move needs, or one of the chain we
       // already have (the sender could not tell before hashing it), nothing else.
@@ -550,12 +551,43 @@ export class DestinationService {
       p.wanted.add(diffId)
     }
     if (await store.has(diffId)) {
-      for await (const _ of data) { /* already verified here: drain */ }
+      // Already verified here: a resuming sender is told it has nothing left to send.
+      if (req.resume === true) await js.write({ offset: req.size } satisfies ResumePoint, signal)
+      for await (const _ of req.resume === true ? incoming(0) : data) { /* drain */ }
       return { diffId, bytes: 0, kept: true }
     }
+    if (req.resume === true) return await this.resumeLayer(req, p, diffId, js, incoming, stage, ofChain, signal)
     const { bytes } = await stage(async s => ({ diffId, ...await store.receive(diffId, req.size, s, signal) }), ofChain)
     p.touched = this.now()
     log.info('layer verified', { moveId: req.moveId, digest: diffId, bytes })
+    return { diffId, bytes, kept: true }
+  }
+
+  /**
+   * A layer the sender continues from the bytes kept here (docs/protocols.md, "Resume inside a
+   * layer"): the offset the store verified goes back first, then the rest arrives. A layer resumed
+   * past its first byte does not feed the live load (it lacks the prefix): the load reads it from
+   * the store, like a layer staged by an earlier try.
+   */
+  private async resumeLayer (
+    req: LayerHeader, p: Pending, diffId: string, js: JsonStream, incoming: (bytes: number) => AsyncIterable<Uint8Array>,
+    stage: <T extends { diffId: string }>(keep: (s: AsyncIterable<Uint8Array>) => Promise<T>, ofChain: boolean, source?: AsyncIterable<Uint8Array>) => Promise<T>,
+    ofChain: boolean, signal: AbortSignal
+  ): Promise<LayerReply> {
+    const { store, log } = this.deps
+    const partial = await store.resumable(diffId, req.size, signal)
+    if (partial.discarded !== undefined) log.warn('partial layer discarded; the layer starts over', { moveId: req.moveId, digest: diffId, why: partial.discarded })
+    try {
+      await js.write({ offset: partial.offset } satisfies ResumePoint, signal)
+    } catch (err) {
+      partial.release()
+      throw err
+    }
+    const rest = incoming(req.size - partial.offset)
+    const keep = async (s: AsyncIterable<Uint8Array>): Promise<{ diffId: string, bytes: number }> => ({ diffId, ...await partial.receive(s, signal) })
+    const { bytes } = partial.offset === 0 ? await stage(keep, ofChain, rest) : await keep(rest)
+    p.touched = this.now()
+    log.info('layer verified', { moveId: req.moveId, digest: diffId, bytes, ...partial.offset > 0 ? { resumedAt: partial.offset } : {} })
     return { diffId, bytes, kept: true }
   }
 
@@ -575,6 +607,8 @@ export class DestinationService {
     if (await store.has(req.diffId)) return { diffId: req.diffId, bytes: 0, kept: true }
     const stream = await holders.fetch([req.holder, ...req.alsoFrom ?? []], p.moveId, req.diffId, req.size, signal)
     const { bytes } = await store.receive(req.diffId, req.size, this.received(stream), signal)
+    // Counted once verified: a refused layer from a holder is sent by the source after all.
+    this.metrics.layerBytesFromHolder(bytes)
     p.touched = this.now()
     log.info('layer verified from a holder', { moveId: p.moveId, digest: req.diffId, holder: req.holder, bytes })
     return { diffId: req.diffId, bytes, kept: true }
@@ -932,6 +966,8 @@ export class DestinationService {
       }
       await this.pruneRetained()
       await this.pruneRetainedTrees()
+      // Partial layers bridge a cut transfer's retry, as long as verified ones do.
+      for (const d of await this.deps.store.prunePartials(RETAINED_LAYER_MS).catch(() => [])) this.deps.log.info('pruned partial layer of a cut transfer', { digest: d })
     })().finally(() => { this.expiring = undefined })
     await this.expiring
   }

@@ -45,6 +45,7 @@ import { loadVerified } from '../transfer/load.js'
 import { TransferLink, type Blob } from '../transfer/link.js'
 import { LinkTable, locationOf, type LinkPolicy } from '../transfer/links.js'
 import { chainIds } from '../transfer/plan.js'
+import { bytesPerSecondToMbit, mbitToBytesPerSecond } from '../transfer/rate.js'
 import type { LayerSender } from '../transfer/layer-sender.js'
 import type { HeldBy, HolderLocator } from '../transfer/holders.js'
 import type { PeerEntry, PeerTable } from '../membership/peer-table.js'
@@ -76,7 +77,7 @@ export interface SessionDeps {
   spoolDir: string
   timings: Pick<Timings, 'transferControlTimeoutMs'>
   /** Blob bytes sent (default: none kept). */
-  metrics?: Pick<Metrics, 'bytesSent'>
+  metrics?: Pick<Metrics, 'bytesSent' | 'wireBytes'>
   /** Extended attributes of synced volumes (agent/sync attrTools; default: none travel). */
   xattrs?: XattrAccess
   /** False: every volume spools inside the freeze, as before volume rounds (default true). */
@@ -162,7 +163,11 @@ export class TransferSession {
   private toEntry?: PeerEntry
   private fromHolder = 0
 
-  constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo) {
+  /**
+   * `opts.maxRate`: the move's own cap (bytes/s on the wire, `goto move --max-rate`); the sender
+   * keeps to the lower of it and the link's cap.
+   */
+  constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo, private readonly opts: { maxRate?: number } = {}) {
     this.moveId = randomBytes(8).toString('hex')
     this.spool = join(deps.spoolDir, this.moveId)
   }
@@ -186,6 +191,14 @@ export class TransferSession {
   get linkPolicy (): LinkPolicy {
     if (this.policy === undefined) throw new TransferStateError(`transfer ${this.moveId}: linkPolicy before connect`)
     return this.policy
+  }
+
+  /** The cap the sender keeps to (after connect): the lower of the link's and the move's; undefined when neither has one. */
+  get rateCap (): { bytesPerSecond: number, by: 'link' | 'move' } | undefined {
+    const link = this.linkPolicy.rateMbit === undefined ? undefined : mbitToBytesPerSecond(this.linkPolicy.rateMbit)
+    const move = this.opts.maxRate
+    if (move !== undefined && (link === undefined || move < link)) return { bytesPerSecond: move, by: 'move' }
+    return link === undefined ? undefined : { bytesPerSecond: link, by: 'link' }
   }
 
   /** Size of the frozen changes layer (0 before freeze). */
@@ -230,9 +243,13 @@ export class TransferSession {
     // A prepare cut off before its reply is not aborted: the destination expires it when idle.
     this.prepared = true
     const policy = this.linkPolicy
+    const cap = this.rateCap
     link.shape({
+      linkClass: policy.class,
+      costPerGiB: policy.costPerGiB,
       ...policy.compress === 'zstd' && prep.decodes?.includes('zstd') === true ? { encoding: 'zstd' } : {},
-      ...policy.rateMbit === undefined ? {} : { rateMbit: policy.rateMbit }
+      ...cap === undefined ? {} : { rateMbit: bytesPerSecondToMbit(cap.bytesPerSecond) },
+      resumes: prep.resumes === true
     })
     const toSend = image.diffIds.slice(prep.present).filter(d => !prep.staged.includes(d))
     const synced = await this.syncable(volumes, prep, signal)

@@ -116,7 +116,7 @@ export class MoveService {
       // and an aborted move rolls back like a failed one.
       const ac = new AbortController()
       js.onClose(() => { ac.abort(new DestinationUnavailableError('the operator closed the move stream')) })
-      this.deps.log.info('move ordered', { by: peer.name, container: order.container, to: order.to, dryRun: order.dryRun })
+      this.deps.log.info('move ordered', { by: peer.name, container: order.container, to: order.to, dryRun: order.dryRun, maxRate: order.maxRate })
       const sign: SignMove = async (request, signal) => {
         await js.write({ event: 'order', request } satisfies MoveEvent, signal)
         return parseOrderReply(await js.read(AbortSignal.any([signal, AbortSignal.timeout(ORDER_REPLY_TIMEOUT_MS)]))).order
@@ -143,7 +143,7 @@ export class MoveService {
       return
     }
     // From here on this move holds the container's lock, until its rollback (if any) is over.
-    const session = new TransferSession(this.deps.sessions, 'move', info)
+    const session = new TransferSession(this.deps.sessions, 'move', info, order.maxRate === undefined ? {} : { maxRate: order.maxRate })
     const startedAt = performance.now()
     if (!order.dryRun) this.metrics.moveStarted()
     try {
@@ -184,7 +184,7 @@ export class MoveService {
       await this.failed(order, emit, err, null, 'none-needed')
       return
     }
-    const sessions = infos.map(info => new TransferSession(this.deps.sessions, 'move', info))
+    const sessions = infos.map(info => new TransferSession(this.deps.sessions, 'move', info, order.maxRate === undefined ? {} : { maxRate: order.maxRate }))
     if (!order.dryRun) this.metrics.moveStarted()
     try {
       for (const [i, info] of infos.entries()) members.push(await this.planMember({ ...order, container: info.name }, info, sessions[i], emit, sign, signal))
@@ -286,6 +286,8 @@ export class MoveService {
         return { name: v.name, copy: synced === undefined ? 'spool' as const : 'rounds' as const, bytes }
       }))
     }
+    const cap = session.rateCap
+    if (cap !== undefined) plan.rateCap = cap
     if (live !== undefined && prepared.live !== undefined) {
       const { cpuFlags: _, ...source } = live
       plan.live = { source, destination: prepared.live }

@@ -10,7 +10,9 @@
  * destination's reply (it hashes every layer to verify it) and remembered per image in a
  * SavePathCache, so a layer known to be unwanted is skipped without crossing the network. A layer
  * not yet known is sent unnamed, and the destination keeps it only if the move needs it.
- * The destination verifies every layer either way; this side never hashes them.
+ * The destination verifies every layer either way; this side never hashes them. A named layer
+ * continues where the destination's partial copy of it ends (TransferLink.layer, `resume`): an
+ * earlier transfer of it that was cut off left that much verified there.
  */
 import { randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
@@ -24,6 +26,20 @@ import { spoolToFile } from './spool.js'
 import type { TransferLink } from './link.js'
 import type { LayerReply } from '../../protocol/move-messages.js'
 import { TransferIncompleteError } from '../../protocol/errors.js'
+
+/**
+ * The bytes of `source` after its first `offset` (a resumed layer: the destination holds those).
+ * They are read and dropped here: a layer rebuilt from the engine's files or a save stream cannot
+ * be entered in the middle, and reading is local, while the link carries only the rest.
+ */
+export async function * fromOffset (source: AsyncIterable<Uint8Array>, offset: number): AsyncGenerator<Uint8Array> {
+  let skip = offset
+  for await (const chunk of source) {
+    if (skip >= chunk.byteLength) { skip -= chunk.byteLength; continue }
+    yield skip === 0 ? chunk : chunk.subarray(skip)
+    skip = 0
+  }
+}
 
 /** How many images' save-stream layer names a cache remembers by default (a few hundred bytes each). */
 export const SAVE_PATH_CACHE_IMAGES = 64
@@ -85,9 +101,12 @@ export class LayerSender {
     for (const l of layers) {
       if (l?.file === undefined) continue
       const { size } = l.file
-      const reply = await link.call({ op: 'layer', moveId, diffId: l.diffId, size }, [{ size, source: l.file.stream(signal) }], signal, onBytes) as LayerReply
+      const file = l.file
+      const { result, offset } = await link.layer({ op: 'layer', moveId, diffId: l.diffId, size }, off => fromOffset(file.stream(signal), off), signal, onBytes)
+      const reply = result as LayerReply
       if (reply.diffId !== l.diffId) throw new TransferIncompleteError(`the destination took layer ${l.diffId} for ${reply.diffId}`)
-      bytes += size
+      if (offset > 0) this.deps.log.info('layer resumed', { moveId, digest: l.diffId, offset, bytes: size - offset })
+      bytes += size - offset
       sent++
     }
     return { config, bytes, layers: sent }
@@ -113,14 +132,18 @@ export class LayerSender {
         size = (await spoolToFile(entry.stream, path, signal)).size
         source = createReadStream(path)
       }
-      const reply = await link.call({ op: 'layer', moveId, diffId: name ?? null, size }, [{ size, source }], signal, onBytes) as LayerReply
+      const spooled = path
+      const from = (off: number): AsyncIterable<Uint8Array> => spooled !== undefined ? createReadStream(spooled, { start: off }) : fromOffset(source, off)
+      const { result, offset } = await link.layer({ op: 'layer', moveId, diffId: name ?? null, size }, from, signal, onBytes)
+      const reply = result as LayerReply
       if (path !== undefined) await rm(path, { force: true })
       // The destination hashed the layer to verify it and says which it was. Were it to lie, the
       // only effect would be on its own move (a layer wrongly skipped later leaves the image
       // incomplete there, and its load fails).
       if (!image.diffIds.includes(reply.diffId)) throw new TransferIncompleteError(`the destination took layer ${entry.path} for ${reply.diffId}, which is not a layer of ${image.id}`)
       known.set(entry.path, reply.diffId)
-      if (left.delete(reply.diffId)) { bytes += size; layers++ }
+      if (offset > 0) this.deps.log.info('layer resumed', { moveId, digest: reply.diffId, offset, bytes: size - offset })
+      if (left.delete(reply.diffId)) { bytes += size - offset; layers++ }
     }
     if (left.size > 0) throw new TransferIncompleteError(`the engine's save of ${image.id} lacked layer(s) ${[...left].join(', ')}`)
     return { config, bytes, layers }

@@ -6,6 +6,7 @@
  *
  *   const link = new TransferLink(connection, metrics)
  *   const reply = await link.call({ op: 'layer', moveId, diffId, size }, [{ size, path }], signal, onBytes)
+ *   const { result, offset } = await link.layer({ op: 'layer', moveId, diffId, size }, off => bytesFrom(off), signal, onBytes)
  *   const stats = await link.sync({ op: 'volume', moveId, name, round, final }, d => syncSource(dir, d, { signal }), signal)
  *
  * `shape()` sets how blobs cross this link (agent/transfer/links.ts): zstd and a rate cap on the
@@ -16,24 +17,35 @@ import type { Connection } from '@libp2p/interface'
 import { counted } from './counted.js'
 import { sendEncoded, type Encoding } from './encoding.js'
 import { mbitToBytesPerSecond, rateLimited } from './rate.js'
+import type { LinkClass } from './links.js'
 import { NO_METRICS, type Metrics } from '../metrics/sink.js'
 import { TRANSFER_PROTOCOL } from '../../protocol/ids.js'
 import { JsonStream, readResult } from '../../protocol/wire.js'
-import type { TransferRequest, VolumeRoundRequest } from '../../protocol/move-messages.js'
+import { parseResumePoint, type LayerHeader, type TransferRequest, type VolumeRoundRequest } from '../../protocol/move-messages.js'
 import { ProtocolError, fromWireError } from '../../protocol/errors.js'
 import { syncDuplex, type SyncDuplex } from './sync-stream.js'
 
 /** What follows a request on its stream: `size` bytes from a file at `path` or from `source`. */
 export interface Blob { size: number, path?: string, source?: AsyncIterable<Uint8Array> }
 
-/** How blobs cross a link: compressed or not, and under a rate cap (Mbit/s) or not. */
-export interface LinkShape { encoding?: Encoding, rateMbit?: number }
+/**
+ * How blobs cross a link: compressed or not, and under a rate cap (Mbit/s) or not; the link's class
+ * and price name the wire bytes in the metrics (default: a free link).
+ */
+export interface LinkShape {
+  encoding?: Encoding
+  rateMbit?: number
+  linkClass?: LinkClass
+  costPerGiB?: number
+  /** The destination continues partial layers (its prepare said so): named layers go with `resume`. */
+  resumes?: boolean
+}
 
 export class TransferLink {
   private linkShape: LinkShape = {}
   private wire = 0
 
-  constructor (private readonly connection: Connection, private readonly metrics: Pick<Metrics, 'bytesSent'> = NO_METRICS) {}
+  constructor (private readonly connection: Connection, private readonly metrics: Pick<Metrics, 'bytesSent' | 'wireBytes'> = NO_METRICS) {}
 
   /** The destination's peer ID (what a freeze record names). */
   get peerId (): string {
@@ -50,6 +62,12 @@ export class TransferLink {
     return this.wire
   }
 
+  /** Counts bytes handed to the wire (here and in the metrics, by link class). */
+  private onWire (n: number): void {
+    this.wire += n
+    this.metrics.wireBytes(this.linkShape.linkClass ?? 'free', n, this.linkShape.costPerGiB ?? 0)
+  }
+
   /** `bytes` under the link's rate cap, if it has one. */
   private capped (bytes: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncIterable<Uint8Array> {
     const { rateMbit } = this.linkShape
@@ -62,13 +80,7 @@ export class TransferLink {
     try {
       const { encoding } = this.linkShape
       await js.write(blobs.length > 0 && encoding !== undefined ? { ...req, encoding } : req, signal)
-      // The rate cap and `wireBytes` see what goes on the wire (compressed where the link compresses).
-      const wire = (bytes: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> => counted(this.capped(bytes, signal), n => { this.wire += n })
-      for (const b of blobs) {
-        const source = b.source ?? createReadStream(b.path ?? '')
-        // Blob payload (uncompressed) counts as sent once handed to the stream (docs/operations.md, metrics).
-        await sendEncoded(js, counted(source, n => { this.metrics.bytesSent(n); onBytes?.(n) }), b.size, { encoding, wire }, signal)
-      }
+      for (const b of blobs) await this.sendOn(js, b, signal, onBytes)
       const result = await readResult(js, signal)
       await js.close(signal)
       return result
@@ -76,6 +88,46 @@ export class TransferLink {
       js.abort(err as Error)
       throw err
     }
+  }
+
+  /**
+   * One layer: `from(offset)` must yield exactly the layer's bytes after `offset`. A named layer to a
+   * destination that resumes goes with `resume` (callResuming), any other whole (from 0).
+   * Returns the reply's result and the offset the layer was sent from.
+   */
+  async layer (req: LayerHeader, from: (offset: number) => AsyncIterable<Uint8Array>, signal: AbortSignal, onBytes?: (n: number) => void): Promise<{ result: unknown, offset: number }> {
+    if (this.linkShape.resumes !== true || req.diffId === null) return { result: await this.call(req, [{ size: req.size, source: from(0) }], signal, onBytes), offset: 0 }
+    return await this.callResuming(req, from, signal, onBytes)
+  }
+
+  /**
+   * One named layer the destination may hold part of (LayerHeader `resume`): the request, the
+   * destination's ResumePoint, then the layer from that offset on, then the reply.
+   */
+  private async callResuming (req: LayerHeader, from: (offset: number) => AsyncIterable<Uint8Array>, signal: AbortSignal, onBytes?: (n: number) => void): Promise<{ result: unknown, offset: number }> {
+    const js = new JsonStream(await this.connection.newStream(TRANSFER_PROTOCOL, { signal }))
+    try {
+      const { encoding } = this.linkShape
+      await js.write({ ...req, resume: true, ...encoding === undefined ? {} : { encoding } } satisfies LayerHeader, signal)
+      const first = await js.read(signal) as { ok?: unknown } | null
+      if (first !== null && typeof first === 'object' && first.ok === false) throw fromEnvelope(first)
+      const { offset } = parseResumePoint(first, req.size)
+      await this.sendOn(js, { size: req.size - offset, source: from(offset) }, signal, onBytes)
+      const result = await readResult(js, signal)
+      await js.close(signal)
+      return { result, offset }
+    } catch (err) {
+      js.abort(err as Error)
+      throw err
+    }
+  }
+
+  /** One blob on a step's stream, encoded as the link says; the rate cap and `wireBytes` see what goes on the wire (compressed where the link compresses). */
+  private async sendOn (js: JsonStream, b: Blob, signal: AbortSignal, onBytes?: (n: number) => void): Promise<void> {
+    const wire = (bytes: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> => counted(this.capped(bytes, signal), n => { this.onWire(n) })
+    const source = b.source ?? createReadStream(b.path ?? '')
+    // Blob payload (uncompressed) counts as sent once handed to the stream (docs/operations.md, metrics).
+    await sendEncoded(js, counted(source, n => { this.metrics.bytesSent(n); onBytes?.(n) }), b.size, { encoding: this.linkShape.encoding, wire }, signal)
   }
 
   /**
@@ -93,7 +145,7 @@ export class TransferLink {
       const duplex = syncDuplex(js, signal)
       const sink = duplex.sink
       // The link's rate cap holds for a volume round's bytes too (zstd does not: the sync has its own framing).
-      duplex.sink = async s => { await sink(counted(this.capped(s, signal), n => { this.wire += n; this.metrics.bytesSent(n) })) }
+      duplex.sink = async s => { await sink(counted(this.capped(s, signal), n => { this.onWire(n); this.metrics.bytesSent(n) })) }
       const result = await run(duplex)
       await readResult(js, signal)
       await js.close(signal)

@@ -30,6 +30,10 @@ export function mbitToBytesPerSecond (mbit: number): number {
   return mbit * 1_000_000 / 8
 }
 
+export function bytesPerSecondToMbit (bytesPerSecond: number): number {
+  return bytesPerSecond * 8 / 1_000_000
+}
+
 /**
  * The bucket as a schedule: `due` is when the bytes passed so far would have gone at the rate, never
  * further back than one burst before now (an idle spell earns one burst, no more). A timer that fires

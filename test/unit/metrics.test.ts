@@ -79,6 +79,30 @@ describe('agent metrics (Prometheus endpoint on loopback)', () => {
     expect(sample(s, 'process_resident_memory_bytes')).to.be.greaterThan(0)
   })
 
+  it('counts wire bytes and their cost per link class, the compression ratio, and bytes served by holders', async () => {
+    let s = await scrape()
+    expect(sample(s, 'goto_transfer_link_bytes_total', { class: 'expensive' })).to.equal(0)
+    expect(sample(s, 'goto_layer_bytes_from_holder_total')).to.equal(0)
+    const sentBefore = sample(s, 'goto_transfer_sent_bytes_total') ?? 0
+    // 1024 blob bytes so far went on the wire uncompressed, over a free link.
+    prometheus.wireBytes('free', sentBefore, 0)
+    prometheus.bytesSent(2 ** 30)
+    prometheus.wireBytes('expensive', 2 ** 29, 0.09)
+    prometheus.wireBytes('cheap', 2 ** 29, 0.02)
+    prometheus.layerBytesFromHolder(4096)
+    s = await scrape()
+    expect(sample(s, 'goto_transfer_link_bytes_total', { class: 'expensive' })).to.equal(2 ** 29)
+    expect(sample(s, 'goto_transfer_link_cost_total', { class: 'expensive' })).to.be.closeTo(0.045, 1e-12)
+    expect(sample(s, 'goto_transfer_link_cost_total', { class: 'cheap' })).to.be.closeTo(0.01, 1e-12)
+    expect(sample(s, 'goto_transfer_link_cost_total', { class: 'free' })).to.equal(0)
+    expect(sample(s, 'goto_transfer_compression_ratio')).to.be.closeTo((2 ** 30 + sentBefore) / (2 ** 30 + sentBefore), 1e-9)
+    prometheus.bytesSent(2 ** 20)
+    prometheus.wireBytes('expensive', 2 ** 19, 0.09)
+    s = await scrape()
+    expect(sample(s, 'goto_transfer_compression_ratio')).to.be.closeTo((2 ** 30 + 2 ** 20 + sentBefore) / (2 ** 30 + 2 ** 19 + sentBefore), 1e-9)
+    expect(sample(s, 'goto_layer_bytes_from_holder_total')).to.equal(4096)
+  })
+
   it('reports each snapshot\'s age at scrape time, and drops a forgotten one', async () => {
     prometheus.snapshotTaken('web', clock - 5000)
     prometheus.snapshotTaken('db', clock)

@@ -125,6 +125,16 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
     await expectRolledBack(w)
   })
 
+  it('a move\'s --max-rate below the link\'s cap is the cap the sender keeps to, and the plan says so', async () => {
+    const w = await world(undefined, { a: { provider: 'vagrant' }, b: { provider: 'azure' } })
+    const events = await runMove(w.a, { container: 'web', to: 'b', maxRate: 1_000_000 })
+    const plan = events.find(e => e.event === 'plan')
+    if (plan?.event !== 'plan') throw new Error(JSON.stringify(events))
+    expect(plan.plan.rateCap).to.deep.equal({ bytesPerSecond: 1_000_000, by: 'move' })
+    expect(outcome(events).event).to.equal('done')
+    await expectMoved(w)
+  })
+
   it('moves a running container with its changes and volume data, sending only the layers the destination lacks', async () => {
     const w = await world()
     const image = await w.A.inspectImage((await w.A.inspectContainer(w.web)).spec.image)

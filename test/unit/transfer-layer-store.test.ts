@@ -39,7 +39,8 @@ describe('transfer: layer store', () => {
     expect(await store.has(diffId)).to.equal(false)
     expect(await store.list()).to.deep.equal([])
     expect(await readdir(join(store.dir, 'incoming'))).to.deep.equal([])
-    expect((await readdir(store.dir)).sort()).to.deep.equal(['incoming'])
+    expect((await readdir(store.dir)).sort()).to.deep.equal(['incoming', 'partial'])
+    expect(await readdir(join(store.dir, 'partial'))).to.deep.equal([])
   }
 
   it('keeps a layer whose size and sha256 match, and serves it back', async () => {
