@@ -167,7 +167,7 @@ describe('links between clouds in the lab (3 clouds, zstd, a rate cap, dry-run c
     expect(await docker(B, 'exec', 'zipme', 'md5sum', '/text.txt')).to.equal(sum)
   })
 
-  it(`keeps to the link's ${RATE_MBIT} Mbit/s cap: a 16 MiB incompressible layer takes ≥ 3 s and < 10 s`, async () => {
+  it(`keeps to the link's ${RATE_MBIT} Mbit/s cap: a 16 MiB incompressible layer takes ≥ 3 s (and < 20 s: the pre-copy includes the destination's load, slow on a busy machine)`, async () => {
     const r = await move('capped', B.name)
     const d = done(r)
     const pre = r.events.find(e => e.event === 'step' && e.step === 'pre-copy')
@@ -175,7 +175,7 @@ describe('links between clouds in the lab (3 clouds, zstd, a rate cap, dry-run c
     const seconds = ((freeze?.at ?? 0) - (pre?.at ?? 0)) / 1000
     console.log(`      16 MiB random layer under a ${RATE_MBIT} Mbit/s cap: pre-copy ${seconds.toFixed(2)} s, ${((d.bytesOnWire ?? 0) / MiB).toFixed(1)} MiB on the wire`)
     expect(d.bytesOnWire).to.be.at.least(16 * MiB)
-    expect(seconds).to.be.at.least(3).and.below(10)
+    expect(seconds).to.be.at.least(3).and.below(20)
     expect(await docker(B, 'inspect', '--format', '{{.State.Running}}', 'capped')).to.equal('true')
   })
 
