@@ -12,6 +12,11 @@
  *   await docker.exportChanges(c.id, '/spool/top.tar')       // what the container changed, as a layer tar
  *   buildLayeredConfig(await docker.inspectImageConfig(c.spec.image), top.diffId)  // layered-config.ts
  *
+ * Every request speaks the Engine API version negotiated with the engine (api-version.ts): asked
+ * once on the unversioned `/version`, then the path's prefix (`/v1.41/...`); an engine that shares
+ * no version with the agent fails every request with DockerApiVersionError. An engine that stops
+ * answering is asked again when it is back (it may have been upgraded meanwhile).
+ *
  * Errors are turned into typed errors here, by HTTP status, never by message text: 404 becomes
  * ContainerNotFoundError / ImageNotFoundError / VolumeNotFoundError (ContainerPathNotFoundError for
  * an absent path in the archive endpoints), 409 DockerConflictError, any other status
@@ -42,6 +47,7 @@ import { messageError, readJsonMessages } from './json-messages.js'
 import { decodePathStat, exportContainerChanges, parseChanges } from './changes.js'
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
 import { imageStoreOf, productOf, type EngineProduct } from './engine-kind.js'
+import { AGENT_API, negotiateApiVersion } from './api-version.js'
 import type {
   ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, SavedEntry
 } from './types.js'
@@ -72,6 +78,18 @@ interface EngineRequest {
   file?: Readable
   /** Keep the response as a stream instead of parsing JSON. */
   stream?: boolean
+  /** Ask on the path as it is, without the negotiated version's prefix (only `/version`). */
+  unversioned?: boolean
+}
+
+/** What `GET /version` says, in the fields the driver reads. */
+interface EngineVersionBody {
+  Version: string
+  ApiVersion: string
+  MinAPIVersion?: string
+  Os: string
+  Arch: string
+  Components?: unknown
 }
 
 export class DockerodeHost implements DockerHost {
@@ -81,6 +99,8 @@ export class DockerodeHost implements DockerHost {
   /** The engine's storage as files, once asked (null: not readable from here). */
   private files: LayerFiles | null | undefined
   private products: Promise<EngineProduct> | undefined
+  /** The path prefix of the negotiated API version (`/v1.41`), once asked (a failed ask is not kept). */
+  private apiPrefix: Promise<string> | undefined
 
   /** `layerFiles: false`: never read the engine's storage (layerFiles answers undefined). */
   constructor (readonly endpoint: DockerEndpoint, private readonly opts: { layerFiles?: boolean } = {}) {
@@ -92,8 +112,25 @@ export class DockerodeHost implements DockerHost {
   // --- engine ---------------------------------------------------------------------------------
 
   async version (signal?: AbortSignal): Promise<EngineVersion> {
-    const v = await this.request<{ Version: string, ApiVersion: string, Os: string, Arch: string, Components?: unknown }>({ what: 'version', notFound: 'none', method: 'GET', path: '/version' }, signal)
+    const v = await this.engineVersion(signal)
     return { version: v.Version, apiVersion: v.ApiVersion, os: v.Os, arch: v.Arch, product: productOf(v.Components) }
+  }
+
+  /** `GET /version` on the unversioned path, which every engine answers whatever versions it speaks. */
+  private async engineVersion (signal?: AbortSignal): Promise<EngineVersionBody> {
+    return await this.request<EngineVersionBody>({ what: 'version', notFound: 'none', method: 'GET', path: '/version', unversioned: true }, signal)
+  }
+
+  /** The negotiated version's path prefix; see the module comment. */
+  private async versionPrefix (signal?: AbortSignal): Promise<string> {
+    this.apiPrefix ??= this.engineVersion(signal).then(v =>
+      `/v${negotiateApiVersion({ apiVersion: v.ApiVersion, minApiVersion: v.MinAPIVersion }, AGENT_API, `docker engine at ${this.endpoint.url}`)}`)
+    try {
+      return await this.apiPrefix
+    } catch (err) {
+      this.apiPrefix = undefined
+      throw err
+    }
   }
 
   async info (signal?: AbortSignal): Promise<EngineInfo> {
@@ -320,7 +357,7 @@ export class DockerodeHost implements DockerHost {
     let res: PlainResponse
     try {
       // Not through the modem: a save is the one large download, read cheaper as HTTP/1.0 (plain-get.ts).
-      res = await plainGet(this.endpoint, `/images/${enc(imageId)}/get`, signal)
+      res = await plainGet(this.endpoint, `${await this.versionPrefix(signal)}/images/${enc(imageId)}/get`, signal)
     } catch (err) {
       const mapped = this.mapError(what, 'image', err, signal)
       // Engine 20.10 answers 500 (not 404) for an unknown full image ID: ask the image itself.
@@ -457,9 +494,10 @@ export class DockerodeHost implements DockerHost {
 
   private async request<T = unknown> (req: EngineRequest, signal?: AbortSignal): Promise<T> {
     signal?.throwIfAborted()
+    const path = req.unversioned === true ? req.path : `${await this.versionPrefix(signal)}${req.path}`
     const query = req.query === undefined ? undefined : Object.fromEntries(Object.entries(req.query).map(([k, v]) => [k, typeof v === 'boolean' ? (v ? '1' : '0') : String(v)]))
     const options: DockerModem.DialOptions = {
-      path: query === undefined ? req.path : `${req.path}?`,
+      path: query === undefined ? path : `${path}?`,
       method: req.method,
       statusCodes: OK_STATUSES,
       isStream: req.stream === true,
@@ -478,7 +516,10 @@ export class DockerodeHost implements DockerHost {
       if (req.stream === true && signal !== undefined) addAbortSignal(signal, result as IncomingMessage)
       return result as T
     } catch (err) {
-      throw this.mapError(req.what, req.notFound, err, signal)
+      const mapped = this.mapError(req.what, req.notFound, err, signal)
+      // No answer: the engine may come back as another version (an upgrade restarts it).
+      if (mapped instanceof DockerUnavailableError) this.apiPrefix = undefined
+      throw mapped
     }
   }
 
