@@ -42,7 +42,7 @@ import { readSavedImage } from './saved-image.js'
 import { EngineStatusError, plainGet, type PlainResponse } from './plain-get.js'
 import { LayerFiles } from './layer-files.js'
 import { rerootArchive } from './archive-root.js'
-import { fromPodmanInspect } from './podman-inspect.js'
+import { fromPodmanInspect, toPodmanCreate } from './podman-inspect.js'
 import { messageError, readJsonMessages } from './json-messages.js'
 import { decodePathStat, exportContainerChanges, parseChanges } from './changes.js'
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
@@ -226,7 +226,19 @@ export class DockerodeHost implements DockerHost {
 
   async inspectContainer (nameOrId: string, signal?: AbortSignal): Promise<ContainerInfo> {
     const c = await this.request<EngineContainer>({ what: `inspect container '${nameOrId}'`, notFound: 'container', method: 'GET', path: `/containers/${enc(nameOrId)}/json` }, signal)
-    return containerInfoFromInspect(await this.product(signal) === 'podman' ? fromPodmanInspect(c) : c)
+    if (await this.product(signal) !== 'podman') return containerInfoFromInspect(c)
+    return containerInfoFromInspect(fromPodmanInspect(c, await this.imageEnv(String(c.Image ?? ''), signal)))
+  }
+
+  /** The env an image gives its containers (empty for an image gone meanwhile). */
+  private async imageEnv (ref: string, signal?: AbortSignal): Promise<string[]> {
+    try {
+      const i = await this.request<{ Config?: { Env?: string[] | null } | null }>({ what: `inspect image '${ref}'`, notFound: 'image', method: 'GET', path: `/images/${enc(ref)}/json` }, signal)
+      return i.Config?.Env ?? []
+    } catch (err) {
+      if (err instanceof ImageNotFoundError) return []
+      throw err
+    }
   }
 
   /** Docker Engine or Podman, asked once (a failed ask is not kept). */
@@ -309,7 +321,8 @@ export class DockerodeHost implements DockerHost {
   async create (spec: ContainerSpec, signal?: AbortSignal): Promise<string> {
     // The only thing create can miss is the image (404); a name in use is a 409.
     const name = spec.name.replace(/^\//, '')
-    const r = await this.request<{ Id: string }>({ what: `create container '${name}'`, notFound: 'image', method: 'POST', path: '/containers/create', query: { name }, body: createBody(spec) }, signal)
+    const body = await this.product(signal) === 'podman' ? toPodmanCreate(createBody(spec)) : createBody(spec)
+    const r = await this.request<{ Id: string }>({ what: `create container '${name}'`, notFound: 'image', method: 'POST', path: '/containers/create', query: { name }, body }, signal)
     return r.Id
   }
 
