@@ -59,6 +59,9 @@ import type { ByteSource, DockerHost, EngineInfo, EngineVersion } from './docker
 /** A syncfs of the data root taking longer than this is left to finish by itself. */
 const FLUSH_TIMEOUT_MS = 30_000
 
+/** The one `/version` ask that negotiates the API version: as long as any single engine call may wait. */
+const VERSION_ASK_TIMEOUT_MS = 30_000
+
 /** Statuses the modem passes as success; every other one becomes an error we map below. */
 const OK_STATUSES = { 200: true, 201: true, 204: true, 304: true }
 
@@ -121,16 +124,16 @@ export class DockerodeHost implements DockerHost {
     return await this.request<EngineVersionBody>({ what: 'version', notFound: 'none', method: 'GET', path: '/version', unversioned: true }, signal)
   }
 
-  /** The negotiated version's path prefix; see the module comment. */
+  /**
+   * The negotiated version's path prefix; see the module comment. One ask serves every caller, so
+   * it runs on its own timeout, not on the signal of whichever caller came first (that caller
+   * giving up must not fail the others); each caller waits on its own signal.
+   */
   private async versionPrefix (signal?: AbortSignal): Promise<string> {
-    this.apiPrefix ??= this.engineVersion(signal).then(v =>
+    const ask = this.apiPrefix ??= this.engineVersion(AbortSignal.timeout(VERSION_ASK_TIMEOUT_MS)).then(v =>
       `/v${negotiateApiVersion({ apiVersion: v.ApiVersion, minApiVersion: v.MinAPIVersion }, AGENT_API, `docker engine at ${this.endpoint.url}`)}`)
-    try {
-      return await this.apiPrefix
-    } catch (err) {
-      this.apiPrefix = undefined
-      throw err
-    }
+    ask.catch(() => { if (this.apiPrefix === ask) this.apiPrefix = undefined })
+    return await untilAborted(ask, signal)
   }
 
   async info (signal?: AbortSignal): Promise<EngineInfo> {
@@ -581,6 +584,21 @@ function engineMessage (e: Error & { json?: { message?: unknown } | null }): str
 /** Path segment: names, IDs and image references (with '/', ':' and '@') reach the engine intact. */
 function enc (s: string): string {
   return encodeURIComponent(s)
+}
+
+/** `p`, or the signal's reason as soon as it aborts (p goes on for others). */
+async function untilAborted<T> (p: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (signal === undefined) return await p
+  signal.throwIfAborted()
+  let onAbort: (() => void) | undefined
+  try {
+    return await Promise.race([p, new Promise<never>((_resolve, reject) => {
+      onAbort = () => { reject(signal.reason) }
+      signal.addEventListener('abort', onAbort, { once: true })
+    })])
+  } finally {
+    if (onAbort !== undefined) signal.removeEventListener('abort', onAbort)
+  }
 }
 
 function toReadable (source: ByteSource): Readable {

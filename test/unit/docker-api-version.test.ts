@@ -12,7 +12,7 @@ import { DockerApiVersionError, ImageNotFoundError, fromWireError, toWireError }
  * on any path, every other path only with a version prefix in range (Docker 29 answers a lower one
  * with 400 "client version 1.41 is too old"), and an empty container list.
  */
-async function fakeEngine (socketPath: string, min: string, max: string, seen: string[]): Promise<Server> {
+async function fakeEngine (socketPath: string, min: string, max: string, seen: string[], versionDelayMs = 0): Promise<Server> {
   const num = (v: string): number => { const [a, b] = v.split('.').map(Number); return (a ?? 0) * 1000 + (b ?? 0) }
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const url = req.url ?? ''
@@ -21,7 +21,7 @@ async function fakeEngine (socketPath: string, min: string, max: string, seen: s
     const path = (m?.[2] ?? url).replace(/\?.*$/, '')
     const json = (status: number, body: unknown): void => { res.writeHead(status, { 'Content-Type': 'application/json' }).end(JSON.stringify(body)) }
     if (path === '/version') {
-      json(200, { Version: '29.0.0', ApiVersion: max, MinAPIVersion: min, Os: 'linux', Arch: 'amd64' })
+      setTimeout(() => { json(200, { Version: '29.0.0', ApiVersion: max, MinAPIVersion: min, Os: 'linux', Arch: 'amd64' }) }, versionDelayMs)
       return
     }
     if (m?.[1] === undefined) { json(400, { message: 'this fake engine wants a versioned path' }); return }
@@ -92,6 +92,16 @@ describe('docker: Engine API version negotiation', () => {
       try { for await (const e of docker.saveImage('x')) void e } catch (e) { err = e }
       expect(err).to.be.instanceOf(ImageNotFoundError)
       expect(seen).to.include(`/v${AGENT_API.max}/images/x/get`)
+    })
+
+    it('a caller that gives up during the ask fails alone; the others get their answer', async () => {
+      const seen: string[] = []
+      server = await fakeEngine(socketPath, '1.44', '1.52', seen, 200)
+      const docker = host()
+      const [impatient, patient] = await Promise.allSettled([docker.listContainers(AbortSignal.timeout(20)), docker.listContainers()])
+      expect(impatient.status).to.equal('rejected')
+      expect(patient).to.deep.equal({ status: 'fulfilled', value: [] })
+      expect(seen.filter(p => p === '/version')).to.have.length(1)
     })
 
     it('speaks 1.41 to an engine whose newest is 1.41 (Engine 20.10)', async () => {
