@@ -48,6 +48,7 @@ import { decodePathStat, exportContainerChanges, parseChanges } from './changes.
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
 import { imageStoreOf, productOf, type EngineProduct } from './engine-kind.js'
 import { AGENT_API, negotiateApiVersion } from './api-version.js'
+import { untilAborted } from '../abort.js'
 import type {
   ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, PathStat, SavedEntry
 } from './types.js'
@@ -584,21 +585,6 @@ function engineMessage (e: Error & { json?: { message?: unknown } | null }): str
 /** Path segment: names, IDs and image references (with '/', ':' and '@') reach the engine intact. */
 function enc (s: string): string {
   return encodeURIComponent(s)
-}
-
-/** `p`, or the signal's reason as soon as it aborts (p goes on for others). */
-async function untilAborted<T> (p: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (signal === undefined) return await p
-  signal.throwIfAborted()
-  let onAbort: (() => void) | undefined
-  try {
-    return await Promise.race([p, new Promise<never>((_resolve, reject) => {
-      onAbort = () => { reject(signal.reason) }
-      signal.addEventListener('abort', onAbort, { once: true })
-    })])
-  } finally {
-    if (onAbort !== undefined) signal.removeEventListener('abort', onAbort)
-  }
 }
 
 function toReadable (source: ByteSource): Readable {
