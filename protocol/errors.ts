@@ -84,6 +84,19 @@ export class NetworkNotFoundError extends DockerEngineError {}
 export class DockerConflictError extends DockerEngineError {}
 /** `docker load` failed: an error status, or an `error` inside the streamed answer of an HTTP 200. */
 export class DockerLoadError extends DockerEngineError {}
+/**
+ * The engine and the agent share no Engine API version (agent/docker/api-version.ts): `engine` and
+ * `agent` are the two ranges (`1.44-1.52`), and the message names which side is too old.
+ */
+export class DockerApiVersionError extends GotoError {
+  readonly engine: string | undefined
+  readonly agent: string | undefined
+  constructor (message: string, options?: { cause?: unknown, engine?: string, agent?: string }) {
+    super(message, options)
+    this.engine = options?.engine
+    this.agent = options?.agent
+  }
+}
 /** A `docker save` stream that is not a readable image archive (classic or OCI layout): bad tar, no manifest, bad blob. */
 export class SavedImageFormatError extends GotoError {}
 /** An engine's archive of a container path (`GET /containers/{id}/archive`) that is not a readable tar. */
@@ -335,6 +348,7 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   NetworkNotFoundError,
   DockerConflictError,
   DockerLoadError,
+  DockerApiVersionError,
   SavedImageFormatError,
   ArchiveFormatError,
   LayerFilesError,

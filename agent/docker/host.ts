@@ -12,6 +12,11 @@
  *   await docker.exportChanges(c.id, '/spool/top.tar')       // what the container changed, as a layer tar
  *   buildLayeredConfig(await docker.inspectImageConfig(c.spec.image), top.diffId)  // layered-config.ts
  *
+ * Every request speaks the Engine API version negotiated with the engine (api-version.ts): asked
+ * once on the unversioned `/version`, then the path's prefix (`/v1.41/...`); an engine that shares
+ * no version with the agent fails every request with DockerApiVersionError. An engine that stops
+ * answering is asked again when it is back (it may have been upgraded meanwhile).
+ *
  * Errors are turned into typed errors here, by HTTP status, never by message text: 404 becomes
  * ContainerNotFoundError / ImageNotFoundError / VolumeNotFoundError (ContainerPathNotFoundError for
  * an absent path in the archive endpoints), 409 DockerConflictError, any other status
@@ -38,11 +43,13 @@ import { readSavedImage } from './saved-image.js'
 import { EngineStatusError, plainGet, type PlainResponse } from './plain-get.js'
 import { LayerFiles } from './layer-files.js'
 import { rerootArchive } from './archive-root.js'
-import { fromPodmanInspect } from './podman-inspect.js'
+import { fromPodmanInspect, toPodmanCreate } from './podman-inspect.js'
 import { messageError, readJsonMessages } from './json-messages.js'
 import { decodePathStat, exportContainerChanges, parseChanges } from './changes.js'
 import { historyFromEngine, type EngineHistoryRow } from './layered-config.js'
 import { imageStoreOf, productOf, type EngineProduct } from './engine-kind.js'
+import { AGENT_API, negotiateApiVersion } from './api-version.js'
+import { untilAborted } from '../abort.js'
 import type {
   ContainerChange, ContainerInfo, ContainerSpec, ExportedChanges, ImageConfigInfo, ImageInfo, NetworkSpec, PathStat, RestartPolicy, SavedEntry
 } from './types.js'
@@ -53,6 +60,9 @@ import type { ByteSource, DockerHost, EngineInfo, EngineVersion, NetworkInfo } f
 
 /** A syncfs of the data root taking longer than this is left to finish by itself. */
 const FLUSH_TIMEOUT_MS = 30_000
+
+/** The one `/version` ask that negotiates the API version: as long as any single engine call may wait. */
+const VERSION_ASK_TIMEOUT_MS = 30_000
 
 /** Statuses the modem passes as success; every other one becomes an error we map below. */
 const OK_STATUSES = { 200: true, 201: true, 204: true, 304: true }
@@ -73,6 +83,18 @@ interface EngineRequest {
   file?: Readable
   /** Keep the response as a stream instead of parsing JSON. */
   stream?: boolean
+  /** Ask on the path as it is, without the negotiated version's prefix (only `/version`). */
+  unversioned?: boolean
+}
+
+/** What `GET /version` says, in the fields the driver reads. */
+interface EngineVersionBody {
+  Version: string
+  ApiVersion: string
+  MinAPIVersion?: string
+  Os: string
+  Arch: string
+  Components?: unknown
 }
 
 export class DockerodeHost implements DockerHost {
@@ -82,6 +104,8 @@ export class DockerodeHost implements DockerHost {
   /** The engine's storage as files, once asked (null: not readable from here). */
   private files: LayerFiles | null | undefined
   private products: Promise<EngineProduct> | undefined
+  /** The path prefix of the negotiated API version (`/v1.41`), once asked (a failed ask is not kept). */
+  private apiPrefix: Promise<string> | undefined
 
   /** `layerFiles: false`: never read the engine's storage (layerFiles answers undefined). */
   constructor (readonly endpoint: DockerEndpoint, private readonly opts: { layerFiles?: boolean } = {}) {
@@ -93,8 +117,25 @@ export class DockerodeHost implements DockerHost {
   // --- engine ---------------------------------------------------------------------------------
 
   async version (signal?: AbortSignal): Promise<EngineVersion> {
-    const v = await this.request<{ Version: string, ApiVersion: string, Os: string, Arch: string, Components?: unknown }>({ what: 'version', notFound: 'none', method: 'GET', path: '/version' }, signal)
+    const v = await this.engineVersion(signal)
     return { version: v.Version, apiVersion: v.ApiVersion, os: v.Os, arch: v.Arch, product: productOf(v.Components) }
+  }
+
+  /** `GET /version` on the unversioned path, which every engine answers whatever versions it speaks. */
+  private async engineVersion (signal?: AbortSignal): Promise<EngineVersionBody> {
+    return await this.request<EngineVersionBody>({ what: 'version', notFound: 'none', method: 'GET', path: '/version', unversioned: true }, signal)
+  }
+
+  /**
+   * The negotiated version's path prefix; see the module comment. One ask serves every caller, so
+   * it runs on its own timeout, not on the signal of whichever caller came first (that caller
+   * giving up must not fail the others); each caller waits on its own signal.
+   */
+  private async versionPrefix (signal?: AbortSignal): Promise<string> {
+    const ask = this.apiPrefix ??= this.engineVersion(AbortSignal.timeout(VERSION_ASK_TIMEOUT_MS)).then(v =>
+      `/v${negotiateApiVersion({ apiVersion: v.ApiVersion, minApiVersion: v.MinAPIVersion }, AGENT_API, `docker engine at ${this.endpoint.url}`)}`)
+    ask.catch(() => { if (this.apiPrefix === ask) this.apiPrefix = undefined })
+    return await untilAborted(ask, signal)
   }
 
   async info (signal?: AbortSignal): Promise<EngineInfo> {
@@ -191,7 +232,7 @@ export class DockerodeHost implements DockerHost {
 
   async inspectContainer (nameOrId: string, signal?: AbortSignal): Promise<ContainerInfo> {
     const raw = await this.request<EngineContainer>({ what: `inspect container '${nameOrId}'`, notFound: 'container', method: 'GET', path: `/containers/${enc(nameOrId)}/json` }, signal)
-    const c = await this.product(signal) === 'podman' ? fromPodmanInspect(raw) : raw
+    const c = await this.product(signal) === 'podman' ? fromPodmanInspect(raw, await this.imageEnv(String(raw.Image ?? ''), signal)) : raw
     // Each user-defined network's definition: what the fidelity table judges and the spec carries.
     const networks: Record<string, EngineNetwork> = {}
     for (const [name, id] of Object.entries(userNetworksOf(c))) {
@@ -203,6 +244,17 @@ export class DockerodeHost implements DockerHost {
       }
     }
     return containerInfoFromInspect(c, networks)
+  }
+
+  /** The env an image gives its containers (empty for an image gone meanwhile). */
+  private async imageEnv (ref: string, signal?: AbortSignal): Promise<string[]> {
+    try {
+      const i = await this.request<{ Config?: { Env?: string[] | null } | null }>({ what: `inspect image '${ref}'`, notFound: 'image', method: 'GET', path: `/images/${enc(ref)}/json` }, signal)
+      return i.Config?.Env ?? []
+    } catch (err) {
+      if (err instanceof ImageNotFoundError) return []
+      throw err
+    }
   }
 
   /** Docker Engine or Podman, asked once (a failed ask is not kept). */
@@ -314,7 +366,8 @@ export class DockerodeHost implements DockerHost {
     // The only thing create can miss is the image (404); a name in use is a 409.
     const name = spec.name.replace(/^\//, '')
     for (const a of spec.networks ?? []) await this.inspectNetwork(a.network.name, signal)
-    const r = await this.request<{ Id: string }>({ what: `create container '${name}'`, notFound: 'image', method: 'POST', path: '/containers/create', query: { name }, body: createBody(spec) }, signal)
+    const body = await this.product(signal) === 'podman' ? toPodmanCreate(createBody(spec)) : createBody(spec)
+    const r = await this.request<{ Id: string }>({ what: `create container '${name}'`, notFound: 'image', method: 'POST', path: '/containers/create', query: { name }, body }, signal)
     // Engines before API 1.44 take one network at create: the others are connected before it starts.
     for (const a of spec.networks ?? []) {
       if (a.network.name === spec.primaryNetwork) continue
@@ -398,7 +451,7 @@ export class DockerodeHost implements DockerHost {
     let res: PlainResponse
     try {
       // Not through the modem: a save is the one large download, read cheaper as HTTP/1.0 (plain-get.ts).
-      res = await plainGet(this.endpoint, `/images/${enc(imageId)}/get`, signal)
+      res = await plainGet(this.endpoint, `${await this.versionPrefix(signal)}/images/${enc(imageId)}/get`, signal)
     } catch (err) {
       const mapped = this.mapError(what, 'image', err, signal)
       // Engine 20.10 answers 500 (not 404) for an unknown full image ID: ask the image itself.
@@ -535,9 +588,10 @@ export class DockerodeHost implements DockerHost {
 
   private async request<T = unknown> (req: EngineRequest, signal?: AbortSignal): Promise<T> {
     signal?.throwIfAborted()
+    const path = req.unversioned === true ? req.path : `${await this.versionPrefix(signal)}${req.path}`
     const query = req.query === undefined ? undefined : Object.fromEntries(Object.entries(req.query).map(([k, v]) => [k, typeof v === 'boolean' ? (v ? '1' : '0') : String(v)]))
     const options: DockerModem.DialOptions = {
-      path: query === undefined ? req.path : `${req.path}?`,
+      path: query === undefined ? path : `${path}?`,
       method: req.method,
       statusCodes: OK_STATUSES,
       isStream: req.stream === true,
@@ -556,7 +610,10 @@ export class DockerodeHost implements DockerHost {
       if (req.stream === true && signal !== undefined) addAbortSignal(signal, result as IncomingMessage)
       return result as T
     } catch (err) {
-      throw this.mapError(req.what, req.notFound, err, signal)
+      const mapped = this.mapError(req.what, req.notFound, err, signal)
+      // No answer: the engine may come back as another version (an upgrade restarts it).
+      if (mapped instanceof DockerUnavailableError) this.apiPrefix = undefined
+      throw mapped
     }
   }
 

@@ -1,7 +1,11 @@
 /**
  * Keeps a recent reading of the engine's version, kind (`describeEngine`: product, version, image
  * store) and container count for heartbeats, so a heartbeat never waits on Docker. Refreshes every `dockerRefreshMs`; an engine that stops answering reads as
- * null (the peer table then shows no version) and is logged once per outage.
+ * null (the peer table then shows no version) and is logged once per outage. A refresh still under
+ * way when the next is due is not joined by another: an engine that goes on serving requests its
+ * client gave up on (Podman's `/version` and `/info`, measured taking 46-146 s on a loaded machine)
+ * collects a backlog of them, each making the next slower, and overlapping refreshes grew it twice
+ * as fast. (It still grows by one abandoned ask per timed-out refresh.)
  */
 import type { DockerHost, EngineVersion } from './docker-host.js'
 import type { Logger } from '../log.js'
@@ -14,6 +18,7 @@ export class DockerMonitor {
   containers: number | null = null
   private timer: NodeJS.Timeout | undefined
   private failing = false
+  private refreshing = false
 
   constructor (private readonly docker: DockerHost, private readonly refreshMs: number, private readonly log: Logger) {}
 
@@ -28,6 +33,8 @@ export class DockerMonitor {
   }
 
   private async refresh (): Promise<void> {
+    if (this.refreshing) return
+    this.refreshing = true
     const signal = AbortSignal.timeout(this.refreshMs * 2)
     try {
       this.version ??= await this.docker.version(signal)
@@ -41,6 +48,8 @@ export class DockerMonitor {
       this.version = null
       this.kind = null
       this.containers = null
+    } finally {
+      this.refreshing = false
     }
   }
 }

@@ -20,6 +20,8 @@ import { hasQuorum, judgeClaim, majority, type GossipedOwner } from './placement
 import type { ClaimReply, ClaimRequest } from '../../protocol/failover-messages.js'
 import { grantBytes, verifyGrant, type EpochCertificate, type GrantClaim, type SignedGrant } from '../../protocol/epoch-certs.js'
 import { TakeoverRefusedError } from '../../protocol/errors.js'
+// A peer that ignores the signal cannot stall a claim.
+import { untilAborted } from '../abort.js'
 
 /**
  * How long one peer may take to answer a claim: a dial (direct or relayed) and one round trip, with
@@ -182,19 +184,5 @@ export class ClaimRound {
 
   private raise (name: string, epoch: number): void {
     this.floor.set(name, Math.max(this.floor.get(name) ?? 0, epoch))
-  }
-}
-
-/** `p`, or a rejection once `signal` aborts: a peer that ignores the signal cannot stall a claim. */
-async function untilAborted<T> (p: Promise<T>, signal: AbortSignal): Promise<T> {
-  signal.throwIfAborted()
-  let onAbort: (() => void) | undefined
-  try {
-    return await Promise.race([p, new Promise<never>((_resolve, reject) => {
-      onAbort = () => { reject(signal.reason) }
-      signal.addEventListener('abort', onAbort, { once: true })
-    })])
-  } finally {
-    if (onAbort !== undefined) signal.removeEventListener('abort', onAbort)
   }
 }

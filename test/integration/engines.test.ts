@@ -1,39 +1,55 @@
 /**
- * Moves between engines of different kinds in one lab: Debian 12's dockerd 20.10 (overlay2),
- * Debian 13's dockerd 26.1.5 (overlay2) and Debian unstable's dockerd 28.5.2 with containerd 2.1.9
- * and the containerd image store (the store Docker 29 makes the default). Needs `.ci/engines`.
- * One lab for the file, engines started in parallel; one container travels 20.10 → 28-containerd
- * → 26 → 20.10 with a named volume, a file written after start and a published port, and arrives
- * running with its data each time; `goto peers` shows each host's engine kind and store.
+ * Moves and failovers between engines of different kinds in one lab: Debian 12's dockerd 20.10
+ * (overlay2), Debian 13's dockerd 26.1.5 (overlay2), Debian unstable's dockerd 28.5.2 with
+ * containerd 2.1.9 and the containerd image store (the store Docker 29 makes the default), and
+ * Debian 12's Podman 4.3. Needs `.ci/engines` and Debian's podman. One lab for the file, engines
+ * started in parallel; one container travels 20.10 → 28-containerd → 26 → 20.10 with a named
+ * volume, a file written after start and a published port, and arrives running with its data each
+ * time; a move to the containerd store whose agent is killed mid-move rolls back and leaves
+ * nothing there, and a move back from that store sends only the new layer; `goto peers` shows
+ * each host's engine kind and store. Last, the containerd-store host dies: its two protected
+ * containers run again from their newest snapshots, one on the 20.10 host, one on the Podman host.
  * The cost of the containerd-store path is measured in `npm run bench` (bench/engines.ts).
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
 import { engineMoves } from '../fixtures/engine-moves.js'
+import { getFile, putFile, runningNames } from '../fixtures/docker.js'
+import { rendezvousRank } from '../../agent/failover/placement.js'
 import type { AgentStatus, PeerRow } from '../../protocol/messages.js'
+import type { FailoverContainerRow } from '../../protocol/failover-messages.js'
 
 const MOVE_TIMEOUT_MS = 180_000
+/** Generous next to the test profile (dead after 3 s, snapshots every 2 s): a loaded machine is slow, not wrong. */
+const STATE_TIMEOUT_MS = 90_000
 
-describe('moves between engine kinds (20.10, 26 overlay2, 28 containerd store)', function () {
+describe('moves and failovers between engine kinds (20.10, 26 overlay2, 28 containerd store, Podman 4.3)', function () {
   this.timeout(240_000)
   const lab = new Lab({ prefix: 'gotolabx', subnet: '10.213.190.0/24' })
   let D20: LabHost
   let D26: LabHost
   let D28C: LabHost
+  let POD: LabHost
 
-  const { docker, names, move, arrived, aliveAt } = engineMoves(lab, { moveTimeoutMs: MOVE_TIMEOUT_MS, probeFrom: () => D20 })
+  const { docker, names, move, arrived, aliveAt, killedDestination, moveBackChangesOnly } = engineMoves(lab, { moveTimeoutMs: MOVE_TIMEOUT_MS, probeFrom: () => D20 })
+
+  async function failoverRow (h: LabHost, name: string): Promise<FailoverContainerRow | undefined> {
+    const r = await lab.cli(['status', '--json'], { agent: h.agentAddr })
+    return r.code === 0 ? (JSON.parse(r.stdout) as AgentStatus).failover?.containers.find(c => c.name === name) : undefined
+  }
 
   before(async function () {
     this.timeout(300_000)
     await lab.down()
-    ;[D20, D26, D28C] = await lab.up([
+    ;[D20, D26, D28C, POD] = await lab.up([
       { name: 'd20', provider: 'vagrant' },
       { name: 'd26', provider: 'aws', engine: 'docker-26' },
-      { name: 'd28c', provider: 'azure', engine: 'docker-28-containerd' }
+      { name: 'd28c', provider: 'azure', engine: 'docker-28-containerd' },
+      { name: 'pod', provider: 'aws', engine: 'podman' }
     ])
-    for (const h of [D20, D26, D28C]) {
-      for (const other of [D20, D26, D28C]) await waitFor(async () => await aliveAt(h, other.name), { timeoutMs: 60_000, intervalMs: 250, what: `${other.name} alive at ${h.name}` })
+    for (const h of [D20, D26, D28C, POD]) {
+      for (const other of [D20, D26, D28C, POD]) await waitFor(async () => await aliveAt(h, other.name), { timeoutMs: 60_000, intervalMs: 250, what: `${other.name} alive at ${h.name}` })
     }
     // A two-layer image: the base and one commit.
     await docker(D20, 'run', '--name', 'build1', 'gotolab/base:latest', 'sh', '-c', 'mkdir -p /srv /www && echo v1 > /www/index.html')
@@ -83,5 +99,55 @@ describe('moves between engine kinds (20.10, 26 overlay2, 28 containerd store)',
     await move('web', D20)
     await arrived(D20, 'vol\none\ntwo\nthree')
     expect(await names(D26)).to.not.include('web')
+  })
+
+  it('a containerd-store destination whose agent is killed mid-move: the source runs on, nothing is left there', async () => {
+    await killedDestination(D20, D28C, 'vol\none\ntwo\nthree')
+  })
+
+  it('moves it to the containerd store again and back to 20.10, which is sent only the new layer', async () => {
+    await move('web', D28C)
+    await arrived(D28C, 'vol\none\ntwo\nthree')
+    await docker(D28C, 'exec', 'web', 'sh', '-c', 'echo four > /srv/4.txt')
+    await moveBackChangesOnly(D28C, D20, 'vol\none\ntwo\nthree\nfour')
+  })
+
+  it('the containerd-store host dies: its protected containers run again from their newest snapshots on the 20.10 host and on the Podman host', async () => {
+    // A name whose one replica holder (rendezvous hashing over the other members) is each target.
+    const rows = JSON.parse((await lab.cli(['peers', '--json'])).stdout) as PeerRow[]
+    const idOf = (h: LabHost): string => rows.find(p => p.name === h.name)?.peerId as string
+    const others = [D20, D26, POD].map(idOf)
+    const nameFor = (target: LabHost): string => {
+      for (let i = 0; ; i++) if (rendezvousRank(`keep${i}`, others)[0] === idOf(target)) return `keep${i}`
+    }
+    const targets = [D20, POD].map(h => ({ host: h, name: nameFor(h) }))
+    for (const { name } of targets) {
+      await docker(D28C, 'run', '-d', '--name', name, '-l', 'goto.protect=true', '-v', `${name}data:/data`, 'gotolab/base:latest', 'sleep', '1000000')
+      await putFile(D28C, name, '/data/v.txt', 'snap')
+      await putFile(D28C, name, '/f.txt', 'snap')
+    }
+    for (const { host, name } of targets) {
+      // The first snapshot after the writes holds them.
+      const seq = (await failoverRow(D28C, name))?.snapshotSeq ?? 0
+      await waitFor(async () => {
+        const r = await failoverRow(D28C, name)
+        return r !== undefined && (r.snapshotSeq ?? 0) > seq + 1 && r.holders.includes(host.name)
+      }, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `a snapshot of ${name} held by ${host.name}` })
+    }
+    await lab.kill(D28C.name)
+    for (const { host, name } of targets) {
+      const r = await waitFor(async () => {
+        if (!(await runningNames(host)).includes(name)) return undefined
+        const row = await failoverRow(host, name)
+        return row?.owner === host.name ? row : undefined
+      }, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${name} to run again on ${host.name}, owned there` })
+      expect(r.epoch).to.equal(2)
+      expect([await getFile(host, name, '/data/v.txt'), await getFile(host, name, '/f.txt')]).to.deep.equal(['snap', 'snap'])
+    }
+    for (const { host, name } of targets) {
+      const on: string[] = []
+      for (const h of [D20, D26, POD]) if ((await runningNames(h)).includes(name)) on.push(h.name)
+      expect(on, `where ${name} runs`).to.deep.equal([host.name])
+    }
   })
 })
