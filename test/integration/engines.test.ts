@@ -16,6 +16,7 @@ import { expect } from 'chai'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
 import { engineMoves } from '../fixtures/engine-moves.js'
 import { getFile, putFile, runningNames } from '../fixtures/docker.js'
+import { logTail } from '../fixtures/agent-log.js'
 import { rendezvousRank } from '../../agent/failover/placement.js'
 import type { AgentStatus, PeerRow } from '../../protocol/messages.js'
 import type { FailoverContainerRow } from '../../protocol/failover-messages.js'
@@ -141,6 +142,7 @@ describe('moves and failovers between engine kinds (20.10, 26 overlay2, 28 conta
         const row = await failoverRow(host, name)
         return row?.owner === host.name ? row : undefined
       }, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${name} to run again on ${host.name}, owned there` })
+        .catch(async err => { throw new Error(`${(err as Error).message}; ${await logTail(host.agentLog, 60)}`, { cause: err }) })
       expect(r.epoch).to.equal(2)
       expect([await getFile(host, name, '/data/v.txt'), await getFile(host, name, '/f.txt')]).to.deep.equal(['snap', 'snap'])
     }
