@@ -8,10 +8,11 @@
  *   prepare    the destination checks it can take the container and says which layers it has
  *              (a move carries the operator's signed order, which the destination verifies)
  *   precopy    the layers it lacks stream to it while the container runs; it loads them (preload)
- *   volumeRound (move) named volumes both ends can read directly (local driver, engine on the
+ *   volumeRound named volumes both ends can read directly (local driver, engine on the
  *              agent's host; the destination offered it in prepare's reply) are synced by
  *              difference (agent/sync) while the container runs, one round at a time (rounds.ts
- *              decides how many); the final round runs inside the freeze
+ *              decides how many); the final round runs inside the freeze. (snapshot) the holder
+ *              syncs them against its current version's trees: only the change since it travels
  *   freeze     a freeze record (freeze-journal.ts), the pause, the container's changes as one layer
  *   handOver   (move) that layer to the destination
  *   volumes    each other named volume's data spooled while the container is frozen
@@ -127,7 +128,11 @@ export class TransferSession {
   private bytes = 0
   private policy?: LinkPolicy
 
-  constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo) {
+  /**
+   * `hashCache(volume)`: the hash cache a synced volume's sync keeps (a snapshotter keeps one per
+   * volume between snapshots, so unchanged files are not hashed again); default a new one per transfer.
+   */
+  constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo, private readonly hashCache: (volume: string) => HashCache = () => new HashCache()) {
     this.moveId = randomBytes(8).toString('hex')
     this.spool = join(deps.spoolDir, this.moveId)
   }
@@ -202,12 +207,12 @@ export class TransferSession {
   /** The volumes both ends can sync directly (a destination without the step offers none). */
   private async syncable (volumes: VolumeRef[], prep: PrepareReply, signal: AbortSignal): Promise<SyncedVolume[]> {
     const offered = Array.isArray(prep.volumeSync) ? prep.volumeSync.filter(n => typeof n === 'string') : []
-    if (this.purpose !== 'move' || this.deps.volumeRounds === false || offered.length === 0) return []
+    if (this.deps.volumeRounds === false || offered.length === 0) return []
     const synced: SyncedVolume[] = []
     for (const v of volumes) {
       if (v.driver !== 'local' || !offered.includes(v.name)) continue
       const dir = await this.deps.docker.volumeDirectory(v.name, signal).catch(() => undefined)
-      if (dir !== undefined) synced.push({ ...v, dir, cache: new HashCache() })
+      if (dir !== undefined) synced.push({ ...v, dir, cache: this.hashCache(v.name) })
     }
     return synced
   }
@@ -364,10 +369,12 @@ export class TransferSession {
   async store (meta: { owner: string, epoch: number, seq: number }, signal: AbortSignal): Promise<void> {
     const f = this.frozenFor('store')
     const plan = this.planFor('store')
+    if (plan.synced.length > 0 && !this.finalRoundDone) throw new TransferStateError(`transfer ${this.moveId}: store before the final volume round`)
     await this.linkFor('store').call({
       op: 'store', moveId: this.moveId, owner: meta.owner, epoch: meta.epoch, seq: meta.seq, takenAt: f.takenAt,
       config: Buffer.from(f.config).toString('base64'), diffIds: f.diffIds, spec: plan.spec, top: f.top,
-      volumes: this.archives.map(a => ({ name: a.name, destination: a.destination, digest: a.digest, size: a.size }))
+      volumes: this.archives.map(a => ({ name: a.name, destination: a.destination, digest: a.digest, size: a.size })),
+      ...plan.synced.length === 0 ? {} : { synced: plan.synced.map(v => ({ name: v.name, destination: v.destination })) }
     }, [{ size: f.top.size, path: f.topPath }, ...this.blobs(this.archives)], signal)
     this.bytes += f.top.size + sum(this.archives)
     this.prepared = false
