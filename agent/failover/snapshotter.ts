@@ -87,6 +87,7 @@ export class Snapshotter {
     if (refusal !== undefined) throw refusal
     if (!locks.take(info.id)) throw new MoveInProgressError(`container '${info.name}' is being moved`)
     const session = new TransferSession(this.deps.sessions, 'snapshot', info, this.cacheOf(info.id))
+    const log = this.deps.sessions.log.child({ container: info.name, holder, moveId: session.moveId })
     try {
       const extra = this.deps.labels?.travelLabels(info.name)
       const spec = { ...info.spec, mounts: info.spec.mounts.filter(m => m.type !== 'bind'), labels: { ...info.spec.labels, ...extra } }
@@ -95,6 +96,7 @@ export class Snapshotter {
       await session.precopy(() => {}, signal)
       const synced = session.syncedVolumes.length > 0
       let volumeBytes = synced ? (await session.volumeRound(false, signal)).bytes : 0
+      log.debug('snapshot pre-copied', { volumeBytes })
       // An exec half-started when the container freezes can hang the engine (exec and unpause both
       // wait on it): put the snapshot off while one runs. This shrinks the race to milliseconds.
       const execs = (await docker.inspectContainer(info.id, signal)).state.execs
@@ -102,7 +104,9 @@ export class Snapshotter {
       await session.freeze(`go-to snapshot ${meta.epoch}.${meta.seq}`, signal)
       if (synced) volumeBytes += (await session.volumeRound(true, signal)).bytes
       await session.spoolVolumes(signal)
+      log.debug('snapshot frozen state read', { volumeBytes })
       const freezeMs = await session.thaw(signal)
+      log.debug('snapshot thawed', { freezeMs })
       await session.store({ owner: this.deps.selfId, epoch: meta.epoch, seq: meta.seq }, signal)
       return { bytes: session.bytesSent, volumeBytes, changesBytes: session.changesBytes, freezeMs }
     } catch (err) {

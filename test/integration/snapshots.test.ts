@@ -32,7 +32,7 @@ interface LogLine { message?: string, container?: string, seq?: number, bytes?: 
 
 describe('incremental snapshots (3 hosts, real engines and agents)', function () {
   this.timeout(300_000)
-  const lab = new Lab({ prefix: 'gotolabh', subnet: '10.213.45.0/24', log: line => { if (process.env.GOTO_LAB_VERBOSE !== undefined) console.log(`      lab: ${line}`) } })
+  const lab = new Lab({ prefix: 'gotolabh', subnet: '10.213.45.0/24', agentArgs: () => [...process.env.GOTO_LAB_VERBOSE === undefined ? [] : ['--log-level', 'debug'], ...process.env.SNAP_SPOOL === undefined ? [] : ['--volume-spool-only']], log: line => { if (process.env.GOTO_LAB_VERBOSE !== undefined) console.log(`      lab: ${line}`) } })
   let hosts: LabHost[]
   let A: LabHost
   /** The replica holder of db (replicas: 1). */
@@ -117,8 +117,8 @@ describe('incremental snapshots (3 hosts, real engines and agents)', function ()
     if (this.currentTest?.state !== 'failed') return
     // What the agents said of snapshots, for the failure's reader (the lab goes at the end).
     for (const h of hosts ?? []) {
-      const lines = (await readFile(h.agentLog, 'utf8').catch(() => '')).split('\n').filter(l => process.env.GOTO_LAB_VERBOSE !== undefined || /snapshot |volume round|rolled back|not stored|failed|refused/.test(l))
-      console.log(`      ${h.name}: db ${await docker(h, 'inspect', '-f', '{{.State.Status}}', 'db').catch(() => 'absent')}`)
+      const lines = (await readFile(h.agentLog, 'utf8').catch(() => '')).split('\n').filter(l => /snapshot |volume round|rolled back|not stored|failed|refused|dead/.test(l))
+      console.log(`      ${h.name}: db ${await run('/usr/bin/docker', ['-H', h.dockerHost, 'inspect', '-f', '{{.State.Status}}', 'db'], { timeout: 10_000 }).then(r => r.stdout.trim(), (e: Error) => e.message.slice(0, 200))}`)
       console.log(`      ${h.name} agent log:\n${lines.slice(-15).map(l => `        ${l.slice(0, 600)}`).join('\n')}`)
     }
   })
