@@ -6,12 +6,14 @@
  * owner's snapshot log and the holder's interface counters); the owner's agent killed while a
  * snapshot streams a large change leaves the holder's current version as it was, whole; the
  * owner's host killed, the holder restores that version with its data. after() tears the lab
- * down even when a test failed.
+ * down even when a test failed. GOTO_LAB_VERBOSE=1: the lab's steps, agents at debug level;
+ * SNAP_SPOOL=1: agents with --volume-spool-only (every volume as a whole archive, as before
+ * incremental snapshots), to compare the two on the same scenario.
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
 import { execFile } from 'node:child_process'
-import { open, readdir, readFile } from 'node:fs/promises'
+import { open, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { promisify } from 'node:util'
@@ -130,8 +132,8 @@ describe('incremental snapshots (3 hosts, real engines and agents)', function ()
 
   it('after a 1 MiB change of a 64 MiB volume, the next snapshot sends about 1 MiB', async () => {
     await docker(A, 'volume', 'create', 'dbdata')
-    await docker(A, 'run', '--rm', '-v', 'dbdata:/d', 'gotolab/base:latest', 'sh', '-c',
-      `i=0; while [ $i -lt ${SEGMENTS} ]; do head -c ${SEGMENT_BYTES} /dev/urandom > /d/seg-$i; i=$((i+1)); done`)
+    const data = await mountpoint(A, 'dbdata')
+    for (let i = 0; i < SEGMENTS; i++) await writeFile(join(data, `seg-${i}`), randomBytes(SEGMENT_BYTES))
     await docker(A, 'run', '-d', '--name', 'db', '-l', 'goto.protect=true', '-v', 'dbdata:/var/db', 'gotolab/base:latest', 'sleep', '1000000')
     const first = await snapshotAfter(A, 'db', 0)
     H = hosts.find(h => h.name === first.holders[0]) as LabHost
