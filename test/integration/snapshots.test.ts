@@ -13,7 +13,7 @@
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
 import { execFile } from 'node:child_process'
-import { open, readdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { promisify } from 'node:util'
@@ -96,6 +96,25 @@ describe('incremental snapshots (3 hosts, real engines and agents)', function ()
     return { dir, version: (JSON.parse(await readFile(join(dir, 'CURRENT'), 'utf8')) as { version: string }).version }
   }
 
+  /**
+   * The holder's current version of db and a listing of its volume, read while snapshots go on
+   * every 2 s: a read the next snapshot cut (its version replaced, the old one removed) is read
+   * again. `versions`: the directory's entries at that moment.
+   */
+  async function currentVersion (): Promise<{ dir: string, version: string, entries: ListedEntry[], versions: string[] }> {
+    return await waitFor(async () => {
+      try {
+        const { dir, version } = await heldVersion()
+        const entries = await listing(join(dir, version, 'volumes', 'dbdata'))
+        const versions = (await readdir(dir)).sort()
+        return (await heldVersion()).version === version ? { dir, version, entries, versions } : undefined
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+        throw err
+      }
+    }, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 50, what: `a read of ${H.name}'s current version of db not cut by the next snapshot` })
+  }
+
   /** Overwrites `bytes` of segment `i` of the owner's volume at `offset`, from this machine (no exec: a snapshot is not put off). */
   async function overwrite (i: number, offset: number, bytes: number): Promise<void> {
     const fh = await open(join(await mountpoint(A, 'dbdata'), `seg-${i}`), 'r+')
@@ -164,21 +183,26 @@ describe('incremental snapshots (3 hosts, real engines and agents)', function ()
     expect(rx1 - rx0, "bytes on the holder's interface over those snapshots").to.be.within(MiB, 4 * MiB)
 
     // The holder's current version is the owner's volume, byte- and metadata-identical.
-    const { dir, version } = await heldVersion()
     lastSnapshotted = await listing(await mountpoint(A, 'dbdata'))
-    expect(listingDifferences(lastSnapshotted, await listing(join(dir, version, 'volumes', 'dbdata')))).to.deep.equal([])
-    expect((await readdir(dir)).sort(), 'one version kept').to.deep.equal(['CURRENT', version])
+    const held = await currentVersion()
+    expect(listingDifferences(lastSnapshotted, held.entries)).to.deep.equal([])
+    expect(held.versions, 'one version kept').to.deep.equal(['CURRENT', held.version])
   })
 
   it("the owner's agent killed while a snapshot streams a large change: the holder's current version stays, whole", async () => {
     // Just after a snapshot completed (the next starts a full interval after this one started).
     const seq = (await row(A, 'db'))?.snapshotSeq as number
     await snapshotAfter(A, 'db', seq)
-    const { dir, version } = await heldVersion()
-    lastSnapshotted = await listing(join(dir, version, 'volumes', 'dbdata'))
-    // 48 MiB changed: the next snapshot's first round takes a while to stream.
-    for (let i = 0; i < 24; i++) await overwrite(i, 0, SEGMENT_BYTES)
-    expect((await heldVersion()).version, 'no snapshot completed meanwhile').to.equal(version)
+    lastSnapshotted = (await currentVersion()).entries
+    // 48 MiB changed, put in place by renames (milliseconds: written in place, a snapshot taken
+    // during the writing would hold part of it, and complete before the large one is cut off).
+    // Snapshots without a change may replace the version meanwhile; its content stays.
+    const volume = await mountpoint(A, 'dbdata')
+    const aside = join(volume, '..', 'test-aside')
+    await mkdir(aside)
+    for (let i = 0; i < 24; i++) await writeFile(join(aside, `seg-${i}`), randomBytes(SEGMENT_BYTES))
+    for (let i = 0; i < 24; i++) await rename(join(aside, `seg-${i}`), join(volume, `seg-${i}`))
+    await rm(aside, { recursive: true })
     const incoming = join(H.dir, 'state', 'snapshots', '.incoming')
     // A round is building its staging copy of the volume in the holder's next version.
     await waitFor(async () => {
@@ -188,9 +212,9 @@ describe('incremental snapshots (3 hosts, real engines and agents)', function ()
       return false
     }, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 10, what: `a snapshot round of db streaming into ${H.name}` })
     await lab.killAgent(A.name)
-    const now = await heldVersion()
-    expect(now.version, 'CURRENT still names the previous version').to.equal(version)
-    expect(listingDifferences(lastSnapshotted, await listing(join(dir, version, 'volumes', 'dbdata'))), 'and it is whole').to.deep.equal([])
+    const now = await currentVersion()
+    expect(listingDifferences(lastSnapshotted, now.entries), 'CURRENT still names a version without the cut-off change, whole').to.deep.equal([])
+    expect(now.versions, 'the only version kept').to.deep.equal(['CURRENT', now.version])
     // The holder drops the cut-off assembly when the transfer goes silent (or a takeover ends it).
     await waitFor(async () => (await readdir(incoming)).length === 0, { timeoutMs: STATE_TIMEOUT_MS, intervalMs: 250, what: `${H.name} to drop the incomplete version` })
   })
