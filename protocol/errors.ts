@@ -240,6 +240,12 @@ export class EpochCertificateInvalidError extends GotoError {}
 export class SnapshotOwnerMismatchError extends GotoError {}
 /** An owner already has as many snapshots held here as a holder keeps for one owner. */
 export class SnapshotLimitError extends GotoError {}
+/**
+ * A snapshot whose parts do not make a whole version: a volume of its spec neither sent as an
+ * archive nor synced as a tree (with its final round), sent twice, or not of the spec; or a held
+ * version that cannot be read back (its tree archived for a restore failed).
+ */
+export class SnapshotIncompleteError extends GotoError {}
 
 // --- directory tree sync (agent/sync/) -------------------------------------------------
 /** A path from the sync wire that is absolute, empty, has a `.`/`..`/empty component, a NUL or is too long. */
@@ -324,6 +330,7 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   EpochCertificateInvalidError,
   SnapshotOwnerMismatchError,
   SnapshotLimitError,
+  SnapshotIncompleteError,
   CertificateUntrustedError,
   CertificateExpiredError,
   CertificateNotYetValidError,

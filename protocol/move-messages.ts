@@ -305,6 +305,12 @@ export interface StoreRequest {
   spec: ContainerSpec
   top: { diffId: string, size: number }
   volumes: Array<{ name: string, destination: string, digest: string, size: number }>
+  /**
+   * Named volumes synced by difference as trees during this transfer (`volume` rounds, the last
+   * one final, inside the freeze) instead of sent as archives: the holder's version keeps their
+   * trees. Absent: none (every volume is an archive, as before incremental snapshots).
+   */
+  synced?: Array<{ name: string, destination: string }>
   encoding?: BlobEncoding
 }
 
@@ -543,6 +549,12 @@ function encodingOf (o: Record<string, unknown>): { encoding?: BlobEncoding } {
   return { encoding: 'zstd' }
 }
 
+function syncedOf (o: Record<string, unknown>): { synced?: Array<{ name: string, destination: string }> } {
+  if (o.synced === undefined || o.synced === null) return {}
+  if (!Array.isArray(o.synced) || o.synced.length > 256) throw new ProtocolError('synced must be a list of at most 256 volumes')
+  return { synced: o.synced.map((x, i) => { const vo = obj(x, `synced[${i}]`); return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination') } }) }
+}
+
 export function parseTransferRequest (v: unknown): TransferRequest {
   const o = obj(v, 'transfer request')
   switch (o.op) {
@@ -614,6 +626,7 @@ export function parseTransferRequest (v: unknown): TransferRequest {
           const vo = obj(x, `volumes[${i}]`)
           return { name: str(vo.name, 'volume name', 256), destination: str(vo.destination, 'volume destination'), digest: digest(vo.digest, 'volume digest'), size: count(vo.size, 'volume size') }
         }),
+        ...syncedOf(o),
         ...encodingOf(o)
       }
     }

@@ -11,7 +11,9 @@
  * A stream whose first entry is an ordinary one not rooted at `/` (every Docker Engine's) passes
  * through byte for byte, unparsed; any other is parsed and written again with each name (and hard
  * link target) rooted at `/` moved under the path's last component. A tar that cannot be parsed is
- * an ArchiveFormatError; an error of the source passes on as itself.
+ * an ArchiveFormatError; an error of the source passes on as itself. Stopping the result early
+ * (a reader that breaks off, a destroyed stream) stops the source: an engine's answer must not be
+ * left open (see rerootArchive).
  */
 import { posix } from 'node:path'
 import { Readable } from 'node:stream'
@@ -27,29 +29,37 @@ const ORDINARY_TYPES = new Set(['0', '\0', '1', '2', '3', '4', '5', '6', '7'])
 /** The archive of `path`, with entries rooted at `/` moved under `basename(path)`; see the module comment. */
 export async function * rerootArchive (source: AsyncIterable<Uint8Array>, path: string): AsyncGenerator<Uint8Array> {
   const it = source[Symbol.asyncIterator]()
-  const head: Buffer[] = []
-  let have = 0
-  while (have < BLOCK) {
-    const r = await it.next()
-    if (r.done === true) break
-    const b = Buffer.from(r.value)
-    head.push(b)
-    have += b.length
-  }
-  const first = Buffer.concat(head)
-  const rest = (async function * (): AsyncGenerator<Uint8Array> {
-    yield first
-    for (;;) {
+  try {
+    const head: Buffer[] = []
+    let have = 0
+    while (have < BLOCK) {
       const r = await it.next()
-      if (r.done === true) return
-      yield r.value
+      if (r.done === true) break
+      const b = Buffer.from(r.value)
+      head.push(b)
+      have += b.length
     }
-  })()
-  if (!needsReroot(first)) {
-    yield * rest
-    return
+    const first = Buffer.concat(head)
+    const rest = (async function * (): AsyncGenerator<Uint8Array> {
+      yield first
+      for (;;) {
+        const r = await it.next()
+        if (r.done === true) return
+        yield r.value
+      }
+    })()
+    if (!needsReroot(first)) {
+      yield * rest
+      return
+    }
+    yield * reroot(rest, posix.basename(path))
+  } finally {
+    // Read to the end, stopped early or failed: the source ends here too (`rest` reads `it` by
+    // hand, so stopping it never reaches `it`). An engine's archive answer left open holds the
+    // container's lock: Docker 20.10 releases it only when the archive was read to the end or
+    // closed, and until then its unpause and inspect of that container wait.
+    await it.return?.()
   }
-  yield * reroot(rest, posix.basename(path))
 }
 
 /** False for a first header that is an ordinary entry whose name does not start with `/`. */
@@ -106,6 +116,10 @@ async function * reroot (source: AsyncIterable<Uint8Array>, base: string): Async
   } finally {
     extract.destroy()
     pack.destroy()
-    await Promise.all([feeding, writing])
+    // The feed ends with the extractor (its source stopped). The writer is not waited for: stopped
+    // early, its copy of an entry into the destroyed pack never settles (tar-stream), and it has
+    // nothing left to do (its errors are caught above).
+    await feeding
+    void writing
   }
 }

@@ -23,7 +23,7 @@ import { replicaHolders } from './placement.js'
 
 /** Takes one snapshot of `container` to replica holder `holder` (a member name). */
 export interface SnapshotTaker {
-  snapshot (container: string, holder: string, meta: { epoch: number, seq: number }, signal: AbortSignal): Promise<{ bytes: number, freezeMs: number }>
+  snapshot (container: string, holder: string, meta: { epoch: number, seq: number }, signal: AbortSignal): Promise<{ bytes: number, freezeMs: number, volumeBytes?: number, changesBytes?: number }>
 }
 
 /**
@@ -106,6 +106,8 @@ export class SnapshotSchedule {
     const at = new Date(now()).toISOString()
     const stored: string[] = []
     let bytes = 0
+    let volumeBytes = 0
+    let changesBytes = 0
     let freezeMs = 0
     const ac = new AbortController()
     this.inFlight.set(name, ac)
@@ -117,6 +119,8 @@ export class SnapshotSchedule {
           const r = await snapshotter.snapshot(name, h.name, { epoch, seq }, signal)
           stored.push(h.name)
           bytes += r.bytes
+          volumeBytes += r.volumeBytes ?? 0
+          changesBytes += r.changesBytes ?? 0
           freezeMs = Math.max(freezeMs, r.freezeMs)
         } catch (err) {
           log.warn('snapshot not stored', { container: name, holder: h.name, reason: (err as Error).name, error: (err as Error).message })
@@ -131,6 +135,7 @@ export class SnapshotSchedule {
     record.lastSnapshot = { at, seq, holders: stored, freezeMs, bytes }
     metrics.snapshotTaken(name, Date.parse(at))
     await state.save()
-    log.info('snapshot taken', { container: name, epoch, seq, holders: stored, freezeMs, bytes })
+    // bytes: all sent to every holder; volumeBytes: of that, the synced volumes' differences; changesBytes: the changes layers.
+    log.info('snapshot taken', { container: name, epoch, seq, holders: stored, freezeMs, bytes, volumeBytes, changesBytes })
   }
 }

@@ -4,13 +4,12 @@
  * member) is dead; among the alive members that hold its newest snapshot — one sent by that owner,
  * or by the owner its certificate took the container over from — `assignRestorers` (placement.ts)
  * picks one. If it is us, we claim epoch+1 from the majority (ClaimRound) and restore the snapshot
- * (move/restore.ts), stamped with the new epoch; the claim's certificate is kept with the ownership. A restore that fails keeps the claim, fenced, so that nobody else
+ * (move/restore.ts: its current version, volumes kept as trees archived as they are read), stamped with the new epoch; the claim's certificate is kept with the ownership. A restore that fails keeps the claim, fenced, so that nobody else
  * restores a second copy; an operator decides (docs/operations.md).
  */
 import type { DockerHost } from '../docker/docker-host.js'
 import type { PeerTable } from '../membership/peer-table.js'
 import { restoreContainer, undoRestore, type Made } from '../move/restore.js'
-import type { LayerStore } from '../transfer/layer-store.js'
 import type { Timings } from '../timings.js'
 import type { Logger } from '../log.js'
 import type { FailoverState } from './state.js'
@@ -130,7 +129,7 @@ export class Takeover {
       // A stopped copy of the same name here (an old owner's) is kept, under another name.
       await fencing.setAside(name, localEpoch, signal)
       const spec = { ...m.spec, labels: { ...m.spec.labels, [PROTECT_LABEL]: 'true', [EPOCH_LABEL]: String(epoch) } }
-      const volumes = m.volumes.map(v => ({ ...v, data: () => storedBytes(held.layers, v.digest) }))
+      const volumes = snapshots.volumeData(held)
       const rec = state.own(name, epoch, cert)
       rec.fenced = undefined
       await state.save()
@@ -155,10 +154,4 @@ export class Takeover {
 /** The newest of `vs` (epoch, then seq), if any. */
 function newestOf<T extends SnapshotVersion> (vs: readonly T[]): T | undefined {
   return vs.reduce<T | undefined>((a, b) => a === undefined || compareVersions(b, a) > 0 ? b : a, undefined)
-}
-
-/** The bytes of a stored blob, opened when first read. */
-async function * storedBytes (store: LayerStore, digest: string): AsyncGenerator<Uint8Array> {
-  const { stream } = await store.open(digest)
-  yield * stream
 }

@@ -38,7 +38,10 @@
  * A failover snapshot (agent/failover) is the same exchange prepared with purpose 'snapshot' and
  * ended by `store` instead of `restore`: the layers the image lacks here are loaded into the engine
  * (pre-copy, preload), and the frozen changes, spec and volume data are kept in the SnapshotStore
- * for a takeover, not started.
+ * for a takeover, not started. Its local-driver volumes are offered for rounds too (whatever the
+ * engine here): each round syncs into the version the store assembles, against the current
+ * version's tree, so only the difference since the last snapshot travels; the store makes the
+ * version current at `store`, and a rolled-back or expired snapshot's assembly is dropped.
  */
 import { createHash } from 'node:crypto'
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises'
@@ -174,6 +177,12 @@ interface Pending {
  */
 export interface SnapshotSink {
   receive: (req: StoreRequest, ownerName: string, blob: (size: number) => AsyncIterable<Uint8Array>, signal: AbortSignal) => Promise<{ bytes: number }>
+  /** Where a snapshot's `volume` round syncs (in the version being assembled) and against what (the current version's tree). */
+  volumeTree: (owner: string, name: string, moveId: string, volume: string) => Promise<{ dir: string, base?: string, cache: HashCache }>
+  /** Bytes free where versions are assembled (undefined: unknown). */
+  freeBytes: () => Promise<number | undefined>
+  /** Drops what a rolled-back or expired snapshot assembled. */
+  dropIncoming: (moveId: string) => Promise<void>
 }
 
 export interface DestinationDeps {
@@ -326,7 +335,8 @@ export class DestinationService {
     if (this.moves.has(req.moveId)) throw new MoveInProgressError(`transfer ${req.moveId} is already prepared here`)
     // From here the order is spent: the same order cannot prepare a second transfer.
     if (order !== undefined) await this.deps.orders.accept(order)
-    const syncable = req.purpose === 'move' && this.deps.volumeRounds !== false && await docker.readsVolumes(signal)
+    // A move's rounds write into this engine's volumes; a snapshot's into the snapshot store's versions (any engine).
+    const syncable = this.deps.volumeRounds !== false && (req.purpose === 'snapshot' || await docker.readsVolumes(signal))
       ? req.volumes.filter(v => v.driver === 'local').map(v => v.name)
       : []
     this.moves.set(req.moveId, {
@@ -351,7 +361,7 @@ export class DestinationService {
     })
     this.deps.log.info(`${req.purpose} prepared`, { moveId: req.moveId, from: peer.name, container: req.spec.name, present, missing: missing.length, staged: staged.length, imageRef: ref, volumeSync: syncable.length })
     return {
-      present, staged, ...ref === undefined ? {} : { imageRef: ref }, ...req.purpose === 'move' ? { volumeSync: syncable } : {}, decodes: decodableEncodings(), resumes: true, ...live === undefined ? {} : { live }, ...this.deps.holders === undefined ? {} : { fetchesFromHolders: true },
+      present, staged, ...ref === undefined ? {} : { imageRef: ref }, volumeSync: syncable, decodes: decodableEncodings(), resumes: true, ...live === undefined ? {} : { live }, ...this.deps.holders === undefined ? {} : { fetchesFromHolders: true },
       ...networks.length === 0 ? {} : { networks }
     }
   }
@@ -713,7 +723,6 @@ export class DestinationService {
   private async volumeRound (req: VolumeRoundRequest, js: JsonStream, peer: VerifiedPeer, signal: AbortSignal): Promise<SyncResult> {
     const p = this.own(req.moveId, peer)
     const { docker, log } = this.deps
-    if (p.purpose !== 'move') throw new VolumeSyncRefusedError(`transfer ${p.moveId} is a snapshot: its volumes arrive with it`)
     const mount = p.spec.mounts.find(m => m.type === 'volume' && m.name === req.name)
     if (mount === undefined || mount.type !== 'volume' || !p.syncable.includes(req.name)) {
       throw new VolumeSyncRefusedError(`volume '${req.name}' is not one of move ${p.moveId}'s named volumes offered for rounds (${p.syncable.join(', ') || 'none'})`)
@@ -724,7 +733,14 @@ export class DestinationService {
     p.syncing.add(req.name)
     try {
       let v = p.synced.get(req.name)
-      if (v === undefined) {
+      let base: string | undefined
+      if (p.purpose === 'snapshot') {
+        // Into the snapshot store's version being assembled, against its current version's tree.
+        const t = await this.deps.snapshots.volumeTree(peer.peerId, p.spec.name, p.moveId, req.name)
+        base = t.base
+        v ??= { dir: t.dir, cache: t.cache, rounds: 0, final: false }
+        p.synced.set(req.name, v)
+      } else if (v === undefined) {
         if (await docker.volumeExists(req.name, signal)) throw new NameConflictError(`a volume named '${req.name}' already exists here`)
         await this.journal(p, peer, { volumes: [...p.made.volumes, req.name] })
         p.made.volumes.push(req.name)
@@ -734,8 +750,9 @@ export class DestinationService {
         v = { dir, cache: new HashCache(), rounds: 0, final: false }
         p.synced.set(req.name, v)
       }
-      const kept = v.rounds === 0 ? await this.retainedTreeFor(p.from, req.name) : undefined
-      const free = await docker.freeDiskBytes(signal)
+      const kept = p.purpose === 'move' && v.rounds === 0 ? await this.retainedTreeFor(p.from, req.name) : undefined
+      base ??= kept
+      const free = p.purpose === 'snapshot' ? await this.deps.snapshots.freeBytes() : await docker.freeDiskBytes(signal)
       const max = Math.min(MAX_VOLUME_ROUND_BYTES, free ?? MAX_VOLUME_ROUND_BYTES)
       await js.write({ ready: true }, signal)
       const duplex = syncDuplex(js, signal, max, () => new VolumeSyncTooLargeError(`round ${req.round} of volume '${req.name}' carries more than ${max} bytes`))
@@ -743,7 +760,7 @@ export class DestinationService {
       let result: SyncResult
       try {
         result = await syncDestination(v.dir, { source: this.received(duplex.source as AsyncIterable<Uint8Array>), sink: duplex.sink },
-          { signal, xattrs: this.deps.xattrs ?? NO_XATTRS, hashCache: v.cache, ...kept === undefined ? {} : { base: kept } })
+          { signal, xattrs: this.deps.xattrs ?? NO_XATTRS, hashCache: v.cache, ...base === undefined ? {} : { base } })
       } finally {
         await Promise.race([duplex.ended, sleep(ROUND_END_TIMEOUT_MS, undefined, { ref: false })])
       }
@@ -751,7 +768,7 @@ export class DestinationService {
       if (req.final) v.final = true
       if (kept !== undefined) await this.dropRetainedTree(kept)
       p.touched = this.now()
-      log.info('volume round synced', { moveId: p.moveId, volume: req.name, round: req.round, final: req.final, bytes: result.bytesReceived, built: result.filesBuilt, linked: result.filesLinked, base: kept === undefined ? 'volume' : 'retained' })
+      log.info('volume round synced', { moveId: p.moveId, volume: req.name, round: req.round, final: req.final, bytes: result.bytesReceived, built: result.filesBuilt, linked: result.filesLinked, base: base === undefined ? (p.purpose === 'move' ? 'volume' : 'none') : kept === undefined ? 'previous version' : 'retained' })
       return result
     } finally {
       p.syncing.delete(req.name)
@@ -832,6 +849,9 @@ export class DestinationService {
     if (p.purpose !== 'snapshot') throw new UnknownMoveError(`transfer ${req.moveId} was prepared as a move, not a snapshot`)
     if (req.owner !== peer.peerId) throw new UnknownMoveError(`${peer.name} sent a snapshot owned by ${req.owner}`)
     this.sameSpec(p, req.spec)
+    for (const v of req.synced ?? []) {
+      if (p.synced.get(v.name)?.final !== true) throw new VolumeSyncRefusedError(`volume ${v.name} of snapshot ${req.moveId} has had no final round here`)
+    }
     const blob = (size: number): AsyncIterable<Uint8Array> => this.received(receiveEncoded(js, size, req.encoding, () => new LayerTooLargeError(`snapshot of ${req.spec.name}: a part is larger than announced`), signal))
     try {
       const { bytes } = await this.deps.snapshots.receive(req, peer.name, blob, signal)
@@ -860,6 +880,7 @@ export class DestinationService {
     this.moves.delete(p.moveId)
     await this.dropStagedCheckpoint(p)
     await this.forget(p)
+    if (p.purpose === 'snapshot') await this.deps.snapshots.dropIncoming(p.moveId)
     for (const d of p.wanted) await this.deps.store.remove(d).catch(() => {})
   }
 
@@ -867,7 +888,8 @@ export class DestinationService {
   private async rollback (p: Pending, why: string): Promise<void> {
     this.moves.delete(p.moveId)
     p.live?.abort(new UnknownMoveError(`${p.purpose} ${p.moveId} was rolled back: ${why}`))
-    if (p.synced.size > 0) {
+    if (p.purpose === 'snapshot') await this.deps.snapshots.dropIncoming(p.moveId)
+    else if (p.synced.size > 0) {
       // The container (if the restore made one) goes first: a mounted directory cannot be renamed away.
       await undoRestore(this.deps.docker, { ...p.made, volumes: [] }, this.deps.log)
       for (const [name, v] of p.synced) await this.retainTree(p.from, name, v.dir)

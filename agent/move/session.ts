@@ -11,10 +11,11 @@
  *              Across a paid link, layers that a member in the destination's location holds
  *              (found at prepare: transfer/holders.ts) are fetched by the destination from that
  *              member instead; any it could not take that way are sent from here
- *   volumeRound (move) named volumes both ends can read directly (local driver, engine on the
+ *   volumeRound named volumes both ends can read directly (local driver, engine on the
  *              agent's host; the destination offered it in prepare's reply) are synced by
  *              difference (agent/sync) while the container runs, one round at a time (rounds.ts
- *              decides how many); the final round runs inside the freeze
+ *              decides how many); the final round runs inside the freeze. (snapshot) the holder
+ *              syncs them against its current version's trees: only the change since it travels
  *   freeze     a freeze record (freeze-journal.ts), the pause — or, live, a CRIU checkpoint that
  *              stops the container with its processes' memory kept — the container's changes as one layer
  *   handOver   (move) that layer to the destination
@@ -165,9 +166,11 @@ export class TransferSession {
 
   /**
    * `opts.maxRate`: the move's own cap (bytes/s on the wire, `goto move --max-rate`); the sender
-   * keeps to the lower of it and the link's cap.
+   * keeps to the lower of it and the link's cap. `opts.hashCache(volume)`: the hash cache a synced
+   * volume's sync keeps (a snapshotter keeps one per volume between snapshots, so unchanged files are
+   * not hashed again); default a new one per transfer.
    */
-  constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo, private readonly opts: { maxRate?: number } = {}) {
+  constructor (private readonly deps: SessionDeps, readonly purpose: 'move' | 'snapshot', readonly info: ContainerInfo, private readonly opts: { maxRate?: number, hashCache?: (volume: string) => HashCache } = {}) {
     this.moveId = randomBytes(8).toString('hex')
     this.spool = join(deps.spoolDir, this.moveId)
   }
@@ -267,12 +270,12 @@ export class TransferSession {
   /** The volumes both ends can sync directly (a destination without the step offers none). */
   private async syncable (volumes: VolumeRef[], prep: PrepareReply, signal: AbortSignal): Promise<SyncedVolume[]> {
     const offered = Array.isArray(prep.volumeSync) ? prep.volumeSync.filter(n => typeof n === 'string') : []
-    if (this.purpose !== 'move' || this.deps.volumeRounds === false || offered.length === 0) return []
+    if (this.deps.volumeRounds === false || offered.length === 0) return []
     const synced: SyncedVolume[] = []
     for (const v of volumes) {
       if (v.driver !== 'local' || !offered.includes(v.name)) continue
       const dir = await this.deps.docker.volumeDirectory(v.name, signal).catch(() => undefined)
-      if (dir !== undefined) synced.push({ ...v, dir, cache: new HashCache() })
+      if (dir !== undefined) synced.push({ ...v, dir, cache: this.opts.hashCache?.(v.name) ?? new HashCache() })
     }
     return synced
   }
@@ -501,10 +504,12 @@ export class TransferSession {
   async store (meta: { owner: string, epoch: number, seq: number }, signal: AbortSignal): Promise<void> {
     const f = this.frozenFor('store')
     const plan = this.planFor('store')
+    if (plan.synced.length > 0 && !this.finalRoundDone) throw new TransferStateError(`transfer ${this.moveId}: store before the final volume round`)
     await this.linkFor('store').call({
       op: 'store', moveId: this.moveId, owner: meta.owner, epoch: meta.epoch, seq: meta.seq, takenAt: f.takenAt,
       config: Buffer.from(f.config).toString('base64'), diffIds: f.diffIds, spec: plan.spec, top: f.top,
-      volumes: this.archives.map(a => ({ name: a.name, destination: a.destination, digest: a.digest, size: a.size }))
+      volumes: this.archives.map(a => ({ name: a.name, destination: a.destination, digest: a.digest, size: a.size })),
+      ...plan.synced.length === 0 ? {} : { synced: plan.synced.map(v => ({ name: v.name, destination: v.destination })) }
     }, [{ size: f.top.size, path: f.topPath }, ...this.blobs(this.archives)], signal)
     this.bytes += f.top.size + sum(this.archives)
     this.prepared = false

@@ -79,6 +79,7 @@ export async function syncSource (root: string, duplex: ByteDuplex, options: Syn
   sinkDone.catch(() => {})
   const reader = new FrameReader(duplex.source)
   const inbox = new Inbox()
+  let completed = false
   void (async () => {
     try {
       while (true) {
@@ -91,7 +92,11 @@ export async function syncSource (root: string, duplex: ByteDuplex, options: Syn
         inbox.push(f)
       }
       inbox.end()
-    } catch (err) { inbox.end(err) }
+    } catch (err) {
+      // The stream failed under us: stop the writer too (it may wait on backpressure that never eases).
+      inbox.end(err)
+      local.abort(err)
+    }
   })()
   try {
     await out.send(jsonFrame({ t: 'hello', version: SYNC_WIRE_VERSION, blockSize: SYNC_BLOCK_BYTES }), signal)
@@ -110,6 +115,7 @@ export async function syncSource (root: string, duplex: ByteDuplex, options: Syn
     if (result.t !== 'result') throw new ProtocolError(`expected the sync result, got ${String(result.t)}`)
     out.close()
     await sinkDone
+    completed = true
     return result.stats as SyncResult
   } catch (err) {
     out.close(err)
@@ -118,7 +124,10 @@ export async function syncSource (root: string, duplex: ByteDuplex, options: Syn
   } finally {
     options.signal.removeEventListener('abort', stop)
     local.abort()
-    await reader.close().catch(() => {})
+    // An async generator's return() waits for its pending read: after a failure that read of the
+    // caller's stream may end only once the caller aborts the stream, after we return. Not awaited then.
+    const closing = reader.close().catch(() => {})
+    if (completed) await closing
   }
 }
 

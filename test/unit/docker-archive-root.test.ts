@@ -1,7 +1,7 @@
 /**
  * rerootArchive (agent/docker/archive-root.ts): Podman's archive of a paused container's path,
  * rooted at `/`, comes out rooted at the path's last component as Docker's is; Docker's archives
- * pass through byte for byte; a broken tar is an ArchiveFormatError.
+ * pass through byte for byte; a broken tar is an ArchiveFormatError; stopping it early stops its source.
  */
 import { expect } from 'chai'
 import tarStream from 'tar-stream'
@@ -69,6 +69,17 @@ describe('rerootArchive (engine archives rooted at /)', () => {
     let err: unknown
     try { await collect(rerootArchive(chunked(bad.subarray(0, 1200)), '/data')) } catch (e) { err = e }
     expect(err).to.be.instanceOf(ArchiveFormatError)
+  })
+
+  it('stops its source when it is stopped early, passed through or parsed (an engine answer left open holds the container\'s lock)', async () => {
+    const docker = await tar([{ name: 'data/', type: 'directory' }, { name: 'data/v.txt', data: 'x'.repeat(4000) }])
+    const podman = await tar([{ name: '/', type: 'directory' }, { name: '/v.txt', data: 'x'.repeat(4000) }])
+    for (const archive of [docker, podman]) {
+      let stopped = false
+      async function * answer (): AsyncGenerator<Uint8Array> { try { yield * chunked(archive, 512) } finally { stopped = true } }
+      for await (const chunk of rerootArchive(answer(), '/data')) { expect(chunk.byteLength).to.be.above(0); break }
+      expect(stopped, archive === docker ? 'passed through' : 'parsed').to.equal(true)
+    }
   })
 
   it('passes an error of the source on as itself', async () => {

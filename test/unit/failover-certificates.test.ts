@@ -123,7 +123,7 @@ describe('held snapshots, keyed by owner', () => {
     const diffId = `sha256:${createHash('sha256').update(bytes).digest('hex')}`
     const req = {
       op: 'store', moveId: '0123456789abcdef', owner, epoch, seq, takenAt: new Date(0).toISOString(), config: '', diffIds: [],
-      spec: { name, image: `${data}:latest` }, top: { diffId, size: bytes.length }, volumes: []
+      spec: { name, image: `${data}:latest`, mounts: [] }, top: { diffId, size: bytes.length }, volumes: []
     } as unknown as StoreRequest
     return { req, blob: async function * () { yield bytes } }
   }

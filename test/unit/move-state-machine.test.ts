@@ -8,7 +8,7 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { initCa } from '../../certs/index.js'
@@ -286,6 +286,30 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
     expect(held?.manifest.owner).to.equal(w.a.peerId)
     expect(w.B.containerIds()).to.deep.equal([])
     expect((await w.a.freezeJournal.list()).records).to.deep.equal([])
+  })
+
+  it('a snapshot of a volume the owner reads as a directory syncs it as a tree: the next one sends only the change', async () => {
+    const w = await world()
+    const vol = await mkdtemp(join(tmpdir(), 'goto-snapvol-'))
+    try {
+      await writeFile(join(vol, 'rows'), Buffer.alloc(3 * 1024 * 1024, 7))
+      w.A.volumeDirectory = async () => vol
+      const first = await w.a.snapshotter.snapshot('web', 'b', { epoch: 1, seq: 1 }, AbortSignal.timeout(30_000))
+      expect(first.volumeBytes).to.equal(3 * 1024 * 1024)
+      const held = w.b.snapshots.get('web', w.a.peerId)
+      expect(held?.manifest.trees).to.deep.equal([{ name: 'web-data', destination: '/data' }])
+      expect(held?.manifest.volumes).to.deep.equal([])
+      const fh = await open(join(vol, 'rows'), 'r+')
+      await fh.write(Buffer.alloc(100, 1), 0, 100, 1024 * 1024 + 5)
+      await fh.close()
+      const second = await w.a.snapshotter.snapshot('web', 'b', { epoch: 1, seq: 2 }, AbortSignal.timeout(30_000))
+      expect(second.volumeBytes, 'the one changed block').to.equal(1024 * 1024)
+      expect(w.b.snapshots.get('web', w.a.peerId)?.manifest.seq).to.equal(2)
+      const info = await w.A.inspectContainer('web')
+      expect(info.state.running && !info.state.paused).to.equal(true)
+    } finally {
+      await rm(vol, { recursive: true, force: true })
+    }
   })
 
   // `times`: how many calls fail (Infinity: until cleared). Two failed unpauses: the thaw's and the rollback's.
