@@ -118,7 +118,7 @@ export class ClaimRound {
     const own = await this.decide(req, this.deps.selfId, this.floor.get(name) ?? 0)
     if (!own.granted || own.grant === undefined) {
       this.raise(name, own.epoch + 1)
-      throw new TakeoverRefusedError(`this host does not grant epoch ${epoch} of '${name}' (highest it knows: ${own.epoch})`)
+      throw new TakeoverRefusedError(`this host does not grant epoch ${epoch} of '${name}' (highest it knows: ${own.epoch}): ${own.why ?? 'refused'}`)
     }
     const replies = await Promise.all(view.alive.map(async peer => ({ peer, reply: await this.ask(peer, req) })))
     const grants: SignedGrant[] = [own.grant]

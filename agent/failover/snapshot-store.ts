@@ -142,6 +142,16 @@ async function readHeld (dir: string): Promise<{ version: string, manifest: Snap
 interface Held extends HeldSnapshot { container: string, version: string }
 interface Incoming { owner: string, name: string, dir: string, trees: Set<string> }
 
+/**
+ * The image layers a version keeps besides the container's changes: on a holder whose engine loads
+ * no layer it already holds (the containerd image store, Podman), a takeover restores the image from
+ * the version itself, so the destination hands over the layers it staged for the snapshot.
+ */
+export interface ImageLayers {
+  store: Pick<LayerStore, 'has' | 'open'>
+  diffIds: readonly string[]
+}
+
 export class SnapshotStore {
   private readonly held = new Map<string, Held>()
   /** Transfers assembling a version now, by transfer ID. */
@@ -278,7 +288,7 @@ export class SnapshotStore {
    * (volumeTree; the caller checks that each had its final round). Every volume of the spec must be
    * in exactly one of the two. Then the version becomes current for its owner. Nothing held changes on failure.
    */
-  async receive (req: StoreRequest, ownerName: string, blob: (size: number) => AsyncIterable<Uint8Array>, signal: AbortSignal): Promise<{ bytes: number }> {
+  async receive (req: StoreRequest, ownerName: string, blob: (size: number) => AsyncIterable<Uint8Array>, signal: AbortSignal, image?: ImageLayers): Promise<{ bytes: number }> {
     const name = dirName(req.spec.name)
     const container = ownerDir(req.owner, name)
     this.checkNewer(name, req.owner, req.epoch, req.seq)
@@ -297,6 +307,13 @@ export class SnapshotStore {
       const layers = await LayerStore.open(join(inc.dir, 'layers'))
       let bytes = (await layers.receive(req.top.diffId, req.top.size, blob(req.top.size), signal)).bytes
       for (const v of req.volumes) bytes += (await layers.receive(v.digest, v.size, blob(v.size), signal)).bytes
+      // The image's own layers, for an engine that loads none it holds from elsewhere (copied from
+      // this host's staging store and verified again; not counted as received).
+      for (const d of image?.diffIds ?? []) {
+        if (await layers.has(d) || !(await image?.store.has(d) ?? false)) continue
+        const l = await (image as ImageLayers).store.open(d)
+        await layers.receive(d, l.size, l.stream, signal)
+      }
       const manifest: SnapshotManifest = {
         name, owner: req.owner, ownerName, epoch: req.epoch, seq: req.seq, takenAt: req.takenAt, config: req.config,
         diffIds: req.diffIds, spec: req.spec, top: req.top, volumes: req.volumes, ...trees.length === 0 ? {} : { trees }

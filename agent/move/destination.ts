@@ -176,7 +176,8 @@ interface Pending {
  * the request's stream (the changes layer, then each volume archive, in the request's order).
  */
 export interface SnapshotSink {
-  receive: (req: StoreRequest, ownerName: string, blob: (size: number) => AsyncIterable<Uint8Array>, signal: AbortSignal) => Promise<{ bytes: number }>
+  /** `image`: layers to keep with the version (an engine that cannot restore the image from its own layers). */
+  receive: (req: StoreRequest, ownerName: string, blob: (size: number) => AsyncIterable<Uint8Array>, signal: AbortSignal, image?: { store: Pick<LayerStore, 'has' | 'open'>, diffIds: readonly string[] }) => Promise<{ bytes: number }>
   /** Where a snapshot's `volume` round syncs (in the version being assembled) and against what (the current version's tree). */
   volumeTree: (owner: string, name: string, moveId: string, volume: string) => Promise<{ dir: string, base?: string, cache: HashCache }>
   /** Bytes free where versions are assembled (undefined: unknown). */
@@ -854,7 +855,10 @@ export class DestinationService {
     }
     const blob = (size: number): AsyncIterable<Uint8Array> => this.received(receiveEncoded(js, size, req.encoding, () => new LayerTooLargeError(`snapshot of ${req.spec.name}: a part is larger than announced`), signal))
     try {
-      const { bytes } = await this.deps.snapshots.receive(req, peer.name, blob, signal)
+      // The containerd store and Podman load no layer they hold from elsewhere (loadBase): a takeover
+      // here restores the whole image from the snapshot, so it keeps the image's layers staged now.
+      const image = p.imageStore === 'graphdriver' ? undefined : { store: this.deps.store, diffIds: p.diffIds }
+      const { bytes } = await this.deps.snapshots.receive(req, peer.name, blob, signal, image)
       this.deps.log.info('snapshot stored', { moveId: req.moveId, container: req.spec.name, owner: peer.name, epoch: req.epoch, seq: req.seq, bytes })
       return { bytes }
     } finally {

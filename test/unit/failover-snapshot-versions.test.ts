@@ -14,6 +14,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { listingDifferences, listTree, memoryDuplexPair, NO_XATTRS, syncDestination, syncSource, type SyncResult } from '../../agent/sync/index.js'
 import { SnapshotStore } from '../../agent/failover/snapshot-store.js'
+import { LayerStore } from '../../agent/transfer/layer-store.js'
 import type { StoreRequest } from '../../protocol/move-messages.js'
 import { SnapshotIncompleteError, TransferError } from '../../protocol/errors.js'
 
@@ -174,5 +175,21 @@ describe('incremental snapshot versions at the holder', function () {
     const second = await snapshot(old, 2)
     expect(second.bytesReceived, 'no tree held: the whole volume').to.be.at.least(16 * MiB)
     expect((await readdir(cdir)).sort()).to.deep.equal(['CURRENT', await current()])
+  })
+
+  it('keeps the image\'s layers with the version when the destination hands them over (an engine without thin loads)', async () => {
+    const staging = await LayerStore.open(join(dir, 'staging'))
+    const layer = randomBytes(64 * 1024)
+    const diffId = `sha256:${createHash('sha256').update(layer).digest('hex')}`
+    await staging.receive(diffId, layer.length, (async function * () { yield layer })())
+    const store = await SnapshotStore.open(join(dir, 'snaps'))
+    const id = moveId()
+    await round(store, id)
+    const { req, blob } = request(id, 1, [{ name: 'data', destination: '/var/db' }])
+    await store.receive(req, 'a', blob, AbortSignal.timeout(30_000), { store: staging, diffIds: [diffId, `sha256:${'0'.repeat(64)}`] })
+    const held = store.get('db', OWNER)
+    expect(await held?.layers.has(diffId), 'the staged image layer').to.equal(true)
+    expect(await held?.layers.has(`sha256:${'0'.repeat(64)}`), 'a layer not staged is skipped').to.equal(false)
+    expect(await held?.layers.has(req.top.diffId)).to.equal(true)
   })
 })
