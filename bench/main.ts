@@ -10,8 +10,12 @@
  *   volume and 1 MiB written during the move, ratio 512/16, with volume rounds and with the spool path.
  * - Failover (bench/failover.ts, its own lab with the lan profile once the first is down): failover
  *   time over five kills, and the freeze time and bytes of a snapshot of a container changing 1 MiB.
- * - Links (bench/links.ts, its own lab): a move of a compressible 128 MiB image over a 100 Mbit/s
- *   tbf-shaped link, zstd against no compression: time and bytes-on-the-wire ratios.
+ * - Links (bench/links.ts, its own five-host lab in three clouds, a 100 Mbit/s tbf between them): the
+ *   first move of a ~350 MiB `docker import`ed image vs `docker save | docker load` over a TCP pipe
+ *   on the same link (target ≤ 0.5x), the same image from a holder in the destination's cloud vs an
+ *   unshaped LAN move (targets: no image bytes on the shaped link, ≤ 1.2x), zstd against none; and
+ *   `links-resume`: a cut at 50 % of a 128 MiB layer and its retry (target: ≤ 1 % sent twice).
+ *   GOTO_BENCH_LINKS_PREFIX and GOTO_BENCH_LINKS_SUBNET give these labs their own prefix and subnet.
  * - CLI round trip: `goto status --json` as a process (spawn, connect, Noise, auth, ask) and `goto ca
  *   list` (no network), both with the bundled CLI that `goto` runs, and status with the unbundled
  *   dist/control/main.js — medians of runs; baseline: `node -e 0`, the cost of starting Node alone,
