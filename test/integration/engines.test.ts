@@ -7,10 +7,9 @@
  * volume, a file written after start and a published port, and arrives running with its data each
  * time; a move to the containerd store whose agent is killed mid-move rolls back and leaves
  * nothing there, and a move back from that store sends only the new layer; `goto peers` shows
- * each host's engine kind and store. Last, the containerd-store host dies: its protected container
- * runs again from its newest snapshot on the 20.10 host. (Not onto the Podman host: a snapshot
- * holder keeps no image layers once its engine has them, and Podman loads no archive without every
- * layer, so a takeover there fails with LayerMissingError — docs/operations.md, *Supported engines*.)
+ * each host's engine kind and store. Last, the containerd-store host dies: its two protected
+ * containers run again from their newest snapshots, one on the 20.10 host, one on the Podman host
+ * (whose snapshots keep the image's layers: Podman loads no archive without every layer).
  * The cost of the containerd-store path is measured in `npm run bench` (bench/engines.ts).
  */
 import '../../protocol/polyfill.js'
@@ -115,7 +114,7 @@ describe('moves and failovers between engine kinds (20.10, 26 overlay2, 28 conta
     await moveBackChangesOnly(D28C, D20, 'vol\none\ntwo\nthree\nfour')
   })
 
-  it('the containerd-store host dies: its protected container runs again from its newest snapshot on the 20.10 host', async () => {
+  it('the containerd-store host dies: its protected containers run again from their newest snapshots on the 20.10 host and on the Podman host', async () => {
     // A name whose one replica holder (rendezvous hashing over the other members) is each target.
     const rows = JSON.parse((await lab.cli(['peers', '--json'])).stdout) as PeerRow[]
     const idOf = (h: LabHost): string => rows.find(p => p.name === h.name)?.peerId as string
@@ -123,7 +122,7 @@ describe('moves and failovers between engine kinds (20.10, 26 overlay2, 28 conta
     const nameFor = (target: LabHost): string => {
       for (let i = 0; ; i++) if (rendezvousRank(`keep${i}`, others)[0] === idOf(target)) return `keep${i}`
     }
-    const targets = [D20].map(h => ({ host: h, name: nameFor(h) }))
+    const targets = [D20, POD].map(h => ({ host: h, name: nameFor(h) }))
     for (const { name } of targets) {
       await docker(D28C, 'run', '-d', '--name', name, '-l', 'goto.protect=true', '-v', `${name}data:/data`, 'gotolab/base:latest', 'sleep', '1000000')
       await putFile(D28C, name, '/data/v.txt', 'snap')

@@ -15,6 +15,7 @@ import { expect } from 'chai'
 import { execFile } from 'node:child_process'
 import { open, readFile } from 'node:fs/promises'
 import { moveJson } from '../fixtures/move-cli.js'
+import { shapeTowards, shapedBytes as tbfBytes } from '../fixtures/shaped-link.js'
 import { promisify } from 'node:util'
 import { Lab, waitFor, type LabHost } from '../lab/index.js'
 import type { MoveEvent } from '../../protocol/move-messages.js'
@@ -59,31 +60,10 @@ describe('links between clouds in the lab (3 clouds, zstd, a rate cap, dry-run c
     return last as Done
   }
 
-  /**
-   * The host's egress to the hosts of other clouds through htb class 1:20 with a tbf of SHAPED_MBIT
-   * under it (u32 filters by destination address); everything else (its own cloud) through 1:10, unshaped.
-   */
-  async function shapeBetweenClouds (h: LabHost, all: LabHost[]): Promise<void> {
-    const tc = async (...args: string[]): Promise<void> => { await run('ip', ['netns', 'exec', h.netns, 'tc', ...args]) }
-    await tc('qdisc', 'add', 'dev', 'eth0', 'root', 'handle', '1:', 'htb', 'default', '10')
-    await tc('class', 'add', 'dev', 'eth0', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit')
-    await tc('class', 'add', 'dev', 'eth0', 'parent', '1:', 'classid', '1:20', 'htb', 'rate', '10gbit')
-    await tc('qdisc', 'add', 'dev', 'eth0', 'parent', '1:20', 'handle', '20:', 'tbf', 'rate', `${SHAPED_MBIT}mbit`, 'burst', '256kb', 'latency', '100ms')
-    for (const o of all) {
-      if (o.provider === h.provider) continue
-      await tc('filter', 'add', 'dev', 'eth0', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32', 'match', 'ip', 'dst', `${o.ip}/32`, 'flowid', '1:20')
-    }
-  }
-
   /** Bytes every host has sent through its tbf to other clouds so far (the kernel's count, not the agents'). */
   async function shapedBytes (): Promise<number> {
     let total = 0
-    for (const h of hosts) {
-      const { stdout } = await run('ip', ['netns', 'exec', h.netns, 'tc', '-s', '-j', 'qdisc', 'show', 'dev', 'eth0'])
-      const tbf = (JSON.parse(stdout) as Array<{ kind: string, bytes?: number }>).find(q => q.kind === 'tbf')
-      if (tbf?.bytes === undefined) throw new Error(`no tbf counters on ${h.name}: ${stdout}`)
-      total += tbf.bytes
-    }
+    for (const h of hosts) total += await tbfBytes(h.netns)
     return total
   }
 
@@ -103,7 +83,8 @@ describe('links between clouds in the lab (3 clouds, zstd, a rate cap, dry-run c
     hosts = await lab.up(5)
     ;[A, B, , , E] = hosts
     expect(hosts.map(h => h.name)).to.deep.equal(['vagrant-1', 'aws-1', 'azure-1', 'vagrant-2', 'aws-2'])
-    for (const h of hosts) await shapeBetweenClouds(h, hosts)
+    // Each host's egress to the hosts of other clouds through a tbf of SHAPED_MBIT; its own cloud unshaped.
+    for (const h of hosts) await shapeTowards(h.netns, 'eth0', SHAPED_MBIT, hosts.filter(o => o.provider !== h.provider).map(o => o.ip))
     for (const h of [A, B, E]) {
       for (const other of hosts) await waitFor(async () => await aliveAt(h, other.name), { timeoutMs: 90_000, intervalMs: 500, what: `${other.name} alive at ${h.name}` })
     }
