@@ -6,8 +6,8 @@ import type { ContainerRow, PeerRow, PeerState } from '../../protocol/messages.j
 function peer (name: string, state: PeerState, containers: number | null, role: PeerRow['role'] = 'agent'): PeerRow {
   return { name, peerId: `id-${name}`, self: false, state, role, addrs: [], labels: {}, agentVersion: null, dockerVersion: null, containers, lastSeen: null, rttMs: null }
 }
-function container (name: string, state = 'running'): ContainerRow {
-  return { name, id: `id-${name}`, image: 'img', state, status: state }
+function container (name: string, state = 'running', project?: string): ContainerRow {
+  return { name, id: `id-${name}`, image: 'img', state, status: state, ...project === undefined ? {} : { project } }
 }
 
 describe('goto drain: the plan', () => {
@@ -34,5 +34,20 @@ describe('goto drain: the plan', () => {
     expect(() => planDrain('a', [peer('a', 'alive', 1), peer('b', 'suspect', 0)], [container('x')])).to.throw(DestinationUnavailableError, /no other alive member/)
     // nothing to move: an empty plan, not an error
     expect(planDrain('a', [peer('a', 'alive', 0)], []).assignments).to.deep.equal([])
+  })
+
+  it('keeps a compose project together: one move to one member, counted there as its containers', () => {
+    const rows = [container('solo'), container('shop-web-1', 'running', 'shop'), container('shop-db-1', 'running', 'shop'), container('shop-app-1', 'running', 'shop'), container('zz')]
+    const plan = planDrain('a', peers, rows)
+    // b has 1, c has 2: the project (3) to b (→ 4), solo to c (→ 3), zz to c (3 < 4)
+    expect(plan.assignments).to.deep.equal([
+      { container: 'shop', to: 'b', project: true, containers: ['shop-app-1', 'shop-db-1', 'shop-web-1'] },
+      { container: 'solo', to: 'c' },
+      { container: 'zz', to: 'c' }
+    ])
+    // a stopped member stays (listed); the project's move then refuses it, as a whole
+    const partial = planDrain('a', peers, [container('p-db-1', 'exited', 'p'), container('p-web-1', 'running', 'p')])
+    expect(partial.assignments).to.deep.equal([{ container: 'p', to: 'b', project: true, containers: ['p-web-1'] }])
+    expect(partial.left).to.deep.equal([{ container: 'p-db-1', state: 'exited' }])
   })
 })
