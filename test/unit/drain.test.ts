@@ -1,5 +1,5 @@
 import { expect } from 'chai'
-import { planDrain } from '../../control/drain.js'
+import { planDrain, renderDrain } from '../../control/drain.js'
 import { DestinationUnavailableError, UnknownPeerError } from '../../protocol/errors.js'
 import type { ContainerRow, PeerRow, PeerState } from '../../protocol/messages.js'
 
@@ -49,5 +49,18 @@ describe('goto drain: the plan', () => {
     const partial = planDrain('a', peers, [container('p-db-1', 'exited', 'p'), container('p-web-1', 'running', 'p')])
     expect(partial.assignments).to.deep.equal([{ container: 'p', to: 'b', project: true, containers: ['p-web-1'] }])
     expect(partial.left).to.deep.equal([{ container: 'p-db-1', state: 'exited' }])
+  })
+
+  it('shows a project grouped, in the plan, its move and the outcome, counting its containers', () => {
+    let out = ''
+    const to = (x: string): void => { out += x }
+    const shop = { container: 'shop', to: 'b', project: true as const, containers: ['shop-db-1', 'shop-web-1'] }
+    renderDrain({ event: 'drain-plan', plan: { host: 'a', assignments: [shop, { container: 'solo', to: 'c' }], left: [] } }, to, to)
+    renderDrain({ event: 'drain-move', container: 'shop', to: 'b', index: 1, of: 2, project: true }, to, to)
+    renderDrain({ event: 'drained', host: 'a', dryRun: true, moved: [{ container: 'solo', to: 'c' }], failed: [{ ...shop, error: 'refused' }], left: [] }, to, to)
+    expect(out).to.contain('drain a: 3 running container(s) to move: project shop (shop-db-1, shop-web-1) → b, solo → c')
+    expect(out).to.contain('[1/2] project shop → b')
+    expect(out).to.contain('1 container(s) would move, 2 would be refused')
+    expect(out).to.contain('project shop (shop-db-1, shop-web-1) (to b) still runs on a: refused')
   })
 })
