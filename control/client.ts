@@ -84,9 +84,12 @@ export class AgentClient {
     return parseAgentStatus(await this.request(STATUS_PROTOCOL, name === undefined ? {} : { name }, signal))
   }
 
-  /** Which member runs `container`, asked of this agent. */
-  async locate (container: string, signal: AbortSignal): Promise<{ name: string, peerId: string, addrs: string[] }> {
-    const r = await this.request(LOCATE_PROTOCOL, { container }, signal) as { name?: unknown, peerId?: unknown, addrs?: unknown }
+  /**
+   * Which member runs `container` (or, `{ project }`, compose project NAME: ProjectSpreadError when
+   * it runs on several), asked of this agent.
+   */
+  async locate (what: string | { project: string }, signal: AbortSignal): Promise<{ name: string, peerId: string, addrs: string[] }> {
+    const r = await this.request(LOCATE_PROTOCOL, typeof what === 'string' ? { container: what } : what, signal) as { name?: unknown, peerId?: unknown, addrs?: unknown }
     if (typeof r?.name !== 'string' || typeof r.peerId !== 'string' || !Array.isArray(r.addrs) || !r.addrs.every(a => typeof a === 'string')) {
       throw new ProtocolError('locate reply is malformed')
     }

@@ -76,10 +76,13 @@ async function withClient<T> (opts: CommonOptions, fn: (s: Session) => Promise<T
   }
 }
 
-/** goto move: locate the container's agent, order the move there, render its events. */
+/**
+ * goto move (and --project): locate the agent that runs the container (the project: the one member
+ * that runs its containers, refused when they run on several), order the move there, render its events.
+ */
 async function move (opts: CommonOptions, order: MoveOrder, io: Io): Promise<number> {
   return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
-    const where = await client.locate(order.container, signal)
+    const where = await client.locate(order.project === true ? { project: order.container } : order.container, signal)
     const source = where.peerId === client.agent.peerId ? client : await AgentClient.connect(bundle, addressOf(where, client.agent.peerId), signal)
     disarm()
     try {
@@ -89,16 +92,6 @@ async function move (opts: CommonOptions, order: MoveOrder, io: Io): Promise<num
     } finally {
       if (source !== client) await source.close()
     }
-  })
-}
-
-/** goto move --project: the agent connected to holds the project's containers; order the project's move there. */
-async function moveProject (opts: CommonOptions, order: MoveOrder, io: Io): Promise<number> {
-  return await withClient(opts, async ({ client, signal, disarm }) => {
-    disarm()
-    const last = await followMove(client, order, opts, io, signal)
-    if (last === undefined) throw new ProtocolError('the agent ended the move without a result')
-    return last.event === 'done' ? 0 : 1
   })
 }
 
@@ -126,7 +119,7 @@ function addressOf (member: { name: string, peerId: string, addrs: string[] }, a
   return peerAddr(addr.toString(), member.peerId)
 }
 
-/** goto drain: move every running container of `host` to the other members, one after another. */
+/** goto drain: move every running container of `host` to the other members, one after another (a compose project's together). */
 async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 'dryRun' | 'allowBindMounts' | 'allowHostAccess' | 'maxRate'>, io: Io): Promise<number> {
   return await withClient(opts, async ({ client, bundle, signal, disarm }) => {
     const emit = (ev: DrainEvent): void => { if (opts.json) io.stdout(jsonText(ev) + '\n'); else renderDrain(ev, io.stdout, io.stderr) }
@@ -140,8 +133,9 @@ async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 
     const failed: Array<DrainAssignment & { error: string }> = []
     try {
       for (const [i, a] of plan.assignments.entries()) {
-        emit({ event: 'drain-move', container: a.container, to: a.to, index: i + 1, of: plan.assignments.length })
-        const error = moveError(await followMove(source, { container: a.container, to: a.to, ...flags }, opts, io, signal))
+        const project = 'project' in a ? { project: true as const } : {}
+        emit({ event: 'drain-move', container: a.container, to: a.to, index: i + 1, of: plan.assignments.length, ...project })
+        const error = moveError(await followMove(source, { container: a.container, to: a.to, ...flags, ...project }, opts, io, signal))
         if (error === undefined) moved.push(a)
         else failed.push({ ...a, error })
       }
@@ -202,7 +196,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
   const opts = common(parsed.values, env)
   const flags = { dryRun: parsed.values['dry-run'] === true, allowBindMounts: parsed.values['allow-bind-mounts'] === true, allowHostAccess: parsed.values['allow-host-access'] === true, ...maxRate }
   if (command === 'move' && project !== undefined) {
-    return await moveProject(opts, { container: project, project: true, to: parsed.values.to as string, ...flags }, io)
+    return await move(opts, { container: project, project: true, to: parsed.values.to as string, ...flags }, io)
   }
   if (command === 'move') {
     return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, ...flags, ...parsed.values.live === true ? { live: true } : {} }, io)

@@ -34,14 +34,17 @@ Commands:
                         checkpoint (docs/operations.md)
   move --project PROJECT --to NAME
                         move every container of the compose project PROJECT (its
-                        com.docker.compose.project label) on the agent this command connects to
-                        (--agent / GOTO_AGENT) as one transaction, with their networks and volumes:
+                        com.docker.compose.project label) from the member that runs it (found as
+                        for a container; refused, naming them, if it runs on several members)
+                        as one transaction, with their networks and volumes (and their labels):
                         all frozen together, restored in dependency order, all committed or all
                         rolled back. Takes --dry-run, --allow-bind-mounts, --allow-host-access
                         and --max-rate
   drain NAME            planned maintenance: move every running container of the member NAME to
                         the other alive members (fewest containers first), one move after another;
-                        a container whose move fails keeps running on NAME and the drain goes on;
+                        a compose project's containers go together to one member, as one
+                        --project move (the plan shows them grouped);
+                        a container (project) whose move fails keeps running on NAME and the drain goes on;
                         containers that are not running stay (listed). Takes --dry-run,
                         --allow-bind-mounts, --allow-host-access and --max-rate as move does
   protect CONTAINER     protect a container: it is snapshotted to replica holders, and if its host

@@ -4,9 +4,13 @@
  * translates them to and from the Engine API and re-exports them for its own code.
  */
 
-/** A named volume or a bind mount of the container. tmpfs mounts hold nothing to move. */
+/**
+ * A named volume or a bind mount of the container. tmpfs mounts hold nothing to move. A volume's
+ * `labels` are the volume's own (`docker volume inspect`, e.g. compose's project and volume names),
+ * which the destination gives the volume it creates; absent when it has none.
+ */
 export type MountSpec =
-  | { type: 'volume', name: string, destination: string, readOnly: boolean, driver: string }
+  | { type: 'volume', name: string, destination: string, readOnly: boolean, driver: string, labels?: Record<string, string> }
   | { type: 'bind', source: string, destination: string, readOnly: boolean }
   | { type: 'tmpfs', destination: string }
 

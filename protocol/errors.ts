@@ -152,6 +152,8 @@ export class NetworkConflictError extends GotoError {}
 export class UnknownProjectError extends GotoError {}
 /** A compose project whose services depend on each other in a circle: no start order exists. */
 export class ProjectCycleError extends GotoError {}
+/** A compose project whose containers run on more than one member: a project move takes it from one host. */
+export class ProjectSpreadError extends GotoError {}
 /** A transfer step arrived for a move the destination did not agree to. */
 export class UnknownMoveError extends GotoError {}
 /** The container did not reach `running` at the destination. */
@@ -308,6 +310,7 @@ const KNOWN = new Map<string, new (message: string) => GotoError>(Object.entries
   NetworkConflictError,
   UnknownProjectError,
   ProjectCycleError,
+  ProjectSpreadError,
   UnknownMoveError,
   RestoreFailedError,
   ContainerNotRunningError,

@@ -74,7 +74,12 @@ export interface PeerRow {
 
 export interface StatusRequest { name?: string }
 
-export interface ContainerRow { name: string, id: string, image: string, state: string, status: string, labels?: Record<string, string> }
+/**
+ * A container as an engine lists it. `labels` only from this host's engine (a status reply leaves
+ * them out); `project`, its compose project (`com.docker.compose.project`), is what a status
+ * reply says of them instead (absent: none, or an agent before it).
+ */
+export interface ContainerRow { name: string, id: string, image: string, state: string, status: string, labels?: Record<string, string>, project?: string }
 
 export interface AgentStatus {
   name: string
@@ -249,7 +254,10 @@ export function parseAgentStatus (v: unknown): AgentStatus {
     docker,
     containers: o.containers.map((c, i) => {
       const x = obj(c, `containers[${i}]`)
-      return { name: str(x.name, 'container name', 256), id: str(x.id, 'container id', 128), image: str(x.image, 'container image', 1024), state: str(x.state, 'container state', 64), status: str(x.status, 'container status', 256) }
+      return {
+        name: str(x.name, 'container name', 256), id: str(x.id, 'container id', 128), image: str(x.image, 'container image', 1024), state: str(x.state, 'container state', 64), status: str(x.status, 'container status', 256),
+        ...x.project === undefined ? {} : { project: str(x.project, 'container project', 256) }
+      }
     }),
     peers: { alive: count(p.alive), suspect: count(p.suspect), dead: count(p.dead) },
     ...(o.failover === undefined || o.failover === null ? {} : { failover: parseFailoverStatus(o.failover) }),

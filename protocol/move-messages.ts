@@ -472,7 +472,12 @@ export function parseSpec (v: unknown): ContainerSpec {
   const mounts = o.mounts.map((m, i): MountSpec => {
     const mo = obj(m, `mounts[${i}]`)
     const destination = str(mo.destination, `mounts[${i}].destination`, 4096)
-    if (mo.type === 'volume') return { type: 'volume', name: str(mo.name, `mounts[${i}].name`, 256), destination, readOnly: mo.readOnly === true, driver: str(mo.driver ?? 'local', `mounts[${i}].driver`, 256) }
+    if (mo.type === 'volume') {
+      return {
+        type: 'volume', name: str(mo.name, `mounts[${i}].name`, 256), destination, readOnly: mo.readOnly === true, driver: str(mo.driver ?? 'local', `mounts[${i}].driver`, 256),
+        ...mo.labels === undefined ? {} : { labels: record(mo.labels, `mounts[${i}].labels`) }
+      }
+    }
     if (mo.type === 'bind') return { type: 'bind', source: str(mo.source, `mounts[${i}].source`, 4096), destination, readOnly: mo.readOnly === true }
     if (mo.type === 'tmpfs') return { type: 'tmpfs', destination }
     throw new ProtocolError(`mounts[${i}].type must be volume, bind or tmpfs`)

@@ -243,7 +243,19 @@ export class DockerodeHost implements DockerHost {
         if (!(err instanceof NetworkNotFoundError)) throw err
       }
     }
-    return containerInfoFromInspect(c, networks)
+    const info = containerInfoFromInspect(c, networks)
+    // Each named volume's own labels (compose's project and volume names): the destination's volume gets them.
+    for (const m of info.spec.mounts) {
+      if (m.type !== 'volume') continue
+      try {
+        const v = await this.request<{ Labels?: Record<string, string> | null }>({ what: `inspect volume '${m.name}'`, notFound: 'volume', method: 'GET', path: `/volumes/${enc(m.name)}` }, signal)
+        if (Object.keys(v.Labels ?? {}).length > 0) m.labels = { ...v.Labels }
+      } catch (err) {
+        // Removed since (the container is being torn down): a volume without labels.
+        if (!(err instanceof VolumeNotFoundError)) throw err
+      }
+    }
+    return info
   }
 
   /** The env an image gives its containers (empty for an image gone meanwhile). */

@@ -745,7 +745,7 @@ export class DestinationService {
         if (await docker.volumeExists(req.name, signal)) throw new NameConflictError(`a volume named '${req.name}' already exists here`)
         await this.journal(p, peer, { volumes: [...p.made.volumes, req.name] })
         p.made.volumes.push(req.name)
-        await docker.createVolume(req.name, mount.driver, {}, signal)
+        await docker.createVolume(req.name, mount.driver, mount.labels ?? {}, signal)
         const dir = await docker.volumeDirectory(req.name, signal)
         if (dir === undefined) throw new VolumeSyncUnavailableError(`volume '${req.name}' has no directory this agent can write`)
         v = { dir, cache: new HashCache(), rounds: 0, final: false }

@@ -66,7 +66,7 @@ export async function restoreContainer (docker: DockerHost, input: RestoreInput,
   for (const m of input.spec.mounts) {
     // A volume made before (a move's volume rounds synced its data into it) is not made again.
     if (m.type === 'volume' && !made.volumes.includes(m.name)) {
-      await docker.createVolume(m.name, m.driver, {}, signal)
+      await docker.createVolume(m.name, m.driver, m.labels ?? {}, signal)
       made.volumes.push(m.name)
     }
   }

@@ -8,6 +8,7 @@ import { openStream } from '../net/dial.js'
 import type { PeerTable } from '../membership/peer-table.js'
 import type { DockerHost } from '../docker/docker-host.js'
 import { describeEngine } from '../docker/engine-kind.js'
+import { COMPOSE_PROJECT } from '../move/project.js'
 import type { Logger } from '../log.js'
 import type { Timings } from '../timings.js'
 import { PEERS_PROTOCOL, STATUS_PROTOCOL } from '../../protocol/ids.js'
@@ -114,7 +115,7 @@ export class StatusService {
       uptimeS: Math.round((Date.now() - this.deps.startedAt) / 1000),
       labels: self.labels,
       docker,
-      containers: containers.map(({ labels: _labels, ...c }) => c),
+      containers: containers.map(({ labels, ...c }) => labels?.[COMPOSE_PROJECT] === undefined ? c : { ...c, project: labels[COMPOSE_PROJECT] }),
       peers: this.deps.table.counts(),
       failover: this.deps.failover.status(),
       ...live === undefined ? {} : { live }

@@ -415,9 +415,12 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
   describe('a compose project (goto move --project)', () => {
     const SHOPNET: NetworkSpec = { name: 'shop_default', driver: 'bridge', options: {}, labels: { 'com.docker.compose.network': 'default', 'com.docker.compose.project': 'shop' }, subnets: [{ subnet: '10.79.0.0/24', gateway: '10.79.0.1', ipRange: '' }], internal: false, attachable: false, enableIPv6: false }
 
+    const SHOPDATA_LABELS = { 'com.docker.compose.project': 'shop', 'com.docker.compose.volume': 'data' }
+
     /** A's shop: web → app → db (db with a volume), all on shop_default by their service names; and A's `web` of another project. */
     async function shop (w: World): Promise<void> {
       await w.A.createNetwork(SHOPNET)
+      await w.A.createVolume('shop_data', 'local', SHOPDATA_LABELS)
       const base = (await w.A.inspectContainer('web')).spec
       for (const [service, dependsOn] of [['db', ''], ['app', 'db:service_started:false'], ['web', 'app:service_started:false']]) {
         const id = await w.A.create({
@@ -445,6 +448,8 @@ describe('move and snapshot state machines (in-memory engines, libp2p on loopbac
       expect(starts).to.deep.equal(['shop-db-1', 'shop-app-1', 'shop-web-1'])
       for (const n of ['shop-db-1', 'shop-app-1', 'shop-web-1']) expect((await w.B.inspectContainer(n)).state.running, n).to.equal(true)
       expect(w.B.readVolumeFile('shop_data', '/rows')?.toString()).to.equal('row 1\n')
+      // The volume made at B has compose's labels (docker compose there takes it as its own).
+      expect((await w.B.inspectContainer('shop-db-1')).spec.mounts.find(m => m.type === 'volume')).to.deep.include({ labels: SHOPDATA_LABELS })
       expect((await w.B.inspectNetwork('shop_default')).labels).to.deep.equal(SHOPNET.labels)
       expect((await w.A.listContainers()).map(c => c.name)).to.deep.equal(['web'])
     })

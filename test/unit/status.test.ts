@@ -195,6 +195,38 @@ describe('status, peers and locate (two agents on in-memory engines, libp2p on l
       expect(err.message).to.match(/needs a container name/)
     })
 
+    it('finds the one member that runs a compose project; refuses one spread over several, naming them', async () => {
+      const [imageA] = A.imageIds()
+      const [imageB] = B.imageIds()
+      const project = (p: string, name: string, image: string): ContainerSpec => ({ ...spec(name, image), labels: { 'com.docker.compose.project': p } })
+      const made = [
+        { host: B, id: await B.create(project('shop', 'shop-db-1', imageB)) }, { host: B, id: await B.create(project('shop', 'shop-web-1', imageB)) },
+        { host: A, id: await A.create(project('split', 'split-a-1', imageA)) }, { host: B, id: await B.create(project('split', 'split-b-1', imageB)) }
+      ]
+      try {
+        expect(await operator.request(LOCATE_PROTOCOL, { project: 'shop' })).to.deep.equal({ name: 'b', peerId: b.peerId, addrs: b.info().addrs })
+        const spread = await rejection(operator.request(LOCATE_PROTOCOL, { project: 'split' }))
+        expect(spread.name).to.equal('ProjectSpreadError')
+        expect(spread.message).to.include("'split'").and.include('a (1 container(s))').and.include('b (1 container(s))')
+      } finally {
+        for (const m of made) await m.host.remove(m.id, { force: true, volumes: false })
+      }
+      const none = await rejection(operator.request(LOCATE_PROTOCOL, { project: 'nope' }))
+      expect(none.name).to.equal('UnknownProjectError')
+    })
+
+    it('status rows name each container\'s compose project, and no other label', async () => {
+      const [image] = B.imageIds()
+      const id = await B.create({ ...spec('shop-db-1', image), labels: { 'com.docker.compose.project': 'shop', secret: 'x' } })
+      try {
+        const rows = parseAgentStatus(await operator.request(STATUS_PROTOCOL, { name: 'b' })).containers
+        expect(rows.find(r => r.name === 'shop-db-1')).to.deep.include({ project: 'shop' }).and.not.have.property('labels')
+        expect(rows.find(r => r.name === 'db')).to.not.have.property('project')
+      } finally {
+        await B.remove(id, { force: true, volumes: false })
+      }
+    })
+
     it('refuses a request that is not an object with a typed error, not a reset stream', async () => {
       for (const body of [null, 'web', 7]) {
         const err = await rejection(operator.request(LOCATE_PROTOCOL, body))
