@@ -71,10 +71,18 @@ function loopback (addr: string): boolean {
  * namespace's own addresses (those its sockets are bound to). Empty when the tables cannot be read.
  */
 export async function outsideConnections (pid: number, signal: AbortSignal): Promise<string[]> {
-  const rows: Array<{ local: string, remote: string, port: number }> = []
+  const tables: string[] = []
   for (const table of ['tcp', 'tcp6']) {
     signal.throwIfAborted()
-    const text = await readFile(`/proc/${pid}/net/${table}`, { encoding: 'utf8', signal }).catch(() => '')
+    tables.push(await readFile(`/proc/${pid}/net/${table}`, { encoding: 'utf8', signal }).catch(() => ''))
+  }
+  return outsidePeers(tables)
+}
+
+/** outsideConnections of the text of /proc/net/tcp and tcp6 tables (header line first). */
+export function outsidePeers (tables: string[]): string[] {
+  const rows: Array<{ local: string, remote: string, port: number }> = []
+  for (const text of tables) {
     for (const line of text.split('\n').slice(1)) {
       const f = line.trim().split(/\s+/)
       if (f.length < 4 || f[3] !== TCP_ESTABLISHED) continue
