@@ -52,6 +52,13 @@ export interface AgentConfig {
    * or a name looked up on PATH. It should be the one the engine's runc runs (on dockerd's PATH).
    */
   criu: string
+  /**
+   * TEST ONLY (--test-hide-cpu-flags): CPU flags this agent leaves out of what it reports for a
+   * live move, as if its CPU lacked them: the lab simulates a destination a source's checkpoint
+   * must not restore on. Never set on a real host (a source hiding a flag its processes use would
+   * let their checkpoint reach a CPU without it).
+   */
+  hideCpuFlags?: string[]
 }
 
 /** A TCP address for the metrics endpoint. `host` is an IP literal (IPv6 without brackets). */
@@ -121,6 +128,9 @@ Options (flag / environment / config-file key; flags win over environment, envir
   --criu PATH           the CRIU binary to check before a live move (goto move --live): the one
                         on dockerd's PATH, which runc runs (default: ${DEFAULT_CRIU} on PATH)
                                                                             GOTO_CRIU       criu
+  --test-hide-cpu-flags LIST  TEST ONLY: leave these CPU flags (comma-separated) out of what this
+                        agent reports for a live move, as if its CPU lacked them (the lab's
+                        CPU-mismatch test); never on a real host
   --config FILE         JSON file with the keys above                       GOTO_CONFIG
   -h, --help            show this help
   --version             print the agent version
@@ -266,6 +276,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
         'metrics-listen': { type: 'string' },
         'links-json': { type: 'string' },
         criu: { type: 'string' },
+        'test-hide-cpu-flags': { type: 'string' },
         config: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' }
@@ -369,6 +380,7 @@ export function loadConfig ({ argv, env, readFile = p => readFileSync(p, 'utf8')
     logLevel,
     metricsListen,
     links,
-    criu
+    criu,
+    ...f['test-hide-cpu-flags'] === undefined ? {} : { hideCpuFlags: list(f['test-hide-cpu-flags']) ?? [] }
   }
 }

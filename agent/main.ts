@@ -27,7 +27,7 @@ import { FreezeRecovery } from './move/recovery.js'
 import type { SessionDeps } from './move/session.js'
 import { LinkTable } from './transfer/links.js'
 import { MoveService } from './move/source.js'
-import { LiveCheck } from './move/live.js'
+import { LiveCheck, cpuFlags } from './move/live.js'
 import { LayerStore } from './transfer/layer-store.js'
 import { LayerSender, SavePathCache } from './transfer/layer-sender.js'
 import { HolderClient, HolderService } from './transfer/holders.js'
@@ -164,7 +164,8 @@ async function run (config: AgentConfig): Promise<void> {
     failover: failover.gossip()
   })
   // Whether this host can take part in a live move (CRIU, experimental engine, CPU): asked by both ends.
-  const live = new LiveCheck({ docker, criu: config.criu, selfName: bundle.name })
+  const hidden = new Set(config.hideCpuFlags ?? [])
+  const live = new LiveCheck({ docker, criu: config.criu, selfName: bundle.name, ...hidden.size === 0 ? {} : { cpuFlags: async () => (await cpuFlags()).filter(f => !hidden.has(f)) } })
   const destination = new DestinationService({
     auth, selfId: bundle.peerId, orders, docker, store, snapshots, metrics, kept, timings: config.timings, xattrs, volumeRounds, live, holders: holderClient,
     journal: await openIncomingJournal(join(config.stateDir, 'incoming')), log: log.child({ component: 'move-in' })

@@ -23,13 +23,15 @@
  *   auth + status with the client library; baseline: a plain TCP connect to the same agent.
  * - Engines (bench/engines.ts, its own three-host lab: Docker 20.10, 26, 28 with the containerd
  *   store): the first move of a 200 MiB image into the containerd store vs into 20.10.
+ * - Live moves (bench/live.ts, its own two-host lab with CRIU): downtime of a live move with 16 and
+ *   512 MiB resident against an ordinary move of the same container; checkpoint size and times.
  * - Tree sync (bench/sync.ts, no lab): first full copy of a ~2 GiB tree vs `tar c | tar x`, an
  *   incremental round after a 1 MiB change, and RSS growth.
  * - Membership simulation (bench/membership-sim.ts, no lab): the scalable membership protocol at
  *   1,000 simulated nodes, bytes/s per node and the time until a death is known everywhere, against
  *   today's full-table heartbeats at 100 nodes. Targets: ≤ 2 KiB/s per node, ≤ 3 × lan deadAfterMs.
  *
- * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes, engines, membership-sim, links, links-resume) runs only those sections; the
+ * `GOTO_BENCH_ONLY=move` (a comma list of idle, cli, move, failover, sync, volumes, engines, live, membership-sim, links, links-resume) runs only those sections; the
  * results file then holds only them. GOTO_BENCH_PREFIX and GOTO_BENCH_SUBNET give the labs another
  * prefix and subnet (default gotolabb, 10.213.60.0/24).
  */
@@ -48,6 +50,7 @@ import { failoverBench } from './failover.js'
 import { syncBench } from './sync.js'
 import { volumesBench } from './volumes.js'
 import { enginesBench } from './engines.js'
+import { liveBench } from './live.js'
 import { membershipSimBench } from './membership-sim.js'
 import { linksBench, linksResumeBench } from './links.js'
 
@@ -122,7 +125,7 @@ async function tcpConnectMs (host: string, port: number): Promise<number> {
 
 const fmt = (n: number, d = 1): string => n.toFixed(d)
 
-/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes, engines, membership-sim, links, links-resume); all by default. */
+/** `GOTO_BENCH_ONLY=move,cli`: run only those sections (idle, cli, move, failover, sync, volumes, engines, live, membership-sim, links, links-resume); all by default. */
 const ONLY = new Set((process.env.GOTO_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== ''))
 const runs = (section: string): boolean => ONLY.size === 0 || ONLY.has(section)
 
@@ -139,6 +142,7 @@ async function main (): Promise<void> {
   // Two hosts of its own (agents restarted with --volume-spool-only midway), the default profile.
   if (runs('volumes')) results.volumes = await volumesBench(prefix, subnet)
   if (runs('engines')) results.engines = await enginesBench(prefix, subnet)
+  if (runs('live')) results.live = await liveBench(prefix, subnet)
   if (runs('membership-sim')) results.membershipSim = await membershipSimBench()
   if (runs('links')) results.links = await linksBench(process.env.GOTO_BENCH_LINKS_PREFIX ?? prefix, process.env.GOTO_BENCH_LINKS_SUBNET ?? subnet)
   if (runs('links-resume')) results.linksResume = await linksResumeBench(process.env.GOTO_BENCH_LINKS_PREFIX ?? prefix, process.env.GOTO_BENCH_LINKS_SUBNET ?? subnet)

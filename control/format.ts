@@ -64,18 +64,20 @@ function hostOf (addrs: string[]): string {
 
 export function formatPeers (rows: PeerRow[], now = Date.now()): string {
   return table(
-    ['NAME', 'STATE', 'ADDRESS', 'ENGINE', 'CONTAINERS', 'RTT', 'LAST SEEN', 'LABELS'],
+    ['NAME', 'STATE', 'ADDRESS', 'ENGINE', 'CONTAINERS', 'LIVE', 'RTT', 'LAST SEEN', 'LABELS'],
     rows.map(r => [
       r.self ? `${r.name} *` : r.name,
       r.state,
       hostOf(r.addrs),
       r.dockerVersion ?? '-',
       r.containers === null ? '-' : String(r.containers),
+      r.live === undefined ? '-' : r.live.ok ? `CRIU ${r.live.criu ?? '?'}` : 'no',
       r.rttMs === null ? '-' : r.self ? '-' : `${r.rttMs.toFixed(1)}ms`,
       r.self ? 'self' : ago(r.lastSeen, now),
       Object.entries(r.labels).map(([k, v]) => `${k}=${v}`).join(',') || '-'
     ])
-  ) + '\n(* = the agent that answered)'
+  ) + rows.filter(r => r.live?.ok === false).map(r => printable(`\n${r.name} takes no live moves: ${r.live?.missing.join('; ') ?? ''}`)).join('') +
+    '\n(* = the agent that answered; LIVE: whether it takes goto move --live)'
 }
 
 export function formatStatus (s: AgentStatus): string {

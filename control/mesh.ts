@@ -10,6 +10,7 @@ import { readBundle, type Bundle } from '../certs/bundle.js'
 import { MoveRenderer } from './move.js'
 import { moveError, planDrain, renderDrain, type DrainAssignment, type DrainEvent } from './drain.js'
 import type { MoveEvent, MoveOrder } from '../protocol/move-messages.js'
+import type { PeerRow } from '../protocol/messages.js'
 import { AgentClient } from './client.js'
 import { formatPeers, formatStatus, jsonText, printable } from './format.js'
 import { circuitRelayOf, parseAgentMultiaddr, peerAddr } from '../protocol/multiaddr.js'
@@ -147,12 +148,32 @@ async function drain (opts: CommonOptions, host: string, flags: Pick<MoveOrder, 
   })
 }
 
+/**
+ * How long `goto peers` waits for one member's status (whether it takes live moves): a status asks
+ * that member's engine and CRIU (`criu check`, 0.3 s, kept 10 min); a member slower than this is
+ * shown without it rather than holding the table back.
+ */
+const PEER_LIVE_ASK_MS = 10_000
+
+/** The peers, each alive agent with whether it takes live moves (its status, asked of all at once). */
+async function withLive (client: AgentClient, rows: PeerRow[], signal: AbortSignal): Promise<PeerRow[]> {
+  return await Promise.all(rows.map(async r => {
+    if (r.state !== 'alive' || r.role !== 'agent') return r
+    const s = await client.status(r.name, AbortSignal.any([signal, AbortSignal.timeout(PEER_LIVE_ASK_MS)])).catch(() => undefined)
+    return s?.live === undefined ? r : { ...r, live: s.live }
+  }))
+}
+
 /** Runs `goto COMMAND args...` for a mesh command; returns the exit status or throws a GotoError. */
 export async function runMeshCommand (command: MeshCommand, rest: string[], env: NodeJS.ProcessEnv, io: Io): Promise<number> {
+  // --live takes no value but one: --live=auto (parseArgs has no optional values).
+  const liveAuto = rest.includes('--live=auto')
+  const wrongLive = rest.find(a => a.startsWith('--live=') && a !== '--live=auto')
+  if (wrongLive !== undefined) { io.stderr(`goto: error: ${wrongLive}: --live takes no value but 'auto' (try 'goto --help')\n`); return 2 }
   let parsed
   try {
     parsed = parseArgs({
-      args: rest,
+      args: rest.map(a => a === '--live=auto' ? '--live' : a),
       strict: true,
       allowPositionals: true,
       options: {
@@ -199,7 +220,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
     return await move(opts, { container: project, project: true, to: parsed.values.to as string, ...flags }, io)
   }
   if (command === 'move') {
-    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, ...flags, ...parsed.values.live === true ? { live: true } : {} }, io)
+    return await move(opts, { container: parsed.positionals[0], to: parsed.values.to as string, ...flags, ...parsed.values.live === true ? { live: liveAuto ? 'auto' as const : true } : {} }, io)
   }
   if (command === 'drain') {
     return await drain(opts, parsed.positionals[0], flags, io)
@@ -220,7 +241,7 @@ export async function runMeshCommand (command: MeshCommand, rest: string[], env:
     return 0
   }
   if (command === 'peers') {
-    const rows = await withClient(opts, async ({ client, signal }) => await client.peers(signal))
+    const rows = await withClient(opts, async ({ client, signal }) => await withLive(client, await client.peers(signal), signal))
     io.stdout((opts.json ? jsonText(rows, 2) : formatPeers(rows)) + '\n')
   } else {
     const status = await withClient(opts, async ({ client, signal }) => await client.status(parsed.positionals[0], signal))

@@ -38,7 +38,7 @@ export async function signMoveOrder (signer: OrderSigner, request: OrderRequest,
     allow: {
       binds: asked.allowBindMounts ? bindsOf(request.spec) : [],
       ...asked.allowHostAccess === true && hostPowersOf(request.spec.engine).length > 0 ? { hostAccess: true } : {},
-      ...asked.live === true ? { live: true } : {}
+      ...asked.live === true || asked.live === 'auto' ? { live: true } : {}
     }
   })
 }
@@ -73,7 +73,7 @@ export function eta (left: number, rate: number, cap?: number): string {
 function summary (ev: Extract<MoveEvent, { event: 'done' }>, dryRun: boolean): string {
   if (dryRun) return `dry run: nothing changed (${ev.layersSkipped} layer(s) already on ${ev.to})`
   const live = ev.live === undefined
-    ? ''
+    ? ev.notLive === undefined ? '' : `; NOT live (--live=auto fell back to an ordinary move: ${ev.notLive}): its processes started afresh`
     : `; live: its processes go on there (checkpoint ${ev.live.checkpointMs} ms, ${mib(ev.live.checkpointBytes)} in ${ev.live.checkpointFiles} file(s) sent in ${ev.live.transferMs} ms, restore ${ev.live.restoreMs} ms)`
   return `done: ${ev.container} moved ${ev.from} → ${ev.to}: ${mib(ev.bytesSent)} sent in ${ev.layersSent} layer(s), ${ev.bytesFromHolders === undefined ? '' : `${mib(ev.bytesFromHolders)} taken from members near ${ev.to}, `}${ev.layersSkipped} layer(s) already there, downtime ${ev.downtimeMs} ms${live}`
 }

@@ -28,10 +28,15 @@ Commands:
                         holds; the progress bar shows the rate and the ETA against the cap
       --live            the container's processes move with their memory (a CRIU checkpoint
                         instead of a pause) and go on at the destination instead of restarting;
-                        both hosts need CRIU 4.2+ and an engine started with --experimental
+                        both hosts need CRIU 4.2+ and an engine started with --experimental,
+                        the destination's CPU every flag of the source's, and the container no
+                        established TCP connection to a peer outside it
                         (refused before anything freezes otherwise, saying what is missing; with
                         --dry-run, what each host found). Rollback restores the source from its
                         checkpoint (docs/operations.md)
+      --live=auto       live where both hosts and the container allow it, otherwise an ordinary
+                        move (its processes start afresh), said in the plan and the summary;
+                        --live alone fails instead
   move --project PROJECT --to NAME
                         move every container of the compose project PROJECT (its
                         com.docker.compose.project label) from the member that runs it (found as

@@ -70,6 +70,11 @@ export interface PeerRow {
   containers: number | null
   lastSeen: string | null
   rttMs: number | null
+  /**
+   * Whether the member can take live moves (its status's `live`), asked by the CLI of each alive
+   * agent after the peers answered (control/mesh.ts): absent when it was not asked or did not say.
+   */
+  live?: NonNullable<AgentStatus['live']>
 }
 
 export interface StatusRequest { name?: string }

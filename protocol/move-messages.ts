@@ -20,8 +20,13 @@ export interface MoveOrder {
    * the source's sender keeps to the lower of it and the link's cap. Absent: the link's cap alone.
    */
   maxRate?: number
-  /** --live: the processes move with their memory (a CRIU checkpoint instead of a pause), named in the signed order. */
-  live?: boolean
+  /**
+   * --live: the processes move with their memory (a CRIU checkpoint instead of a pause), named in the
+   * signed order; a preflight refusal at either end fails the move. 'auto' (--live=auto): such a
+   * refusal makes it an ordinary move instead, said in the plan's warnings and the `done` event's
+   * `notLive`. (An agent older than 'auto' reads it as no --live: an ordinary move, not said.)
+   */
+  live?: boolean | 'auto'
   /** --project: `container` names a compose project, whose containers move together (agent/move/source.ts moveProject). */
   project?: boolean
 }
@@ -129,9 +134,10 @@ export type MoveEvent =
    * `bytesOnWire`: the blob bytes that crossed the link (compressed where it compresses); absent from
    * an older agent. `bytesFromHolders`: layer bytes the destination took from members near it
    * (not in `bytesSent`); absent when none. A project move's `done` has no moveId (each member's is
-   * in its own events) and names the project in `container`.
+   * in its own events) and names the project in `container`. `notLive` (--live=auto): why the move
+   * was an ordinary one, not live (the preflight's refusal).
    */
-  | { event: 'done', moveId: string | null, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, bytesFromHolders?: number, layersSent: number, layersSkipped: number, downtimeMs: number, live?: LiveTimings }
+  | { event: 'done', moveId: string | null, container: string, from: string, to: string, bytesSent: number, bytesOnWire?: number, bytesFromHolders?: number, layersSent: number, layersSkipped: number, downtimeMs: number, live?: LiveTimings, notLive?: string }
   /**
    * `rollback`: 'none-needed' (refused before anything changed), 'done' (the source container runs
    * again, the destination removed what it made), 'incomplete' (say what could not be undone).
@@ -424,7 +430,7 @@ export function parseMoveOrder (v: unknown): MoveOrder {
     allowBindMounts: o.allowBindMounts === true,
     ...o.allowHostAccess === true ? { allowHostAccess: true } : {},
     ...o.maxRate === undefined ? {} : { maxRate: positive(count(o.maxRate, 'maxRate'), 'maxRate') },
-    ...o.live === true ? { live: true } : {},
+    ...o.live === true || o.live === 'auto' ? { live: o.live } : {},
     ...o.project === true ? { project: true } : {}
   }
 }

@@ -25,7 +25,7 @@ export interface EngineContainer {
   Id: string
   Name: string
   Image: string
-  State?: { Status?: string, Running?: boolean, Paused?: boolean }
+  State?: { Status?: string, Running?: boolean, Paused?: boolean, Pid?: number }
   /** IDs of the execs running in it (null when none). */
   ExecIDs?: string[] | null
   Config?: Record<string, unknown> & {
@@ -57,7 +57,7 @@ export function containerInfoFromInspect (c: EngineContainer, networks: Readonly
   return {
     id: c.Id,
     name: c.Name.replace(/^\//, ''),
-    state: { status: c.State?.Status ?? 'unknown', running: c.State?.Running === true, paused: c.State?.Paused === true, execs: c.ExecIDs?.length ?? 0 },
+    state: { status: c.State?.Status ?? 'unknown', running: c.State?.Running === true, paused: c.State?.Paused === true, execs: c.ExecIDs?.length ?? 0, ...typeof c.State?.Pid === 'number' && c.State.Pid > 0 ? { pid: c.State.Pid } : {} },
     spec: specFromInspect(c, networks),
     ...refused.length > 0 || hostPowers.length > 0 ? { fidelity: { refused, hostPowers } } : {}
   }

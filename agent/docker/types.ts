@@ -14,8 +14,8 @@ export type { ContainerSpec, EngineSettings, ImageInfo, MountSpec, NetworkAttach
 export interface ContainerInfo {
   id: string
   name: string
-  /** `execs`: how many `docker exec` processes run in it now. */
-  state: { status: string, running: boolean, paused: boolean, execs: number }
+  /** `execs`: how many `docker exec` processes run in it now; `pid`: its first process on this host, while it runs (absent: not said). */
+  state: { status: string, running: boolean, paused: boolean, execs: number, pid?: number }
   spec: ContainerSpec
   /**
    * What of its inspect the spec does not carry (protocol/fidelity.ts): fields refused by name, and

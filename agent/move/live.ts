@@ -12,6 +12,9 @@
  *   receiveCheckpoint  writes the announced files into a new directory, each verified against its
  *                  size and sha256 as it streams; paths were checked by the wire parser
  *                  (protocol/move-messages.ts checkpointPath) and are opened exclusively here.
+ *   outsideConnections  the established TCP connections of a container's network namespace to a
+ *                  peer outside it (/proc/<pid>/net/tcp and tcp6): a checkpoint carries a socket,
+ *                  but its peer still talks to the source's address, so the source refuses them.
  *   resumeSource   a rolled-back live move's container runs here again: restored from its own
  *                  checkpoint, or started afresh if that fails (said in the log and the event).
  */
@@ -43,6 +46,54 @@ export const MIN_CRIU_VERSION = [4, 2] as const
  * bounds it further; what a rogue member can make this host write in one step stops there.
  */
 export const MAX_CHECKPOINT_BYTES = 64 * 1024 ** 3
+
+/** A TCP socket's state in /proc/net/tcp: ESTABLISHED. */
+const TCP_ESTABLISHED = '01'
+
+/** An address of /proc/net/tcp{,6} (hex, each 32-bit word in host order: little-endian here) as text. */
+function procAddress (hex: string): string {
+  const words = hex.match(/.{8}/g) ?? []
+  const bytes = words.flatMap(w => (w.match(/../g) ?? []).reverse().map(b => parseInt(b, 16)))
+  if (bytes.length === 4) return bytes.join('.')
+  if (bytes.slice(0, 10).every(b => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) return bytes.slice(12).join('.')
+  const groups: string[] = []
+  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] << 8) | bytes[i + 1]).toString(16))
+  return groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::')
+}
+
+function loopback (addr: string): boolean {
+  return addr.startsWith('127.') || addr === '::1'
+}
+
+/**
+ * The established TCP connections of the network namespace of process `pid` (a container's first
+ * process) to a peer outside it, as `address:port` of the peer: not loopback and not one of the
+ * namespace's own addresses (those its sockets are bound to). Empty when the tables cannot be read.
+ */
+export async function outsideConnections (pid: number, signal: AbortSignal): Promise<string[]> {
+  const tables: string[] = []
+  for (const table of ['tcp', 'tcp6']) {
+    signal.throwIfAborted()
+    tables.push(await readFile(`/proc/${pid}/net/${table}`, { encoding: 'utf8', signal }).catch(() => ''))
+  }
+  return outsidePeers(tables)
+}
+
+/** outsideConnections of the text of /proc/net/tcp and tcp6 tables (header line first). */
+export function outsidePeers (tables: string[]): string[] {
+  const rows: Array<{ local: string, remote: string, port: number }> = []
+  for (const text of tables) {
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/)
+      if (f.length < 4 || f[3] !== TCP_ESTABLISHED) continue
+      const [local] = f[1].split(':')
+      const [remote, port] = f[2].split(':')
+      rows.push({ local: procAddress(local), remote: procAddress(remote), port: parseInt(port, 16) })
+    }
+  }
+  const own = new Set(rows.map(r => r.local))
+  return [...new Set(rows.filter(r => !loopback(r.remote) && !own.has(r.remote)).map(r => `${r.remote.includes(':') ? `[${r.remote}]` : r.remote}:${r.port}`))]
+}
 
 /** Runs a program, resolving its exit and output (never rejecting). */
 export type RunProgram = (file: string, args: string[], signal: AbortSignal) => Promise<{ code: number | string | null, stdout: string, stderr: string }>

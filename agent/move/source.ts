@@ -46,7 +46,7 @@ import { MOVE_PROTOCOL } from '../../protocol/ids.js'
 import { parseMoveOrder, parseOrderReply, type LiveTimings, type MoveEvent, type MoveOrder, type MovePlan, type MoveStep, type OrderRequest, type Resumed } from '../../protocol/move-messages.js'
 import { specDigest, type SignedOrder } from '../../protocol/orders.js'
 import { describeRefusals } from '../../protocol/fidelity.js'
-import type { LiveCheck } from './live.js'
+import { outsideConnections, type LiveCheck } from './live.js'
 import {
   BindMountRefusedError, ContainerNotRunningError, DestinationUnavailableError, FieldRefusedError, HostAccessRefusedError, ImageNotFoundError,
   LiveUnavailableError, MoveInProgressError, toWireError
@@ -94,6 +94,8 @@ interface Member {
   live?: Awaited<ReturnType<LiveCheck['require']>>
   /** (--live) What the checkpoint took, once handed over. */
   liveTimings?: LiveTimings
+  /** (--live=auto) Why the move is an ordinary one: the preflight's refusal. */
+  notLive?: string
 }
 
 /** The operator's signature on what a move will do (on /goto/move: an `order` event and its reply). */
@@ -171,7 +173,7 @@ export class MoveService {
     const startedAt = performance.now()
     let infos: ContainerInfo[]
     try {
-      if (order.live === true) throw new LiveUnavailableError(`project '${order.container}' moves with a pause, not live: move its containers one by one with --live`)
+      if (order.live !== undefined) throw new LiveUnavailableError(`project '${order.container}' moves with a pause, not live: move its containers one by one with --live`)
       const rows = await this.deps.docker.listContainers(signal)
       infos = []
       for (const p of projectMembers(rows, order.container)) infos.push(await inspectSource(this.deps.docker, p.id, this.deps.sessions.selfName, signal))
@@ -228,7 +230,7 @@ export class MoveService {
     const m = await this.planMember(order, info, session, emit, sign, signal)
     if (order.dryRun) {
       await session.abort()
-      await emit({ event: 'done', moveId: session.moveId, container: info.name, from: m.plan.from, to: order.to, bytesSent: 0, layersSent: 0, layersSkipped: m.plan.layersPresent, downtimeMs: 0 })
+      await emit({ event: 'done', moveId: session.moveId, container: info.name, from: m.plan.from, to: order.to, bytesSent: 0, layersSent: 0, layersSkipped: m.plan.layersPresent, downtimeMs: 0, ...m.notLive === undefined ? {} : { notLive: m.notLive } })
       return
     }
     await this.precopyMember(m, emit, signal)
@@ -243,14 +245,23 @@ export class MoveService {
     await emit({
       event: 'done', moveId: session.moveId, container: info.name, from: m.plan.from, to: order.to, bytesSent, bytesOnWire, ...bytesFromHolders > 0 ? { bytesFromHolders } : {},
       layersSent: m.layersSent, layersSkipped: m.plan.layersPresent, downtimeMs,
-      ...liveTimings === undefined ? {} : { live: liveTimings }
+      ...liveTimings === undefined ? {} : { live: liveTimings }, ...m.notLive === undefined ? {} : { notLive: m.notLive }
     })
   }
 
-  /** This host's part of a live move's preflight (live.ts), or LiveUnavailableError saying what it lacks. */
-  private async liveHere (signal: AbortSignal): Promise<Awaited<ReturnType<LiveCheck['require']>>> {
+  /**
+   * This host's part of a live move's preflight (live.ts): CRIU and the engine here, and nothing in
+   * the container a checkpoint cannot carry to another address (an established TCP connection to a
+   * peer outside it); or LiveUnavailableError saying what is wrong.
+   */
+  private async liveHere (info: ContainerInfo, signal: AbortSignal): Promise<Awaited<ReturnType<LiveCheck['require']>>> {
     if (this.deps.live === undefined) throw new LiveUnavailableError(`live move not possible: ${this.deps.sessions.selfName}: this agent checks no CRIU`)
-    return await this.deps.live.require(signal)
+    const report = await this.deps.live.require(signal)
+    const held = info.state.pid === undefined ? [] : await outsideConnections(info.state.pid, signal)
+    if (held.length > 0) {
+      throw new LiveUnavailableError(`live move not possible: container '${info.name}' holds an established TCP connection to a peer outside it (${held.slice(0, 4).join(', ')}${held.length > 4 ? `, and ${held.length - 4} more` : ''}), which cannot follow it to another address: close it, or move without --live`)
+    }
+    return report
   }
 
   private async step (m: Pick<Member, 'session' | 'log'>, s: MoveStep, emit: Emit): Promise<void> {
@@ -268,12 +279,28 @@ export class MoveService {
     const spec = await this.planSpec(info, order, warnings, signal)
     // A live move asks this host first, before anything reaches the destination; the destination
     // answers for itself at prepare (and refuses there, before it takes anything).
-    const live = order.live === true ? await this.liveHere(signal) : undefined
+    // --live=auto: a refusal at either end makes it an ordinary move, said in the plan and `done`.
+    let notLive: string | undefined
+    const fallBack = (err: unknown): undefined => {
+      if (order.live !== 'auto' || !(err instanceof LiveUnavailableError)) throw err
+      notLive = err.message
+      warnings.push(`not live (--live=auto): ${err.message}: an ordinary move instead, its processes start afresh at ${order.to}`)
+      return undefined
+    }
+    let live = order.live === undefined ? undefined : await this.liveHere(info, signal).catch(fallBack)
     await session.connect(order.to, signal)
     const signed = await sign({
       moveId, container: info.name, from: this.deps.selfId, fromName: from, to: session.destinationId, toName: order.to, spec, specDigest: specDigest(spec)
     }, signal)
-    const prepared = await session.prepare(spec, signal, signed, live === undefined ? undefined : { arch: live.arch, cpuFlags: live.cpuFlags })
+    let prepared: PreparedTransfer
+    try {
+      prepared = await session.prepare(spec, signal, signed, live === undefined ? undefined : { arch: live.arch, cpuFlags: live.cpuFlags })
+    } catch (err) {
+      // The destination refused the live part before it made anything: ask it again for an ordinary move.
+      if (live === undefined) throw err
+      live = fallBack(err)
+      prepared = await session.prepare(spec, signal, signed)
+    }
     const { image, toSend } = prepared
     const plan: MovePlan = {
       moveId, container: info.name, from, to: order.to, image: image.id,
@@ -303,7 +330,7 @@ export class MoveService {
       for (const w of warnings) log.warn('move plan', { warning: w })
     }
     await emit({ event: 'plan', plan })
-    return { info, session, log, plan, layersSent: 0, ...live === undefined ? {} : { live } }
+    return { info, session, log, plan, layersSent: 0, ...live === undefined ? {} : { live }, ...notLive === undefined ? {} : { notLive } }
   }
 
   /** pre-copy: the layers the destination lacks, then volume rounds while the container runs. */

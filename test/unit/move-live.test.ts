@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto'
 import { mkdtemp, readFile, rm, mkdir, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { LiveCheck, cpuRefusal, listCheckpoint, receiveCheckpoint, resumeSource, type RunProgram } from '../../agent/move/live.js'
+import { LiveCheck, cpuRefusal, listCheckpoint, outsidePeers, receiveCheckpoint, resumeSource, type RunProgram } from '../../agent/move/live.js'
 import { createRootLogger } from '../../agent/log.js'
 import type { EngineInfo, EngineVersion } from '../../agent/docker/docker-host.js'
 import { parseTransferRequest } from '../../protocol/move-messages.js'
@@ -81,6 +81,30 @@ describe('live moves: preflight, checkpoint files, resume', () => {
     expect(cpuRefusal({ arch: 'amd64', cpuFlags: ['avx', 'sse4_2'] }, here)).to.equal(undefined)
     expect(cpuRefusal({ arch: 'arm64', cpuFlags: [] }, here)).to.include('same CPU architecture')
     expect(cpuRefusal({ arch: 'amd64', cpuFlags: ['avx', 'avx512f'] }, here)).to.match(/lacks flags the source's has \(avx512f\).*SIGILL/)
+  })
+
+  it('finds the established TCP connections to peers outside the container, and only those', () => {
+    const head = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n'
+    const tcp = head + [
+      // 172.17.0.2:43210 → 10.213.55.13:19999 established: outside.
+      '   0: 020011AC:A8CA 0D37D50A:4E1F 01 00000000:00000000 00:00000000 00000000     0        0 1 1',
+      // listening on *:80: not a connection.
+      '   1: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1',
+      // 127.0.0.1:5000 → 127.0.0.1:40000: loopback.
+      '   2: 0100007F:1388 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1',
+      // 172.17.0.2:80 ← 172.17.0.2:40001: the container talking to itself over its own address.
+      '   3: 020011AC:0050 020011AC:9C41 01 00000000:00000000 00:00000000 00000000     0        0 4 1',
+      // 172.17.0.2:40002 → 10.0.0.9:443 in TIME_WAIT: no longer established.
+      '   4: 020011AC:9C42 0900000A:01BB 06 00000000:00000000 00:00000000 00000000     0        0 5 1'
+    ].join('\n')
+    const tcp6 = head + [
+      // ::ffff:172.17.0.2:80 ← ::ffff:10.213.55.1:50000 (an IPv4 peer on an IPv6 socket): outside.
+      '   0: 0000000000000000FFFF0000020011AC:0050 0000000000000000FFFF00000137D50A:C350 01 00000000:00000000 00:00000000 00000000     0        0 6 1',
+      // ::1 → ::1: loopback.
+      '   1: 00000000000000000000000001000000:1388 00000000000000000000000001000000:9C40 01 00000000:00000000 00:00000000 00000000     0        0 7 1'
+    ].join('\n')
+    expect(outsidePeers([tcp, tcp6])).to.deep.equal(['10.213.55.13:19999', '10.213.55.1:50000'])
+    expect(outsidePeers(['', ''])).to.deep.equal([])
   })
 
   it('parses a checkpoint step and refuses paths that could leave its directory, duplicates and too many files', () => {
