@@ -184,6 +184,35 @@ describe('fidelity: every setting moves or the move says why (2 hosts, real engi
     expect(stdout.trim()).to.equal('app')
   })
 
+  it('refuses a container with each other host power by that field\'s name (devices, host pid and ipc, security options, sysctls), changes nothing, and moves it with --allow-host-access, the power kept', async () => {
+    // Not --privileged: no privileged container starts on this machine (runc: "unable to apply caps:
+    // operation not permitted", its own bounding set lacks some); its rule is unit-tested (fidelity.test).
+    const powers: Array<{ field: string, args: string[], kept: (c: any) => unknown, want: unknown }> = [
+      { field: 'HostConfig.Devices', args: ['--device', '/dev/null:/dev/xnull'], kept: c => c.HostConfig.Devices?.[0]?.PathInContainer, want: '/dev/xnull' },
+      { field: 'HostConfig.PidMode', args: ['--pid', 'host'], kept: c => c.HostConfig.PidMode, want: 'host' },
+      { field: 'HostConfig.IpcMode', args: ['--ipc', 'host'], kept: c => c.HostConfig.IpcMode, want: 'host' },
+      { field: 'HostConfig.SecurityOpt', args: ['--security-opt', 'no-new-privileges'], kept: c => c.HostConfig.SecurityOpt, want: ['no-new-privileges'] },
+      { field: 'HostConfig.Sysctls', args: ['--sysctl', 'net.ipv4.ip_unprivileged_port_start=99'], kept: c => c.HostConfig.Sysctls, want: { 'net.ipv4.ip_unprivileged_port_start': '99' } }
+    ]
+    for (const [i, p] of powers.entries()) {
+      const name = `power${i}`
+      await docker(A, 'run', '-d', '--name', name, ...p.args, 'fid/app:v1', 'sleep', '3600')
+      const before = await holdings()
+      const r = failed(await move(name, B.name), 'HostAccessRefusedError')
+      expect(r.error.message, p.field).to.contain(p.field).and.to.contain('--allow-host-access')
+      expect(await holdings(), `${p.field}: nothing changed`).to.deep.equal(before)
+      const ok = await move(name, B.name, ['--allow-host-access'])
+      // (The engine may add a power of its own beside it: --pid host comes with a SecurityOpt.)
+      expect((ok.events.find(e => e.event === 'plan') as Plan | undefined)?.plan.hostPowers, p.field).to.include(p.field)
+      done(ok)
+      const after = await inspect(B, name)
+      expect(after.State.Running, p.field).to.equal(true)
+      expect(p.kept(after), p.field).to.deep.equal(p.want)
+      expect(await docker(A, 'ps', '-a', '--filter', `name=^${name}$`, '--format', '{{.Names}}'), `${p.field}: gone from A`).to.equal('')
+      await docker(B, 'rm', '-f', name)
+    }
+  })
+
   it('refuses to protect a container a takeover could not restore (its user network), by the field\'s name, and changes nothing', async () => {
     await docker(A, 'network', 'create', 'appnet')
     await docker(A, 'network', 'create', '--subnet', '172.30.5.0/24', '--label', 'tier=back', 'staticnet')
