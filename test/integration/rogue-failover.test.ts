@@ -247,7 +247,7 @@ describe('a rogue member against failover (3 hosts, real agents)', function () {
     const H = hosts.find(h => h.name === web?.holders[0]) as LabHost
     const owner = (await status(A))?.peerId as string
     const dir = join(H.dir, 'state', 'snapshots')
-    const held = JSON.parse(await readFile(join(dir, `${owner}.web`, 'manifest.json'), 'utf8')) as { spec: unknown, config: string, diffIds: string[] }
+    const held = JSON.parse(await readFile(await currentManifest(join(dir, `${owner}.web`)), 'utf8')) as { spec: unknown, config: string, diffIds: string[] }
     const before = await snapshotOfVictims()
     const entries = (await readdir(dir)).filter(d => !d.startsWith('.'))
     // The rogue offers the owner's own image and spec, with its own changes, far newer.
@@ -278,7 +278,13 @@ describe('a rogue member against failover (3 hosts, real agents)', function () {
     expect(refused).to.be.instanceOf(SnapshotOwnerMismatchError)
     expect(await logged(H, 'transfer step refused', { op: 'store', from: rogue.name, reason: 'SnapshotOwnerMismatchError' })).to.equal(true)
     expect((await readdir(dir)).filter(d => !d.startsWith('.'))).to.deep.equal(entries)
-    expect(JSON.parse(await readFile(join(dir, `${owner}.web`, 'manifest.json'), 'utf8'))).to.deep.include({ owner, epoch: 1 })
+    expect(JSON.parse(await readFile(await currentManifest(join(dir, `${owner}.web`)), 'utf8'))).to.deep.include({ owner, epoch: 1 })
     expect(await snapshotOfVictims()).to.deep.equal(before)
   })
 })
+
+/** The manifest of a holder's current version of a container (snapshot-store.ts: CURRENT names it). */
+async function currentManifest (containerDir: string): Promise<string> {
+  const { version } = JSON.parse(await readFile(join(containerDir, 'CURRENT'), 'utf8')) as { version: string }
+  return join(containerDir, version, 'manifest.json')
+}
