@@ -34,7 +34,7 @@ describe('moves and failovers between engine kinds (20.10, 26 overlay2, 28 conta
   let D28C: LabHost
   let POD: LabHost
 
-  const { docker, names, move, arrived, aliveAt, killedDestination, moveBackChangesOnly } = engineMoves(lab, { moveTimeoutMs: MOVE_TIMEOUT_MS, probeFrom: () => D20 })
+  const { docker, names, move, arrived, aliveAt, allAlive, buildApp, killedDestination, moveBackChangesOnly } = engineMoves(lab, { moveTimeoutMs: MOVE_TIMEOUT_MS, probeFrom: () => D20 })
 
   async function failoverRow (h: LabHost, name: string): Promise<FailoverContainerRow | undefined> {
     const r = await lab.cli(['status', '--json'], { agent: h.agentAddr })
@@ -50,13 +50,8 @@ describe('moves and failovers between engine kinds (20.10, 26 overlay2, 28 conta
       { name: 'd28c', provider: 'azure', engine: 'docker-28-containerd' },
       { name: 'pod', provider: 'aws', engine: 'podman' }
     ])
-    for (const h of [D20, D26, D28C, POD]) {
-      for (const other of [D20, D26, D28C, POD]) await waitFor(async () => await aliveAt(h, other.name), { timeoutMs: 60_000, intervalMs: 250, what: `${other.name} alive at ${h.name}` })
-    }
-    // A two-layer image: the base and one commit.
-    await docker(D20, 'run', '--name', 'build1', 'gotolab/base:latest', 'sh', '-c', 'mkdir -p /srv /www && echo v1 > /www/index.html')
-    await docker(D20, 'commit', 'build1', 'app:v1')
-    await docker(D20, 'rm', 'build1')
+    await allAlive([D20, D26, D28C, POD])
+    await buildApp(D20)
   })
 
   after(async function () {

@@ -10,7 +10,7 @@
  */
 import '../../protocol/polyfill.js'
 import { expect } from 'chai'
-import { Lab, waitFor, type LabHost } from '../lab/index.js'
+import { Lab, type LabHost } from '../lab/index.js'
 import { engineMoves } from '../fixtures/engine-moves.js'
 import { DockerodeHost } from '../../agent/docker/host.js'
 import { parseDockerEndpoint } from '../../agent/config.js'
@@ -24,7 +24,7 @@ describe('moves between Docker 20.10 and Podman 4.3', function () {
   let D20: LabHost
   let POD: LabHost
 
-  const { docker, names, move, arrived, aliveAt, killedDestination, moveBackChangesOnly } = engineMoves(lab, { moveTimeoutMs: MOVE_TIMEOUT_MS, probeFrom: () => D20 })
+  const { docker, names, move, arrived, aliveAt, allAlive, buildApp, killedDestination, moveBackChangesOnly } = engineMoves(lab, { moveTimeoutMs: MOVE_TIMEOUT_MS, probeFrom: () => D20 })
 
   /** `web`'s env as its engine keeps it (inspect's Config.Env) and as its processes see it (exec env), sorted. */
   async function envOf (h: LabHost): Promise<{ config: string[], process: string[] }> {
@@ -42,13 +42,8 @@ describe('moves between Docker 20.10 and Podman 4.3', function () {
       { name: 'd20', provider: 'vagrant' },
       { name: 'pod', provider: 'aws', engine: 'podman' }
     ])
-    for (const h of [D20, POD]) {
-      for (const other of [D20, POD]) await waitFor(async () => await aliveAt(h, other.name), { timeoutMs: 60_000, intervalMs: 250, what: `${other.name} alive at ${h.name}` })
-    }
-    // A two-layer image: the base and one commit.
-    await docker(D20, 'run', '--name', 'build1', 'gotolab/base:latest', 'sh', '-c', 'mkdir -p /srv /www && echo v1 > /www/index.html')
-    await docker(D20, 'commit', 'build1', 'app:v1')
-    await docker(D20, 'rm', 'build1')
+    await allAlive([D20, POD])
+    await buildApp(D20)
   })
 
   after(async function () {
